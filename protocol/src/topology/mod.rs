@@ -1,0 +1,161 @@
+//! The topology format: the Compose file format, with Berth's own settings under `x-berth`.
+//!
+//! [`load`] turns the text of a file into a validated, normalised [`Topology`], or into
+//! every problem found in it, each with file, line, column and field path.
+
+mod diagnostic;
+mod env_file;
+mod interpolate;
+mod model;
+pub mod node;
+mod schema;
+pub mod units;
+mod validate;
+
+use std::path::Path;
+
+pub use diagnostic::{Diagnostic, TopologyError};
+pub use env_file::{EnvEntry, EnvFileProblem, parse_env_file};
+pub use interpolate::{Interpolated, Variables, interpolate};
+pub use model::*;
+pub use schema::{FileReader, LocalFiles};
+
+use node::{Node, Value};
+use schema::{Cx, join};
+
+/// Where a topology comes from and what it may read.
+#[derive(Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// The file's name as the user gave it, for messages.
+    pub file_name: &'a str,
+    /// The directory relative paths (`env_file`) are read from.
+    pub dir: &'a Path,
+    /// The name to use when the file has no `name:` (Compose uses the directory's).
+    pub default_name: &'a str,
+    /// The variables interpolation reads.
+    pub vars: &'a Variables,
+    /// How to read the files the topology names.
+    pub files: &'a dyn FileReader,
+}
+
+impl std::fmt::Debug for LoadOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("file_name", &self.file_name)
+            .field("dir", &self.dir)
+            .field("default_name", &self.default_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A topology that passed every check, and what is worth saying about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    /// The normalised topology.
+    pub topology: Topology,
+    /// Things that work but deserve a word (an unset variable, an obsolete key).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parses, interpolates, checks and normalises a topology file.
+pub fn load(text: &str, options: &LoadOptions<'_>) -> Result<Loaded, TopologyError> {
+    let mut cx = Cx {
+        file: options.file_name,
+        dir: options.dir,
+        vars: options.vars,
+        files: options.files,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut root = match node::parse_yaml(text) {
+        Ok(root) => root,
+        Err(e) => {
+            cx.error(e.pos, "", format!("not valid YAML: {}", e.message));
+            return Err(TopologyError { diagnostics: cx.errors });
+        }
+    };
+    interpolate_tree(&mut cx, &mut root, "");
+    let top = schema::top_level(&mut cx, &root);
+    if let Some(top) = &top {
+        validate::cross_check(&mut cx, top);
+    }
+    let sort = |d: &mut Vec<Diagnostic>| {
+        d.sort_by(|a, b| (a.line, a.column, &a.path).cmp(&(b.line, b.column, &b.path)));
+        d.dedup();
+    };
+    sort(&mut cx.errors);
+    sort(&mut cx.warnings);
+    let top = match top {
+        Some(top) if cx.errors.is_empty() => top,
+        _ => return Err(TopologyError { diagnostics: cx.errors }),
+    };
+    let name = match top.name {
+        Some((name, _)) => name,
+        None => {
+            let name = normalize_name(options.default_name);
+            if name.is_empty() {
+                cx.error(root.pos, "name", format!("cannot derive a topology name from {:?}: add `name:` to the file", options.default_name));
+                return Err(TopologyError { diagnostics: cx.errors });
+            }
+            name
+        }
+    };
+    let mut networks = top.networks;
+    let services: std::collections::BTreeMap<String, Service> =
+        top.services.into_iter().map(|(k, (s, _))| (k, s)).collect();
+    if services.values().any(|s| s.networks.contains_key("default")) {
+        networks.entry("default".to_owned()).or_default();
+    }
+    Ok(Loaded {
+        topology: Topology { name, services, networks, volumes: top.volumes },
+        warnings: cx.warnings,
+    })
+}
+
+/// Makes a topology name out of a directory name as Compose does: lower case, with
+/// only letters, digits, `-` and `_`, starting with a letter or digit.
+pub fn normalize_name(raw: &str) -> String {
+    let lowered: String = raw
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'))
+        .collect();
+    let trimmed = lowered.trim_start_matches(['-', '_']);
+    trimmed.chars().take(63).collect()
+}
+
+/// Interpolates every string value (not keys), reporting errors where they stand and
+/// each unset variable once.
+fn interpolate_tree(cx: &mut Cx<'_>, node: &mut Node, path: &str) {
+    match &mut node.value {
+        Value::Str(s) if s.contains('$') => match interpolate(s, cx.vars) {
+            Ok(done) => {
+                for var in done.unset {
+                    if !cx.warnings.iter().any(|w| w.message.starts_with(&format!("variable {var} "))) {
+                        cx.warn(node.pos, path, format!("variable {var} is not set; using an empty string"));
+                    }
+                }
+                *s = done.value;
+            }
+            Err(e) => cx.error(node.pos, path, e),
+        },
+        Value::Seq(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_tree(cx, item, &format!("{path}[{i}]"));
+            }
+        }
+        Value::Map(entries) => {
+            for (key, value) in entries.iter_mut() {
+                let key_text = match &key.value {
+                    Value::Str(k) => k.clone(),
+                    other => other.to_string(),
+                };
+                interpolate_tree(cx, value, &join(path, &key_text));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+//! The normalised topology: what a topology file means once parsed, interpolated and
+//! validated. Every form the file allows (short and long port syntax, list and map
+//! environment, ...) is reduced to one canonical form here. This is what the tenant
+//! service stores as a revision and what `berth config` prints.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole application: services, and the networks and volumes they share.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// The topology's name, unique within a tenant (`name:` or the file's directory).
+    pub name: String,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+    /// Networks by name. Always holds `default` when any service uses it.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+    /// Named volumes by name.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, Volume>,
+}
+
+/// One service: an image run as one or more identical replicas.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The image reference, for example `berth/busybox:latest`.
+    pub image: String,
+    /// Overrides the image's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Overrides the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Environment of the containers, `env_file` entries already merged in.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    /// Container ports published on the host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+    /// Container ports declared without publishing them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<ExposedPort>,
+    /// Services that must be up (or healthy) before this one starts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_on: BTreeMap<String, Dependency>,
+    /// How to tell that a container is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+    /// How many identical containers to run.
+    pub replicas: u32,
+    /// Resource limits of each replica.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
+    /// What to do when a container exits.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// User labels on each container (the `berth.` prefix is reserved).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Volumes mounted into each container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+    /// Networks the service joins, with extra aliases per network.
+    pub networks: BTreeMap<String, ServiceNetwork>,
+    /// Working directory inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// User (name or uid[:gid]) the container's process runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Transport protocol of a port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP, the default.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The name Docker uses (`tcp`, `udp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A container port published on the host.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    /// The port inside the container.
+    pub target: u16,
+    /// The host port; `None` lets the engine pick a free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<u16>,
+    /// The host address to bind; `None` means all addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    /// TCP or UDP.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// A container port that is declared but not published.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposedPort {
+    /// The port inside the container.
+    pub port: u16,
+    /// TCP or UDP.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// When a dependency counts as ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// Its containers have started.
+    #[default]
+    ServiceStarted,
+    /// Its containers report healthy (the dependency must have a healthcheck).
+    ServiceHealthy,
+    /// Its containers ran to completion with exit code 0.
+    ServiceCompletedSuccessfully,
+}
+
+/// One entry of `depends_on`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependency {
+    /// When the dependency counts as ready.
+    pub condition: Condition,
+}
+
+/// A container healthcheck, in the form the engine takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Healthcheck {
+    /// `["CMD", arg...]`, `["CMD-SHELL", script]` or `["NONE"]`.
+    pub test: Vec<String>,
+    /// Time between checks, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    /// Time a check may take, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Consecutive failures before the container is unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Grace period after start during which failures do not count, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period_ms: Option<u64>,
+}
+
+impl Healthcheck {
+    /// Whether this healthcheck turns the image's own healthcheck off.
+    pub fn is_disabled(&self) -> bool {
+        self.test.first().map(String::as_str) == Some("NONE")
+    }
+}
+
+/// Per-replica resource limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// CPU limit in thousandths of a core (`cpus: 0.5` is 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    /// Memory limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.cpu_millis.is_none() && self.memory_bytes.is_none()
+    }
+}
+
+/// What the engine does when a container exits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "policy")]
+pub enum RestartPolicy {
+    /// Never restart (`restart: "no"`), the default.
+    #[default]
+    No,
+    /// Always restart.
+    Always,
+    /// Restart when the exit code is not zero, at most `max_retries` times if given.
+    OnFailure {
+        /// Give up after this many restarts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_retries: Option<u32>,
+    },
+    /// Always restart, unless the container was stopped by hand.
+    UnlessStopped,
+}
+
+/// A volume mounted into a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The named volume (declared under top-level `volumes`); `None` for an anonymous one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// How a service joins one network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNetwork {
+    /// Extra names the service answers to on this network, besides its own name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// A network of the topology.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// No route out of the network.
+    #[serde(default)]
+    pub internal: bool,
+    /// Labels on the network.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A named volume of the topology.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Labels on the volume.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}

@@ -1,0 +1,1180 @@
+//! The Compose schema, applied by hand to a spanned node tree.
+//!
+//! Each `*_of` function reads one part of the format into the model and records every
+//! problem it finds in the [`Cx`], carrying on where it can so that one run reports
+//! them all. Keys that Compose defines but Berth does not run are refused with the
+//! reason, never silently ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use super::diagnostic::Diagnostic;
+use super::env_file::{EnvEntry, parse_env_file};
+use super::interpolate::Variables;
+use super::model::*;
+use super::node::{Node, Pos, Value};
+use super::units;
+
+/// Reads the files a topology refers to (`env_file`), so the schema stays free of I/O.
+pub trait FileReader {
+    /// The text of the file at `path`.
+    fn read_to_string(&self, path: &Path) -> std::io::Result<String>;
+}
+
+/// Reads from the local file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalFiles;
+
+impl FileReader for LocalFiles {
+    fn read_to_string(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// The conversion's context: where problems go and what the schema may read.
+pub(crate) struct Cx<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) dir: &'a Path,
+    pub(crate) vars: &'a Variables,
+    pub(crate) files: &'a dyn FileReader,
+    pub(crate) errors: Vec<Diagnostic>,
+    pub(crate) warnings: Vec<Diagnostic>,
+}
+
+impl Cx<'_> {
+    pub(crate) fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        self.errors.push(Diagnostic::new(self.file, pos, path, message));
+    }
+
+    pub(crate) fn warn(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        self.warnings.push(Diagnostic::new(self.file, pos, path, message));
+    }
+
+    fn expected(&mut self, node: &Node, path: &str, what: &str) {
+        let found = match &node.value {
+            Value::Seq(_) | Value::Map(_) | Value::Null => node.value.kind().to_owned(),
+            scalar => scalar.to_string(),
+        };
+        self.error(node.pos, path, format!("expected {what}, found {found}"));
+    }
+
+    /// The entries of a mapping with string keys, refusing keys outside `known`.
+    /// `x-` extension keys are allowed (and skipped) where `extensions` is true.
+    fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        known: &[&str],
+        extensions: bool,
+    ) -> Vec<(&'n str, &'n Node)> {
+        let Value::Map(entries) = &node.value else {
+            self.expected(node, path, "a mapping");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, value) in entries {
+            let Value::Str(name) = &key.value else {
+                self.error(key.pos, path, format!("keys must be strings, found {}", key.value));
+                continue;
+            };
+            if known.contains(&name.as_str()) {
+                out.push((name.as_str(), value));
+            } else if extensions && name.starts_with("x-") && name != "x-berth" {
+                // Extension fields hold anchors for reuse; Compose ignores them too.
+            } else {
+                let message = unknown_key_message(path, name, known);
+                self.error(key.pos, &join(path, name), message);
+            }
+        }
+        out
+    }
+
+    /// A mapping with arbitrary string keys (service names, label keys, ...).
+    fn named<'n>(&mut self, node: &'n Node, path: &str) -> Vec<(&'n str, Pos, &'n Node)> {
+        match &node.value {
+            Value::Null => Vec::new(),
+            Value::Map(entries) => entries
+                .iter()
+                .filter_map(|(k, v)| match &k.value {
+                    Value::Str(s) => Some((s.as_str(), k.pos, v)),
+                    Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                        self.error(k.pos, path, format!("key {} must be a string: quote it", k.value));
+                        None
+                    }
+                    _ => {
+                        self.error(k.pos, path, "keys must be strings");
+                        None
+                    }
+                })
+                .collect(),
+            _ => {
+                self.expected(node, path, "a mapping");
+                Vec::new()
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(x) => Some(x.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => {
+                self.expected(node, path, "a string");
+                None
+            }
+        }
+    }
+
+    fn non_empty_string(&mut self, node: &Node, path: &str) -> Option<String> {
+        let s = self.string(node, path)?;
+        if s.trim().is_empty() {
+            self.error(node.pos, path, "must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
+    fn int(&mut self, node: &Node, path: &str, min: i64, max: i64) -> Option<i64> {
+        let value = match &node.value {
+            Value::Int(i) => Some(*i),
+            Value::Str(s) => s.trim().parse::<i64>().ok(),
+            _ => None,
+        };
+        match value {
+            Some(v) if (min..=max).contains(&v) => Some(v),
+            Some(v) => {
+                self.error(node.pos, path, format!("must be between {min} and {max}, found {v}"));
+                None
+            }
+            None => {
+                self.expected(node, path, "an integer");
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match &node.value {
+            Value::Bool(b) => Some(*b),
+            Value::Str(s) if s == "true" => Some(true),
+            Value::Str(s) if s == "false" => Some(false),
+            _ => {
+                self.expected(node, path, "true or false");
+                None
+            }
+        }
+    }
+
+    fn seq<'n>(&mut self, node: &'n Node, path: &str) -> &'n [Node] {
+        match &node.value {
+            Value::Seq(items) => items,
+            _ => {
+                self.expected(node, path, "a list");
+                &[]
+            }
+        }
+    }
+
+    /// A command line: a list of strings, or one string split as a shell would.
+    fn command(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        match &node.value {
+            Value::Null => None,
+            Value::Str(s) => match shell_words::split(s) {
+                Ok(words) => Some(words),
+                Err(e) => {
+                    self.error(node.pos, path, format!("cannot split {s:?} into words: {e}"));
+                    None
+                }
+            },
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| self.string(item, &format!("{path}[{i}]")))
+                .collect(),
+            _ => {
+                self.expected(node, path, "a string or a list of strings");
+                None
+            }
+        }
+    }
+
+    /// `KEY: value` pairs, from a mapping or a list of `KEY=value` strings. A missing
+    /// value takes the variable from the environment (or leaves it out when unset).
+    fn key_values(&mut self, node: &Node, path: &str, inherit: bool) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        match &node.value {
+            Value::Null => {}
+            Value::Map(_) => {
+                for (key, _, value) in self.named(node, path) {
+                    let item_path = join(path, key);
+                    match &value.value {
+                        Value::Null if inherit => {
+                            if let Some(v) = self.vars.get(key) {
+                                out.insert(key.to_owned(), v.to_owned());
+                            }
+                        }
+                        Value::Null => {
+                            out.insert(key.to_owned(), String::new());
+                        }
+                        _ => {
+                            if let Some(v) = self.string(value, &item_path) {
+                                out.insert(key.to_owned(), v);
+                            }
+                        }
+                    }
+                }
+            }
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{path}[{i}]");
+                    let Some(text) = self.string(item, &item_path) else { continue };
+                    match text.split_once('=') {
+                        Some((k, v)) if !k.is_empty() => {
+                            out.insert(k.to_owned(), v.to_owned());
+                        }
+                        Some(_) => self.error(item.pos, &item_path, "expected KEY=VALUE, the key is empty"),
+                        None if inherit => {
+                            if let Some(v) = self.vars.get(&text) {
+                                out.insert(text.clone(), v.to_owned());
+                            }
+                        }
+                        None => {
+                            out.insert(text, String::new());
+                        }
+                    }
+                }
+            }
+            _ => self.expected(node, path, "a mapping or a list of KEY=VALUE strings"),
+        }
+        out
+    }
+}
+
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+}
+
+/// Service keys of the Compose format that Berth refuses, with the reason.
+fn unsupported_service_key(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "build" | "develop" => "Berth runs images that already exist; build the image first and name it in `image`",
+        "container_name" | "hostname" | "domainname" => {
+            "Berth names containers itself so replicas and tenants never collide; other services reach this one by its service name"
+        }
+        "privileged" | "cap_add" | "cap_drop" | "security_opt" | "devices" | "device_cgroup_rules"
+        | "network_mode" | "pid" | "ipc" | "uts" | "userns_mode" | "cgroup" | "cgroup_parent"
+        | "sysctls" | "gpus" | "isolation" | "volumes_from" => {
+            "it would break the isolation Berth keeps between services and tenants"
+        }
+        "cpus" | "cpu_count" | "cpu_percent" | "cpu_shares" | "cpu_quota" | "cpu_period"
+        | "cpuset" | "mem_limit" | "memswap_limit" | "mem_reservation" | "mem_swappiness"
+        | "pids_limit" | "cpu_rt_runtime" | "cpu_rt_period" | "blkio_config" | "shm_size"
+        | "ulimits" | "oom_kill_disable" | "oom_score_adj" | "storage_opt" => {
+            "set resources with `deploy.resources.limits.cpus` and `deploy.resources.limits.memory`"
+        }
+        "scale" => "use `deploy.replicas`",
+        "links" | "external_links" => {
+            "services reach each other by service name on their networks; use `depends_on` for start order"
+        }
+        "extends" | "profiles" | "configs" | "secrets" | "logging" | "extra_hosts" | "dns"
+        | "dns_opt" | "dns_search" | "tmpfs" | "init" | "stop_signal" | "stop_grace_period"
+        | "tty" | "stdin_open" | "read_only" | "platform" | "pull_policy" | "attach"
+        | "annotations" | "group_add" | "mac_address" | "credential_spec" | "post_start"
+        | "pre_stop" | "label_file" | "models" | "provider" | "use_api_socket" | "runtime" => {
+            "Berth does not support this key yet"
+        }
+        _ => return None,
+    })
+}
+
+fn unknown_key_message(path: &str, key: &str, known: &[&str]) -> String {
+    let is_service = path.starts_with("services.") && path.matches('.').count() == 1;
+    if is_service {
+        if let Some(reason) = unsupported_service_key(key) {
+            return format!("`{key}` is not supported by Berth: {reason}");
+        }
+    }
+    if path.is_empty() {
+        match key {
+            "configs" | "secrets" | "include" | "models" => {
+                return format!("`{key}` is not supported by Berth yet");
+            }
+            _ => {}
+        }
+    }
+    let close = known
+        .iter()
+        .filter(|k| edit_distance(k, key) <= 2)
+        .map(|k| format!(" (did you mean `{k}`?)"))
+        .next()
+        .unwrap_or_default();
+    let mut listed: Vec<&str> = known.to_vec();
+    listed.sort_unstable();
+    format!("unknown key `{key}`{close}; allowed here: {}", listed.join(", "))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Whether `name` may name a service, network or volume: lower-case letters, digits,
+/// `-`, `_` and `.`, starting with a letter or digit, at most 63 characters (a DNS label).
+pub(crate) fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+const NAME_RULE: &str = "use lower-case letters, digits, '-', '_' and '.', starting with a letter or digit (at most 63)";
+
+/// The top level of the file.
+pub(crate) struct TopLevel {
+    pub(crate) name: Option<(String, Pos)>,
+    pub(crate) services: BTreeMap<String, (Service, ServiceSites)>,
+    pub(crate) declared_services: BTreeSet<String>,
+    pub(crate) networks: BTreeMap<String, Network>,
+    pub(crate) volumes: BTreeMap<String, Volume>,
+}
+
+/// Where the parts of a service stand, for the cross-checks that run after the schema.
+#[derive(Default)]
+pub(crate) struct ServiceSites {
+    pub(crate) depends_on: BTreeMap<String, Pos>,
+    pub(crate) networks: BTreeMap<String, Pos>,
+    pub(crate) volumes: Vec<Pos>,
+    pub(crate) ports: Vec<Pos>,
+    pub(crate) replicas: Pos,
+}
+
+pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
+    if root.value == Value::Null {
+        cx.error(root.pos, "", "the file is empty: a topology needs at least `services`");
+        return None;
+    }
+    let fields = cx.fields(
+        root,
+        "",
+        &["name", "version", "services", "networks", "volumes", "x-berth"],
+        true,
+    );
+    let mut top = TopLevel {
+        name: None,
+        services: BTreeMap::new(),
+        declared_services: BTreeSet::new(),
+        networks: BTreeMap::new(),
+        volumes: BTreeMap::new(),
+    };
+    let mut saw_services = false;
+    for (key, value) in fields {
+        match key {
+            "name" => {
+                if let Some(name) = cx.non_empty_string(value, "name") {
+                    if valid_topology_name(&name) {
+                        top.name = Some((name, value.pos));
+                    } else {
+                        cx.error(value.pos, "name", format!("{name:?} cannot name a topology: use lower-case letters, digits, '-' and '_', starting with a letter or digit (at most 63)"));
+                    }
+                }
+            }
+            "version" => cx.warn(value.pos, "version", "`version` is obsolete and has no effect"),
+            "services" => {
+                saw_services = true;
+                services_of(cx, value, &mut top);
+            }
+            "networks" => {
+                for (name, pos, node) in cx.named(value, "networks") {
+                    let path = join("networks", name);
+                    if !valid_name(name) {
+                        cx.error(pos, &path, format!("{name:?} cannot name a network: {NAME_RULE}"));
+                        continue;
+                    }
+                    top.networks.insert(name.to_owned(), network_of(cx, node, &path));
+                }
+            }
+            "volumes" => {
+                for (name, pos, node) in cx.named(value, "volumes") {
+                    let path = join("volumes", name);
+                    if !valid_name(name) {
+                        cx.error(pos, &path, format!("{name:?} cannot name a volume: {NAME_RULE}"));
+                        continue;
+                    }
+                    top.volumes.insert(name.to_owned(), volume_of(cx, node, &path));
+                }
+            }
+            "x-berth" => {
+                cx.fields(value, "x-berth", &[], false);
+            }
+            _ => unreachable!("fields() returns only known keys"),
+        }
+    }
+    if !saw_services {
+        cx.error(root.pos, "services", "a topology needs `services`, with at least one service");
+    }
+    Some(top)
+}
+
+pub(crate) fn valid_topology_name(name: &str) -> bool {
+    valid_name(name) && !name.contains('.')
+}
+
+fn services_of(cx: &mut Cx<'_>, node: &Node, top: &mut TopLevel) {
+    let entries = cx.named(node, "services");
+    if entries.is_empty() && cx.errors.is_empty() {
+        cx.error(node.pos, "services", "a topology needs at least one service");
+    }
+    for (name, pos, body) in entries {
+        let path = join("services", name);
+        top.declared_services.insert(name.to_owned());
+        if !valid_name(name) {
+            cx.error(pos, &path, format!("{name:?} cannot name a service: {NAME_RULE}"));
+            continue;
+        }
+        // A service with problems is kept for the cross-checks, so that one run
+        // reports its bad references too; the load fails on the problems anyway.
+        if let Some(service) = service_of(cx, body, pos, &path) {
+            top.services.insert(name.to_owned(), service);
+        }
+    }
+}
+
+const SERVICE_KEYS: &[&str] = &[
+    "image", "command", "entrypoint", "environment", "env_file", "ports", "expose",
+    "depends_on", "healthcheck", "deploy", "restart", "labels", "volumes", "networks",
+    "working_dir", "user", "x-berth",
+];
+
+fn service_of(cx: &mut Cx<'_>, node: &Node, key_pos: Pos, path: &str) -> Option<(Service, ServiceSites)> {
+    let fields = cx.fields(node, path, SERVICE_KEYS, true);
+    if !matches!(node.value, Value::Map(_)) {
+        return None;
+    }
+    let mut sites = ServiceSites { replicas: node.pos, ..ServiceSites::default() };
+    let mut image = None;
+    let mut service = Service {
+        image: String::new(),
+        command: None,
+        entrypoint: None,
+        environment: BTreeMap::new(),
+        ports: Vec::new(),
+        expose: Vec::new(),
+        depends_on: BTreeMap::new(),
+        healthcheck: None,
+        replicas: 1,
+        limits: Limits::default(),
+        restart: RestartPolicy::No,
+        labels: BTreeMap::new(),
+        volumes: Vec::new(),
+        networks: BTreeMap::new(),
+        working_dir: None,
+        user: None,
+    };
+    let mut env_files = BTreeMap::new();
+    let mut networks_given = false;
+    for (key, value) in fields {
+        let p = join(path, key);
+        match key {
+            "image" => image = cx.non_empty_string(value, &p).and_then(|i| image_ref(cx, value, &p, i)),
+            "command" => service.command = cx.command(value, &p),
+            "entrypoint" => service.entrypoint = cx.command(value, &p),
+            "environment" => service.environment = cx.key_values(value, &p, true),
+            "env_file" => env_files = env_files_of(cx, value, &p),
+            "ports" => {
+                for (i, item) in cx.seq(value, &p).iter().enumerate() {
+                    let ip = format!("{p}[{i}]");
+                    for mapping in port_of(cx, item, &ip) {
+                        service.ports.push(mapping);
+                        sites.ports.push(item.pos);
+                    }
+                }
+            }
+            "expose" => {
+                for (i, item) in cx.seq(value, &p).iter().enumerate() {
+                    let ip = format!("{p}[{i}]");
+                    if let Some(text) = cx.string(item, &ip) {
+                        match parse_port_spec(&text) {
+                            Ok((range, protocol)) => service
+                                .expose
+                                .extend(range.map(|port| ExposedPort { port, protocol })),
+                            Err(e) => cx.error(item.pos, &ip, e),
+                        }
+                    }
+                }
+            }
+            "depends_on" => service.depends_on = depends_on_of(cx, value, &p, &mut sites),
+            "healthcheck" => service.healthcheck = healthcheck_of(cx, value, &p),
+            "deploy" => deploy_of(cx, value, &p, &mut service, &mut sites),
+            "restart" => service.restart = restart_of(cx, value, &p).unwrap_or_default(),
+            "labels" => {
+                service.labels = cx.key_values(value, &p, false);
+                for key in service.labels.keys() {
+                    if key.starts_with("berth.") {
+                        cx.error(value.pos, &join(&p, key), "labels starting with `berth.` are reserved for Berth");
+                    }
+                }
+            }
+            "volumes" => {
+                for (i, item) in cx.seq(value, &p).iter().enumerate() {
+                    if let Some(mount) = volume_mount_of(cx, item, &format!("{p}[{i}]")) {
+                        service.volumes.push(mount);
+                        sites.volumes.push(item.pos);
+                    }
+                }
+            }
+            "networks" => {
+                networks_given = true;
+                service.networks = service_networks_of(cx, value, &p, &mut sites);
+            }
+            "working_dir" => {
+                service.working_dir = cx.non_empty_string(value, &p);
+                if let Some(dir) = &service.working_dir {
+                    if !dir.starts_with('/') {
+                        cx.error(value.pos, &p, format!("must be an absolute path, found {dir:?}"));
+                    }
+                }
+            }
+            "user" => service.user = cx.non_empty_string(value, &p),
+            "x-berth" => {
+                cx.fields(value, &p, &[], false);
+            }
+            _ => unreachable!("fields() returns only known keys"),
+        }
+    }
+    if !networks_given {
+        service.networks.insert("default".to_owned(), ServiceNetwork::default());
+    }
+    // `environment` wins over `env_file`, as in Compose.
+    for (k, v) in env_files {
+        service.environment.entry(k).or_insert(v);
+    }
+    match image {
+        Some(image) => service.image = image,
+        None => {
+            if !cx.errors.iter().any(|d| d.path == join(path, "image")) {
+                cx.error(key_pos, &join(path, "image"), "every service needs an `image`");
+            }
+            return None;
+        }
+    }
+    Some((service, sites))
+}
+
+fn image_ref(cx: &mut Cx<'_>, node: &Node, path: &str, image: String) -> Option<String> {
+    if image.chars().any(|c| c.is_whitespace() || c.is_control()) || image.starts_with(['-', ':', '/']) {
+        cx.error(node.pos, path, format!("{image:?} is not an image reference such as \"busybox:latest\""));
+        return None;
+    }
+    Some(image)
+}
+
+fn env_files_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> BTreeMap<String, String> {
+    let items: Vec<(String, Node)> = match &node.value {
+        Value::Seq(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("{path}[{i}]"), n.clone()))
+            .collect(),
+        _ => vec![(path.to_owned(), node.clone())],
+    };
+    let mut out = BTreeMap::new();
+    for (item_path, item) in items {
+        let (file, required) = match &item.value {
+            Value::Map(_) => {
+                let mut file = None;
+                let mut required = true;
+                for (key, value) in cx.fields(&item, &item_path, &["path", "required"], false) {
+                    let p = join(&item_path, key);
+                    match key {
+                        "path" => file = cx.non_empty_string(value, &p),
+                        "required" => required = cx.bool(value, &p).unwrap_or(true),
+                        _ => unreachable!("fields() returns only known keys"),
+                    }
+                }
+                if file.is_none() {
+                    cx.error(item.pos, &join(&item_path, "path"), "an env_file entry needs a `path`");
+                }
+                (file, required)
+            }
+            _ => (cx.non_empty_string(&item, &item_path), true),
+        };
+        let Some(file) = file else { continue };
+        let full: PathBuf = cx.dir.join(&file);
+        match cx.files.read_to_string(&full) {
+            Ok(text) => match parse_env_file(&text) {
+                Ok(entries) => {
+                    for entry in entries {
+                        match entry {
+                            EnvEntry::Value(k, v) => {
+                                out.insert(k, v);
+                            }
+                            EnvEntry::Inherit(k) => {
+                                if let Some(v) = cx.vars.get(&k) {
+                                    out.insert(k, v.to_owned());
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(problems) => {
+                    for p in problems {
+                        cx.error(item.pos, &item_path, format!("{}:{}: {}", full.display(), p.line, p.message));
+                    }
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+            Err(e) => cx.error(item.pos, &item_path, format!("cannot read env file {}: {e}", full.display())),
+        }
+    }
+    out
+}
+
+/// Parses `PORT`, `START-END`, with an optional `/tcp` or `/udp`.
+fn parse_port_spec(text: &str) -> Result<(std::ops::RangeInclusive<u16>, Protocol), String> {
+    let (ports, protocol) = match text.rsplit_once('/') {
+        Some((p, "tcp")) => (p, Protocol::Tcp),
+        Some((p, "udp")) => (p, Protocol::Udp),
+        Some((_, other)) => return Err(format!("unknown protocol {other:?}: use tcp or udp")),
+        None => (text, Protocol::Tcp),
+    };
+    Ok((parse_port_range(ports)?, protocol))
+}
+
+fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let port = |s: &str| -> Result<u16, String> {
+        match s.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{text:?} is not a port (1 to 65535)")),
+            Ok(p) => Ok(p),
+        }
+    };
+    match text.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (port(a)?, port(b)?);
+            if a > b {
+                return Err(format!("port range {text:?} ends before it starts"));
+            }
+            Ok(a..=b)
+        }
+        None => {
+            let p = port(text)?;
+            Ok(p..=p)
+        }
+    }
+}
+
+fn port_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Vec<PortMapping> {
+    match &node.value {
+        Value::Map(_) => long_port_of(cx, node, path).into_iter().collect(),
+        Value::Int(_) | Value::Str(_) => {
+            let text = cx.string(node, path).unwrap_or_default();
+            match parse_short_port(&text) {
+                Ok(ports) => ports,
+                Err(e) => {
+                    cx.error(node.pos, path, e);
+                    Vec::new()
+                }
+            }
+        }
+        _ => {
+            cx.expected(node, path, "a port such as \"8080:80\" or a mapping with `target`");
+            Vec::new()
+        }
+    }
+}
+
+/// `[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]`, each port possibly a range.
+fn parse_short_port(text: &str) -> Result<Vec<PortMapping>, String> {
+    let (rest, protocol) = match text.rsplit_once('/') {
+        Some((r, "tcp")) => (r, Protocol::Tcp),
+        Some((r, "udp")) => (r, Protocol::Udp),
+        Some((_, other)) => return Err(format!("unknown protocol {other:?}: use tcp or udp")),
+        None => (text, Protocol::Tcp),
+    };
+    // An IPv6 host address is written in brackets: [::1]:8080:80.
+    let (host_ip, rest) = if let Some(after) = rest.strip_prefix('[') {
+        let end = after.find(']').ok_or_else(|| format!("unclosed '[' in {text:?}"))?;
+        let rest = after[end + 1..]
+            .strip_prefix(':')
+            .ok_or_else(|| format!("expected ':' after the address in {text:?}"))?;
+        (Some(after[..end].to_owned()), rest)
+    } else {
+        (None, rest)
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    let (host_ip, published, target) = match (host_ip, parts.as_slice()) {
+        (ip, [target]) => (ip, None, *target),
+        (ip, [published, target]) => (ip, Some(*published), *target),
+        (None, [ip, published, target]) => (Some((*ip).to_owned()), Some(*published), *target),
+        _ => return Err(format!("{text:?} is not a port mapping such as \"8080:80\" or \"127.0.0.1:8080:80/udp\"")),
+    };
+    if let Some(ip) = &host_ip {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("{ip:?} in {text:?} is not an IP address"));
+        }
+    }
+    let targets = parse_port_range(target)?;
+    let published = match published {
+        None | Some("") => None,
+        Some(p) => Some(parse_port_range(p)?),
+    };
+    match published {
+        None => Ok(targets
+            .map(|t| PortMapping { target: t, published: None, host_ip: host_ip.clone(), protocol })
+            .collect()),
+        Some(hosts) => {
+            if hosts.clone().count() != targets.clone().count() {
+                return Err(format!("{text:?} maps a host range onto a container range of another length"));
+            }
+            Ok(hosts
+                .zip(targets)
+                .map(|(h, t)| PortMapping { target: t, published: Some(h), host_ip: host_ip.clone(), protocol })
+                .collect())
+        }
+    }
+}
+
+fn long_port_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<PortMapping> {
+    let fields = cx.fields(node, path, &["target", "published", "host_ip", "protocol", "mode"], false);
+    let mut mapping = PortMapping { target: 0, published: None, host_ip: None, protocol: Protocol::Tcp };
+    let mut ok = true;
+    for (key, value) in fields {
+        let p = join(path, key);
+        match key {
+            "target" => match cx.int(value, &p, 1, 65535) {
+                Some(t) => mapping.target = t as u16,
+                None => ok = false,
+            },
+            "published" => match cx.string(value, &p).map(|s| parse_port_range(&s)) {
+                Some(Ok(range)) if range.start() == range.end() => mapping.published = Some(*range.start()),
+                Some(Ok(_)) => {
+                    cx.error(value.pos, &p, "a range is not supported in the long syntax: use the short syntax \"8000-8010:8000-8010\"");
+                    ok = false;
+                }
+                Some(Err(e)) => {
+                    cx.error(value.pos, &p, e);
+                    ok = false;
+                }
+                None => ok = false,
+            },
+            "host_ip" => match cx.string(value, &p) {
+                Some(ip) if ip.parse::<std::net::IpAddr>().is_ok() => mapping.host_ip = Some(ip),
+                Some(ip) => {
+                    cx.error(value.pos, &p, format!("{ip:?} is not an IP address"));
+                    ok = false;
+                }
+                None => ok = false,
+            },
+            "protocol" => match cx.string(value, &p).as_deref() {
+                Some("tcp") => mapping.protocol = Protocol::Tcp,
+                Some("udp") => mapping.protocol = Protocol::Udp,
+                Some(other) => {
+                    cx.error(value.pos, &p, format!("unknown protocol {other:?}: use tcp or udp"));
+                    ok = false;
+                }
+                None => ok = false,
+            },
+            "mode" => match cx.string(value, &p).as_deref() {
+                Some("host") => {}
+                Some("ingress") => {
+                    cx.error(value.pos, &p, "`ingress` is Swarm's routing mesh, which Berth does not have: use `mode: host` (the port is published on the machine that runs the replica)");
+                    ok = false;
+                }
+                Some(other) => {
+                    cx.error(value.pos, &p, format!("unknown mode {other:?}: use host"));
+                    ok = false;
+                }
+                None => ok = false,
+            },
+            _ => unreachable!("fields() returns only known keys"),
+        }
+    }
+    if mapping.target == 0 && ok && matches!(node.value, Value::Map(_)) {
+        cx.error(node.pos, &join(path, "target"), "a port needs a `target` (the port inside the container)");
+        ok = false;
+    }
+    ok.then_some(mapping)
+}
+
+fn depends_on_of(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+    sites: &mut ServiceSites,
+) -> BTreeMap<String, Dependency> {
+    let mut out = BTreeMap::new();
+    match &node.value {
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(name) = cx.non_empty_string(item, &format!("{path}[{i}]")) {
+                    sites.depends_on.insert(name.clone(), item.pos);
+                    out.insert(name, Dependency::default());
+                }
+            }
+        }
+        Value::Map(_) => {
+            for (name, pos, body) in cx.named(node, path) {
+                let p = join(path, name);
+                let mut dependency = Dependency::default();
+                if body.value != Value::Null {
+                    for (key, value) in cx.fields(body, &p, &["condition"], false) {
+                        let cp = join(&p, key);
+                        match cx.string(value, &cp).as_deref() {
+                            Some("service_started") => dependency.condition = Condition::ServiceStarted,
+                            Some("service_healthy") => dependency.condition = Condition::ServiceHealthy,
+                            Some("service_completed_successfully") => {
+                                dependency.condition = Condition::ServiceCompletedSuccessfully;
+                            }
+                            Some(other) => cx.error(value.pos, &cp, format!("unknown condition {other:?}: use service_started, service_healthy or service_completed_successfully")),
+                            None => {}
+                        }
+                    }
+                }
+                sites.depends_on.insert(name.to_owned(), pos);
+                out.insert(name.to_owned(), dependency);
+            }
+        }
+        _ => cx.expected(node, path, "a list of service names or a mapping"),
+    }
+    out
+}
+
+fn healthcheck_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Healthcheck> {
+    let fields = cx.fields(
+        node,
+        path,
+        &["test", "interval", "timeout", "retries", "start_period", "disable"],
+        false,
+    );
+    let mut check = Healthcheck {
+        test: Vec::new(),
+        interval_ms: None,
+        timeout_ms: None,
+        retries: None,
+        start_period_ms: None,
+    };
+    let mut disable = false;
+    for (key, value) in fields {
+        let p = join(path, key);
+        let duration = |cx: &mut Cx<'_>| -> Option<u64> {
+            let text = cx.string(value, &p)?;
+            units::parse_duration_ms(&text).map_err(|e| cx.error(value.pos, &p, e)).ok()
+        };
+        match key {
+            "test" => match &value.value {
+                Value::Str(s) => check.test = vec!["CMD-SHELL".to_owned(), s.clone()],
+                Value::Seq(_) => {
+                    let words = cx.command(value, &p).unwrap_or_default();
+                    match words.first().map(String::as_str) {
+                        Some("CMD" | "CMD-SHELL") if words.len() >= 2 => check.test = words,
+                        Some("NONE") if words.len() == 1 => check.test = words,
+                        _ => cx.error(value.pos, &p, "a list test starts with \"CMD\" (then the command), \"CMD-SHELL\" (then a script) or is [\"NONE\"]"),
+                    }
+                }
+                _ => cx.expected(value, &p, "a string or a list"),
+            },
+            "interval" => check.interval_ms = duration(cx),
+            "timeout" => check.timeout_ms = duration(cx),
+            "start_period" => check.start_period_ms = duration(cx),
+            "retries" => check.retries = cx.int(value, &p, 0, i64::from(u32::MAX)).map(|r| r as u32),
+            "disable" => disable = cx.bool(value, &p).unwrap_or(false),
+            _ => unreachable!("fields() returns only known keys"),
+        }
+    }
+    if disable {
+        check.test = vec!["NONE".to_owned()];
+    } else if check.test.is_empty() && matches!(node.value, Value::Map(_)) {
+        cx.error(node.pos, &join(path, "test"), "a healthcheck needs a `test` (or `disable: true`)");
+        return None;
+    }
+    Some(check)
+}
+
+fn deploy_of(cx: &mut Cx<'_>, node: &Node, path: &str, service: &mut Service, sites: &mut ServiceSites) {
+    for (key, value) in cx.fields(node, path, &["replicas", "resources"], false) {
+        let p = join(path, key);
+        match key {
+            "replicas" => {
+                sites.replicas = value.pos;
+                if let Some(r) = cx.int(value, &p, 0, 10_000) {
+                    service.replicas = r as u32;
+                }
+            }
+            "resources" => {
+                for (key, value) in cx.fields(value, &p, &["limits"], false) {
+                    let lp = join(&p, key);
+                    for (key, value) in cx.fields(value, &lp, &["cpus", "memory"], false) {
+                        let vp = join(&lp, key);
+                        match key {
+                            "cpus" => {
+                                let parsed = match &value.value {
+                                    Value::Float(x) => units::cpus_to_millis(*x),
+                                    Value::Int(i) => units::cpus_to_millis(*i as f64),
+                                    _ => match cx.string(value, &vp) {
+                                        Some(s) => units::parse_cpu_millis(&s),
+                                        None => continue,
+                                    },
+                                };
+                                match parsed {
+                                    Ok(m) => service.limits.cpu_millis = Some(m),
+                                    Err(e) => cx.error(value.pos, &vp, e),
+                                }
+                            }
+                            "memory" => {
+                                let Some(text) = cx.string(value, &vp) else { continue };
+                                match units::parse_bytes(&text) {
+                                    Ok(b) if b >= 6 * 1024 * 1024 => service.limits.memory_bytes = Some(b),
+                                    Ok(_) => cx.error(value.pos, &vp, "the engine refuses a memory limit under 6m"),
+                                    Err(e) => cx.error(value.pos, &vp, e),
+                                }
+                            }
+                            _ => unreachable!("fields() returns only known keys"),
+                        }
+                    }
+                }
+            }
+            _ => unreachable!("fields() returns only known keys"),
+        }
+    }
+}
+
+fn restart_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<RestartPolicy> {
+    // `restart: no` unquoted is the boolean false in YAML 1.1 parsers; accept both.
+    if node.value == Value::Bool(false) {
+        return Some(RestartPolicy::No);
+    }
+    let text = cx.string(node, path)?;
+    Some(match text.as_str() {
+        "no" => RestartPolicy::No,
+        "always" => RestartPolicy::Always,
+        "unless-stopped" => RestartPolicy::UnlessStopped,
+        "on-failure" => RestartPolicy::OnFailure { max_retries: None },
+        other => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
+            Some(Ok(n)) => RestartPolicy::OnFailure { max_retries: Some(n) },
+            _ => {
+                cx.error(node.pos, path, format!("unknown restart policy {other:?}: use \"no\", always, on-failure[:N] or unless-stopped"));
+                return None;
+            }
+        },
+    })
+}
+
+fn volume_mount_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<VolumeMount> {
+    const BIND: &str = "bind mounts are not supported: the same topology runs on remote machines where the host path does not exist; use a named volume";
+    match &node.value {
+        Value::Str(text) => {
+            let parts: Vec<&str> = text.split(':').collect();
+            let (source, target, mode) = match parts.as_slice() {
+                [target] => (None, *target, None),
+                [source, target] => (Some(*source), *target, None),
+                [source, target, mode] => (Some(*source), *target, Some(*mode)),
+                _ => {
+                    cx.error(node.pos, path, format!("{text:?} is not a volume such as \"data:/var/lib/data\" or \"data:/var/lib/data:ro\""));
+                    return None;
+                }
+            };
+            if let Some(s) = source {
+                if s.starts_with(['/', '.', '~']) || s.contains('/') {
+                    cx.error(node.pos, path, BIND);
+                    return None;
+                }
+            }
+            let read_only = match mode {
+                None | Some("rw") => false,
+                Some("ro") => true,
+                Some(other) => {
+                    cx.error(node.pos, path, format!("unknown volume mode {other:?}: use ro or rw"));
+                    return None;
+                }
+            };
+            if !target.starts_with('/') {
+                cx.error(node.pos, path, format!("the target {target:?} must be an absolute path inside the container"));
+                return None;
+            }
+            Some(VolumeMount { source: source.map(str::to_owned), target: target.to_owned(), read_only })
+        }
+        Value::Map(_) => {
+            let mut mount = VolumeMount { source: None, target: String::new(), read_only: false };
+            let mut ok = true;
+            for (key, value) in cx.fields(node, path, &["type", "source", "target", "read_only"], false) {
+                let p = join(path, key);
+                match key {
+                    "type" => match cx.string(value, &p).as_deref() {
+                        Some("volume") => {}
+                        Some("bind") => {
+                            cx.error(value.pos, &p, BIND);
+                            ok = false;
+                        }
+                        Some(other) => {
+                            cx.error(value.pos, &p, format!("volume type {other:?} is not supported: use volume"));
+                            ok = false;
+                        }
+                        None => ok = false,
+                    },
+                    "source" => mount.source = cx.non_empty_string(value, &p),
+                    "target" => mount.target = cx.non_empty_string(value, &p).unwrap_or_default(),
+                    "read_only" => mount.read_only = cx.bool(value, &p).unwrap_or(false),
+                    _ => unreachable!("fields() returns only known keys"),
+                }
+            }
+            if mount.target.is_empty() {
+                cx.error(node.pos, &join(path, "target"), "a volume needs a `target` (an absolute path inside the container)");
+                ok = false;
+            } else if !mount.target.starts_with('/') {
+                cx.error(node.pos, &join(path, "target"), format!("the target {:?} must be an absolute path", mount.target));
+                ok = false;
+            }
+            ok.then_some(mount)
+        }
+        _ => {
+            cx.expected(node, path, "a volume such as \"data:/var/lib/data\" or a mapping");
+            None
+        }
+    }
+}
+
+fn service_networks_of(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+    sites: &mut ServiceSites,
+) -> BTreeMap<String, ServiceNetwork> {
+    let mut out = BTreeMap::new();
+    match &node.value {
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(name) = cx.non_empty_string(item, &format!("{path}[{i}]")) {
+                    sites.networks.insert(name.clone(), item.pos);
+                    out.insert(name, ServiceNetwork::default());
+                }
+            }
+        }
+        Value::Map(_) => {
+            for (name, pos, body) in cx.named(node, path) {
+                let p = join(path, name);
+                let mut network = ServiceNetwork::default();
+                if body.value != Value::Null {
+                    for (key, value) in cx.fields(body, &p, &["aliases"], false) {
+                        let ap = join(&p, key);
+                        for (i, alias) in cx.seq(value, &ap).iter().enumerate() {
+                            let item_path = format!("{ap}[{i}]");
+                            match cx.non_empty_string(alias, &item_path) {
+                                Some(a) if valid_name(&a) => network.aliases.push(a),
+                                Some(a) => cx.error(alias.pos, &item_path, format!("{a:?} cannot be a host name: {NAME_RULE}")),
+                                None => {}
+                            }
+                        }
+                    }
+                }
+                sites.networks.insert(name.to_owned(), pos);
+                out.insert(name.to_owned(), network);
+            }
+        }
+        _ => cx.expected(node, path, "a list of network names or a mapping"),
+    }
+    if out.is_empty() && cx.errors.is_empty() {
+        cx.error(node.pos, path, "a service must join at least one network (leave `networks` out to join `default`)");
+    }
+    out
+}
+
+fn network_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Network {
+    let mut network = Network::default();
+    if node.value == Value::Null {
+        return network;
+    }
+    for (key, value) in cx.fields(node, path, &["driver", "internal", "labels", "external"], true) {
+        let p = join(path, key);
+        match key {
+            "driver" => match cx.string(value, &p).as_deref() {
+                Some("bridge") | None => {}
+                Some(other) => cx.error(value.pos, &p, format!("network driver {other:?} is not supported: Berth creates bridge networks")),
+            },
+            "internal" => network.internal = cx.bool(value, &p).unwrap_or(false),
+            "labels" => network.labels = cx.key_values(value, &p, false),
+            "external" => {
+                if cx.bool(value, &p) == Some(true) {
+                    cx.error(value.pos, &p, "external networks are not supported: a topology's networks belong to it alone, so tenants never share one");
+                }
+            }
+            _ => unreachable!("fields() returns only known keys"),
+        }
+    }
+    network
+}
+
+fn volume_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Volume {
+    let mut volume = Volume::default();
+    if node.value == Value::Null {
+        return volume;
+    }
+    for (key, value) in cx.fields(node, path, &["driver", "labels", "external"], true) {
+        let p = join(path, key);
+        match key {
+            "driver" => match cx.string(value, &p).as_deref() {
+                Some("local") | None => {}
+                Some(other) => cx.error(value.pos, &p, format!("volume driver {other:?} is not supported: Berth creates local volumes")),
+            },
+            "labels" => volume.labels = cx.key_values(value, &p, false),
+            "external" => {
+                if cx.bool(value, &p) == Some(true) {
+                    cx.error(value.pos, &p, "external volumes are not supported: a topology's volumes belong to it alone");
+                }
+            }
+            _ => unreachable!("fields() returns only known keys"),
+        }
+    }
+    volume
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ports() {
+        let p = parse_short_port("8080:80").unwrap();
+        assert_eq!(p, vec![PortMapping { target: 80, published: Some(8080), host_ip: None, protocol: Protocol::Tcp }]);
+        let p = parse_short_port("127.0.0.1:53:53/udp").unwrap();
+        assert_eq!(p[0].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(p[0].protocol, Protocol::Udp);
+        let p = parse_short_port("[::1]:8080:80").unwrap();
+        assert_eq!(p[0].host_ip.as_deref(), Some("::1"));
+        assert_eq!(parse_short_port("80").unwrap()[0].published, None);
+        assert_eq!(parse_short_port("9000-9002:8000-8002").unwrap().len(), 3);
+        assert!(parse_short_port("9000-9001:8000-8002").is_err());
+        assert!(parse_short_port("http").is_err());
+        assert!(parse_short_port("0:80").is_err());
+        assert!(parse_short_port("1:2:3:4").is_err());
+        assert!(parse_short_port("80/sctp").is_err());
+        assert!(parse_short_port("bad-ip:80:80").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("web"));
+        assert!(valid_name("web-1.x_y"));
+        assert!(!valid_name("Web"));
+        assert!(!valid_name("-web"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn suggestions_for_typos() {
+        let m = unknown_key_message("services.web", "imgae", SERVICE_KEYS);
+        assert!(m.contains("did you mean `image`"), "{m}");
+        let m = unknown_key_message("services.web", "build", SERVICE_KEYS);
+        assert!(m.contains("not supported by Berth"), "{m}");
+    }
+}
