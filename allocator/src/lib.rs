@@ -1,1 +1,14 @@
-//! placeholder
+//! The orchestrator: quotas, the node pool, placement and assignments.
+//!
+//! The domain logic (quota arithmetic in `resources`, placement in `placement`) is
+//! pure; `service` loads its inputs from the database and commits its decisions in one
+//! transaction. The allocator decides where replicas run; it never talks to Docker.
+
+pub mod entity;
+pub mod migration;
+pub mod placement;
+pub mod resources;
+pub mod service;
+
+pub use resources::{Limit, QuotaExceeded, Resources};
+pub use service::{Allocator, AllocatorError, DefaultRequest, Deployment};

@@ -1,1 +1,508 @@
-fn main() {}
+//! `berth`: run a topology file on this machine, inspect it and take it down.
+//!
+//! Exit codes: 0 success; 1 failed part way (what is running is said); 2 bad usage;
+//! 3 the topology file is invalid; 4 Docker is not reachable; 5 refused by quota or
+//! capacity (nothing changed); 6 a check before any change failed: a missing image or
+//! a host port in use (nothing changed).
+
+mod local;
+mod progress;
+mod project;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_node_runtime::driver::ContainerListing;
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use local::{LocalError, LocalPlane, data_dir};
+use project::{ProjectError, find_file, load_project};
+
+/// Berth: one topology file, from a laptop to a shared pool.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about)]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(flatten)]
+    file: FileArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `-f FILE`, accepted before the subcommand (as with Compose) and after it.
+#[derive(Debug, Default, clap::Args)]
+struct FileArg {
+    /// The topology file (default: compose.yaml, compose.yml, docker-compose.yaml or
+    /// docker-compose.yml in the current directory).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or update the topology's containers, networks and volumes.
+    Up {
+        #[command(flatten)]
+        file: FileArg,
+        /// Return once everything is up instead of following the logs.
+        #[arg(short = 'd', long)]
+        detach: bool,
+    },
+    /// Remove the topology's containers and networks.
+    Down {
+        #[command(flatten)]
+        file: FileArg,
+        /// Remove its named volumes too.
+        #[arg(short = 'v', long)]
+        volumes: bool,
+    },
+    /// List the topology's containers (every local topology's with --all).
+    Ps {
+        #[command(flatten)]
+        file: FileArg,
+        /// Every topology, not only this file's.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Show the output of the topology's containers.
+    Logs {
+        /// The topology file (`-f` here means --follow, as with Compose).
+        #[arg(long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Keep following the output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only this many lines from the end of each container's output.
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
+        /// Only this service.
+        service: Option<String>,
+    },
+    /// Check the topology file and report every problem in it.
+    Validate {
+        #[command(flatten)]
+        file: FileArg,
+    },
+    /// Print the topology as Berth understands it, normalised.
+    Config {
+        #[command(flatten)]
+        file: FileArg,
+    },
+}
+
+impl Cli {
+    /// The file named after the subcommand, else before it.
+    fn file(&self) -> Option<&std::path::Path> {
+        let after = match &self.command {
+            Command::Up { file, .. }
+            | Command::Down { file, .. }
+            | Command::Ps { file, .. }
+            | Command::Validate { file }
+            | Command::Config { file } => file.file.as_deref(),
+            Command::Logs { file, .. } => file.as_deref(),
+        };
+        after.or(self.file.file.as_deref())
+    }
+}
+
+/// Exit codes, as documented at the top of this file and in the README.
+#[derive(Clone, Copy, Debug)]
+enum Exit {
+    Failure = 1,
+    Invalid = 3,
+    DockerUnavailable = 4,
+    Refused = 5,
+    Preflight = 6,
+}
+
+#[derive(Debug)]
+struct Failure {
+    exit: Exit,
+    message: String,
+}
+
+impl From<ProjectError> for Failure {
+    fn from(e: ProjectError) -> Self {
+        let exit = match e {
+            ProjectError::Invalid(_) | ProjectError::DotEnv { .. } => Exit::Invalid,
+            ProjectError::NotFound { .. } | ProjectError::Unreadable { .. } => Exit::Invalid,
+        };
+        Failure {
+            exit,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<LocalError> for Failure {
+    fn from(e: LocalError) -> Self {
+        let exit = match &e {
+            LocalError::Docker(berth_node_runtime::DriverError::Unavailable { .. }) => {
+                Exit::DockerUnavailable
+            }
+            LocalError::Refused(_) => Exit::Refused,
+            LocalError::Preflight(_) => Exit::Preflight,
+            LocalError::State { .. } | LocalError::Docker(_) | LocalError::Apply(_) => {
+                Exit::Failure
+            }
+        };
+        Failure {
+            exit,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("BERTH_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Failure as u8);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message.trim_end());
+            ExitCode::from(failure.exit as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Validate { .. } => validate(&cli),
+        Command::Config { .. } => config(&cli),
+        Command::Up { detach, .. } => up(&cli, *detach).await,
+        Command::Down { volumes, .. } => down(&cli, *volumes).await,
+        Command::Ps { all, .. } => ps(&cli, *all).await,
+        Command::Logs {
+            follow,
+            tail,
+            service,
+            ..
+        } => logs(&cli, *follow, *tail, service.as_deref()).await,
+    }
+}
+
+fn load(cli: &Cli) -> Result<berth_protocol::topology::Loaded, Failure> {
+    let file = find_file(cli.file())?;
+    let loaded = load_project(&file)?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(loaded)
+}
+
+/// The topology's name: from the file when it loads, else from the directory (so that
+/// `down` works even when the file is gone or broken).
+fn topology_name(cli: &Cli) -> Result<String, Failure> {
+    match find_file(cli.file()).and_then(|f| load_project(&f)) {
+        Ok(loaded) => Ok(loaded.topology.name),
+        Err(ProjectError::NotFound { dir }) => {
+            let name = berth_protocol::topology::normalize_name(
+                dir.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
+            );
+            if name.is_empty() {
+                Err(Failure {
+                    exit: Exit::Invalid,
+                    message: format!(
+                        "cannot tell which topology: no topology file in {}",
+                        dir.display()
+                    ),
+                })
+            } else {
+                Ok(name)
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn validate(cli: &Cli) -> Result<(), Failure> {
+    let file = find_file(cli.file())?;
+    match load_project(&file) {
+        Ok(loaded) => {
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "valid": true, "name": loaded.topology.name, "warnings": loaded.warnings }),
+                );
+            } else {
+                for warning in &loaded.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                let n = loaded.topology.services.len();
+                println!(
+                    "{}: valid topology {:?} with {n} service{}",
+                    file.display(),
+                    loaded.topology.name,
+                    if n == 1 { "" } else { "s" }
+                );
+            }
+            Ok(())
+        }
+        Err(ProjectError::Invalid(e)) if cli.json => {
+            print_json(&serde_json::json!({ "valid": false, "errors": e.diagnostics }));
+            Err(Failure {
+                exit: Exit::Invalid,
+                message: format!("{} problem(s) in {}", e.diagnostics.len(), file.display()),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn config(cli: &Cli) -> Result<(), Failure> {
+    let loaded = load(cli)?;
+    if cli.json {
+        print_json(&loaded.topology);
+    } else {
+        let yaml = serde_saphyr::to_string(&loaded.topology).map_err(|e| Failure {
+            exit: Exit::Failure,
+            message: format!("cannot render the topology: {e}"),
+        })?;
+        print!("{yaml}");
+    }
+    Ok(())
+}
+
+async fn up(cli: &Cli, detach: bool) -> Result<(), Failure> {
+    let loaded = load(cli)?;
+    let topology = loaded.topology;
+    let plane = LocalPlane::open(&data_dir()).await?;
+    let (events, shown) = progress::show(progress::Mode::pick(cli.json));
+    let result = plane.up(&topology, events).await;
+    let _ = shown.await;
+    let outcome = result?;
+    let containers = plane.ps(Some(&topology.name)).await?;
+    if cli.json {
+        print_json(&serde_json::json!({
+            "topology": topology.name,
+            "created": outcome.created,
+            "unchanged": outcome.unchanged,
+            "removed": outcome.removed,
+            "containers": containers.iter().map(ContainerJson::from).collect::<Vec<_>>(),
+        }));
+    } else {
+        println!(
+            "topology {:?} is up: {} created, {} unchanged, {} removed",
+            topology.name, outcome.created, outcome.unchanged, outcome.removed
+        );
+        print_reachable(&containers);
+    }
+    if detach || cli.json {
+        return Ok(());
+    }
+    println!(
+        "following logs; Ctrl-C stops following and leaves the topology running (`berth down` removes it)"
+    );
+    follow_logs(&plane, &containers, true, Some(10)).await
+}
+
+fn print_reachable(containers: &[ContainerListing]) {
+    for c in containers {
+        for (ip, port) in &c.container.host_ports {
+            let host = if ip.is_empty() || ip == "0.0.0.0" || ip == "::" {
+                "localhost"
+            } else {
+                ip.as_str()
+            };
+            if ip == "::"
+                && c.container
+                    .host_ports
+                    .iter()
+                    .any(|(i, p)| i == "0.0.0.0" && p == port)
+            {
+                continue;
+            }
+            println!(
+                "  {}.{} reachable at {host}:{port}",
+                c.container.service, c.container.replica
+            );
+        }
+    }
+}
+
+async fn down(cli: &Cli, volumes: bool) -> Result<(), Failure> {
+    let name = topology_name(cli)?;
+    let plane = LocalPlane::open(&data_dir()).await?;
+    let (events, shown) = progress::show(progress::Mode::pick(cli.json));
+    let result = plane.down(&name, volumes, events).await;
+    let _ = shown.await;
+    let outcome = result?;
+    if cli.json {
+        print_json(&serde_json::json!({ "topology": name, "removed": outcome.removed }));
+    } else {
+        println!(
+            "topology {name:?} is down: {} container{} removed",
+            outcome.removed,
+            if outcome.removed == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ContainerJson<'a> {
+    topology: &'a str,
+    service: &'a str,
+    replica: u32,
+    name: &'a str,
+    state: &'a str,
+    status: &'a str,
+    ports: Vec<String>,
+}
+
+impl<'a> From<&'a ContainerListing> for ContainerJson<'a> {
+    fn from(c: &'a ContainerListing) -> Self {
+        ContainerJson {
+            topology: &c.topology.topology,
+            service: &c.container.service,
+            replica: c.container.replica,
+            name: &c.container.name,
+            state: &c.state,
+            status: &c.status,
+            ports: c
+                .container
+                .host_ports
+                .iter()
+                .map(|(ip, p)| format!("{ip}:{p}"))
+                .collect(),
+        }
+    }
+}
+
+async fn ps(cli: &Cli, all: bool) -> Result<(), Failure> {
+    let name = if all { None } else { Some(topology_name(cli)?) };
+    let plane = LocalPlane::open(&data_dir()).await?;
+    let containers = plane.ps(name.as_deref()).await?;
+    if cli.json {
+        print_json(
+            &containers
+                .iter()
+                .map(ContainerJson::from)
+                .collect::<Vec<_>>(),
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<28} {:<10} {:<28} PORTS",
+        "TOPOLOGY", "NAME", "STATE", "STATUS"
+    );
+    for c in &containers {
+        let json = ContainerJson::from(c);
+        println!(
+            "{:<16} {:<28} {:<10} {:<28} {}",
+            json.topology,
+            json.name,
+            json.state,
+            json.status,
+            json.ports.join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn logs(
+    cli: &Cli,
+    follow: bool,
+    tail: Option<u64>,
+    service: Option<&str>,
+) -> Result<(), Failure> {
+    let name = topology_name(cli)?;
+    let plane = LocalPlane::open(&data_dir()).await?;
+    let containers: Vec<ContainerListing> = plane
+        .ps(Some(&name))
+        .await?
+        .into_iter()
+        .filter(|c| service.is_none_or(|s| c.container.service == s))
+        .collect();
+    if containers.is_empty() {
+        let what = service.map_or_else(
+            || format!("topology {name:?}"),
+            |s| format!("service {s:?} of topology {name:?}"),
+        );
+        return Err(Failure {
+            exit: Exit::Failure,
+            message: format!("no containers for {what}; is it up (`berth ps`)?"),
+        });
+    }
+    follow_logs(&plane, &containers, follow, tail).await
+}
+
+async fn follow_logs(
+    plane: &LocalPlane,
+    containers: &[ContainerListing],
+    follow: bool,
+    tail: Option<u64>,
+) -> Result<(), Failure> {
+    use berth_node_runtime::ContainerDriver;
+    let labels: std::collections::HashMap<String, String> = containers
+        .iter()
+        .map(|c| {
+            (
+                c.container.name.clone(),
+                format!("{}.{}", c.container.service, c.container.replica),
+            )
+        })
+        .collect();
+    let width = labels.values().map(String::len).max().unwrap_or(0);
+    let streams = containers
+        .iter()
+        .map(|c| plane.driver().logs(&c.container.name, follow, tail));
+    let mut merged = futures_util::stream::select_all(streams);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            line = merged.next() => match line {
+                Some(Ok(line)) => {
+                    let label = labels.get(&line.container).map_or(line.container.as_str(), String::as_str);
+                    println!("{label:<width$} | {}", line.text);
+                }
+                Some(Err(e)) => return Err(Failure { exit: Exit::Failure, message: e.to_string() }),
+                None => return Ok(()),
+            },
+            _ = &mut ctrl_c => return Ok(()),
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot render JSON: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn file_goes_before_or_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["berth", "-f", "a.yaml", "logs", "-f", "web"]).unwrap();
+        assert_eq!(cli.file(), Some(std::path::Path::new("a.yaml")));
+        assert!(matches!(cli.command, Command::Logs { follow: true, .. }));
+        let cli = Cli::try_parse_from(["berth", "up", "-d", "-f", "b.yaml"]).unwrap();
+        assert_eq!(cli.file(), Some(std::path::Path::new("b.yaml")));
+        let cli = Cli::try_parse_from(["berth", "logs", "--file", "c.yaml"]).unwrap();
+        assert_eq!(cli.file(), Some(std::path::Path::new("c.yaml")));
+    }
+}

@@ -3,4 +3,5 @@
 //! Owns the topology format (parsing, interpolation, validation, normalisation) and the
 //! types the control plane's API exchanges. It does no I/O beyond what a caller hands
 //! it as text, and must never depend on Docker, a database or a network.
+pub mod assignment;
 pub mod topology;

@@ -1,1 +1,227 @@
-//! placeholder
+//! Tenants and the topologies they own, with every revision kept.
+//!
+//! Owns the `tenants`, `topologies` and `topology_revisions` tables. It stores what
+//! tenants asked for; it never places anything (the allocator does) and never talks to
+//! a node.
+
+pub mod entity;
+pub mod migration;
+
+use berth_protocol::topology::Topology;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use entity::{revision, tenant, topology};
+
+/// Failures of the tenant service.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    /// No such tenant.
+    #[error("tenant {0:?} does not exist")]
+    UnknownTenant(String),
+    /// No such topology.
+    #[error("topology {topology:?} does not exist in tenant {tenant:?}")]
+    UnknownTopology {
+        /// The tenant.
+        tenant: String,
+        /// The topology.
+        topology: String,
+    },
+    /// A stored revision could not be read back.
+    #[error("stored revision {revision} of {topology:?} is unreadable: {source}")]
+    Corrupt {
+        /// The topology.
+        topology: String,
+        /// The revision.
+        revision: i64,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A stored revision of a topology.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRevision {
+    /// The revision number, from 1.
+    pub revision: u64,
+    /// Whether this call stored it (false when the topology was already at this spec).
+    pub is_new: bool,
+    /// The topology.
+    pub topology: Topology,
+}
+
+/// The tenant service over one database.
+#[derive(Clone, Debug)]
+pub struct TenantService {
+    db: DatabaseConnection,
+}
+
+impl TenantService {
+    /// Opens the service over `db`, migrating its tables.
+    pub async fn open(db: DatabaseConnection) -> Result<Self, TenantError> {
+        migration::Migrator::up(&db, None).await?;
+        Ok(Self { db })
+    }
+
+    /// Creates a tenant if it does not exist yet.
+    pub async fn ensure_tenant(&self, name: &str, now_ms: i64) -> Result<(), TenantError> {
+        let row = tenant::ActiveModel {
+            name: Set(name.to_owned()),
+            created_at_ms: Set(now_ms),
+        };
+        tenant::Entity::insert(row)
+            .on_conflict_do_nothing()
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores `spec` as the topology's next revision, unless it equals the current one
+    /// (then the current revision is returned, so `up` twice stores nothing new).
+    pub async fn put_revision(
+        &self,
+        tenant_name: &str,
+        spec: &Topology,
+        now_ms: i64,
+    ) -> Result<StoredRevision, TenantError> {
+        let json = serde_json::to_string(spec).map_err(|source| TenantError::Corrupt {
+            topology: spec.name.clone(),
+            revision: 0,
+            source,
+        })?;
+        let txn = self.db.begin().await?;
+        if tenant::Entity::find_by_id(tenant_name.to_owned())
+            .one(&txn)
+            .await?
+            .is_none()
+        {
+            return Err(TenantError::UnknownTenant(tenant_name.to_owned()));
+        }
+        let current = topology::Entity::find_by_id((tenant_name.to_owned(), spec.name.clone()))
+            .one(&txn)
+            .await?;
+        if let Some(current) = &current {
+            let stored = revision::Entity::find_by_id((
+                tenant_name.to_owned(),
+                spec.name.clone(),
+                current.current_revision,
+            ))
+            .one(&txn)
+            .await?;
+            if stored.is_some_and(|r| r.spec == json) {
+                txn.commit().await?;
+                return Ok(StoredRevision {
+                    revision: current.current_revision as u64,
+                    is_new: false,
+                    topology: spec.clone(),
+                });
+            }
+        }
+        // Revision numbers never repeat, even across a delete and a new deploy.
+        let last = revision::Entity::find()
+            .filter(revision::Column::Tenant.eq(tenant_name))
+            .filter(revision::Column::Topology.eq(&spec.name))
+            .order_by_desc(revision::Column::Revision)
+            .one(&txn)
+            .await?
+            .map_or(0, |r| r.revision);
+        let next = last + 1;
+        revision::Entity::insert(revision::ActiveModel {
+            tenant: Set(tenant_name.to_owned()),
+            topology: Set(spec.name.clone()),
+            revision: Set(next),
+            spec: Set(json),
+            created_at_ms: Set(now_ms),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        let row = topology::ActiveModel {
+            tenant: Set(tenant_name.to_owned()),
+            name: Set(spec.name.clone()),
+            current_revision: Set(next),
+            updated_at_ms: Set(now_ms),
+        };
+        topology::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([topology::Column::Tenant, topology::Column::Name])
+                    .update_columns([
+                        topology::Column::CurrentRevision,
+                        topology::Column::UpdatedAtMs,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(StoredRevision {
+            revision: next as u64,
+            is_new: true,
+            topology: spec.clone(),
+        })
+    }
+
+    /// The topology's current revision.
+    pub async fn current(
+        &self,
+        tenant_name: &str,
+        name: &str,
+    ) -> Result<StoredRevision, TenantError> {
+        let unknown = || TenantError::UnknownTopology {
+            tenant: tenant_name.to_owned(),
+            topology: name.to_owned(),
+        };
+        let current = topology::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
+            .one(&self.db)
+            .await?
+            .ok_or_else(unknown)?;
+        let row = revision::Entity::find_by_id((
+            tenant_name.to_owned(),
+            name.to_owned(),
+            current.current_revision,
+        ))
+        .one(&self.db)
+        .await?
+        .ok_or_else(unknown)?;
+        let topology = serde_json::from_str(&row.spec).map_err(|source| TenantError::Corrupt {
+            topology: name.to_owned(),
+            revision: row.revision,
+            source,
+        })?;
+        Ok(StoredRevision {
+            revision: row.revision as u64,
+            is_new: false,
+            topology,
+        })
+    }
+
+    /// The names of a tenant's topologies.
+    pub async fn list(&self, tenant_name: &str) -> Result<Vec<String>, TenantError> {
+        let rows = topology::Entity::find()
+            .filter(topology::Column::Tenant.eq(tenant_name))
+            .order_by_asc(topology::Column::Name)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.name).collect())
+    }
+
+    /// Deletes a topology; its revisions stay as history. Returns whether it existed.
+    pub async fn delete(&self, tenant_name: &str, name: &str) -> Result<bool, TenantError> {
+        let result = topology::Entity::delete_by_id((tenant_name.to_owned(), name.to_owned()))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected > 0)
+    }
+
+    /// The database this service writes to.
+    pub fn connection(&self) -> &impl ConnectionTrait {
+        &self.db
+    }
+}

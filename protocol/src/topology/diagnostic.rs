@@ -55,7 +55,11 @@ pub struct TopologyError {
 impl fmt::Display for TopologyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.diagnostics.len();
-        writeln!(f, "{n} problem{} in the topology:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} problem{} in the topology:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for d in &self.diagnostics {
             writeln!(f, "  {d}")?;
         }

@@ -30,7 +30,9 @@ pub fn parse_env_file(text: &str) -> Result<Vec<EnvEntry>, Vec<EnvFileProblem>> 
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let body = trimmed.strip_prefix("export ").map_or(trimmed, str::trim_start);
+        let body = trimmed
+            .strip_prefix("export ")
+            .map_or(trimmed, str::trim_start);
         let (key, value) = match body.split_once('=') {
             Some((k, v)) => (k.trim(), Some(v.trim())),
             None => (body, None),
@@ -52,7 +54,11 @@ pub fn parse_env_file(text: &str) -> Result<Vec<EnvEntry>, Vec<EnvFileProblem>> 
             },
         }
     }
-    if problems.is_empty() { Ok(entries) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(entries)
+    } else {
+        Err(problems)
+    }
 }
 
 fn valid_key(key: &str) -> bool {
@@ -125,6 +131,9 @@ mod tests {
     #[test]
     fn reports_every_bad_line() {
         let problems = parse_env_file("1BAD=x\nOK=1\nQ=\"open\n").unwrap_err();
-        assert_eq!(problems.iter().map(|p| p.line).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            problems.iter().map(|p| p.line).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
     }
 }

@@ -22,7 +22,10 @@ impl Variables {
         V: Into<String>,
     {
         Self {
-            values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            values: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
         }
     }
 
@@ -66,7 +69,9 @@ fn interpolate_into(
 ) -> Result<(), String> {
     *depth += 1;
     if *depth > MAX_NESTING {
-        return Err(format!("interpolation is nested more than {MAX_NESTING} levels deep"));
+        return Err(format!(
+            "interpolation is nested more than {MAX_NESTING} levels deep"
+        ));
     }
     let mut rest = input;
     while let Some(dollar) = rest.find('$') {
@@ -163,7 +168,11 @@ fn expand_braced(
     match operator {
         "" => substitute(name, vars, out),
         ":-" | "-" => {
-            let use_default = if operator == ":-" { !non_empty } else { value.is_none() };
+            let use_default = if operator == ":-" {
+                !non_empty
+            } else {
+                value.is_none()
+            };
             if use_default {
                 interpolate_into(arg, vars, out, depth)?;
             } else {
@@ -171,7 +180,11 @@ fn expand_braced(
             }
         }
         ":?" | "?" => {
-            let missing = if operator == ":?" { !non_empty } else { value.is_none() };
+            let missing = if operator == ":?" {
+                !non_empty
+            } else {
+                value.is_none()
+            };
             if missing {
                 let mut message = Interpolated::default();
                 interpolate_into(arg, vars, &mut message, depth)?;
@@ -185,7 +198,11 @@ fn expand_braced(
             out.value.push_str(value.unwrap_or_default());
         }
         ":+" | "+" => {
-            let set = if operator == ":+" { non_empty } else { value.is_some() };
+            let set = if operator == ":+" {
+                non_empty
+            } else {
+                value.is_some()
+            };
             if set {
                 interpolate_into(arg, vars, out, depth)?;
             }
@@ -252,7 +269,10 @@ mod tests {
     #[test]
     fn required_variables_fail_with_their_message() {
         let err = run("${MISSING:?set it in .env}").unwrap_err();
-        assert!(err.contains("MISSING") && err.contains("set it in .env"), "{err}");
+        assert!(
+            err.contains("MISSING") && err.contains("set it in .env"),
+            "{err}"
+        );
         assert!(run("${EMPTY:?x}").is_err());
         assert_eq!(run("${EMPTY?x}"), Ok("".into()));
     }

@@ -71,7 +71,9 @@ pub fn load(text: &str, options: &LoadOptions<'_>) -> Result<Loaded, TopologyErr
         Ok(root) => root,
         Err(e) => {
             cx.error(e.pos, "", format!("not valid YAML: {}", e.message));
-            return Err(TopologyError { diagnostics: cx.errors });
+            return Err(TopologyError {
+                diagnostics: cx.errors,
+            });
         }
     };
     interpolate_tree(&mut cx, &mut root, "");
@@ -87,15 +89,28 @@ pub fn load(text: &str, options: &LoadOptions<'_>) -> Result<Loaded, TopologyErr
     sort(&mut cx.warnings);
     let top = match top {
         Some(top) if cx.errors.is_empty() => top,
-        _ => return Err(TopologyError { diagnostics: cx.errors }),
+        _ => {
+            return Err(TopologyError {
+                diagnostics: cx.errors,
+            });
+        }
     };
     let name = match top.name {
         Some((name, _)) => name,
         None => {
             let name = normalize_name(options.default_name);
             if name.is_empty() {
-                cx.error(root.pos, "name", format!("cannot derive a topology name from {:?}: add `name:` to the file", options.default_name));
-                return Err(TopologyError { diagnostics: cx.errors });
+                cx.error(
+                    root.pos,
+                    "name",
+                    format!(
+                        "cannot derive a topology name from {:?}: add `name:` to the file",
+                        options.default_name
+                    ),
+                );
+                return Err(TopologyError {
+                    diagnostics: cx.errors,
+                });
             }
             name
         }
@@ -103,11 +118,19 @@ pub fn load(text: &str, options: &LoadOptions<'_>) -> Result<Loaded, TopologyErr
     let mut networks = top.networks;
     let services: std::collections::BTreeMap<String, Service> =
         top.services.into_iter().map(|(k, (s, _))| (k, s)).collect();
-    if services.values().any(|s| s.networks.contains_key("default")) {
+    if services
+        .values()
+        .any(|s| s.networks.contains_key("default"))
+    {
         networks.entry("default".to_owned()).or_default();
     }
     Ok(Loaded {
-        topology: Topology { name, services, networks, volumes: top.volumes },
+        topology: Topology {
+            name,
+            services,
+            networks,
+            volumes: top.volumes,
+        },
         warnings: cx.warnings,
     })
 }
@@ -131,8 +154,16 @@ fn interpolate_tree(cx: &mut Cx<'_>, node: &mut Node, path: &str) {
         Value::Str(s) if s.contains('$') => match interpolate(s, cx.vars) {
             Ok(done) => {
                 for var in done.unset {
-                    if !cx.warnings.iter().any(|w| w.message.starts_with(&format!("variable {var} "))) {
-                        cx.warn(node.pos, path, format!("variable {var} is not set; using an empty string"));
+                    if !cx
+                        .warnings
+                        .iter()
+                        .any(|w| w.message.starts_with(&format!("variable {var} ")))
+                    {
+                        cx.warn(
+                            node.pos,
+                            path,
+                            format!("variable {var} is not set; using an empty string"),
+                        );
                     }
                 }
                 *s = done.value;

@@ -247,7 +247,13 @@ mod tests {
         assert_eq!(top[0].0.pos, Pos { line: 1, column: 1 });
         let web = map(&map(&top[0].1)[0].1);
         assert_eq!(web[0].1.value, Value::Str("busybox".into()));
-        assert_eq!(web[0].1.pos, Pos { line: 3, column: 12 });
+        assert_eq!(
+            web[0].1.pos,
+            Pos {
+                line: 3,
+                column: 12
+            }
+        );
         assert_eq!(web[1].1.value, Value::Int(3));
         assert_eq!(web[1].1.pos.line, 4);
     }
@@ -271,8 +277,10 @@ mod tests {
 
     #[test]
     fn anchors_and_merge_keys_resolve() {
-        let doc = parse_yaml("x-base: &base\n  image: busybox\nservices:\n  a:\n    <<: *base\n    command: sh\n")
-            .unwrap();
+        let doc = parse_yaml(
+            "x-base: &base\n  image: busybox\nservices:\n  a:\n    <<: *base\n    command: sh\n",
+        )
+        .unwrap();
         let services = &map(&doc)[1].1;
         let a = map(&map(services)[0].1);
         let keys: Vec<_> = a.iter().map(|(k, _)| k.value.clone()).collect();

@@ -43,11 +43,13 @@ pub(crate) struct Cx<'a> {
 
 impl Cx<'_> {
     pub(crate) fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
-        self.errors.push(Diagnostic::new(self.file, pos, path, message));
+        self.errors
+            .push(Diagnostic::new(self.file, pos, path, message));
     }
 
     pub(crate) fn warn(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
-        self.warnings.push(Diagnostic::new(self.file, pos, path, message));
+        self.warnings
+            .push(Diagnostic::new(self.file, pos, path, message));
     }
 
     fn expected(&mut self, node: &Node, path: &str, what: &str) {
@@ -74,7 +76,11 @@ impl Cx<'_> {
         let mut out = Vec::new();
         for (key, value) in entries {
             let Value::Str(name) = &key.value else {
-                self.error(key.pos, path, format!("keys must be strings, found {}", key.value));
+                self.error(
+                    key.pos,
+                    path,
+                    format!("keys must be strings, found {}", key.value),
+                );
                 continue;
             };
             if known.contains(&name.as_str()) {
@@ -98,7 +104,11 @@ impl Cx<'_> {
                 .filter_map(|(k, v)| match &k.value {
                     Value::Str(s) => Some((s.as_str(), k.pos, v)),
                     Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
-                        self.error(k.pos, path, format!("key {} must be a string: quote it", k.value));
+                        self.error(
+                            k.pos,
+                            path,
+                            format!("key {} must be a string: quote it", k.value),
+                        );
                         None
                     }
                     _ => {
@@ -145,7 +155,11 @@ impl Cx<'_> {
         match value {
             Some(v) if (min..=max).contains(&v) => Some(v),
             Some(v) => {
-                self.error(node.pos, path, format!("must be between {min} and {max}, found {v}"));
+                self.error(
+                    node.pos,
+                    path,
+                    format!("must be between {min} and {max}, found {v}"),
+                );
                 None
             }
             None => {
@@ -184,7 +198,11 @@ impl Cx<'_> {
             Value::Str(s) => match shell_words::split(s) {
                 Ok(words) => Some(words),
                 Err(e) => {
-                    self.error(node.pos, path, format!("cannot split {s:?} into words: {e}"));
+                    self.error(
+                        node.pos,
+                        path,
+                        format!("cannot split {s:?} into words: {e}"),
+                    );
                     None
                 }
             },
@@ -229,12 +247,16 @@ impl Cx<'_> {
             Value::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let item_path = format!("{path}[{i}]");
-                    let Some(text) = self.string(item, &item_path) else { continue };
+                    let Some(text) = self.string(item, &item_path) else {
+                        continue;
+                    };
                     match text.split_once('=') {
                         Some((k, v)) if !k.is_empty() => {
                             out.insert(k.to_owned(), v.to_owned());
                         }
-                        Some(_) => self.error(item.pos, &item_path, "expected KEY=VALUE, the key is empty"),
+                        Some(_) => {
+                            self.error(item.pos, &item_path, "expected KEY=VALUE, the key is empty")
+                        }
                         None if inherit => {
                             if let Some(v) = self.vars.get(&text) {
                                 out.insert(text.clone(), v.to_owned());
@@ -253,21 +275,39 @@ impl Cx<'_> {
 }
 
 pub(crate) fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// Service keys of the Compose format that Berth refuses, with the reason.
 fn unsupported_service_key(key: &str) -> Option<&'static str> {
     Some(match key {
-        "build" | "develop" => "Berth runs images that already exist; build the image first and name it in `image`",
+        "build" | "develop" => {
+            "Berth runs images that already exist; build the image first and name it in `image`"
+        }
         "container_name" | "hostname" | "domainname" => {
             "Berth names containers itself so replicas and tenants never collide; other services reach this one by its service name"
         }
-        "privileged" | "cap_add" | "cap_drop" | "security_opt" | "devices" | "device_cgroup_rules"
-        | "network_mode" | "pid" | "ipc" | "uts" | "userns_mode" | "cgroup" | "cgroup_parent"
-        | "sysctls" | "gpus" | "isolation" | "volumes_from" => {
-            "it would break the isolation Berth keeps between services and tenants"
-        }
+        "privileged"
+        | "cap_add"
+        | "cap_drop"
+        | "security_opt"
+        | "devices"
+        | "device_cgroup_rules"
+        | "network_mode"
+        | "pid"
+        | "ipc"
+        | "uts"
+        | "userns_mode"
+        | "cgroup"
+        | "cgroup_parent"
+        | "sysctls"
+        | "gpus"
+        | "isolation"
+        | "volumes_from" => "it would break the isolation Berth keeps between services and tenants",
         "cpus" | "cpu_count" | "cpu_percent" | "cpu_shares" | "cpu_quota" | "cpu_period"
         | "cpuset" | "mem_limit" | "memswap_limit" | "mem_reservation" | "mem_swappiness"
         | "pids_limit" | "cpu_rt_runtime" | "cpu_rt_period" | "blkio_config" | "shm_size"
@@ -312,7 +352,10 @@ fn unknown_key_message(path: &str, key: &str, known: &[&str]) -> String {
         .unwrap_or_default();
     let mut listed: Vec<&str> = known.to_vec();
     listed.sort_unstable();
-    format!("unknown key `{key}`{close}; allowed here: {}", listed.join(", "))
+    format!(
+        "unknown key `{key}`{close}; allowed here: {}",
+        listed.join(", ")
+    )
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -335,7 +378,8 @@ pub(crate) fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     name.len() <= 63
         && matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
 const NAME_RULE: &str = "use lower-case letters, digits, '-', '_' and '.', starting with a letter or digit (at most 63)";
@@ -361,13 +405,19 @@ pub(crate) struct ServiceSites {
 
 pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
     if root.value == Value::Null {
-        cx.error(root.pos, "", "the file is empty: a topology needs at least `services`");
+        cx.error(
+            root.pos,
+            "",
+            "the file is empty: a topology needs at least `services`",
+        );
         return None;
     }
     let fields = cx.fields(
         root,
         "",
-        &["name", "version", "services", "networks", "volumes", "x-berth"],
+        &[
+            "name", "version", "services", "networks", "volumes", "x-berth",
+        ],
         true,
     );
     let mut top = TopLevel {
@@ -389,7 +439,11 @@ pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
                     }
                 }
             }
-            "version" => cx.warn(value.pos, "version", "`version` is obsolete and has no effect"),
+            "version" => cx.warn(
+                value.pos,
+                "version",
+                "`version` is obsolete and has no effect",
+            ),
             "services" => {
                 saw_services = true;
                 services_of(cx, value, &mut top);
@@ -398,20 +452,30 @@ pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
                 for (name, pos, node) in cx.named(value, "networks") {
                     let path = join("networks", name);
                     if !valid_name(name) {
-                        cx.error(pos, &path, format!("{name:?} cannot name a network: {NAME_RULE}"));
+                        cx.error(
+                            pos,
+                            &path,
+                            format!("{name:?} cannot name a network: {NAME_RULE}"),
+                        );
                         continue;
                     }
-                    top.networks.insert(name.to_owned(), network_of(cx, node, &path));
+                    top.networks
+                        .insert(name.to_owned(), network_of(cx, node, &path));
                 }
             }
             "volumes" => {
                 for (name, pos, node) in cx.named(value, "volumes") {
                     let path = join("volumes", name);
                     if !valid_name(name) {
-                        cx.error(pos, &path, format!("{name:?} cannot name a volume: {NAME_RULE}"));
+                        cx.error(
+                            pos,
+                            &path,
+                            format!("{name:?} cannot name a volume: {NAME_RULE}"),
+                        );
                         continue;
                     }
-                    top.volumes.insert(name.to_owned(), volume_of(cx, node, &path));
+                    top.volumes
+                        .insert(name.to_owned(), volume_of(cx, node, &path));
                 }
             }
             "x-berth" => {
@@ -421,7 +485,11 @@ pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
         }
     }
     if !saw_services {
-        cx.error(root.pos, "services", "a topology needs `services`, with at least one service");
+        cx.error(
+            root.pos,
+            "services",
+            "a topology needs `services`, with at least one service",
+        );
     }
     Some(top)
 }
@@ -433,13 +501,21 @@ pub(crate) fn valid_topology_name(name: &str) -> bool {
 fn services_of(cx: &mut Cx<'_>, node: &Node, top: &mut TopLevel) {
     let entries = cx.named(node, "services");
     if entries.is_empty() && cx.errors.is_empty() {
-        cx.error(node.pos, "services", "a topology needs at least one service");
+        cx.error(
+            node.pos,
+            "services",
+            "a topology needs at least one service",
+        );
     }
     for (name, pos, body) in entries {
         let path = join("services", name);
         top.declared_services.insert(name.to_owned());
         if !valid_name(name) {
-            cx.error(pos, &path, format!("{name:?} cannot name a service: {NAME_RULE}"));
+            cx.error(
+                pos,
+                &path,
+                format!("{name:?} cannot name a service: {NAME_RULE}"),
+            );
             continue;
         }
         // A service with problems is kept for the cross-checks, so that one run
@@ -451,17 +527,39 @@ fn services_of(cx: &mut Cx<'_>, node: &Node, top: &mut TopLevel) {
 }
 
 const SERVICE_KEYS: &[&str] = &[
-    "image", "command", "entrypoint", "environment", "env_file", "ports", "expose",
-    "depends_on", "healthcheck", "deploy", "restart", "labels", "volumes", "networks",
-    "working_dir", "user", "x-berth",
+    "image",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "ports",
+    "expose",
+    "depends_on",
+    "healthcheck",
+    "deploy",
+    "restart",
+    "labels",
+    "volumes",
+    "networks",
+    "working_dir",
+    "user",
+    "x-berth",
 ];
 
-fn service_of(cx: &mut Cx<'_>, node: &Node, key_pos: Pos, path: &str) -> Option<(Service, ServiceSites)> {
+fn service_of(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    key_pos: Pos,
+    path: &str,
+) -> Option<(Service, ServiceSites)> {
     let fields = cx.fields(node, path, SERVICE_KEYS, true);
     if !matches!(node.value, Value::Map(_)) {
         return None;
     }
-    let mut sites = ServiceSites { replicas: node.pos, ..ServiceSites::default() };
+    let mut sites = ServiceSites {
+        replicas: node.pos,
+        ..ServiceSites::default()
+    };
     let mut image = None;
     let mut service = Service {
         image: String::new(),
@@ -486,7 +584,11 @@ fn service_of(cx: &mut Cx<'_>, node: &Node, key_pos: Pos, path: &str) -> Option<
     for (key, value) in fields {
         let p = join(path, key);
         match key {
-            "image" => image = cx.non_empty_string(value, &p).and_then(|i| image_ref(cx, value, &p, i)),
+            "image" => {
+                image = cx
+                    .non_empty_string(value, &p)
+                    .and_then(|i| image_ref(cx, value, &p, i))
+            }
             "command" => service.command = cx.command(value, &p),
             "entrypoint" => service.entrypoint = cx.command(value, &p),
             "environment" => service.environment = cx.key_values(value, &p, true),
@@ -521,7 +623,11 @@ fn service_of(cx: &mut Cx<'_>, node: &Node, key_pos: Pos, path: &str) -> Option<
                 service.labels = cx.key_values(value, &p, false);
                 for key in service.labels.keys() {
                     if key.starts_with("berth.") {
-                        cx.error(value.pos, &join(&p, key), "labels starting with `berth.` are reserved for Berth");
+                        cx.error(
+                            value.pos,
+                            &join(&p, key),
+                            "labels starting with `berth.` are reserved for Berth",
+                        );
                     }
                 }
             }
@@ -541,7 +647,11 @@ fn service_of(cx: &mut Cx<'_>, node: &Node, key_pos: Pos, path: &str) -> Option<
                 service.working_dir = cx.non_empty_string(value, &p);
                 if let Some(dir) = &service.working_dir {
                     if !dir.starts_with('/') {
-                        cx.error(value.pos, &p, format!("must be an absolute path, found {dir:?}"));
+                        cx.error(
+                            value.pos,
+                            &p,
+                            format!("must be an absolute path, found {dir:?}"),
+                        );
                     }
                 }
             }
@@ -553,7 +663,9 @@ fn service_of(cx: &mut Cx<'_>, node: &Node, key_pos: Pos, path: &str) -> Option<
         }
     }
     if !networks_given {
-        service.networks.insert("default".to_owned(), ServiceNetwork::default());
+        service
+            .networks
+            .insert("default".to_owned(), ServiceNetwork::default());
     }
     // `environment` wins over `env_file`, as in Compose.
     for (k, v) in env_files {
@@ -563,7 +675,11 @@ fn service_of(cx: &mut Cx<'_>, node: &Node, key_pos: Pos, path: &str) -> Option<
         Some(image) => service.image = image,
         None => {
             if !cx.errors.iter().any(|d| d.path == join(path, "image")) {
-                cx.error(key_pos, &join(path, "image"), "every service needs an `image`");
+                cx.error(
+                    key_pos,
+                    &join(path, "image"),
+                    "every service needs an `image`",
+                );
             }
             return None;
         }
@@ -572,8 +688,14 @@ fn service_of(cx: &mut Cx<'_>, node: &Node, key_pos: Pos, path: &str) -> Option<
 }
 
 fn image_ref(cx: &mut Cx<'_>, node: &Node, path: &str, image: String) -> Option<String> {
-    if image.chars().any(|c| c.is_whitespace() || c.is_control()) || image.starts_with(['-', ':', '/']) {
-        cx.error(node.pos, path, format!("{image:?} is not an image reference such as \"busybox:latest\""));
+    if image.chars().any(|c| c.is_whitespace() || c.is_control())
+        || image.starts_with(['-', ':', '/'])
+    {
+        cx.error(
+            node.pos,
+            path,
+            format!("{image:?} is not an image reference such as \"busybox:latest\""),
+        );
         return None;
     }
     Some(image)
@@ -603,7 +725,11 @@ fn env_files_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> BTreeMap<String, St
                     }
                 }
                 if file.is_none() {
-                    cx.error(item.pos, &join(&item_path, "path"), "an env_file entry needs a `path`");
+                    cx.error(
+                        item.pos,
+                        &join(&item_path, "path"),
+                        "an env_file entry needs a `path`",
+                    );
                 }
                 (file, required)
             }
@@ -629,12 +755,20 @@ fn env_files_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> BTreeMap<String, St
                 }
                 Err(problems) => {
                     for p in problems {
-                        cx.error(item.pos, &item_path, format!("{}:{}: {}", full.display(), p.line, p.message));
+                        cx.error(
+                            item.pos,
+                            &item_path,
+                            format!("{}:{}: {}", full.display(), p.line, p.message),
+                        );
                     }
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
-            Err(e) => cx.error(item.pos, &item_path, format!("cannot read env file {}: {e}", full.display())),
+            Err(e) => cx.error(
+                item.pos,
+                &item_path,
+                format!("cannot read env file {}: {e}", full.display()),
+            ),
         }
     }
     out
@@ -687,7 +821,11 @@ fn port_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Vec<PortMapping> {
             }
         }
         _ => {
-            cx.expected(node, path, "a port such as \"8080:80\" or a mapping with `target`");
+            cx.expected(
+                node,
+                path,
+                "a port such as \"8080:80\" or a mapping with `target`",
+            );
             Vec::new()
         }
     }
@@ -703,7 +841,9 @@ fn parse_short_port(text: &str) -> Result<Vec<PortMapping>, String> {
     };
     // An IPv6 host address is written in brackets: [::1]:8080:80.
     let (host_ip, rest) = if let Some(after) = rest.strip_prefix('[') {
-        let end = after.find(']').ok_or_else(|| format!("unclosed '[' in {text:?}"))?;
+        let end = after
+            .find(']')
+            .ok_or_else(|| format!("unclosed '[' in {text:?}"))?;
         let rest = after[end + 1..]
             .strip_prefix(':')
             .ok_or_else(|| format!("expected ':' after the address in {text:?}"))?;
@@ -716,7 +856,11 @@ fn parse_short_port(text: &str) -> Result<Vec<PortMapping>, String> {
         (ip, [target]) => (ip, None, *target),
         (ip, [published, target]) => (ip, Some(*published), *target),
         (None, [ip, published, target]) => (Some((*ip).to_owned()), Some(*published), *target),
-        _ => return Err(format!("{text:?} is not a port mapping such as \"8080:80\" or \"127.0.0.1:8080:80/udp\"")),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a port mapping such as \"8080:80\" or \"127.0.0.1:8080:80/udp\""
+            ));
+        }
     };
     if let Some(ip) = &host_ip {
         if ip.parse::<std::net::IpAddr>().is_err() {
@@ -730,23 +874,45 @@ fn parse_short_port(text: &str) -> Result<Vec<PortMapping>, String> {
     };
     match published {
         None => Ok(targets
-            .map(|t| PortMapping { target: t, published: None, host_ip: host_ip.clone(), protocol })
+            .map(|t| PortMapping {
+                target: t,
+                published: None,
+                host_ip: host_ip.clone(),
+                protocol,
+            })
             .collect()),
         Some(hosts) => {
             if hosts.clone().count() != targets.clone().count() {
-                return Err(format!("{text:?} maps a host range onto a container range of another length"));
+                return Err(format!(
+                    "{text:?} maps a host range onto a container range of another length"
+                ));
             }
             Ok(hosts
                 .zip(targets)
-                .map(|(h, t)| PortMapping { target: t, published: Some(h), host_ip: host_ip.clone(), protocol })
+                .map(|(h, t)| PortMapping {
+                    target: t,
+                    published: Some(h),
+                    host_ip: host_ip.clone(),
+                    protocol,
+                })
                 .collect())
         }
     }
 }
 
 fn long_port_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<PortMapping> {
-    let fields = cx.fields(node, path, &["target", "published", "host_ip", "protocol", "mode"], false);
-    let mut mapping = PortMapping { target: 0, published: None, host_ip: None, protocol: Protocol::Tcp };
+    let fields = cx.fields(
+        node,
+        path,
+        &["target", "published", "host_ip", "protocol", "mode"],
+        false,
+    );
+    let mut mapping = PortMapping {
+        target: 0,
+        published: None,
+        host_ip: None,
+        protocol: Protocol::Tcp,
+    };
     let mut ok = true;
     for (key, value) in fields {
         let p = join(path, key);
@@ -756,7 +922,9 @@ fn long_port_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<PortMapping>
                 None => ok = false,
             },
             "published" => match cx.string(value, &p).map(|s| parse_port_range(&s)) {
-                Some(Ok(range)) if range.start() == range.end() => mapping.published = Some(*range.start()),
+                Some(Ok(range)) if range.start() == range.end() => {
+                    mapping.published = Some(*range.start())
+                }
                 Some(Ok(_)) => {
                     cx.error(value.pos, &p, "a range is not supported in the long syntax: use the short syntax \"8000-8010:8000-8010\"");
                     ok = false;
@@ -779,7 +947,11 @@ fn long_port_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<PortMapping>
                 Some("tcp") => mapping.protocol = Protocol::Tcp,
                 Some("udp") => mapping.protocol = Protocol::Udp,
                 Some(other) => {
-                    cx.error(value.pos, &p, format!("unknown protocol {other:?}: use tcp or udp"));
+                    cx.error(
+                        value.pos,
+                        &p,
+                        format!("unknown protocol {other:?}: use tcp or udp"),
+                    );
                     ok = false;
                 }
                 None => ok = false,
@@ -800,7 +972,11 @@ fn long_port_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<PortMapping>
         }
     }
     if mapping.target == 0 && ok && matches!(node.value, Value::Map(_)) {
-        cx.error(node.pos, &join(path, "target"), "a port needs a `target` (the port inside the container)");
+        cx.error(
+            node.pos,
+            &join(path, "target"),
+            "a port needs a `target` (the port inside the container)",
+        );
         ok = false;
     }
     ok.then_some(mapping)
@@ -853,7 +1029,14 @@ fn healthcheck_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Healthchec
     let fields = cx.fields(
         node,
         path,
-        &["test", "interval", "timeout", "retries", "start_period", "disable"],
+        &[
+            "test",
+            "interval",
+            "timeout",
+            "retries",
+            "start_period",
+            "disable",
+        ],
         false,
     );
     let mut check = Healthcheck {
@@ -868,7 +1051,9 @@ fn healthcheck_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Healthchec
         let p = join(path, key);
         let duration = |cx: &mut Cx<'_>| -> Option<u64> {
             let text = cx.string(value, &p)?;
-            units::parse_duration_ms(&text).map_err(|e| cx.error(value.pos, &p, e)).ok()
+            units::parse_duration_ms(&text)
+                .map_err(|e| cx.error(value.pos, &p, e))
+                .ok()
         };
         match key {
             "test" => match &value.value {
@@ -886,7 +1071,9 @@ fn healthcheck_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Healthchec
             "interval" => check.interval_ms = duration(cx),
             "timeout" => check.timeout_ms = duration(cx),
             "start_period" => check.start_period_ms = duration(cx),
-            "retries" => check.retries = cx.int(value, &p, 0, i64::from(u32::MAX)).map(|r| r as u32),
+            "retries" => {
+                check.retries = cx.int(value, &p, 0, i64::from(u32::MAX)).map(|r| r as u32)
+            }
             "disable" => disable = cx.bool(value, &p).unwrap_or(false),
             _ => unreachable!("fields() returns only known keys"),
         }
@@ -894,13 +1081,23 @@ fn healthcheck_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Healthchec
     if disable {
         check.test = vec!["NONE".to_owned()];
     } else if check.test.is_empty() && matches!(node.value, Value::Map(_)) {
-        cx.error(node.pos, &join(path, "test"), "a healthcheck needs a `test` (or `disable: true`)");
+        cx.error(
+            node.pos,
+            &join(path, "test"),
+            "a healthcheck needs a `test` (or `disable: true`)",
+        );
         return None;
     }
     Some(check)
 }
 
-fn deploy_of(cx: &mut Cx<'_>, node: &Node, path: &str, service: &mut Service, sites: &mut ServiceSites) {
+fn deploy_of(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+    service: &mut Service,
+    sites: &mut ServiceSites,
+) {
     for (key, value) in cx.fields(node, path, &["replicas", "resources"], false) {
         let p = join(path, key);
         match key {
@@ -931,10 +1128,18 @@ fn deploy_of(cx: &mut Cx<'_>, node: &Node, path: &str, service: &mut Service, si
                                 }
                             }
                             "memory" => {
-                                let Some(text) = cx.string(value, &vp) else { continue };
+                                let Some(text) = cx.string(value, &vp) else {
+                                    continue;
+                                };
                                 match units::parse_bytes(&text) {
-                                    Ok(b) if b >= 6 * 1024 * 1024 => service.limits.memory_bytes = Some(b),
-                                    Ok(_) => cx.error(value.pos, &vp, "the engine refuses a memory limit under 6m"),
+                                    Ok(b) if b >= 6 * 1024 * 1024 => {
+                                        service.limits.memory_bytes = Some(b)
+                                    }
+                                    Ok(_) => cx.error(
+                                        value.pos,
+                                        &vp,
+                                        "the engine refuses a memory limit under 6m",
+                                    ),
                                     Err(e) => cx.error(value.pos, &vp, e),
                                 }
                             }
@@ -960,7 +1165,9 @@ fn restart_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<RestartPolicy>
         "unless-stopped" => RestartPolicy::UnlessStopped,
         "on-failure" => RestartPolicy::OnFailure { max_retries: None },
         other => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
-            Some(Ok(n)) => RestartPolicy::OnFailure { max_retries: Some(n) },
+            Some(Ok(n)) => RestartPolicy::OnFailure {
+                max_retries: Some(n),
+            },
             _ => {
                 cx.error(node.pos, path, format!("unknown restart policy {other:?}: use \"no\", always, on-failure[:N] or unless-stopped"));
                 return None;
@@ -993,20 +1200,41 @@ fn volume_mount_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<VolumeMou
                 None | Some("rw") => false,
                 Some("ro") => true,
                 Some(other) => {
-                    cx.error(node.pos, path, format!("unknown volume mode {other:?}: use ro or rw"));
+                    cx.error(
+                        node.pos,
+                        path,
+                        format!("unknown volume mode {other:?}: use ro or rw"),
+                    );
                     return None;
                 }
             };
             if !target.starts_with('/') {
-                cx.error(node.pos, path, format!("the target {target:?} must be an absolute path inside the container"));
+                cx.error(
+                    node.pos,
+                    path,
+                    format!("the target {target:?} must be an absolute path inside the container"),
+                );
                 return None;
             }
-            Some(VolumeMount { source: source.map(str::to_owned), target: target.to_owned(), read_only })
+            Some(VolumeMount {
+                source: source.map(str::to_owned),
+                target: target.to_owned(),
+                read_only,
+            })
         }
         Value::Map(_) => {
-            let mut mount = VolumeMount { source: None, target: String::new(), read_only: false };
+            let mut mount = VolumeMount {
+                source: None,
+                target: String::new(),
+                read_only: false,
+            };
             let mut ok = true;
-            for (key, value) in cx.fields(node, path, &["type", "source", "target", "read_only"], false) {
+            for (key, value) in cx.fields(
+                node,
+                path,
+                &["type", "source", "target", "read_only"],
+                false,
+            ) {
                 let p = join(path, key);
                 match key {
                     "type" => match cx.string(value, &p).as_deref() {
@@ -1016,7 +1244,11 @@ fn volume_mount_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<VolumeMou
                             ok = false;
                         }
                         Some(other) => {
-                            cx.error(value.pos, &p, format!("volume type {other:?} is not supported: use volume"));
+                            cx.error(
+                                value.pos,
+                                &p,
+                                format!("volume type {other:?} is not supported: use volume"),
+                            );
                             ok = false;
                         }
                         None => ok = false,
@@ -1028,16 +1260,28 @@ fn volume_mount_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<VolumeMou
                 }
             }
             if mount.target.is_empty() {
-                cx.error(node.pos, &join(path, "target"), "a volume needs a `target` (an absolute path inside the container)");
+                cx.error(
+                    node.pos,
+                    &join(path, "target"),
+                    "a volume needs a `target` (an absolute path inside the container)",
+                );
                 ok = false;
             } else if !mount.target.starts_with('/') {
-                cx.error(node.pos, &join(path, "target"), format!("the target {:?} must be an absolute path", mount.target));
+                cx.error(
+                    node.pos,
+                    &join(path, "target"),
+                    format!("the target {:?} must be an absolute path", mount.target),
+                );
                 ok = false;
             }
             ok.then_some(mount)
         }
         _ => {
-            cx.expected(node, path, "a volume such as \"data:/var/lib/data\" or a mapping");
+            cx.expected(
+                node,
+                path,
+                "a volume such as \"data:/var/lib/data\" or a mapping",
+            );
             None
         }
     }
@@ -1070,7 +1314,11 @@ fn service_networks_of(
                             let item_path = format!("{ap}[{i}]");
                             match cx.non_empty_string(alias, &item_path) {
                                 Some(a) if valid_name(&a) => network.aliases.push(a),
-                                Some(a) => cx.error(alias.pos, &item_path, format!("{a:?} cannot be a host name: {NAME_RULE}")),
+                                Some(a) => cx.error(
+                                    alias.pos,
+                                    &item_path,
+                                    format!("{a:?} cannot be a host name: {NAME_RULE}"),
+                                ),
                                 None => {}
                             }
                         }
@@ -1083,7 +1331,11 @@ fn service_networks_of(
         _ => cx.expected(node, path, "a list of network names or a mapping"),
     }
     if out.is_empty() && cx.errors.is_empty() {
-        cx.error(node.pos, path, "a service must join at least one network (leave `networks` out to join `default`)");
+        cx.error(
+            node.pos,
+            path,
+            "a service must join at least one network (leave `networks` out to join `default`)",
+        );
     }
     out
 }
@@ -1093,12 +1345,23 @@ fn network_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Network {
     if node.value == Value::Null {
         return network;
     }
-    for (key, value) in cx.fields(node, path, &["driver", "internal", "labels", "external"], true) {
+    for (key, value) in cx.fields(
+        node,
+        path,
+        &["driver", "internal", "labels", "external"],
+        true,
+    ) {
         let p = join(path, key);
         match key {
             "driver" => match cx.string(value, &p).as_deref() {
                 Some("bridge") | None => {}
-                Some(other) => cx.error(value.pos, &p, format!("network driver {other:?} is not supported: Berth creates bridge networks")),
+                Some(other) => cx.error(
+                    value.pos,
+                    &p,
+                    format!(
+                        "network driver {other:?} is not supported: Berth creates bridge networks"
+                    ),
+                ),
             },
             "internal" => network.internal = cx.bool(value, &p).unwrap_or(false),
             "labels" => network.labels = cx.key_values(value, &p, false),
@@ -1123,7 +1386,13 @@ fn volume_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Volume {
         match key {
             "driver" => match cx.string(value, &p).as_deref() {
                 Some("local") | None => {}
-                Some(other) => cx.error(value.pos, &p, format!("volume driver {other:?} is not supported: Berth creates local volumes")),
+                Some(other) => cx.error(
+                    value.pos,
+                    &p,
+                    format!(
+                        "volume driver {other:?} is not supported: Berth creates local volumes"
+                    ),
+                ),
             },
             "labels" => volume.labels = cx.key_values(value, &p, false),
             "external" => {
@@ -1144,7 +1413,15 @@ mod tests {
     #[test]
     fn short_ports() {
         let p = parse_short_port("8080:80").unwrap();
-        assert_eq!(p, vec![PortMapping { target: 80, published: Some(8080), host_ip: None, protocol: Protocol::Tcp }]);
+        assert_eq!(
+            p,
+            vec![PortMapping {
+                target: 80,
+                published: Some(8080),
+                host_ip: None,
+                protocol: Protocol::Tcp
+            }]
+        );
         let p = parse_short_port("127.0.0.1:53:53/udp").unwrap();
         assert_eq!(p[0].host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(p[0].protocol, Protocol::Udp);

@@ -14,12 +14,27 @@ impl FileReader for MemFiles {
     }
 }
 
-fn load_with(text: &str, vars: &[(&str, &str)], files: &[(&str, &str)]) -> Result<Loaded, TopologyError> {
+fn load_with(
+    text: &str,
+    vars: &[(&str, &str)],
+    files: &[(&str, &str)],
+) -> Result<Loaded, TopologyError> {
     let vars = Variables::from_pairs(vars.iter().copied());
-    let files = MemFiles(files.iter().map(|(p, t)| (Path::new("/proj").join(p), (*t).to_owned())).collect());
+    let files = MemFiles(
+        files
+            .iter()
+            .map(|(p, t)| (Path::new("/proj").join(p), (*t).to_owned()))
+            .collect(),
+    );
     load(
         text,
-        &LoadOptions { file_name: "app.yaml", dir: Path::new("/proj"), default_name: "My Proj", vars: &vars, files: &files },
+        &LoadOptions {
+            file_name: "app.yaml",
+            dir: Path::new("/proj"),
+            default_name: "My Proj",
+            vars: &vars,
+            files: &files,
+        },
     )
 }
 
@@ -84,32 +99,92 @@ volumes:
 
 #[test]
 fn a_full_file_normalises() {
-    let loaded = load_with(FULL, &[("HOME_FROM_HOST", "/root")], &[("web.env", "MODE=ignored\nFROM_FILE=yes\n")]).unwrap();
+    let loaded = load_with(
+        FULL,
+        &[("HOME_FROM_HOST", "/root")],
+        &[("web.env", "MODE=ignored\nFROM_FILE=yes\n")],
+    )
+    .unwrap();
     let t = loaded.topology;
     assert_eq!(t.name, "shop");
     let web = &t.services["web"];
-    assert_eq!(web.command.as_deref(), Some(&["httpd".to_string(), "-f".into(), "-p".into(), "8080".into()][..]));
-    assert_eq!(web.environment["MODE"], "production", "environment wins over env_file");
+    assert_eq!(
+        web.command.as_deref(),
+        Some(&["httpd".to_string(), "-f".into(), "-p".into(), "8080".into()][..])
+    );
+    assert_eq!(
+        web.environment["MODE"], "production",
+        "environment wins over env_file"
+    );
     assert_eq!(web.environment["COUNT"], "3");
     assert_eq!(web.environment["FROM_FILE"], "yes");
     assert_eq!(web.ports.len(), 2);
-    assert_eq!(web.ports[1], PortMapping { target: 9090, published: Some(9091), host_ip: Some("127.0.0.1".into()), protocol: Protocol::Tcp });
-    assert_eq!(web.expose, vec![ExposedPort { port: 7000, protocol: Protocol::Tcp }, ExposedPort { port: 53, protocol: Protocol::Udp }]);
+    assert_eq!(
+        web.ports[1],
+        PortMapping {
+            target: 9090,
+            published: Some(9091),
+            host_ip: Some("127.0.0.1".into()),
+            protocol: Protocol::Tcp
+        }
+    );
+    assert_eq!(
+        web.expose,
+        vec![
+            ExposedPort {
+                port: 7000,
+                protocol: Protocol::Tcp
+            },
+            ExposedPort {
+                port: 53,
+                protocol: Protocol::Udp
+            }
+        ]
+    );
     assert_eq!(web.depends_on["api"].condition, Condition::ServiceHealthy);
-    assert_eq!(web.limits, Limits { cpu_millis: Some(500), memory_bytes: Some(64 << 20) });
-    assert_eq!(web.restart, RestartPolicy::OnFailure { max_retries: Some(3) });
+    assert_eq!(
+        web.limits,
+        Limits {
+            cpu_millis: Some(500),
+            memory_bytes: Some(64 << 20)
+        }
+    );
+    assert_eq!(
+        web.restart,
+        RestartPolicy::OnFailure {
+            max_retries: Some(3)
+        }
+    );
     assert_eq!(web.labels["tier"], "front");
-    assert_eq!(web.volumes[0], VolumeMount { source: Some("cache".into()), target: "/cache".into(), read_only: true });
+    assert_eq!(
+        web.volumes[0],
+        VolumeMount {
+            source: Some("cache".into()),
+            target: "/cache".into(),
+            read_only: true
+        }
+    );
     assert_eq!(web.volumes[1].source, None);
     assert_eq!(web.networks["front"].aliases, vec!["www".to_string()]);
     assert_eq!(web.working_dir.as_deref(), Some("/srv"));
     assert_eq!(web.user.as_deref(), Some("1000:1000"));
     let api = &t.services["api"];
-    assert_eq!(api.replicas, 2, "interpolated default feeds an integer field");
+    assert_eq!(
+        api.replicas, 2,
+        "interpolated default feeds an integer field"
+    );
     assert_eq!(api.environment["HOME_FROM_HOST"], "/root");
     let hc = api.healthcheck.as_ref().unwrap();
     assert_eq!(hc.test, vec!["CMD".to_string(), "true".into()]);
-    assert_eq!((hc.interval_ms, hc.timeout_ms, hc.retries, hc.start_period_ms), (Some(1000), Some(500), Some(3), Some(90_000)));
+    assert_eq!(
+        (
+            hc.interval_ms,
+            hc.timeout_ms,
+            hc.retries,
+            hc.start_period_ms
+        ),
+        (Some(1000), Some(500), Some(3), Some(90_000))
+    );
     assert!(t.networks.contains_key("default") && t.networks["front"].internal);
     assert!(t.volumes.contains_key("cache"));
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
@@ -117,16 +192,24 @@ fn a_full_file_normalises() {
 
 #[test]
 fn the_name_defaults_to_the_directory() {
-    let t = load_with("services:\n  a:\n    image: x\n", &[], &[]).unwrap().topology;
+    let t = load_with("services:\n  a:\n    image: x\n", &[], &[])
+        .unwrap()
+        .topology;
     assert_eq!(t.name, "myproj");
     assert_eq!(t.services["a"].replicas, 1);
-    assert_eq!(t.services["a"].networks.keys().collect::<Vec<_>>(), vec!["default"]);
+    assert_eq!(
+        t.services["a"].networks.keys().collect::<Vec<_>>(),
+        vec!["default"]
+    );
 }
 
 #[test]
 fn wrong_types_name_file_line_column_and_path() {
     let e = errors("services:\n  web:\n    image: x\n    deploy:\n      replicas: three\n");
-    assert_eq!(e, vec![r#"app.yaml:5:17: services.web.deploy.replicas: expected an integer, found "three""#]);
+    assert_eq!(
+        e,
+        vec![r#"app.yaml:5:17: services.web.deploy.replicas: expected an integer, found "three""#]
+    );
 }
 
 #[test]
@@ -135,23 +218,40 @@ fn all_problems_are_reported_at_once() {
         "services:\n  web:\n    imgae: x\n    ports: [\"http\"]\n  db:\n    image: y\n    restart: sometimes\n    depends_on: [ghost]\n",
     );
     assert_eq!(e.len(), 5, "{e:#?}");
-    assert!(e[0].starts_with("app.yaml:2:3: services.web.image: every service needs an `image`"), "{e:#?}");
-    assert!(e[1].contains("3:5: services.web.imgae: unknown key `imgae` (did you mean `image`?)"), "{e:#?}");
+    assert!(
+        e[0].starts_with("app.yaml:2:3: services.web.image: every service needs an `image`"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].contains("3:5: services.web.imgae: unknown key `imgae` (did you mean `image`?)"),
+        "{e:#?}"
+    );
     assert!(e[2].contains("4:13: services.web.ports[0]"), "{e:#?}");
-    assert!(e[3].contains("services.db.restart: unknown restart policy \"sometimes\""), "{e:#?}");
-    assert!(e[4].contains("services.db.depends_on.ghost: depends on \"ghost\", which is not a service"), "{e:#?}");
+    assert!(
+        e[3].contains("services.db.restart: unknown restart policy \"sometimes\""),
+        "{e:#?}"
+    );
+    assert!(
+        e[4].contains("services.db.depends_on.ghost: depends on \"ghost\", which is not a service"),
+        "{e:#?}"
+    );
 }
 
 #[test]
 fn malformed_yaml_is_one_clear_error() {
     let e = errors("services:\n  web: [\n");
     assert_eq!(e.len(), 1);
-    assert!(e[0].starts_with("app.yaml:") && e[0].contains("not valid YAML"), "{e:?}");
+    assert!(
+        e[0].starts_with("app.yaml:") && e[0].contains("not valid YAML"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn dependency_cycles_are_named() {
-    let e = errors("services:\n  a: {image: x, depends_on: [b]}\n  b: {image: x, depends_on: [c]}\n  c: {image: x, depends_on: [a]}\n");
+    let e = errors(
+        "services:\n  a: {image: x, depends_on: [b]}\n  b: {image: x, depends_on: [c]}\n  c: {image: x, depends_on: [a]}\n",
+    );
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].contains("dependency cycle: a -> b -> c -> a"), "{e:?}");
 }
@@ -165,29 +265,56 @@ fn unsupported_compose_keys_say_why() {
 
 #[test]
 fn bind_mounts_and_external_networks_are_refused() {
-    let e = errors("services:\n  a:\n    image: x\n    volumes: [\"./data:/data\"]\nnetworks:\n  n: {external: true}\n");
+    let e = errors(
+        "services:\n  a:\n    image: x\n    volumes: [\"./data:/data\"]\nnetworks:\n  n: {external: true}\n",
+    );
     assert!(e[0].contains("bind mounts are not supported"), "{e:?}");
-    assert!(e[1].contains("external networks are not supported"), "{e:?}");
+    assert!(
+        e[1].contains("external networks are not supported"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn undeclared_networks_and_volumes() {
-    let e = errors("services:\n  a:\n    image: x\n    networks: [back]\n    volumes: [\"data:/d\"]\n");
-    assert!(e.iter().any(|m| m.contains("network \"back\" is not declared")), "{e:?}");
-    assert!(e.iter().any(|m| m.contains("volume \"data\" is not declared")), "{e:?}");
+    let e =
+        errors("services:\n  a:\n    image: x\n    networks: [back]\n    volumes: [\"data:/d\"]\n");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("network \"back\" is not declared")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("volume \"data\" is not declared")),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn host_port_clashes() {
-    let e = errors("services:\n  a: {image: x, ports: [\"8080:80\"]}\n  b: {image: x, ports: [\"8080:81\"]}\n  c: {image: x, ports: [\"9000:80\"], deploy: {replicas: 2}}\n");
-    assert!(e.iter().any(|m| m.contains("8080/tcp is already published by service \"a\"")), "{e:?}");
-    assert!(e.iter().any(|m| m.contains("9000 is published by a service with 2 replicas")), "{e:?}");
+    let e = errors(
+        "services:\n  a: {image: x, ports: [\"8080:80\"]}\n  b: {image: x, ports: [\"8080:81\"]}\n  c: {image: x, ports: [\"9000:80\"], deploy: {replicas: 2}}\n",
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("8080/tcp is already published by service \"a\"")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("9000 is published by a service with 2 replicas")),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn interpolation_errors_and_warnings() {
     let e = errors("services:\n  a:\n    image: \"x:${TAG:?set TAG}\"\n");
-    assert!(e[0].contains("3:12: services.a.image: variable TAG is required: set TAG"), "{e:?}");
+    assert!(
+        e[0].contains("3:12: services.a.image: variable TAG is required: set TAG"),
+        "{e:?}"
+    );
     let loaded = load_with("services:\n  a:\n    image: \"x${SUFFIX}\"\n", &[], &[]).unwrap();
     assert_eq!(loaded.topology.services["a"].image, "x");
     assert!(loaded.warnings[0].message.contains("SUFFIX is not set"));
@@ -195,9 +322,23 @@ fn interpolation_errors_and_warnings() {
 
 #[test]
 fn env_file_problems() {
-    let e = load_with("services:\n  a: {image: x, env_file: missing.env}\n", &[], &[]).unwrap_err();
-    assert!(e.diagnostics[0].message.contains("cannot read env file /proj/missing.env"), "{e}");
-    let ok = load_with("services:\n  a: {image: x, env_file: [{path: missing.env, required: false}]}\n", &[], &[]);
+    let e = load_with(
+        "services:\n  a: {image: x, env_file: missing.env}\n",
+        &[],
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        e.diagnostics[0]
+            .message
+            .contains("cannot read env file /proj/missing.env"),
+        "{e}"
+    );
+    let ok = load_with(
+        "services:\n  a: {image: x, env_file: [{path: missing.env, required: false}]}\n",
+        &[],
+        &[],
+    );
     assert!(ok.is_ok());
 }
 
@@ -212,7 +353,11 @@ fn empty_and_non_mapping_documents() {
 #[test]
 fn reserved_labels_and_names() {
     let e = errors("services:\n  Web: {image: x}\n  a: {image: x, labels: {berth.tenant: evil}}\n");
-    assert!(e.iter().any(|m| m.contains("\"Web\" cannot name a service")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("\"Web\" cannot name a service")),
+        "{e:?}"
+    );
     assert!(e.iter().any(|m| m.contains("reserved for Berth")), "{e:?}");
 }
 

@@ -6,7 +6,9 @@
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let s = text.trim();
     if s.is_empty() {
-        return Err("expected a duration such as \"30s\" or \"1m30s\", found an empty string".into());
+        return Err(
+            "expected a duration such as \"30s\" or \"1m30s\", found an empty string".into(),
+        );
     }
     let mut total_ns: u128 = 0;
     let mut rest = s;
@@ -15,13 +17,17 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("expected a duration such as \"30s\" or \"1m30s\", found {text:?}"));
+            return Err(format!(
+                "expected a duration such as \"30s\" or \"1m30s\", found {text:?}"
+            ));
         }
-        let number: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("expected a duration such as \"30s\" or \"1m30s\", found {text:?}"))?;
+        let number: f64 = rest[..digits].parse().map_err(|_| {
+            format!("expected a duration such as \"30s\" or \"1m30s\", found {text:?}")
+        })?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit_ns: f64 = match &rest[..unit_len] {
             "h" => 3_600e9,
             "m" => 60e9,
@@ -87,7 +93,9 @@ pub fn cpus_to_millis(cpus: f64) -> Result<u64, String> {
         return Err(format!("a CPU limit must be more than 0, found {cpus}"));
     }
     if cpus > 1_000_000.0 {
-        return Err(format!("a CPU limit of {cpus} is more than any machine has"));
+        return Err(format!(
+            "a CPU limit of {cpus} is more than any machine has"
+        ));
     }
     Ok(((cpus * 1000.0).round() as u64).max(1))
 }

@@ -31,11 +31,24 @@ fn references(
         if dep == name {
             cx.error(pos, &p, "a service cannot depend on itself");
         } else if !top.declared_services.contains(dep) {
-            cx.error(pos, &p, format!("depends on {dep:?}, which is not a service of this topology{}", known(&top.declared_services)));
+            cx.error(
+                pos,
+                &p,
+                format!(
+                    "depends on {dep:?}, which is not a service of this topology{}",
+                    known(&top.declared_services)
+                ),
+            );
         } else if dependency.condition == Condition::ServiceHealthy {
             if let Some((target, _)) = top.services.get(dep) {
                 if target.healthcheck.as_ref().is_some_and(|h| h.is_disabled()) {
-                    cx.error(pos, &p, format!("waits for {dep:?} to be healthy, but {dep:?} disables its healthcheck"));
+                    cx.error(
+                        pos,
+                        &p,
+                        format!(
+                            "waits for {dep:?} to be healthy, but {dep:?} disables its healthcheck"
+                        ),
+                    );
                 }
             }
         }
@@ -44,14 +57,25 @@ fn references(
         if network != "default" && !top.networks.contains_key(network) {
             let pos = sites.networks.get(network).copied().unwrap_or_default();
             let declared: BTreeSet<String> = top.networks.keys().cloned().collect();
-            cx.error(pos, &join(&join(path, "networks"), network), format!("network {network:?} is not declared under the top-level `networks`{}", known(&declared)));
+            cx.error(
+                pos,
+                &join(&join(path, "networks"), network),
+                format!(
+                    "network {network:?} is not declared under the top-level `networks`{}",
+                    known(&declared)
+                ),
+            );
         }
     }
     for (i, mount) in service.volumes.iter().enumerate() {
         if let Some(source) = &mount.source {
             if !top.volumes.contains_key(source) {
                 let pos = sites.volumes.get(i).copied().unwrap_or_default();
-                cx.error(pos, &format!("{path}.volumes[{i}]"), format!("volume {source:?} is not declared under the top-level `volumes`"));
+                cx.error(
+                    pos,
+                    &format!("{path}.volumes[{i}]"),
+                    format!("volume {source:?} is not declared under the top-level `volumes`"),
+                );
             }
         }
     }
@@ -116,7 +140,10 @@ fn cycles(cx: &mut Cx<'_>, top: &TopLevel) {
         cx.error(
             pos,
             &format!("services.{last}.depends_on.{first}"),
-            format!("dependency cycle: {}; no service of the cycle could ever start", cycle.join(" -> ")),
+            format!(
+                "dependency cycle: {}; no service of the cycle could ever start",
+                cycle.join(" -> ")
+            ),
         );
     }
 }
@@ -127,7 +154,9 @@ fn host_ports(cx: &mut Cx<'_>, services: &BTreeMap<String, (Service, ServiceSite
     let mut taken: BTreeMap<(Option<String>, u16, Protocol), String> = BTreeMap::new();
     for (name, (service, sites)) in services {
         for (i, port) in service.ports.iter().enumerate() {
-            let Some(published) = port.published else { continue };
+            let Some(published) = port.published else {
+                continue;
+            };
             let pos = sites.ports.get(i).copied().unwrap_or_default();
             let path = join(&join("services", name), "ports");
             if service.replicas > 1 {
@@ -138,21 +167,29 @@ fn host_ports(cx: &mut Cx<'_>, services: &BTreeMap<String, (Service, ServiceSite
             }
             let key = (port.host_ip.clone(), published, port.protocol);
             let wildcard = (None, published, port.protocol);
-            let clash = taken.get(&key).or_else(|| taken.get(&wildcard)).cloned().or_else(|| {
-                if port.host_ip.is_none() {
-                    taken
-                        .iter()
-                        .find(|((_, p, proto), _)| *p == published && *proto == port.protocol)
-                        .map(|(_, owner)| owner.clone())
-                } else {
-                    None
-                }
-            });
+            let clash = taken
+                .get(&key)
+                .or_else(|| taken.get(&wildcard))
+                .cloned()
+                .or_else(|| {
+                    if port.host_ip.is_none() {
+                        taken
+                            .iter()
+                            .find(|((_, p, proto), _)| *p == published && *proto == port.protocol)
+                            .map(|(_, owner)| owner.clone())
+                    } else {
+                        None
+                    }
+                });
             match clash {
-                Some(owner) => cx.error(pos, &path, format!(
-                    "host port {published}/{} is already published by service {owner:?}",
-                    port.protocol.as_str()
-                )),
+                Some(owner) => cx.error(
+                    pos,
+                    &path,
+                    format!(
+                        "host port {published}/{} is already published by service {owner:?}",
+                        port.protocol.as_str()
+                    ),
+                ),
                 None => {
                     taken.insert(key, name.clone());
                 }

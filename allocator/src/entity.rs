@@ -1,0 +1,135 @@
+//! The allocator's tables.
+
+/// Per-tenant quota and what the tenant's placed replicas reserve against it.
+pub mod quota {
+    use sea_orm::entity::prelude::*;
+
+    /// One tenant's quota. A `None` limit is unlimited.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "quotas")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// CPU limit, thousandths of a core.
+        pub cpu_millis_limit: Option<i64>,
+        /// Memory limit, bytes.
+        pub memory_bytes_limit: Option<i64>,
+        /// Container limit.
+        pub containers_limit: Option<i64>,
+        /// CPU reserved now.
+        pub cpu_millis_used: i64,
+        /// Memory reserved now.
+        pub memory_bytes_used: i64,
+        /// Containers reserved now.
+        pub containers_used: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The node pool, with capacity and what is reserved on each node.
+pub mod node {
+    use sea_orm::entity::prelude::*;
+
+    /// One node.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "nodes")]
+    pub struct Model {
+        /// The node's name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// CPU capacity, thousandths of a core.
+        pub cpu_millis_capacity: Option<i64>,
+        /// Memory capacity, bytes.
+        pub memory_bytes_capacity: Option<i64>,
+        /// Container capacity.
+        pub containers_capacity: Option<i64>,
+        /// CPU reserved now.
+        pub cpu_millis_used: i64,
+        /// Memory reserved now.
+        pub memory_bytes_used: i64,
+        /// Containers reserved now.
+        pub containers_used: i64,
+        /// Whether new replicas may be placed here.
+        pub schedulable: bool,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// What the allocator placed for each topology: the spec it placed and its counter.
+pub mod placement {
+    use sea_orm::entity::prelude::*;
+
+    /// One placed topology.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "placements")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// The topology.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub topology: String,
+        /// The revision placed.
+        pub revision: i64,
+        /// The normalised topology placed, as JSON.
+        #[sea_orm(column_type = "Text")]
+        pub spec: String,
+        /// The generation the next new slot gets.
+        pub next_generation: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// One replica's slot on one node.
+pub mod assignment {
+    use sea_orm::entity::prelude::*;
+
+    /// One slot.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "assignments")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// The topology.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub topology: String,
+        /// The service.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub service: String,
+        /// The replica number.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub replica: i64,
+        /// The node it is placed on.
+        #[sea_orm(indexed)]
+        pub node: String,
+        /// The generation it was placed under.
+        pub generation: i64,
+        /// CPU it reserves.
+        pub cpu_millis: i64,
+        /// Memory it reserves.
+        pub memory_bytes: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

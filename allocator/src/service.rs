@@ -1,0 +1,627 @@
+//! The allocator's service: loads placement inputs, calls the pure core, and commits
+//! the result in one transaction, reserving quota and node capacity with conditional
+//! updates so that no interleaving of concurrent deploys exceeds either.
+
+use std::collections::BTreeMap;
+
+use berth_protocol::assignment::{Slot, TopologyAssignment, TopologyRef};
+use berth_protocol::topology::Topology;
+use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use crate::entity::{assignment, node, placement, quota};
+use crate::placement::{NodeView, Placed, PlacementError, Want, place};
+use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
+
+/// Failures of the allocator.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocatorError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    /// The deploy does not fit the tenant's quota; nothing was changed.
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    /// The deploy does not fit the pool; nothing was changed.
+    #[error("{0}. Nothing was changed.")]
+    Placement(#[from] PlacementError),
+    /// The tenant has no quota row, so the allocator does not know it.
+    #[error("tenant {0:?} is not known to the allocator (no quota is set)")]
+    UnknownTenant(String),
+    /// Another deploy took the capacity this one planned to use; retrying re-plans.
+    #[error("node {0:?} filled up while this deploy was being placed; try again")]
+    Contended(String),
+    /// A stored spec could not be read back.
+    #[error("stored placement of {0} is unreadable: {1}")]
+    Corrupt(TopologyRef, serde_json::Error),
+}
+
+/// What a replica reserves when its service declares no limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DefaultRequest {
+    /// CPU, thousandths of a core.
+    pub cpu_millis: u64,
+    /// Memory, bytes.
+    pub memory_bytes: u64,
+}
+
+/// The result of a deploy: for every node involved, its whole assignment for the
+/// topology (an empty one for nodes the topology left).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Deployment {
+    /// Assignments by node name.
+    pub by_node: BTreeMap<String, TopologyAssignment>,
+}
+
+/// The allocator over one database.
+#[derive(Clone, Debug)]
+pub struct Allocator {
+    db: DatabaseConnection,
+    default_request: DefaultRequest,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn limit_of(v: Option<i64>) -> Option<u64> {
+    v.map(|x| u64::try_from(x).unwrap_or(0))
+}
+
+fn used_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Allocator {
+    /// Opens the allocator over `db`, migrating its tables.
+    pub async fn open(
+        db: DatabaseConnection,
+        default_request: DefaultRequest,
+    ) -> Result<Self, AllocatorError> {
+        crate::migration::Migrator::up(&db, None).await?;
+        Ok(Self {
+            db,
+            default_request,
+        })
+    }
+
+    /// Sets a tenant's quota (creating its row), keeping what it uses now.
+    pub async fn set_quota(&self, tenant: &str, limit: Limit) -> Result<(), AllocatorError> {
+        let row = quota::ActiveModel {
+            tenant: Set(tenant.to_owned()),
+            cpu_millis_limit: Set(limit.cpu_millis.map(to_i64)),
+            memory_bytes_limit: Set(limit.memory_bytes.map(to_i64)),
+            containers_limit: Set(limit.containers.map(to_i64)),
+            cpu_millis_used: Set(0),
+            memory_bytes_used: Set(0),
+            containers_used: Set(0),
+        };
+        quota::Entity::insert(row)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(quota::Column::Tenant)
+                    .update_columns([
+                        quota::Column::CpuMillisLimit,
+                        quota::Column::MemoryBytesLimit,
+                        quota::Column::ContainersLimit,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a tenant's quota only if it has none yet.
+    pub async fn ensure_quota(&self, tenant: &str, limit: Limit) -> Result<(), AllocatorError> {
+        if quota::Entity::find_by_id(tenant.to_owned())
+            .one(&self.db)
+            .await?
+            .is_none()
+        {
+            self.set_quota(tenant, limit).await?;
+        }
+        Ok(())
+    }
+
+    /// A tenant's quota and what it uses now.
+    pub async fn quota(&self, tenant: &str) -> Result<(Limit, Resources), AllocatorError> {
+        let row = quota::Entity::find_by_id(tenant.to_owned())
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| AllocatorError::UnknownTenant(tenant.to_owned()))?;
+        Ok(quota_parts(&row))
+    }
+
+    /// Registers a node (or updates its capacity), keeping what is reserved on it.
+    pub async fn upsert_node(&self, name: &str, capacity: Limit) -> Result<(), AllocatorError> {
+        let row = node::ActiveModel {
+            name: Set(name.to_owned()),
+            cpu_millis_capacity: Set(capacity.cpu_millis.map(to_i64)),
+            memory_bytes_capacity: Set(capacity.memory_bytes.map(to_i64)),
+            containers_capacity: Set(capacity.containers.map(to_i64)),
+            cpu_millis_used: Set(0),
+            memory_bytes_used: Set(0),
+            containers_used: Set(0),
+            schedulable: Set(true),
+        };
+        node::Entity::insert(row)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(node::Column::Name)
+                    .update_columns([
+                        node::Column::CpuMillisCapacity,
+                        node::Column::MemoryBytesCapacity,
+                        node::Column::ContainersCapacity,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    fn cost(&self, topology: &Topology, service: &str) -> Resources {
+        let limits = topology
+            .services
+            .get(service)
+            .map(|s| s.limits)
+            .unwrap_or_default();
+        Resources {
+            cpu_millis: limits.cpu_millis.unwrap_or(self.default_request.cpu_millis),
+            memory_bytes: limits
+                .memory_bytes
+                .unwrap_or(self.default_request.memory_bytes),
+            containers: 1,
+        }
+    }
+
+    /// Places `topology` (revision `revision`) for `tenant`: keeps replicas where they
+    /// are when it can, places the rest, reserves quota and capacity, and records the
+    /// assignments, all or nothing.
+    pub async fn deploy(
+        &self,
+        tenant: &str,
+        revision: u64,
+        topology: &Topology,
+    ) -> Result<Deployment, AllocatorError> {
+        let id = TopologyRef {
+            tenant: tenant.to_owned(),
+            topology: topology.name.clone(),
+        };
+        let txn = self.db.begin().await?;
+        let quota_row = quota::Entity::find_by_id(tenant.to_owned())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| AllocatorError::UnknownTenant(tenant.to_owned()))?;
+        let placed = load_placed(&txn, &id).await?;
+        let nodes: Vec<NodeView> = node::Entity::find()
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|n| NodeView {
+                capacity: Limit {
+                    cpu_millis: limit_of(n.cpu_millis_capacity),
+                    memory_bytes: limit_of(n.memory_bytes_capacity),
+                    containers: limit_of(n.containers_capacity),
+                },
+                used: Resources {
+                    cpu_millis: used_of(n.cpu_millis_used),
+                    memory_bytes: used_of(n.memory_bytes_used),
+                    containers: used_of(n.containers_used),
+                },
+                schedulable: n.schedulable,
+                name: n.name,
+            })
+            .collect();
+        let wants: Vec<Want> = topology
+            .services
+            .iter()
+            .flat_map(|(name, s)| (1..=s.replicas).map(move |r| (name, r)))
+            .map(|(name, replica)| Want {
+                service: name.clone(),
+                replica,
+                cost: self.cost(topology, name),
+            })
+            .collect();
+        let counter = placement::Entity::find_by_id((tenant.to_owned(), topology.name.clone()))
+            .one(&txn)
+            .await?;
+        let next_generation = counter
+            .as_ref()
+            .map_or(1, |c| Ord::max(c.next_generation, 1) as u64);
+        let plan = place(&wants, &placed, &nodes, next_generation)?;
+
+        // Reserve the difference against the quota, atomically.
+        let before = sum(&placed);
+        let after = sum(&plan.slots);
+        let (limit, used) = quota_parts(&quota_row);
+        check_quota(tenant, used, grow(before, after), &limit)?;
+        let delta = Delta::between(before, after);
+        let reserved = quota::Entity::update_many()
+            .col_expr(
+                quota::Column::CpuMillisUsed,
+                Expr::col(quota::Column::CpuMillisUsed).add(delta.cpu),
+            )
+            .col_expr(
+                quota::Column::MemoryBytesUsed,
+                Expr::col(quota::Column::MemoryBytesUsed).add(delta.memory),
+            )
+            .col_expr(
+                quota::Column::ContainersUsed,
+                Expr::col(quota::Column::ContainersUsed).add(delta.containers),
+            )
+            .filter(quota::Column::Tenant.eq(tenant))
+            .filter(within(
+                quota::Column::CpuMillisUsed,
+                quota::Column::CpuMillisLimit,
+                delta.cpu,
+            ))
+            .filter(within(
+                quota::Column::MemoryBytesUsed,
+                quota::Column::MemoryBytesLimit,
+                delta.memory,
+            ))
+            .filter(within(
+                quota::Column::ContainersUsed,
+                quota::Column::ContainersLimit,
+                delta.containers,
+            ))
+            .exec(&txn)
+            .await?;
+        if reserved.rows_affected != 1 {
+            // Someone else reserved in between: report against what is used now.
+            let row = quota::Entity::find_by_id(tenant.to_owned())
+                .one(&txn)
+                .await?;
+            let (limit, used) = row.as_ref().map(quota_parts).unwrap_or_default();
+            check_quota(tenant, used, grow(before, after), &limit)?;
+            return Err(AllocatorError::Contended(format!("quota of {tenant}")));
+        }
+
+        // Reserve node capacity the same way, node by node.
+        let mut per_node: BTreeMap<&str, (Resources, Resources)> = BTreeMap::new();
+        for p in &placed {
+            per_node.entry(p.node.as_str()).or_default().0 = per_node
+                .get(p.node.as_str())
+                .map(|e| e.0)
+                .unwrap_or_default()
+                .plus(p.cost);
+        }
+        for p in &plan.slots {
+            let entry = per_node.entry(p.node.as_str()).or_default();
+            entry.1 = entry.1.plus(p.cost);
+        }
+        for (name, (before, after)) in &per_node {
+            let delta = Delta::between(*before, *after);
+            if delta.is_zero() {
+                continue;
+            }
+            let updated = node::Entity::update_many()
+                .col_expr(
+                    node::Column::CpuMillisUsed,
+                    Expr::col(node::Column::CpuMillisUsed).add(delta.cpu),
+                )
+                .col_expr(
+                    node::Column::MemoryBytesUsed,
+                    Expr::col(node::Column::MemoryBytesUsed).add(delta.memory),
+                )
+                .col_expr(
+                    node::Column::ContainersUsed,
+                    Expr::col(node::Column::ContainersUsed).add(delta.containers),
+                )
+                .filter(node::Column::Name.eq(*name))
+                .filter(within(
+                    node::Column::CpuMillisUsed,
+                    node::Column::CpuMillisCapacity,
+                    delta.cpu,
+                ))
+                .filter(within(
+                    node::Column::MemoryBytesUsed,
+                    node::Column::MemoryBytesCapacity,
+                    delta.memory,
+                ))
+                .filter(within(
+                    node::Column::ContainersUsed,
+                    node::Column::ContainersCapacity,
+                    delta.containers,
+                ))
+                .exec(&txn)
+                .await?;
+            if updated.rows_affected != 1 {
+                return Err(AllocatorError::Contended((*name).to_owned()));
+            }
+        }
+
+        // Record the slots and the spec placed.
+        assignment::Entity::delete_many()
+            .filter(assignment::Column::Tenant.eq(tenant))
+            .filter(assignment::Column::Topology.eq(&topology.name))
+            .exec(&txn)
+            .await?;
+        for chunk in plan.slots.chunks(500) {
+            let rows = chunk.iter().map(|p| assignment::ActiveModel {
+                tenant: Set(tenant.to_owned()),
+                topology: Set(topology.name.clone()),
+                service: Set(p.service.clone()),
+                replica: Set(i64::from(p.replica)),
+                node: Set(p.node.clone()),
+                generation: Set(to_i64(p.generation)),
+                cpu_millis: Set(to_i64(p.cost.cpu_millis)),
+                memory_bytes: Set(to_i64(p.cost.memory_bytes)),
+            });
+            assignment::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        let max_generation = plan
+            .slots
+            .iter()
+            .map(|s| s.generation + 1)
+            .max()
+            .unwrap_or(next_generation);
+        let max_generation = Ord::max(max_generation, next_generation);
+        let spec =
+            serde_json::to_string(topology).map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
+        let row = placement::ActiveModel {
+            tenant: Set(tenant.to_owned()),
+            topology: Set(topology.name.clone()),
+            revision: Set(to_i64(revision)),
+            spec: Set(spec),
+            next_generation: Set(to_i64(max_generation)),
+        };
+        placement::Entity::insert(row)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::columns([
+                    placement::Column::Tenant,
+                    placement::Column::Topology,
+                ])
+                .update_columns([
+                    placement::Column::Revision,
+                    placement::Column::Spec,
+                    placement::Column::NextGeneration,
+                ])
+                .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+
+        let mut by_node = BTreeMap::new();
+        for name in per_node.keys() {
+            let slots: Vec<&Placed> = plan.slots.iter().filter(|s| s.node == *name).collect();
+            by_node.insert(
+                (*name).to_owned(),
+                assignment_of(&id, revision, topology, &slots),
+            );
+        }
+        Ok(Deployment { by_node })
+    }
+
+    /// Removes a topology's placement, releasing its quota and capacity. Returns the
+    /// nodes that ran some of it.
+    pub async fn remove(&self, id: &TopologyRef) -> Result<Vec<String>, AllocatorError> {
+        let txn = self.db.begin().await?;
+        let placed = load_placed(&txn, id).await?;
+        let total = sum(&placed);
+        let release = Delta::between(total, Resources::default());
+        quota::Entity::update_many()
+            .col_expr(
+                quota::Column::CpuMillisUsed,
+                Expr::col(quota::Column::CpuMillisUsed).add(release.cpu),
+            )
+            .col_expr(
+                quota::Column::MemoryBytesUsed,
+                Expr::col(quota::Column::MemoryBytesUsed).add(release.memory),
+            )
+            .col_expr(
+                quota::Column::ContainersUsed,
+                Expr::col(quota::Column::ContainersUsed).add(release.containers),
+            )
+            .filter(quota::Column::Tenant.eq(&id.tenant))
+            .exec(&txn)
+            .await?;
+        let mut per_node: BTreeMap<String, Resources> = BTreeMap::new();
+        for p in &placed {
+            let e = per_node.entry(p.node.clone()).or_default();
+            *e = e.plus(p.cost);
+        }
+        for (name, amount) in &per_node {
+            let release = Delta::between(*amount, Resources::default());
+            node::Entity::update_many()
+                .col_expr(
+                    node::Column::CpuMillisUsed,
+                    Expr::col(node::Column::CpuMillisUsed).add(release.cpu),
+                )
+                .col_expr(
+                    node::Column::MemoryBytesUsed,
+                    Expr::col(node::Column::MemoryBytesUsed).add(release.memory),
+                )
+                .col_expr(
+                    node::Column::ContainersUsed,
+                    Expr::col(node::Column::ContainersUsed).add(release.containers),
+                )
+                .filter(node::Column::Name.eq(name))
+                .exec(&txn)
+                .await?;
+        }
+        assignment::Entity::delete_many()
+            .filter(assignment::Column::Tenant.eq(&id.tenant))
+            .filter(assignment::Column::Topology.eq(&id.topology))
+            .exec(&txn)
+            .await?;
+        placement::Entity::delete_by_id((id.tenant.clone(), id.topology.clone()))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(per_node.into_keys().collect())
+    }
+
+    /// What `node` must run of one topology: only its own slots, and only the specs,
+    /// networks and volumes those slots use.
+    pub async fn assignment_for(
+        &self,
+        node_name: &str,
+        id: &TopologyRef,
+    ) -> Result<Option<TopologyAssignment>, AllocatorError> {
+        let Some(row) = placement::Entity::find_by_id((id.tenant.clone(), id.topology.clone()))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let topology: Topology =
+            serde_json::from_str(&row.spec).map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
+        let placed: Vec<Placed> = load_placed(&self.db, id)
+            .await?
+            .into_iter()
+            .filter(|p| p.node == node_name)
+            .collect();
+        let refs: Vec<&Placed> = placed.iter().collect();
+        Ok(Some(assignment_of(
+            id,
+            row.revision as u64,
+            &topology,
+            &refs,
+        )))
+    }
+}
+
+/// Builds a node's assignment from its slots: only the services with a slot there,
+/// and the networks and volumes they use.
+pub fn assignment_of(
+    id: &TopologyRef,
+    revision: u64,
+    topology: &Topology,
+    slots: &[&Placed],
+) -> TopologyAssignment {
+    let services: BTreeMap<_, _> = topology
+        .services
+        .iter()
+        .filter(|(name, _)| slots.iter().any(|s| &s.service == *name))
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect();
+    let networks = topology
+        .networks
+        .iter()
+        .filter(|(n, _)| services.values().any(|s| s.networks.contains_key(*n)))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    let volumes = topology
+        .volumes
+        .iter()
+        .filter(|(n, _)| {
+            services.values().any(|s| {
+                s.volumes
+                    .iter()
+                    .any(|m| m.source.as_deref() == Some(n.as_str()))
+            })
+        })
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    let mut slots: Vec<Slot> = slots
+        .iter()
+        .map(|p| Slot {
+            service: p.service.clone(),
+            replica: p.replica,
+            generation: p.generation,
+        })
+        .collect();
+    slots.sort();
+    TopologyAssignment {
+        id: id.clone(),
+        revision,
+        services,
+        networks,
+        volumes,
+        slots,
+    }
+}
+
+async fn load_placed<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    id: &TopologyRef,
+) -> Result<Vec<Placed>, DbErr> {
+    Ok(assignment::Entity::find()
+        .filter(assignment::Column::Tenant.eq(&id.tenant))
+        .filter(assignment::Column::Topology.eq(&id.topology))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|a| Placed {
+            service: a.service,
+            replica: u32::try_from(a.replica).unwrap_or(0),
+            node: a.node,
+            generation: u64::try_from(a.generation).unwrap_or(0),
+            cost: Resources {
+                cpu_millis: used_of(a.cpu_millis),
+                memory_bytes: used_of(a.memory_bytes),
+                containers: 1,
+            },
+        })
+        .collect())
+}
+
+fn quota_parts(row: &quota::Model) -> (Limit, Resources) {
+    (
+        Limit {
+            cpu_millis: limit_of(row.cpu_millis_limit),
+            memory_bytes: limit_of(row.memory_bytes_limit),
+            containers: limit_of(row.containers_limit),
+        },
+        Resources {
+            cpu_millis: used_of(row.cpu_millis_used),
+            memory_bytes: used_of(row.memory_bytes_used),
+            containers: used_of(row.containers_used),
+        },
+    )
+}
+
+fn sum(slots: &[Placed]) -> Resources {
+    slots
+        .iter()
+        .fold(Resources::default(), |acc, s| acc.plus(s.cost))
+}
+
+/// The growth from `before` to `after`, per dimension (zero where it shrinks).
+fn grow(before: Resources, after: Resources) -> Resources {
+    Resources {
+        cpu_millis: after.cpu_millis.saturating_sub(before.cpu_millis),
+        memory_bytes: after.memory_bytes.saturating_sub(before.memory_bytes),
+        containers: after.containers.saturating_sub(before.containers),
+    }
+}
+
+/// A signed change of reserved resources.
+#[derive(Clone, Copy, Debug)]
+struct Delta {
+    cpu: i64,
+    memory: i64,
+    containers: i64,
+}
+
+impl Delta {
+    fn between(before: Resources, after: Resources) -> Self {
+        let d = |b: u64, a: u64| to_i64(a).saturating_sub(to_i64(b));
+        Self {
+            cpu: d(before.cpu_millis, after.cpu_millis),
+            memory: d(before.memory_bytes, after.memory_bytes),
+            containers: d(before.containers, after.containers),
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        self.cpu == 0 && self.memory == 0 && self.containers == 0
+    }
+}
+
+/// `used + delta <= limit`, or no limit, or a change that does not grow.
+fn within<C: ColumnTrait>(used: C, limit: C, delta: i64) -> Condition {
+    if delta <= 0 {
+        return Condition::all();
+    }
+    let fits: SimpleExpr = Expr::col(used).add(delta).lte(Expr::col(limit));
+    Condition::any().add(limit.is_null()).add(fits)
+}

@@ -1,0 +1,247 @@
+//! The embedded control plane: the tenant service, the allocator and one node runtime
+//! in this process, over SQLite in the user's data directory. `berth up` goes through
+//! exactly the services a pool runs; only the transport differs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_allocator::placement::Placed;
+use berth_allocator::service::assignment_of;
+use berth_allocator::{Allocator, AllocatorError, DefaultRequest, Limit, Resources};
+use berth_node_runtime::driver::ContainerListing;
+use berth_node_runtime::{
+    ContainerDriver, DockerDriver, DriverError, Outcome, Progress, ReconcileError,
+    ReconcileOptions, Reconciler,
+};
+use berth_protocol::assignment::TopologyRef;
+use berth_protocol::topology::Topology;
+use berth_tenant_service::{TenantError, TenantService};
+use sea_orm::{ConnectOptions, Database};
+use tokio::sync::mpsc;
+
+/// The tenant every local topology belongs to.
+pub(crate) const LOCAL_TENANT: &str = "local";
+/// The one node of the local control plane.
+pub(crate) const LOCAL_NODE: &str = "local";
+
+/// The quota of the local tenant: room for a large application on one machine.
+pub(crate) const LOCAL_QUOTA: Limit = Limit {
+    cpu_millis: None,
+    memory_bytes: None,
+    containers: Some(1000),
+};
+
+/// Why a local operation failed; each maps to its own exit code.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LocalError {
+    /// The state database failed.
+    #[error("state database {path}: {message}")]
+    State {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The engine is not there.
+    #[error(transparent)]
+    Docker(DriverError),
+    /// The allocator refused the deploy (quota or capacity); nothing was changed.
+    #[error(transparent)]
+    Refused(AllocatorError),
+    /// A check before any change failed (missing image, port in use).
+    #[error(transparent)]
+    Preflight(ReconcileError),
+    /// Applying failed part way.
+    #[error(transparent)]
+    Apply(ReconcileError),
+}
+
+impl From<TenantError> for LocalError {
+    fn from(e: TenantError) -> Self {
+        LocalError::State {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Where Berth keeps its local state: `$BERTH_DATA_DIR`, else `$XDG_DATA_HOME/berth`,
+/// else `~/.local/share/berth`.
+pub(crate) fn data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BERTH_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("berth");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/berth")
+}
+
+/// The embedded control plane.
+#[derive(Debug)]
+pub(crate) struct LocalPlane {
+    tenants: TenantService,
+    allocator: Allocator,
+    node: Reconciler<DockerDriver>,
+}
+
+impl LocalPlane {
+    /// Connects to Docker first (the commonest failure, reported before anything is
+    /// written), then opens the state in `dir`.
+    pub(crate) async fn open(dir: &Path) -> Result<Self, LocalError> {
+        let driver = DockerDriver::connect().await.map_err(LocalError::Docker)?;
+        let path = dir.join("berth.db");
+        let state = |message: String| LocalError::State {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| state(e.to_string()))?;
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut options = ConnectOptions::new(url);
+        options.sqlx_logging(false);
+        let db = Database::connect(options)
+            .await
+            .map_err(|e| state(e.to_string()))?;
+        let tenants = TenantService::open(db.clone())
+            .await
+            .map_err(|e| state(e.to_string()))?;
+        let allocator = Allocator::open(db, DefaultRequest::default())
+            .await
+            .map_err(|e| state(e.to_string()))?;
+        tenants
+            .ensure_tenant(LOCAL_TENANT, now_ms())
+            .await
+            .map_err(|e| state(e.to_string()))?;
+        allocator
+            .ensure_quota(LOCAL_TENANT, LOCAL_QUOTA)
+            .await
+            .map_err(|e| state(e.to_string()))?;
+        allocator
+            .upsert_node(LOCAL_NODE, local_capacity())
+            .await
+            .map_err(|e| state(e.to_string()))?;
+        let node = Reconciler::new(Arc::new(driver), ReconcileOptions::default());
+        Ok(Self {
+            tenants,
+            allocator,
+            node,
+        })
+    }
+
+    /// Deploys `topology` on this machine. Checks images and ports before anything is
+    /// stored, so that a failed check leaves no trace.
+    pub(crate) async fn up(
+        &self,
+        topology: &Topology,
+        events: mpsc::UnboundedSender<Progress>,
+    ) -> Result<Outcome, LocalError> {
+        let id = TopologyRef {
+            tenant: LOCAL_TENANT.to_owned(),
+            topology: topology.name.clone(),
+        };
+        let provisional: Vec<Placed> = topology
+            .services
+            .iter()
+            .flat_map(|(name, s)| (1..=s.replicas).map(move |r| (name, r)))
+            .map(|(name, replica)| Placed {
+                service: name.clone(),
+                replica,
+                node: LOCAL_NODE.to_owned(),
+                generation: 0,
+                cost: Resources::default(),
+            })
+            .collect();
+        let refs: Vec<&Placed> = provisional.iter().collect();
+        self.node
+            .preflight(&assignment_of(&id, 0, topology, &refs))
+            .await
+            .map_err(LocalError::Preflight)?;
+
+        let stored = self
+            .tenants
+            .put_revision(LOCAL_TENANT, topology, now_ms())
+            .await?;
+        let deployment = self
+            .allocator
+            .deploy(LOCAL_TENANT, stored.revision, topology)
+            .await
+            .map_err(LocalError::Refused)?;
+        let mut outcome = Outcome::default();
+        for (node, assignment) in &deployment.by_node {
+            if node != LOCAL_NODE {
+                continue;
+            }
+            outcome =
+                self.node
+                    .apply(assignment, events.clone())
+                    .await
+                    .map_err(|e| match e {
+                        ReconcileError::MissingImages { .. }
+                        | ReconcileError::PortsInUse { .. } => LocalError::Preflight(e),
+                        other => LocalError::Apply(other),
+                    })?;
+        }
+        Ok(outcome)
+    }
+
+    /// Removes a topology: its placement, its record, and its containers and networks
+    /// (and volumes with `remove_volumes`). Works from Docker's labels too, so it cleans
+    /// up even what the state no longer knows.
+    pub(crate) async fn down(
+        &self,
+        name: &str,
+        remove_volumes: bool,
+        events: mpsc::UnboundedSender<Progress>,
+    ) -> Result<Outcome, LocalError> {
+        let id = TopologyRef {
+            tenant: LOCAL_TENANT.to_owned(),
+            topology: name.to_owned(),
+        };
+        self.allocator
+            .remove(&id)
+            .await
+            .map_err(LocalError::Refused)?;
+        self.tenants.delete(LOCAL_TENANT, name).await?;
+        self.node
+            .remove(&id, remove_volumes, events)
+            .await
+            .map_err(LocalError::Apply)
+    }
+
+    /// The containers of one topology, or of every local topology.
+    pub(crate) async fn ps(&self, name: Option<&str>) -> Result<Vec<ContainerListing>, LocalError> {
+        let all = self
+            .node
+            .driver()
+            .list_all(Some(LOCAL_TENANT))
+            .await
+            .map_err(LocalError::Docker)?;
+        Ok(all
+            .into_iter()
+            .filter(|c| name.is_none_or(|n| c.topology.topology == n))
+            .collect())
+    }
+
+    /// The Docker driver, for logs.
+    pub(crate) fn driver(&self) -> &Arc<DockerDriver> {
+        self.node.driver()
+    }
+}
+
+/// This machine's capacity. Locally, CPU and memory limits are ceilings the engine
+/// enforces, not reservations (as with Compose), so only the container count is bounded.
+fn local_capacity() -> Limit {
+    Limit {
+        cpu_millis: None,
+        memory_bytes: None,
+        containers: Some(2000),
+    }
+}

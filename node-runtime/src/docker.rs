@@ -1,0 +1,556 @@
+//! The Docker driver: [`ContainerDriver`] over the engine's API, through bollard.
+
+use std::collections::{BTreeMap, HashMap};
+
+use berth_protocol::assignment::{TopologyRef, labels};
+use berth_protocol::topology::{Network, RestartPolicy};
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, Mount, MountType,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding,
+    RestartPolicy as DockerRestart, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use crate::driver::{
+    ContainerDriver, ContainerListing, ContainerStatus, DriverError, LogLine, LogStream,
+};
+use crate::plan::{ObservedContainer, ObservedObject};
+use crate::spec::ContainerSpec;
+
+/// A Docker engine, reached through its local socket or `DOCKER_HOST`.
+#[derive(Clone, Debug)]
+pub struct DockerDriver {
+    docker: Docker,
+}
+
+impl DockerDriver {
+    /// Connects to the engine and agrees on an API version with it, so that older
+    /// engines work too. Fails with [`DriverError::Unavailable`] when there is none.
+    pub async fn connect() -> Result<Self, DriverError> {
+        let unavailable = |e: BollardError| DriverError::Unavailable {
+            detail: e.to_string(),
+        };
+        let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
+        let docker = docker.negotiate_version().await.map_err(unavailable)?;
+        docker.ping().await.map_err(unavailable)?;
+        Ok(Self { docker })
+    }
+
+    /// The bollard client, for callers that need the engine directly (tests, tools).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+fn engine(action: impl Into<String>) -> impl FnOnce(BollardError) -> DriverError {
+    let action = action.into();
+    move |e| match e {
+        BollardError::DockerResponseServerError { message, .. } => {
+            port_in_use(&message).unwrap_or(DriverError::Engine { action, message })
+        }
+        BollardError::SocketNotFoundError(_) | BollardError::HyperResponseError { .. } => {
+            DriverError::Unavailable {
+                detail: e.to_string(),
+            }
+        }
+        other => DriverError::Engine {
+            action,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Recognises the engine's ways of saying a host port is taken.
+fn port_in_use(message: &str) -> Option<DriverError> {
+    let taken =
+        message.contains("port is already allocated") || message.contains("address already in use");
+    if !taken {
+        return None;
+    }
+    // "Bind for 0.0.0.0:8080 failed: port is already allocated"
+    // "listen tcp4 0.0.0.0:8080: bind: address already in use"
+    let port = message
+        .split(':')
+        .skip(1)
+        .filter_map(|after| {
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u16>().ok()
+        })
+        .find(|p| *p > 0)
+        .unwrap_or(0);
+    Some(DriverError::PortInUse { port, owner: None })
+}
+
+fn topology_filter(id: &TopologyRef) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_owned(),
+        vec![
+            format!("{}={}", labels::TENANT, id.tenant),
+            format!("{}={}", labels::TOPOLOGY, id.topology),
+        ],
+    )])
+}
+
+fn label<'a>(labels: &'a Option<HashMap<String, String>>, key: &str) -> &'a str {
+    labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map_or("", String::as_str)
+}
+
+fn object_labels(
+    id: &TopologyRef,
+    name: &str,
+    hash: &str,
+    extra: &BTreeMap<String, String>,
+) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = extra.clone().into_iter().collect();
+    out.insert(labels::MANAGED.into(), "true".into());
+    out.insert(labels::TENANT.into(), id.tenant.clone());
+    out.insert(labels::TOPOLOGY.into(), id.topology.clone());
+    out.insert(labels::NAME.into(), name.into());
+    if !hash.is_empty() {
+        out.insert(labels::CONFIG_HASH.into(), hash.into());
+    }
+    out
+}
+
+fn observed(
+    summary: bollard::models::ContainerSummary,
+) -> Option<(TopologyRef, ObservedContainer, String, String)> {
+    let l = &summary.labels;
+    let topology = TopologyRef {
+        tenant: label(l, labels::TENANT).to_owned(),
+        topology: label(l, labels::TOPOLOGY).to_owned(),
+    };
+    let container = ObservedContainer {
+        id: summary.id.clone()?,
+        name: summary
+            .names
+            .as_ref()?
+            .first()?
+            .trim_start_matches('/')
+            .to_owned(),
+        service: label(l, labels::SERVICE).to_owned(),
+        replica: label(l, labels::REPLICA).parse().unwrap_or(0),
+        config_hash: label(l, labels::CONFIG_HASH).to_owned(),
+        running: summary.state.map(|s| s.to_string()) == Some("running".to_owned()),
+        host_ports: summary
+            .ports
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| Some((p.ip.clone().unwrap_or_default(), p.public_port?)))
+            .collect(),
+    };
+    let state = summary.state.map(|s| s.to_string()).unwrap_or_default();
+    Some((
+        topology,
+        container,
+        state,
+        summary.status.unwrap_or_default(),
+    ))
+}
+
+fn ms_to_ns(ms: Option<u64>) -> Option<i64> {
+    ms.map(|m| i64::try_from(m.saturating_mul(1_000_000)).unwrap_or(i64::MAX))
+}
+
+fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &spec.ports {
+        port_bindings
+            .entry(format!("{}/{}", p.target, p.protocol.as_str()))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: Some(p.published.map(|x| x.to_string()).unwrap_or_default()),
+            });
+    }
+    let restart = match spec.restart {
+        RestartPolicy::No => DockerRestart {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        },
+        RestartPolicy::Always => DockerRestart {
+            name: Some(RestartPolicyNameEnum::ALWAYS),
+            maximum_retry_count: None,
+        },
+        RestartPolicy::UnlessStopped => DockerRestart {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        },
+        RestartPolicy::OnFailure { max_retries } => DockerRestart {
+            name: Some(RestartPolicyNameEnum::ON_FAILURE),
+            maximum_retry_count: max_retries.map(i64::from),
+        },
+    };
+    let mounts = spec
+        .mounts
+        .iter()
+        .map(|m| Mount {
+            target: Some(m.target.clone()),
+            source: m.volume.clone(),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        })
+        .collect();
+    let host_config = HostConfig {
+        nano_cpus: spec.limits.cpu_millis.map(|m| {
+            i64::try_from(m)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000_000)
+        }),
+        memory: spec
+            .limits
+            .memory_bytes
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+        port_bindings: Some(port_bindings),
+        restart_policy: Some(restart),
+        mounts: Some(mounts),
+        network_mode: spec.networks.first().map(|n| n.network.clone()),
+        ..Default::default()
+    };
+    // Engines before API 1.44 take one network at creation; the rest are connected
+    // before the container starts.
+    let networking_config = spec.networks.first().map(|n| NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(n.network.clone(), endpoint(&n.aliases))])),
+    });
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: spec.command.clone(),
+        entrypoint: spec.entrypoint.clone(),
+        env: Some(spec.env.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        exposed_ports: Some(spec.exposed.clone()),
+        healthcheck: spec.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(h.test.clone()),
+            interval: ms_to_ns(h.interval_ms),
+            timeout: ms_to_ns(h.timeout_ms),
+            retries: h.retries.map(i64::from),
+            start_period: ms_to_ns(h.start_period_ms),
+            start_interval: None,
+        }),
+        working_dir: spec.working_dir.clone(),
+        user: spec.user.clone(),
+        host_config: Some(host_config),
+        networking_config,
+        ..Default::default()
+    }
+}
+
+fn endpoint(aliases: &[String]) -> EndpointSettings {
+    EndpointSettings {
+        aliases: Some(aliases.to_vec()),
+        ..Default::default()
+    }
+}
+
+impl ContainerDriver for DockerDriver {
+    async fn list_containers(
+        &self,
+        id: &TopologyRef,
+    ) -> Result<Vec<ObservedContainer>, DriverError> {
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&topology_filter(id))
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine("listing containers"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(observed)
+            .map(|(_, c, _, _)| c)
+            .collect())
+    }
+
+    async fn list_all(&self, tenant: Option<&str>) -> Result<Vec<ContainerListing>, DriverError> {
+        let mut wanted = vec![format!("{}=true", labels::MANAGED)];
+        if let Some(t) = tenant {
+            wanted.push(format!("{}={t}", labels::TENANT));
+        }
+        let filters = HashMap::from([("label".to_owned(), wanted)]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine("listing containers"))?;
+        let mut out: Vec<ContainerListing> = list
+            .into_iter()
+            .filter_map(observed)
+            .map(|(topology, container, state, status)| ContainerListing {
+                topology,
+                container,
+                state,
+                status,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.topology, &a.container.service, a.container.replica).cmp(&(
+                &b.topology,
+                &b.container.service,
+                b.container.replica,
+            ))
+        });
+        Ok(out)
+    }
+
+    async fn list_networks(&self, id: &TopologyRef) -> Result<Vec<ObservedObject>, DriverError> {
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&topology_filter(id))
+            .build();
+        let list = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(engine("listing networks"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|n| {
+                Some(ObservedObject {
+                    config_hash: label(&n.labels, labels::CONFIG_HASH).to_owned(),
+                    name: n.name?,
+                })
+            })
+            .collect())
+    }
+
+    async fn list_volumes(&self, id: &TopologyRef) -> Result<Vec<ObservedObject>, DriverError> {
+        let options = ListVolumesOptionsBuilder::default()
+            .filters(&topology_filter(id))
+            .build();
+        let list = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(engine("listing volumes"))?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| ObservedObject {
+                config_hash: String::new(),
+                name: v.name,
+            })
+            .collect())
+    }
+
+    async fn missing_images(&self, images: &[String]) -> Result<Vec<String>, DriverError> {
+        let mut missing = Vec::new();
+        for image in images {
+            match self.docker.inspect_image(image).await {
+                Ok(_) => {}
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => missing.push(image.clone()),
+                Err(e) => return Err(engine(format!("inspecting image {image}"))(e)),
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn create_network(
+        &self,
+        id: &TopologyRef,
+        name: &str,
+        spec: &Network,
+        config_hash: &str,
+    ) -> Result<(), DriverError> {
+        let docker_name = id.object_name(name);
+        let request = NetworkCreateRequest {
+            name: docker_name.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(spec.internal),
+            labels: Some(object_labels(id, name, config_hash, &spec.labels)),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map_err(engine(format!("creating network {docker_name}")))?;
+        Ok(())
+    }
+
+    async fn remove_network(&self, docker_name: &str) -> Result<(), DriverError> {
+        match self.docker.remove_network(docker_name).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(engine(format!("removing network {docker_name}"))(e)),
+        }
+    }
+
+    async fn create_volume(
+        &self,
+        id: &TopologyRef,
+        name: &str,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<(), DriverError> {
+        let docker_name = id.object_name(name);
+        let request = VolumeCreateRequest {
+            name: Some(docker_name.clone()),
+            driver: Some("local".into()),
+            labels: Some(object_labels(id, name, "", extra)),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .map_err(engine(format!("creating volume {docker_name}")))?;
+        Ok(())
+    }
+
+    async fn remove_volume(&self, docker_name: &str) -> Result<(), DriverError> {
+        let options = RemoveVolumeOptionsBuilder::default().force(false).build();
+        match self.docker.remove_volume(docker_name, Some(options)).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(engine(format!("removing volume {docker_name}"))(e)),
+        }
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, DriverError> {
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = match self
+            .docker
+            .create_container(Some(options), container_body(spec))
+            .await
+        {
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if message.contains("image") => {
+                return Err(DriverError::ImageMissing {
+                    image: spec.image.clone(),
+                });
+            }
+            other => other.map_err(engine(format!("creating container {}", spec.name)))?,
+        };
+        for attachment in spec.networks.iter().skip(1) {
+            let request = NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(endpoint(&attachment.aliases)),
+            };
+            self.docker
+                .connect_network(&attachment.network, request)
+                .await
+                .map_err(engine(format!(
+                    "connecting {} to network {}",
+                    spec.name, attachment.network
+                )))?;
+        }
+        Ok(created.id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), DriverError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(engine("starting container"))
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), DriverError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            // Already being removed by an earlier call: it is going away either way.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(e) => Err(engine("removing container")(e)),
+        }
+    }
+
+    async fn container_status(&self, id: &str) -> Result<ContainerStatus, DriverError> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(engine("inspecting container"))?;
+        let state = inspect.state.unwrap_or_default();
+        let running = state.running.unwrap_or(false);
+        Ok(ContainerStatus {
+            running,
+            exit_code: if running { None } else { state.exit_code },
+            health: state
+                .health
+                .and_then(|h| h.status)
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty() && s != "none"),
+        })
+    }
+
+    fn logs(&self, container: &str, follow: bool, tail: Option<u64>) -> LogStream {
+        let options = LogsOptionsBuilder::default()
+            .follow(follow)
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail.map_or_else(|| "all".to_owned(), |t| t.to_string()))
+            .build();
+        let name = container.to_owned();
+        let stream = self.docker.logs(container, Some(options)).map(move |item| {
+            let output = item.map_err(engine(format!("reading the logs of {name}")))?;
+            let stderr = matches!(output, bollard::container::LogOutput::StdErr { .. });
+            let text = String::from_utf8_lossy(&output.into_bytes())
+                .trim_end_matches(['\n', '\r'])
+                .to_owned();
+            Ok(LogLine {
+                container: name.clone(),
+                text,
+                stderr,
+            })
+        });
+        Box::pin(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_messages_are_recognised() {
+        let e = port_in_use(
+            "driver failed programming external connectivity on endpoint x: Bind for 0.0.0.0:8080 failed: port is already allocated",
+        );
+        assert!(
+            matches!(e, Some(DriverError::PortInUse { port: 8080, .. })),
+            "{e:?}"
+        );
+        let e = port_in_use(
+            "Error starting userland proxy: listen tcp4 0.0.0.0:9000: bind: address already in use",
+        );
+        assert!(
+            matches!(e, Some(DriverError::PortInUse { port: 9000, .. })),
+            "{e:?}"
+        );
+        assert!(port_in_use("no such image").is_none());
+    }
+}

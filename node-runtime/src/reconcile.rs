@@ -1,0 +1,727 @@
+//! The reconcile executor: makes the engine match one topology's assignment on this
+//! node, and takes topologies away.
+//!
+//! Reconcile is idempotent: a second run with the same assignment changes nothing. It
+//! checks what can be checked before touching anything (images present, host ports
+//! free), then brings services up in dependency order, in parallel where the graph
+//! allows, with a bounded number of engine operations at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
+use berth_protocol::topology::Condition;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::driver::{ContainerDriver, DriverError};
+use crate::plan::{ObservedContainer, Plan, SlotAction, plan_containers, plan_objects};
+use crate::spec::{ContainerSpec, hash_of};
+
+/// What happens to one replica, or to a network or volume, as it happens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// A replica's step.
+    Replica {
+        /// The service.
+        service: String,
+        /// The replica number.
+        replica: u32,
+        /// What it is doing.
+        step: Step,
+    },
+    /// A service waits for a dependency.
+    Waiting {
+        /// The waiting service.
+        service: String,
+        /// What it waits for.
+        dependency: String,
+        /// The condition it waits for.
+        condition: Condition,
+    },
+    /// A network or volume was created or removed.
+    Object {
+        /// `network` or `volume`.
+        kind: &'static str,
+        /// Its Docker name.
+        name: String,
+        /// What happened.
+        step: Step,
+    },
+}
+
+/// One step of a replica's (or object's) life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Already as wanted.
+    Unchanged,
+    /// Being created.
+    Creating,
+    /// Being replaced, its spec having changed.
+    Recreating,
+    /// Being started.
+    Starting,
+    /// Started.
+    Running,
+    /// Its healthcheck passes.
+    Healthy,
+    /// It ran to completion successfully.
+    Completed,
+    /// Being removed.
+    Removing,
+    /// Removed.
+    Removed,
+    /// Failed, and why.
+    Failed(String),
+}
+
+/// Why a reconcile did not converge.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Checked before any change: some images are absent.
+    #[error("{} not on this machine and Berth never pulls: {}; build {} first (for the examples: `infra/build-images.sh`). Nothing was changed.",
+        if images.len() == 1 { "an image is" } else { "images are" },
+        images.join(", "),
+        if images.len() == 1 { "it" } else { "them" })]
+    MissingImages {
+        /// The absent images.
+        images: Vec<String>,
+    },
+    /// Checked before any change: host ports are taken by something else.
+    #[error("host port{} {} already in use on this machine: stop what uses {} or publish other ports. Nothing was changed.",
+        if ports.len() == 1 { "" } else { "s" },
+        ports.iter().map(|(s, p)| format!("{p} (service {s})")).collect::<Vec<_>>().join(", "),
+        if ports.len() == 1 { "it" } else { "them" })]
+    PortsInUse {
+        /// (service, port) pairs.
+        ports: Vec<(String, u16)>,
+    },
+    /// The engine failed before any change was made.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// Some services failed; the others are up. The topology is partly applied.
+    #[error("{} of {} service{} failed; the others are running, so the topology is partly applied. Fix the cause and run `up` again, or `down` to remove it:\n{}",
+        failed.len(), total, if *total == 1 { "" } else { "s" },
+        failed.iter().map(|(s, why)| format!("  {s}: {why}")).collect::<Vec<_>>().join("\n"))]
+    Partial {
+        /// (service, reason) for each failed service.
+        failed: Vec<(String, String)>,
+        /// How many services the assignment has.
+        total: usize,
+    },
+}
+
+/// Tunables of the executor.
+#[derive(Clone, Debug)]
+pub struct ReconcileOptions {
+    /// How many engine operations (create, start, remove) run at once.
+    pub concurrency: usize,
+    /// How long a dependency may take to become healthy or complete.
+    pub readiness_timeout: Duration,
+    /// How often readiness is polled.
+    pub poll_interval: Duration,
+    /// Whether to check host ports by binding them first (only when the engine runs on
+    /// this machine).
+    pub check_host_ports: bool,
+}
+
+impl Default for ReconcileOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            readiness_timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_millis(200),
+            check_host_ports: true,
+        }
+    }
+}
+
+/// What a reconcile did, counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Containers created (new or replacing).
+    pub created: usize,
+    /// Containers left as they were.
+    pub unchanged: usize,
+    /// Containers removed.
+    pub removed: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Readiness {
+    Pending,
+    Started,
+    Healthy,
+    Completed,
+    Failed(String),
+}
+
+/// Drives one node's engine towards its assignments.
+#[derive(Debug)]
+pub struct Reconciler<D> {
+    driver: Arc<D>,
+    options: ReconcileOptions,
+}
+
+type Events = mpsc::UnboundedSender<Progress>;
+
+impl<D: ContainerDriver> Reconciler<D> {
+    /// A reconciler over `driver`.
+    pub fn new(driver: Arc<D>, options: ReconcileOptions) -> Self {
+        Self { driver, options }
+    }
+
+    /// The driver underneath.
+    pub fn driver(&self) -> &Arc<D> {
+        &self.driver
+    }
+
+    /// Makes the engine match `assignment`. Progress goes to `events` as it happens.
+    pub async fn apply(
+        &self,
+        assignment: &TopologyAssignment,
+        events: Events,
+    ) -> Result<Outcome, ReconcileError> {
+        let id = &assignment.id;
+        let desired: Vec<ContainerSpec> = assignment
+            .slots
+            .iter()
+            .filter_map(|slot| ContainerSpec::for_slot(assignment, slot))
+            .collect();
+        let observed = self.driver.list_containers(id).await?;
+        let plan = plan_containers(desired, observed.clone());
+        self.check(&plan, &observed).await?;
+
+        let mut outcome = Outcome::default();
+        // Containers nobody wants any more go first, freeing their ports and names.
+        outcome.removed += self.remove_all(&plan.remove, &events).await?;
+
+        // Networks and volumes.
+        let network_hashes: BTreeMap<String, String> = assignment
+            .networks
+            .iter()
+            .map(|(n, spec)| (id.object_name(n), hash_of(spec)))
+            .collect();
+        let networks = plan_objects(&network_hashes, &self.driver.list_networks(id).await?);
+        if !networks.recreate.is_empty() {
+            // A changed network takes its containers with it; they are replaced below
+            // since their config hash covers the network's spec.
+            let on_changed: Vec<ObservedContainer> = plan
+                .slots
+                .iter()
+                .filter(|(spec, action)| {
+                    matches!(action, SlotAction::Replace { .. })
+                        && spec
+                            .networks
+                            .iter()
+                            .any(|n| networks.recreate.contains(&n.network))
+                })
+                .filter_map(|(spec, _)| observed.iter().find(|o| o.name == spec.name).cloned())
+                .collect();
+            self.remove_all(&on_changed, &events).await?;
+        }
+        for name in networks.recreate.iter() {
+            self.driver.remove_network(name).await?;
+        }
+        for name in networks.create.iter().chain(&networks.recreate) {
+            let (short, spec) = assignment
+                .networks
+                .iter()
+                .find(|(n, _)| &id.object_name(n) == name)
+                .ok_or_else(|| DriverError::Engine {
+                    action: "planning networks".into(),
+                    message: format!("no spec for {name}"),
+                })?;
+            self.driver
+                .create_network(id, short, spec, &network_hashes[name])
+                .await?;
+            let _ = events.send(Progress::Object {
+                kind: "network",
+                name: name.clone(),
+                step: Step::Creating,
+            });
+        }
+        let volume_names: BTreeMap<String, String> = assignment
+            .volumes
+            .keys()
+            .map(|v| (id.object_name(v), String::new()))
+            .collect();
+        let volumes = plan_objects(&volume_names, &self.driver.list_volumes(id).await?);
+        for name in &volumes.create {
+            let (short, spec) = assignment
+                .volumes
+                .iter()
+                .find(|(v, _)| &id.object_name(v) == name)
+                .ok_or_else(|| DriverError::Engine {
+                    action: "planning volumes".into(),
+                    message: format!("no spec for {name}"),
+                })?;
+            self.driver.create_volume(id, short, &spec.labels).await?;
+            let _ = events.send(Progress::Object {
+                kind: "volume",
+                name: name.clone(),
+                step: Step::Creating,
+            });
+        }
+
+        let (created, unchanged) = self.bring_up(assignment, plan, &events).await?;
+        outcome.created += created;
+        outcome.unchanged += unchanged;
+
+        // Networks the topology no longer declares, now that no container uses them.
+        for name in &networks.remove {
+            self.driver.remove_network(name).await?;
+            let _ = events.send(Progress::Object {
+                kind: "network",
+                name: name.clone(),
+                step: Step::Removed,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Removes every container and network of a topology, and its volumes if asked.
+    pub async fn remove(
+        &self,
+        id: &TopologyRef,
+        remove_volumes: bool,
+        events: Events,
+    ) -> Result<Outcome, ReconcileError> {
+        let containers = self.driver.list_containers(id).await?;
+        let removed = self.remove_all(&containers, &events).await?;
+        for network in self.driver.list_networks(id).await? {
+            self.driver.remove_network(&network.name).await?;
+            let _ = events.send(Progress::Object {
+                kind: "network",
+                name: network.name,
+                step: Step::Removed,
+            });
+        }
+        if remove_volumes {
+            for volume in self.driver.list_volumes(id).await? {
+                self.driver.remove_volume(&volume.name).await?;
+                let _ = events.send(Progress::Object {
+                    kind: "volume",
+                    name: volume.name,
+                    step: Step::Removed,
+                });
+            }
+        }
+        Ok(Outcome {
+            removed,
+            ..Outcome::default()
+        })
+    }
+
+    /// Checks, without changing anything, that `assignment` could be applied: every image
+    /// it needs is present and every host port a new container will publish is free.
+    pub async fn preflight(&self, assignment: &TopologyAssignment) -> Result<(), ReconcileError> {
+        let desired: Vec<ContainerSpec> = assignment
+            .slots
+            .iter()
+            .filter_map(|slot| ContainerSpec::for_slot(assignment, slot))
+            .collect();
+        let observed = self.driver.list_containers(&assignment.id).await?;
+        let plan = plan_containers(desired, observed.clone());
+        self.check(&plan, &observed).await
+    }
+
+    /// The checks of [`Self::preflight`] on a computed plan. Ports held by this
+    /// topology's own containers, which the plan replaces or removes, count as free.
+    async fn check(
+        &self,
+        plan: &Plan,
+        observed: &[ObservedContainer],
+    ) -> Result<(), ReconcileError> {
+        let images: BTreeSet<String> = plan
+            .slots
+            .iter()
+            .filter(|(_, a)| !matches!(a, SlotAction::Keep { .. }))
+            .map(|(s, _)| s.image.clone())
+            .collect();
+        let missing = self
+            .driver
+            .missing_images(&images.into_iter().collect::<Vec<_>>())
+            .await?;
+        if !missing.is_empty() {
+            return Err(ReconcileError::MissingImages { images: missing });
+        }
+        if !self.options.check_host_ports {
+            return Ok(());
+        }
+        let ours: BTreeSet<u16> = observed
+            .iter()
+            .flat_map(|o| o.host_ports.iter().map(|(_, p)| *p))
+            .collect();
+        let mut taken = Vec::new();
+        for (spec, action) in &plan.slots {
+            if matches!(action, SlotAction::Keep { .. }) {
+                continue;
+            }
+            for port in spec
+                .ports
+                .iter()
+                .filter(|p| p.protocol == berth_protocol::topology::Protocol::Tcp)
+            {
+                let Some(published) = port.published else {
+                    continue;
+                };
+                if ours.contains(&published) {
+                    continue;
+                }
+                let ip = port.host_ip.clone().unwrap_or_else(|| "0.0.0.0".to_owned());
+                if std::net::TcpListener::bind((ip.as_str(), published)).is_err() {
+                    taken.push((spec.service.clone(), published));
+                }
+            }
+        }
+        if taken.is_empty() {
+            Ok(())
+        } else {
+            Err(ReconcileError::PortsInUse { ports: taken })
+        }
+    }
+
+    async fn remove_all(
+        &self,
+        containers: &[ObservedContainer],
+        events: &Events,
+    ) -> Result<usize, ReconcileError> {
+        let semaphore = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        for container in containers.iter().cloned() {
+            let driver = Arc::clone(&self.driver);
+            let events = events.clone();
+            let semaphore = Arc::clone(&semaphore);
+            tasks.spawn(async move {
+                let _permit = semaphore.acquire_owned().await;
+                let _ = events.send(Progress::Replica {
+                    service: container.service.clone(),
+                    replica: container.replica,
+                    step: Step::Removing,
+                });
+                driver.remove_container(&container.id).await?;
+                let _ = events.send(Progress::Replica {
+                    service: container.service,
+                    replica: container.replica,
+                    step: Step::Removed,
+                });
+                Ok::<(), DriverError>(())
+            });
+        }
+        let mut removed = 0;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => removed += 1,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => {
+                    return Err(DriverError::Engine {
+                        action: "removing containers".into(),
+                        message: e.to_string(),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Starts every service once its dependencies are ready, all services at once as
+    /// far as the graph and the semaphore allow.
+    async fn bring_up(
+        &self,
+        assignment: &TopologyAssignment,
+        plan: Plan,
+        events: &Events,
+    ) -> Result<(usize, usize), ReconcileError> {
+        let mut per_service: BTreeMap<String, Vec<(ContainerSpec, SlotAction)>> = BTreeMap::new();
+        for (spec, action) in plan.slots {
+            per_service
+                .entry(spec.service.clone())
+                .or_default()
+                .push((spec, action));
+        }
+        let mut senders = HashMap::new();
+        let mut receivers = HashMap::new();
+        for name in assignment.services.keys() {
+            let (tx, rx) = watch::channel(Readiness::Pending);
+            senders.insert(name.clone(), tx);
+            receivers.insert(name.clone(), rx);
+        }
+        let semaphore = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        for (name, service) in &assignment.services {
+            let slots = per_service.remove(name).unwrap_or_default();
+            // Dependencies placed on other nodes are not waited for here.
+            let deps: Vec<(String, Condition, watch::Receiver<Readiness>)> = service
+                .depends_on
+                .iter()
+                .filter_map(|(dep, d)| {
+                    receivers
+                        .get(dep)
+                        .map(|rx| (dep.clone(), d.condition, rx.clone()))
+                })
+                .collect();
+            let wants_health = assignment.services.values().any(|s| {
+                s.depends_on
+                    .get(name)
+                    .is_some_and(|d| d.condition == Condition::ServiceHealthy)
+            });
+            let wants_completion = assignment.services.values().any(|s| {
+                s.depends_on
+                    .get(name)
+                    .is_some_and(|d| d.condition == Condition::ServiceCompletedSuccessfully)
+            });
+            let Some(tx) = senders.remove(name) else {
+                continue;
+            };
+            let job = ServiceJob {
+                name: name.clone(),
+                slots,
+                deps,
+                wants_health,
+                wants_completion,
+                driver: Arc::clone(&self.driver),
+                semaphore: Arc::clone(&semaphore),
+                events: events.clone(),
+                options: self.options.clone(),
+            };
+            let service_name = name.clone();
+            tasks.spawn(async move {
+                let result = job.run().await;
+                let readiness = match &result {
+                    Ok(r) => r.0.clone(),
+                    Err(why) => Readiness::Failed(why.clone()),
+                };
+                let _ = tx.send(readiness);
+                (service_name, result)
+            });
+        }
+        let mut failed = Vec::new();
+        let (mut created, mut unchanged) = (0, 0);
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Ok((_, c, u)))) => {
+                    created += c;
+                    unchanged += u;
+                }
+                Ok((name, Err(why))) => failed.push((name, why)),
+                Err(e) => failed.push(("?".to_owned(), e.to_string())),
+            }
+        }
+        if failed.is_empty() {
+            Ok((created, unchanged))
+        } else {
+            failed.sort();
+            Err(ReconcileError::Partial {
+                failed,
+                total: assignment.services.len(),
+            })
+        }
+    }
+}
+
+struct ServiceJob<D> {
+    name: String,
+    slots: Vec<(ContainerSpec, SlotAction)>,
+    deps: Vec<(String, Condition, watch::Receiver<Readiness>)>,
+    wants_health: bool,
+    wants_completion: bool,
+    driver: Arc<D>,
+    semaphore: Arc<Semaphore>,
+    events: Events,
+    options: ReconcileOptions,
+}
+
+impl<D: ContainerDriver> ServiceJob<D> {
+    fn emit(&self, replica: u32, step: Step) {
+        let _ = self.events.send(Progress::Replica {
+            service: self.name.clone(),
+            replica,
+            step,
+        });
+    }
+
+    /// Brings the service's replicas up; returns its readiness and (created, unchanged).
+    async fn run(&self) -> Result<(Readiness, usize, usize), String> {
+        for (dep, condition, rx) in &self.deps {
+            let _ = self.events.send(Progress::Waiting {
+                service: self.name.clone(),
+                dependency: dep.clone(),
+                condition: *condition,
+            });
+            wait_for(dep, *condition, rx.clone(), self.options.readiness_timeout).await?;
+        }
+        let mut ids = Vec::new();
+        let (mut created, mut unchanged) = (0, 0);
+        let mut replicas = JoinSet::new();
+        for (spec, action) in self.slots.clone() {
+            let driver = Arc::clone(&self.driver);
+            let semaphore = Arc::clone(&self.semaphore);
+            let events = self.events.clone();
+            let service = self.name.clone();
+            replicas.spawn(async move {
+                let emit = |step| {
+                    let _ = events.send(Progress::Replica {
+                        service: service.clone(),
+                        replica: spec.replica,
+                        step,
+                    });
+                };
+                let _permit = semaphore.acquire_owned().await;
+                let result: Result<(String, bool), DriverError> = async {
+                    match action {
+                        SlotAction::Keep { id, start: false } => {
+                            emit(Step::Unchanged);
+                            Ok((id, false))
+                        }
+                        SlotAction::Keep { id, start: true } => {
+                            emit(Step::Starting);
+                            driver.start_container(&id).await?;
+                            emit(Step::Running);
+                            Ok((id, false))
+                        }
+                        SlotAction::Replace { old_id } => {
+                            emit(Step::Recreating);
+                            driver.remove_container(&old_id).await?;
+                            let id = driver.create_container(&spec).await?;
+                            emit(Step::Starting);
+                            driver.start_container(&id).await?;
+                            emit(Step::Running);
+                            Ok((id, true))
+                        }
+                        SlotAction::Create => {
+                            emit(Step::Creating);
+                            let id = driver.create_container(&spec).await?;
+                            emit(Step::Starting);
+                            driver.start_container(&id).await?;
+                            emit(Step::Running);
+                            Ok((id, true))
+                        }
+                    }
+                }
+                .await;
+                if let Err(e) = &result {
+                    emit(Step::Failed(e.to_string()));
+                }
+                result.map(|(id, new)| (spec.replica, id, new))
+            });
+        }
+        let mut first_error = None;
+        while let Some(joined) = replicas.join_next().await {
+            match joined {
+                Ok(Ok((replica, id, new))) => {
+                    if new {
+                        created += 1
+                    } else {
+                        unchanged += 1
+                    }
+                    ids.push((replica, id));
+                }
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e.to_string());
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let readiness = if self.wants_completion {
+            self.await_each(&ids, Condition::ServiceCompletedSuccessfully)
+                .await?;
+            Readiness::Completed
+        } else if self.wants_health {
+            self.await_each(&ids, Condition::ServiceHealthy).await?;
+            Readiness::Healthy
+        } else {
+            Readiness::Started
+        };
+        Ok((readiness, created, unchanged))
+    }
+
+    async fn await_each(&self, ids: &[(u32, String)], condition: Condition) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.options.readiness_timeout;
+        for (replica, id) in ids {
+            loop {
+                let status = self
+                    .driver
+                    .container_status(id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match condition {
+                    Condition::ServiceHealthy => match status.health.as_deref() {
+                        Some("healthy") => {
+                            self.emit(*replica, Step::Healthy);
+                            break;
+                        }
+                        Some("unhealthy") => return Err(format!("replica {replica} is unhealthy")),
+                        None if status.health.is_none() && status.running => {
+                            return Err("another service waits for it to be healthy, but it has no healthcheck (add `healthcheck:`)".into());
+                        }
+                        _ if !status.running => {
+                            return Err(format!(
+                                "replica {replica} exited with code {} before it was healthy",
+                                status.exit_code.unwrap_or(-1)
+                            ));
+                        }
+                        _ => {}
+                    },
+                    Condition::ServiceCompletedSuccessfully => match status.exit_code {
+                        Some(0) if !status.running => {
+                            self.emit(*replica, Step::Completed);
+                            break;
+                        }
+                        Some(code) if !status.running => {
+                            return Err(format!("replica {replica} exited with code {code}"));
+                        }
+                        _ => {}
+                    },
+                    Condition::ServiceStarted => break,
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "replica {replica} was not ready within {:?}",
+                        self.options.readiness_timeout
+                    ));
+                }
+                tokio::time::sleep(self.options.poll_interval).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn wait_for(
+    dep: &str,
+    condition: Condition,
+    mut rx: watch::Receiver<Readiness>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let wait = rx.wait_for(|r| !matches!(r, Readiness::Pending));
+    let ready = match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(r)) => r.clone(),
+        Ok(Err(_)) => {
+            return Err(format!(
+                "not started: dependency {dep} stopped before it was ready"
+            ));
+        }
+        Err(_) => {
+            return Err(format!(
+                "not started: dependency {dep} was not ready within {timeout:?}"
+            ));
+        }
+    };
+    match (ready, condition) {
+        (Readiness::Failed(_), _) => Err(format!("not started: dependency {dep} failed")),
+        (Readiness::Healthy, Condition::ServiceHealthy)
+        | (Readiness::Completed, Condition::ServiceCompletedSuccessfully)
+        | (_, Condition::ServiceStarted) => Ok(()),
+        (other, _) => Err(format!(
+            "not started: dependency {dep} reached {other:?}, not {condition:?}"
+        )),
+    }
+}

@@ -1,0 +1,161 @@
+//! What one container must be: everything the driver needs to create it, derived from
+//! an assignment and one of its slots, with a hash that changes whenever any of it does.
+
+use std::collections::BTreeMap;
+
+use berth_protocol::assignment::{Slot, TopologyAssignment, TopologyRef, labels};
+use berth_protocol::topology::{Healthcheck, Limits, Network, PortMapping, RestartPolicy, Service};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// A network a container joins: its Docker name and the names it answers to there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NetworkAttachment {
+    /// The Docker network's name.
+    pub network: String,
+    /// DNS aliases on that network: the service name first, then declared aliases.
+    pub aliases: Vec<String>,
+}
+
+/// A volume mount with the Docker volume resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mount {
+    /// The Docker volume's name; `None` for an anonymous volume.
+    pub volume: Option<String>,
+    /// The path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Everything needed to create one replica's container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContainerSpec {
+    /// The container's name, `tenant.topology.service.N`.
+    pub name: String,
+    /// The service.
+    pub service: String,
+    /// The replica number, from 1.
+    pub replica: u32,
+    /// The image reference.
+    pub image: String,
+    /// Command, if overridden.
+    pub command: Option<Vec<String>>,
+    /// Entrypoint, if overridden.
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` pairs, sorted.
+    pub env: Vec<String>,
+    /// Every label, Berth's included (but for the config hash itself).
+    pub labels: BTreeMap<String, String>,
+    /// Ports declared by the container, `80/tcp`.
+    pub exposed: Vec<String>,
+    /// Ports published on the host.
+    pub ports: Vec<PortMapping>,
+    /// The healthcheck, if any.
+    pub healthcheck: Option<Healthcheck>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Volume mounts.
+    pub mounts: Vec<Mount>,
+    /// Networks, the first being the one the container is created on.
+    pub networks: Vec<NetworkAttachment>,
+    /// Working directory.
+    pub working_dir: Option<String>,
+    /// User.
+    pub user: Option<String>,
+    /// The hash of all of the above and of the specs of the networks joined.
+    #[serde(skip)]
+    pub config_hash: String,
+}
+
+impl ContainerSpec {
+    /// The spec of `slot`'s container. `None` if the assignment has no spec for its service.
+    pub fn for_slot(assignment: &TopologyAssignment, slot: &Slot) -> Option<Self> {
+        let service: &Service = assignment.services.get(&slot.service)?;
+        let id: &TopologyRef = &assignment.id;
+        let mut labels = service.labels.clone();
+        labels.extend([
+            (labels::MANAGED.to_owned(), "true".to_owned()),
+            (labels::TENANT.to_owned(), id.tenant.clone()),
+            (labels::TOPOLOGY.to_owned(), id.topology.clone()),
+            (labels::SERVICE.to_owned(), slot.service.clone()),
+            (labels::REPLICA.to_owned(), slot.replica.to_string()),
+            (labels::GENERATION.to_owned(), slot.generation.to_string()),
+        ]);
+        let mut exposed: Vec<String> = service
+            .expose
+            .iter()
+            .map(|e| format!("{}/{}", e.port, e.protocol.as_str()))
+            .chain(
+                service
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}/{}", p.target, p.protocol.as_str())),
+            )
+            .collect();
+        exposed.sort();
+        exposed.dedup();
+        let networks = service
+            .networks
+            .iter()
+            .map(|(name, attachment)| NetworkAttachment {
+                network: id.object_name(name),
+                aliases: std::iter::once(slot.service.clone())
+                    .chain(attachment.aliases.iter().cloned())
+                    .collect(),
+            })
+            .collect();
+        let mounts = service
+            .volumes
+            .iter()
+            .map(|m| Mount {
+                volume: m.source.as_deref().map(|s| id.object_name(s)),
+                target: m.target.clone(),
+                read_only: m.read_only,
+            })
+            .collect();
+        let mut spec = ContainerSpec {
+            name: id.container_name(&slot.service, slot.replica),
+            service: slot.service.clone(),
+            replica: slot.replica,
+            image: service.image.clone(),
+            command: service.command.clone(),
+            entrypoint: service.entrypoint.clone(),
+            env: service
+                .environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            labels,
+            exposed,
+            ports: service.ports.clone(),
+            healthcheck: service.healthcheck.clone(),
+            limits: service.limits,
+            restart: service.restart,
+            mounts,
+            networks,
+            working_dir: service.working_dir.clone(),
+            user: service.user.clone(),
+            config_hash: String::new(),
+        };
+        let joined: BTreeMap<&String, Option<&Network>> = service
+            .networks
+            .keys()
+            .map(|n| (n, assignment.networks.get(n)))
+            .collect();
+        spec.config_hash = hash_of(&(&spec, joined));
+        spec.labels
+            .insert(labels::CONFIG_HASH.to_owned(), spec.config_hash.clone());
+        Some(spec)
+    }
+}
+
+/// A short, stable hash of a value's JSON form.
+pub fn hash_of<T: Serialize>(value: &T) -> String {
+    // Serialising plain data (strings, numbers, maps with string keys) cannot fail.
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,113 @@
+//! What the allocator hands a node: the part of a topology that runs there.
+//!
+//! A node never sees more than its own slots: the services it runs, and the networks
+//! and volumes those services use. Each slot carries the generation under which it was
+//! placed, so a node that returns after its slots moved can tell that it is stale.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::{Network, Service, Volume};
+
+/// Identifies a topology: the tenant that owns it and its name within the tenant.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TopologyRef {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The topology's name.
+    pub topology: String,
+}
+
+impl TopologyRef {
+    /// The prefix of every Docker object of this topology: `tenant.topology`. Tenant and
+    /// topology names never hold a `.`, so two topologies never share a prefix.
+    pub fn prefix(&self) -> String {
+        format!("{}.{}", self.tenant, self.topology)
+    }
+
+    /// The container name of one replica, `tenant.topology.service.N`.
+    pub fn container_name(&self, service: &str, replica: u32) -> String {
+        format!("{}.{service}.{replica}", self.prefix())
+    }
+
+    /// The Docker name of one of the topology's networks or volumes.
+    pub fn object_name(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix())
+    }
+}
+
+impl std::fmt::Display for TopologyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.topology)
+    }
+}
+
+/// One replica of one service, placed on one node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Slot {
+    /// The service.
+    pub service: String,
+    /// The replica number, from 1.
+    pub replica: u32,
+    /// The placement generation: grows each time the slot is placed anew.
+    pub generation: u64,
+}
+
+/// The part of one topology a node must run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopologyAssignment {
+    /// Which topology.
+    pub id: TopologyRef,
+    /// The topology revision this assignment implements.
+    pub revision: u64,
+    /// The specs of the services that have slots here.
+    pub services: BTreeMap<String, Service>,
+    /// The networks those services join.
+    pub networks: BTreeMap<String, Network>,
+    /// The volumes those services mount.
+    pub volumes: BTreeMap<String, Volume>,
+    /// The slots on this node.
+    pub slots: Vec<Slot>,
+}
+
+/// Labels Berth puts on every Docker object it creates; they are how a node finds
+/// what it owns.
+pub mod labels {
+    /// Marks an object as Berth's.
+    pub const MANAGED: &str = "berth.managed";
+    /// The owning tenant.
+    pub const TENANT: &str = "berth.tenant";
+    /// The topology.
+    pub const TOPOLOGY: &str = "berth.topology";
+    /// The service (containers).
+    pub const SERVICE: &str = "berth.service";
+    /// The replica number (containers).
+    pub const REPLICA: &str = "berth.replica";
+    /// The slot's placement generation (containers).
+    pub const GENERATION: &str = "berth.generation";
+    /// A hash of everything the container was created from; a change means replace.
+    pub const CONFIG_HASH: &str = "berth.config-hash";
+    /// The network's or volume's name within the topology.
+    pub const NAME: &str = "berth.name";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_collide_across_tenants() {
+        let a = TopologyRef {
+            tenant: "a-b".into(),
+            topology: "c".into(),
+        };
+        let b = TopologyRef {
+            tenant: "a".into(),
+            topology: "b-c".into(),
+        };
+        assert_ne!(a.prefix(), b.prefix());
+        assert_eq!(a.container_name("web", 2), "a-b.c.web.2");
+        assert_eq!(b.object_name("default"), "a.b-c.default");
+    }
+}

@@ -1,0 +1,81 @@
+//! The tenant service's tables.
+
+/// A tenant: the unit of ownership, isolation and quota.
+pub mod tenant {
+    use sea_orm::entity::prelude::*;
+
+    /// One tenant.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenants")]
+    pub struct Model {
+        /// The tenant's name, unique.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// When it was created, in Unix milliseconds.
+        pub created_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A topology of a tenant and its current revision.
+pub mod topology {
+    use sea_orm::entity::prelude::*;
+
+    /// One topology.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "topologies")]
+    pub struct Model {
+        /// The owning tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// The topology's name within the tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// The revision now in force.
+        pub current_revision: i64,
+        /// When it was last changed, in Unix milliseconds.
+        pub updated_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Every revision ever stored of every topology.
+pub mod revision {
+    use sea_orm::entity::prelude::*;
+
+    /// One revision: the normalised topology as JSON.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "topology_revisions")]
+    pub struct Model {
+        /// The owning tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// The topology.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub topology: String,
+        /// The revision number, from 1.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub revision: i64,
+        /// The normalised topology, as JSON.
+        #[sea_orm(column_type = "Text")]
+        pub spec: String,
+        /// When it was stored, in Unix milliseconds.
+        pub created_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

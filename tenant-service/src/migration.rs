@@ -1,0 +1,58 @@
+//! The tenant service's schema, one migration set for SQLite and PostgreSQL. It keeps
+//! its own migration table so that services sharing a database migrate independently.
+
+use sea_orm::{DbBackend, Schema};
+use sea_orm_migration::prelude::*;
+
+use crate::entity::{revision, tenant, topology};
+
+/// The tenant service's migrations.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(Initial)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        "tenant_service_migrations".into_iden()
+    }
+}
+
+#[derive(Debug, DeriveMigrationName)]
+struct Initial;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(tenant::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(topology::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(revision::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        let _ = DbBackend::Sqlite;
+        Ok(())
+    }
+}
