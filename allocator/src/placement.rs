@@ -133,8 +133,7 @@ pub fn place(
         }
     }
     let schedulable_nodes = nodes.values().filter(|n| n.schedulable).count();
-    let mut generation = next_generation;
-    for want in homeless {
+    for (generation, want) in (next_generation..).zip(homeless) {
         let spread = |n: &NodeView| {
             per_service
                 .get(&(want.service.clone(), n.name.clone()))
@@ -171,7 +170,6 @@ pub fn place(
             generation,
             cost: want.cost,
         });
-        generation += 1;
     }
     Ok(Placement { slots, released })
 }

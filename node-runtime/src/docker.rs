@@ -217,6 +217,7 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         restart_policy: Some(restart),
         mounts: Some(mounts),
         network_mode: spec.networks.first().map(|n| n.network.clone()),
+        init: spec.init.then_some(true),
         ..Default::default()
     };
     // Engines before API 1.44 take one network at creation; the rest are connected
@@ -241,6 +242,10 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         }),
         working_dir: spec.working_dir.clone(),
         user: spec.user.clone(),
+        stop_signal: spec.stop_signal.clone(),
+        stop_timeout: spec
+            .stop_timeout_s
+            .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
         host_config: Some(host_config),
         networking_config,
         ..Default::default()
@@ -470,6 +475,17 @@ impl ContainerDriver for DockerDriver {
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), DriverError> {
+        // Stop first, so the process gets its stop signal and grace period (the
+        // container's own, set from `stop_signal` and `stop_grace_period`, else SIGTERM
+        // and 10 s), as with Compose; a forced remove alone would SIGKILL it.
+        match self.docker.stop_container(id, None).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => {}
+            Err(e) => return Err(engine("stopping container")(e)),
+        }
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)

@@ -147,7 +147,8 @@ pub trait ContainerDriver: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, DriverError>> + Send;
     /// Starts a container.
     fn start_container(&self, id: &str) -> impl Future<Output = Result<(), DriverError>> + Send;
-    /// Stops and removes a container, with its anonymous volumes.
+    /// Stops a container (SIGTERM, then SIGKILL after a grace period) and removes it,
+    /// with its anonymous volumes.
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), DriverError>> + Send;
     /// What a container is doing.
     fn container_status(

@@ -522,6 +522,17 @@ impl<D: ContainerDriver> Reconciler<D> {
     }
 }
 
+/// A replica's container after the create phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prepared {
+    /// Matches and runs: nothing to do.
+    Running,
+    /// Matches but is stopped: start it.
+    Stopped,
+    /// Just created: start it.
+    New,
+}
+
 struct ServiceJob<D> {
     name: String,
     slots: Vec<(ContainerSpec, SlotAction)>,
@@ -544,7 +555,11 @@ impl<D: ContainerDriver> ServiceJob<D> {
     }
 
     /// Brings the service's replicas up; returns its readiness and (created, unchanged).
+    ///
+    /// Containers are created at once, while dependencies may still be coming up, and
+    /// started only when every dependency is ready: creation overlaps the wait.
     async fn run(&self) -> Result<(Readiness, usize, usize), String> {
+        let prepared = self.prepare().await?;
         for (dep, condition, rx) in &self.deps {
             let _ = self.events.send(Progress::Waiting {
                 service: self.name.clone(),
@@ -553,83 +568,48 @@ impl<D: ContainerDriver> ServiceJob<D> {
             });
             wait_for(dep, *condition, rx.clone(), self.options.readiness_timeout).await?;
         }
+        let mut starts = JoinSet::new();
         let mut ids = Vec::new();
         let (mut created, mut unchanged) = (0, 0);
-        let mut replicas = JoinSet::new();
-        for (spec, action) in self.slots.clone() {
+        for (replica, id, state) in prepared {
+            match state {
+                Prepared::Running => {
+                    unchanged += 1;
+                    self.emit(replica, Step::Unchanged);
+                    ids.push((replica, id));
+                    continue;
+                }
+                Prepared::Stopped => unchanged += 1,
+                Prepared::New => created += 1,
+            }
             let driver = Arc::clone(&self.driver);
             let semaphore = Arc::clone(&self.semaphore);
             let events = self.events.clone();
             let service = self.name.clone();
-            replicas.spawn(async move {
+            starts.spawn(async move {
                 let emit = |step| {
                     let _ = events.send(Progress::Replica {
                         service: service.clone(),
-                        replica: spec.replica,
+                        replica,
                         step,
                     });
                 };
                 let _permit = semaphore.acquire_owned().await;
-                let result: Result<(String, bool), DriverError> = async {
-                    match action {
-                        SlotAction::Keep { id, start: false } => {
-                            emit(Step::Unchanged);
-                            Ok((id, false))
-                        }
-                        SlotAction::Keep { id, start: true } => {
-                            emit(Step::Starting);
-                            driver.start_container(&id).await?;
-                            emit(Step::Running);
-                            Ok((id, false))
-                        }
-                        SlotAction::Replace { old_id } => {
-                            emit(Step::Recreating);
-                            driver.remove_container(&old_id).await?;
-                            let id = driver.create_container(&spec).await?;
-                            emit(Step::Starting);
-                            driver.start_container(&id).await?;
-                            emit(Step::Running);
-                            Ok((id, true))
-                        }
-                        SlotAction::Create => {
-                            emit(Step::Creating);
-                            let id = driver.create_container(&spec).await?;
-                            emit(Step::Starting);
-                            driver.start_container(&id).await?;
-                            emit(Step::Running);
-                            Ok((id, true))
-                        }
+                emit(Step::Starting);
+                match driver.start_container(&id).await {
+                    Ok(()) => {
+                        emit(Step::Running);
+                        Ok((replica, id))
+                    }
+                    Err(e) => {
+                        emit(Step::Failed(e.to_string()));
+                        Err(e.to_string())
                     }
                 }
-                .await;
-                if let Err(e) = &result {
-                    emit(Step::Failed(e.to_string()));
-                }
-                result.map(|(id, new)| (spec.replica, id, new))
             });
         }
-        let mut first_error = None;
-        while let Some(joined) = replicas.join_next().await {
-            match joined {
-                Ok(Ok((replica, id, new))) => {
-                    if new {
-                        created += 1
-                    } else {
-                        unchanged += 1
-                    }
-                    ids.push((replica, id));
-                }
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e.to_string());
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e.to_string());
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+        ids.extend(join_all(starts).await?);
+        ids.sort();
         let readiness = if self.wants_completion {
             self.await_each(&ids, Condition::ServiceCompletedSuccessfully)
                 .await?;
@@ -641,6 +621,61 @@ impl<D: ContainerDriver> ServiceJob<D> {
             Readiness::Started
         };
         Ok((readiness, created, unchanged))
+    }
+
+    /// Creates (or replaces) every replica's container that needs it, in parallel,
+    /// without starting any. Returns each replica's container and what it needs.
+    async fn prepare(&self) -> Result<Vec<(u32, String, Prepared)>, String> {
+        let mut tasks = JoinSet::new();
+        for (spec, action) in self.slots.clone() {
+            let driver = Arc::clone(&self.driver);
+            let semaphore = Arc::clone(&self.semaphore);
+            let events = self.events.clone();
+            let service = self.name.clone();
+            tasks.spawn(async move {
+                let emit = |step| {
+                    let _ = events.send(Progress::Replica {
+                        service: service.clone(),
+                        replica: spec.replica,
+                        step,
+                    });
+                };
+                let result: Result<(String, Prepared), DriverError> = async {
+                    match action {
+                        SlotAction::Keep { id, start } => Ok((
+                            id,
+                            if start {
+                                Prepared::Stopped
+                            } else {
+                                Prepared::Running
+                            },
+                        )),
+                        SlotAction::Replace { old_id } => {
+                            let _permit = semaphore.acquire_owned().await;
+                            emit(Step::Recreating);
+                            driver.remove_container(&old_id).await?;
+                            Ok((driver.create_container(&spec).await?, Prepared::New))
+                        }
+                        SlotAction::Create => {
+                            let _permit = semaphore.acquire_owned().await;
+                            emit(Step::Creating);
+                            Ok((driver.create_container(&spec).await?, Prepared::New))
+                        }
+                    }
+                }
+                .await;
+                match result {
+                    Ok((id, state)) => Ok((spec.replica, id, state)),
+                    Err(e) => {
+                        emit(Step::Failed(e.to_string()));
+                        Err(e.to_string())
+                    }
+                }
+            });
+        }
+        let mut prepared = join_all(tasks).await?;
+        prepared.sort_by_key(|p| p.0);
+        Ok(prepared)
     }
 
     async fn await_each(&self, ids: &[(u32, String)], condition: Condition) -> Result<(), String> {
@@ -693,6 +728,21 @@ impl<D: ContainerDriver> ServiceJob<D> {
         }
         Ok(())
     }
+}
+
+/// Waits for every task; all run to the end, and the first failure is returned.
+async fn join_all<T: 'static>(mut tasks: JoinSet<Result<T, String>>) -> Result<Vec<T>, String> {
+    let mut done = Vec::with_capacity(tasks.len());
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(value) => done.push(value),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(done), Err)
 }
 
 async fn wait_for(

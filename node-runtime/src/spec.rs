@@ -65,6 +65,12 @@ pub struct ContainerSpec {
     pub working_dir: Option<String>,
     /// User.
     pub user: Option<String>,
+    /// Run an init as PID 1.
+    pub init: bool,
+    /// The stop signal, if not SIGTERM.
+    pub stop_signal: Option<String>,
+    /// Seconds between the stop signal and SIGKILL, if not the engine's default.
+    pub stop_timeout_s: Option<u64>,
     /// The hash of all of the above and of the specs of the networks joined.
     #[serde(skip)]
     pub config_hash: String,
@@ -138,6 +144,9 @@ impl ContainerSpec {
             networks,
             working_dir: service.working_dir.clone(),
             user: service.user.clone(),
+            init: service.init,
+            stop_signal: service.stop_signal.clone(),
+            stop_timeout_s: service.stop_grace_period_ms.map(|ms| ms.div_ceil(1000)),
             config_hash: String::new(),
         };
         let joined: BTreeMap<&String, Option<&Network>> = service

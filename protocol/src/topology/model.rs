@@ -72,6 +72,16 @@ pub struct Service {
     /// User (name or uid[:gid]) the container's process runs as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Run a tiny init as PID 1 that forwards signals and reaps zombies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
+    /// The signal that asks the container to stop (default SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long a container may take to stop before it is killed, in milliseconds
+    /// (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period_ms: Option<u64>,
 }
 
 /// Transport protocol of a port.

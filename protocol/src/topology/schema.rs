@@ -319,22 +319,18 @@ fn unsupported_service_key(key: &str) -> Option<&'static str> {
             "services reach each other by service name on their networks; use `depends_on` for start order"
         }
         "extends" | "profiles" | "configs" | "secrets" | "logging" | "extra_hosts" | "dns"
-        | "dns_opt" | "dns_search" | "tmpfs" | "init" | "stop_signal" | "stop_grace_period"
-        | "tty" | "stdin_open" | "read_only" | "platform" | "pull_policy" | "attach"
-        | "annotations" | "group_add" | "mac_address" | "credential_spec" | "post_start"
-        | "pre_stop" | "label_file" | "models" | "provider" | "use_api_socket" | "runtime" => {
-            "Berth does not support this key yet"
-        }
+        | "dns_opt" | "dns_search" | "tmpfs" | "tty" | "stdin_open" | "read_only" | "platform"
+        | "pull_policy" | "attach" | "annotations" | "group_add" | "mac_address"
+        | "credential_spec" | "post_start" | "pre_stop" | "label_file" | "models" | "provider"
+        | "use_api_socket" | "runtime" => "Berth does not support this key yet",
         _ => return None,
     })
 }
 
 fn unknown_key_message(path: &str, key: &str, known: &[&str]) -> String {
     let is_service = path.starts_with("services.") && path.matches('.').count() == 1;
-    if is_service {
-        if let Some(reason) = unsupported_service_key(key) {
-            return format!("`{key}` is not supported by Berth: {reason}");
-        }
+    if is_service && let Some(reason) = unsupported_service_key(key) {
+        return format!("`{key}` is not supported by Berth: {reason}");
     }
     if path.is_empty() {
         match key {
@@ -543,6 +539,9 @@ const SERVICE_KEYS: &[&str] = &[
     "networks",
     "working_dir",
     "user",
+    "init",
+    "stop_signal",
+    "stop_grace_period",
     "x-berth",
 ];
 
@@ -578,6 +577,9 @@ fn service_of(
         networks: BTreeMap::new(),
         working_dir: None,
         user: None,
+        init: false,
+        stop_signal: None,
+        stop_grace_period_ms: None,
     };
     let mut env_files = BTreeMap::new();
     let mut networks_given = false;
@@ -645,17 +647,46 @@ fn service_of(
             }
             "working_dir" => {
                 service.working_dir = cx.non_empty_string(value, &p);
-                if let Some(dir) = &service.working_dir {
-                    if !dir.starts_with('/') {
-                        cx.error(
-                            value.pos,
-                            &p,
-                            format!("must be an absolute path, found {dir:?}"),
-                        );
-                    }
+                if let Some(dir) = &service.working_dir
+                    && !dir.starts_with('/')
+                {
+                    cx.error(
+                        value.pos,
+                        &p,
+                        format!("must be an absolute path, found {dir:?}"),
+                    );
                 }
             }
             "user" => service.user = cx.non_empty_string(value, &p),
+            "init" => service.init = cx.bool(value, &p).unwrap_or(false),
+            "stop_signal" => {
+                service.stop_signal = cx.non_empty_string(value, &p).and_then(|sig| {
+                    let name = sig.trim_start_matches("SIG");
+                    let known = sig.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
+                        || (!name.is_empty()
+                            && name.chars().all(|c| {
+                                c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-'
+                            }));
+                    if known {
+                        Some(sig)
+                    } else {
+                        cx.error(
+                            value.pos,
+                            &p,
+                            format!("{sig:?} is not a signal such as SIGTERM, SIGINT or 15"),
+                        );
+                        None
+                    }
+                });
+            }
+            "stop_grace_period" => {
+                if let Some(text) = cx.string(value, &p) {
+                    match units::parse_duration_ms(&text) {
+                        Ok(ms) => service.stop_grace_period_ms = Some(ms),
+                        Err(e) => cx.error(value.pos, &p, e),
+                    }
+                }
+            }
             "x-berth" => {
                 cx.fields(value, &p, &[], false);
             }
@@ -862,10 +893,10 @@ fn parse_short_port(text: &str) -> Result<Vec<PortMapping>, String> {
             ));
         }
     };
-    if let Some(ip) = &host_ip {
-        if ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(format!("{ip:?} in {text:?} is not an IP address"));
-        }
+    if let Some(ip) = &host_ip
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err(format!("{ip:?} in {text:?} is not an IP address"));
     }
     let targets = parse_port_range(target)?;
     let published = match published {
@@ -1190,11 +1221,11 @@ fn volume_mount_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<VolumeMou
                     return None;
                 }
             };
-            if let Some(s) = source {
-                if s.starts_with(['/', '.', '~']) || s.contains('/') {
-                    cx.error(node.pos, path, BIND);
-                    return None;
-                }
+            if let Some(s) = source
+                && (s.starts_with(['/', '.', '~']) || s.contains('/'))
+            {
+                cx.error(node.pos, path, BIND);
+                return None;
             }
             let read_only = match mode {
                 None | Some("rw") => false,

@@ -75,6 +75,9 @@ services:
     networks: { front: { aliases: [www] } }
     working_dir: /srv
     user: "1000:1000"
+    init: true
+    stop_signal: SIGINT
+    stop_grace_period: 3s
   api:
     image: berth/busybox
     entrypoint: ["/bin/sh", "-c"]
@@ -168,6 +171,9 @@ fn a_full_file_normalises() {
     assert_eq!(web.networks["front"].aliases, vec!["www".to_string()]);
     assert_eq!(web.working_dir.as_deref(), Some("/srv"));
     assert_eq!(web.user.as_deref(), Some("1000:1000"));
+    assert!(web.init);
+    assert_eq!(web.stop_signal.as_deref(), Some("SIGINT"));
+    assert_eq!(web.stop_grace_period_ms, Some(3000));
     let api = &t.services["api"];
     assert_eq!(
         api.replicas, 2,

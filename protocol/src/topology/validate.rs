@@ -39,18 +39,15 @@ fn references(
                     known(&top.declared_services)
                 ),
             );
-        } else if dependency.condition == Condition::ServiceHealthy {
-            if let Some((target, _)) = top.services.get(dep) {
-                if target.healthcheck.as_ref().is_some_and(|h| h.is_disabled()) {
-                    cx.error(
-                        pos,
-                        &p,
-                        format!(
-                            "waits for {dep:?} to be healthy, but {dep:?} disables its healthcheck"
-                        ),
-                    );
-                }
-            }
+        } else if dependency.condition == Condition::ServiceHealthy
+            && let Some((target, _)) = top.services.get(dep)
+            && target.healthcheck.as_ref().is_some_and(|h| h.is_disabled())
+        {
+            cx.error(
+                pos,
+                &p,
+                format!("waits for {dep:?} to be healthy, but {dep:?} disables its healthcheck"),
+            );
         }
     }
     for network in service.networks.keys() {
@@ -68,15 +65,15 @@ fn references(
         }
     }
     for (i, mount) in service.volumes.iter().enumerate() {
-        if let Some(source) = &mount.source {
-            if !top.volumes.contains_key(source) {
-                let pos = sites.volumes.get(i).copied().unwrap_or_default();
-                cx.error(
-                    pos,
-                    &format!("{path}.volumes[{i}]"),
-                    format!("volume {source:?} is not declared under the top-level `volumes`"),
-                );
-            }
+        if let Some(source) = &mount.source
+            && !top.volumes.contains_key(source)
+        {
+            let pos = sites.volumes.get(i).copied().unwrap_or_default();
+            cx.error(
+                pos,
+                &format!("{path}.volumes[{i}]"),
+                format!("volume {source:?} is not declared under the top-level `volumes`"),
+            );
         }
     }
 }

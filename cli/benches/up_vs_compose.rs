@@ -1,0 +1,143 @@
+//! `berth up -d` against `docker-compose up -d` on the same file, wall time, same run.
+//!
+//! For 10 and 50 services (a dependency tree: service i depends on service i/2, so both
+//! tools may start independent branches in parallel) each tool brings the topology up
+//! from nothing, then again with nothing to change, then takes it down; the median of
+//! several rounds is reported with the ratio compose / berth (above 1: Berth is faster).
+//!
+//! Run: `cargo bench -p berth-cli --bench up_vs_compose` (needs Docker and the
+//! `docker-compose` command; builds the images itself). `BENCH_ROUNDS` sets the rounds.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new("bash")
+        .arg(workspace.join("infra/build-images.sh"))
+        .status()
+        .expect("bash");
+    assert!(status.success(), "building images failed");
+    let compose = if Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        vec!["docker-compose".to_owned()]
+    } else {
+        vec!["docker".to_owned(), "compose".to_owned()]
+    };
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let version = Command::new(&compose[0])
+        .args(&compose[1..])
+        .arg("version")
+        .output()
+        .expect("compose runs");
+    let version = String::from_utf8_lossy(&version.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    println!(
+        "peer: {} ({version}); {rounds} rounds; median wall time",
+        compose.join(" ")
+    );
+    println!(
+        "{:<10} {:<12} {:>10} {:>10} {:>8}",
+        "services", "phase", "berth", "compose", "ratio"
+    );
+    for services in [10, 50] {
+        bench(&compose, services, rounds);
+    }
+}
+
+/// The file both tools run. docker-compose 1.x wants `version` and no `name`; both
+/// tools then name the project after its directory.
+fn topology(services: usize) -> String {
+    let mut yaml = String::from("version: \"2.4\"\nservices:\n");
+    for i in 0..services {
+        // A process that exits on SIGTERM, so neither tool waits out a grace period.
+        yaml.push_str(&format!(
+            "  s{i}:\n    image: berth/busybox:latest\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3600 & wait\"]\n"
+        ));
+        if i > 0 {
+            yaml.push_str(&format!("    depends_on: [s{}]\n", (i - 1) / 2));
+        }
+    }
+    yaml
+}
+
+fn timed(program: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Duration {
+    let start = Instant::now();
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("runs");
+    let elapsed = start.elapsed();
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    elapsed
+}
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn bench(compose: &[String], services: usize, rounds: usize) {
+    let berth = env!("CARGO_BIN_EXE_berth");
+    let root = tempfile::tempdir().expect("tempdir");
+    let berth_dir = root.path().join(format!("benchberth{services}"));
+    let compose_dir = root.path().join(format!("benchcompose{services}"));
+    for dir in [&berth_dir, &compose_dir] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::write(dir.join("compose.yaml"), topology(services)).expect("write");
+    }
+    let state = root.path().join(".state");
+    let state = state.to_str().expect("utf-8 path");
+    let env = [("BERTH_DATA_DIR", state)];
+    let (c0, c1) = (
+        compose[0].as_str(),
+        compose[1..].iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let compose_args = |rest: &[&'static str]| -> Vec<&str> {
+        c1.iter()
+            .copied()
+            .chain(["-f", "compose.yaml"])
+            .chain(rest.iter().copied())
+            .collect()
+    };
+
+    let (mut b_up, mut b_noop, mut b_down, mut c_up, mut c_noop, mut c_down) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        b_up.push(timed(berth, &["up", "-d"], &berth_dir, &env));
+        b_noop.push(timed(berth, &["up", "-d"], &berth_dir, &env));
+        b_down.push(timed(berth, &["down"], &berth_dir, &env));
+        c_up.push(timed(c0, &compose_args(&["up", "-d"]), &compose_dir, &[]));
+        c_noop.push(timed(c0, &compose_args(&["up", "-d"]), &compose_dir, &[]));
+        c_down.push(timed(c0, &compose_args(&["down"]), &compose_dir, &[]));
+    }
+    for (phase, b, c) in [
+        ("up", b_up, c_up),
+        ("up again", b_noop, c_noop),
+        ("down", b_down, c_down),
+    ] {
+        let (b, c) = (median(b), median(c));
+        println!(
+            "{services:<10} {phase:<12} {:>9.2}s {:>9.2}s {:>7.2}x",
+            b.as_secs_f64(),
+            c.as_secs_f64(),
+            c.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+}
