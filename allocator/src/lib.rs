@@ -4,6 +4,7 @@
 //! pure; `service` loads its inputs from the database and commits its decisions in one
 //! transaction. The allocator decides where replicas run; it never talks to Docker.
 
+pub mod database;
 pub mod entity;
 pub mod migration;
 pub mod placement;

@@ -307,13 +307,15 @@ mod tests {
                         prop_assert!(on.iter().map(|s| s.cost.cpu_millis).sum::<u64>() <= n.capacity.cpu_millis.unwrap());
                     }
                 }
-                Err(PlacementError::NoCapacity { .. }) => {
-                    let total: u64 = caps.iter().map(|(n, _)| n).sum();
-                    let cpu_total: u64 = caps.iter().map(|(_, c)| c).sum();
-                    let demand_cpu: u64 = demands.iter().map(|(_, c)| c).sum();
-                    // Greedy placement may fail on fragmentation, but only when the pool
-                    // is at least tight in one dimension.
-                    prop_assert!(wants.len() as u64 > total / 2 || demand_cpu > cpu_total / 2);
+                Err(PlacementError::NoCapacity { service, replica, .. }) => {
+                    // A refusal is never spurious: the replicas before the refused one
+                    // place, and then no node has room left for it.
+                    let i = wants.iter().position(|w| w.service == service && w.replica == replica).unwrap();
+                    let before = place(&wants[..i], &[], &nodes, 1).unwrap();
+                    for n in &nodes {
+                        let used = before.slots.iter().filter(|s| s.node == n.name).fold(Resources::default(), |acc, s| acc.plus(s.cost));
+                        prop_assert!(!used.plus(wants[i].cost).fits(&n.capacity), "{} had room for {service}.{replica}", n.name);
+                    }
                 }
             }
         }

@@ -192,6 +192,21 @@ impl Allocator {
             topology: topology.name.clone(),
         };
         let txn = self.db.begin().await?;
+        // Write to the tenant's quota row first: it serialises this tenant's deploys
+        // (a row lock on PostgreSQL, the write lock on SQLite, taken before any read so
+        // SQLite never has to upgrade a read lock and fail), and everything read below
+        // is then current.
+        let locked = quota::Entity::update_many()
+            .col_expr(
+                quota::Column::ContainersUsed,
+                Expr::col(quota::Column::ContainersUsed),
+            )
+            .filter(quota::Column::Tenant.eq(tenant))
+            .exec(&txn)
+            .await?;
+        if locked.rows_affected == 0 {
+            return Err(AllocatorError::UnknownTenant(tenant.to_owned()));
+        }
         let quota_row = quota::Entity::find_by_id(tenant.to_owned())
             .one(&txn)
             .await?
@@ -281,7 +296,8 @@ impl Allocator {
             return Err(AllocatorError::Contended(format!("quota of {tenant}")));
         }
 
-        // Reserve node capacity the same way, node by node.
+        // Reserve node capacity the same way, node by node, in name order so that
+        // concurrent deploys lock node rows in one order and never deadlock.
         let mut per_node: BTreeMap<&str, (Resources, Resources)> = BTreeMap::new();
         for p in &placed {
             per_node.entry(p.node.as_str()).or_default().0 = per_node

@@ -17,7 +17,6 @@ use berth_node_runtime::{
 use berth_protocol::assignment::TopologyRef;
 use berth_protocol::topology::Topology;
 use berth_tenant_service::{TenantError, TenantService};
-use sea_orm::{ConnectOptions, Database};
 use tokio::sync::mpsc;
 
 /// The tenant every local topology belongs to.
@@ -105,9 +104,7 @@ impl LocalPlane {
         };
         std::fs::create_dir_all(dir).map_err(|e| state(e.to_string()))?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        let mut options = ConnectOptions::new(url);
-        options.sqlx_logging(false);
-        let db = Database::connect(options)
+        let db = berth_allocator::database::connect(&url)
             .await
             .map_err(|e| state(e.to_string()))?;
         let tenants = TenantService::open(db.clone())

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod postgres;
+
 /// The `berth` binary built by this `cargo test` run (it sits next to `deps/`).
 pub fn berth_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("BERTH_BIN") {

@@ -1,0 +1,113 @@
+//! A PostgreSQL server for the database tests.
+//!
+//! With `BERTH_TEST_POSTGRES_URL` set (a server URL such as
+//! `postgres://postgres@127.0.0.1:5432`), that server is used. Otherwise the harness
+//! starts a throwaway server from the installed PostgreSQL binaries, on a free port with
+//! its data in a temporary directory, watched by a shell that stops it and deletes the
+//! data as soon as this test process exits. Each test gets a database of its own.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// The URL of a PostgreSQL server, without a database name.
+pub fn server_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("BERTH_TEST_POSTGRES_URL") {
+        Ok(url) => url.trim_end_matches('/').to_owned(),
+        Err(_) => start_throwaway_server(),
+    })
+    .clone()
+}
+
+fn postgres_bin_dir() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| {
+            dirs.filter_map(|d| d.ok())
+                .map(|d| d.path().join("bin"))
+                .filter(|p| p.join("initdb").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort();
+    candidates.pop().unwrap_or_else(|| {
+        panic!("PostgreSQL is not installed: `apt-get install postgresql` (.ci/run does), or set BERTH_TEST_POSTGRES_URL to a server")
+    })
+}
+
+fn start_throwaway_server() -> String {
+    let bin = postgres_bin_dir();
+    let dir = tempfile::Builder::new()
+        .prefix("berth-pg-")
+        .tempdir()
+        .expect("a temporary directory")
+        .keep();
+    let port = crate::free_port();
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    // PostgreSQL refuses to run as root; as root, run it as the `postgres` user.
+    let as_user = if is_root {
+        "runuser -u postgres --"
+    } else {
+        ""
+    };
+    if is_root {
+        let status = Command::new("chown")
+            .args(["-R", "postgres", dir.to_str().expect("utf-8 path")])
+            .status()
+            .expect("chown");
+        assert!(
+            status.success(),
+            "cannot hand {} to the postgres user",
+            dir.display()
+        );
+    }
+    let data = dir.join("data");
+    let script = format!(
+        r#"set -e
+{as_user} {bin}/initdb -D {data} --auth=trust --username=postgres --no-sync >{dir}/initdb.log 2>&1
+{as_user} {bin}/pg_ctl -D {data} -l {dir}/server.log -w -o "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
+( while kill -0 {parent} 2>/dev/null; do sleep 1; done
+  {as_user} {bin}/pg_ctl -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir} ) >/dev/null 2>&1 &
+"#,
+        bin = bin.display(),
+        data = data.display(),
+        dir = dir.display(),
+        parent = std::process::id(),
+    );
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh runs");
+    assert!(
+        output.status.success(),
+        "could not start PostgreSQL ({}): {}{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr),
+        std::fs::read_to_string(dir.join("initdb.log")).unwrap_or_default()
+    );
+    format!("postgres://postgres@127.0.0.1:{port}")
+}
+
+/// Creates an empty database for one test and returns its URL.
+pub async fn fresh_database(test: &str) -> String {
+    use sea_orm::{ConnectionTrait, Database};
+    let server = server_url();
+    let admin = Database::connect(format!("{server}/postgres"))
+        .await
+        .expect("connect to PostgreSQL");
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("t{}_{n}_{}", std::process::id(), test.replace('-', "_"));
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create database");
+    admin.close().await.expect("close");
+    format!("{server}/{name}")
+}

@@ -1,0 +1,341 @@
+//! The allocator and the tenant service over real databases: every test runs on SQLite
+//! and on PostgreSQL.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_allocator::{Allocator, AllocatorError, DefaultRequest, Limit, Resources};
+use berth_protocol::assignment::TopologyRef;
+use berth_protocol::topology::{LoadOptions, LocalFiles, Topology, Variables, load};
+use berth_tests::postgres::fresh_database;
+use sea_orm::DatabaseConnection;
+
+/// Runs an async test body once on SQLite and once on PostgreSQL.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("state.db").display());
+                super::$name(super::connect(&url).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let url = berth_tests::postgres::fresh_database(stringify!($name)).await;
+                super::$name(super::connect(&url).await).await;
+            }
+        }
+    )*};
+}
+
+on_both_databases!(
+    a_deploy_reserves_quota_and_spreads_replicas,
+    a_deploy_over_quota_is_refused_whole,
+    scaling_down_below_a_lowered_quota_is_allowed_and_remove_releases,
+    a_node_sees_only_its_own_slots,
+    the_tenant_service_stores_a_revision_only_when_the_spec_changes,
+    concurrent_deploys_at_the_quota_edge_never_exceed_it,
+);
+
+async fn connect(url: &str) -> DatabaseConnection {
+    berth_allocator::database::connect(url)
+        .await
+        .expect("connect")
+}
+
+fn topology(yaml: &str) -> Topology {
+    let vars = Variables::default();
+    let options = LoadOptions {
+        file_name: "t.yaml",
+        dir: Path::new("."),
+        default_name: "t",
+        vars: &vars,
+        files: &LocalFiles,
+    };
+    load(yaml, &options).expect("valid topology").topology
+}
+
+fn app(name: &str, replicas: u32) -> Topology {
+    topology(&format!(
+        "name: {name}\nservices:\n  web:\n    image: x\n    deploy:\n      replicas: {replicas}\n      resources: {{limits: {{cpus: '0.5', memory: 64m}}}}\n  db:\n    image: y\n"
+    ))
+}
+
+async fn allocator(db: DatabaseConnection) -> Allocator {
+    let allocator = Allocator::open(
+        db,
+        DefaultRequest {
+            cpu_millis: 100,
+            memory_bytes: 0,
+        },
+    )
+    .await
+    .expect("migrate");
+    for node in ["n1", "n2", "n3"] {
+        allocator
+            .upsert_node(
+                node,
+                Limit {
+                    cpu_millis: Some(40_000),
+                    memory_bytes: None,
+                    containers: Some(100),
+                },
+            )
+            .await
+            .expect("node");
+    }
+    allocator
+}
+
+fn id(topology: &str) -> TopologyRef {
+    TopologyRef {
+        tenant: "acme".into(),
+        topology: topology.into(),
+    }
+}
+
+async fn a_deploy_reserves_quota_and_spreads_replicas(db: DatabaseConnection) {
+    let allocator = allocator(db).await;
+    allocator
+        .set_quota(
+            "acme",
+            Limit {
+                cpu_millis: Some(2000),
+                memory_bytes: None,
+                containers: Some(10),
+            },
+        )
+        .await
+        .expect("quota");
+    let deployment = allocator
+        .deploy("acme", 1, &app("app", 3))
+        .await
+        .expect("fits");
+    assert_eq!(
+        deployment.by_node.len(),
+        3,
+        "three web replicas spread over three nodes"
+    );
+    let (_, used) = allocator.quota("acme").await.expect("quota");
+    assert_eq!(
+        used,
+        Resources {
+            cpu_millis: 3 * 500 + 100,
+            memory_bytes: (3 * 64) << 20,
+            containers: 4
+        }
+    );
+}
+
+async fn a_deploy_over_quota_is_refused_whole(db: DatabaseConnection) {
+    let allocator = allocator(db).await;
+    allocator
+        .set_quota(
+            "acme",
+            Limit {
+                cpu_millis: Some(1000),
+                memory_bytes: None,
+                containers: Some(10),
+            },
+        )
+        .await
+        .expect("quota");
+    allocator
+        .deploy("acme", 1, &app("app", 1))
+        .await
+        .expect("fits");
+    let before = allocator.quota("acme").await.expect("quota");
+    let placed_before = allocator
+        .assignment_for("n1", &id("app"))
+        .await
+        .expect("read");
+
+    let err = allocator
+        .deploy("acme", 2, &app("app", 3))
+        .await
+        .expect_err("over quota");
+    assert!(matches!(err, AllocatorError::Quota(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("CPU would be 1.6 of 1 cores (over by 0.6)"),
+        "{text}"
+    );
+    assert_eq!(
+        allocator.quota("acme").await.expect("quota"),
+        before,
+        "usage changed"
+    );
+    assert_eq!(
+        allocator
+            .assignment_for("n1", &id("app"))
+            .await
+            .expect("read"),
+        placed_before,
+        "assignments changed"
+    );
+}
+
+async fn scaling_down_below_a_lowered_quota_is_allowed_and_remove_releases(db: DatabaseConnection) {
+    let allocator = allocator(db).await;
+    allocator
+        .set_quota("acme", Limit::default())
+        .await
+        .expect("quota");
+    allocator
+        .deploy("acme", 1, &app("app", 3))
+        .await
+        .expect("fits");
+    allocator
+        .set_quota(
+            "acme",
+            Limit {
+                cpu_millis: None,
+                memory_bytes: None,
+                containers: Some(2),
+            },
+        )
+        .await
+        .expect("lower");
+    allocator
+        .deploy("acme", 2, &app("app", 2))
+        .await
+        .expect("shrinking is never refused");
+    assert!(matches!(
+        allocator.deploy("acme", 3, &app("app", 3)).await,
+        Err(AllocatorError::Quota(_))
+    ));
+    let nodes = allocator.remove(&id("app")).await.expect("remove");
+    assert!(!nodes.is_empty());
+    let (_, used) = allocator.quota("acme").await.expect("quota");
+    assert_eq!(used, Resources::default());
+}
+
+async fn a_node_sees_only_its_own_slots(db: DatabaseConnection) {
+    let allocator = allocator(db).await;
+    allocator
+        .set_quota("acme", Limit::default())
+        .await
+        .expect("quota");
+    let deployment = allocator
+        .deploy("acme", 1, &app("app", 3))
+        .await
+        .expect("fits");
+    for (node, expected) in &deployment.by_node {
+        let seen = allocator
+            .assignment_for(node, &id("app"))
+            .await
+            .expect("read")
+            .expect("placed");
+        assert_eq!(&seen, expected);
+        assert!(seen.slots.len() < 4, "{node} sees every slot");
+        assert!(
+            seen.services
+                .keys()
+                .all(|s| seen.slots.iter().any(|slot| &slot.service == s)),
+            "{node} sees services it does not run"
+        );
+    }
+}
+
+async fn the_tenant_service_stores_a_revision_only_when_the_spec_changes(db: DatabaseConnection) {
+    let tenants = berth_tenant_service::TenantService::open(db)
+        .await
+        .expect("migrate");
+    tenants.ensure_tenant("acme", 1).await.expect("tenant");
+    let first = tenants
+        .put_revision("acme", &app("app", 1), 2)
+        .await
+        .expect("store");
+    assert_eq!((first.revision, first.is_new), (1, true));
+    let again = tenants
+        .put_revision("acme", &app("app", 1), 3)
+        .await
+        .expect("store");
+    assert_eq!((again.revision, again.is_new), (1, false));
+    let changed = tenants
+        .put_revision("acme", &app("app", 2), 4)
+        .await
+        .expect("store");
+    assert_eq!((changed.revision, changed.is_new), (2, true));
+    assert_eq!(
+        tenants.current("acme", "app").await.expect("read").topology,
+        app("app", 2)
+    );
+    assert!(tenants.delete("acme", "app").await.expect("delete"));
+    let after_delete = tenants
+        .put_revision("acme", &app("app", 1), 5)
+        .await
+        .expect("store");
+    assert_eq!(after_delete.revision, 3, "revision numbers never repeat");
+    assert!(matches!(
+        tenants.put_revision("ghost", &app("app", 1), 6).await,
+        Err(berth_tenant_service::TenantError::UnknownTenant(_))
+    ));
+}
+
+/// Many clients deploy at once for one tenant whose quota admits only some of them:
+/// exactly the quota is admitted, every other deploy is refused for the quota, and the
+/// recorded usage matches the recorded assignments.
+async fn concurrent_deploys_at_the_quota_edge_never_exceed_it(db: DatabaseConnection) {
+    const QUOTA: u64 = 10;
+    const CLIENTS: usize = 32;
+    let allocator = Arc::new(allocator(db).await);
+    allocator
+        .set_quota(
+            "acme",
+            Limit {
+                cpu_millis: None,
+                memory_bytes: None,
+                containers: Some(QUOTA),
+            },
+        )
+        .await
+        .expect("quota");
+    let single = |name: String| topology(&format!("name: {name}\nservices:\n  s:\n    image: x\n"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let allocator = Arc::clone(&allocator);
+        let topology = single(format!("app{i}"));
+        tasks.spawn(async move { allocator.deploy("acme", 1, &topology).await });
+    }
+    let (mut admitted, mut refused) = (0u64, 0usize);
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("task") {
+            Ok(_) => admitted += 1,
+            Err(AllocatorError::Quota(_)) => refused += 1,
+            Err(other) => panic!("a deploy failed for another reason than the quota: {other}"),
+        }
+    }
+    assert_eq!(
+        admitted, QUOTA,
+        "admitted {admitted} deploys against a quota of {QUOTA}"
+    );
+    assert_eq!(refused, CLIENTS - QUOTA as usize);
+    let (_, used) = allocator.quota("acme").await.expect("quota");
+    assert_eq!(used.containers, QUOTA);
+    let mut placed = 0;
+    for i in 0..CLIENTS {
+        for node in ["n1", "n2", "n3"] {
+            if let Some(a) = allocator
+                .assignment_for(node, &id(&format!("app{i}")))
+                .await
+                .expect("read")
+            {
+                placed += a.slots.len() as u64;
+            }
+        }
+    }
+    assert_eq!(
+        placed, QUOTA,
+        "recorded assignments disagree with recorded usage"
+    );
+}
+
+#[tokio::test]
+async fn the_harness_gives_each_test_its_own_postgres_database() {
+    let a = fresh_database("isolation").await;
+    let b = fresh_database("isolation").await;
+    assert_ne!(a, b);
+}
