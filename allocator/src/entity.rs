@@ -133,3 +133,55 @@ pub mod assignment {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// One-time tokens that let a node join; only their hashes are stored.
+pub mod join_token {
+    use sea_orm::entity::prelude::*;
+
+    /// One token.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "join_tokens")]
+    pub struct Model {
+        /// SHA-256 of the token, hex.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub hash: String,
+        /// When it was created, Unix milliseconds.
+        pub created_at_ms: i64,
+        /// After this, Unix milliseconds, it is refused.
+        pub expires_at_ms: i64,
+        /// The node that used it; a used token is refused.
+        pub used_by: Option<String>,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The identity of each joined node: its public key and the last sequence number it used.
+pub mod node_identity {
+    use sea_orm::entity::prelude::*;
+
+    /// One node's identity.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "node_identities")]
+    pub struct Model {
+        /// The node's name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// Its Ed25519 public key.
+        pub public_key: Vec<u8>,
+        /// The highest request sequence number accepted from it.
+        pub last_sequence: i64,
+        /// When it joined, Unix milliseconds.
+        pub joined_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -6,7 +6,9 @@
 
 pub mod database;
 pub mod entity;
+pub mod identity;
 pub mod migration;
+pub mod node_api;
 pub mod placement;
 pub mod resources;
 pub mod service;

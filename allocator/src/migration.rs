@@ -4,7 +4,7 @@
 use sea_orm::Schema;
 use sea_orm_migration::prelude::*;
 
-use crate::entity::{assignment, node, placement, quota};
+use crate::entity::{assignment, join_token, node, node_identity, placement, quota};
 
 /// The allocator's migrations.
 #[derive(Debug)]
@@ -13,7 +13,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial)]
+        vec![Box::new(Initial), Box::new(NodeIdentities)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -21,8 +21,14 @@ impl MigratorTrait for Migrator {
     }
 }
 
-#[derive(Debug, DeriveMigrationName)]
+#[derive(Debug)]
 struct Initial;
+
+impl MigrationName for Initial {
+    fn name(&self) -> &str {
+        "m20261123_000001_allocator_initial"
+    }
+}
 
 #[async_trait::async_trait]
 impl MigrationTrait for Initial {
@@ -65,6 +71,40 @@ impl MigrationTrait for Initial {
                 .create_index(index.if_not_exists().to_owned())
                 .await?;
         }
+        Ok(())
+    }
+}
+
+/// Join tokens and node identities, for node agents that join over the network.
+#[derive(Debug)]
+struct NodeIdentities;
+
+impl MigrationName for NodeIdentities {
+    fn name(&self) -> &str {
+        "m20261123_000002_allocator_node_identities"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NodeIdentities {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(join_token::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(node_identity::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 }

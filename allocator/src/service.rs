@@ -62,6 +62,8 @@ pub struct Deployment {
 pub struct Allocator {
     db: DatabaseConnection,
     default_request: DefaultRequest,
+    /// Bumped after every committed change of assignments; node streams wait on it.
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -83,9 +85,11 @@ impl Allocator {
         default_request: DefaultRequest,
     ) -> Result<Self, AllocatorError> {
         crate::migration::Migrator::up(&db, None).await?;
+        let (changes, _) = tokio::sync::watch::channel(0);
         Ok(Self {
             db,
             default_request,
+            changes: std::sync::Arc::new(changes),
         })
     }
 
@@ -404,6 +408,7 @@ impl Allocator {
             .exec_without_returning(&txn)
             .await?;
         txn.commit().await?;
+        self.changes.send_modify(|n| *n += 1);
 
         let mut by_node = BTreeMap::new();
         for name in per_node.keys() {
@@ -472,7 +477,62 @@ impl Allocator {
             .exec(&txn)
             .await?;
         txn.commit().await?;
+        self.changes.send_modify(|n| *n += 1);
         Ok(per_node.into_keys().collect())
+    }
+
+    /// A receiver that wakes after every committed change of assignments.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The database the allocator writes to.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Everything `node` must run: one assignment per topology with a slot there, each
+    /// holding only that node's slots and the specs they use.
+    pub async fn assignments_for_node(
+        &self,
+        node_name: &str,
+    ) -> Result<Vec<TopologyAssignment>, AllocatorError> {
+        let rows = assignment::Entity::find()
+            .filter(assignment::Column::Node.eq(node_name))
+            .all(&self.db)
+            .await?;
+        let mut by_topology: BTreeMap<TopologyRef, Vec<Placed>> = BTreeMap::new();
+        for a in rows {
+            let id = TopologyRef {
+                tenant: a.tenant.clone(),
+                topology: a.topology.clone(),
+            };
+            by_topology.entry(id).or_default().push(Placed {
+                service: a.service,
+                replica: u32::try_from(a.replica).unwrap_or(0),
+                node: a.node,
+                generation: u64::try_from(a.generation).unwrap_or(0),
+                cost: Resources {
+                    cpu_millis: used_of(a.cpu_millis),
+                    memory_bytes: used_of(a.memory_bytes),
+                    containers: 1,
+                },
+            });
+        }
+        let mut out = Vec::with_capacity(by_topology.len());
+        for (id, placed) in by_topology {
+            let Some(row) = placement::Entity::find_by_id((id.tenant.clone(), id.topology.clone()))
+                .one(&self.db)
+                .await?
+            else {
+                continue;
+            };
+            let topology: Topology = serde_json::from_str(&row.spec)
+                .map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
+            let refs: Vec<&Placed> = placed.iter().collect();
+            out.push(assignment_of(&id, row.revision as u64, &topology, &refs));
+        }
+        Ok(out)
     }
 
     /// What `node` must run of one topology: only its own slots, and only the specs,

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use berth_protocol::assignment::{TopologyRef, labels};
+use berth_protocol::assignment::{Scope, TopologyRef, labels};
 use berth_protocol::topology::{Network, RestartPolicy};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
@@ -28,19 +28,25 @@ use crate::spec::ContainerSpec;
 #[derive(Clone, Debug)]
 pub struct DockerDriver {
     docker: Docker,
+    scope: Scope,
 }
 
 impl DockerDriver {
     /// Connects to the engine and agrees on an API version with it, so that older
     /// engines work too. Fails with [`DriverError::Unavailable`] when there is none.
     pub async fn connect() -> Result<Self, DriverError> {
+        Self::connect_scoped(Scope::unscoped()).await
+    }
+
+    /// Like [`Self::connect`], naming and labelling objects within `scope`.
+    pub async fn connect_scoped(scope: Scope) -> Result<Self, DriverError> {
         let unavailable = |e: BollardError| DriverError::Unavailable {
             detail: e.to_string(),
         };
         let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
-        Ok(Self { docker })
+        Ok(Self { docker, scope })
     }
 
     /// The bollard client, for callers that need the engine directly (tests, tools).
@@ -88,14 +94,15 @@ fn port_in_use(message: &str) -> Option<DriverError> {
     Some(DriverError::PortInUse { port, owner: None })
 }
 
-fn topology_filter(id: &TopologyRef) -> HashMap<String, Vec<String>> {
-    HashMap::from([(
-        "label".to_owned(),
-        vec![
-            format!("{}={}", labels::TENANT, id.tenant),
-            format!("{}={}", labels::TOPOLOGY, id.topology),
-        ],
-    )])
+fn topology_filter(id: &TopologyRef, scope: &Scope) -> HashMap<String, Vec<String>> {
+    let mut wanted = vec![
+        format!("{}={}", labels::TENANT, id.tenant),
+        format!("{}={}", labels::TOPOLOGY, id.topology),
+    ];
+    if let Some(node) = scope.node_name() {
+        wanted.push(format!("{}={node}", labels::NODE));
+    }
+    HashMap::from([("label".to_owned(), wanted)])
 }
 
 fn label<'a>(labels: &'a Option<HashMap<String, String>>, key: &str) -> &'a str {
@@ -106,6 +113,7 @@ fn label<'a>(labels: &'a Option<HashMap<String, String>>, key: &str) -> &'a str 
 }
 
 fn object_labels(
+    scope: &Scope,
     id: &TopologyRef,
     name: &str,
     hash: &str,
@@ -116,6 +124,9 @@ fn object_labels(
     out.insert(labels::TENANT.into(), id.tenant.clone());
     out.insert(labels::TOPOLOGY.into(), id.topology.clone());
     out.insert(labels::NAME.into(), name.into());
+    if let Some(node) = scope.node_name() {
+        out.insert(labels::NODE.into(), node.into());
+    }
     if !hash.is_empty() {
         out.insert(labels::CONFIG_HASH.into(), hash.into());
     }
@@ -140,6 +151,7 @@ fn observed(
             .to_owned(),
         service: label(l, labels::SERVICE).to_owned(),
         replica: label(l, labels::REPLICA).parse().unwrap_or(0),
+        generation: label(l, labels::GENERATION).parse().unwrap_or(0),
         config_hash: label(l, labels::CONFIG_HASH).to_owned(),
         running: summary.state.map(|s| s.to_string()) == Some("running".to_owned()),
         host_ports: summary
@@ -260,13 +272,17 @@ fn endpoint(aliases: &[String]) -> EndpointSettings {
 }
 
 impl ContainerDriver for DockerDriver {
+    fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
     async fn list_containers(
         &self,
         id: &TopologyRef,
     ) -> Result<Vec<ObservedContainer>, DriverError> {
         let options = ListContainersOptionsBuilder::default()
             .all(true)
-            .filters(&topology_filter(id))
+            .filters(&topology_filter(id, &self.scope))
             .build();
         let list = self
             .docker
@@ -284,6 +300,9 @@ impl ContainerDriver for DockerDriver {
         let mut wanted = vec![format!("{}=true", labels::MANAGED)];
         if let Some(t) = tenant {
             wanted.push(format!("{}={t}", labels::TENANT));
+        }
+        if let Some(node) = self.scope.node_name() {
+            wanted.push(format!("{}={node}", labels::NODE));
         }
         let filters = HashMap::from([("label".to_owned(), wanted)]);
         let options = ListContainersOptionsBuilder::default()
@@ -317,7 +336,7 @@ impl ContainerDriver for DockerDriver {
 
     async fn list_networks(&self, id: &TopologyRef) -> Result<Vec<ObservedObject>, DriverError> {
         let options = ListNetworksOptionsBuilder::default()
-            .filters(&topology_filter(id))
+            .filters(&topology_filter(id, &self.scope))
             .build();
         let list = self
             .docker
@@ -337,7 +356,7 @@ impl ContainerDriver for DockerDriver {
 
     async fn list_volumes(&self, id: &TopologyRef) -> Result<Vec<ObservedObject>, DriverError> {
         let options = ListVolumesOptionsBuilder::default()
-            .filters(&topology_filter(id))
+            .filters(&topology_filter(id, &self.scope))
             .build();
         let list = self
             .docker
@@ -376,12 +395,18 @@ impl ContainerDriver for DockerDriver {
         spec: &Network,
         config_hash: &str,
     ) -> Result<(), DriverError> {
-        let docker_name = id.object_name(name);
+        let docker_name = self.scope.object_name(id, name);
         let request = NetworkCreateRequest {
             name: docker_name.clone(),
             driver: Some("bridge".into()),
             internal: Some(spec.internal),
-            labels: Some(object_labels(id, name, config_hash, &spec.labels)),
+            labels: Some(object_labels(
+                &self.scope,
+                id,
+                name,
+                config_hash,
+                &spec.labels,
+            )),
             ..Default::default()
         };
         self.docker
@@ -407,11 +432,11 @@ impl ContainerDriver for DockerDriver {
         name: &str,
         extra: &BTreeMap<String, String>,
     ) -> Result<(), DriverError> {
-        let docker_name = id.object_name(name);
+        let docker_name = self.scope.object_name(id, name);
         let request = VolumeCreateRequest {
             name: Some(docker_name.clone()),
             driver: Some("local".into()),
-            labels: Some(object_labels(id, name, "", extra)),
+            labels: Some(object_labels(&self.scope, id, name, "", extra)),
             ..Default::default()
         };
         self.docker

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use berth_protocol::assignment::TopologyRef;
+use berth_protocol::assignment::{Scope, TopologyRef};
 use berth_protocol::topology::Network;
 use futures_util::Stream;
 
@@ -90,6 +90,8 @@ pub struct ContainerListing {
 
 /// The operations the node runtime needs from a container engine.
 pub trait ContainerDriver: Send + Sync + 'static {
+    /// How this driver names and labels objects, and which it counts as its own.
+    fn scope(&self) -> &Scope;
     /// The containers of one topology.
     fn list_containers(
         &self,

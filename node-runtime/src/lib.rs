@@ -14,3 +14,4 @@ pub mod spec;
 pub use docker::DockerDriver;
 pub use driver::{ContainerDriver, DriverError};
 pub use reconcile::{Outcome, Progress, ReconcileError, ReconcileOptions, Reconciler, Step};
+pub mod agent;

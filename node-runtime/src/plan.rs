@@ -16,6 +16,8 @@ pub struct ObservedContainer {
     pub service: String,
     /// The replica, from its label.
     pub replica: u32,
+    /// The placement generation, from its label.
+    pub generation: u64,
     /// The config hash it was created with, from its label.
     pub config_hash: String,
     /// Whether it is running now.
@@ -177,7 +179,10 @@ mod tests {
     fn specs(a: &TopologyAssignment) -> Vec<ContainerSpec> {
         a.slots
             .iter()
-            .map(|s| ContainerSpec::for_slot(a, s).unwrap())
+            .map(|s| {
+                ContainerSpec::for_slot(a, s, &berth_protocol::assignment::Scope::unscoped())
+                    .unwrap()
+            })
             .collect()
     }
 
@@ -187,6 +192,7 @@ mod tests {
             name: spec.name.clone(),
             service: spec.service.clone(),
             replica: spec.replica,
+            generation: 1,
             config_hash: spec.config_hash.clone(),
             running,
             host_ports: vec![],

@@ -184,10 +184,11 @@ impl<D: ContainerDriver> Reconciler<D> {
         events: Events,
     ) -> Result<Outcome, ReconcileError> {
         let id = &assignment.id;
+        let scope = self.driver.scope();
         let desired: Vec<ContainerSpec> = assignment
             .slots
             .iter()
-            .filter_map(|slot| ContainerSpec::for_slot(assignment, slot))
+            .filter_map(|slot| ContainerSpec::for_slot(assignment, slot, self.driver.scope()))
             .collect();
         let observed = self.driver.list_containers(id).await?;
         let plan = plan_containers(desired, observed.clone());
@@ -201,7 +202,7 @@ impl<D: ContainerDriver> Reconciler<D> {
         let network_hashes: BTreeMap<String, String> = assignment
             .networks
             .iter()
-            .map(|(n, spec)| (id.object_name(n), hash_of(spec)))
+            .map(|(n, spec)| (scope.object_name(id, n), hash_of(spec)))
             .collect();
         let networks = plan_objects(&network_hashes, &self.driver.list_networks(id).await?);
         if !networks.recreate.is_empty() {
@@ -228,7 +229,7 @@ impl<D: ContainerDriver> Reconciler<D> {
             let (short, spec) = assignment
                 .networks
                 .iter()
-                .find(|(n, _)| &id.object_name(n) == name)
+                .find(|(n, _)| &scope.object_name(id, n) == name)
                 .ok_or_else(|| DriverError::Engine {
                     action: "planning networks".into(),
                     message: format!("no spec for {name}"),
@@ -245,14 +246,14 @@ impl<D: ContainerDriver> Reconciler<D> {
         let volume_names: BTreeMap<String, String> = assignment
             .volumes
             .keys()
-            .map(|v| (id.object_name(v), String::new()))
+            .map(|v| (scope.object_name(id, v), String::new()))
             .collect();
         let volumes = plan_objects(&volume_names, &self.driver.list_volumes(id).await?);
         for name in &volumes.create {
             let (short, spec) = assignment
                 .volumes
                 .iter()
-                .find(|(v, _)| &id.object_name(v) == name)
+                .find(|(v, _)| &scope.object_name(id, v) == name)
                 .ok_or_else(|| DriverError::Engine {
                     action: "planning volumes".into(),
                     message: format!("no spec for {name}"),
@@ -320,7 +321,7 @@ impl<D: ContainerDriver> Reconciler<D> {
         let desired: Vec<ContainerSpec> = assignment
             .slots
             .iter()
-            .filter_map(|slot| ContainerSpec::for_slot(assignment, slot))
+            .filter_map(|slot| ContainerSpec::for_slot(assignment, slot, self.driver.scope()))
             .collect();
         let observed = self.driver.list_containers(&assignment.id).await?;
         let plan = plan_containers(desired, observed.clone());

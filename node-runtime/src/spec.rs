@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_protocol::assignment::{Slot, TopologyAssignment, TopologyRef, labels};
+use berth_protocol::assignment::{Scope, Slot, TopologyAssignment, TopologyRef, labels};
 use berth_protocol::topology::{Healthcheck, Limits, Network, PortMapping, RestartPolicy, Service};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -77,8 +77,9 @@ pub struct ContainerSpec {
 }
 
 impl ContainerSpec {
-    /// The spec of `slot`'s container. `None` if the assignment has no spec for its service.
-    pub fn for_slot(assignment: &TopologyAssignment, slot: &Slot) -> Option<Self> {
+    /// The spec of `slot`'s container, named within `scope`. `None` if the assignment
+    /// has no spec for its service.
+    pub fn for_slot(assignment: &TopologyAssignment, slot: &Slot, scope: &Scope) -> Option<Self> {
         let service: &Service = assignment.services.get(&slot.service)?;
         let id: &TopologyRef = &assignment.id;
         let mut labels = service.labels.clone();
@@ -90,6 +91,9 @@ impl ContainerSpec {
             (labels::REPLICA.to_owned(), slot.replica.to_string()),
             (labels::GENERATION.to_owned(), slot.generation.to_string()),
         ]);
+        if let Some(node) = scope.node_name() {
+            labels.insert(labels::NODE.to_owned(), node.to_owned());
+        }
         let mut exposed: Vec<String> = service
             .expose
             .iter()
@@ -107,7 +111,7 @@ impl ContainerSpec {
             .networks
             .iter()
             .map(|(name, attachment)| NetworkAttachment {
-                network: id.object_name(name),
+                network: scope.object_name(id, name),
                 aliases: std::iter::once(slot.service.clone())
                     .chain(attachment.aliases.iter().cloned())
                     .collect(),
@@ -117,13 +121,13 @@ impl ContainerSpec {
             .volumes
             .iter()
             .map(|m| Mount {
-                volume: m.source.as_deref().map(|s| id.object_name(s)),
+                volume: m.source.as_deref().map(|s| scope.object_name(id, s)),
                 target: m.target.clone(),
                 read_only: m.read_only,
             })
             .collect();
         let mut spec = ContainerSpec {
-            name: id.container_name(&slot.service, slot.replica),
+            name: scope.container_name(id, &slot.service, slot.replica),
             service: slot.service.clone(),
             replica: slot.replica,
             image: service.image.clone(),

@@ -43,6 +43,49 @@ impl std::fmt::Display for TopologyRef {
     }
 }
 
+/// How a node names the Docker objects it creates, and which it counts as its own.
+///
+/// Unscoped, objects are named `tenant.topology.…` (the embedded local plane). Node
+/// agents scope by their node name: objects are named `node.tenant.topology.…` and
+/// labelled `berth.node`, so that several agents may share one engine (a development
+/// pool, or a test) and never touch each other's objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope(Option<String>);
+
+impl Scope {
+    /// No scope: the engine belongs to one node alone.
+    pub fn unscoped() -> Self {
+        Scope(None)
+    }
+
+    /// Objects named and labelled for `node`.
+    pub fn node(node: &str) -> Self {
+        Scope(Some(node.to_owned()))
+    }
+
+    /// The node, when scoped.
+    pub fn node_name(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// The container name of one replica.
+    pub fn container_name(&self, id: &TopologyRef, service: &str, replica: u32) -> String {
+        self.prefixed(id.container_name(service, replica))
+    }
+
+    /// The Docker name of one of the topology's networks or volumes.
+    pub fn object_name(&self, id: &TopologyRef, name: &str) -> String {
+        self.prefixed(id.object_name(name))
+    }
+
+    fn prefixed(&self, name: String) -> String {
+        match &self.0 {
+            Some(node) => format!("{node}.{name}"),
+            None => name,
+        }
+    }
+}
+
 /// One replica of one service, placed on one node.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Slot {
@@ -90,6 +133,8 @@ pub mod labels {
     pub const CONFIG_HASH: &str = "berth.config-hash";
     /// The network's or volume's name within the topology.
     pub const NAME: &str = "berth.name";
+    /// The node that owns the object, when the node runtime is scoped.
+    pub const NODE: &str = "berth.node";
 }
 
 #[cfg(test)]

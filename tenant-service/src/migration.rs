@@ -21,8 +21,14 @@ impl MigratorTrait for Migrator {
     }
 }
 
-#[derive(Debug, DeriveMigrationName)]
+#[derive(Debug)]
 struct Initial;
+
+impl MigrationName for Initial {
+    fn name(&self) -> &str {
+        "m20261123_000001_tenant_service_initial"
+    }
+}
 
 #[async_trait::async_trait]
 impl MigrationTrait for Initial {

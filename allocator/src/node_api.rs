@@ -1,0 +1,278 @@
+//! The allocator's gRPC service towards nodes: join, the stream of a node's own
+//! assignments, and signed status reports. Thin: each call verifies the caller with
+//! [`Identities`] and hands over to the [`Allocator`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
+use berth_protocol::node_api::node_control_server::NodeControl;
+use berth_protocol::node_api::{
+    AssignmentSet, JoinRequest, JoinResponse, ReplicaStatus, ReportAck, ReportBody, SignedRequest,
+    WatchBody, methods, signing_payload,
+};
+use prost::Message;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::identity::{Identities, IdentityError};
+use crate::{Allocator, Limit};
+
+/// How many recent assignment-set versions per node are remembered for checking reports.
+const REMEMBERED_VERSIONS: usize = 64;
+/// How often a stream rechecks the database even without a change signal (changes made
+/// by another allocator process).
+const RECHECK: Duration = Duration::from_secs(2);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn refused(e: IdentityError) -> Status {
+    match e {
+        IdentityError::Database(e) => Status::internal(format!("database error: {e}")),
+        IdentityError::UnknownToken | IdentityError::UsedToken | IdentityError::ExpiredToken => {
+            Status::permission_denied(e.to_string())
+        }
+        IdentityError::NameTaken(_) => Status::already_exists(e.to_string()),
+        IdentityError::BadName(_) | IdentityError::BadKey => {
+            Status::invalid_argument(e.to_string())
+        }
+        IdentityError::UnknownNode(_)
+        | IdentityError::BadSignature(_)
+        | IdentityError::Replay { .. } => Status::unauthenticated(e.to_string()),
+    }
+}
+
+/// The latest status a node reported for one replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedReplica {
+    /// The node that reported it (and runs it).
+    pub node: String,
+    /// What it said.
+    pub status: ReplicaStatus,
+}
+
+/// State shared by every call.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Versions sent to each node, newest last.
+    sent: HashMap<String, VecDeque<u64>>,
+    /// The latest report per replica.
+    reported: BTreeMap<(TopologyRef, String, u32), ReportedReplica>,
+}
+
+/// The NodeControl service.
+#[derive(Clone, Debug)]
+pub struct NodeApi {
+    allocator: Allocator,
+    identities: Identities,
+    versions: Arc<AtomicU64>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl NodeApi {
+    /// The service over `allocator`.
+    pub fn new(allocator: Allocator) -> Self {
+        let identities = Identities::new(allocator.connection().clone());
+        Self {
+            allocator,
+            identities,
+            versions: Arc::new(AtomicU64::new(1)),
+            shared: Arc::default(),
+        }
+    }
+
+    /// Join tokens and identities.
+    pub fn identities(&self) -> &Identities {
+        &self.identities
+    }
+
+    /// The latest reported status of each replica of a topology.
+    pub fn reported(&self, id: &TopologyRef) -> Vec<ReportedReplica> {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared
+            .reported
+            .iter()
+            .filter(|((t, _, _), _)| t == id)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// Checks a signed request and decodes its body; returns the node and body.
+    async fn verified<B: Message + Default>(
+        &self,
+        request: &SignedRequest,
+        method: &str,
+        sequence: impl Fn(&B) -> u64,
+    ) -> Result<B, Status> {
+        let body = B::decode(request.body.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("malformed body: {e}")))?;
+        self.identities
+            .verify(
+                &request.node,
+                &signing_payload(method, &request.body),
+                &request.signature,
+                sequence(&body),
+            )
+            .await
+            .map_err(refused)?;
+        Ok(body)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<AssignmentSet, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeControl for NodeApi {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let join = request.into_inner();
+        self.identities
+            .join(&join.token, &join.node_name, &join.public_key, now_ms())
+            .await
+            .map_err(refused)?;
+        let capacity = Limit {
+            cpu_millis: join.cpu_millis,
+            memory_bytes: join.memory_bytes,
+            containers: join.containers,
+        };
+        self.allocator
+            .upsert_node(&join.node_name, capacity)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(node = %join.node_name, "node joined");
+        Ok(Response::new(JoinResponse {
+            node_name: join.node_name,
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<SignedRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let signed = request.into_inner();
+        let _: WatchBody = self
+            .verified(&signed, methods::WATCH, |b: &WatchBody| b.sequence)
+            .await?;
+        let node = signed.node;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let api = self.clone();
+        let mut changes = self.allocator.subscribe();
+        tokio::spawn(async move {
+            let mut last_sent: Option<Vec<u8>> = None;
+            loop {
+                let set = match api.allocator.assignments_for_node(&node).await {
+                    Ok(set) => set,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                        return;
+                    }
+                };
+                let json = serde_json::to_vec::<Vec<TopologyAssignment>>(&set).unwrap_or_default();
+                if last_sent.as_ref() != Some(&json) {
+                    let version = api.versions.fetch_add(1, Ordering::Relaxed);
+                    {
+                        let mut shared = api.shared.lock().unwrap_or_else(|p| p.into_inner());
+                        let sent = shared.sent.entry(node.clone()).or_default();
+                        sent.push_back(version);
+                        if sent.len() > REMEMBERED_VERSIONS {
+                            sent.pop_front();
+                        }
+                    }
+                    if tx
+                        .send(Ok(AssignmentSet {
+                            version,
+                            assignments_json: json.clone(),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return; // the node went away
+                    }
+                    last_sent = Some(json);
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(RECHECK) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn report(&self, request: Request<SignedRequest>) -> Result<Response<ReportAck>, Status> {
+        let signed = request.into_inner();
+        let body: ReportBody = self
+            .verified(&signed, methods::REPORT, |b: &ReportBody| b.sequence)
+            .await?;
+        let node = signed.node;
+        {
+            let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            let sent = shared
+                .sent
+                .get(&node)
+                .is_some_and(|v| v.contains(&body.answers_version));
+            if !sent {
+                return Err(Status::failed_precondition(format!(
+                    "report answers assignment set {}, which was never sent to node {node:?}",
+                    body.answers_version
+                )));
+            }
+        }
+        let assigned = self
+            .allocator
+            .assignments_for_node(&node)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        for replica in &body.replicas {
+            let owned = assigned.iter().any(|a| {
+                a.id.tenant == replica.tenant
+                    && a.id.topology == replica.topology
+                    && a.slots.iter().any(|s| {
+                        s.service == replica.service
+                            && s.replica == replica.replica
+                            && s.generation == replica.generation
+                    })
+            });
+            if !owned {
+                return Err(Status::permission_denied(format!(
+                    "node {node:?} reported on {}/{} {}.{} (generation {}), which is not assigned to it",
+                    replica.tenant,
+                    replica.topology,
+                    replica.service,
+                    replica.replica,
+                    replica.generation
+                )));
+            }
+        }
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        for replica in body.replicas {
+            let key = (
+                TopologyRef {
+                    tenant: replica.tenant.clone(),
+                    topology: replica.topology.clone(),
+                },
+                replica.service.clone(),
+                replica.replica,
+            );
+            shared.reported.insert(
+                key,
+                ReportedReplica {
+                    node: node.clone(),
+                    status: replica,
+                },
+            );
+        }
+        Ok(Response::new(ReportAck {}))
+    }
+}

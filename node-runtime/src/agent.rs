@@ -1,0 +1,489 @@
+//! The node agent: joins the pool once, then pulls its own assignments from the
+//! allocator and reconciles them, reporting what its containers do.
+//!
+//! The pull loop is an explicit state machine ([`LoopState`]) advanced by
+//! [`Agent::step`]: connect and open the watch stream, apply each assignment set as it
+//! arrives, and on any break back off exponentially before connecting again. Every
+//! request in the node's name is signed with the node's own key.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
+use berth_protocol::node_api::node_control_client::NodeControlClient;
+use berth_protocol::node_api::{
+    AssignmentSet, JoinRequest, ReplicaStatus, ReportBody, SignedRequest, WatchBody, methods,
+    signing_payload,
+};
+use prost::Message;
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use crate::driver::ContainerDriver;
+use crate::reconcile::Reconciler;
+
+/// Why the agent could not join or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The identity file is missing or unreadable.
+    #[error("node identity {path}: {message}")]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The allocator cannot be reached.
+    #[error("cannot reach the allocator at {url}: {message}")]
+    Connect {
+        /// Its address.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The allocator refused.
+    #[error("the allocator refused: {0}")]
+    Refused(String),
+}
+
+/// What a node keeps about itself: its name, where the allocator is, and its key.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// The node's name in the pool.
+    pub name: String,
+    /// The allocator's gRPC address, `http://host:port`.
+    pub allocator: String,
+    /// The Ed25519 key pair, PKCS#8, hex.
+    key_pkcs8_hex: String,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("name", &self.name)
+            .field("allocator", &self.allocator)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeIdentity {
+    /// The identity file in a state directory.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("identity.json")
+    }
+
+    /// Reads the identity from a state directory.
+    pub fn load(dir: &Path) -> Result<Self, AgentError> {
+        let path = Self::path(dir);
+        let err = |message: String| AgentError::Identity {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| err(format!("{e}; join first with `berth-node join`")))?;
+        serde_json::from_str(&text).map_err(|e| err(e.to_string()))
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), AgentError> {
+        let path = Self::path(dir);
+        let err = |message: String| AgentError::Identity {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
+        // The key is the node's credential: readable by its owner only.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path).map_err(|e| err(e.to_string()))?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| err(e.to_string()))
+    }
+
+    /// A new identity with a fresh key pair (not yet registered anywhere).
+    pub fn generate(name: &str, allocator: &str) -> Result<Self, AgentError> {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| {
+            AgentError::Identity {
+                path: PathBuf::new(),
+                message: "the system random source failed".into(),
+            }
+        })?;
+        Ok(NodeIdentity {
+            name: name.to_owned(),
+            allocator: allocator.to_owned(),
+            key_pkcs8_hex: pkcs8.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+
+    /// The public half of the node's key.
+    pub fn public_key(&self) -> Result<Vec<u8>, AgentError> {
+        Ok(self.key_pair()?.public_key().as_ref().to_vec())
+    }
+
+    fn key_pair(&self) -> Result<Ed25519KeyPair, AgentError> {
+        let bytes = hex_decode(&self.key_pkcs8_hex).ok_or_else(|| AgentError::Identity {
+            path: PathBuf::new(),
+            message: "the key is not hex".into(),
+        })?;
+        Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| AgentError::Identity {
+            path: PathBuf::new(),
+            message: format!("the key is not Ed25519 PKCS#8: {e}"),
+        })
+    }
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+/// What a node offers the pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Capacity {
+    /// CPU, thousandths of a core.
+    pub cpu_millis: Option<u64>,
+    /// Memory, bytes.
+    pub memory_bytes: Option<u64>,
+    /// Containers.
+    pub containers: Option<u64>,
+}
+
+async fn connect(url: &str) -> Result<NodeControlClient<Channel>, AgentError> {
+    NodeControlClient::connect(url.to_owned())
+        .await
+        .map_err(|e| AgentError::Connect {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Joins the pool: makes a key pair, spends the one-time `token` to register it under
+/// `name`, and saves the identity in `dir`.
+pub async fn join(
+    allocator: &str,
+    token: &str,
+    name: &str,
+    capacity: Capacity,
+    dir: &Path,
+) -> Result<NodeIdentity, AgentError> {
+    let identity = NodeIdentity::generate(name, allocator)?;
+    let public_key = identity.public_key()?;
+    let mut client = connect(allocator).await?;
+    client
+        .join(JoinRequest {
+            token: token.to_owned(),
+            node_name: name.to_owned(),
+            public_key,
+            cpu_millis: capacity.cpu_millis,
+            memory_bytes: capacity.memory_bytes,
+            containers: capacity.containers,
+        })
+        .await
+        .map_err(|s| AgentError::Refused(s.message().to_owned()))?;
+    identity.save(dir)?;
+    Ok(identity)
+}
+
+/// Signs requests in the node's name with numbers that always grow, across restarts
+/// too (they start from the clock, in microseconds).
+#[derive(Debug)]
+pub struct Signer {
+    node: String,
+    key: Ed25519KeyPair,
+    last: AtomicU64,
+}
+
+impl Signer {
+    /// A signer for `identity`.
+    pub fn new(identity: &NodeIdentity) -> Result<Self, AgentError> {
+        Ok(Self {
+            node: identity.name.clone(),
+            key: identity.key_pair()?,
+            last: AtomicU64::new(0),
+        })
+    }
+
+    /// The next sequence number and the current time in milliseconds.
+    pub fn next_sequence(&self) -> (u64, i64) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let micros = u64::try_from(now.as_micros()).unwrap_or(u64::MAX);
+        let mut previous = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = micros.max(previous + 1);
+            match self
+                .last
+                .compare_exchange(previous, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return (next, i64::try_from(now.as_millis()).unwrap_or(i64::MAX)),
+                Err(actual) => previous = actual,
+            }
+        }
+    }
+
+    /// Wraps `body` for `method`, signed.
+    pub fn sign<B: Message>(&self, method: &str, body: &B) -> SignedRequest {
+        let body = body.encode_to_vec();
+        let signature = self
+            .key
+            .sign(&signing_payload(method, &body))
+            .as_ref()
+            .to_vec();
+        SignedRequest {
+            node: self.node.clone(),
+            body,
+            signature,
+        }
+    }
+}
+
+/// Where the pull loop stands.
+#[derive(Debug)]
+pub enum LoopState {
+    /// About to connect; `attempt` counts failures in a row.
+    Connect {
+        /// Failures in a row.
+        attempt: u32,
+    },
+    /// Receiving assignment sets.
+    Watch(Box<Streaming<AssignmentSet>>),
+    /// Waiting before connecting again.
+    Backoff {
+        /// Failures in a row.
+        attempt: u32,
+    },
+}
+
+/// The delay before reconnecting after `attempt` failures in a row: 100 ms doubling,
+/// at most 10 s.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1u64 << attempt.min(16)))
+        .min(Duration::from_secs(10))
+}
+
+/// The node agent.
+#[derive(Debug)]
+pub struct Agent<D> {
+    identity: NodeIdentity,
+    signer: Signer,
+    reconciler: Reconciler<D>,
+    client: Option<NodeControlClient<Channel>>,
+}
+
+impl<D: ContainerDriver> Agent<D> {
+    /// An agent for `identity`, running containers through `reconciler`.
+    pub fn new(identity: NodeIdentity, reconciler: Reconciler<D>) -> Result<Self, AgentError> {
+        Ok(Self {
+            signer: Signer::new(&identity)?,
+            identity,
+            reconciler,
+            client: None,
+        })
+    }
+
+    /// Runs the pull loop until the process ends.
+    pub async fn run(mut self) {
+        let mut state = LoopState::Connect { attempt: 0 };
+        loop {
+            state = self.step(state).await;
+        }
+    }
+
+    /// Advances the pull loop by one step.
+    pub async fn step(&mut self, state: LoopState) -> LoopState {
+        match state {
+            LoopState::Connect { attempt } => match self.open_watch().await {
+                Ok(stream) => LoopState::Watch(Box::new(stream)),
+                Err(e) => {
+                    tracing::warn!(node = %self.identity.name, error = %e, "watch failed");
+                    LoopState::Backoff {
+                        attempt: attempt + 1,
+                    }
+                }
+            },
+            LoopState::Watch(mut stream) => match stream.message().await {
+                Ok(Some(set)) => {
+                    self.apply(set).await;
+                    LoopState::Watch(stream)
+                }
+                Ok(None) | Err(_) => {
+                    self.client = None;
+                    LoopState::Backoff { attempt: 1 }
+                }
+            },
+            LoopState::Backoff { attempt } => {
+                tokio::time::sleep(backoff(attempt)).await;
+                LoopState::Connect { attempt }
+            }
+        }
+    }
+
+    async fn client(&mut self) -> Result<&mut NodeControlClient<Channel>, AgentError> {
+        if self.client.is_none() {
+            self.client = Some(connect(&self.identity.allocator).await?);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| AgentError::Refused("no client".into()))
+    }
+
+    async fn open_watch(&mut self) -> Result<Streaming<AssignmentSet>, AgentError> {
+        let (sequence, timestamp_ms) = self.signer.next_sequence();
+        let request = self.signer.sign(
+            methods::WATCH,
+            &WatchBody {
+                sequence,
+                timestamp_ms,
+            },
+        );
+        let client = self.client().await?;
+        let response = client
+            .watch(request)
+            .await
+            .map_err(|s| AgentError::Refused(s.message().to_owned()))?;
+        Ok(response.into_inner())
+    }
+
+    /// Reconciles one assignment set: every topology in it is applied, every topology
+    /// this node runs that is not in it is removed (its volumes kept); then reports.
+    async fn apply(&mut self, set: AssignmentSet) {
+        let assignments: Vec<TopologyAssignment> =
+            match serde_json::from_slice(&set.assignments_json) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable assignment set");
+                    return;
+                }
+            };
+        let mut failures = Vec::new();
+        for assignment in &assignments {
+            let (events, _) = mpsc::unbounded_channel();
+            if let Err(e) = self.reconciler.apply(assignment, events).await {
+                tracing::warn!(topology = %assignment.id, error = %e, "reconcile failed");
+                failures.push((assignment.id.clone(), e.to_string()));
+            }
+        }
+        let wanted: BTreeSet<TopologyRef> = assignments.iter().map(|a| a.id.clone()).collect();
+        if let Ok(running) = self.reconciler.driver().list_all(None).await {
+            let stale: BTreeSet<TopologyRef> = running
+                .into_iter()
+                .map(|c| c.topology)
+                .filter(|t| !wanted.contains(t))
+                .collect();
+            for id in stale {
+                let (events, _) = mpsc::unbounded_channel();
+                if let Err(e) = self.reconciler.remove(&id, false, events).await {
+                    tracing::warn!(topology = %id, error = %e, "removal failed");
+                }
+            }
+        }
+        if let Err(e) = self.report(set.version, &assignments, &failures).await {
+            tracing::warn!(error = %e, "report failed");
+        }
+    }
+
+    async fn report(
+        &mut self,
+        version: u64,
+        assignments: &[TopologyAssignment],
+        failures: &[(TopologyRef, String)],
+    ) -> Result<(), AgentError> {
+        let running = self
+            .reconciler
+            .driver()
+            .list_all(None)
+            .await
+            .map_err(|e| AgentError::Refused(e.to_string()))?;
+        let mut replicas = Vec::new();
+        for a in assignments {
+            let failure = failures
+                .iter()
+                .find(|(id, _)| id == &a.id)
+                .map(|(_, why)| why.clone());
+            for slot in &a.slots {
+                let container = running.iter().find(|c| {
+                    c.topology == a.id
+                        && c.container.service == slot.service
+                        && c.container.replica == slot.replica
+                        && c.container.generation == slot.generation
+                });
+                let (state, detail) = match (container, &failure) {
+                    (Some(c), _) => (c.state.clone(), c.status.clone()),
+                    (None, Some(why)) => ("failed".to_owned(), why.clone()),
+                    (None, None) => ("missing".to_owned(), String::new()),
+                };
+                replicas.push(ReplicaStatus {
+                    tenant: a.id.tenant.clone(),
+                    topology: a.id.topology.clone(),
+                    service: slot.service.clone(),
+                    replica: slot.replica,
+                    generation: slot.generation,
+                    state,
+                    detail,
+                });
+            }
+        }
+        let (sequence, timestamp_ms) = self.signer.next_sequence();
+        let request = self.signer.sign(
+            methods::REPORT,
+            &ReportBody {
+                sequence,
+                timestamp_ms,
+                answers_version: version,
+                replicas,
+            },
+        );
+        let client = self.client().await?;
+        client
+            .report(request)
+            .await
+            .map_err(|s| AgentError::Refused(s.message().to_owned()))?;
+        Ok(())
+    }
+}
+
+/// Keeps the identity's node name, for callers that build the driver's scope.
+pub fn scope_of(identity: &NodeIdentity) -> berth_protocol::assignment::Scope {
+    berth_protocol::assignment::Scope::node(&identity.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(30), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn sequences_always_grow() {
+        let identity = NodeIdentity::generate("n", "http://x").unwrap();
+        let signer = Signer::new(&identity).unwrap();
+        let mut last = 0;
+        for _ in 0..1000 {
+            let (n, _) = signer.next_sequence();
+            assert!(n > last);
+            last = n;
+        }
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(hex_decode("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(hex_decode("zz"), None);
+    }
+}

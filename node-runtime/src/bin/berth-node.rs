@@ -1,0 +1,101 @@
+//! `berth-node`: the node agent.
+//!
+//! `berth-node join --allocator URL --token TOKEN --name NAME` joins the pool once (the
+//! admin's join command prints these) and then runs; `berth-node run` runs a node that
+//! joined before. The node's identity (its name and key) lives in `--state-dir`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_node_runtime::agent::{self, Agent, Capacity, NodeIdentity};
+use berth_node_runtime::{DockerDriver, ReconcileOptions, Reconciler};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "berth-node", version, about = "The Berth node agent")]
+struct Cli {
+    /// Where the node keeps its identity.
+    #[arg(long, env = "BERTH_NODE_DIR", global = true, default_value_os_t = default_state_dir())]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join the pool with a one-time token, then run.
+    Join {
+        /// The allocator's gRPC address, `http://host:port`.
+        #[arg(long)]
+        allocator: String,
+        /// The one-time join token.
+        #[arg(long, env = "BERTH_JOIN_TOKEN")]
+        token: String,
+        /// This node's name in the pool.
+        #[arg(long)]
+        name: String,
+        /// CPU this node offers, in thousandths of a core (default: unlimited).
+        #[arg(long)]
+        cpu_millis: Option<u64>,
+        /// Memory this node offers, in bytes (default: unlimited).
+        #[arg(long)]
+        memory_bytes: Option<u64>,
+        /// Containers this node runs at most.
+        #[arg(long, default_value_t = 500)]
+        containers: u64,
+    },
+    /// Run a node that has joined.
+    Run,
+}
+
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+        .join(".local/share/berth-node")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let identity = match cli.command {
+        Command::Join {
+            allocator,
+            token,
+            name,
+            cpu_millis,
+            memory_bytes,
+            containers,
+        } => {
+            let capacity = Capacity {
+                cpu_millis,
+                memory_bytes,
+                containers: Some(containers),
+            };
+            let identity = agent::join(&allocator, &token, &name, capacity, &cli.state_dir).await?;
+            eprintln!(
+                "joined as {name}; identity saved in {}",
+                NodeIdentity::path(&cli.state_dir).display()
+            );
+            identity
+        }
+        Command::Run => NodeIdentity::load(&cli.state_dir)?,
+    };
+    let driver = DockerDriver::connect_scoped(agent::scope_of(&identity))
+        .await
+        .context("connecting to Docker")?;
+    let reconciler = Reconciler::new(Arc::new(driver), ReconcileOptions::default());
+    eprintln!(
+        "node {} watching its assignments at {}",
+        identity.name, identity.allocator
+    );
+    Agent::new(identity, reconciler)?.run().await;
+    Ok(())
+}
