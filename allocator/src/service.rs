@@ -481,6 +481,19 @@ impl Allocator {
         Ok(per_node.into_keys().collect())
     }
 
+    /// Every placed slot of a topology, on every node.
+    pub async fn placed(&self, id: &TopologyRef) -> Result<Vec<Placed>, AllocatorError> {
+        Ok(load_placed(&self.db, id).await?)
+    }
+
+    /// The revision of a topology that is placed now, if it is.
+    pub async fn placed_revision(&self, id: &TopologyRef) -> Result<Option<u64>, AllocatorError> {
+        let row = placement::Entity::find_by_id((id.tenant.clone(), id.topology.clone()))
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|r| u64::try_from(r.revision).unwrap_or(0)))
+    }
+
     /// A receiver that wakes after every committed change of assignments.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()

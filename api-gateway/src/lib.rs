@@ -1,7 +1,473 @@
-//! The REST API of the control plane (actix-web, OpenAPI): authentication, per-request
-//! authorization, and the same operations the CLI performs locally, for remote use.
+//! The REST API of the control plane: the operations the CLI performs locally,
+//! served over HTTP so that `berth --endpoint URL` works against a pool.
 //!
-//! Not built yet. Today `berth` embeds the tenant service, allocator and node runtime
-//! in-process (see `cli/src/local.rs`); this crate will serve those same services over
-//! HTTP so that `berth --endpoint URL` speaks to a pool. It must never hold state of its
-//! own: every replica of the gateway is interchangeable.
+//! Handlers are thin: they authenticate, parse into typed values, call the tenant
+//! service and the allocator, and map errors to a JSON body with a stable `code` and a
+//! message a person can act on. A client mistake is a 4xx, never a 500. The gateway
+//! holds no state of its own.
+//!
+//! Authentication in this version is one admin bearer token (its SHA-256 is compared
+//! in constant time); users, roles and biscuit sessions are not built yet.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use berth_allocator::node_api::NodeApi;
+use berth_allocator::{Allocator, AllocatorError, Limit};
+use berth_protocol::assignment::TopologyRef;
+use berth_protocol::topology::Topology;
+use berth_tenant_service::{TenantError, TenantService};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// An API error: an HTTP status, a stable code and a message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+/// The JSON body of every error.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable code: `bad_request`, `invalid_topology`, `unauthenticated`, `not_found`,
+    /// `quota_exceeded`, `no_capacity`, `conflict`, `internal`.
+    pub code: String,
+    /// What is wrong, in words a user can act on.
+    pub message: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message.clone(),
+        })
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(e: TenantError) -> Self {
+        match e {
+            TenantError::UnknownTenant(_) | TenantError::UnknownTopology { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "tenant service failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl From<AllocatorError> for ApiError {
+    fn from(e: AllocatorError) -> Self {
+        match e {
+            AllocatorError::Quota(_) => {
+                Self::new(StatusCode::CONFLICT, "quota_exceeded", e.to_string())
+            }
+            AllocatorError::Placement(_) => {
+                Self::new(StatusCode::CONFLICT, "no_capacity", e.to_string())
+            }
+            AllocatorError::Contended(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            AllocatorError::UnknownTenant(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "allocator failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+/// What the gateway serves from.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    tenants: TenantService,
+    allocator: Allocator,
+    nodes: NodeApi,
+    admin_token_sha256: [u8; 32],
+    node_api_url: String,
+}
+
+impl Gateway {
+    /// A gateway over the services, accepting `admin_token`; `node_api_url` is the
+    /// address node agents use, printed in join commands.
+    pub fn new(
+        tenants: TenantService,
+        allocator: Allocator,
+        nodes: NodeApi,
+        admin_token: &str,
+        node_api_url: &str,
+    ) -> Self {
+        Self {
+            tenants,
+            allocator,
+            nodes,
+            admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
+            node_api_url: node_api_url.to_owned(),
+        }
+    }
+
+    fn authenticate(&self, request: &HttpRequest) -> Result<(), ApiError> {
+        let unauthenticated =
+            |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+        let header = request.headers().get("authorization").ok_or_else(|| {
+            unauthenticated("send `Authorization: Bearer TOKEN` (the token `berth server` printed)")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer TOKEN`"))?;
+        let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        // Compare digests in constant time.
+        let difference = presented
+            .iter()
+            .zip(&self.admin_token_sha256)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if difference == 0 {
+            Ok(())
+        } else {
+            Err(unauthenticated("the token is not valid"))
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Registers every route under `/v1`, plus health checks.
+pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        let json = web::JsonConfig::default()
+            .limit(4 * 1024 * 1024)
+            .error_handler(|err, _| {
+                ApiError::bad_request(format!("the request body is not valid: {err}")).into()
+            });
+        let path = web::PathConfig::default().error_handler(|err, _| {
+            ApiError::bad_request(format!("the path is not valid: {err}")).into()
+        });
+        cfg.app_data(web::Data::new(gateway))
+            .app_data(json)
+            .app_data(path)
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .service(
+                web::scope("/v1")
+                    .route("/tenants", web::post().to(create_tenant))
+                    .route("/tenants/{tenant}/quota", web::put().to(set_quota))
+                    .route("/tenants/{tenant}/quota", web::get().to(get_quota))
+                    .route("/join-tokens", web::post().to(create_join_token))
+                    .route(
+                        "/tenants/{tenant}/topologies",
+                        web::get().to(list_topologies),
+                    )
+                    .route("/tenants/{tenant}/topologies/{name}", web::put().to(deploy))
+                    .route("/tenants/{tenant}/topologies/{name}", web::get().to(status))
+                    .route(
+                        "/tenants/{tenant}/topologies/{name}",
+                        web::delete().to(remove),
+                    ),
+            )
+            .default_service(web::to(|| async {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").error_response()
+            }));
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().body("ok")
+}
+
+async fn readyz(gw: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    gw.tenants.list("-").await?;
+    Ok(HttpResponse::Ok().body("ready"))
+}
+
+/// `POST /v1/tenants`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// The tenant's name.
+    pub name: String,
+    /// Its quota; unlimited when left out.
+    #[serde(default)]
+    pub quota: Option<Limit>,
+}
+
+fn valid_tenant(name: &str) -> Result<(), ApiError> {
+    if berth_allocator::identity::valid_node_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{name:?} cannot name a tenant: use lower-case letters, digits and '-', starting with a letter or digit (at most 63)"
+        )))
+    }
+}
+
+async fn create_tenant(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    body: web::Json<NewTenant>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authenticate(&request)?;
+    valid_tenant(&body.name)?;
+    gw.tenants.ensure_tenant(&body.name, now_ms()).await?;
+    gw.allocator
+        .ensure_quota(&body.name, body.quota.unwrap_or_default())
+        .await?;
+    if let Some(quota) = body.quota {
+        gw.allocator.set_quota(&body.name, quota).await?;
+    }
+    Ok(HttpResponse::Created().json(serde_json::json!({ "name": body.name })))
+}
+
+async fn set_quota(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    tenant: web::Path<String>,
+    body: web::Json<Limit>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authenticate(&request)?;
+    gw.allocator.quota(&tenant).await?;
+    gw.allocator.set_quota(&tenant, body.into_inner()).await?;
+    get_quota(gw, request, tenant).await
+}
+
+async fn get_quota(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    tenant: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authenticate(&request)?;
+    let (limit, used) = gw.allocator.quota(&tenant).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "limit": limit, "used": used })))
+}
+
+/// `POST /v1/join-tokens`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJoinToken {
+    /// How long the token is valid, in seconds (default one hour).
+    #[serde(default)]
+    pub ttl_seconds: Option<u32>,
+}
+
+async fn create_join_token(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    body: Option<web::Json<NewJoinToken>>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authenticate(&request)?;
+    let ttl_seconds = body.and_then(|b| b.ttl_seconds).unwrap_or(3600);
+    let token = gw
+        .nodes
+        .identities()
+        .create_join_token(now_ms(), i64::from(ttl_seconds) * 1000)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let command = format!(
+        "berth-node join --allocator {} --token {token} --name NODE_NAME",
+        gw.node_api_url
+    );
+    Ok(HttpResponse::Created().json(
+        serde_json::json!({ "token": token, "join_command": command, "ttl_seconds": ttl_seconds }),
+    ))
+}
+
+async fn list_topologies(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    tenant: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authenticate(&request)?;
+    Ok(HttpResponse::Ok().json(gw.tenants.list(&tenant).await?))
+}
+
+/// The answer to a deploy: the revision and where each replica went.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Deployed {
+    /// The revision now in force.
+    pub revision: u64,
+    /// Whether this deploy stored a new revision.
+    pub changed: bool,
+    /// Every replica and its node.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// One replica as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// The service.
+    pub service: String,
+    /// The replica number.
+    pub replica: u32,
+    /// The node it is placed on.
+    pub node: String,
+    /// Its placement generation.
+    pub generation: u64,
+    /// What the node last reported (`pending` before any report).
+    pub state: String,
+    /// The node's detail (status sentence or error).
+    pub detail: String,
+}
+
+async fn deploy(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Json<Topology>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authenticate(&request)?;
+    let (tenant, name) = path.into_inner();
+    let topology = body.into_inner();
+    if topology.name != name {
+        return Err(ApiError::bad_request(format!(
+            "the path names topology {name:?} but the body is {:?}",
+            topology.name
+        )));
+    }
+    let problems = topology.problems();
+    if !problems.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_topology",
+            problems.join("; "),
+        ));
+    }
+    let stored = gw
+        .tenants
+        .put_revision(&tenant, &topology, now_ms())
+        .await?;
+    gw.allocator
+        .deploy(&tenant, stored.revision, &topology)
+        .await?;
+    let replicas = replica_views(
+        &gw,
+        &TopologyRef {
+            tenant,
+            topology: name,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(Deployed {
+        revision: stored.revision,
+        changed: stored.is_new,
+        replicas,
+    }))
+}
+
+async fn replica_views(gw: &Gateway, id: &TopologyRef) -> Result<Vec<ReplicaView>, ApiError> {
+    let reported = gw.nodes.reported(id);
+    let mut views: Vec<ReplicaView> = gw
+        .allocator
+        .placed(id)
+        .await?
+        .into_iter()
+        .map(|p| {
+            let report = reported.iter().find(|r| {
+                r.status.service == p.service
+                    && r.status.replica == p.replica
+                    && r.status.generation == p.generation
+            });
+            ReplicaView {
+                state: report.map_or_else(|| "pending".to_owned(), |r| r.status.state.clone()),
+                detail: report.map(|r| r.status.detail.clone()).unwrap_or_default(),
+                service: p.service,
+                replica: p.replica,
+                node: p.node,
+                generation: p.generation,
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| (&a.service, a.replica).cmp(&(&b.service, b.replica)));
+    Ok(views)
+}
+
+async fn status(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authenticate(&request)?;
+    let (tenant, name) = path.into_inner();
+    let id = TopologyRef {
+        tenant,
+        topology: name,
+    };
+    let Some(revision) = gw.allocator.placed_revision(&id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "topology {:?} is not deployed in tenant {:?}",
+                id.topology, id.tenant
+            ),
+        ));
+    };
+    let replicas = replica_views(&gw, &id).await?;
+    Ok(HttpResponse::Ok().json(Deployed {
+        revision,
+        changed: false,
+        replicas,
+    }))
+}
+
+async fn remove(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authenticate(&request)?;
+    let (tenant, name) = path.into_inner();
+    let id = TopologyRef {
+        tenant: tenant.clone(),
+        topology: name.clone(),
+    };
+    let nodes = gw.allocator.remove(&id).await?;
+    let existed = gw.tenants.delete(&tenant, &name).await?;
+    if !existed && nodes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("topology {name:?} does not exist in tenant {tenant:?}"),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "removed": name, "nodes": nodes })))
+}

@@ -3,11 +3,14 @@
 //! Exit codes: 0 success; 1 failed part way (what is running is said); 2 bad usage;
 //! 3 the topology file is invalid; 4 Docker is not reachable; 5 refused by quota or
 //! capacity (nothing changed); 6 a check before any change failed: a missing image or
-//! a host port in use (nothing changed).
+//! a host port in use (nothing changed); 7 the control plane is unreachable or refused
+//! the credentials.
 
 mod local;
 mod progress;
 mod project;
+mod remote;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +32,16 @@ struct Cli {
     json: bool,
     #[command(flatten)]
     file: FileArg,
+    /// A control plane's API (`berth server` prints it); without it, Berth runs on this
+    /// machine with an embedded control plane.
+    #[arg(long, env = "BERTH_ENDPOINT", global = true, value_name = "URL")]
+    endpoint: Option<String>,
+    /// The API token for --endpoint.
+    #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// The tenant to act for with --endpoint.
+    #[arg(long, env = "BERTH_TENANT", global = true, default_value = "default")]
+    tenant: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +105,23 @@ enum Command {
         #[command(flatten)]
         file: FileArg,
     },
+    /// Run the control plane for a pool: the API, and the node API that node agents
+    /// (`berth-node join`) connect to. Prints the command that joins a machine.
+    Server {
+        /// The API's address.
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        listen: std::net::SocketAddr,
+        /// The node API's address.
+        #[arg(long, default_value = "127.0.0.1:7421")]
+        node_listen: std::net::SocketAddr,
+        /// The node API's URL as other machines reach it (default: from --node-listen).
+        #[arg(long, value_name = "URL")]
+        advertise: Option<String>,
+        /// The database: `postgres://...` for a real pool (default: SQLite in the data
+        /// directory).
+        #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+        database: Option<String>,
+    },
 }
 
 impl Cli {
@@ -104,6 +134,7 @@ impl Cli {
             | Command::Validate { file }
             | Command::Config { file } => file.file.as_deref(),
             Command::Logs { file, .. } => file.as_deref(),
+            Command::Server { .. } => None,
         };
         after.or(self.file.file.as_deref())
     }
@@ -117,6 +148,7 @@ enum Exit {
     DockerUnavailable = 4,
     Refused = 5,
     Preflight = 6,
+    Unreachable = 7,
 }
 
 #[derive(Debug)]
@@ -157,6 +189,38 @@ impl From<LocalError> for Failure {
     }
 }
 
+impl From<remote::RemoteError> for Failure {
+    fn from(e: remote::RemoteError) -> Self {
+        let exit = match &e {
+            remote::RemoteError::Unreachable { .. } => Exit::Unreachable,
+            remote::RemoteError::Api { code, .. } => match code.as_str() {
+                "invalid_topology" | "bad_request" => Exit::Invalid,
+                "quota_exceeded" | "no_capacity" => Exit::Refused,
+                "unauthenticated" => Exit::Unreachable,
+                _ => Exit::Failure,
+            },
+        };
+        Failure {
+            exit,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Cli {
+    /// The remote control plane, when --endpoint is given.
+    fn remote(&self) -> Result<Option<remote::Remote>, Failure> {
+        let Some(endpoint) = &self.endpoint else {
+            return Ok(None);
+        };
+        let token = self.token.as_deref().ok_or_else(|| Failure {
+            exit: Exit::Unreachable,
+            message: "--endpoint needs a token: pass --token or set BERTH_TOKEN".into(),
+        })?;
+        Ok(Some(remote::Remote::new(endpoint, token, &self.tenant)))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -192,6 +256,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             service,
             ..
         } => logs(&cli, *follow, *tail, service.as_deref()).await,
+        Command::Server {
+            listen,
+            node_listen,
+            advertise,
+            database,
+        } => {
+            let config = server::ServerConfig {
+                listen: *listen,
+                node_listen: *node_listen,
+                advertise: advertise.clone(),
+                database: database.clone(),
+                data_dir: data_dir(),
+            };
+            server::run(config).await.map_err(|e| Failure {
+                exit: Exit::Failure,
+                message: format!("{e:#}"),
+            })
+        }
     }
 }
 
@@ -279,6 +361,24 @@ fn config(cli: &Cli) -> Result<(), Failure> {
 async fn up(cli: &Cli, detach: bool) -> Result<(), Failure> {
     let loaded = load(cli)?;
     let topology = loaded.topology;
+    if let Some(remote) = cli.remote()? {
+        let deployed = remote
+            .up(&topology, std::time::Duration::from_secs(300), cli.json)
+            .await?;
+        if cli.json {
+            print_json(&deployed);
+        } else {
+            println!(
+                "topology {:?} is up in tenant {:?}: revision {}, {} replica(s) running",
+                topology.name,
+                cli.tenant,
+                deployed.revision,
+                deployed.replicas.len()
+            );
+        }
+        let _ = detach;
+        return Ok(());
+    }
     let plane = LocalPlane::open(&data_dir()).await?;
     let (events, shown) = progress::show(progress::Mode::pick(cli.json));
     let result = plane.up(&topology, events).await;
@@ -335,6 +435,15 @@ fn print_reachable(containers: &[ContainerListing]) {
 
 async fn down(cli: &Cli, volumes: bool) -> Result<(), Failure> {
     let name = topology_name(cli)?;
+    if let Some(remote) = cli.remote()? {
+        let removed = remote.remove(&name).await?;
+        if cli.json {
+            print_json(&removed);
+        } else {
+            println!("topology {name:?} is down in tenant {:?}", cli.tenant);
+        }
+        return Ok(());
+    }
     let plane = LocalPlane::open(&data_dir()).await?;
     let (events, shown) = progress::show(progress::Mode::pick(cli.json));
     let result = plane.down(&name, volumes, events).await;
@@ -384,6 +493,19 @@ impl<'a> From<&'a ContainerListing> for ContainerJson<'a> {
 
 async fn ps(cli: &Cli, all: bool) -> Result<(), Failure> {
     let name = if all { None } else { Some(topology_name(cli)?) };
+    if let Some(remote) = cli.remote()? {
+        let name = name.ok_or_else(|| Failure {
+            exit: Exit::Invalid,
+            message: "--all is not available with --endpoint yet".into(),
+        })?;
+        let status = remote.status(&name).await?;
+        if cli.json {
+            print_json(&status);
+        } else {
+            remote::print_replicas(&status.replicas);
+        }
+        return Ok(());
+    }
     let plane = LocalPlane::open(&data_dir()).await?;
     let containers = plane.ps(name.as_deref()).await?;
     if cli.json {

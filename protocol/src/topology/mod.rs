@@ -3,6 +3,7 @@
 //! [`load`] turns the text of a file into a validated, normalised [`Topology`], or into
 //! every problem found in it, each with file, line, column and field path.
 
+mod check;
 mod diagnostic;
 mod env_file;
 mod interpolate;

@@ -374,3 +374,41 @@ fn the_normalised_form_round_trips_through_json() {
     let back: Topology = serde_json::from_str(&json).unwrap();
     assert_eq!(t, back);
 }
+
+#[test]
+fn a_loaded_topology_has_no_problems_and_a_tampered_one_does() {
+    let mut t = load_with(FULL, &[], &[("web.env", "")]).unwrap().topology;
+    assert_eq!(t.problems(), Vec::<String>::new());
+    t.name = "../escape".into();
+    let web = t.services.get_mut("web").unwrap();
+    web.labels.insert("berth.tenant".into(), "other".into());
+    web.volumes[0].source = Some("undeclared".into());
+    web.depends_on.insert("web".into(), Dependency::default());
+    let api = t.services.get_mut("api").unwrap();
+    api.depends_on.insert("web".into(), Dependency::default());
+    let problems = t.problems();
+    assert!(
+        problems.iter().any(|p| p.starts_with("name:")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("reserved")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("\"undeclared\" is not declared")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("cannot depend on itself")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("dependency cycle")),
+        "{problems:?}"
+    );
+}

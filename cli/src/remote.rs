@@ -1,0 +1,191 @@
+//! The CLI against a remote control plane (`--endpoint URL`): the same commands as
+//! locally, through the gateway's REST API.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_api_gateway::{Deployed, ErrorBody, ReplicaView};
+use berth_protocol::topology::Topology;
+
+/// Why a remote call failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RemoteError {
+    /// The endpoint cannot be reached.
+    #[error("cannot reach the control plane at {endpoint}: {message}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The control plane answered with an error.
+    #[error("{message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The stable error code.
+        code: String,
+        /// The message.
+        message: String,
+    },
+}
+
+/// A client of one control plane, acting for one tenant.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    endpoint: String,
+    token: String,
+    tenant: String,
+    http: reqwest::Client,
+}
+
+impl Remote {
+    pub(crate) fn new(endpoint: &str, token: &str, tenant: &str) -> Self {
+        Self {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            tenant: tenant.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}/v1/tenants/{}/topologies{path}",
+            self.endpoint, self.tenant
+        )
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, RemoteError> {
+        let unreachable = |e: reqwest::Error| RemoteError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            message: e.to_string(),
+        };
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        if status.is_success() {
+            return response.json().await.map_err(unreachable);
+        }
+        let body: ErrorBody = response.json().await.unwrap_or(ErrorBody {
+            code: "unknown".into(),
+            message: format!("HTTP {status}"),
+        });
+        Err(RemoteError::Api {
+            status: status.as_u16(),
+            code: body.code,
+            message: body.message,
+        })
+    }
+
+    /// Deploys `topology` into the tenant.
+    pub(crate) async fn deploy(&self, topology: &Topology) -> Result<Deployed, RemoteError> {
+        self.send(
+            self.http
+                .put(self.url(&format!("/{}", topology.name)))
+                .json(topology),
+        )
+        .await
+    }
+
+    /// The topology's replicas and their reported state.
+    pub(crate) async fn status(&self, name: &str) -> Result<Deployed, RemoteError> {
+        self.send(self.http.get(self.url(&format!("/{name}"))))
+            .await
+    }
+
+    /// Removes the topology.
+    pub(crate) async fn remove(&self, name: &str) -> Result<serde_json::Value, RemoteError> {
+        self.send(self.http.delete(self.url(&format!("/{name}"))))
+            .await
+    }
+
+    /// Deploys, then follows the nodes' reports until every replica runs, one fails,
+    /// or `timeout` passes. Prints each replica's state as it changes unless `quiet`.
+    pub(crate) async fn up(
+        &self,
+        topology: &Topology,
+        timeout: Duration,
+        quiet: bool,
+    ) -> Result<Deployed, RemoteError> {
+        let deployed = self.deploy(topology).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen: BTreeMap<(String, u32), String> = BTreeMap::new();
+        loop {
+            let status = self.status(&topology.name).await?;
+            for r in &status.replicas {
+                let key = (r.service.clone(), r.replica);
+                if seen.get(&key) != Some(&r.state) {
+                    if !quiet {
+                        eprintln!(
+                            "{:<24} {} on {}",
+                            format!("{}.{}", r.service, r.replica),
+                            r.state,
+                            r.node
+                        );
+                    }
+                    seen.insert(key, r.state.clone());
+                }
+            }
+            if let Some(failed) = status
+                .replicas
+                .iter()
+                .find(|r| r.state == "failed" || r.state == "exited")
+            {
+                return Err(RemoteError::Api {
+                    status: 0,
+                    code: "replica_failed".into(),
+                    message: format!(
+                        "{}.{} on {} {}: {}",
+                        failed.service, failed.replica, failed.node, failed.state, failed.detail
+                    ),
+                });
+            }
+            if status.replicas.iter().all(|r| r.state == "running") {
+                return Ok(Deployed {
+                    revision: deployed.revision,
+                    changed: deployed.changed,
+                    replicas: status.replicas,
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let waiting: Vec<String> = status
+                    .replicas
+                    .iter()
+                    .filter(|r| r.state != "running")
+                    .map(|r| format!("{}.{} ({})", r.service, r.replica, r.state))
+                    .collect();
+                return Err(RemoteError::Api {
+                    status: 0,
+                    code: "timeout".into(),
+                    message: format!(
+                        "deployed revision {}, but not every replica runs after {timeout:?}: {}",
+                        deployed.revision,
+                        waiting.join(", ")
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Prints replicas as a table.
+pub(crate) fn print_replicas(replicas: &[ReplicaView]) {
+    println!("{:<24} {:<20} {:<10} DETAIL", "REPLICA", "NODE", "STATE");
+    for r in replicas {
+        println!(
+            "{:<24} {:<20} {:<10} {}",
+            format!("{}.{}", r.service, r.replica),
+            r.node,
+            r.state,
+            r.detail
+        );
+    }
+}
