@@ -6,8 +6,11 @@
 //! message a person can act on. A client mistake is a 4xx, never a 500. The gateway
 //! holds no state of its own.
 //!
-//! Authentication in this version is one admin bearer token (its SHA-256 is compared
-//! in constant time); users, roles and biscuit sessions are not built yet.
+//! Authentication: `POST /v1/login` checks a user's password (argon2id, throttled) and
+//! returns a biscuit session token; every request presents it as a bearer token and is
+//! authorized by the policies of `berth_protocol::capability` against its operation,
+//! tenant and topology. The bootstrap admin token that `berth server` keeps in its data
+//! directory is accepted as an admin session (its SHA-256 is compared in constant time).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,8 +19,9 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use berth_allocator::node_api::NodeApi;
 use berth_allocator::{Allocator, AllocatorError, Limit};
 use berth_protocol::assignment::TopologyRef;
+use berth_protocol::capability::{self, Denied, Operation, Role};
 use berth_protocol::topology::Topology;
-use berth_tenant_service::{TenantError, TenantService};
+use berth_tenant_service::{LoginError, TenantError, TenantService};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -112,25 +116,41 @@ impl From<AllocatorError> for ApiError {
     }
 }
 
+/// How long a session token lives.
+pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The id of the root key sessions are signed with.
+pub const ROOT_KEY_ID: u32 = 1;
+
 /// What the gateway serves from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Gateway {
     tenants: TenantService,
     allocator: Allocator,
     nodes: NodeApi,
     admin_token_sha256: [u8; 32],
     node_api_url: String,
+    root: std::sync::Arc<biscuit_auth::KeyPair>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("node_api_url", &self.node_api_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Gateway {
-    /// A gateway over the services, accepting `admin_token`; `node_api_url` is the
-    /// address node agents use, printed in join commands.
+    /// A gateway over the services, accepting `admin_token` as an admin session and
+    /// minting sessions with `root`; `node_api_url` is the address node agents use,
+    /// printed in join commands.
     pub fn new(
         tenants: TenantService,
         allocator: Allocator,
         nodes: NodeApi,
         admin_token: &str,
         node_api_url: &str,
+        root: biscuit_auth::KeyPair,
     ) -> Self {
         Self {
             tenants,
@@ -138,32 +158,64 @@ impl Gateway {
             nodes,
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
             node_api_url: node_api_url.to_owned(),
+            root: std::sync::Arc::new(root),
         }
     }
 
-    fn authenticate(&self, request: &HttpRequest) -> Result<(), ApiError> {
-        let unauthenticated =
-            |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
-        let header = request.headers().get("authorization").ok_or_else(|| {
-            unauthenticated("send `Authorization: Bearer TOKEN` (the token `berth server` printed)")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer TOKEN`"))?;
-        let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    /// Authenticates the request's bearer token and authorizes `operation` on `tenant`
+    /// (and `topology`): 401 for a missing or invalid token, 403 for a valid one that
+    /// does not allow this.
+    fn authorize(
+        &self,
+        request: &HttpRequest,
+        operation: Operation,
+        tenant: &str,
+        topology: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let token = bearer(request)?;
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare digests in constant time.
         let difference = presented
             .iter()
             .zip(&self.admin_token_sha256)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if difference == 0 {
-            Ok(())
-        } else {
-            Err(unauthenticated("the token is not valid"))
+            return Ok(());
+        }
+        let root = self.root.public();
+        let check = capability::Request {
+            operation,
+            tenant,
+            topology,
+            now: SystemTime::now(),
+        };
+        match capability::authorize(token, |_| Ok(root), &check) {
+            Ok(_) => Ok(()),
+            Err(e @ Denied::Invalid(_)) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                e.to_string(),
+            )),
+            Err(e @ Denied::Forbidden { .. }) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                e.to_string(),
+            )),
         }
     }
+}
+
+fn bearer(request: &HttpRequest) -> Result<&str, ApiError> {
+    let unauthenticated = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+    let header = request.headers().get("authorization").ok_or_else(|| {
+        unauthenticated("send `Authorization: Bearer TOKEN` (from `berth login`, or the admin token `berth server` keeps)")
+    })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer TOKEN`"))
 }
 
 fn now_ms() -> i64 {
@@ -190,7 +242,9 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/readyz", web::get().to(readyz))
             .service(
                 web::scope("/v1")
+                    .route("/login", web::post().to(login))
                     .route("/tenants", web::post().to(create_tenant))
+                    .route("/tenants/{tenant}/users", web::post().to(create_user))
                     .route("/tenants/{tenant}/quota", web::put().to(set_quota))
                     .route("/tenants/{tenant}/quota", web::get().to(get_quota))
                     .route("/join-tokens", web::post().to(create_join_token))
@@ -246,7 +300,7 @@ async fn create_tenant(
     request: HttpRequest,
     body: web::Json<NewTenant>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authenticate(&request)?;
+    gw.authorize(&request, Operation::Administer, &body.name, None)?;
     valid_tenant(&body.name)?;
     gw.tenants.ensure_tenant(&body.name, now_ms()).await?;
     gw.allocator
@@ -264,7 +318,7 @@ async fn set_quota(
     tenant: web::Path<String>,
     body: web::Json<Limit>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authenticate(&request)?;
+    gw.authorize(&request, Operation::Administer, &tenant, None)?;
     gw.allocator.quota(&tenant).await?;
     gw.allocator.set_quota(&tenant, body.into_inner()).await?;
     get_quota(gw, request, tenant).await
@@ -275,7 +329,7 @@ async fn get_quota(
     request: HttpRequest,
     tenant: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authenticate(&request)?;
+    gw.authorize(&request, Operation::Read, &tenant, None)?;
     let (limit, used) = gw.allocator.quota(&tenant).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "limit": limit, "used": used })))
 }
@@ -294,7 +348,7 @@ async fn create_join_token(
     request: HttpRequest,
     body: Option<web::Json<NewJoinToken>>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authenticate(&request)?;
+    gw.authorize(&request, Operation::Administer, "*", None)?;
     let ttl_seconds = body.and_then(|b| b.ttl_seconds).unwrap_or(3600);
     let token = gw
         .nodes
@@ -316,7 +370,7 @@ async fn list_topologies(
     request: HttpRequest,
     tenant: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authenticate(&request)?;
+    gw.authorize(&request, Operation::Read, &tenant, None)?;
     Ok(HttpResponse::Ok().json(gw.tenants.list(&tenant).await?))
 }
 
@@ -354,8 +408,8 @@ async fn deploy(
     path: web::Path<(String, String)>,
     body: web::Json<Topology>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authenticate(&request)?;
     let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))?;
     let topology = body.into_inner();
     if topology.name != name {
         return Err(ApiError::bad_request(format!(
@@ -425,8 +479,8 @@ async fn status(
     request: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authenticate(&request)?;
     let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Read, &tenant, Some(&name))?;
     let id = TopologyRef {
         tenant,
         topology: name,
@@ -454,8 +508,8 @@ async fn remove(
     request: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authenticate(&request)?;
     let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Delete, &tenant, Some(&name))?;
     let id = TopologyRef {
         tenant: tenant.clone(),
         topology: name.clone(),
@@ -470,4 +524,112 @@ async fn remove(
         ));
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "removed": name, "nodes": nodes })))
+}
+
+/// `POST /v1/login`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// The user's tenant.
+    pub tenant: String,
+    /// The user's name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+/// The answer to a login.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoggedIn {
+    /// The session token, to send as `Authorization: Bearer TOKEN`.
+    pub token: String,
+    /// When it expires, Unix seconds.
+    pub expires_at: u64,
+    /// The user's role.
+    pub role: Role,
+}
+
+impl From<LoginError> for ApiError {
+    fn from(e: LoginError) -> Self {
+        match e {
+            LoginError::BadCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
+            }
+            LoginError::Throttled { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "throttled", e.to_string())
+            }
+            LoginError::WeakPassword => Self::bad_request(e.to_string()),
+            LoginError::Exists(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            other => {
+                tracing::error!(error = %other, "login failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+async fn login(gw: web::Data<Gateway>, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+    let role = gw
+        .tenants
+        .login(&body.tenant, &body.user, &body.password, now_ms())
+        .await?;
+    let expires = SystemTime::now() + SESSION_TTL;
+    let session = capability::Session {
+        user: body.user.clone(),
+        tenant: body.tenant.clone(),
+        role,
+    };
+    let token =
+        capability::mint_session(&gw.root, ROOT_KEY_ID, &session, expires).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("cannot mint a session: {e}"),
+            )
+        })?;
+    let expires_at = expires
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Ok(HttpResponse::Ok().json(LoggedIn {
+        token,
+        expires_at,
+        role,
+    }))
+}
+
+/// `POST /v1/tenants/{tenant}/users`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// The user's name.
+    pub name: String,
+    /// The password (at least 12 characters); only its argon2id hash is stored.
+    pub password: String,
+    /// The role.
+    pub role: Role,
+}
+
+async fn create_user(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    tenant: web::Path<String>,
+    body: web::Json<NewUser>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&request, Operation::Administer, &tenant, None)?;
+    if !berth_allocator::identity::valid_node_name(&body.name) {
+        return Err(ApiError::bad_request(format!(
+            "{:?} cannot name a user: use lower-case letters, digits and '-'",
+            body.name
+        )));
+    }
+    gw.tenants.list(&tenant).await?;
+    gw.tenants
+        .create_user(&tenant, &body.name, &body.password, body.role, now_ms())
+        .await?;
+    Ok(HttpResponse::Created()
+        .json(serde_json::json!({ "tenant": *tenant, "name": body.name, "role": body.role })))
 }

@@ -105,6 +105,13 @@ enum Command {
         #[command(flatten)]
         file: FileArg,
     },
+    /// Log in to a control plane (--endpoint) and print a session token; use it as
+    /// BERTH_TOKEN. The password is read from BERTH_PASSWORD, else from standard input.
+    Login {
+        /// The user's name.
+        #[arg(long)]
+        user: String,
+    },
     /// Run the control plane for a pool: the API, and the node API that node agents
     /// (`berth-node join`) connect to. Prints the command that joins a machine.
     Server {
@@ -134,7 +141,7 @@ impl Cli {
             | Command::Validate { file }
             | Command::Config { file } => file.file.as_deref(),
             Command::Logs { file, .. } => file.as_deref(),
-            Command::Server { .. } => None,
+            Command::Server { .. } | Command::Login { .. } => None,
         };
         after.or(self.file.file.as_deref())
     }
@@ -256,6 +263,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             service,
             ..
         } => logs(&cli, *follow, *tail, service.as_deref()).await,
+        Command::Login { user } => login(&cli, user).await,
         Command::Server {
             listen,
             node_listen,
@@ -362,21 +370,28 @@ async fn up(cli: &Cli, detach: bool) -> Result<(), Failure> {
     let loaded = load(cli)?;
     let topology = loaded.topology;
     if let Some(remote) = cli.remote()? {
-        let deployed = remote
-            .up(&topology, std::time::Duration::from_secs(300), cli.json)
-            .await?;
+        // Detached, `up` returns once the deploy is accepted and placed (a deploy-only
+        // token suffices); otherwise it follows the nodes' reports until all run.
+        let deployed = if detach {
+            remote.deploy(&topology).await?
+        } else {
+            remote
+                .up(&topology, std::time::Duration::from_secs(300), cli.json)
+                .await?
+        };
+        let verb = if detach { "deployed" } else { "is up" };
+        let what = if detach { "placed" } else { "running" };
         if cli.json {
             print_json(&deployed);
         } else {
             println!(
-                "topology {:?} is up in tenant {:?}: revision {}, {} replica(s) running",
+                "topology {:?} {verb} in tenant {:?}: revision {}, {} replica(s) {what}",
                 topology.name,
                 cli.tenant,
                 deployed.revision,
                 deployed.replicas.len()
             );
         }
-        let _ = detach;
         return Ok(());
     }
     let plane = LocalPlane::open(&data_dir()).await?;
@@ -598,6 +613,35 @@ async fn follow_logs(
             _ = &mut ctrl_c => return Ok(()),
         }
     }
+}
+
+async fn login(cli: &Cli, user: &str) -> Result<(), Failure> {
+    let endpoint = cli.endpoint.as_deref().ok_or_else(|| Failure {
+        exit: Exit::Invalid,
+        message: "login needs --endpoint (or BERTH_ENDPOINT)".into(),
+    })?;
+    let password = match std::env::var("BERTH_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| Failure {
+                exit: Exit::Failure,
+                message: format!("cannot read the password: {e}"),
+            })?;
+            line.trim_end_matches(['\n', '\r']).to_owned()
+        }
+    };
+    let session = remote::login(endpoint, &cli.tenant, user, &password).await?;
+    if cli.json {
+        print_json(&session);
+    } else {
+        eprintln!(
+            "logged in to tenant {:?} as {user:?} ({:?}); the token expires at {} (Unix time)",
+            cli.tenant, session.role, session.expires_at
+        );
+        println!("{}", session.token);
+    }
+    Ok(())
 }
 
 fn print_json<T: Serialize>(value: &T) {

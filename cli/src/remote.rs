@@ -176,6 +176,44 @@ impl Remote {
     }
 }
 
+/// Logs in and returns the session.
+pub(crate) async fn login(
+    endpoint: &str,
+    tenant: &str,
+    user: &str,
+    password: &str,
+) -> Result<berth_api_gateway::LoggedIn, RemoteError> {
+    let endpoint = endpoint.trim_end_matches('/');
+    let unreachable = |e: reqwest::Error| RemoteError::Unreachable {
+        endpoint: endpoint.to_owned(),
+        message: e.to_string(),
+    };
+    let body = berth_api_gateway::Login {
+        tenant: tenant.to_owned(),
+        user: user.to_owned(),
+        password: password.to_owned(),
+    };
+    let response = reqwest::Client::new()
+        .post(format!("{endpoint}/v1/login"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = response.status();
+    if status.is_success() {
+        return response.json().await.map_err(unreachable);
+    }
+    let body: ErrorBody = response.json().await.unwrap_or(ErrorBody {
+        code: "unknown".into(),
+        message: format!("HTTP {status}"),
+    });
+    Err(RemoteError::Api {
+        status: status.as_u16(),
+        code: body.code,
+        message: body.message,
+    })
+}
+
 /// Prints replicas as a table.
 pub(crate) fn print_replicas(replicas: &[ReplicaView]) {
     println!("{:<24} {:<20} {:<10} DETAIL", "REPLICA", "NODE", "STATE");

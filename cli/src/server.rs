@@ -54,7 +54,15 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| format!("http://{}", config.node_listen));
-    let gateway = Gateway::new(tenants, allocator, nodes.clone(), &admin_token, &node_url);
+    let root = root_key(&config.data_dir.join("root-key"))?;
+    let gateway = Gateway::new(
+        tenants,
+        allocator,
+        nodes.clone(),
+        &admin_token,
+        &node_url,
+        root,
+    );
 
     let http = actix_web::HttpServer::new(move || {
         actix_web::App::new().configure(berth_api_gateway::configure(gateway.clone()))
@@ -110,6 +118,29 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// The root key that signs session tokens: kept in `path` (owner-only), made on first
+/// start.
+fn root_key(path: &Path) -> anyhow::Result<biscuit_auth::KeyPair> {
+    use biscuit_auth::{Algorithm, KeyPair, PrivateKey};
+    if let Ok(hex) = std::fs::read_to_string(path) {
+        let key = PrivateKey::from_bytes_hex(hex.trim(), Algorithm::Ed25519)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok(KeyPair::from(&key));
+    }
+    let key = KeyPair::new();
+    write_secret(path, key.private().to_bytes_hex().as_bytes())?;
+    Ok(key)
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(path)?, bytes)?;
+    Ok(())
+}
+
 /// The admin token: `BERTH_ADMIN_TOKEN`, else the one kept in `path`, else a new one
 /// written there readable by its owner only.
 fn admin_token(path: &Path) -> anyhow::Result<String> {
@@ -128,10 +159,6 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
         "bat_{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    std::io::Write::write_all(&mut options.open(path)?, token.as_bytes())?;
+    write_secret(path, token.as_bytes())?;
     Ok(token)
 }

@@ -4,5 +4,6 @@
 //! types the control plane's API exchanges. It does no I/O beyond what a caller hands
 //! it as text, and must never depend on Docker, a database or a network.
 pub mod assignment;
+pub mod capability;
 pub mod node_api;
 pub mod topology;

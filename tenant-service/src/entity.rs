@@ -79,3 +79,36 @@ pub mod revision {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Users of a tenant, with their password hash and login throttling state.
+pub mod user {
+    use sea_orm::entity::prelude::*;
+
+    /// One user.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        /// The tenant the user belongs to.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// The user's name within the tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// The argon2id hash, in PHC form; never the password.
+        pub password_hash: String,
+        /// `admin`, `developer` or `auditor`.
+        pub role: String,
+        /// Failed logins since the last success.
+        pub failed_logins: i32,
+        /// Logins are refused until then, Unix milliseconds.
+        pub locked_until_ms: i64,
+        /// When it was created, Unix milliseconds.
+        pub created_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

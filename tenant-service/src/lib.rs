@@ -6,6 +6,7 @@
 
 pub mod entity;
 pub mod migration;
+pub mod throttle;
 
 use berth_protocol::topology::Topology;
 use sea_orm::sea_query::OnConflict;
@@ -15,7 +16,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use entity::{revision, tenant, topology};
+use entity::{revision, tenant, topology, user};
 
 /// Failures of the tenant service.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,32 @@ pub enum TenantError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// Why a login or a user change failed. Messages never say whether a user exists.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    /// Unknown user or wrong password (deliberately not told apart).
+    #[error("the user name or password is wrong")]
+    BadCredentials,
+    /// Too many failures in a row.
+    #[error("too many failed logins; try again in {} s", (retry_after_ms + 999) / 1000)]
+    Throttled {
+        /// Milliseconds until logins are allowed again.
+        retry_after_ms: i64,
+    },
+    /// The password is too weak to store.
+    #[error("a password needs at least 12 characters")]
+    WeakPassword,
+    /// The user exists.
+    #[error("user {0:?} exists already")]
+    Exists(String),
+    /// Hashing failed.
+    #[error("password hashing failed")]
+    Hashing,
 }
 
 /// A stored revision of a topology.
@@ -223,5 +250,102 @@ impl TenantService {
     /// The database this service writes to.
     pub fn connection(&self) -> &impl ConnectionTrait {
         &self.db
+    }
+}
+
+/// The hash checked when a user does not exist, so that a login for an unknown user
+/// costs as much as one for a known user and timing does not tell them apart.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password("decoy password, never a user's").unwrap_or_default())
+}
+
+fn hash_password(password: &str) -> Result<String, LoginError> {
+    use argon2::password_hash::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|_| LoginError::Hashing)
+}
+
+fn password_matches(password: &str, stored: &str) -> bool {
+    use argon2::password_hash::{PasswordVerifier, phc::PasswordHash};
+    PasswordHash::new(stored).is_ok_and(|hash| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok()
+    })
+}
+
+impl TenantService {
+    /// Creates a user of `tenant_name` with an argon2id hash of `password`.
+    pub async fn create_user(
+        &self,
+        tenant_name: &str,
+        name: &str,
+        password: &str,
+        role: berth_protocol::capability::Role,
+        now_ms: i64,
+    ) -> Result<(), LoginError> {
+        if password.chars().count() < 12 {
+            return Err(LoginError::WeakPassword);
+        }
+        let hash = hash_password(password)?;
+        let row = user::ActiveModel {
+            tenant: Set(tenant_name.to_owned()),
+            name: Set(name.to_owned()),
+            password_hash: Set(hash),
+            role: Set(role.as_str().to_owned()),
+            failed_logins: Set(0),
+            locked_until_ms: Set(0),
+            created_at_ms: Set(now_ms),
+        };
+        match user::Entity::insert(row)
+            .on_conflict_do_nothing()
+            .exec(&self.db)
+            .await?
+        {
+            sea_orm::TryInsertResult::Inserted(_) => Ok(()),
+            _ => Err(LoginError::Exists(name.to_owned())),
+        }
+    }
+
+    /// Checks a user's password, throttling repeated failures. Returns the user's role.
+    pub async fn login(
+        &self,
+        tenant_name: &str,
+        name: &str,
+        password: &str,
+        now_ms: i64,
+    ) -> Result<berth_protocol::capability::Role, LoginError> {
+        let Some(row) = user::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
+            .one(&self.db)
+            .await?
+        else {
+            let _ = password_matches(password, decoy_hash());
+            return Err(LoginError::BadCredentials);
+        };
+        let state = throttle::LoginState {
+            failures: u32::try_from(row.failed_logins).unwrap_or(0),
+            locked_until_ms: row.locked_until_ms,
+        };
+        if let throttle::Gate::Locked { retry_after_ms } = throttle::gate(state, now_ms) {
+            return Err(LoginError::Throttled { retry_after_ms });
+        }
+        let ok = password_matches(password, &row.password_hash);
+        let next = if ok {
+            throttle::after_success()
+        } else {
+            throttle::after_failure(state, now_ms)
+        };
+        let mut active: user::ActiveModel = row.clone().into();
+        active.failed_logins = Set(i32::try_from(next.failures).unwrap_or(i32::MAX));
+        active.locked_until_ms = Set(next.locked_until_ms);
+        sea_orm::ActiveModelTrait::update(active, &self.db).await?;
+        if !ok {
+            tracing::info!(tenant = tenant_name, user = name, "failed login");
+            return Err(LoginError::BadCredentials);
+        }
+        berth_protocol::capability::Role::parse(&row.role).ok_or(LoginError::BadCredentials)
     }
 }

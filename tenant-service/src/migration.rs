@@ -1,10 +1,10 @@
 //! The tenant service's schema, one migration set for SQLite and PostgreSQL. It keeps
 //! its own migration table so that services sharing a database migrate independently.
 
-use sea_orm::{DbBackend, Schema};
+use sea_orm::Schema;
 use sea_orm_migration::prelude::*;
 
-use crate::entity::{revision, tenant, topology};
+use crate::entity::{revision, tenant, topology, user};
 
 /// The tenant service's migrations.
 #[derive(Debug)]
@@ -13,7 +13,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial)]
+        vec![Box::new(Initial), Box::new(Users)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -58,7 +58,32 @@ impl MigrationTrait for Initial {
                     .to_owned(),
             )
             .await?;
-        let _ = DbBackend::Sqlite;
+        Ok(())
+    }
+}
+
+/// Users with argon2id password hashes.
+#[derive(Debug)]
+struct Users;
+
+impl MigrationName for Users {
+    fn name(&self) -> &str {
+        "m20261123_000002_tenant_service_users"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Users {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(user::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 }

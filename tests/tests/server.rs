@@ -41,13 +41,21 @@ fn remove_node_objects(node: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_and_two_nodes_run_what_berth_up_sends() {
-    ensure_images();
+/// A running `berth server`: its API URL, node API port and admin token.
+struct Server {
+    _process: Process,
+    _state: tempfile::TempDir,
+    api: String,
+    node_port: u16,
+    admin: &'static str,
+    http: reqwest::Client,
+}
+
+async fn start_server() -> Server {
     let state = tempfile::tempdir().expect("tempdir");
     let (api_port, node_port) = (free_port(), free_port());
     let admin = "bat_test_admin_token";
-    let _server = Process(
+    let process = Process(
         Command::new(berth_bin())
             .args([
                 "server",
@@ -78,8 +86,73 @@ async fn a_server_and_two_nodes_run_what_berth_up_sends() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "berth server never became ready");
+    Server {
+        _process: process,
+        _state: state,
+        api,
+        node_port,
+        admin,
+        http,
+    }
+}
 
-    // The API refuses requests without the admin token.
+/// A joined `berth-node` process; dropping it stops the agent and removes every Docker
+/// object it made, whether the test passed or not.
+struct Node {
+    name: String,
+    process: Option<Process>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        drop(self.process.take());
+        remove_node_objects(&self.name);
+    }
+}
+
+/// Joins a `berth-node` process to `server` under `name`.
+async fn join_node(server: &Server, name: &str) -> Node {
+    let token: serde_json::Value = server
+        .http
+        .post(format!("{}/v1/join-tokens", server.api))
+        .bearer_auth(server.admin)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(sibling("berth-node"))
+        .args([
+            "join",
+            "--allocator",
+            &format!("http://127.0.0.1:{}", server.node_port),
+            "--token",
+            token["token"].as_str().expect("token"),
+            "--name",
+            name,
+        ])
+        .env("BERTH_NODE_DIR", dir.path())
+        .env("BERTH_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("berth-node starts");
+    Node {
+        name: name.to_owned(),
+        process: Some(Process(child)),
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_and_two_nodes_run_what_berth_up_sends() {
+    ensure_images();
+    let server = start_server().await;
+    let (api, http, admin) = (server.api.clone(), server.http.clone(), server.admin);
+
+    // The API refuses requests without a token.
     let refused = http
         .post(format!("{api}/v1/join-tokens"))
         .send()
@@ -90,33 +163,7 @@ async fn a_server_and_two_nodes_run_what_berth_up_sends() {
     let prefix = format!("s{}", std::process::id());
     let mut nodes = Vec::new();
     for i in 1..=2 {
-        let token: serde_json::Value = http
-            .post(format!("{api}/v1/join-tokens"))
-            .bearer_auth(admin)
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("json");
-        let name = format!("{prefix}-n{i}");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(sibling("berth-node"))
-            .args([
-                "join",
-                "--allocator",
-                &format!("http://127.0.0.1:{node_port}"),
-                "--token",
-                token["token"].as_str().expect("token"),
-                "--name",
-                &name,
-            ])
-            .env("BERTH_NODE_DIR", dir.path())
-            .env("BERTH_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("berth-node starts");
-        nodes.push((name, Process(child), dir));
+        nodes.push(join_node(&server, &format!("{prefix}-n{i}")).await);
     }
 
     let yaml = "name: NAME\nservices:\n  web:\n    image: berth/busybox:latest\n    init: true\n    command: [\"sleep\", \"3600\"]\n    deploy: {replicas: 4}\n";
@@ -147,7 +194,7 @@ async fn a_server_and_two_nodes_run_what_berth_up_sends() {
         .unwrap_or_else(|| panic!("never deployed: {placed}"));
     assert_eq!(replicas.len(), 4);
     assert!(replicas.iter().all(|r| r["state"] == "running"), "{placed}");
-    for (name, _, _) in &nodes {
+    for Node { name, .. } in &nodes {
         let running = docker_lines(&[
             "ps",
             "--filter",
@@ -179,7 +226,7 @@ async fn a_server_and_two_nodes_run_what_berth_up_sends() {
     );
     let still: usize = nodes
         .iter()
-        .map(|(n, _, _)| {
+        .map(|Node { name: n, .. }| {
             docker_lines(&[
                 "ps",
                 "--filter",
@@ -216,7 +263,7 @@ async fn a_server_and_two_nodes_run_what_berth_up_sends() {
     for _ in 0..100 {
         left = nodes
             .iter()
-            .map(|(n, _, _)| {
+            .map(|Node { name: n, .. }| {
                 docker_lines(&["ps", "-q", "--filter", &format!("label=berth.node={n}")]).len()
             })
             .sum();
@@ -226,8 +273,358 @@ async fn a_server_and_two_nodes_run_what_berth_up_sends() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(left, 0, "containers left after down");
-    for (name, process, _) in nodes {
-        drop(process);
-        remove_node_objects(&name);
+    drop(nodes);
+}
+
+async fn status_of(
+    server: &Server,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = server
+        .http
+        .request(method, format!("{}{path}", server.api))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
     }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_isolated_and_every_token_is_checked() {
+    ensure_images();
+    let server = start_server().await;
+    let admin = server.admin;
+    let node = join_node(&server, &format!("i{}-n1", std::process::id())).await;
+    for tenant in ["acme", "globex"] {
+        let (code, body) = status_of(
+            &server,
+            admin,
+            reqwest::Method::POST,
+            "/v1/tenants",
+            Some(serde_json::json!({ "name": tenant })),
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+        let user = serde_json::json!({ "name": "dev", "password": format!("{tenant}-password-123"), "role": "developer" });
+        let (code, body) = status_of(
+            &server,
+            admin,
+            reqwest::Method::POST,
+            &format!("/v1/tenants/{tenant}/users"),
+            Some(user),
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+    }
+    // A password too short to store is refused with a message, not a 500.
+    let weak = serde_json::json!({ "name": "weak", "password": "short", "role": "developer" });
+    assert_eq!(
+        status_of(
+            &server,
+            admin,
+            reqwest::Method::POST,
+            "/v1/tenants/acme/users",
+            Some(weak)
+        )
+        .await
+        .0,
+        400
+    );
+
+    // Each developer logs in with `berth login`; the session token is a biscuit.
+    let login = |tenant: &str| {
+        let output = Command::new(berth_bin())
+            .args(["login", "--user", "dev"])
+            .env("BERTH_ENDPOINT", &server.api)
+            .env("BERTH_TENANT", tenant)
+            .env("BERTH_PASSWORD", format!("{tenant}-password-123"))
+            .output()
+            .expect("berth login runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    let (acme, globex) = (login("acme"), login("globex"));
+
+    // acme deploys through the CLI with its own session.
+    let yaml = "name: NAME\nservices:\n  secret:\n    image: berth/busybox:latest\n    init: true\n    command: [\"httpd\", \"-f\", \"-p\", \"8080\"]\n";
+    let mut project = Project::new("isolated", yaml);
+    project.set_env("BERTH_ENDPOINT", &server.api);
+    project.set_env("BERTH_TOKEN", &acme);
+    project.set_env("BERTH_TENANT", "acme");
+    let mut deployed = false;
+    for _ in 0..50 {
+        if project.berth(&["up"]).code == 0 {
+            deployed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(deployed, "acme could not deploy");
+    let acme_path = format!("/v1/tenants/acme/topologies/{}", project.name);
+
+    // globex can neither see, change nor delete anything of acme's.
+    use reqwest::Method;
+    assert_eq!(
+        status_of(&server, &globex, Method::GET, &acme_path, None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        status_of(&server, &globex, Method::DELETE, &acme_path, None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        status_of(
+            &server,
+            &globex,
+            Method::GET,
+            "/v1/tenants/acme/topologies",
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        status_of(
+            &server,
+            &globex,
+            Method::GET,
+            "/v1/tenants/acme/quota",
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    let takeover = serde_json::json!({ "name": project.name, "services": {} });
+    assert_eq!(
+        status_of(&server, &globex, Method::PUT, &acme_path, Some(takeover))
+            .await
+            .0,
+        403
+    );
+    let (code, own) = status_of(
+        &server,
+        &globex,
+        Method::GET,
+        "/v1/tenants/globex/topologies",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(own, serde_json::json!([]));
+    // ...nor administer the platform.
+    assert_eq!(
+        status_of(&server, &globex, Method::POST, "/v1/join-tokens", None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        status_of(
+            &server,
+            &globex,
+            Method::PUT,
+            "/v1/tenants/globex/quota",
+            Some(serde_json::json!({}))
+        )
+        .await
+        .0,
+        403
+    );
+    // acme's topology still runs.
+    assert_eq!(
+        status_of(&server, &acme, Method::GET, &acme_path, None)
+            .await
+            .0,
+        200
+    );
+
+    // Nor reach it over the network: globex's container is on other networks.
+    let mut probe = Project::new(
+        "probe",
+        "name: NAME\nservices:\n  probe:\n    image: berth/busybox:latest\n    init: true\n    command: [\"sleep\", \"3600\"]\n",
+    );
+    probe.set_env("BERTH_ENDPOINT", &server.api);
+    probe.set_env("BERTH_TOKEN", &globex);
+    probe.set_env("BERTH_TENANT", "globex");
+    probe.berth(&["up"]).ok();
+    let probe_container = format!("{}.globex.{}.probe.1", node.name, probe.name);
+    let reach = Command::new("docker")
+        .args([
+            "exec",
+            &probe_container,
+            "wget",
+            "-q",
+            "-T",
+            "2",
+            "-O",
+            "-",
+            "http://secret:8080/",
+        ])
+        .output()
+        .expect("docker exec");
+    assert!(
+        !reach.status.success(),
+        "globex reached acme's service: {}",
+        String::from_utf8_lossy(&reach.stdout)
+    );
+    let acme_container = format!("{}.acme.{}.secret.1", node.name, project.name);
+    let acme_networks = docker_lines(&[
+        "inspect",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+        &acme_container,
+    ]);
+    let globex_networks = docker_lines(&[
+        "inspect",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+        &probe_container,
+    ]);
+    let shared: Vec<&str> = acme_networks[0]
+        .split_whitespace()
+        .filter(|n| globex_networks[0].split_whitespace().any(|g| g == *n))
+        .collect();
+    assert!(shared.is_empty(), "the tenants share networks {shared:?}");
+
+    // A token signed by another root key, or garbage, is not a session at all.
+    let other_root = biscuit_auth::KeyPair::new();
+    let session = berth_protocol::capability::Session {
+        user: "dev".into(),
+        tenant: "acme".into(),
+        role: berth_protocol::capability::Role::Admin,
+    };
+    let forged = berth_protocol::capability::mint_session(
+        &other_root,
+        1,
+        &session,
+        std::time::SystemTime::now() + Duration::from_secs(600),
+    )
+    .expect("mint");
+    assert_eq!(
+        status_of(&server, &forged, Method::GET, &acme_path, None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        status_of(&server, "not-a-token", Method::GET, &acme_path, None)
+            .await
+            .0,
+        401
+    );
+
+    // acme attenuates its own token offline into a CI token that may only deploy this
+    // topology: it deploys, and may do nothing else.
+    let parsed = biscuit_auth::UnverifiedBiscuit::from_base64(&acme).expect("parse");
+    let ci = parsed
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(format!(
+                    "check if operation(\"deploy\"), topology(\"{}\")",
+                    project.name
+                ))
+                .expect("block"),
+        )
+        .expect("append")
+        .to_base64()
+        .expect("encode");
+    project.set_env("BERTH_TOKEN", &ci);
+    project.berth(&["up", "-d"]).ok();
+    assert_eq!(
+        status_of(&server, &ci, Method::GET, &acme_path, None)
+            .await
+            .0,
+        403,
+        "the CI token read status"
+    );
+    assert_eq!(
+        status_of(&server, &ci, Method::DELETE, &acme_path, None)
+            .await
+            .0,
+        403,
+        "the CI token deleted"
+    );
+    let other = serde_json::json!({ "name": "other", "services": { "x": { "image": "berth/busybox:latest", "replicas": 1, "networks": { "default": {} } } }, "networks": { "default": {} } });
+    assert_eq!(
+        status_of(
+            &server,
+            &ci,
+            Method::PUT,
+            "/v1/tenants/acme/topologies/other",
+            Some(other)
+        )
+        .await
+        .0,
+        403,
+        "the CI token deployed another topology"
+    );
+
+    // Wrong passwords, many times: the login is throttled, even with the right one.
+    let wrong =
+        serde_json::json!({ "tenant": "acme", "user": "dev", "password": "wrong-password-0000" });
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(
+            server
+                .http
+                .post(format!("{}/v1/login", server.api))
+                .json(&wrong)
+                .send()
+                .await
+                .expect("request")
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(codes[..5], [401, 401, 401, 401, 401], "{codes:?}");
+    assert_eq!(codes[5], 429, "{codes:?}");
+    let right =
+        serde_json::json!({ "tenant": "acme", "user": "dev", "password": "acme-password-123" });
+    assert_eq!(
+        server
+            .http
+            .post(format!("{}/v1/login", server.api))
+            .json(&right)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16(),
+        429
+    );
+    // An unknown user gets the same answer as a wrong password.
+    let ghost =
+        serde_json::json!({ "tenant": "acme", "user": "ghost", "password": "whatever-password" });
+    let response = server
+        .http
+        .post(format!("{}/v1/login", server.api))
+        .json(&ghost)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 401);
+
+    project.set_env("BERTH_TOKEN", &acme);
+    project.berth(&["down"]).ok();
+    probe.berth(&["down"]).ok();
+    drop(node);
 }

@@ -1,0 +1,465 @@
+//! The capability vocabulary: what Berth's biscuit tokens say, and the policies that
+//! decide what a token may do. One place, so that minting and checking never drift.
+//!
+//! A **session token** is minted at login by the control plane's root key. Its
+//! authority block states `user`, `tenant`, `role` and an expiry check:
+//!
+//! ```text
+//! user("alice"); tenant("acme"); role("developer");
+//! check if time($t), $t < 2026-11-23T20:00:00Z;
+//! ```
+//!
+//! Its holder may append blocks that only narrow it, offline, for example a CI token
+//! that may only deploy topology `web`:
+//!
+//! ```text
+//! check if operation("deploy"), topology("web");
+//! ```
+//!
+//! To authorize a request the gateway states the request as facts (`time`,
+//! `operation`, `resource_tenant`, and `topology` when one is named) and applies
+//! [`POLICIES`]; every check in every block must pass as well.
+
+use std::time::{Duration, SystemTime};
+
+use biscuit_auth::builder::{Fact, Term, date, fact, string};
+use biscuit_auth::{AuthorizerLimits, Biscuit, KeyPair, PublicKey, error};
+
+/// What a role may do. Admins manage the platform; developers own their tenant's
+/// topologies; auditors read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Tenants, quotas, nodes, users: everything.
+    Admin,
+    /// Deploy, read and delete the topologies of their own tenant.
+    Developer,
+    /// Read everything of their own tenant.
+    Auditor,
+}
+
+impl Role {
+    /// The word used in tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    /// The role named `s`, if any.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "developer" => Some(Role::Developer),
+            "auditor" => Some(Role::Auditor),
+            _ => None,
+        }
+    }
+}
+
+/// An operation on the API, as tokens name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Create or update a topology.
+    Deploy,
+    /// Read topologies and their status.
+    Read,
+    /// Delete a topology.
+    Delete,
+    /// Manage tenants, quotas, users and nodes.
+    Administer,
+}
+
+impl Operation {
+    /// The word used in tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Deploy => "deploy",
+            Operation::Read => "read",
+            Operation::Delete => "delete",
+            Operation::Administer => "administer",
+        }
+    }
+}
+
+/// The authorizer's policies, in order; the first that matches decides.
+pub const POLICIES: &str = r#"
+allow if role("admin");
+allow if role("developer"), tenant($t), resource_tenant($t), operation($op), ["deploy", "read", "delete"].contains($op);
+allow if role("auditor"), tenant($t), resource_tenant($t), operation("read");
+deny if true;
+"#;
+
+/// Limits for running a token's datalog: explicit, and generous enough in time that a
+/// loaded machine does not refuse valid tokens (the library default is 1 ms).
+pub fn limits() -> AuthorizerLimits {
+    AuthorizerLimits {
+        max_facts: 1000,
+        max_iterations: 100,
+        max_time: Duration::from_millis(50),
+    }
+}
+
+/// Who a session is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The user.
+    pub user: String,
+    /// The user's tenant.
+    pub tenant: String,
+    /// The user's role.
+    pub role: Role,
+}
+
+/// Mints a session token for `session`, valid until `expires`, signed by `root`
+/// (identified by `root_key_id`, so keys can rotate). Returns it in base64.
+pub fn mint_session(
+    root: &KeyPair,
+    root_key_id: u32,
+    session: &Session,
+    expires: SystemTime,
+) -> Result<String, error::Token> {
+    let token = Biscuit::builder()
+        .fact(fact("user", &[string(&session.user)]))?
+        .fact(fact("tenant", &[string(&session.tenant)]))?
+        .fact(fact("role", &[string(session.role.as_str())]))?
+        .code_with_params(
+            "check if time($t), $t < {expires}",
+            std::collections::HashMap::from([("expires".to_owned(), Term::from(expires))]),
+            std::collections::HashMap::new(),
+        )?
+        .root_key_id(root_key_id)
+        .build(root)?;
+    token.to_base64()
+}
+
+/// A request to authorize.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    /// The operation.
+    pub operation: Operation,
+    /// The tenant whose resources are touched.
+    pub tenant: &'a str,
+    /// The topology, when the request names one.
+    pub topology: Option<&'a str>,
+    /// The current time.
+    pub now: SystemTime,
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    /// The token is not a biscuit signed by a known root key (forged, tampered, or
+    /// from another issuer).
+    #[error("the token is not valid: {0}")]
+    Invalid(String),
+    /// The token is valid but does not allow this request (wrong tenant, role, an
+    /// attenuation, or it expired).
+    #[error("the token does not allow {operation} on tenant {tenant:?}{}", topology.as_ref().map(|t| format!(" topology {t:?}")).unwrap_or_default())]
+    Forbidden {
+        /// The operation asked for.
+        operation: &'static str,
+        /// The tenant asked for.
+        tenant: String,
+        /// The topology asked for.
+        topology: Option<String>,
+    },
+}
+
+/// Parses and verifies `token` against the root key `root_key` picks by key id, then
+/// authorizes `request`. Returns who the session is for.
+pub fn authorize(
+    token: &str,
+    root_key: impl Fn(Option<u32>) -> Result<PublicKey, error::Format>,
+    request: &Request<'_>,
+) -> Result<Session, Denied> {
+    let biscuit =
+        Biscuit::from_base64(token, root_key).map_err(|e| Denied::Invalid(e.to_string()))?;
+    let forbidden = || Denied::Forbidden {
+        operation: request.operation.as_str(),
+        tenant: request.tenant.to_owned(),
+        topology: request.topology.map(str::to_owned),
+    };
+    let mut facts: Vec<Fact> = vec![
+        fact("time", &[date(&request.now)]),
+        fact("operation", &[string(request.operation.as_str())]),
+        fact("resource_tenant", &[string(request.tenant)]),
+    ];
+    if let Some(topology) = request.topology {
+        facts.push(fact("topology", &[string(topology)]));
+    }
+    let mut builder = biscuit_auth::AuthorizerBuilder::new().set_limits(limits());
+    for f in facts {
+        builder = builder
+            .fact(f)
+            .map_err(|e| Denied::Invalid(e.to_string()))?;
+    }
+    let mut authorizer = builder
+        .code(POLICIES)
+        .and_then(|b| b.build(&biscuit))
+        .map_err(|e| Denied::Invalid(e.to_string()))?;
+    authorizer.authorize().map_err(|_| forbidden())?;
+    // Queries trust the authority block and the authorizer only, never appended blocks:
+    // who the session is for comes from what the root key signed.
+    let users: Vec<(String,)> = authorizer
+        .query("data($u) <- user($u)")
+        .map_err(|_| forbidden())?;
+    let tenants: Vec<(String,)> = authorizer
+        .query("data($t) <- tenant($t)")
+        .map_err(|_| forbidden())?;
+    let roles: Vec<(String,)> = authorizer
+        .query("data($r) <- role($r)")
+        .map_err(|_| forbidden())?;
+    match (users.as_slice(), tenants.as_slice(), roles.as_slice()) {
+        ([(user,)], [(tenant,)], [(role,)]) => Ok(Session {
+            user: user.clone(),
+            tenant: tenant.clone(),
+            role: Role::parse(role).ok_or_else(forbidden)?,
+        }),
+        _ => Err(forbidden()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use biscuit_auth::builder::BlockBuilder;
+
+    fn keys() -> KeyPair {
+        KeyPair::new()
+    }
+
+    fn session(role: Role) -> Session {
+        Session {
+            user: "alice".into(),
+            tenant: "acme".into(),
+            role,
+        }
+    }
+
+    fn request(
+        operation: Operation,
+        tenant: &str,
+        topology: Option<&'static str>,
+        now: SystemTime,
+    ) -> Request<'static> {
+        Request {
+            operation,
+            tenant: Box::leak(tenant.to_owned().into_boxed_str()),
+            topology,
+            now,
+        }
+    }
+
+    #[test]
+    fn a_developer_acts_on_their_own_tenant_only() {
+        let root = keys();
+        let now = SystemTime::now();
+        let token = mint_session(
+            &root,
+            1,
+            &session(Role::Developer),
+            now + Duration::from_secs(600),
+        )
+        .unwrap();
+        let key = |_| Ok(root.public());
+        let who = authorize(
+            &token,
+            key,
+            &request(Operation::Deploy, "acme", Some("web"), now),
+        )
+        .unwrap();
+        assert_eq!(who, session(Role::Developer));
+        assert!(authorize(&token, key, &request(Operation::Read, "acme", None, now)).is_ok());
+        assert!(matches!(
+            authorize(&token, key, &request(Operation::Read, "globex", None, now)),
+            Err(Denied::Forbidden { .. })
+        ));
+        assert!(matches!(
+            authorize(
+                &token,
+                key,
+                &request(Operation::Administer, "acme", None, now)
+            ),
+            Err(Denied::Forbidden { .. })
+        ));
+    }
+
+    #[test]
+    fn an_auditor_reads_and_an_admin_does_everything() {
+        let root = keys();
+        let now = SystemTime::now();
+        let key = |_| Ok(root.public());
+        let auditor = mint_session(
+            &root,
+            1,
+            &session(Role::Auditor),
+            now + Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(authorize(&auditor, key, &request(Operation::Read, "acme", None, now)).is_ok());
+        assert!(
+            authorize(
+                &auditor,
+                key,
+                &request(Operation::Deploy, "acme", Some("x"), now)
+            )
+            .is_err()
+        );
+        let admin = mint_session(
+            &root,
+            1,
+            &session(Role::Admin),
+            now + Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(
+            authorize(
+                &admin,
+                key,
+                &request(Operation::Administer, "globex", None, now)
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_refused() {
+        let root = keys();
+        let now = SystemTime::now();
+        let token = mint_session(
+            &root,
+            1,
+            &session(Role::Admin),
+            now + Duration::from_secs(60),
+        )
+        .unwrap();
+        let later = now + Duration::from_secs(61);
+        assert!(matches!(
+            authorize(
+                &token,
+                |_| Ok(root.public()),
+                &request(Operation::Read, "acme", None, later)
+            ),
+            Err(Denied::Forbidden { .. })
+        ));
+    }
+
+    #[test]
+    fn a_token_from_another_root_or_tampered_is_invalid() {
+        let root = keys();
+        let now = SystemTime::now();
+        let forged = mint_session(
+            &keys(),
+            1,
+            &session(Role::Admin),
+            now + Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(matches!(
+            authorize(
+                &forged,
+                |_| Ok(root.public()),
+                &request(Operation::Read, "acme", None, now)
+            ),
+            Err(Denied::Invalid(_))
+        ));
+        let token = mint_session(
+            &root,
+            1,
+            &session(Role::Developer),
+            now + Duration::from_secs(60),
+        )
+        .unwrap();
+        let mut bytes: Vec<char> = token.chars().collect();
+        let i = bytes.len() / 2;
+        bytes[i] = if bytes[i] == 'A' { 'B' } else { 'A' };
+        let tampered: String = bytes.into_iter().collect();
+        assert!(matches!(
+            authorize(
+                &tampered,
+                |_| Ok(root.public()),
+                &request(Operation::Read, "acme", None, now)
+            ),
+            Err(Denied::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn an_attenuated_ci_token_only_deploys_its_topology() {
+        let root = keys();
+        let now = SystemTime::now();
+        let token = mint_session(
+            &root,
+            1,
+            &session(Role::Developer),
+            now + Duration::from_secs(600),
+        )
+        .unwrap();
+        let parsed = Biscuit::from_base64(&token, |_| Ok(root.public())).unwrap();
+        let ci = parsed
+            .append(
+                BlockBuilder::new()
+                    .code(r#"check if operation("deploy"), topology("web")"#)
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        let key = |_| Ok(root.public());
+        assert!(
+            authorize(
+                &ci,
+                key,
+                &request(Operation::Deploy, "acme", Some("web"), now)
+            )
+            .is_ok()
+        );
+        assert!(
+            authorize(
+                &ci,
+                key,
+                &request(Operation::Deploy, "acme", Some("db"), now)
+            )
+            .is_err()
+        );
+        assert!(
+            authorize(
+                &ci,
+                key,
+                &request(Operation::Delete, "acme", Some("web"), now)
+            )
+            .is_err()
+        );
+        assert!(authorize(&ci, key, &request(Operation::Read, "acme", None, now)).is_err());
+        // A later block cannot widen what the session allowed: a fact claiming another
+        // tenant or role in an appended block is not trusted by the policies.
+        let widened = parsed
+            .append(
+                BlockBuilder::new()
+                    .code(r#"role("admin"); tenant("globex");"#)
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(
+            authorize(
+                &widened,
+                key,
+                &request(Operation::Administer, "globex", None, now)
+            )
+            .is_err()
+        );
+        assert!(
+            authorize(
+                &widened,
+                key,
+                &request(Operation::Read, "globex", None, now)
+            )
+            .is_err()
+        );
+    }
+}
