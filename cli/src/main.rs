@@ -112,6 +112,18 @@ enum Command {
         #[arg(long)]
         user: String,
     },
+    /// Manage tenants (admin, with --endpoint).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage a tenant's quota (admin, with --endpoint).
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Manage users (admin, with --endpoint).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage nodes (admin, with --endpoint).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Run the control plane for a pool: the API, and the node API that node agents
     /// (`berth-node join`) connect to. Prints the command that joins a machine.
     Server {
@@ -141,10 +153,103 @@ impl Cli {
             | Command::Validate { file }
             | Command::Config { file } => file.file.as_deref(),
             Command::Logs { file, .. } => file.as_deref(),
-            Command::Server { .. } | Command::Login { .. } => None,
+            Command::Server { .. }
+            | Command::Login { .. }
+            | Command::Tenant(_)
+            | Command::Quota(_)
+            | Command::User(_)
+            | Command::Node(_) => None,
         };
         after.or(self.file.file.as_deref())
     }
+}
+
+/// A quota, as flags.
+#[derive(Debug, Clone, clap::Args)]
+struct QuotaArgs {
+    /// CPU, in cores (for example 4 or 0.5).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory, for example 8g or 512m.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Containers.
+    #[arg(long)]
+    containers: Option<u64>,
+}
+
+impl QuotaArgs {
+    fn to_json(&self) -> Result<serde_json::Value, Failure> {
+        let invalid = |message: String| Failure {
+            exit: Exit::Invalid,
+            message,
+        };
+        let cpu_millis = self
+            .cpus
+            .map(berth_protocol::topology::units::cpus_to_millis)
+            .transpose()
+            .map_err(invalid)?;
+        let memory_bytes = self
+            .memory
+            .as_deref()
+            .map(berth_protocol::topology::units::parse_bytes)
+            .transpose()
+            .map_err(invalid)?;
+        Ok(
+            serde_json::json!({ "cpu_millis": cpu_millis, "memory_bytes": memory_bytes, "containers": self.containers }),
+        )
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant, with a quota (unlimited where not given).
+    Create {
+        /// The tenant's name.
+        name: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QuotaCommand {
+    /// Set a tenant's quota; a limit left out is unlimited.
+    Set {
+        /// The tenant.
+        tenant: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// Show a tenant's quota and what it uses.
+    Show {
+        /// The tenant.
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from BERTH_PASSWORD, else standard input.
+    Create {
+        /// The tenant.
+        tenant: String,
+        /// The user's name.
+        name: String,
+        /// admin, developer or auditor.
+        #[arg(long, default_value = "developer")]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Make a one-time join token and print the command that joins a machine.
+    JoinToken {
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u32,
+    },
 }
 
 /// Exit codes, as documented at the top of this file and in the README.
@@ -263,6 +368,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             service,
             ..
         } => logs(&cli, *follow, *tail, service.as_deref()).await,
+        Command::Tenant(_) | Command::Quota(_) | Command::User(_) | Command::Node(_) => {
+            admin(&cli).await
+        }
         Command::Login { user } => login(&cli, user).await,
         Command::Server {
             listen,
@@ -615,22 +723,96 @@ async fn follow_logs(
     }
 }
 
-async fn login(cli: &Cli, user: &str) -> Result<(), Failure> {
-    let endpoint = cli.endpoint.as_deref().ok_or_else(|| Failure {
-        exit: Exit::Invalid,
-        message: "login needs --endpoint (or BERTH_ENDPOINT)".into(),
-    })?;
-    let password = match std::env::var("BERTH_PASSWORD") {
-        Ok(p) => p,
+fn read_password() -> Result<String, Failure> {
+    match std::env::var("BERTH_PASSWORD") {
+        Ok(p) => Ok(p),
         Err(_) => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).map_err(|e| Failure {
                 exit: Exit::Failure,
                 message: format!("cannot read the password: {e}"),
             })?;
-            line.trim_end_matches(['\n', '\r']).to_owned()
+            Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+        }
+    }
+}
+
+/// The admin subcommands: each is one call of the REST API.
+async fn admin(cli: &Cli) -> Result<(), Failure> {
+    use reqwest::Method;
+    let remote = cli.remote()?.ok_or_else(|| Failure {
+        exit: Exit::Invalid,
+        message: "admin commands need --endpoint (or BERTH_ENDPOINT) and an admin token".into(),
+    })?;
+    let answer = match &cli.command {
+        Command::Tenant(TenantCommand::Create { name, quota }) => {
+            remote
+                .admin(
+                    Method::POST,
+                    "/tenants",
+                    Some(serde_json::json!({ "name": name, "quota": quota.to_json()? })),
+                )
+                .await?
+        }
+        Command::Quota(QuotaCommand::Set { tenant, quota }) => {
+            remote
+                .admin(
+                    Method::PUT,
+                    &format!("/tenants/{tenant}/quota"),
+                    Some(quota.to_json()?),
+                )
+                .await?
+        }
+        Command::Quota(QuotaCommand::Show { tenant }) => {
+            remote
+                .admin(Method::GET, &format!("/tenants/{tenant}/quota"), None)
+                .await?
+        }
+        Command::User(UserCommand::Create { tenant, name, role }) => {
+            let role = berth_protocol::capability::Role::parse(role).ok_or_else(|| Failure {
+                exit: Exit::Invalid,
+                message: format!("unknown role {role:?}: use admin, developer or auditor"),
+            })?;
+            let password = read_password()?;
+            remote
+                .admin(
+                    Method::POST,
+                    &format!("/tenants/{tenant}/users"),
+                    Some(serde_json::json!({ "name": name, "password": password, "role": role })),
+                )
+                .await?
+        }
+        Command::Node(NodeCommand::JoinToken { ttl }) => {
+            let answer = remote
+                .admin(
+                    Method::POST,
+                    "/join-tokens",
+                    Some(serde_json::json!({ "ttl_seconds": ttl })),
+                )
+                .await?;
+            if !cli.json {
+                println!("{}", answer["join_command"].as_str().unwrap_or_default());
+                return Ok(());
+            }
+            answer
+        }
+        _ => {
+            return Err(Failure {
+                exit: Exit::Failure,
+                message: "not an admin command".into(),
+            });
         }
     };
+    print_json(&answer);
+    Ok(())
+}
+
+async fn login(cli: &Cli, user: &str) -> Result<(), Failure> {
+    let endpoint = cli.endpoint.as_deref().ok_or_else(|| Failure {
+        exit: Exit::Invalid,
+        message: "login needs --endpoint (or BERTH_ENDPOINT)".into(),
+    })?;
+    let password = read_password()?;
     let session = remote::login(endpoint, &cli.tenant, user, &password).await?;
     if cli.json {
         print_json(&session);

@@ -84,6 +84,22 @@ impl Remote {
         })
     }
 
+    /// An admin call: `method` on `path` under `/v1` with an optional JSON body.
+    pub(crate) async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, RemoteError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}/v1{path}", self.endpoint));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(request).await
+    }
+
     /// Deploys `topology` into the tenant.
     pub(crate) async fn deploy(&self, topology: &Topology) -> Result<Deployed, RemoteError> {
         self.send(

@@ -304,27 +304,50 @@ async fn tenants_are_isolated_and_every_token_is_checked() {
     let server = start_server().await;
     let admin = server.admin;
     let node = join_node(&server, &format!("i{}-n1", std::process::id())).await;
+    // An admin creates the tenants and their developers with the CLI.
+    let admin_cli = |args: &[&str], password: Option<&str>| {
+        let mut command = Command::new(berth_bin());
+        command
+            .args(args)
+            .env("BERTH_ENDPOINT", &server.api)
+            .env("BERTH_TOKEN", admin);
+        if let Some(p) = password {
+            command.env("BERTH_PASSWORD", p);
+        }
+        let output = command.output().expect("berth runs");
+        assert!(
+            output.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
     for tenant in ["acme", "globex"] {
-        let (code, body) = status_of(
-            &server,
-            admin,
-            reqwest::Method::POST,
-            "/v1/tenants",
-            Some(serde_json::json!({ "name": tenant })),
-        )
-        .await;
-        assert_eq!(code, 201, "{body}");
-        let user = serde_json::json!({ "name": "dev", "password": format!("{tenant}-password-123"), "role": "developer" });
-        let (code, body) = status_of(
-            &server,
-            admin,
-            reqwest::Method::POST,
-            &format!("/v1/tenants/{tenant}/users"),
-            Some(user),
-        )
-        .await;
-        assert_eq!(code, 201, "{body}");
+        admin_cli(
+            &[
+                "tenant",
+                "create",
+                tenant,
+                "--containers",
+                "10",
+                "--memory",
+                "1g",
+            ],
+            None,
+        );
+        admin_cli(
+            &["user", "create", tenant, "dev", "--role", "developer"],
+            Some(&format!("{tenant}-password-123")),
+        );
     }
+    let quota: serde_json::Value =
+        serde_json::from_str(&admin_cli(&["quota", "show", "acme"], None)).expect("json");
+    assert_eq!(quota["limit"]["containers"], 10);
+    assert_eq!(quota["limit"]["memory_bytes"], 1u64 << 30);
+    assert!(
+        admin_cli(&["node", "join-token"], None)
+            .starts_with("berth-node join --allocator http://127.0.0.1:")
+    );
     // A password too short to store is refused with a message, not a 500.
     let weak = serde_json::json!({ "name": "weak", "password": "short", "role": "developer" });
     assert_eq!(
