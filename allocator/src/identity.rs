@@ -132,15 +132,38 @@ impl Identities {
         }
         let hash = hash_token(token);
         let txn = self.db.begin().await?;
+        match Self::join_in(&txn, &hash, node, public_key, now_ms).await {
+            Ok(()) => {
+                txn.commit().await?;
+                Ok(())
+            }
+            Err(e) => {
+                // Explicitly, so the token is not left spent by a failed join and SQLite's
+                // write lock is released at once.
+                let _ = txn.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn join_in(
+        txn: &sea_orm::DatabaseTransaction,
+        hash: &str,
+        node: &str,
+        public_key: &[u8],
+        now_ms: i64,
+    ) -> Result<(), IdentityError> {
         let spent = join_token::Entity::update_many()
             .col_expr(join_token::Column::UsedBy, Expr::value(node.to_owned()))
-            .filter(join_token::Column::Hash.eq(&hash))
+            .filter(join_token::Column::Hash.eq(hash))
             .filter(join_token::Column::UsedBy.is_null())
             .filter(join_token::Column::ExpiresAtMs.gt(now_ms))
-            .exec(&txn)
+            .exec(txn)
             .await?;
         if spent.rows_affected != 1 {
-            let row = join_token::Entity::find_by_id(hash).one(&txn).await?;
+            let row = join_token::Entity::find_by_id(hash.to_owned())
+                .one(txn)
+                .await?;
             return Err(match row {
                 None => IdentityError::UnknownToken,
                 Some(r) if r.used_by.is_some() => IdentityError::UsedToken,
@@ -148,7 +171,7 @@ impl Identities {
             });
         }
         if node_identity::Entity::find_by_id(node.to_owned())
-            .one(&txn)
+            .one(txn)
             .await?
             .is_some()
         {
@@ -160,9 +183,8 @@ impl Identities {
             last_sequence: Set(0),
             joined_at_ms: Set(now_ms),
         })
-        .exec_without_returning(&txn)
+        .exec_without_returning(txn)
         .await?;
-        txn.commit().await?;
         Ok(())
     }
 

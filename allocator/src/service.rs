@@ -196,6 +196,36 @@ impl Allocator {
             topology: topology.name.clone(),
         };
         let txn = self.db.begin().await?;
+        // Roll back explicitly on failure: a dropped SQLite transaction would keep the
+        // write lock until its pooled connection is next used.
+        let (plan, nodes) = match self.deploy_in(&txn, tenant, revision, topology, &id).await {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = txn.rollback().await;
+                return Err(e);
+            }
+        };
+        txn.commit().await?;
+        self.changes.send_modify(|n| *n += 1);
+        let mut by_node = BTreeMap::new();
+        for name in nodes {
+            let slots: Vec<&Placed> = plan.slots.iter().filter(|s| s.node == name).collect();
+            let assignment = assignment_of(&id, revision, topology, &slots);
+            by_node.insert(name, assignment);
+        }
+        Ok(Deployment { by_node })
+    }
+
+    /// The body of [`Self::deploy`], inside its transaction: the placement and every
+    /// node it involves (old and new).
+    async fn deploy_in(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        tenant: &str,
+        revision: u64,
+        topology: &Topology,
+        id: &TopologyRef,
+    ) -> Result<(crate::placement::Placement, Vec<String>), AllocatorError> {
         // Write to the tenant's quota row first: it serialises this tenant's deploys
         // (a row lock on PostgreSQL, the write lock on SQLite, taken before any read so
         // SQLite never has to upgrade a read lock and fail), and everything read below
@@ -206,18 +236,18 @@ impl Allocator {
                 Expr::col(quota::Column::ContainersUsed),
             )
             .filter(quota::Column::Tenant.eq(tenant))
-            .exec(&txn)
+            .exec(txn)
             .await?;
         if locked.rows_affected == 0 {
             return Err(AllocatorError::UnknownTenant(tenant.to_owned()));
         }
         let quota_row = quota::Entity::find_by_id(tenant.to_owned())
-            .one(&txn)
+            .one(txn)
             .await?
             .ok_or_else(|| AllocatorError::UnknownTenant(tenant.to_owned()))?;
-        let placed = load_placed(&txn, &id).await?;
+        let placed = load_placed(txn, id).await?;
         let nodes: Vec<NodeView> = node::Entity::find()
-            .all(&txn)
+            .all(txn)
             .await?
             .into_iter()
             .map(|n| NodeView {
@@ -246,7 +276,7 @@ impl Allocator {
             })
             .collect();
         let counter = placement::Entity::find_by_id((tenant.to_owned(), topology.name.clone()))
-            .one(&txn)
+            .one(txn)
             .await?;
         let next_generation = counter
             .as_ref()
@@ -288,12 +318,12 @@ impl Allocator {
                 quota::Column::ContainersLimit,
                 delta.containers,
             ))
-            .exec(&txn)
+            .exec(txn)
             .await?;
         if reserved.rows_affected != 1 {
             // Someone else reserved in between: report against what is used now.
             let row = quota::Entity::find_by_id(tenant.to_owned())
-                .one(&txn)
+                .one(txn)
                 .await?;
             let (limit, used) = row.as_ref().map(quota_parts).unwrap_or_default();
             check_quota(tenant, used, grow(before, after), &limit)?;
@@ -348,7 +378,7 @@ impl Allocator {
                     node::Column::ContainersCapacity,
                     delta.containers,
                 ))
-                .exec(&txn)
+                .exec(txn)
                 .await?;
             if updated.rows_affected != 1 {
                 return Err(AllocatorError::Contended((*name).to_owned()));
@@ -359,7 +389,7 @@ impl Allocator {
         assignment::Entity::delete_many()
             .filter(assignment::Column::Tenant.eq(tenant))
             .filter(assignment::Column::Topology.eq(&topology.name))
-            .exec(&txn)
+            .exec(txn)
             .await?;
         for chunk in plan.slots.chunks(500) {
             let rows = chunk.iter().map(|p| assignment::ActiveModel {
@@ -373,7 +403,7 @@ impl Allocator {
                 memory_bytes: Set(to_i64(p.cost.memory_bytes)),
             });
             assignment::Entity::insert_many(rows)
-                .exec_without_returning(&txn)
+                .exec_without_returning(txn)
                 .await?;
         }
         let max_generation = plan
@@ -405,27 +435,46 @@ impl Allocator {
                 ])
                 .to_owned(),
             )
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
-        txn.commit().await?;
-        self.changes.send_modify(|n| *n += 1);
-
-        let mut by_node = BTreeMap::new();
-        for name in per_node.keys() {
-            let slots: Vec<&Placed> = plan.slots.iter().filter(|s| s.node == *name).collect();
-            by_node.insert(
-                (*name).to_owned(),
-                assignment_of(&id, revision, topology, &slots),
-            );
-        }
-        Ok(Deployment { by_node })
+        let nodes = per_node.keys().map(|n| (*n).to_owned()).collect();
+        Ok((plan, nodes))
     }
 
     /// Removes a topology's placement, releasing its quota and capacity. Returns the
     /// nodes that ran some of it.
     pub async fn remove(&self, id: &TopologyRef) -> Result<Vec<String>, AllocatorError> {
         let txn = self.db.begin().await?;
-        let placed = load_placed(&txn, id).await?;
+        match self.remove_in(&txn, id).await {
+            Ok(nodes) => {
+                txn.commit().await?;
+                self.changes.send_modify(|n| *n += 1);
+                Ok(nodes)
+            }
+            Err(e) => {
+                let _ = txn.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`Self::remove`], inside its transaction.
+    async fn remove_in(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        id: &TopologyRef,
+    ) -> Result<Vec<String>, AllocatorError> {
+        // Write first, as `deploy` does, so SQLite takes the write lock (waiting its
+        // turn) before any read, and never has to fail a lock upgrade.
+        quota::Entity::update_many()
+            .col_expr(
+                quota::Column::ContainersUsed,
+                Expr::col(quota::Column::ContainersUsed),
+            )
+            .filter(quota::Column::Tenant.eq(&id.tenant))
+            .exec(txn)
+            .await?;
+        let placed = load_placed(txn, id).await?;
         let total = sum(&placed);
         let release = Delta::between(total, Resources::default());
         quota::Entity::update_many()
@@ -442,7 +491,7 @@ impl Allocator {
                 Expr::col(quota::Column::ContainersUsed).add(release.containers),
             )
             .filter(quota::Column::Tenant.eq(&id.tenant))
-            .exec(&txn)
+            .exec(txn)
             .await?;
         let mut per_node: BTreeMap<String, Resources> = BTreeMap::new();
         for p in &placed {
@@ -465,19 +514,17 @@ impl Allocator {
                     Expr::col(node::Column::ContainersUsed).add(release.containers),
                 )
                 .filter(node::Column::Name.eq(name))
-                .exec(&txn)
+                .exec(txn)
                 .await?;
         }
         assignment::Entity::delete_many()
             .filter(assignment::Column::Tenant.eq(&id.tenant))
             .filter(assignment::Column::Topology.eq(&id.topology))
-            .exec(&txn)
+            .exec(txn)
             .await?;
         placement::Entity::delete_by_id((id.tenant.clone(), id.topology.clone()))
-            .exec(&txn)
+            .exec(txn)
             .await?;
-        txn.commit().await?;
-        self.changes.send_modify(|n| *n += 1);
         Ok(per_node.into_keys().collect())
     }
 

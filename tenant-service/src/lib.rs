@@ -125,15 +125,45 @@ impl TenantService {
             source,
         })?;
         let txn = self.db.begin().await?;
-        if tenant::Entity::find_by_id(tenant_name.to_owned())
-            .one(&txn)
-            .await?
-            .is_none()
+        match self
+            .put_revision_in(&txn, tenant_name, spec, &json, now_ms)
+            .await
         {
+            Ok(stored) => {
+                txn.commit().await?;
+                Ok(stored)
+            }
+            Err(e) => {
+                let _ = txn.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`Self::put_revision`], inside its transaction.
+    async fn put_revision_in(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        tenant_name: &str,
+        spec: &Topology,
+        json: &str,
+        now_ms: i64,
+    ) -> Result<StoredRevision, TenantError> {
+        // Write first: SQLite then takes the write lock (waiting its turn) before any
+        // read, and concurrent deploys never fail a lock upgrade.
+        let touched = tenant::Entity::update_many()
+            .col_expr(
+                tenant::Column::CreatedAtMs,
+                sea_orm::sea_query::Expr::col(tenant::Column::CreatedAtMs),
+            )
+            .filter(tenant::Column::Name.eq(tenant_name))
+            .exec(txn)
+            .await?;
+        if touched.rows_affected == 0 {
             return Err(TenantError::UnknownTenant(tenant_name.to_owned()));
         }
         let current = topology::Entity::find_by_id((tenant_name.to_owned(), spec.name.clone()))
-            .one(&txn)
+            .one(txn)
             .await?;
         if let Some(current) = &current {
             let stored = revision::Entity::find_by_id((
@@ -141,10 +171,9 @@ impl TenantService {
                 spec.name.clone(),
                 current.current_revision,
             ))
-            .one(&txn)
+            .one(txn)
             .await?;
             if stored.is_some_and(|r| r.spec == json) {
-                txn.commit().await?;
                 return Ok(StoredRevision {
                     revision: current.current_revision as u64,
                     is_new: false,
@@ -157,7 +186,7 @@ impl TenantService {
             .filter(revision::Column::Tenant.eq(tenant_name))
             .filter(revision::Column::Topology.eq(&spec.name))
             .order_by_desc(revision::Column::Revision)
-            .one(&txn)
+            .one(txn)
             .await?
             .map_or(0, |r| r.revision);
         let next = last + 1;
@@ -165,10 +194,10 @@ impl TenantService {
             tenant: Set(tenant_name.to_owned()),
             topology: Set(spec.name.clone()),
             revision: Set(next),
-            spec: Set(json),
+            spec: Set(json.to_owned()),
             created_at_ms: Set(now_ms),
         })
-        .exec_without_returning(&txn)
+        .exec_without_returning(txn)
         .await?;
         let row = topology::ActiveModel {
             tenant: Set(tenant_name.to_owned()),
@@ -185,9 +214,8 @@ impl TenantService {
                     ])
                     .to_owned(),
             )
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
-        txn.commit().await?;
         Ok(StoredRevision {
             revision: next as u64,
             is_new: true,
