@@ -230,15 +230,8 @@ impl Allocator {
         // (a row lock on PostgreSQL, the write lock on SQLite, taken before any read so
         // SQLite never has to upgrade a read lock and fail), and everything read below
         // is then current.
-        let locked = quota::Entity::update_many()
-            .col_expr(
-                quota::Column::ContainersUsed,
-                Expr::col(quota::Column::ContainersUsed),
-            )
-            .filter(quota::Column::Tenant.eq(tenant))
-            .exec(txn)
-            .await?;
-        if locked.rows_affected == 0 {
+        let locked = lock_tenant(txn, tenant).await?;
+        if !locked {
             return Err(AllocatorError::UnknownTenant(tenant.to_owned()));
         }
         let quota_row = quota::Entity::find_by_id(tenant.to_owned())
@@ -289,38 +282,8 @@ impl Allocator {
         let (limit, used) = quota_parts(&quota_row);
         check_quota(tenant, used, grow(before, after), &limit)?;
         let delta = Delta::between(before, after);
-        let reserved = quota::Entity::update_many()
-            .col_expr(
-                quota::Column::CpuMillisUsed,
-                Expr::col(quota::Column::CpuMillisUsed).add(delta.cpu),
-            )
-            .col_expr(
-                quota::Column::MemoryBytesUsed,
-                Expr::col(quota::Column::MemoryBytesUsed).add(delta.memory),
-            )
-            .col_expr(
-                quota::Column::ContainersUsed,
-                Expr::col(quota::Column::ContainersUsed).add(delta.containers),
-            )
-            .filter(quota::Column::Tenant.eq(tenant))
-            .filter(within(
-                quota::Column::CpuMillisUsed,
-                quota::Column::CpuMillisLimit,
-                delta.cpu,
-            ))
-            .filter(within(
-                quota::Column::MemoryBytesUsed,
-                quota::Column::MemoryBytesLimit,
-                delta.memory,
-            ))
-            .filter(within(
-                quota::Column::ContainersUsed,
-                quota::Column::ContainersLimit,
-                delta.containers,
-            ))
-            .exec(txn)
-            .await?;
-        if reserved.rows_affected != 1 {
+        let reserved = shift_quota(txn, tenant, delta).await?;
+        if !reserved {
             // Someone else reserved in between: report against what is used now.
             let row = quota::Entity::find_by_id(tenant.to_owned())
                 .one(txn)
@@ -349,38 +312,8 @@ impl Allocator {
             if delta.is_zero() {
                 continue;
             }
-            let updated = node::Entity::update_many()
-                .col_expr(
-                    node::Column::CpuMillisUsed,
-                    Expr::col(node::Column::CpuMillisUsed).add(delta.cpu),
-                )
-                .col_expr(
-                    node::Column::MemoryBytesUsed,
-                    Expr::col(node::Column::MemoryBytesUsed).add(delta.memory),
-                )
-                .col_expr(
-                    node::Column::ContainersUsed,
-                    Expr::col(node::Column::ContainersUsed).add(delta.containers),
-                )
-                .filter(node::Column::Name.eq(*name))
-                .filter(within(
-                    node::Column::CpuMillisUsed,
-                    node::Column::CpuMillisCapacity,
-                    delta.cpu,
-                ))
-                .filter(within(
-                    node::Column::MemoryBytesUsed,
-                    node::Column::MemoryBytesCapacity,
-                    delta.memory,
-                ))
-                .filter(within(
-                    node::Column::ContainersUsed,
-                    node::Column::ContainersCapacity,
-                    delta.containers,
-                ))
-                .exec(txn)
-                .await?;
-            if updated.rows_affected != 1 {
+            let reserved = shift_node(txn, name, delta).await?;
+            if !reserved {
                 return Err(AllocatorError::Contended((*name).to_owned()));
             }
         }
@@ -466,33 +399,12 @@ impl Allocator {
     ) -> Result<Vec<String>, AllocatorError> {
         // Write first, as `deploy` does, so SQLite takes the write lock (waiting its
         // turn) before any read, and never has to fail a lock upgrade.
-        quota::Entity::update_many()
-            .col_expr(
-                quota::Column::ContainersUsed,
-                Expr::col(quota::Column::ContainersUsed),
-            )
-            .filter(quota::Column::Tenant.eq(&id.tenant))
-            .exec(txn)
-            .await?;
+        lock_tenant(txn, &id.tenant).await?;
         let placed = load_placed(txn, id).await?;
         let total = sum(&placed);
         let release = Delta::between(total, Resources::default());
-        quota::Entity::update_many()
-            .col_expr(
-                quota::Column::CpuMillisUsed,
-                Expr::col(quota::Column::CpuMillisUsed).add(release.cpu),
-            )
-            .col_expr(
-                quota::Column::MemoryBytesUsed,
-                Expr::col(quota::Column::MemoryBytesUsed).add(release.memory),
-            )
-            .col_expr(
-                quota::Column::ContainersUsed,
-                Expr::col(quota::Column::ContainersUsed).add(release.containers),
-            )
-            .filter(quota::Column::Tenant.eq(&id.tenant))
-            .exec(txn)
-            .await?;
+        // Releasing never exceeds a limit, so this always applies.
+        shift_quota(txn, &id.tenant, release).await?;
         let mut per_node: BTreeMap<String, Resources> = BTreeMap::new();
         for p in &placed {
             let e = per_node.entry(p.node.clone()).or_default();
@@ -500,22 +412,7 @@ impl Allocator {
         }
         for (name, amount) in &per_node {
             let release = Delta::between(*amount, Resources::default());
-            node::Entity::update_many()
-                .col_expr(
-                    node::Column::CpuMillisUsed,
-                    Expr::col(node::Column::CpuMillisUsed).add(release.cpu),
-                )
-                .col_expr(
-                    node::Column::MemoryBytesUsed,
-                    Expr::col(node::Column::MemoryBytesUsed).add(release.memory),
-                )
-                .col_expr(
-                    node::Column::ContainersUsed,
-                    Expr::col(node::Column::ContainersUsed).add(release.containers),
-                )
-                .filter(node::Column::Name.eq(name))
-                .exec(txn)
-                .await?;
+            shift_node(txn, name, release).await?;
         }
         assignment::Entity::delete_many()
             .filter(assignment::Column::Tenant.eq(&id.tenant))
@@ -751,6 +648,103 @@ impl Delta {
     fn is_zero(&self) -> bool {
         self.cpu == 0 && self.memory == 0 && self.containers == 0
     }
+}
+
+/// Writes the tenant's quota row without changing it: a row lock on PostgreSQL, the
+/// write lock on SQLite, so that a transaction that starts with it serialises with the
+/// tenant's other writers and never has to upgrade a read lock. False if no such row.
+async fn lock_tenant(txn: &sea_orm::DatabaseTransaction, tenant: &str) -> Result<bool, DbErr> {
+    let touched = quota::Entity::update_many()
+        .col_expr(
+            quota::Column::ContainersUsed,
+            Expr::col(quota::Column::ContainersUsed),
+        )
+        .filter(quota::Column::Tenant.eq(tenant))
+        .exec(txn)
+        .await?;
+    Ok(touched.rows_affected == 1)
+}
+
+/// Shifts a tenant's reserved usage by `delta`, atomically: a dimension that grows must
+/// stay within its limit, one that shrinks always applies. Returns whether it applied.
+async fn shift_quota(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant: &str,
+    delta: Delta,
+) -> Result<bool, DbErr> {
+    let updated = quota::Entity::update_many()
+        .col_expr(
+            quota::Column::CpuMillisUsed,
+            Expr::col(quota::Column::CpuMillisUsed).add(delta.cpu),
+        )
+        .col_expr(
+            quota::Column::MemoryBytesUsed,
+            Expr::col(quota::Column::MemoryBytesUsed).add(delta.memory),
+        )
+        .col_expr(
+            quota::Column::ContainersUsed,
+            Expr::col(quota::Column::ContainersUsed).add(delta.containers),
+        )
+        .filter(quota::Column::Tenant.eq(tenant))
+        .filter(within(
+            quota::Column::CpuMillisUsed,
+            quota::Column::CpuMillisLimit,
+            delta.cpu,
+        ))
+        .filter(within(
+            quota::Column::MemoryBytesUsed,
+            quota::Column::MemoryBytesLimit,
+            delta.memory,
+        ))
+        .filter(within(
+            quota::Column::ContainersUsed,
+            quota::Column::ContainersLimit,
+            delta.containers,
+        ))
+        .exec(txn)
+        .await?;
+    Ok(updated.rows_affected == 1)
+}
+
+/// Shifts what is reserved on a node by `delta`, as [`shift_quota`] does against its
+/// capacity.
+async fn shift_node(
+    txn: &sea_orm::DatabaseTransaction,
+    node_name: &str,
+    delta: Delta,
+) -> Result<bool, DbErr> {
+    let updated = node::Entity::update_many()
+        .col_expr(
+            node::Column::CpuMillisUsed,
+            Expr::col(node::Column::CpuMillisUsed).add(delta.cpu),
+        )
+        .col_expr(
+            node::Column::MemoryBytesUsed,
+            Expr::col(node::Column::MemoryBytesUsed).add(delta.memory),
+        )
+        .col_expr(
+            node::Column::ContainersUsed,
+            Expr::col(node::Column::ContainersUsed).add(delta.containers),
+        )
+        .filter(node::Column::Name.eq(node_name))
+        .filter(within(
+            node::Column::CpuMillisUsed,
+            node::Column::CpuMillisCapacity,
+            delta.cpu,
+        ))
+        .filter(within(
+            node::Column::MemoryBytesUsed,
+            node::Column::MemoryBytesCapacity,
+            delta.memory,
+        ))
+        .filter(within(
+            node::Column::ContainersUsed,
+            node::Column::ContainersCapacity,
+            delta.containers,
+        ))
+        .exec(txn)
+        .await?;
+    Ok(updated.rows_affected == 1)
 }
 
 /// `used + delta <= limit`, or no limit, or a change that does not grow.
