@@ -2,8 +2,6 @@
 //! from a file: the same rules the file format enforces, so that a client cannot send
 //! the server what a file could never say.
 
-use std::collections::BTreeMap;
-
 use super::model::{Condition, Topology};
 use super::schema::{valid_name, valid_topology_name};
 
@@ -121,41 +119,13 @@ impl Topology {
     }
 
     fn dependency_cycle(&self) -> Option<Vec<String>> {
-        fn visit<'a>(
-            t: &'a Topology,
-            name: &'a str,
-            state: &mut BTreeMap<&'a str, bool>,
-            stack: &mut Vec<&'a str>,
-        ) -> Option<Vec<String>> {
-            match state.get(name) {
-                Some(true) => {
-                    let start = stack.iter().position(|s| *s == name).unwrap_or(0);
-                    let mut cycle: Vec<String> =
-                        stack[start..].iter().map(|s| (*s).to_owned()).collect();
-                    cycle.push(name.to_owned());
-                    return Some(cycle);
-                }
-                Some(false) => return None,
-                None => {}
-            }
-            state.insert(name, true);
-            stack.push(name);
-            if let Some(service) = t.services.get(name) {
-                for dep in service.depends_on.keys() {
-                    if dep != name
-                        && let Some(cycle) = visit(t, dep, state, stack)
-                    {
-                        return Some(cycle);
-                    }
-                }
-            }
-            stack.pop();
-            state.insert(name, false);
-            None
-        }
-        let mut state = BTreeMap::new();
-        self.services
-            .keys()
-            .find_map(|name| visit(self, name, &mut state, &mut Vec::new()))
+        super::graph::dependency_cycles(self.services.keys().map(String::as_str), |name| {
+            self.services
+                .get(name)
+                .map(|s| s.depends_on.keys().map(String::as_str).collect())
+                .unwrap_or_default()
+        })
+        .into_iter()
+        .next()
     }
 }

@@ -6,6 +6,7 @@
 mod check;
 mod diagnostic;
 mod env_file;
+mod graph;
 mod interpolate;
 mod model;
 pub mod node;

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::model::{Condition, Protocol, Service};
-use super::node::Pos;
 use super::schema::{Cx, ServiceSites, TopLevel, join};
 
 pub(crate) fn cross_check(cx: &mut Cx<'_>, top: &TopLevel) {
@@ -89,51 +88,20 @@ fn known(names: &BTreeSet<String>) -> String {
 
 /// Reports each dependency cycle once, as `a -> b -> a`, at the edge that closes it.
 fn cycles(cx: &mut Cx<'_>, top: &TopLevel) {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        Visiting,
-        Done,
-    }
-    fn visit(
-        name: &str,
-        top: &TopLevel,
-        marks: &mut BTreeMap<String, Mark>,
-        stack: &mut Vec<String>,
-        found: &mut Vec<(Vec<String>, Pos)>,
-    ) {
-        marks.insert(name.to_owned(), Mark::Visiting);
-        stack.push(name.to_owned());
-        if let Some((service, sites)) = top.services.get(name) {
-            for dep in service.depends_on.keys() {
-                match marks.get(dep.as_str()) {
-                    Some(Mark::Visiting) => {
-                        let start = stack.iter().position(|s| s == dep).unwrap_or(0);
-                        let mut cycle = stack[start..].to_vec();
-                        cycle.push(dep.clone());
-                        let pos = sites.depends_on.get(dep).copied().unwrap_or_default();
-                        found.push((cycle, pos));
-                    }
-                    Some(Mark::Done) => {}
-                    None => visit(dep, top, marks, stack, found),
-                }
-            }
-        }
-        stack.pop();
-        marks.insert(name.to_owned(), Mark::Done);
-    }
-    let mut marks = BTreeMap::new();
-    let mut found = Vec::new();
-    for name in top.services.keys() {
-        if !marks.contains_key(name.as_str()) {
-            visit(name, top, &mut marks, &mut Vec::new(), &mut found);
-        }
-    }
-    for (cycle, pos) in found {
-        if cycle.len() == 2 {
-            continue; // a self-dependency, already reported
-        }
-        let first = cycle[0].clone();
-        let last = cycle[cycle.len() - 2].clone();
+    let found = super::graph::dependency_cycles(top.services.keys().map(String::as_str), |name| {
+        top.services
+            .get(name)
+            .map(|(s, _)| s.depends_on.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    });
+    for cycle in found {
+        let first = &cycle[0];
+        let last = &cycle[cycle.len() - 2];
+        let pos = top
+            .services
+            .get(last)
+            .and_then(|(_, sites)| sites.depends_on.get(first).copied())
+            .unwrap_or_default();
         cx.error(
             pos,
             &format!("services.{last}.depends_on.{first}"),
