@@ -55,8 +55,14 @@ pub mod node {
         pub memory_bytes_used: i64,
         /// Containers reserved now.
         pub containers_used: i64,
-        /// Whether new replicas may be placed here.
+        /// Whether new replicas may be placed here (false once cordoned).
         pub schedulable: bool,
+        /// Whether the replicas here are being moved away (drained).
+        #[sea_orm(default_value = false)]
+        pub draining: bool,
+        /// The labels the node joined with, a JSON object of strings.
+        #[sea_orm(default_value = "{}")]
+        pub labels: String,
     }
 
     /// No relations are navigated through the ORM.
@@ -177,6 +183,45 @@ pub mod node_identity {
         pub last_sequence: i64,
         /// When it joined, Unix milliseconds.
         pub joined_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The latest status each node reported for each replica it runs.
+pub mod replica_status {
+    use sea_orm::entity::prelude::*;
+
+    /// One replica's latest report.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "replica_statuses")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// The topology.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub topology: String,
+        /// The service.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub service: String,
+        /// The replica number.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub replica: i64,
+        /// The node that reported (and runs) it.
+        pub node: String,
+        /// The generation the report speaks of.
+        pub generation: i64,
+        /// `running`, `created`, `exited`, `failed`, ...
+        pub state: String,
+        /// The node's detail: a status sentence or an error.
+        pub detail: String,
+        /// When the report arrived, Unix milliseconds.
+        pub reported_at_ms: i64,
     }
 
     /// No relations are navigated through the ORM.

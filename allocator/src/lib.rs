@@ -10,8 +10,10 @@ pub mod identity;
 pub mod migration;
 pub mod node_api;
 pub mod placement;
+pub mod pool;
 pub mod resources;
 pub mod service;
 
+pub use pool::{Drained, NodeInfo, NodeState, ReportedReplica};
 pub use resources::{Limit, QuotaExceeded, Resources};
 pub use service::{Allocator, AllocatorError, DefaultRequest, Deployment};

@@ -4,7 +4,9 @@
 use sea_orm::Schema;
 use sea_orm_migration::prelude::*;
 
-use crate::entity::{assignment, join_token, node, node_identity, placement, quota};
+use crate::entity::{
+    assignment, join_token, node, node_identity, placement, quota, replica_status,
+};
 
 /// The allocator's migrations.
 #[derive(Debug)]
@@ -13,7 +15,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(NodeIdentities)]
+        vec![
+            Box::new(Initial),
+            Box::new(NodeIdentities),
+            Box::new(NodeLabelsAndStatuses),
+        ]
     }
 
     fn migration_table_name() -> DynIden {
@@ -101,6 +107,65 @@ impl MigrationTrait for NodeIdentities {
             .create_table(
                 schema
                     .create_table_from_entity(node_identity::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Node labels and draining, and reported replica statuses kept in the database so that
+/// any gateway replica can show them.
+#[derive(Debug)]
+struct NodeLabelsAndStatuses;
+
+impl MigrationName for NodeLabelsAndStatuses {
+    fn name(&self) -> &str {
+        "m20261123_000003_allocator_node_labels_and_statuses"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NodeLabelsAndStatuses {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // The first migration creates `nodes` from the entity as it is now, so a new
+        // database has these columns already; an older one gets them here.
+        if !manager.has_column("nodes", "draining").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(node::Entity)
+                        .add_column(
+                            ColumnDef::new(node::Column::Draining)
+                                .boolean()
+                                .not_null()
+                                .default(false),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+        }
+        if !manager.has_column("nodes", "labels").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(node::Entity)
+                        .add_column(
+                            ColumnDef::new(node::Column::Labels)
+                                .text()
+                                .not_null()
+                                .default("{}"),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+        }
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(replica_status::Entity)
                     .if_not_exists()
                     .to_owned(),
             )

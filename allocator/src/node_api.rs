@@ -2,7 +2,7 @@
 //! assignments, and signed status reports. Thin: each call verifies the caller with
 //! [`Identities`] and hands over to the [`Allocator`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,15 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_control_server::NodeControl;
 use berth_protocol::node_api::{
-    AssignmentSet, JoinRequest, JoinResponse, ReplicaStatus, ReportAck, ReportBody, SignedRequest,
-    WatchBody, methods, signing_payload,
+    AssignmentSet, JoinRequest, JoinResponse, ReportAck, ReportBody, SignedRequest, WatchBody,
+    methods, signing_payload,
 };
 use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::identity::{Identities, IdentityError};
-use crate::{Allocator, Limit};
+pub use crate::pool::ReportedReplica;
+use crate::{Allocator, AllocatorError, Limit};
 
 /// How many recent assignment-set versions per node are remembered for checking reports.
 const REMEMBERED_VERSIONS: usize = 64;
@@ -49,22 +50,11 @@ fn refused(e: IdentityError) -> Status {
     }
 }
 
-/// The latest status a node reported for one replica.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReportedReplica {
-    /// The node that reported it (and runs it).
-    pub node: String,
-    /// What it said.
-    pub status: ReplicaStatus,
-}
-
 /// State shared by every call.
 #[derive(Debug, Default)]
 struct Shared {
     /// Versions sent to each node, newest last.
     sent: HashMap<String, VecDeque<u64>>,
-    /// The latest report per replica.
-    reported: BTreeMap<(TopologyRef, String, u32), ReportedReplica>,
 }
 
 /// The NodeControl service.
@@ -94,14 +84,8 @@ impl NodeApi {
     }
 
     /// The latest reported status of each replica of a topology.
-    pub fn reported(&self, id: &TopologyRef) -> Vec<ReportedReplica> {
-        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        shared
-            .reported
-            .iter()
-            .filter(|((t, _, _), _)| t == id)
-            .map(|(_, r)| r.clone())
-            .collect()
+    pub async fn reported(&self, id: &TopologyRef) -> Result<Vec<ReportedReplica>, AllocatorError> {
+        self.allocator.statuses(id).await
     }
 
     /// Checks a signed request and decodes its body; returns the node and body.
@@ -142,7 +126,11 @@ impl NodeControl for NodeApi {
             containers: join.containers,
         };
         self.allocator
-            .upsert_node(&join.node_name, capacity)
+            .upsert_node(
+                &join.node_name,
+                capacity,
+                &join.labels.into_iter().collect(),
+            )
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(node = %join.node_name, "node joined");
@@ -255,24 +243,10 @@ impl NodeControl for NodeApi {
                 )));
             }
         }
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        for replica in body.replicas {
-            let key = (
-                TopologyRef {
-                    tenant: replica.tenant.clone(),
-                    topology: replica.topology.clone(),
-                },
-                replica.service.clone(),
-                replica.replica,
-            );
-            shared.reported.insert(
-                key,
-                ReportedReplica {
-                    node: node.clone(),
-                    status: replica,
-                },
-            );
-        }
+        self.allocator
+            .record_statuses(&node, &body.replicas, now_ms())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ReportAck {}))
     }
 }

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use berth_protocol::topology::Constraint;
+
 use crate::resources::{Limit, Resources};
 
 /// A node as placement sees it.
@@ -14,8 +16,20 @@ pub struct NodeView {
     pub capacity: Limit,
     /// What is placed on it already (this topology's current slots included).
     pub used: Resources,
-    /// Whether new replicas may go there (not cordoned, not draining, alive).
+    /// Whether new replicas may go there (not cordoned, alive).
     pub schedulable: bool,
+    /// Whether its replicas must move away (drained).
+    pub draining: bool,
+    /// The labels it joined with, for constraints.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeView {
+    fn allows(&self, want: &Want) -> bool {
+        want.constraints
+            .iter()
+            .all(|c| c.allows(&self.name, &self.labels))
+    }
 }
 
 /// A replica that should exist.
@@ -27,6 +41,8 @@ pub struct Want {
     pub replica: u32,
     /// What it reserves.
     pub cost: Resources,
+    /// Which nodes may run it; all must hold.
+    pub constraints: Vec<Constraint>,
 }
 
 /// A replica that is placed now.
@@ -69,6 +85,14 @@ pub enum PlacementError {
         memory: u64,
         /// How many nodes were eligible at all.
         schedulable_nodes: usize,
+    },
+    /// No schedulable node satisfies the service's constraints, whatever its room.
+    #[error("no schedulable node satisfies the constraints of {service} ({constraints})")]
+    NoMatch {
+        /// The service.
+        service: String,
+        /// The constraints, as written.
+        constraints: String,
     },
 }
 
@@ -114,7 +138,8 @@ pub fn place(
             .and_then(|p| {
                 let node = nodes.get_mut(&p.node)?;
                 let after = node.used.plus(want.cost);
-                (node.schedulable && after.fits(&node.capacity)).then(|| {
+                let stays = !node.draining && node.allows(want) && after.fits(&node.capacity);
+                stays.then(|| {
                     node.used = after;
                     Placed {
                         cost: want.cost,
@@ -132,7 +157,8 @@ pub fn place(
             None => homeless.push(want),
         }
     }
-    let schedulable_nodes = nodes.values().filter(|n| n.schedulable).count();
+    let open = |n: &NodeView| n.schedulable && !n.draining;
+    let schedulable_nodes = nodes.values().filter(|n| open(n)).count();
     for (generation, want) in (next_generation..).zip(homeless) {
         let spread = |n: &NodeView| {
             per_service
@@ -142,7 +168,7 @@ pub fn place(
         };
         let best = nodes
             .values()
-            .filter(|n| n.schedulable && n.used.plus(want.cost).fits(&n.capacity))
+            .filter(|n| open(n) && n.allows(want) && n.used.plus(want.cost).fits(&n.capacity))
             .min_by(|a, b| {
                 spread(a)
                     .cmp(&spread(b))
@@ -151,6 +177,14 @@ pub fn place(
             })
             .map(|n| n.name.clone());
         let Some(node) = best.and_then(|name| nodes.get_mut(&name)) else {
+            if !nodes.values().any(|n| open(n) && n.allows(want)) {
+                let constraints: Vec<String> =
+                    want.constraints.iter().map(ToString::to_string).collect();
+                return Err(PlacementError::NoMatch {
+                    service: want.service.clone(),
+                    constraints: constraints.join(", "),
+                });
+            }
             return Err(PlacementError::NoCapacity {
                 service: want.service.clone(),
                 replica: want.replica,
@@ -208,6 +242,8 @@ mod tests {
             },
             used: Resources::default(),
             schedulable: true,
+            draining: false,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -220,6 +256,7 @@ mod tests {
                 memory_bytes: 0,
                 containers: 1,
             },
+            constraints: Vec::new(),
         }
     }
 
@@ -253,18 +290,44 @@ mod tests {
     }
 
     #[test]
-    fn cordoned_nodes_lose_their_replicas_on_the_next_placement() {
+    fn cordoned_nodes_keep_their_replicas_and_drained_ones_lose_them() {
         let mut nodes = vec![node("a", 10), node("b", 10)];
         let first = place(&[want("web", 1, 100)], &[], &nodes, 1).unwrap();
         let home = first.slots[0].node.clone();
-        nodes
-            .iter_mut()
-            .find(|n| n.name == home)
-            .unwrap()
-            .schedulable = false;
-        let again = place(&[want("web", 1, 100)], &first.slots, &nodes, 5).unwrap();
-        assert_ne!(again.slots[0].node, home);
-        assert_eq!(again.slots[0].generation, 5);
+        let at_home = nodes.iter().position(|n| n.name == home).unwrap();
+        nodes[at_home].schedulable = false;
+        let wants = [want("web", 1, 100), want("web", 2, 100)];
+        let cordoned = place(&wants, &first.slots, &nodes, 5).unwrap();
+        assert_eq!(cordoned.slots[0], first.slots[0]);
+        assert_ne!(
+            cordoned.slots[1].node, home,
+            "a new replica went to a cordoned node"
+        );
+        nodes[at_home].draining = true;
+        let drained = place(&wants, &cordoned.slots, &nodes, 7).unwrap();
+        assert!(drained.slots.iter().all(|s| s.node != home));
+        let moved = drained.slots.iter().find(|s| s.replica == 1).unwrap();
+        assert_eq!(moved.generation, 7);
+    }
+
+    #[test]
+    fn constraints_choose_the_nodes() {
+        let mut nodes = vec![node("a", 10), node("b", 10), node("c", 10)];
+        nodes[1].labels.insert("disk".into(), "ssd".into());
+        let mut db = want("db", 1, 100);
+        db.constraints = vec![Constraint::parse("node.labels.disk == ssd").unwrap()];
+        let p = place(&[db.clone()], &[], &nodes, 1).unwrap();
+        assert_eq!(p.slots[0].node, "b");
+        // A replica whose node no longer satisfies the constraints moves.
+        db.constraints = vec![Constraint::parse("node.hostname == c").unwrap()];
+        let moved = place(&[db.clone()], &p.slots, &nodes, 2).unwrap();
+        assert_eq!(moved.slots[0].node, "c");
+        db.constraints = vec![Constraint::parse("node.labels.gpu == yes").unwrap()];
+        let e = place(&[db], &[], &nodes, 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no schedulable node satisfies the constraints of db (node.labels.gpu == yes)"
+        );
     }
 
     #[test]
@@ -296,6 +359,8 @@ mod tests {
                 capacity: Limit { cpu_millis: Some(*cpu), memory_bytes: None, containers: Some(*n) },
                 used: Resources::default(),
                 schedulable: true,
+                draining: false,
+                labels: BTreeMap::new(),
             }).collect();
             let wants: Vec<Want> = demands.iter().enumerate().map(|(i, (s, cpu))| want(&format!("s{s}"), i as u32 + 1, *cpu)).collect();
             match place(&wants, &[], &nodes, 1) {
@@ -307,6 +372,7 @@ mod tests {
                         prop_assert!(on.iter().map(|s| s.cost.cpu_millis).sum::<u64>() <= n.capacity.cpu_millis.unwrap());
                     }
                 }
+                Err(PlacementError::NoMatch { .. }) => prop_assert!(false, "no constraints were set"),
                 Err(PlacementError::NoCapacity { service, replica, .. }) => {
                     // A refusal is never spurious: the replicas before the refused one
                     // place, and then no node has room left for it.

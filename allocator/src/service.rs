@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use crate::entity::{assignment, node, placement, quota};
+use crate::entity::{assignment, node, placement, quota, replica_status};
 use crate::placement::{NodeView, Placed, PlacementError, Want, place};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 
@@ -35,6 +35,9 @@ pub enum AllocatorError {
     /// Another deploy took the capacity this one planned to use; retrying re-plans.
     #[error("node {0:?} filled up while this deploy was being placed; try again")]
     Contended(String),
+    /// No node has this name.
+    #[error("there is no node {0:?} in the pool")]
+    UnknownNode(String),
     /// A stored spec could not be read back.
     #[error("stored placement of {0} is unreadable: {1}")]
     Corrupt(TopologyRef, serde_json::Error),
@@ -60,21 +63,21 @@ pub struct Deployment {
 /// The allocator over one database.
 #[derive(Clone, Debug)]
 pub struct Allocator {
-    db: DatabaseConnection,
+    pub(crate) db: DatabaseConnection,
     default_request: DefaultRequest,
     /// Bumped after every committed change of assignments; node streams wait on it.
-    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    pub(crate) changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn limit_of(v: Option<i64>) -> Option<u64> {
+pub(crate) fn limit_of(v: Option<i64>) -> Option<u64> {
     v.map(|x| u64::try_from(x).unwrap_or(0))
 }
 
-fn used_of(v: i64) -> u64 {
+pub(crate) fn used_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -140,8 +143,15 @@ impl Allocator {
         Ok(quota_parts(&row))
     }
 
-    /// Registers a node (or updates its capacity), keeping what is reserved on it.
-    pub async fn upsert_node(&self, name: &str, capacity: Limit) -> Result<(), AllocatorError> {
+    /// Registers a node (or updates its capacity and labels), keeping what is reserved
+    /// on it and whether it is cordoned.
+    pub async fn upsert_node(
+        &self,
+        name: &str,
+        capacity: Limit,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), AllocatorError> {
+        let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned());
         let row = node::ActiveModel {
             name: Set(name.to_owned()),
             cpu_millis_capacity: Set(capacity.cpu_millis.map(to_i64)),
@@ -151,6 +161,8 @@ impl Allocator {
             memory_bytes_used: Set(0),
             containers_used: Set(0),
             schedulable: Set(true),
+            draining: Set(false),
+            labels: Set(labels),
         };
         node::Entity::insert(row)
             .on_conflict(
@@ -159,6 +171,7 @@ impl Allocator {
                         node::Column::CpuMillisCapacity,
                         node::Column::MemoryBytesCapacity,
                         node::Column::ContainersCapacity,
+                        node::Column::Labels,
                     ])
                     .to_owned(),
             )
@@ -255,6 +268,8 @@ impl Allocator {
                     containers: used_of(n.containers_used),
                 },
                 schedulable: n.schedulable,
+                draining: n.draining,
+                labels: serde_json::from_str(&n.labels).unwrap_or_default(),
                 name: n.name,
             })
             .collect();
@@ -266,6 +281,7 @@ impl Allocator {
                 service: name.clone(),
                 replica,
                 cost: self.cost(topology, name),
+                constraints: topology.services[name].constraints.clone(),
             })
             .collect();
         let counter = placement::Entity::find_by_id((tenant.to_owned(), topology.name.clone()))
@@ -420,6 +436,11 @@ impl Allocator {
             .exec(txn)
             .await?;
         placement::Entity::delete_by_id((id.tenant.clone(), id.topology.clone()))
+            .exec(txn)
+            .await?;
+        replica_status::Entity::delete_many()
+            .filter(replica_status::Column::Tenant.eq(&id.tenant))
+            .filter(replica_status::Column::Topology.eq(&id.topology))
             .exec(txn)
             .await?;
         Ok(per_node.into_keys().collect())

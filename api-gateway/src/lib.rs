@@ -101,7 +101,7 @@ impl From<AllocatorError> for ApiError {
             AllocatorError::Contended(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            AllocatorError::UnknownTenant(_) => {
+            AllocatorError::UnknownTenant(_) | AllocatorError::UnknownNode(_) => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
             other => {
@@ -248,6 +248,14 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/tenants/{tenant}/quota", web::put().to(set_quota))
                     .route("/tenants/{tenant}/quota", web::get().to(get_quota))
                     .route("/join-tokens", web::post().to(create_join_token))
+                    .route("/nodes", web::get().to(list_nodes))
+                    .route("/nodes/{node}/cordon", web::post().to(cordon))
+                    .route("/nodes/{node}/uncordon", web::post().to(uncordon))
+                    .route("/nodes/{node}/drain", web::post().to(drain))
+                    .route(
+                        "/tenants/{tenant}/topologies/{name}/scale",
+                        web::post().to(scale),
+                    )
                     .route(
                         "/tenants/{tenant}/topologies",
                         web::get().to(list_topologies),
@@ -417,6 +425,11 @@ async fn deploy(
             topology.name
         )));
     }
+    apply(&gw, tenant, topology).await
+}
+
+/// Checks, stores and places a topology, answering with where its replicas went.
+async fn apply(gw: &Gateway, tenant: String, topology: Topology) -> Result<HttpResponse, ApiError> {
     let problems = topology.problems();
     if !problems.is_empty() {
         return Err(ApiError::new(
@@ -429,14 +442,23 @@ async fn deploy(
         .tenants
         .put_revision(&tenant, &topology, now_ms())
         .await?;
-    gw.allocator
+    if let Err(e) = gw
+        .allocator
         .deploy(&tenant, stored.revision, &topology)
-        .await?;
+        .await
+    {
+        if stored.is_new {
+            gw.tenants
+                .discard_revision(&tenant, &topology.name, stored.revision)
+                .await?;
+        }
+        return Err(e.into());
+    }
     let replicas = replica_views(
-        &gw,
+        gw,
         &TopologyRef {
             tenant,
-            topology: name,
+            topology: topology.name.clone(),
         },
     )
     .await?;
@@ -448,7 +470,7 @@ async fn deploy(
 }
 
 async fn replica_views(gw: &Gateway, id: &TopologyRef) -> Result<Vec<ReplicaView>, ApiError> {
-    let reported = gw.nodes.reported(id);
+    let reported = gw.allocator.statuses(id).await?;
     let mut views: Vec<ReplicaView> = gw
         .allocator
         .placed(id)
@@ -632,4 +654,76 @@ async fn create_user(
         .await?;
     Ok(HttpResponse::Created()
         .json(serde_json::json!({ "tenant": *tenant, "name": body.name, "role": body.role })))
+}
+
+async fn list_nodes(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&request, Operation::Administer, "*", None)?;
+    Ok(HttpResponse::Ok().json(gw.allocator.nodes().await?))
+}
+
+async fn cordon(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    node: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&request, Operation::Administer, "*", None)?;
+    gw.allocator.cordon(&node, true).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "node": *node, "state": "cordoned" })))
+}
+
+async fn uncordon(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    node: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&request, Operation::Administer, "*", None)?;
+    gw.allocator.cordon(&node, false).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "node": *node, "state": "active" })))
+}
+
+async fn drain(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    node: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&request, Operation::Administer, "*", None)?;
+    Ok(HttpResponse::Ok().json(gw.allocator.drain(&node).await?))
+}
+
+/// `POST /v1/tenants/{tenant}/topologies/{name}/scale`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// The service to scale.
+    pub service: String,
+    /// How many replicas it should have.
+    pub replicas: u32,
+}
+
+async fn scale(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Json<Scale>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))?;
+    let mut topology = gw.tenants.current(&tenant, &name).await?.topology;
+    let Some(service) = topology.services.get_mut(&body.service) else {
+        let known: Vec<&str> = topology.services.keys().map(String::as_str).collect();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "topology {name:?} has no service {:?} (it has {})",
+                body.service,
+                known.join(", ")
+            ),
+        ));
+    };
+    service.replicas = body.replicas;
+    apply(&gw, tenant, topology).await
 }

@@ -122,7 +122,7 @@ impl LocalPlane {
             .await
             .map_err(|e| state(e.to_string()))?;
         allocator
-            .upsert_node(LOCAL_NODE, local_capacity())
+            .upsert_node(LOCAL_NODE, local_capacity(), &Default::default())
             .await
             .map_err(|e| state(e.to_string()))?;
         let node = Reconciler::new(Arc::new(driver), ReconcileOptions::default());
@@ -166,11 +166,21 @@ impl LocalPlane {
             .tenants
             .put_revision(LOCAL_TENANT, topology, now_ms())
             .await?;
-        let deployment = self
+        let deployment = match self
             .allocator
             .deploy(LOCAL_TENANT, stored.revision, topology)
             .await
-            .map_err(LocalError::Refused)?;
+        {
+            Ok(d) => d,
+            Err(e) => {
+                if stored.is_new {
+                    self.tenants
+                        .discard_revision(LOCAL_TENANT, &topology.name, stored.revision)
+                        .await?;
+                }
+                return Err(LocalError::Refused(e));
+            }
+        };
         let mut outcome = Outcome::default();
         for (node, assignment) in &deployment.by_node {
             if node != LOCAL_NODE {

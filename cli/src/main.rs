@@ -65,6 +65,16 @@ enum Command {
         #[arg(short = 'd', long)]
         detach: bool,
     },
+    /// Set how many replicas services run, `berth scale web=3 api=2`: locally the
+    /// file's topology is brought up with those counts; against a pool the deployed
+    /// topology is scaled.
+    Scale {
+        #[command(flatten)]
+        file: FileArg,
+        /// `SERVICE=REPLICAS`, one or more.
+        #[arg(required = true, value_name = "SERVICE=REPLICAS", value_parser = parse_scale)]
+        services: Vec<(String, u32)>,
+    },
     /// Remove the topology's containers and networks.
     Down {
         #[command(flatten)]
@@ -149,6 +159,7 @@ impl Cli {
         let after = match &self.command {
             Command::Up { file, .. }
             | Command::Down { file, .. }
+            | Command::Scale { file, .. }
             | Command::Ps { file, .. }
             | Command::Validate { file }
             | Command::Config { file } => file.file.as_deref(),
@@ -249,6 +260,23 @@ enum NodeCommand {
         /// How long the token is valid, in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u32,
+    },
+    /// List the nodes with their capacity, use, labels and state.
+    List,
+    /// Place no new replicas on a node; those it runs stay.
+    Cordon {
+        /// The node.
+        name: String,
+    },
+    /// Make a cordoned or drained node take replicas again.
+    Uncordon {
+        /// The node.
+        name: String,
+    },
+    /// Cordon a node and move its replicas to other nodes.
+    Drain {
+        /// The node.
+        name: String,
     },
 }
 
@@ -360,6 +388,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Validate { .. } => validate(&cli),
         Command::Config { .. } => config(&cli),
         Command::Up { detach, .. } => up(&cli, *detach).await,
+        Command::Scale { services, .. } => scale(&cli, services).await,
         Command::Down { volumes, .. } => down(&cli, *volumes).await,
         Command::Ps { all, .. } => ps(&cli, *all).await,
         Command::Logs {
@@ -723,6 +752,117 @@ async fn follow_logs(
     }
 }
 
+fn parse_scale(text: &str) -> Result<(String, u32), String> {
+    let (service, count) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: write SERVICE=REPLICAS, for example web=3"))?;
+    let count = count
+        .parse()
+        .map_err(|_| format!("{text:?}: {count:?} is not a number of replicas"))?;
+    Ok((service.to_owned(), count))
+}
+
+async fn scale(cli: &Cli, services: &[(String, u32)]) -> Result<(), Failure> {
+    let loaded = load(cli)?;
+    let mut topology = loaded.topology;
+    for (service, _) in services {
+        if !topology.services.contains_key(service) {
+            let known: Vec<&str> = topology.services.keys().map(String::as_str).collect();
+            return Err(Failure {
+                exit: Exit::Invalid,
+                message: format!(
+                    "topology {:?} has no service {service:?} (it has {})",
+                    topology.name,
+                    known.join(", ")
+                ),
+            });
+        }
+    }
+    if let Some(remote) = cli.remote()? {
+        let mut deployed = None;
+        for (service, replicas) in services {
+            deployed = Some(remote.scale(&topology.name, service, *replicas).await?);
+        }
+        if let Some(deployed) = deployed {
+            if cli.json {
+                print_json(&deployed);
+            } else {
+                println!(
+                    "topology {:?} scaled in tenant {:?}: revision {}, {} replica(s) placed",
+                    topology.name,
+                    cli.tenant,
+                    deployed.revision,
+                    deployed.replicas.len()
+                );
+            }
+        }
+        return Ok(());
+    }
+    for (service, replicas) in services {
+        if let Some(s) = topology.services.get_mut(service) {
+            s.replicas = *replicas;
+        }
+    }
+    let plane = LocalPlane::open(&data_dir()).await?;
+    let (events, shown) = progress::show(progress::Mode::pick(cli.json));
+    let result = plane.up(&topology, events).await;
+    let _ = shown.await;
+    let outcome = result?;
+    if cli.json {
+        print_json(&serde_json::json!({
+            "topology": topology.name,
+            "created": outcome.created,
+            "unchanged": outcome.unchanged,
+            "removed": outcome.removed,
+        }));
+    } else {
+        println!(
+            "topology {:?} scaled: {} created, {} unchanged, {} removed",
+            topology.name, outcome.created, outcome.unchanged, outcome.removed
+        );
+    }
+    Ok(())
+}
+
+fn print_nodes(nodes: &serde_json::Value) {
+    let none = Vec::new();
+    let nodes = nodes.as_array().unwrap_or(&none);
+    println!(
+        "{:<24} {:<9} {:>11} {:>13} {:>11}  LABELS",
+        "NODE", "STATE", "CONTAINERS", "CPU (millis)", "MEMORY (MiB)"
+    );
+    let of = |used: &serde_json::Value, cap: &serde_json::Value, scale: u64| {
+        let used = used.as_u64().unwrap_or(0) / scale;
+        match cap.as_u64() {
+            Some(cap) => format!("{used}/{}", cap / scale),
+            None => format!("{used}/-"),
+        }
+    };
+    for n in nodes {
+        let labels: Vec<String> = n["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<9} {:>11} {:>13} {:>11}  {}",
+            n["name"].as_str().unwrap_or_default(),
+            n["state"].as_str().unwrap_or_default(),
+            of(&n["used"]["containers"], &n["capacity"]["containers"], 1),
+            of(&n["used"]["cpu_millis"], &n["capacity"]["cpu_millis"], 1),
+            of(
+                &n["used"]["memory_bytes"],
+                &n["capacity"]["memory_bytes"],
+                1 << 20
+            ),
+            labels.join(",")
+        );
+    }
+}
+
 fn read_password() -> Result<String, Failure> {
     match std::env::var("BERTH_PASSWORD") {
         Ok(p) => Ok(p),
@@ -795,6 +935,29 @@ async fn admin(cli: &Cli) -> Result<(), Failure> {
                 return Ok(());
             }
             answer
+        }
+        Command::Node(NodeCommand::List) => {
+            let nodes = remote.admin(Method::GET, "/nodes", None).await?;
+            if !cli.json {
+                print_nodes(&nodes);
+                return Ok(());
+            }
+            nodes
+        }
+        Command::Node(NodeCommand::Cordon { name }) => {
+            remote
+                .admin(Method::POST, &format!("/nodes/{name}/cordon"), None)
+                .await?
+        }
+        Command::Node(NodeCommand::Uncordon { name }) => {
+            remote
+                .admin(Method::POST, &format!("/nodes/{name}/uncordon"), None)
+                .await?
+        }
+        Command::Node(NodeCommand::Drain { name }) => {
+            remote
+                .admin(Method::POST, &format!("/nodes/{name}/drain"), None)
+                .await?
         }
         _ => {
             return Err(Failure {

@@ -116,6 +116,21 @@ impl Remote {
             .await
     }
 
+    /// Sets the replicas of one service of a deployed topology.
+    pub(crate) async fn scale(
+        &self,
+        name: &str,
+        service: &str,
+        replicas: u32,
+    ) -> Result<Deployed, RemoteError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/{name}/scale")))
+                .json(&serde_json::json!({ "service": service, "replicas": replicas })),
+        )
+        .await
+    }
+
     /// Removes the topology.
     pub(crate) async fn remove(&self, name: &str) -> Result<serde_json::Value, RemoteError> {
         self.send(self.http.delete(self.url(&format!("/{name}"))))

@@ -147,7 +147,7 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// What a node offers the pool.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Capacity {
     /// CPU, thousandths of a core.
     pub cpu_millis: Option<u64>,
@@ -155,6 +155,8 @@ pub struct Capacity {
     pub memory_bytes: Option<u64>,
     /// Containers.
     pub containers: Option<u64>,
+    /// Labels that placement constraints select on (`node.labels.KEY == VALUE`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 async fn connect(url: &str) -> Result<NodeControlClient<Channel>, AgentError> {
@@ -186,6 +188,7 @@ pub async fn join(
             cpu_millis: capacity.cpu_millis,
             memory_bytes: capacity.memory_bytes,
             containers: capacity.containers,
+            labels: capacity.labels.into_iter().collect(),
         })
         .await
         .map_err(|s| AgentError::Refused(s.message().to_owned()))?;

@@ -223,6 +223,63 @@ impl TenantService {
         })
     }
 
+    /// Takes back `revision`, just stored by [`Self::put_revision`], when the deploy it
+    /// was for was refused: the revision before it becomes current again (or the
+    /// topology is forgotten if it had none), so a refused deploy leaves no trace.
+    pub async fn discard_revision(
+        &self,
+        tenant_name: &str,
+        name: &str,
+        revision: u64,
+    ) -> Result<(), TenantError> {
+        let txn = self.db.begin().await?;
+        let result = async {
+            let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+            let current = topology::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
+                .one(&txn)
+                .await?;
+            if current.is_none_or(|c| c.current_revision != revision) {
+                return Ok(()); // another deploy came after it; leave both alone
+            }
+            revision::Entity::delete_by_id((tenant_name.to_owned(), name.to_owned(), revision))
+                .exec(&txn)
+                .await?;
+            let previous = revision::Entity::find()
+                .filter(revision::Column::Tenant.eq(tenant_name))
+                .filter(revision::Column::Topology.eq(name))
+                .order_by_desc(revision::Column::Revision)
+                .one(&txn)
+                .await?;
+            match previous {
+                Some(p) => {
+                    topology::Entity::update_many()
+                        .col_expr(topology::Column::CurrentRevision, p.revision.into())
+                        .filter(topology::Column::Tenant.eq(tenant_name))
+                        .filter(topology::Column::Name.eq(name))
+                        .exec(&txn)
+                        .await?;
+                }
+                None => {
+                    topology::Entity::delete_by_id((tenant_name.to_owned(), name.to_owned()))
+                        .exec(&txn)
+                        .await?;
+                }
+            }
+            Ok::<_, TenantError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                txn.commit().await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = txn.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
     /// The topology's current revision.
     pub async fn current(
         &self,

@@ -333,7 +333,7 @@ async fn a_node_cannot_report_on_containers_it_does_not_own() {
         tenant: "acme".into(),
         topology: "app".into(),
     };
-    assert_eq!(plane.api.reported(&id).len(), 1);
+    assert_eq!(plane.api.reported(&id).await.expect("statuses").len(), 1);
 
     let err = plane
         .client()
@@ -356,7 +356,7 @@ async fn a_node_cannot_report_on_containers_it_does_not_own() {
         .expect_err("a version never sent");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(
-        plane.api.reported(&id).len(),
+        plane.api.reported(&id).await.expect("statuses").len(),
         1,
         "a refused report changed the recorded status"
     );
@@ -504,7 +504,7 @@ async fn three_node_agents_run_a_tenants_replicas_across_the_pool() {
     };
     let mut reported = Vec::new();
     for _ in 0..100 {
-        reported = plane.api.reported(&id);
+        reported = plane.api.reported(&id).await.expect("statuses");
         if reported.len() == 3 && reported.iter().all(|r| r.status.state == "running") {
             break;
         }

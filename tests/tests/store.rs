@@ -82,6 +82,7 @@ async fn allocator(db: DatabaseConnection) -> Allocator {
                     memory_bytes: None,
                     containers: Some(100),
                 },
+                &Default::default(),
             )
             .await
             .expect("node");

@@ -44,9 +44,21 @@ enum Command {
         /// Containers this node runs at most.
         #[arg(long, default_value_t = 500)]
         containers: u64,
+        /// A label for placement constraints, `KEY=VALUE` (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// Run a node that has joined.
     Run,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("{text:?} is not a label: write KEY=VALUE")),
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -73,11 +85,13 @@ async fn main() -> anyhow::Result<()> {
             cpu_millis,
             memory_bytes,
             containers,
+            labels,
         } => {
             let capacity = Capacity {
                 cpu_millis,
                 memory_bytes,
                 containers: Some(containers),
+                labels: labels.into_iter().collect(),
             };
             let identity = agent::join(&allocator, &token, &name, capacity, &cli.state_dir).await?;
             eprintln!(

@@ -2,7 +2,7 @@
 //! from a file: the same rules the file format enforces, so that a client cannot send
 //! the server what a file could never say.
 
-use super::model::{Condition, Topology};
+use super::model::{Condition, Constraint, Topology};
 use super::schema::{valid_name, valid_topology_name};
 
 impl Topology {
@@ -37,6 +37,13 @@ impl Topology {
                     "{p}.image: {:?} is not an image reference",
                     s.image
                 ));
+            }
+            for (i, c) in s.constraints.iter().enumerate() {
+                if Constraint::parse(&c.to_string()).as_ref() != Ok(c) {
+                    out.push(format!(
+                        "{p}.constraints[{i}]: {c} is not a constraint Berth can check"
+                    ));
+                }
             }
             if s.replicas > 10_000 {
                 out.push(format!("{p}.replicas: at most 10000"));

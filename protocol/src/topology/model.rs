@@ -82,6 +82,89 @@ pub struct Service {
     /// (default 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_period_ms: Option<u64>,
+    /// Which nodes may run the replicas (`deploy.placement.constraints`); all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+}
+
+/// What a placement constraint looks at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAttribute {
+    /// The node's name (`node.hostname`, as Compose and Swarm spell it).
+    Hostname,
+    /// One of the labels the node joined with (`node.labels.KEY`).
+    Label(String),
+}
+
+/// A placement constraint, `node.labels.zone == east` or `node.hostname != db-1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constraint {
+    /// What is compared.
+    pub attribute: NodeAttribute,
+    /// `==` when true, `!=` when false.
+    pub equal: bool,
+    /// The value compared with.
+    pub value: String,
+}
+
+impl Constraint {
+    /// Parses Compose's `ATTRIBUTE == VALUE` or `ATTRIBUTE != VALUE`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (left, equal, right) = if let Some((l, r)) = text.split_once("==") {
+            (l, true, r)
+        } else if let Some((l, r)) = text.split_once("!=") {
+            (l, false, r)
+        } else {
+            return Err(format!(
+                "{text:?} is not a constraint: write `node.labels.KEY == VALUE`, `node.hostname != NAME`, ..."
+            ));
+        };
+        let (left, value) = (left.trim(), right.trim());
+        let attribute = match left {
+            "node.hostname" => NodeAttribute::Hostname,
+            _ => match left.strip_prefix("node.labels.") {
+                Some(key) if !key.is_empty() => NodeAttribute::Label(key.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "cannot constrain on {left:?}: Berth knows `node.hostname` and `node.labels.KEY`"
+                    ));
+                }
+            },
+        };
+        if value.is_empty() {
+            return Err(format!(
+                "the constraint {text:?} has no value to compare with"
+            ));
+        }
+        Ok(Self {
+            attribute,
+            equal,
+            value: value.to_owned(),
+        })
+    }
+
+    /// Whether a node named `node` with `labels` satisfies the constraint. A missing
+    /// label equals nothing.
+    pub fn allows(&self, node: &str, labels: &BTreeMap<String, String>) -> bool {
+        let actual = match &self.attribute {
+            NodeAttribute::Hostname => Some(node),
+            NodeAttribute::Label(key) => labels.get(key).map(String::as_str),
+        };
+        (actual == Some(self.value.as_str())) == self.equal
+    }
+}
+
+impl std::fmt::Display for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.attribute {
+            NodeAttribute::Hostname => f.write_str("node.hostname")?,
+            NodeAttribute::Label(key) => write!(f, "node.labels.{key}")?,
+        }
+        let op = if self.equal { "==" } else { "!=" };
+        write!(f, " {op} {}", self.value)
+    }
 }
 
 /// Transport protocol of a port.

@@ -580,6 +580,7 @@ fn service_of(
         init: false,
         stop_signal: None,
         stop_grace_period_ms: None,
+        constraints: Vec::new(),
     };
     let mut env_files = BTreeMap::new();
     let mut networks_given = false;
@@ -1129,7 +1130,7 @@ fn deploy_of(
     service: &mut Service,
     sites: &mut ServiceSites,
 ) {
-    for (key, value) in cx.fields(node, path, &["replicas", "resources"], false) {
+    for (key, value) in cx.fields(node, path, &["replicas", "resources", "placement"], false) {
         let p = join(path, key);
         match key {
             "replicas" => {
@@ -1175,6 +1176,25 @@ fn deploy_of(
                                 }
                             }
                             _ => unreachable!("fields() returns only known keys"),
+                        }
+                    }
+                }
+            }
+            "placement" => {
+                for (key, value) in cx.fields(value, &p, &["constraints"], false) {
+                    let cp = join(&p, key);
+                    let Value::Seq(items) = &value.value else {
+                        cx.expected(value, &cp, "a list of constraints");
+                        continue;
+                    };
+                    for (i, item) in items.iter().enumerate() {
+                        let ip = format!("{cp}[{i}]");
+                        let Some(text) = cx.string(item, &ip) else {
+                            continue;
+                        };
+                        match Constraint::parse(&text) {
+                            Ok(c) => service.constraints.push(c),
+                            Err(e) => cx.error(item.pos, &ip, e),
                         }
                     }
                 }

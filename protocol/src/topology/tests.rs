@@ -412,3 +412,46 @@ fn a_loaded_topology_has_no_problems_and_a_tampered_one_does() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn placement_constraints_are_read_and_checked_where_they_are_written() {
+    let loaded = load_with(
+        "services:\n  db:\n    image: x\n    deploy:\n      placement:\n        constraints:\n          - node.labels.disk == ssd\n          - \"node.hostname != n1\"\n",
+        &[],
+        &[],
+    )
+    .unwrap();
+    let db = &loaded.topology.services["db"];
+    assert_eq!(
+        db.constraints,
+        vec![
+            Constraint {
+                attribute: NodeAttribute::Label("disk".into()),
+                equal: true,
+                value: "ssd".into()
+            },
+            Constraint {
+                attribute: NodeAttribute::Hostname,
+                equal: false,
+                value: "n1".into()
+            },
+        ]
+    );
+    let ssd: BTreeMap<String, String> = [("disk".to_owned(), "ssd".to_owned())].into();
+    assert!(db.constraints.iter().all(|c| c.allows("n2", &ssd)));
+    assert!(!db.constraints.iter().all(|c| c.allows("n1", &ssd)));
+    assert!(
+        !db.constraints
+            .iter()
+            .all(|c| c.allows("n2", &BTreeMap::new()))
+    );
+
+    let e = errors(
+        "services:\n  db:\n    image: x\n    deploy:\n      placement:\n        constraints: [\"node.role == manager\"]\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("app.yaml:6:23: services.db.deploy.placement.constraints[0]: cannot constrain on \"node.role\""),
+        "{e:?}"
+    );
+}

@@ -1,0 +1,231 @@
+//! The node pool as an admin sees it: each node's capacity, use, labels and state;
+//! cordoning and draining; and the statuses nodes report for their replicas, kept in
+//! the database so that every gateway replica shows the same.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use berth_protocol::assignment::TopologyRef;
+use berth_protocol::node_api::ReplicaStatus;
+use berth_protocol::topology::Topology;
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use serde::{Deserialize, Serialize};
+
+use crate::entity::{assignment, node, placement, replica_status};
+use crate::service::{limit_of, to_i64, used_of};
+use crate::{Allocator, AllocatorError, Limit, Resources};
+
+/// Whether a node takes new replicas and keeps the ones it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Takes new replicas.
+    Active,
+    /// Keeps its replicas, takes no new ones.
+    Cordoned,
+    /// Its replicas are moved elsewhere; takes no new ones.
+    Draining,
+}
+
+/// One node of the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its name.
+    pub name: String,
+    /// What it can hold (unset: unlimited).
+    pub capacity: Limit,
+    /// What is reserved on it.
+    pub used: Resources,
+    /// The labels it joined with.
+    pub labels: BTreeMap<String, String>,
+    /// Active, cordoned or draining.
+    pub state: NodeState,
+}
+
+/// The outcome of a drain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drained {
+    /// Topologies whose replicas moved off the node, as `tenant/topology`.
+    pub moved: Vec<String>,
+    /// Topologies that could not move, with the reason; their replicas stay where they
+    /// are until there is room elsewhere and the drain is run again.
+    pub stuck: Vec<String>,
+}
+
+/// The latest status a node reported for one replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedReplica {
+    /// The node that reported it (and runs it).
+    pub node: String,
+    /// What it said.
+    pub status: ReplicaStatus,
+}
+
+impl Allocator {
+    /// Every node, by name.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, AllocatorError> {
+        let rows = node::Entity::find().all(&self.db).await?;
+        let mut out: Vec<NodeInfo> = rows
+            .into_iter()
+            .map(|n| NodeInfo {
+                capacity: Limit {
+                    cpu_millis: limit_of(n.cpu_millis_capacity),
+                    memory_bytes: limit_of(n.memory_bytes_capacity),
+                    containers: limit_of(n.containers_capacity),
+                },
+                used: Resources {
+                    cpu_millis: used_of(n.cpu_millis_used),
+                    memory_bytes: used_of(n.memory_bytes_used),
+                    containers: used_of(n.containers_used),
+                },
+                labels: serde_json::from_str(&n.labels).unwrap_or_default(),
+                state: match (n.schedulable, n.draining) {
+                    (_, true) => NodeState::Draining,
+                    (false, false) => NodeState::Cordoned,
+                    (true, false) => NodeState::Active,
+                },
+                name: n.name,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn set_node_state(
+        &self,
+        name: &str,
+        schedulable: bool,
+        draining: bool,
+    ) -> Result<(), AllocatorError> {
+        let result = node::Entity::update_many()
+            .col_expr(node::Column::Schedulable, schedulable.into())
+            .col_expr(node::Column::Draining, draining.into())
+            .filter(node::Column::Name.eq(name))
+            .exec(&self.db)
+            .await?;
+        if result.rows_affected == 0 {
+            return Err(AllocatorError::UnknownNode(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Cordons a node (no new replicas go there; its own stay) or, with `false`, makes
+    /// it active again (which also ends a drain).
+    pub async fn cordon(&self, name: &str, cordoned: bool) -> Result<(), AllocatorError> {
+        self.set_node_state(name, !cordoned, false).await
+    }
+
+    /// Drains a node: cordons it and re-places every topology with a replica there, so
+    /// that those replicas start elsewhere under new generations. A topology that does
+    /// not fit elsewhere stays as it is and is named in [`Drained::stuck`].
+    pub async fn drain(&self, name: &str) -> Result<Drained, AllocatorError> {
+        self.set_node_state(name, false, true).await?;
+        let on_node: BTreeSet<(String, String)> = assignment::Entity::find()
+            .filter(assignment::Column::Node.eq(name))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|a| (a.tenant, a.topology))
+            .collect();
+        let mut drained = Drained::default();
+        for (tenant, topology) in on_node {
+            let id = TopologyRef { tenant, topology };
+            let Some(row) = placement::Entity::find_by_id((id.tenant.clone(), id.topology.clone()))
+                .one(&self.db)
+                .await?
+            else {
+                continue; // removed meanwhile
+            };
+            let spec: Topology = serde_json::from_str(&row.spec)
+                .map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
+            let revision = u64::try_from(row.revision).unwrap_or(0);
+            match self.deploy(&id.tenant, revision, &spec).await {
+                Ok(_) => drained.moved.push(id.to_string()),
+                Err(
+                    e @ (AllocatorError::Placement(_)
+                    | AllocatorError::Quota(_)
+                    | AllocatorError::Contended(_)),
+                ) => drained.stuck.push(format!("{id}: {e}")),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(drained)
+    }
+
+    /// Records what `node` reported, replica by replica (the caller has checked that
+    /// every replica is assigned to it).
+    pub async fn record_statuses(
+        &self,
+        node_name: &str,
+        statuses: &[ReplicaStatus],
+        now_ms: i64,
+    ) -> Result<(), AllocatorError> {
+        if statuses.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await?;
+        for chunk in statuses.chunks(500) {
+            let rows = chunk.iter().map(|r| replica_status::ActiveModel {
+                tenant: Set(r.tenant.clone()),
+                topology: Set(r.topology.clone()),
+                service: Set(r.service.clone()),
+                replica: Set(i64::from(r.replica)),
+                node: Set(node_name.to_owned()),
+                generation: Set(to_i64(r.generation)),
+                state: Set(r.state.clone()),
+                detail: Set(r.detail.clone()),
+                reported_at_ms: Set(now_ms),
+            });
+            let upsert = replica_status::Entity::insert_many(rows)
+                .on_conflict(
+                    OnConflict::columns([
+                        replica_status::Column::Tenant,
+                        replica_status::Column::Topology,
+                        replica_status::Column::Service,
+                        replica_status::Column::Replica,
+                    ])
+                    .update_columns([
+                        replica_status::Column::Node,
+                        replica_status::Column::Generation,
+                        replica_status::Column::State,
+                        replica_status::Column::Detail,
+                        replica_status::Column::ReportedAtMs,
+                    ])
+                    .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await;
+            if let Err(e) = upsert {
+                let _ = txn.rollback().await;
+                return Err(e.into());
+            }
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The latest report for each replica of a topology that nodes have reported on.
+    pub async fn statuses(&self, id: &TopologyRef) -> Result<Vec<ReportedReplica>, AllocatorError> {
+        let rows = replica_status::Entity::find()
+            .filter(replica_status::Column::Tenant.eq(&id.tenant))
+            .filter(replica_status::Column::Topology.eq(&id.topology))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ReportedReplica {
+                node: r.node,
+                status: ReplicaStatus {
+                    tenant: r.tenant,
+                    topology: r.topology,
+                    service: r.service,
+                    replica: u32::try_from(r.replica).unwrap_or(0),
+                    generation: u64::try_from(r.generation).unwrap_or(0),
+                    state: r.state,
+                    detail: r.detail,
+                },
+            })
+            .collect())
+    }
+}
