@@ -50,6 +50,30 @@ fn refused(e: IdentityError) -> Status {
     }
 }
 
+/// Counters of the node API, for metrics.
+#[derive(Debug, Default)]
+pub struct NodeApiStats {
+    /// Watch streams open now (nodes connected).
+    pub connected: std::sync::atomic::AtomicI64,
+    /// Nodes that joined since the process started.
+    pub joins: AtomicU64,
+    /// Reports accepted.
+    pub reports_accepted: AtomicU64,
+    /// Reports refused (bad signature, replay, not assigned, never sent).
+    pub reports_refused: AtomicU64,
+    /// Watch requests refused.
+    pub watches_refused: AtomicU64,
+}
+
+/// Decrements the connected count when a stream ends, however it ends.
+struct Connected(Arc<NodeApiStats>);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// State shared by every call.
 #[derive(Debug, Default)]
 struct Shared {
@@ -64,6 +88,7 @@ pub struct NodeApi {
     identities: Identities,
     versions: Arc<AtomicU64>,
     shared: Arc<Mutex<Shared>>,
+    stats: Arc<NodeApiStats>,
 }
 
 impl NodeApi {
@@ -75,7 +100,13 @@ impl NodeApi {
             identities,
             versions: Arc::new(AtomicU64::new(1)),
             shared: Arc::default(),
+            stats: Arc::default(),
         }
+    }
+
+    /// The service's counters.
+    pub fn stats(&self) -> &NodeApiStats {
+        &self.stats
     }
 
     /// Join tokens and identities.
@@ -133,6 +164,7 @@ impl NodeControl for NodeApi {
             )
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        self.stats.joins.fetch_add(1, Ordering::Relaxed);
         tracing::info!(node = %join.node_name, "node joined");
         Ok(Response::new(JoinResponse {
             node_name: join.node_name,
@@ -146,14 +178,21 @@ impl NodeControl for NodeApi {
         request: Request<SignedRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let signed = request.into_inner();
-        let _: WatchBody = self
+        let verified: Result<WatchBody, Status> = self
             .verified(&signed, methods::WATCH, |b: &WatchBody| b.sequence)
-            .await?;
+            .await;
+        if let Err(e) = verified {
+            self.stats.watches_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         let node = signed.node;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let api = self.clone();
         let mut changes = self.allocator.subscribe();
+        self.stats.connected.fetch_add(1, Ordering::Relaxed);
+        let connected = Connected(self.stats.clone());
         tokio::spawn(async move {
+            let _connected = connected;
             let mut last_sent: Option<Vec<u8>> = None;
             loop {
                 let set = match api.allocator.assignments_for_node(&node).await {
@@ -199,7 +238,20 @@ impl NodeControl for NodeApi {
     }
 
     async fn report(&self, request: Request<SignedRequest>) -> Result<Response<ReportAck>, Status> {
-        let signed = request.into_inner();
+        let result = self.accept_report(request.into_inner()).await;
+        let counter = match &result {
+            Ok(_) => &self.stats.reports_accepted,
+            Err(_) => &self.stats.reports_refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result.map(Response::new)
+    }
+}
+
+impl NodeApi {
+    /// Checks a report (signature, sequence, the set it answers, the replicas it
+    /// speaks of) and records it.
+    async fn accept_report(&self, signed: SignedRequest) -> Result<ReportAck, Status> {
         let body: ReportBody = self
             .verified(&signed, methods::REPORT, |b: &ReportBody| b.sequence)
             .await?;
@@ -247,6 +299,6 @@ impl NodeControl for NodeApi {
             .record_statuses(&node, &body.replicas, now_ms())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(ReportAck {}))
+        Ok(ReportAck {})
     }
 }

@@ -17,7 +17,7 @@ use crate::service::{limit_of, to_i64, used_of};
 use crate::{Allocator, AllocatorError, Limit, Resources};
 
 /// Whether a node takes new replicas and keeps the ones it has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     /// Takes new replicas.
@@ -29,7 +29,7 @@ pub enum NodeState {
 }
 
 /// One node of the pool.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeInfo {
     /// Its name.
     pub name: String,
@@ -44,7 +44,7 @@ pub struct NodeInfo {
 }
 
 /// The outcome of a drain.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Drained {
     /// Topologies whose replicas moved off the node, as `tenant/topology`.
     pub moved: Vec<String>,

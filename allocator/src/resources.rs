@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// An amount of the three resources Berth accounts for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Resources {
     /// CPU in thousandths of a core.
     pub cpu_millis: u64,
@@ -34,7 +34,7 @@ impl Resources {
 }
 
 /// Upper bounds per dimension; `None` is unlimited. Used for quotas and capacities.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Limit {
     /// CPU in thousandths of a core.
     pub cpu_millis: Option<u64>,

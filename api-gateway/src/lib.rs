@@ -12,12 +12,14 @@
 //! tenant and topology. The bootstrap admin token that `berth server` keeps in its data
 //! directory is accepted as an admin session (its SHA-256 is compared in constant time).
 
+mod metrics;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use berth_allocator::node_api::NodeApi;
-use berth_allocator::{Allocator, AllocatorError, Limit};
+use berth_allocator::{Allocator, AllocatorError, Drained, Limit, NodeInfo, NodeState, Resources};
 use berth_protocol::assignment::TopologyRef;
 use berth_protocol::capability::{self, Denied, Operation, Role};
 use berth_protocol::topology::Topology;
@@ -43,13 +45,17 @@ impl ApiError {
         }
     }
 
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 }
 
 /// The JSON body of every error.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A stable code: `bad_request`, `invalid_topology`, `unauthenticated`, `not_found`,
     /// `quota_exceeded`, `no_capacity`, `conflict`, `internal`.
@@ -130,6 +136,7 @@ pub struct Gateway {
     admin_token_sha256: [u8; 32],
     node_api_url: String,
     root: std::sync::Arc<biscuit_auth::KeyPair>,
+    metrics: std::sync::Arc<metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -159,6 +166,7 @@ impl Gateway {
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
             node_api_url: node_api_url.to_owned(),
             root: std::sync::Arc::new(root),
+            metrics: metrics::Metrics::new(),
         }
     }
 
@@ -240,8 +248,11 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
             .app_data(path)
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/openapi.json", web::get().to(openapi))
+            .route("/metrics", web::get().to(metrics::metrics))
             .service(
                 web::scope("/v1")
+                    .wrap(actix_web::middleware::from_fn(metrics::track))
                     .route("/login", web::post().to(login))
                     .route("/tenants", web::post().to(create_tenant))
                     .route("/tenants/{tenant}/users", web::post().to(create_user))
@@ -273,17 +284,34 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The process is up"),
+    )
+)]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().body("ok")
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The database answers"),
+        (status = 500, description = "The database does not answer", body = ErrorBody),
+    )
+)]
 async fn readyz(gw: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     gw.tenants.list("-").await?;
     Ok(HttpResponse::Ok().body("ready"))
 }
 
 /// `POST /v1/tenants`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     /// The tenant's name.
@@ -303,6 +331,19 @@ fn valid_tenant(name: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    tag = "tenants",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "The tenant exists", body = TenantCreated),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn create_tenant(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -317,9 +358,28 @@ async fn create_tenant(
     if let Some(quota) = body.quota {
         gw.allocator.set_quota(&body.name, quota).await?;
     }
-    Ok(HttpResponse::Created().json(serde_json::json!({ "name": body.name })))
+    Ok(HttpResponse::Created().json(TenantCreated {
+        name: body.into_inner().name,
+    }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}/quota",
+    tag = "tenants",
+    request_body = Limit,
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+    ),
+    responses(
+        (status = 200, description = "The quota now", body = QuotaView),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn set_quota(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -332,6 +392,21 @@ async fn set_quota(
     get_quota(gw, request, tenant).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/quota",
+    tag = "tenants",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+    ),
+    responses(
+        (status = 200, description = "The quota and what is used of it", body = QuotaView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn get_quota(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -339,11 +414,11 @@ async fn get_quota(
 ) -> Result<HttpResponse, ApiError> {
     gw.authorize(&request, Operation::Read, &tenant, None)?;
     let (limit, used) = gw.allocator.quota(&tenant).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "limit": limit, "used": used })))
+    Ok(HttpResponse::Ok().json(QuotaView { limit, used }))
 }
 
 /// `POST /v1/join-tokens`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJoinToken {
     /// How long the token is valid, in seconds (default one hour).
@@ -351,6 +426,19 @@ pub struct NewJoinToken {
     pub ttl_seconds: Option<u32>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/join-tokens",
+    tag = "nodes",
+    request_body = NewJoinToken,
+    responses(
+        (status = 201, description = "A one-time token and the command that joins a machine", body = JoinToken),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn create_join_token(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -368,11 +456,28 @@ async fn create_join_token(
         "berth-node join --allocator {} --token {token} --name NODE_NAME",
         gw.node_api_url
     );
-    Ok(HttpResponse::Created().json(
-        serde_json::json!({ "token": token, "join_command": command, "ttl_seconds": ttl_seconds }),
-    ))
+    Ok(HttpResponse::Created().json(JoinToken {
+        token,
+        join_command: command,
+        ttl_seconds,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/topologies",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+    ),
+    responses(
+        (status = 200, description = "The names of the tenant's topologies", body = Vec<String>),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn list_topologies(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -383,7 +488,7 @@ async fn list_topologies(
 }
 
 /// The answer to a deploy: the revision and where each replica went.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deployed {
     /// The revision now in force.
     pub revision: u64,
@@ -394,7 +499,7 @@ pub struct Deployed {
 }
 
 /// One replica as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaView {
     /// The service.
     pub service: String,
@@ -410,6 +515,26 @@ pub struct ReplicaView {
     pub detail: String,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}/topologies/{name}",
+    tag = "topologies",
+    request_body = TopologyBody,
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+    ),
+    responses(
+        (status = 200, description = "Placed: the revision and where each replica went", body = Deployed),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+        (status = 409, description = "Over quota or no room in the pool; nothing changed", body = ErrorBody),
+        (status = 422, description = "The topology breaks a rule; nothing changed", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn deploy(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -496,6 +621,22 @@ async fn replica_views(gw: &Gateway, id: &TopologyRef) -> Result<Vec<ReplicaView
     Ok(views)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/topologies/{name}",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+    ),
+    responses(
+        (status = 200, description = "Each replica, its node and what the node reports", body = Deployed),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn status(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -525,6 +666,22 @@ async fn status(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/topologies/{name}",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+    ),
+    responses(
+        (status = 200, description = "Removed, with the nodes that ran it", body = Removed),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn remove(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -545,11 +702,14 @@ async fn remove(
             format!("topology {name:?} does not exist in tenant {tenant:?}"),
         ));
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "removed": name, "nodes": nodes })))
+    Ok(HttpResponse::Ok().json(Removed {
+        removed: name,
+        nodes,
+    }))
 }
 
 /// `POST /v1/login`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     /// The user's tenant.
@@ -561,7 +721,7 @@ pub struct Login {
 }
 
 /// The answer to a login.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoggedIn {
     /// The session token, to send as `Authorization: Bearer TOKEN`.
     pub token: String,
@@ -594,6 +754,18 @@ impl From<LoginError> for ApiError {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/login",
+    tag = "users",
+    request_body = Login,
+    responses(
+        (status = 200, description = "A session token", body = LoggedIn),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Wrong user or password", body = ErrorBody),
+        (status = 429, description = "Too many failed logins: wait", body = ErrorBody),
+    )
+)]
 async fn login(gw: web::Data<Gateway>, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
     let role = gw
         .tenants
@@ -624,7 +796,7 @@ async fn login(gw: web::Data<Gateway>, body: web::Json<Login>) -> Result<HttpRes
 }
 
 /// `POST /v1/tenants/{tenant}/users`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// The user's name.
@@ -635,6 +807,24 @@ pub struct NewUser {
     pub role: Role,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/users",
+    tag = "users",
+    request_body = NewUser,
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+    ),
+    responses(
+        (status = 201, description = "The user exists", body = UserCreated),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+        (status = 409, description = "The user exists already", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn create_user(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -652,10 +842,25 @@ async fn create_user(
     gw.tenants
         .create_user(&tenant, &body.name, &body.password, body.role, now_ms())
         .await?;
-    Ok(HttpResponse::Created()
-        .json(serde_json::json!({ "tenant": *tenant, "name": body.name, "role": body.role })))
+    let body = body.into_inner();
+    Ok(HttpResponse::Created().json(UserCreated {
+        tenant: tenant.into_inner(),
+        name: body.name,
+        role: body.role,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    tag = "nodes",
+    responses(
+        (status = 200, description = "Every node", body = Vec<NodeInfo>),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn list_nodes(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -664,6 +869,21 @@ async fn list_nodes(
     Ok(HttpResponse::Ok().json(gw.allocator.nodes().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{node}/cordon",
+    tag = "nodes",
+    params(
+        ("node" = String, Path, description = "The node"),
+    ),
+    responses(
+        (status = 200, description = "The node is cordoned", body = NodeStateChanged),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn cordon(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -671,9 +891,27 @@ async fn cordon(
 ) -> Result<HttpResponse, ApiError> {
     gw.authorize(&request, Operation::Administer, "*", None)?;
     gw.allocator.cordon(&node, true).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "node": *node, "state": "cordoned" })))
+    Ok(HttpResponse::Ok().json(NodeStateChanged {
+        node: node.into_inner(),
+        state: NodeState::Cordoned,
+    }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{node}/uncordon",
+    tag = "nodes",
+    params(
+        ("node" = String, Path, description = "The node"),
+    ),
+    responses(
+        (status = 200, description = "The node is active", body = NodeStateChanged),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn uncordon(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -681,9 +919,27 @@ async fn uncordon(
 ) -> Result<HttpResponse, ApiError> {
     gw.authorize(&request, Operation::Administer, "*", None)?;
     gw.allocator.cordon(&node, false).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "node": *node, "state": "active" })))
+    Ok(HttpResponse::Ok().json(NodeStateChanged {
+        node: node.into_inner(),
+        state: NodeState::Active,
+    }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{node}/drain",
+    tag = "nodes",
+    params(
+        ("node" = String, Path, description = "The node"),
+    ),
+    responses(
+        (status = 200, description = "The node is draining; what moved and what could not", body = Drained),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn drain(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -694,7 +950,7 @@ async fn drain(
 }
 
 /// `POST /v1/tenants/{tenant}/topologies/{name}/scale`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scale {
     /// The service to scale.
@@ -703,6 +959,25 @@ pub struct Scale {
     pub replicas: u32,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/topologies/{name}/scale",
+    tag = "topologies",
+    request_body = Scale,
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+    ),
+    responses(
+        (status = 200, description = "Placed with the new count", body = Deployed),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+        (status = 409, description = "Over quota or no room in the pool; nothing changed", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn scale(
     gw: web::Data<Gateway>,
     request: HttpRequest,
@@ -726,4 +1001,134 @@ async fn scale(
     };
     service.replicas = body.replicas;
     apply(&gw, tenant, topology).await
+}
+
+/// A tenant's quota and what it uses.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuotaView {
+    /// The limits (unset: unlimited).
+    pub limit: Limit,
+    /// What the tenant's placed replicas reserve.
+    pub used: Resources,
+}
+
+/// A tenant was created.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TenantCreated {
+    /// Its name.
+    pub name: String,
+}
+
+/// A user was created.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UserCreated {
+    /// The tenant.
+    pub tenant: String,
+    /// The user.
+    pub name: String,
+    /// The role.
+    pub role: Role,
+}
+
+/// A one-time join token.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JoinToken {
+    /// The token; only its hash is stored.
+    pub token: String,
+    /// The command that joins a machine with it.
+    pub join_command: String,
+    /// How long it is valid.
+    pub ttl_seconds: u32,
+}
+
+/// A node's new state.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeStateChanged {
+    /// The node.
+    pub node: String,
+    /// Its state now.
+    pub state: NodeState,
+}
+
+/// A topology was removed.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Removed {
+    /// The topology.
+    pub removed: String,
+    /// The nodes that ran some of it.
+    pub nodes: Vec<String>,
+}
+
+/// The body of a deploy: a topology in Berth's normalised form, as `berth config
+/// --json` prints it (the CLI sends it after reading and checking the file).
+#[derive(Debug)]
+pub struct TopologyBody;
+
+impl utoipa::PartialSchema for TopologyBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .description(Some(
+                "A topology in Berth's normalised form, as `berth config --json` prints it: `name`, `services`, `networks`, `volumes`. It is checked by the same rules as a topology file.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TopologyBody {}
+
+/// The OpenAPI document of the REST API, generated from the handlers.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Berth",
+        description = "The REST API of the Berth control plane: the operations the `berth` command performs locally, for a pool."
+    ),
+    paths(
+        healthz, readyz, login, create_tenant, create_user, set_quota, get_quota,
+        create_join_token, list_nodes, cordon, uncordon, drain, list_topologies, deploy,
+        status, remove, scale,
+    ),
+    components(schemas(TopologyBody, NodeInfo, Drained)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A session token from `POST /v1/login` (a biscuit), or the admin token `berth server` keeps in its data directory.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document as served at `/openapi.json` and checked in as
+/// `api-gateway/openapi.json`.
+pub fn openapi_json() -> String {
+    use utoipa::OpenApi;
+    match ApiDoc::openapi().to_pretty_json() {
+        Ok(mut text) => {
+            text.push('\n');
+            text
+        }
+        Err(e) => format!("{{\"error\": \"cannot render the OpenAPI document: {e}\"}}\n"),
+    }
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(openapi_json())
 }

@@ -27,7 +27,9 @@ use biscuit_auth::{AuthorizerLimits, Biscuit, KeyPair, PublicKey, error};
 
 /// What a role may do. Admins manage the platform; developers own their tenant's
 /// topologies; auditors read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Tenants, quotas, nodes, users: everything.

@@ -1,0 +1,183 @@
+//! Prometheus metrics, served on `/metrics` in the OpenMetrics text format: the API's
+//! requests (by route template, never by raw path, so tenants' names do not become
+//! label values), the node API's counters, and the pool's nodes and placed replicas.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, web};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::{ApiError, Gateway};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 8 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+/// The gateway's metrics.
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    nodes: Family<StateLabels, Gauge>,
+    connected: Gauge,
+    reports: Family<OutcomeLabels, Gauge>,
+    joins: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("berth");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "API requests by method, route template and status",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an API request, by route template",
+            latency.clone(),
+        );
+        let nodes = Family::<StateLabels, Gauge>::default();
+        registry.register("nodes", "Nodes in the pool by state", nodes.clone());
+        let connected = Gauge::default();
+        registry.register(
+            "nodes_connected",
+            "Node agents with an open assignment stream to this process",
+            connected.clone(),
+        );
+        let reports = Family::<OutcomeLabels, Gauge>::default();
+        registry.register(
+            "node_reports",
+            "Signed status reports from nodes since start, accepted or refused",
+            reports.clone(),
+        );
+        let joins = Gauge::default();
+        registry.register("node_joins", "Nodes that joined since start", joins.clone());
+        Arc::new(Self {
+            registry,
+            requests,
+            latency,
+            nodes,
+            connected,
+            reports,
+            joins,
+        })
+    }
+}
+
+/// Middleware: counts and times every request under its route template.
+pub(crate) async fn track(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let metrics = request
+        .app_data::<web::Data<Gateway>>()
+        .map(|gw| gw.metrics.clone());
+    let method = request.method().to_string();
+    let response = next.call(request).await?;
+    if let Some(metrics) = metrics {
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method,
+                route: route.clone(),
+                status: response.status().as_u16(),
+            })
+            .inc();
+        metrics
+            .latency
+            .get_or_create(&RouteLabels { route })
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(response)
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(gw: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    let m = &gw.metrics;
+    let nodes = gw.allocator.nodes().await?;
+    for state in ["active", "cordoned", "draining"] {
+        let count = nodes
+            .iter()
+            .filter(|n| {
+                serde_json::to_value(n.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    == Some(state.to_owned())
+            })
+            .count();
+        m.nodes
+            .get_or_create(&StateLabels {
+                state: state.to_owned(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    let stats = gw.nodes.stats();
+    m.connected.set(stats.connected.load(Ordering::Relaxed));
+    let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for (outcome, counter) in [
+        ("accepted", &stats.reports_accepted),
+        ("refused", &stats.reports_refused),
+    ] {
+        m.reports
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .set(as_i64(counter.load(Ordering::Relaxed)));
+    }
+    m.joins.set(as_i64(stats.joins.load(Ordering::Relaxed)));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &m.registry)
+        .map_err(|e| ApiError::internal(format!("cannot encode metrics: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(text))
+}
