@@ -151,6 +151,23 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", value_name = "URL")]
         database: Option<String>,
     },
+    /// Run the whole platform on this machine: the control plane and a node agent on
+    /// the local Docker engine. Prints the API's URL, an admin login, and the command
+    /// that joins other machines.
+    Dev {
+        /// The API's address (use 0.0.0.0:7420 to let other machines reach it).
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        listen: std::net::SocketAddr,
+        /// The node API's address.
+        #[arg(long, default_value = "127.0.0.1:7421")]
+        node_listen: std::net::SocketAddr,
+        /// The node API's URL as other machines reach it (default: from --node-listen).
+        #[arg(long, value_name = "URL")]
+        advertise: Option<String>,
+        /// The database (default: SQLite in the data directory).
+        #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+        database: Option<String>,
+    },
 }
 
 impl Cli {
@@ -165,6 +182,7 @@ impl Cli {
             | Command::Config { file } => file.file.as_deref(),
             Command::Logs { file, .. } => file.as_deref(),
             Command::Server { .. }
+            | Command::Dev { .. }
             | Command::Login { .. }
             | Command::Tenant(_)
             | Command::Quota(_)
@@ -413,10 +431,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 advertise: advertise.clone(),
                 database: database.clone(),
                 data_dir: data_dir(),
+                local_node: false,
             };
             server::run(config).await.map_err(|e| Failure {
                 exit: Exit::Failure,
                 message: format!("{e:#}"),
+            })
+        }
+        Command::Dev {
+            listen,
+            node_listen,
+            advertise,
+            database,
+        } => {
+            let config = server::ServerConfig {
+                listen: *listen,
+                node_listen: *node_listen,
+                advertise: advertise.clone(),
+                database: database.clone(),
+                data_dir: data_dir().join("dev"),
+                local_node: true,
+            };
+            server::run(config).await.map_err(|e| {
+                let docker = e.to_string().contains("Docker");
+                Failure {
+                    exit: if docker {
+                        Exit::DockerUnavailable
+                    } else {
+                        Exit::Failure
+                    },
+                    message: format!("{e:#}"),
+                }
             })
         }
     }

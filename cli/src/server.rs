@@ -27,11 +27,28 @@ pub(crate) struct ServerConfig {
     pub(crate) database: Option<String>,
     /// The data directory (admin token, SQLite file).
     pub(crate) data_dir: PathBuf,
+    /// `berth dev`: also run a node agent on this machine's Docker, joined over the
+    /// node API like any other, and an `admin` user to log in with.
+    pub(crate) local_node: bool,
 }
+
+/// The name of the node `berth dev` runs.
+const DEV_NODE: &str = "local";
 
 /// Runs until the process is stopped.
 pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
+    // Connect to Docker first, so that `berth dev` without it fails before serving.
+    let docker = if config.local_node {
+        Some(
+            berth_node_runtime::docker::DockerDriver::connect()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+    } else {
+        None
+    };
+    drop(docker);
     let database = config.database.clone().unwrap_or_else(|| {
         format!(
             "sqlite://{}?mode=rwc",
@@ -55,6 +72,11 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{}", config.node_listen));
     let root = root_key(&config.data_dir.join("root-key"))?;
+    let admin_password = if config.local_node {
+        Some(dev_admin(&tenants, &config.data_dir.join("admin-password")).await?)
+    } else {
+        None
+    };
     let gateway = Gateway::new(
         tenants,
         allocator,
@@ -87,6 +109,36 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| format!("http://{grpc_addr}"));
+    if config.local_node {
+        // The node joins through the node API served below, so it runs beside it.
+        let (url, token, dir) = (
+            node_url.clone(),
+            join_token.clone(),
+            config.data_dir.join("node"),
+        );
+        tokio::spawn(async move {
+            match dev_node(&url, &token, &dir).await {
+                Ok(node) => node.await,
+                Err(e) => eprintln!("error: node {DEV_NODE:?} could not start: {e:#}"),
+            }
+        });
+        let join_token = nodes
+            .identities()
+            .create_join_token(now_ms(), 3_600_000)
+            .await?;
+        print_dev(
+            &api_addr,
+            &node_url,
+            &database,
+            admin_password.as_deref(),
+            &join_token,
+        );
+        tokio::select! {
+            result = http => result?,
+            result = grpc => result?,
+        }
+        return Ok(());
+    }
     println!("berth control plane");
     println!(
         "  API       http://{api_addr}  (admin token in {})",
@@ -110,6 +162,87 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         result = grpc => result?,
     }
     Ok(())
+}
+
+fn print_dev(
+    api_addr: &SocketAddr,
+    node_url: &str,
+    database: &str,
+    admin_password: Option<&str>,
+    join_token: &str,
+) {
+    println!("berth dev: the control plane, and node {DEV_NODE:?} on this machine's Docker");
+    println!("  API       http://{api_addr}   (OpenAPI at /openapi.json, metrics at /metrics)");
+    println!("  node API  {node_url}");
+    println!("  state     {database}");
+    if let Some(password) = admin_password {
+        println!("  admin     user \"admin\" of tenant \"default\", password {password}");
+    }
+    println!();
+    println!("Log in and deploy:");
+    println!("  export BERTH_ENDPOINT=http://{api_addr}");
+    println!(
+        "  export BERTH_TOKEN=$(BERTH_PASSWORD='{}' berth login --user admin)",
+        admin_password.unwrap_or("")
+    );
+    println!("  berth up -f compose.yaml");
+    println!("Join another machine as a node (the token works once, for an hour):");
+    println!("  berth-node join --allocator {node_url} --token {join_token} --name NODE_NAME");
+}
+
+/// The `admin` user of the default tenant that `berth dev` prints: its password is
+/// made on first start and kept in `path` (owner-only).
+async fn dev_admin(tenants: &TenantService, path: &Path) -> anyhow::Result<String> {
+    if let Ok(password) = std::fs::read_to_string(path) {
+        return Ok(password.trim().to_owned());
+    }
+    let password = random_hex(12)?;
+    tenants
+        .create_user(
+            DEFAULT_TENANT,
+            "admin",
+            &password,
+            berth_protocol::capability::Role::Admin,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the admin user: {e}"))?;
+    write_secret(path, password.as_bytes())?;
+    Ok(password)
+}
+
+/// The node agent of `berth dev`: joins through the node API with a one-time token
+/// the first time (its identity is kept in `dir`), then follows its assignments.
+async fn dev_node(
+    node_url: &str,
+    join_token: &str,
+    dir: &Path,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
+    use berth_node_runtime::agent::{self, Agent, Capacity, NodeIdentity};
+    std::fs::create_dir_all(dir)?;
+    let identity = match NodeIdentity::load(dir) {
+        Ok(identity) => identity,
+        Err(_) => agent::join(node_url, join_token, DEV_NODE, Capacity::default(), dir).await?,
+    };
+    let driver =
+        berth_node_runtime::docker::DockerDriver::connect_scoped(agent::scope_of(&identity))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let reconciler = berth_node_runtime::reconcile::Reconciler::new(
+        std::sync::Arc::new(driver),
+        berth_node_runtime::reconcile::ReconcileOptions::default(),
+    );
+    let agent = Agent::new(identity, reconciler)?;
+    Ok(agent.run())
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    use ring::rand::SecureRandom;
+    let mut buffer = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buffer)
+        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn now_ms() -> i64 {
@@ -150,15 +283,7 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
     if let Ok(token) = std::fs::read_to_string(path) {
         return Ok(token.trim().to_owned());
     }
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
-    let token = format!(
-        "bat_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
+    let token = format!("bat_{}", random_hex(32)?);
     write_secret(path, token.as_bytes())?;
     Ok(token)
 }
