@@ -199,7 +199,7 @@ impl Gateway {
         };
         match capability::authorize(token, |_| Ok(root), &check) {
             Ok(_) => Ok(()),
-            Err(e @ Denied::Invalid(_)) => Err(ApiError::new(
+            Err(e @ (Denied::Invalid(_) | Denied::Expired)) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 e.to_string(),

@@ -157,8 +157,11 @@ pub enum Denied {
     /// from another issuer).
     #[error("the token is not valid: {0}")]
     Invalid(String),
-    /// The token is valid but does not allow this request (wrong tenant, role, an
-    /// attenuation, or it expired).
+    /// The session the token carries has expired: log in again.
+    #[error("the session has expired; log in again")]
+    Expired,
+    /// The token is valid but does not allow this request (wrong tenant, role, or an
+    /// attenuation).
     #[error("the token does not allow {operation} on tenant {tenant:?}{}", topology.as_ref().map(|t| format!(" topology {t:?}")).unwrap_or_default())]
     Forbidden {
         /// The operation asked for.
@@ -202,7 +205,20 @@ pub fn authorize(
         .code(POLICIES)
         .and_then(|b| b.build(&biscuit))
         .map_err(|e| Denied::Invalid(e.to_string()))?;
-    authorizer.authorize().map_err(|_| forbidden())?;
+    authorizer.authorize().map_err(|e| {
+        // The authority block's own expiry check failed: say so, so that clients know
+        // to log in again rather than that they lack a right.
+        let expired = match &e {
+            error::Token::FailedLogic(
+                error::Logic::Unauthorized { checks, .. }
+                | error::Logic::NoMatchingPolicy { checks },
+            ) => checks.iter().any(|c| {
+                matches!(c, error::FailedCheck::Block(b) if b.block_id == 0 && b.rule.contains("time("))
+            }),
+            _ => false,
+        };
+        if expired { Denied::Expired } else { forbidden() }
+    })?;
     // Queries trust the authority block and the authorizer only, never appended blocks:
     // who the session is for comes from what the root key signed.
     let users: Vec<(String,)> = authorizer

@@ -1,0 +1,373 @@
+//! Attacks on the API's authentication, one test each, against the real gateway over a
+//! real SQLite database: forged, expired, tampered and garbage session tokens; an
+//! attenuated CI token used beyond its scope; a tenant's token used on another tenant;
+//! many wrong passwords.
+
+use std::time::{Duration, SystemTime};
+
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::{App, test as web_test};
+use berth_allocator::node_api::NodeApi;
+use berth_allocator::{Allocator, DefaultRequest, Limit};
+use berth_api_gateway::Gateway;
+use berth_protocol::capability::{self, Role, Session};
+use berth_tenant_service::TenantService;
+use biscuit_auth::{Algorithm, KeyPair, PrivateKey};
+
+const PASSWORD: &str = "acme-password-123";
+
+struct Fixture<S> {
+    app: S,
+    root: KeyPair,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture()
+-> Fixture<impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>>
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("state.db").display()
+    );
+    let db = berth_allocator::database::connect(&url).await.expect("db");
+    let tenants = TenantService::open(db.clone()).await.expect("tenants");
+    let allocator = Allocator::open(db, DefaultRequest::default())
+        .await
+        .expect("allocator");
+    for tenant in ["acme", "globex"] {
+        tenants.ensure_tenant(tenant, 0).await.expect("tenant");
+        allocator
+            .ensure_quota(tenant, Limit::default())
+            .await
+            .expect("quota");
+        tenants
+            .create_user(tenant, "dev", PASSWORD, Role::Developer, 0)
+            .await
+            .expect("user");
+    }
+    allocator
+        .upsert_node("n1", Limit::default(), &Default::default())
+        .await
+        .expect("node");
+    let root = KeyPair::new();
+    let copy = KeyPair::from(
+        &PrivateKey::from_bytes(&root.private().to_bytes(), Algorithm::Ed25519).expect("key"),
+    );
+    let nodes = NodeApi::new(allocator.clone());
+    let gateway = Gateway::new(
+        tenants,
+        allocator,
+        nodes,
+        "an-admin-token-for-this-test",
+        "http://127.0.0.1:1",
+        copy,
+    );
+    let app =
+        web_test::init_service(App::new().configure(berth_api_gateway::configure(gateway))).await;
+    Fixture {
+        app,
+        root,
+        _dir: dir,
+    }
+}
+
+async fn call(
+    app: &impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = web_test::TestRequest::default()
+        .method(method.parse().expect("method"))
+        .uri(path);
+    if let Some(token) = token {
+        request = request.insert_header(("authorization", format!("Bearer {token}")));
+    }
+    if let Some(body) = body {
+        request = request.set_json(body);
+    }
+    let response = web_test::call_service(app, request.to_request()).await;
+    let status = response.status().as_u16();
+    let body = web_test::read_body(response).await;
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+async fn login(
+    app: &impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+    tenant: &str,
+) -> String {
+    let (status, body) = call(
+        app,
+        "POST",
+        "/v1/login",
+        None,
+        Some(serde_json::json!({ "tenant": tenant, "user": "dev", "password": PASSWORD })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().expect("token").to_owned()
+}
+
+fn topology(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "services": { "web": { "image": "berth/busybox:latest", "replicas": 1, "networks": { "default": {} } } },
+        "networks": { "default": {} }
+    })
+}
+
+fn session(tenant: &str, role: Role) -> Session {
+    Session {
+        user: "dev".into(),
+        tenant: tenant.into(),
+        role,
+    }
+}
+
+#[actix_web::test]
+async fn a_session_token_signed_by_another_root_key_is_refused() {
+    let f = fixture().await;
+    let forged = capability::mint_session(
+        &KeyPair::new(),
+        1,
+        &session("acme", Role::Admin),
+        SystemTime::now() + Duration::from_secs(600),
+    )
+    .expect("mint");
+    let (status, body) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&forged),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "unauthenticated");
+    // The same claims signed by the real root key are accepted: the key is what failed.
+    let real = capability::mint_session(
+        &f.root,
+        1,
+        &session("acme", Role::Admin),
+        SystemTime::now() + Duration::from_secs(600),
+    )
+    .expect("mint");
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&real),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[actix_web::test]
+async fn an_expired_session_token_is_refused() {
+    let f = fixture().await;
+    let expired = capability::mint_session(
+        &f.root,
+        1,
+        &session("acme", Role::Developer),
+        SystemTime::now() - Duration::from_secs(1),
+    )
+    .expect("mint");
+    let (status, body) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&expired),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        body["message"], "the session has expired; log in again",
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn a_tampered_or_garbage_token_is_refused() {
+    let f = fixture().await;
+    let token = login(&f.app, "acme").await;
+    // Flip one character in the signature part of the token.
+    let mut bytes = token.into_bytes();
+    let at = bytes.len() - 10;
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(bytes).expect("utf-8");
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&tampered),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    for garbage in ["not-a-token", "", "En0KAggB"] {
+        let (status, body) = call(
+            &f.app,
+            "GET",
+            "/v1/tenants/acme/topologies",
+            Some(garbage),
+            None,
+        )
+        .await;
+        assert_eq!(status, 401, "{garbage:?}: {body}");
+    }
+    let (status, _) = call(&f.app, "GET", "/v1/tenants/acme/topologies", None, None).await;
+    assert_eq!(status, 401);
+}
+
+#[actix_web::test]
+async fn an_attenuated_ci_token_is_refused_beyond_its_scope() {
+    let f = fixture().await;
+    let token = login(&f.app, "acme").await;
+    // Attenuated offline, with nothing but the token: may only deploy topology `web`.
+    let ci = biscuit_auth::UnverifiedBiscuit::from_base64(&token)
+        .expect("parse")
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(r#"check if operation("deploy"), topology("web")"#)
+                .expect("block"),
+        )
+        .expect("append")
+        .to_base64()
+        .expect("encode");
+    let (status, body) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/acme/topologies/web",
+        Some(&ci),
+        Some(topology("web")),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the CI token could not do what it is for: {body}"
+    );
+    for (method, path, body) in [
+        ("GET", "/v1/tenants/acme/topologies/web", None),
+        ("DELETE", "/v1/tenants/acme/topologies/web", None),
+        (
+            "PUT",
+            "/v1/tenants/acme/topologies/api",
+            Some(topology("api")),
+        ),
+        ("GET", "/v1/tenants/acme/topologies", None),
+    ] {
+        let (status, answer) = call(&f.app, method, path, Some(&ci), body).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert_eq!(answer["code"], "forbidden");
+    }
+    // The unattenuated token still may.
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies/web",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[actix_web::test]
+async fn a_tenants_token_opens_nothing_of_another_tenant() {
+    let f = fixture().await;
+    let acme = login(&f.app, "acme").await;
+    let globex = login(&f.app, "globex").await;
+    let (status, _) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/acme/topologies/web",
+        Some(&acme),
+        Some(topology("web")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for (method, path, body) in [
+        ("GET", "/v1/tenants/acme/topologies/web", None),
+        ("GET", "/v1/tenants/acme/topologies", None),
+        ("DELETE", "/v1/tenants/acme/topologies/web", None),
+        (
+            "PUT",
+            "/v1/tenants/acme/topologies/web",
+            Some(topology("web")),
+        ),
+        (
+            "POST",
+            "/v1/tenants/acme/topologies/web/scale",
+            Some(serde_json::json!({ "service": "web", "replicas": 0 })),
+        ),
+        ("GET", "/v1/tenants/acme/quota", None),
+        (
+            "PUT",
+            "/v1/tenants/acme/quota",
+            Some(serde_json::json!({ "containers": 100 })),
+        ),
+        ("GET", "/v1/nodes", None),
+        ("POST", "/v1/nodes/n1/drain", None),
+    ] {
+        let (status, answer) = call(&f.app, method, path, Some(&globex), body).await;
+        assert_eq!(status, 403, "globex: {method} {path}: {answer}");
+    }
+    let (status, placed) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies/web",
+        Some(&acme),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        placed["replicas"].as_array().map(Vec::len),
+        Some(1),
+        "{placed}"
+    );
+}
+
+#[actix_web::test]
+async fn many_wrong_passwords_throttle_the_login() {
+    let f = fixture().await;
+    let attempt = |password: &str| serde_json::json!({ "tenant": "acme", "user": "dev", "password": password });
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(
+            call(
+                &f.app,
+                "POST",
+                "/v1/login",
+                None,
+                Some(attempt("wrong-password-0000")),
+            )
+            .await
+            .0,
+        );
+    }
+    assert_eq!(codes, [401, 401, 401, 401, 401, 429]);
+    // Throttled, even the right password waits.
+    let (status, body) = call(&f.app, "POST", "/v1/login", None, Some(attempt(PASSWORD))).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "throttled");
+    // Another user of the same tenant is not locked out by it.
+    let (status, _) = call(
+        &f.app,
+        "POST",
+        "/v1/login",
+        None,
+        Some(serde_json::json!({ "tenant": "globex", "user": "dev", "password": PASSWORD })),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // An unknown user gets the same answer as a wrong password.
+    let ghost =
+        serde_json::json!({ "tenant": "acme", "user": "ghost", "password": "whatever-password" });
+    let (status, _) = call(&f.app, "POST", "/v1/login", None, Some(ghost)).await;
+    assert_eq!(status, 401);
+}
