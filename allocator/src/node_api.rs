@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_control_server::NodeControl;
 use berth_protocol::node_api::{
-    AssignmentSet, JoinRequest, JoinResponse, ReportAck, ReportBody, SignedRequest, WatchBody,
-    methods, signing_payload,
+    AssignmentSet, JoinRequest, JoinResponse, LogRequest, LogsAck, LogsBody, ReportAck, ReportBody,
+    SignedRequest, WatchBody, WatchEvent, methods, signing_payload, watch_event,
 };
 use prost::Message;
 use tokio_stream::Stream;
@@ -79,6 +79,19 @@ impl Drop for Connected {
 struct Shared {
     /// Versions sent to each node, newest last.
     sent: HashMap<String, VecDeque<u64>>,
+    /// The open stream of each node, by stream id, for requests to the node.
+    streams: HashMap<String, (u64, tokio::sync::mpsc::Sender<LogRequest>)>,
+    /// Requests sent to nodes and not fully answered: the node asked, and where the
+    /// answer goes.
+    pending: HashMap<u64, (String, tokio::sync::mpsc::Sender<LogsBody>)>,
+}
+
+/// Why the logs of a replica could not be asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum LogsError {
+    /// The node has no open stream to this process.
+    #[error("node {0:?} is not connected, so its output cannot be read now")]
+    NotConnected(String),
 }
 
 /// The NodeControl service.
@@ -141,7 +154,36 @@ impl NodeApi {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<AssignmentSet, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+impl NodeApi {
+    /// Asks `node` for the output of one replica; the answer arrives in parts on the
+    /// returned channel (the last has `done`). Only `node` can answer it.
+    pub fn request_logs(
+        &self,
+        node: &str,
+        mut request: LogRequest,
+    ) -> Result<tokio::sync::mpsc::Receiver<LogsBody>, LogsError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let stream = shared
+            .streams
+            .get(node)
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| LogsError::NotConnected(node.to_owned()))?;
+        request.request_id = self.versions.fetch_add(1, Ordering::Relaxed);
+        shared
+            .pending
+            .insert(request.request_id, (node.to_owned(), tx));
+        // Forget requests whose askers went away.
+        shared.pending.retain(|_, (_, answer)| !answer.is_closed());
+        drop(shared);
+        stream
+            .try_send(request)
+            .map_err(|_| LogsError::NotConnected(node.to_owned()))?;
+        Ok(rx)
+    }
+}
 
 #[tonic::async_trait]
 impl NodeControl for NodeApi {
@@ -191,50 +233,56 @@ impl NodeControl for NodeApi {
         let mut changes = self.allocator.subscribe();
         self.stats.connected.fetch_add(1, Ordering::Relaxed);
         let connected = Connected(self.stats.clone());
+        let (requests, mut asked) = tokio::sync::mpsc::channel::<LogRequest>(16);
+        let stream_id = self.versions.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .streams
+            .insert(node.clone(), (stream_id, requests));
         tokio::spawn(async move {
             let _connected = connected;
-            let mut last_sent: Option<Vec<u8>> = None;
-            loop {
-                let set = match api.allocator.assignments_for_node(&node).await {
-                    Ok(set) => set,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                        return;
-                    }
-                };
-                let json = serde_json::to_vec::<Vec<TopologyAssignment>>(&set).unwrap_or_default();
-                if last_sent.as_ref() != Some(&json) {
-                    let version = api.versions.fetch_add(1, Ordering::Relaxed);
-                    {
-                        let mut shared = api.shared.lock().unwrap_or_else(|p| p.into_inner());
-                        let sent = shared.sent.entry(node.clone()).or_default();
-                        sent.push_back(version);
-                        if sent.len() > REMEMBERED_VERSIONS {
-                            sent.pop_front();
-                        }
-                    }
-                    if tx
-                        .send(Ok(AssignmentSet {
-                            version,
-                            assignments_json: json.clone(),
-                        }))
-                        .await
-                        .is_err()
-                    {
-                        return; // the node went away
-                    }
-                    last_sent = Some(json);
-                }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
-                    () = tokio::time::sleep(RECHECK) => {}
-                    () = tx.closed() => return,
-                }
+            api.follow(&node, &tx, &mut changes, &mut asked).await;
+            let mut shared = api.shared.lock().unwrap_or_else(|p| p.into_inner());
+            if shared
+                .streams
+                .get(&node)
+                .is_some_and(|(id, _)| *id == stream_id)
+            {
+                shared.streams.remove(&node);
             }
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn logs(&self, request: Request<SignedRequest>) -> Result<Response<LogsAck>, Status> {
+        let signed = request.into_inner();
+        let body: LogsBody = self
+            .verified(&signed, methods::LOGS, |b: &LogsBody| b.sequence)
+            .await?;
+        let answer = {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            match shared.pending.get(&body.request_id) {
+                Some((asked, answer)) if *asked == signed.node => {
+                    let answer = answer.clone();
+                    if body.done {
+                        shared.pending.remove(&body.request_id);
+                    }
+                    answer
+                }
+                _ => {
+                    return Err(Status::permission_denied(format!(
+                        "request {} was never sent to node {:?}",
+                        body.request_id, signed.node
+                    )));
+                }
+            }
+        };
+        // The asker may have given up; that is not the node's fault.
+        let _ = answer.send(body).await;
+        Ok(Response::new(LogsAck {}))
     }
 
     async fn report(&self, request: Request<SignedRequest>) -> Result<Response<ReportAck>, Status> {
@@ -245,6 +293,73 @@ impl NodeControl for NodeApi {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         result.map(Response::new)
+    }
+}
+
+impl NodeApi {
+    /// Feeds one node's stream: its assignment set whenever it changes, and requests
+    /// made of it, until the node goes away.
+    async fn follow(
+        &self,
+        node: &str,
+        tx: &tokio::sync::mpsc::Sender<Result<WatchEvent, Status>>,
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+        asked: &mut tokio::sync::mpsc::Receiver<LogRequest>,
+    ) {
+        let event = |e: watch_event::Event| Ok(WatchEvent { event: Some(e) });
+        let api = self;
+        let mut last_sent: Option<Vec<u8>> = None;
+        loop {
+            let set = match api.allocator.assignments_for_node(&node).await {
+                Ok(set) => set,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                    return;
+                }
+            };
+            let json = serde_json::to_vec::<Vec<TopologyAssignment>>(&set).unwrap_or_default();
+            if last_sent.as_ref() != Some(&json) {
+                let version = api.versions.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut shared = api.shared.lock().unwrap_or_else(|p| p.into_inner());
+                    let sent = shared.sent.entry(node.to_owned()).or_default();
+                    sent.push_back(version);
+                    if sent.len() > REMEMBERED_VERSIONS {
+                        sent.pop_front();
+                    }
+                }
+                let set = AssignmentSet {
+                    version,
+                    assignments_json: json.clone(),
+                };
+                if tx
+                    .send(event(watch_event::Event::Assignments(set)))
+                    .await
+                    .is_err()
+                {
+                    return; // the node went away
+                }
+                last_sent = Some(json);
+            }
+            // Wait for a change, passing on requests meanwhile.
+            let recheck = tokio::time::sleep(RECHECK);
+            tokio::pin!(recheck);
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() { return }
+                        break;
+                    }
+                    () = &mut recheck => break,
+                    () = tx.closed() => return,
+                    Some(request) = asked.recv() => {
+                        if tx.send(event(watch_event::Event::Logs(request))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

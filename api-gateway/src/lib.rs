@@ -268,6 +268,10 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                         web::post().to(scale),
                     )
                     .route(
+                        "/tenants/{tenant}/topologies/{name}/logs",
+                        web::get().to(logs),
+                    )
+                    .route(
                         "/tenants/{tenant}/topologies",
                         web::get().to(list_topologies),
                     )
@@ -1086,7 +1090,7 @@ impl utoipa::ToSchema for TopologyBody {}
     paths(
         healthz, readyz, login, create_tenant, create_user, set_quota, get_quota,
         create_join_token, list_nodes, cordon, uncordon, drain, list_topologies, deploy,
-        status, remove, scale,
+        status, remove, scale, logs,
     ),
     components(schemas(TopologyBody, NodeInfo, Drained)),
     modifiers(&BearerAuth),
@@ -1131,4 +1135,139 @@ async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(openapi_json())
+}
+
+/// `GET /v1/tenants/{tenant}/topologies/{name}/logs`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Only this service.
+    pub service: Option<String>,
+    /// How many lines from the end of each replica's output (default 100, at most
+    /// 10000).
+    pub tail: Option<u64>,
+}
+
+/// The output of one replica.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReplicaLogs {
+    /// The service.
+    pub service: String,
+    /// The replica number.
+    pub replica: u32,
+    /// The node that runs it.
+    pub node: String,
+    /// Its last lines, oldest first.
+    pub lines: Vec<String>,
+    /// Why its output could not be read, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How long the gateway waits for a node to send a replica's output.
+const LOGS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/topologies/{name}/logs",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+        LogsQuery,
+    ),
+    responses(
+        (status = 200, description = "The last lines of each replica, asked of the node that runs it", body = Vec<ReplicaLogs>),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or service", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn logs(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<LogsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Read, &tenant, Some(&name))?;
+    let tail = query.tail.unwrap_or(100).min(10_000);
+    let id = TopologyRef {
+        tenant,
+        topology: name,
+    };
+    let placed: Vec<_> = gw
+        .allocator
+        .placed(&id)
+        .await?
+        .into_iter()
+        .filter(|p| query.service.as_ref().is_none_or(|s| &p.service == s))
+        .collect();
+    if placed.is_empty() {
+        let what = match &query.service {
+            Some(s) => format!("service {s:?} of topology {:?}", id.topology),
+            None => format!("topology {:?}", id.topology),
+        };
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} has no replicas placed in tenant {:?}", id.tenant),
+        ));
+    }
+    // Ask every node at once; each answers for its own replicas only.
+    let asks = placed.into_iter().map(|p| {
+        let gw = gw.clone();
+        let id = id.clone();
+        async move {
+            let ask = berth_protocol::node_api::LogRequest {
+                request_id: 0,
+                tenant: id.tenant.clone(),
+                topology: id.topology.clone(),
+                service: p.service.clone(),
+                replica: p.replica,
+                tail,
+            };
+            let mut view = ReplicaLogs {
+                service: p.service,
+                replica: p.replica,
+                node: p.node.clone(),
+                lines: Vec::new(),
+                error: None,
+            };
+            let mut answers = match gw.nodes.request_logs(&p.node, ask) {
+                Ok(rx) => rx,
+                Err(e) => {
+                    view.error = Some(e.to_string());
+                    return view;
+                }
+            };
+            let collect = async {
+                while let Some(part) = answers.recv().await {
+                    view.lines.extend(part.lines);
+                    if !part.error.is_empty() {
+                        view.error = Some(part.error);
+                    }
+                    if part.done {
+                        return true;
+                    }
+                }
+                false
+            };
+            let finished = matches!(tokio::time::timeout(LOGS_TIMEOUT, collect).await, Ok(true));
+            if !finished && view.error.is_none() {
+                view.error = Some(format!(
+                    "node {:?} did not send the output within {} s",
+                    p.node,
+                    LOGS_TIMEOUT.as_secs()
+                ));
+            }
+            view
+        }
+    });
+    let mut views = futures_util::future::join_all(asks).await;
+    views.sort_by(|a, b| (&a.service, a.replica).cmp(&(&b.service, b.replica)));
+    Ok(HttpResponse::Ok().json(views))
 }

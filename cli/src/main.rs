@@ -739,6 +739,42 @@ async fn logs(
     service: Option<&str>,
 ) -> Result<(), Failure> {
     let name = topology_name(cli)?;
+    if let Some(remote) = cli.remote()? {
+        if follow {
+            return Err(Failure {
+                exit: Exit::Invalid,
+                message: "`logs -f` follows local containers only; against a pool, run `berth logs` again (it shows the last lines of every replica)".into(),
+            });
+        }
+        let replicas = remote.logs(&name, service, tail.unwrap_or(100)).await?;
+        if cli.json {
+            print_json(&replicas);
+            return Ok(());
+        }
+        let label = |r: &serde_json::Value| {
+            format!(
+                "{}.{}",
+                r["service"].as_str().unwrap_or_default(),
+                r["replica"]
+            )
+        };
+        let none = Vec::new();
+        let replicas = replicas.as_array().unwrap_or(&none);
+        let width = replicas.iter().map(|r| label(r).len()).max().unwrap_or(0);
+        for r in replicas {
+            for line in r["lines"].as_array().unwrap_or(&none) {
+                println!(
+                    "{:<width$} | {}",
+                    label(r),
+                    line.as_str().unwrap_or_default()
+                );
+            }
+            if let Some(error) = r["error"].as_str() {
+                eprintln!("{}: {error}", label(r));
+            }
+        }
+        return Ok(());
+    }
     let plane = LocalPlane::open(&data_dir()).await?;
     let containers: Vec<ContainerListing> = plane
         .ps(Some(&name))

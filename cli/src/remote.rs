@@ -131,6 +131,25 @@ impl Remote {
         .await
     }
 
+    /// The last `tail` lines of each replica (of `service`, or all).
+    pub(crate) async fn logs(
+        &self,
+        name: &str,
+        service: Option<&str>,
+        tail: u64,
+    ) -> Result<serde_json::Value, RemoteError> {
+        let mut query = vec![("tail", tail.to_string())];
+        if let Some(service) = service {
+            query.push(("service", service.to_owned()));
+        }
+        self.send(
+            self.http
+                .get(self.url(&format!("/{name}/logs")))
+                .query(&query),
+        )
+        .await
+    }
+
     /// Removes the topology.
     pub(crate) async fn remove(&self, name: &str) -> Result<serde_json::Value, RemoteError> {
         self.send(self.http.delete(self.url(&format!("/{name}"))))

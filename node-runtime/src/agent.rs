@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_control_client::NodeControlClient;
 use berth_protocol::node_api::{
-    AssignmentSet, JoinRequest, ReplicaStatus, ReportBody, SignedRequest, WatchBody, methods,
-    signing_payload,
+    AssignmentSet, JoinRequest, LogRequest, LogsBody, ReplicaStatus, ReportBody, SignedRequest,
+    WatchBody, WatchEvent, methods, signing_payload, watch_event,
 };
 use prost::Message;
 use ring::rand::SystemRandom;
@@ -258,8 +258,8 @@ pub enum LoopState {
         /// Failures in a row.
         attempt: u32,
     },
-    /// Receiving assignment sets.
-    Watch(Box<Streaming<AssignmentSet>>),
+    /// Receiving assignment sets and requests.
+    Watch(Box<Streaming<WatchEvent>>),
     /// Waiting before connecting again.
     Backoff {
         /// Failures in a row.
@@ -315,8 +315,16 @@ impl<D: ContainerDriver> Agent<D> {
                 }
             },
             LoopState::Watch(mut stream) => match stream.message().await {
-                Ok(Some(set)) => {
-                    self.apply(set).await;
+                Ok(Some(event)) => {
+                    match event.event {
+                        Some(watch_event::Event::Assignments(set)) => self.apply(set).await,
+                        Some(watch_event::Event::Logs(request)) => {
+                            if let Err(e) = self.answer_logs(request).await {
+                                tracing::warn!(error = %e, "could not send logs");
+                            }
+                        }
+                        None => {}
+                    }
                     LoopState::Watch(stream)
                 }
                 Ok(None) | Err(_) => {
@@ -340,7 +348,69 @@ impl<D: ContainerDriver> Agent<D> {
             .ok_or_else(|| AgentError::Refused("no client".into()))
     }
 
-    async fn open_watch(&mut self) -> Result<Streaming<AssignmentSet>, AgentError> {
+    /// Reads the output of the replica `request` names, in this node's own scope (so
+    /// only its own containers can be read), and sends it back in signed parts.
+    async fn answer_logs(&mut self, request: LogRequest) -> Result<(), AgentError> {
+        use futures_util::StreamExt;
+        /// At most this many lines per answer, and per part of it.
+        const MOST: usize = 10_000;
+        const PART: usize = 1_000;
+        let id = TopologyRef {
+            tenant: request.tenant.clone(),
+            topology: request.topology.clone(),
+        };
+        let driver = self.reconciler.driver();
+        let name = driver
+            .scope()
+            .container_name(&id, &request.service, request.replica);
+        let tail = (request.tail > 0).then_some(request.tail);
+        let mut stream = driver.logs(&name, false, tail);
+        let mut lines = Vec::new();
+        let mut error = String::new();
+        while let Some(line) = stream.next().await {
+            match line {
+                Ok(line) => lines.push(line.text),
+                Err(e) => {
+                    error = e.to_string();
+                    break;
+                }
+            }
+        }
+        if lines.len() > MOST {
+            lines.drain(..lines.len() - MOST);
+        }
+        let mut parts: Vec<Vec<String>> = lines.chunks(PART).map(<[String]>::to_vec).collect();
+        if parts.is_empty() {
+            parts.push(Vec::new());
+        }
+        let last = parts.len() - 1;
+        for (i, part) in parts.into_iter().enumerate() {
+            let (sequence, timestamp_ms) = self.signer.next_sequence();
+            let signed = self.signer.sign(
+                methods::LOGS,
+                &LogsBody {
+                    sequence,
+                    timestamp_ms,
+                    request_id: request.request_id,
+                    lines: part,
+                    done: i == last,
+                    error: if i == last {
+                        error.clone()
+                    } else {
+                        String::new()
+                    },
+                },
+            );
+            self.client()
+                .await?
+                .logs(signed)
+                .await
+                .map_err(|s| AgentError::Refused(s.message().to_owned()))?;
+        }
+        Ok(())
+    }
+
+    async fn open_watch(&mut self) -> Result<Streaming<WatchEvent>, AgentError> {
         let (sequence, timestamp_ms) = self.signer.next_sequence();
         let request = self.signer.sign(
             methods::WATCH,

@@ -21,4 +21,6 @@ pub mod methods {
     pub const WATCH: &str = "Watch";
     /// `Report`.
     pub const REPORT: &str = "Report";
+    /// `Logs`.
+    pub const LOGS: &str = "Logs";
 }

@@ -123,11 +123,14 @@ async fn first_set(plane: &ControlPlane, signer: &Signer) -> (u64, Vec<TopologyA
         .await
         .expect("watch")
         .into_inner();
-    let set = tokio::time::timeout(Duration::from_secs(10), stream.message())
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("in time")
         .expect("ok")
-        .expect("a set");
+        .expect("an event");
+    let Some(berth_protocol::node_api::watch_event::Event::Assignments(set)) = event.event else {
+        panic!("the stream began with {event:?}, not an assignment set");
+    };
     (
         set.version,
         serde_json::from_slice(&set.assignments_json).expect("json"),
@@ -531,4 +534,103 @@ async fn three_node_agents_run_a_tenants_replicas_across_the_pool() {
     }
     assert!(left.is_empty(), "containers left after removal: {left:?}");
     drop(nodes);
+}
+
+#[tokio::test]
+async fn only_the_node_asked_can_answer_a_request_for_logs() {
+    use berth_protocol::node_api::{LogRequest, LogsBody, watch_event::Event};
+    let plane = control_plane().await;
+    let n1 = plane.join("n1").await;
+    let n2 = plane.join("n2").await;
+    let (s1, s2) = (
+        Signer::new(&n1).expect("signer"),
+        Signer::new(&n2).expect("signer"),
+    );
+    let mut stream = plane
+        .client()
+        .await
+        .watch(watch_request(&s1))
+        .await
+        .expect("watch")
+        .into_inner();
+    // The first event is n1's assignment set; then the request arrives on its stream.
+    let _ = stream.message().await.expect("ok");
+    let mut answers = plane
+        .api
+        .request_logs(
+            "n1",
+            LogRequest {
+                request_id: 0,
+                tenant: "acme".into(),
+                topology: "app".into(),
+                service: "web".into(),
+                replica: 1,
+                tail: 10,
+            },
+        )
+        .expect("n1 is connected");
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("an event");
+    let Some(Event::Logs(asked)) = event.event else {
+        panic!("expected a log request, got {event:?}");
+    };
+    assert_eq!((asked.service.as_str(), asked.replica), ("web", 1));
+    let answer = |signer: &Signer, request_id: u64, line: &str| {
+        let (sequence, timestamp_ms) = signer.next_sequence();
+        signer.sign(
+            methods::LOGS,
+            &LogsBody {
+                sequence,
+                timestamp_ms,
+                request_id,
+                lines: vec![line.to_owned()],
+                done: true,
+                error: String::new(),
+            },
+        )
+    };
+    // Another node cannot answer it, nor can n1 answer a request never made.
+    let err = plane
+        .client()
+        .await
+        .logs(answer(&s2, asked.request_id, "forged by n2"))
+        .await
+        .expect_err("n2 answered n1's request");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = plane
+        .client()
+        .await
+        .logs(answer(&s1, asked.request_id + 1000, "unasked"))
+        .await
+        .expect_err("n1 answered a request never made");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // A signature by another key under n1's name is refused too.
+    let mut stolen = answer(&s2, asked.request_id, "n2 posing as n1");
+    stolen.node = "n1".into();
+    let err = plane
+        .client()
+        .await
+        .logs(stolen)
+        .await
+        .expect_err("n2 signed as n1");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // n1 answers; only its lines reach the asker.
+    plane
+        .client()
+        .await
+        .logs(answer(&s1, asked.request_id, "from n1"))
+        .await
+        .expect("n1 answers");
+    let got = answers.recv().await.expect("an answer");
+    assert_eq!(got.lines, ["from n1"]);
+    assert!(got.done);
+    // A node that is not connected cannot be asked.
+    let e = plane
+        .api
+        .request_logs("n2", LogRequest::default())
+        .expect_err("n2 has no stream");
+    assert!(e.to_string().contains("not connected"), "{e}");
 }

@@ -781,3 +781,72 @@ async fn berth_dev_runs_the_platform_and_a_local_node_in_one_command() {
         .to_owned();
     assert_eq!(name, "local");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_replicas_on_several_nodes_come_through_the_endpoint() {
+    ensure_images();
+    let server = start_server().await;
+    let prefix = format!("l{}", std::process::id());
+    let names = [format!("{prefix}-n1"), format!("{prefix}-n2")];
+    let _nodes = [
+        join_node(&server, &names[0], &[]).await,
+        join_node(&server, &names[1], &[]).await,
+    ];
+    let yaml = "name: NAME\nservices:\n  web:\n    image: berth/busybox:latest\n    init: true\n    command: [\"sh\", \"-c\", \"echo hello from $$(hostname); echo second line; sleep 3600\"]\n    deploy: {replicas: 2}\n";
+    let mut project = Project::new("logs", yaml);
+    project.set_env("BERTH_ENDPOINT", &server.api);
+    project.set_env("BERTH_TOKEN", server.admin);
+    let mut spread = 0;
+    for _ in 0..50 {
+        let up = project.berth(&["up", "--json"]);
+        if up.code == 0 {
+            let placed: serde_json::Value = serde_json::from_str(&up.stdout).expect("json");
+            spread = placed["replicas"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .map(|r| r["node"].as_str().unwrap_or_default())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len()
+                })
+                .unwrap_or(0);
+            if spread == 2 {
+                break;
+            }
+            project.berth(&["down"]).ok();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(spread, 2, "the replicas did not land on both nodes");
+    // Each node sends the output of its own replica; the CLI prints it as locally.
+    let mut logs = project.berth(&["logs"]);
+    for _ in 0..50 {
+        if logs
+            .stdout
+            .lines()
+            .filter(|l| l.contains("second line"))
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        logs = project.berth(&["logs"]);
+    }
+    let lines: Vec<&str> = logs.stdout.lines().collect();
+    assert!(lines.contains(&"web.1 | second line"), "{logs:?}");
+    assert!(lines.contains(&"web.2 | second line"), "{logs:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("web.1 | hello from ")),
+        "{logs:?}"
+    );
+    let tail = project.berth(&["logs", "--tail", "1", "web"]).ok();
+    assert_eq!(
+        tail.stdout.lines().collect::<Vec<_>>(),
+        ["web.1 | second line", "web.2 | second line"]
+    );
+    let missing = project.berth(&["logs", "nope"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("service \"nope\""), "{missing:?}");
+    project.berth(&["down"]).ok();
+}
