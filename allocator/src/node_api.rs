@@ -310,7 +310,7 @@ impl NodeApi {
         let api = self;
         let mut last_sent: Option<Vec<u8>> = None;
         loop {
-            let set = match api.allocator.assignments_for_node(&node).await {
+            let set = match api.allocator.assignments_for_node(node).await {
                 Ok(set) => set,
                 Err(e) => {
                     let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
