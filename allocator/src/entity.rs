@@ -93,6 +93,8 @@ pub mod placement {
         pub spec: String,
         /// The generation the next new slot gets.
         pub next_generation: i64,
+        /// The trace context of the deploy that placed it (W3C `traceparent`).
+        pub traceparent: Option<String>,
     }
 
     /// No relations are navigated through the ORM.

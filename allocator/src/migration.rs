@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(Initial),
             Box::new(NodeIdentities),
             Box::new(NodeLabelsAndStatuses),
+            Box::new(PlacementTraces),
         ]
     }
 
@@ -170,6 +171,34 @@ impl MigrationTrait for NodeLabelsAndStatuses {
                     .to_owned(),
             )
             .await?;
+        Ok(())
+    }
+}
+
+/// The trace context of the deploy behind each placement, handed to nodes with it.
+#[derive(Debug)]
+struct PlacementTraces;
+
+impl MigrationName for PlacementTraces {
+    fn name(&self) -> &str {
+        "m20261123_000004_allocator_placement_traces"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for PlacementTraces {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // As with the node columns: a new database has it from the first migration.
+        if !manager.has_column("placements", "traceparent").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(placement::Entity)
+                        .add_column(ColumnDef::new(placement::Column::Traceparent).text().null())
+                        .to_owned(),
+                )
+                .await?;
+        }
         Ok(())
     }
 }

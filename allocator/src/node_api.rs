@@ -286,7 +286,15 @@ impl NodeControl for NodeApi {
     }
 
     async fn report(&self, request: Request<SignedRequest>) -> Result<Response<ReportAck>, Status> {
-        let result = self.accept_report(request.into_inner()).await;
+        use tracing::Instrument;
+        let span = tracing::info_span!("report", node = %request.get_ref().node);
+        if let Some(parent) = berth_protocol::telemetry::extract(request.metadata()) {
+            berth_protocol::telemetry::set_parent(&span, &parent);
+        }
+        let result = self
+            .accept_report(request.into_inner())
+            .instrument(span)
+            .await;
         let counter = match &result {
             Ok(_) => &self.stats.reports_accepted,
             Err(_) => &self.stats.reports_refused,

@@ -198,6 +198,7 @@ impl Allocator {
     /// Places `topology` (revision `revision`) for `tenant`: keeps replicas where they
     /// are when it can, places the rest, reserves quota and capacity, and records the
     /// assignments, all or nothing.
+    #[tracing::instrument(name = "allocate", skip_all, fields(tenant = %tenant, topology = %topology.name, revision = revision))]
     pub async fn deploy(
         &self,
         tenant: &str,
@@ -370,6 +371,9 @@ impl Allocator {
             revision: Set(to_i64(revision)),
             spec: Set(spec),
             next_generation: Set(to_i64(max_generation)),
+            traceparent: Set(berth_protocol::telemetry::traceparent(
+                &tracing::Span::current(),
+            )),
         };
         placement::Entity::insert(row)
             .on_conflict(
@@ -381,6 +385,7 @@ impl Allocator {
                     placement::Column::Revision,
                     placement::Column::Spec,
                     placement::Column::NextGeneration,
+                    placement::Column::Traceparent,
                 ])
                 .to_owned(),
             )
@@ -508,7 +513,9 @@ impl Allocator {
             let topology: Topology = serde_json::from_str(&row.spec)
                 .map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
             let refs: Vec<&Placed> = placed.iter().collect();
-            out.push(assignment_of(&id, row.revision as u64, &topology, &refs));
+            let mut assignment = assignment_of(&id, row.revision as u64, &topology, &refs);
+            assignment.trace = row.traceparent;
+            out.push(assignment);
         }
         Ok(out)
     }
@@ -585,6 +592,7 @@ pub fn assignment_of(
         .collect();
     slots.sort();
     TopologyAssignment {
+        trace: None,
         id: id.clone(),
         revision,
         services,

@@ -17,6 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use berth_protocol::telemetry;
+
 use crate::{ApiError, Gateway};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,22 +110,48 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts and times every request under its route template.
+/// Middleware: counts and times every request under its route template, and runs it
+/// in a span that continues the caller's trace (a `traceparent` header) and is named
+/// in the response's `traceparent`.
 pub(crate) async fn track(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use tracing::Instrument;
     let started = Instant::now();
     let metrics = request
         .app_data::<web::Data<Gateway>>()
         .map(|gw| gw.metrics.clone());
     let method = request.method().to_string();
-    let response = next.call(request).await?;
+    // The route template, known before the handler runs, names the span.
+    let route = request
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = request
+        .headers()
+        .get(telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        telemetry::set_parent(&span, parent);
+    }
+    let mut response = next.call(request).instrument(span.clone()).await?;
+    span.record("http.response.status_code", response.status().as_u16());
+    if let Some(value) = telemetry::traceparent(&span)
+        .and_then(|v| actix_web::http::header::HeaderValue::from_str(&v).ok())
+    {
+        response.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static("traceparent"),
+            value,
+        );
+    }
     if let Some(metrics) = metrics {
-        let route = response
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned());
         metrics
             .requests
             .get_or_create(&RequestLabels {

@@ -381,15 +381,22 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("BERTH_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(Exit::Failure as u8);
+        }
+    };
+    // The exporter's connection needs the runtime; the control plane logs at info,
+    // the commands a person types only their warnings.
+    let _telemetry = {
+        let _entered = runtime.enter();
+        match cli.command {
+            Command::Server { .. } | Command::Dev { .. } => {
+                berth_protocol::telemetry::init("berth-server", "info")
+            }
+            _ => berth_protocol::telemetry::init("berth", "warn"),
         }
     };
     match runtime.block_on(run(cli)) {

@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use berth_protocol::telemetry;
+
 use crate::driver::ContainerDriver;
 use crate::reconcile::Reconciler;
 
@@ -439,11 +441,41 @@ impl<D: ContainerDriver> Agent<D> {
                 }
             };
         let mut failures = Vec::new();
+        let mut traced = None;
         for assignment in &assignments {
+            use tracing::Instrument;
             let (events, _) = mpsc::unbounded_channel();
-            if let Err(e) = self.reconciler.apply(assignment, events).await {
-                tracing::warn!(topology = %assignment.id, error = %e, "reconcile failed");
-                failures.push((assignment.id.clone(), e.to_string()));
+            // Each topology's work is part of the trace of the deploy that placed it.
+            let span = tracing::info_span!(
+                "reconcile",
+                node = %self.identity.name,
+                topology = %assignment.id,
+                revision = assignment.revision,
+                trace_id = tracing::field::Empty,
+            );
+            if let Some(parent) = &assignment.trace {
+                telemetry::set_parent(&span, parent);
+                span.record("trace_id", telemetry::trace_id(parent).unwrap_or_default());
+                traced = Some(span.clone());
+            }
+            let result = self
+                .reconciler
+                .apply(assignment, events)
+                .instrument(span.clone())
+                .await;
+            match result {
+                Ok(outcome) => span.in_scope(|| {
+                    tracing::info!(
+                        created = outcome.created,
+                        unchanged = outcome.unchanged,
+                        removed = outcome.removed,
+                        "reconciled"
+                    );
+                }),
+                Err(e) => {
+                    span.in_scope(|| tracing::warn!(error = %e, "reconcile failed"));
+                    failures.push((assignment.id.clone(), e.to_string()));
+                }
             }
         }
         let wanted: BTreeSet<TopologyRef> = assignments.iter().map(|a| a.id.clone()).collect();
@@ -460,7 +492,17 @@ impl<D: ContainerDriver> Agent<D> {
                 }
             }
         }
-        if let Err(e) = self.report(set.version, &assignments, &failures).await {
+        let span = tracing::info_span!("report", node = %self.identity.name);
+        if let Some(parent) = traced.as_ref().and_then(telemetry::traceparent) {
+            telemetry::set_parent(&span, &parent);
+        }
+        let reported = {
+            use tracing::Instrument;
+            self.report(set.version, &assignments, &failures)
+                .instrument(span)
+                .await
+        };
+        if let Err(e) = reported {
             tracing::warn!(error = %e, "report failed");
         }
     }
@@ -516,6 +558,8 @@ impl<D: ContainerDriver> Agent<D> {
                 replicas,
             },
         );
+        let mut request = tonic::Request::new(request);
+        telemetry::inject(request.metadata_mut());
         let client = self.client().await?;
         client
             .report(request)

@@ -158,6 +158,7 @@ mod tests {
 
     fn assignment(image: &str, replicas: u32) -> TopologyAssignment {
         TopologyAssignment {
+            trace: None,
             id: TopologyRef {
                 tenant: "t".into(),
                 topology: "app".into(),

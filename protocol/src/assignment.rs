@@ -112,6 +112,10 @@ pub struct TopologyAssignment {
     pub volumes: BTreeMap<String, Volume>,
     /// The slots on this node.
     pub slots: Vec<Slot>,
+    /// The W3C trace context of the deploy that placed this revision, so that the
+    /// node's work on it joins the deploy's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// Labels Berth puts on every Docker object it creates; they are how a node finds

@@ -6,4 +6,5 @@
 pub mod assignment;
 pub mod capability;
 pub mod node_api;
+pub mod telemetry;
 pub mod topology;

@@ -70,13 +70,7 @@ fn default_state_dir() -> PathBuf {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let _telemetry = berth_protocol::telemetry::init("berth-node", "info");
     let identity = match cli.command {
         Command::Join {
             allocator,

@@ -1,0 +1,237 @@
+//! Traces cross processes: a deploy through the gateway, the allocator's placement,
+//! the node agent's reconcile (in another process, over gRPC) and its report back are
+//! spans of one trace, exported over OTLP to a collector, here a real OTLP/gRPC
+//! endpoint that keeps what it receives.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_tests::{berth_bin, docker_lines, ensure_images, free_port};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+/// One exported span: the process that made it, its trace id (hex) and its name.
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    service: String,
+    trace_id: String,
+    name: String,
+}
+
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Seen>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut seen = self.0.lock().expect("lock");
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref()?.value.as_ref())
+                .map(|v| match v {
+                    Value::StringValue(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    seen.push(Seen {
+                        service: service.clone(),
+                        trace_id: span.trace_id.iter().map(|b| format!("{b:02x}")).collect(),
+                        name: span.name,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_is_one_trace_across_gateway_allocator_and_node() {
+    ensure_images();
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let otlp = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(collector.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    let otel_env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let (api_port, node_port) = (free_port(), free_port());
+    let admin = "bat_tracing_test_admin";
+    let _server = Process(
+        Command::new(berth_bin())
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{api_port}"),
+                "--node-listen",
+                &format!("127.0.0.1:{node_port}"),
+            ])
+            .env("BERTH_DATA_DIR", state.path())
+            .env("BERTH_ADMIN_TOKEN", admin)
+            .envs(otel_env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("berth server starts"),
+    );
+    let api = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+    let mut token = None;
+    for _ in 0..100 {
+        if let Ok(r) = http
+            .post(format!("{api}/v1/join-tokens"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            let body: serde_json::Value = r.json().await.expect("json");
+            token = body["token"].as_str().map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = token.expect("the server never answered");
+    let node_name = format!("t{}-n1", std::process::id());
+    let node_dir = tempfile::tempdir().expect("tempdir");
+    let _node = Process(
+        Command::new(berth_bin().with_file_name("berth-node"))
+            .args([
+                "join",
+                "--allocator",
+                &format!("http://127.0.0.1:{node_port}"),
+                "--token",
+                &token,
+                "--name",
+                &node_name,
+            ])
+            .env("BERTH_NODE_DIR", node_dir.path())
+            .envs(otel_env)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("berth-node starts"),
+    );
+
+    // The caller starts the trace; the gateway continues it and says so.
+    let trace_id = format!("{:032x}", u128::from(std::process::id()) << 64 | 0xbe27);
+    let topology = serde_json::json!({
+        "name": "traced",
+        "services": { "web": {
+            "image": "berth/busybox:latest", "replicas": 1, "init": true,
+            "command": ["sleep", "3600"], "networks": { "default": {} }
+        } },
+        "networks": { "default": {} }
+    });
+    let mut deployed = None;
+    for _ in 0..100 {
+        let response = http
+            .put(format!("{api}/v1/tenants/default/topologies/traced"))
+            .bearer_auth(admin)
+            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+            .json(&topology)
+            .send()
+            .await
+            .expect("request");
+        if response.status().is_success() {
+            deployed = Some(response);
+            break;
+        }
+        // The node may still be joining.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deployed = deployed.expect("the deploy was never placed");
+    let answered = deployed
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        answered.starts_with(&format!("00-{trace_id}-")),
+        "the gateway answered traceparent {answered:?}"
+    );
+
+    // Every process exports its part of the trace.
+    let wanted = [
+        ("berth-server", "PUT /v1/tenants/{tenant}/topologies/{name}"),
+        ("berth-server", "allocate"),
+        ("berth-node", "reconcile"),
+        ("berth-node", "report"),
+        ("berth-server", "report"),
+    ];
+    let mut seen = Vec::new();
+    for _ in 0..150 {
+        seen = collector
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect();
+        if wanted.iter().all(|(service, name)| {
+            seen.iter()
+                .any(|s| s.service == *service && s.name == *name)
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (service, name) in wanted {
+        assert!(
+            seen.iter().any(|s| s.service == service && s.name == name),
+            "no span {name:?} from {service} in trace {trace_id}: {seen:?}"
+        );
+    }
+    for id in docker_lines(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=berth.node={node_name}"),
+    ]) {
+        let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+    }
+    for id in docker_lines(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=berth.node={node_name}"),
+    ]) {
+        let _ = Command::new("docker").args(["network", "rm", &id]).output();
+    }
+}
