@@ -361,7 +361,7 @@ mod tests {
                 |_| Ok(root.public()),
                 &request(Operation::Read, "acme", None, later)
             ),
-            Err(Denied::Forbidden { .. })
+            Err(Denied::Expired)
         ));
     }
 

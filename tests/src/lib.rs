@@ -209,6 +209,29 @@ impl Drop for Project {
     }
 }
 
+/// Removes every container and network a node agent named `node` made, whether the
+/// test that ran it passed or not.
+pub fn remove_node_objects(node: &str) {
+    let ids = docker_lines(&["ps", "-aq", "--filter", &format!("label=berth.node={node}")]);
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
+    }
+    for network in docker_lines(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=berth.node={node}"),
+    ]) {
+        let _ = Command::new("docker")
+            .args(["network", "rm", &network])
+            .output();
+    }
+}
+
 /// Runs the docker CLI and returns its non-empty output lines.
 pub fn docker_lines(args: &[&str]) -> Vec<String> {
     let output = Command::new("docker")

@@ -15,7 +15,7 @@ use berth_protocol::node_api::node_control_client::NodeControlClient;
 use berth_protocol::node_api::node_control_server::NodeControlServer;
 use berth_protocol::node_api::{JoinRequest, ReplicaStatus, ReportBody, WatchBody, methods};
 use berth_protocol::topology::{LoadOptions, LocalFiles, Topology, Variables, load};
-use berth_tests::{docker_lines, ensure_images};
+use berth_tests::{docker_lines, ensure_images, remove_node_objects};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -403,29 +403,7 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let ids = docker_lines(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=berth.node={}", self.name),
-        ]);
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&ids)
-                .output();
-        }
-        for network in docker_lines(&[
-            "network",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label=berth.node={}", self.name),
-        ]) {
-            let _ = Command::new("docker")
-                .args(["network", "rm", &network])
-                .output();
-        }
+        remove_node_objects(&self.name);
     }
 }
 

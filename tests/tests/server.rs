@@ -5,7 +5,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use berth_tests::{Project, berth_bin, docker_lines, ensure_images, free_port};
+use berth_tests::{
+    Project, berth_bin, docker_lines, ensure_images, free_port, remove_node_objects,
+};
 
 struct Process(Child);
 
@@ -18,27 +20,6 @@ impl Drop for Process {
 
 fn sibling(name: &str) -> std::path::PathBuf {
     berth_bin().with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-}
-
-fn remove_node_objects(node: &str) {
-    let ids = docker_lines(&["ps", "-aq", "--filter", &format!("label=berth.node={node}")]);
-    if !ids.is_empty() {
-        let _ = Command::new("docker")
-            .args(["rm", "-f"])
-            .args(&ids)
-            .output();
-    }
-    for network in docker_lines(&[
-        "network",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=berth.node={node}"),
-    ]) {
-        let _ = Command::new("docker")
-            .args(["network", "rm", &network])
-            .output();
-    }
 }
 
 /// A running `berth server`: its API URL, node API port and admin token.

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_tests::{berth_bin, docker_lines, ensure_images, free_port};
+use berth_tests::{berth_bin, ensure_images, free_port, remove_node_objects};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -217,21 +217,5 @@ async fn a_deploy_is_one_trace_across_gateway_allocator_and_node() {
             "no span {name:?} from {service} in trace {trace_id}: {seen:?}"
         );
     }
-    for id in docker_lines(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=berth.node={node_name}"),
-    ]) {
-        let _ = Command::new("docker").args(["rm", "-f", &id]).output();
-    }
-    for id in docker_lines(&[
-        "network",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=berth.node={node_name}"),
-    ]) {
-        let _ = Command::new("docker").args(["network", "rm", &id]).output();
-    }
+    remove_node_objects(&node_name);
 }
