@@ -232,3 +232,67 @@ pub mod replica_status {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// The audit ledger: append-only, each entry chained to the one before by its hash.
+pub mod audit_entry {
+    use sea_orm::entity::prelude::*;
+
+    /// One entry.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_entries")]
+    pub struct Model {
+        /// Its place in the chain, from 1, without gaps.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        /// When it was written, Unix milliseconds.
+        pub at_ms: i64,
+        /// `minted`, `attenuated`, `renewed`, `revoked` or `decision`.
+        #[sea_orm(indexed)]
+        pub kind: String,
+        /// Who acted: a user (`tenant/user`), a node, or `platform`.
+        pub actor: String,
+        /// The tenant concerned (`*` for the platform).
+        #[sea_orm(indexed)]
+        pub tenant: String,
+        /// What it is about: a token's first revocation id, a node call, ...
+        pub subject: String,
+        /// The token's datalog (never the token itself) or the decision's reason.
+        pub detail: String,
+        /// The token's revocation ids, hex, comma-separated.
+        pub revocation_ids: String,
+        /// The hash of the entry before (empty for the first).
+        pub prev_hash: String,
+        /// SHA-256 over this entry's fields and `prev_hash`, hex.
+        pub hash: String,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Revoked revocation ids (of a token or of one of its blocks).
+pub mod revocation {
+    use sea_orm::entity::prelude::*;
+
+    /// One revoked id.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "revocations")]
+    pub struct Model {
+        /// The revocation id, hex.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// When, Unix milliseconds.
+        pub revoked_at_ms: i64,
+        /// Who revoked it.
+        pub actor: String,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -5,7 +5,8 @@ use sea_orm::Schema;
 use sea_orm_migration::prelude::*;
 
 use crate::entity::{
-    assignment, join_token, node, node_identity, placement, quota, replica_status,
+    assignment, audit_entry, join_token, node, node_identity, placement, quota, replica_status,
+    revocation,
 };
 
 /// The allocator's migrations.
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(NodeIdentities),
             Box::new(NodeLabelsAndStatuses),
             Box::new(PlacementTraces),
+            Box::new(AuditLedger),
         ]
     }
 
@@ -199,6 +201,45 @@ impl MigrationTrait for PlacementTraces {
                 )
                 .await?;
         }
+        Ok(())
+    }
+}
+
+/// The audit ledger and the revocation list.
+#[derive(Debug)]
+struct AuditLedger;
+
+impl MigrationName for AuditLedger {
+    fn name(&self) -> &str {
+        "m20261123_000005_allocator_audit_ledger"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AuditLedger {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(audit_entry::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        for mut index in schema.create_index_from_entity(audit_entry::Entity) {
+            manager
+                .create_index(index.if_not_exists().to_owned())
+                .await?;
+        }
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(revocation::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@
 //! tenant and topology. The bootstrap admin token that `berth server` keeps in its data
 //! directory is accepted as an admin session (its SHA-256 is compared in constant time).
 
+pub mod audit;
 mod metrics;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -137,6 +138,9 @@ pub struct Gateway {
     node_api_url: String,
     root: std::sync::Arc<biscuit_auth::KeyPair>,
     metrics: std::sync::Arc<metrics::Metrics>,
+    ledger: berth_allocator::ledger::Ledger,
+    /// Attenuated tokens already recorded in the ledger, by last revocation id.
+    attenuations_seen: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -159,6 +163,7 @@ impl Gateway {
         node_api_url: &str,
         root: biscuit_auth::KeyPair,
     ) -> Self {
+        let allocator_db = allocator.connection().clone();
         Self {
             tenants,
             allocator,
@@ -167,19 +172,21 @@ impl Gateway {
             node_api_url: node_api_url.to_owned(),
             root: std::sync::Arc::new(root),
             metrics: metrics::Metrics::new(),
+            ledger: berth_allocator::ledger::Ledger::new(allocator_db),
+            attenuations_seen: std::sync::Arc::default(),
         }
     }
 
     /// Authenticates the request's bearer token and authorizes `operation` on `tenant`
     /// (and `topology`): 401 for a missing or invalid token, 403 for a valid one that
     /// does not allow this.
-    fn authorize(
+    async fn authorize(
         &self,
         request: &HttpRequest,
         operation: Operation,
         tenant: &str,
         topology: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<capability::Authorized, ApiError> {
         let token = bearer(request)?;
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare digests in constant time.
@@ -188,7 +195,15 @@ impl Gateway {
             .zip(&self.admin_token_sha256)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if difference == 0 {
-            return Ok(());
+            return Ok(capability::Authorized {
+                session: capability::Session {
+                    user: "admin-token".to_owned(),
+                    tenant: "*".to_owned(),
+                    role: Role::Admin,
+                },
+                revocation_ids: Vec::new(),
+                blocks: 0,
+            });
         }
         let root = self.root.public();
         let check = capability::Request {
@@ -198,17 +213,34 @@ impl Gateway {
             now: SystemTime::now(),
         };
         match capability::authorize(token, |_| Ok(root), &check) {
-            Ok(_) => Ok(()),
+            Ok(authorized) => {
+                self.check_revocation(&authorized).await?;
+                self.record_attenuation(token, &authorized).await?;
+                Ok(authorized)
+            }
             Err(e @ (Denied::Invalid(_) | Denied::Expired)) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 e.to_string(),
             )),
-            Err(e @ Denied::Forbidden { .. }) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                e.to_string(),
-            )),
+            Err(e @ Denied::Forbidden { .. }) => {
+                // A revoked token says so whatever it asked for.
+                if let Ok(unverified) = biscuit_auth::UnverifiedBiscuit::from_base64(token) {
+                    let ids = capability::revocation_ids(&unverified.revocation_identifiers());
+                    if self.ledger.is_revoked(&ids).await? {
+                        return Err(ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "unauthenticated",
+                            "the token has been revoked",
+                        ));
+                    }
+                }
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    e.to_string(),
+                ))
+            }
         }
     }
 }
@@ -260,6 +292,10 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/tenants/{tenant}/quota", web::get().to(get_quota))
                     .route("/join-tokens", web::post().to(create_join_token))
                     .route("/nodes", web::get().to(list_nodes))
+                    .route("/audit/entries", web::get().to(audit::entries))
+                    .route("/audit/verify", web::get().to(audit::verify))
+                    .route("/audit/tokens/{id}", web::get().to(audit::explain))
+                    .route("/audit/revocations", web::post().to(audit::revoke))
                     .route("/nodes/{node}/cordon", web::post().to(cordon))
                     .route("/nodes/{node}/uncordon", web::post().to(uncordon))
                     .route("/nodes/{node}/drain", web::post().to(drain))
@@ -353,7 +389,8 @@ async fn create_tenant(
     request: HttpRequest,
     body: web::Json<NewTenant>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Administer, &body.name, None)?;
+    gw.authorize(&request, Operation::Administer, &body.name, None)
+        .await?;
     valid_tenant(&body.name)?;
     gw.tenants.ensure_tenant(&body.name, now_ms()).await?;
     gw.allocator
@@ -390,7 +427,8 @@ async fn set_quota(
     tenant: web::Path<String>,
     body: web::Json<Limit>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Administer, &tenant, None)?;
+    gw.authorize(&request, Operation::Administer, &tenant, None)
+        .await?;
     gw.allocator.quota(&tenant).await?;
     gw.allocator.set_quota(&tenant, body.into_inner()).await?;
     get_quota(gw, request, tenant).await
@@ -416,7 +454,8 @@ async fn get_quota(
     request: HttpRequest,
     tenant: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Read, &tenant, None)?;
+    gw.authorize(&request, Operation::Read, &tenant, None)
+        .await?;
     let (limit, used) = gw.allocator.quota(&tenant).await?;
     Ok(HttpResponse::Ok().json(QuotaView { limit, used }))
 }
@@ -448,7 +487,8 @@ async fn create_join_token(
     request: HttpRequest,
     body: Option<web::Json<NewJoinToken>>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Administer, "*", None)?;
+    gw.authorize(&request, Operation::Administer, "*", None)
+        .await?;
     let ttl_seconds = body.and_then(|b| b.ttl_seconds).unwrap_or(3600);
     let token = gw
         .nodes
@@ -487,7 +527,8 @@ async fn list_topologies(
     request: HttpRequest,
     tenant: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Read, &tenant, None)?;
+    gw.authorize(&request, Operation::Read, &tenant, None)
+        .await?;
     Ok(HttpResponse::Ok().json(gw.tenants.list(&tenant).await?))
 }
 
@@ -546,7 +587,8 @@ async fn deploy(
     body: web::Json<Topology>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, name) = path.into_inner();
-    gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))?;
+    gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))
+        .await?;
     let topology = body.into_inner();
     if topology.name != name {
         return Err(ApiError::bad_request(format!(
@@ -647,7 +689,8 @@ async fn status(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, name) = path.into_inner();
-    gw.authorize(&request, Operation::Read, &tenant, Some(&name))?;
+    gw.authorize(&request, Operation::Read, &tenant, Some(&name))
+        .await?;
     let id = TopologyRef {
         tenant,
         topology: name,
@@ -692,7 +735,8 @@ async fn remove(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, name) = path.into_inner();
-    gw.authorize(&request, Operation::Delete, &tenant, Some(&name))?;
+    gw.authorize(&request, Operation::Delete, &tenant, Some(&name))
+        .await?;
     let id = TopologyRef {
         tenant: tenant.clone(),
         topology: name.clone(),
@@ -789,6 +833,8 @@ async fn login(gw: web::Data<Gateway>, body: web::Json<Login>) -> Result<HttpRes
                 format!("cannot mint a session: {e}"),
             )
         })?;
+    // No token leaves without its entry in the ledger.
+    gw.record_minted(&token, &session).await?;
     let expires_at = expires
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -835,7 +881,8 @@ async fn create_user(
     tenant: web::Path<String>,
     body: web::Json<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Administer, &tenant, None)?;
+    gw.authorize(&request, Operation::Administer, &tenant, None)
+        .await?;
     if !berth_allocator::identity::valid_node_name(&body.name) {
         return Err(ApiError::bad_request(format!(
             "{:?} cannot name a user: use lower-case letters, digits and '-'",
@@ -869,7 +916,8 @@ async fn list_nodes(
     gw: web::Data<Gateway>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Administer, "*", None)?;
+    gw.authorize(&request, Operation::Administer, "*", None)
+        .await?;
     Ok(HttpResponse::Ok().json(gw.allocator.nodes().await?))
 }
 
@@ -893,7 +941,8 @@ async fn cordon(
     request: HttpRequest,
     node: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Administer, "*", None)?;
+    gw.authorize(&request, Operation::Administer, "*", None)
+        .await?;
     gw.allocator.cordon(&node, true).await?;
     Ok(HttpResponse::Ok().json(NodeStateChanged {
         node: node.into_inner(),
@@ -921,7 +970,8 @@ async fn uncordon(
     request: HttpRequest,
     node: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Administer, "*", None)?;
+    gw.authorize(&request, Operation::Administer, "*", None)
+        .await?;
     gw.allocator.cordon(&node, false).await?;
     Ok(HttpResponse::Ok().json(NodeStateChanged {
         node: node.into_inner(),
@@ -949,7 +999,8 @@ async fn drain(
     request: HttpRequest,
     node: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Administer, "*", None)?;
+    gw.authorize(&request, Operation::Administer, "*", None)
+        .await?;
     Ok(HttpResponse::Ok().json(gw.allocator.drain(&node).await?))
 }
 
@@ -989,7 +1040,8 @@ async fn scale(
     body: web::Json<Scale>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, name) = path.into_inner();
-    gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))?;
+    gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))
+        .await?;
     let mut topology = gw.tenants.current(&tenant, &name).await?.topology;
     let Some(service) = topology.services.get_mut(&body.service) else {
         let known: Vec<&str> = topology.services.keys().map(String::as_str).collect();
@@ -1090,7 +1142,8 @@ impl utoipa::ToSchema for TopologyBody {}
     paths(
         healthz, readyz, login, create_tenant, create_user, set_quota, get_quota,
         create_join_token, list_nodes, cordon, uncordon, drain, list_topologies, deploy,
-        status, remove, scale, logs,
+        status, remove, scale, logs, audit::entries, audit::verify, audit::explain,
+        audit::revoke,
     ),
     components(schemas(TopologyBody, NodeInfo, Drained)),
     modifiers(&BearerAuth),
@@ -1193,7 +1246,8 @@ async fn logs(
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, name) = path.into_inner();
-    gw.authorize(&request, Operation::Read, &tenant, Some(&name))?;
+    gw.authorize(&request, Operation::Read, &tenant, Some(&name))
+        .await?;
     let tail = query.tail.unwrap_or(100).min(10_000);
     let id = TopologyRef {
         tenant,

@@ -163,7 +163,8 @@ async fn no_request_makes_the_gateway_fail_with_a_5xx() {
         let path = template
             .replace("{tenant}", &encode(&case.tenant))
             .replace("{name}", &encode(&case.name))
-            .replace("{node}", &encode(&case.name));
+            .replace("{node}", &encode(&case.name))
+            .replace("{id}", &encode(&case.name));
         let mut request = test::TestRequest::default()
             .method(method.parse().expect("method"))
             .uri(&path)

@@ -70,7 +70,8 @@ async fn the_gateway_serves_the_document_and_routes_every_operation_in_it() {
             let uri = path
                 .replace("{tenant}", "acme")
                 .replace("{name}", "web")
-                .replace("{node}", "n1");
+                .replace("{node}", "n1")
+                .replace("{id}", "00ff");
             let request = web_test::TestRequest::default()
                 .method(method.to_uppercase().parse().expect("method"))
                 .uri(&uri)

@@ -19,8 +19,11 @@ const PASSWORD: &str = "acme-password-123";
 struct Fixture<S> {
     app: S,
     root: KeyPair,
+    db: sea_orm::DatabaseConnection,
     _dir: tempfile::TempDir,
 }
+
+const ADMIN: &str = "an-admin-token-for-this-test";
 
 async fn fixture()
 -> Fixture<impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>>
@@ -32,6 +35,7 @@ async fn fixture()
     );
     let db = berth_allocator::database::connect(&url).await.expect("db");
     let tenants = TenantService::open(db.clone()).await.expect("tenants");
+    let ledger_db = db.clone();
     let allocator = Allocator::open(db, DefaultRequest::default())
         .await
         .expect("allocator");
@@ -45,6 +49,10 @@ async fn fixture()
             .create_user(tenant, "dev", PASSWORD, Role::Developer, 0)
             .await
             .expect("user");
+        tenants
+            .create_user(tenant, "sec", PASSWORD, Role::Auditor, 0)
+            .await
+            .expect("user");
     }
     allocator
         .upsert_node("n1", Limit::default(), &Default::default())
@@ -55,19 +63,13 @@ async fn fixture()
         &PrivateKey::from_bytes(&root.private().to_bytes(), Algorithm::Ed25519).expect("key"),
     );
     let nodes = NodeApi::new(allocator.clone());
-    let gateway = Gateway::new(
-        tenants,
-        allocator,
-        nodes,
-        "an-admin-token-for-this-test",
-        "http://127.0.0.1:1",
-        copy,
-    );
+    let gateway = Gateway::new(tenants, allocator, nodes, ADMIN, "http://127.0.0.1:1", copy);
     let app =
         web_test::init_service(App::new().configure(berth_api_gateway::configure(gateway))).await;
     Fixture {
         app,
         root,
+        db: ledger_db,
         _dir: dir,
     }
 }
@@ -228,16 +230,7 @@ async fn an_attenuated_ci_token_is_refused_beyond_its_scope() {
     let f = fixture().await;
     let token = login(&f.app, "acme").await;
     // Attenuated offline, with nothing but the token: may only deploy topology `web`.
-    let ci = biscuit_auth::UnverifiedBiscuit::from_base64(&token)
-        .expect("parse")
-        .append(
-            biscuit_auth::builder::BlockBuilder::new()
-                .code(r#"check if operation("deploy"), topology("web")"#)
-                .expect("block"),
-        )
-        .expect("append")
-        .to_base64()
-        .expect("encode");
+    let ci = attenuate(&token, r#"check if operation("deploy"), topology("web")"#);
     let (status, body) = call(
         &f.app,
         "PUT",
@@ -370,4 +363,242 @@ async fn many_wrong_passwords_throttle_the_login() {
         serde_json::json!({ "tenant": "acme", "user": "ghost", "password": "whatever-password" });
     let (status, _) = call(&f.app, "POST", "/v1/login", None, Some(ghost)).await;
     assert_eq!(status, 401);
+}
+
+async fn login_as(
+    app: &impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+    tenant: &str,
+    user: &str,
+) -> (u16, serde_json::Value) {
+    call(
+        app,
+        "POST",
+        "/v1/login",
+        None,
+        Some(serde_json::json!({ "tenant": tenant, "user": user, "password": PASSWORD })),
+    )
+    .await
+}
+
+#[actix_web::test]
+async fn every_token_minted_or_attenuated_is_in_the_ledger_but_never_the_token() {
+    let f = fixture().await;
+    let token = login(&f.app, "acme").await;
+    let ci = attenuate(&token, r#"check if operation("deploy"), topology("web")"#);
+    for _ in 0..3 {
+        let (status, _) = call(
+            &f.app,
+            "PUT",
+            "/v1/tenants/acme/topologies/web",
+            Some(&ci),
+            Some(topology("web")),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let (status, entries) = call(
+        &f.app,
+        "GET",
+        "/v1/audit/entries?tenant=acme",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{entries}");
+    let entries = entries.as_array().expect("entries").clone();
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    // Newest first: the attenuated token once (however often it is used), then the login.
+    assert_eq!(kinds, ["attenuated", "minted"], "{entries:?}");
+    let minted = &entries[1];
+    assert!(
+        minted["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(r#"user("dev")"#),
+        "{minted}"
+    );
+    assert!(
+        entries[0]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(r#"check if operation("deploy"), topology("web")"#)
+    );
+    let dump = serde_json::to_string(&entries).expect("json");
+    assert!(
+        !dump.contains(&token) && !dump.contains(&ci),
+        "a usable token is in the ledger"
+    );
+
+    // Explained: the datalog, not revoked, and the attenuation in its history.
+    let id = minted["subject"].as_str().expect("id");
+    let (status, explained) = call(
+        &f.app,
+        "GET",
+        &format!("/v1/audit/tokens/{id}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{explained}");
+    assert_eq!(explained["revoked"], false);
+    assert_eq!(explained["history"][0]["kind"], "attenuated", "{explained}");
+    let (status, verified) = call(&f.app, "GET", "/v1/audit/verify", Some(ADMIN), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(verified["intact"], true, "{verified}");
+    assert_eq!(verified["entries"], 2, "{verified}");
+}
+
+#[actix_web::test]
+async fn a_revoked_token_is_refused_and_so_is_everything_attenuated_from_it() {
+    let f = fixture().await;
+    let token = login(&f.app, "acme").await;
+    let narrower = attenuate(&token, r#"check if operation("read")"#);
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&narrower),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let other = login(&f.app, "acme").await;
+    let (_, entries) = call(
+        &f.app,
+        "GET",
+        "/v1/audit/entries?kind=minted",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let id = entries[1]["subject"]
+        .as_str()
+        .expect("the first login's id")
+        .to_owned();
+    // A developer may not revoke; an admin may.
+    let (status, _) = call(
+        &f.app,
+        "POST",
+        "/v1/audit/revocations",
+        Some(&token),
+        Some(serde_json::json!({ "ids": [id] })),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, entry) = call(
+        &f.app,
+        "POST",
+        "/v1/audit/revocations",
+        Some(ADMIN),
+        Some(serde_json::json!({ "ids": [id], "reason": "laptop stolen" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["kind"], "revoked");
+    for t in [&token, &narrower] {
+        let (status, body) =
+            call(&f.app, "GET", "/v1/tenants/acme/topologies", Some(t), None).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["message"], "the token has been revoked");
+    }
+    // Another session of the same user is untouched.
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&other),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, explained) = call(
+        &f.app,
+        "GET",
+        &format!("/v1/audit/tokens/{id}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(explained["revoked"], true, "{explained}");
+    // Garbage ids are a 400.
+    let (status, _) = call(
+        &f.app,
+        "POST",
+        "/v1/audit/revocations",
+        Some(ADMIN),
+        Some(serde_json::json!({ "ids": ["not hex"] })),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[actix_web::test]
+async fn auditors_read_their_own_tenants_ledger_only() {
+    let f = fixture().await;
+    let _ = login(&f.app, "acme").await;
+    let _ = login(&f.app, "globex").await;
+    let (status, body) = login_as(&f.app, "acme", "sec").await;
+    assert_eq!(status, 200, "{body}");
+    let auditor = body["token"].as_str().expect("token").to_owned();
+    let (status, entries) = call(
+        &f.app,
+        "GET",
+        "/v1/audit/entries?tenant=acme",
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{entries}");
+    assert!(
+        entries
+            .as_array()
+            .is_some_and(|e| !e.is_empty() && e.iter().all(|e| e["tenant"] == "acme")),
+        "{entries}"
+    );
+    for path in [
+        "/v1/audit/entries",
+        "/v1/audit/entries?tenant=globex",
+        "/v1/audit/verify",
+    ] {
+        let (status, body) = call(&f.app, "GET", path, Some(&auditor), None).await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    // A developer reads no ledger, not even their own tenant's.
+    let dev = login(&f.app, "acme").await;
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/audit/entries?tenant=acme",
+        Some(&dev),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[actix_web::test]
+async fn no_token_is_minted_when_the_ledger_cannot_record_it() {
+    use sea_orm::ConnectionTrait;
+    let f = fixture().await;
+    f.db.execute_unprepared("DROP TABLE audit_entries")
+        .await
+        .expect("drop");
+    let (status, body) = login_as(&f.app, "acme", "dev").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "ledger_unavailable");
+    assert!(body.get("token").is_none(), "{body}");
+}
+
+/// `token` with one more block holding `code`, appended offline as any holder can.
+fn attenuate(token: &str, code: &str) -> String {
+    biscuit_auth::UnverifiedBiscuit::from_base64(token)
+        .expect("parse")
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(code)
+                .expect("block"),
+        )
+        .expect("append")
+        .to_base64()
+        .expect("encode")
 }

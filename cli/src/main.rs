@@ -134,6 +134,9 @@ enum Command {
     /// Manage nodes (admin, with --endpoint).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Read and check the audit ledger, explain and revoke tokens (with --endpoint).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Run the control plane for a pool: the API, and the node API that node agents
     /// (`berth-node join`) connect to. Prints the command that joins a machine.
     Server {
@@ -187,7 +190,8 @@ impl Cli {
             | Command::Tenant(_)
             | Command::Quota(_)
             | Command::User(_)
-            | Command::Node(_) => None,
+            | Command::Node(_)
+            | Command::Audit(_) => None,
         };
         after.or(self.file.file.as_deref())
     }
@@ -268,6 +272,43 @@ enum UserCommand {
         /// admin, developer or auditor.
         #[arg(long, default_value = "developer")]
         role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Ledger entries, newest first.
+    List {
+        /// Only this kind: minted, attenuated, renewed, revoked, decision.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this tenant (an auditor must name their own).
+        #[arg(long = "of-tenant", value_name = "TENANT")]
+        of_tenant: Option<String>,
+        /// Only entries whose subject contains this.
+        #[arg(long)]
+        subject: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Walk the ledger's hash chain; exits 1 when an entry was changed, removed or moved.
+    Verify,
+    /// A token, by its first revocation id: its datalog, whether it is revoked, its
+    /// history.
+    Explain {
+        /// The revocation id (the `subject` of its `minted` entry).
+        id: String,
+    },
+    /// Revoke tokens by revocation id (a token's first id revokes it and everything
+    /// attenuated from it).
+    Revoke {
+        /// Revocation ids, hex.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Why, for the ledger.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -422,9 +463,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             service,
             ..
         } => logs(&cli, *follow, *tail, service.as_deref()).await,
-        Command::Tenant(_) | Command::Quota(_) | Command::User(_) | Command::Node(_) => {
-            admin(&cli).await
-        }
+        Command::Tenant(_)
+        | Command::Quota(_)
+        | Command::User(_)
+        | Command::Node(_)
+        | Command::Audit(_) => admin(&cli).await,
         Command::Login { user } => login(&cli, user).await,
         Command::Server {
             listen,
@@ -951,6 +994,20 @@ fn print_nodes(nodes: &serde_json::Value) {
     }
 }
 
+/// Percent-encodes a query or path value.
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn read_password() -> Result<String, Failure> {
     match std::env::var("BERTH_PASSWORD") {
         Ok(p) => Ok(p),
@@ -1023,6 +1080,103 @@ async fn admin(cli: &Cli) -> Result<(), Failure> {
                 return Ok(());
             }
             answer
+        }
+        Command::Audit(AuditCommand::List {
+            kind,
+            of_tenant,
+            subject,
+            limit,
+        }) => {
+            let mut query = vec![format!("limit={limit}")];
+            for (key, value) in [("kind", kind), ("tenant", of_tenant), ("subject", subject)] {
+                if let Some(value) = value {
+                    query.push(format!("{key}={}", url_encode(value)));
+                }
+            }
+            let entries = remote
+                .admin(
+                    Method::GET,
+                    &format!("/audit/entries?{}", query.join("&")),
+                    None,
+                )
+                .await?;
+            if !cli.json {
+                for e in entries.as_array().into_iter().flatten() {
+                    println!(
+                        "{:>6}  {:<10} {:<10} {:<24} {}",
+                        e["seq"],
+                        e["kind"].as_str().unwrap_or_default(),
+                        e["tenant"].as_str().unwrap_or_default(),
+                        e["actor"].as_str().unwrap_or_default(),
+                        e["subject"].as_str().unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
+            entries
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let verified = remote.admin(Method::GET, "/audit/verify", None).await?;
+            let intact = verified["intact"].as_bool().unwrap_or(false);
+            if cli.json {
+                print_json(&verified);
+            } else if intact {
+                println!(
+                    "the ledger is intact: {} entries, head {}",
+                    verified["entries"],
+                    verified["head"].as_str().unwrap_or_default()
+                );
+            }
+            if !intact {
+                return Err(Failure {
+                    exit: Exit::Failure,
+                    message: format!(
+                        "the ledger is broken: {}",
+                        verified["problem"].as_str().unwrap_or("unknown problem")
+                    ),
+                });
+            }
+            return Ok(());
+        }
+        Command::Audit(AuditCommand::Explain { id }) => {
+            let explained = remote
+                .admin(
+                    Method::GET,
+                    &format!("/audit/tokens/{}", url_encode(id)),
+                    None,
+                )
+                .await?;
+            if !cli.json {
+                let minted = &explained["minted"];
+                println!(
+                    "token {id}\n  tenant   {}\n  minted   entry {} at {} (Unix ms)\n  revoked  {}",
+                    minted["tenant"].as_str().unwrap_or_default(),
+                    minted["seq"],
+                    minted["at_ms"],
+                    explained["revoked"]
+                );
+                println!("{}", minted["detail"].as_str().unwrap_or_default());
+                for e in explained["history"].as_array().into_iter().flatten() {
+                    println!(
+                        "-- entry {} {} by {}\n{}",
+                        e["seq"],
+                        e["kind"].as_str().unwrap_or_default(),
+                        e["actor"].as_str().unwrap_or_default(),
+                        e["detail"].as_str().unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
+            explained
+        }
+        Command::Audit(AuditCommand::Revoke { ids, reason }) => {
+            remote
+                .admin(
+                    Method::POST,
+                    "/audit/revocations",
+                    Some(serde_json::json!({ "ids": ids, "reason": reason })),
+                )
+                .await?
         }
         Command::Node(NodeCommand::List) => {
             let nodes = remote.admin(Method::GET, "/nodes", None).await?;

@@ -72,6 +72,8 @@ pub enum Operation {
     Delete,
     /// Manage tenants, quotas, users and nodes.
     Administer,
+    /// Read the audit ledger (of one tenant, or of the platform with tenant `*`).
+    Audit,
 }
 
 impl Operation {
@@ -82,6 +84,7 @@ impl Operation {
             Operation::Read => "read",
             Operation::Delete => "delete",
             Operation::Administer => "administer",
+            Operation::Audit => "audit",
         }
     }
 }
@@ -90,7 +93,7 @@ impl Operation {
 pub const POLICIES: &str = r#"
 allow if role("admin");
 allow if role("developer"), tenant($t), resource_tenant($t), operation($op), ["deploy", "read", "delete"].contains($op);
-allow if role("auditor"), tenant($t), resource_tenant($t), operation("read");
+allow if role("auditor"), tenant($t), resource_tenant($t), ["read", "audit"].contains($op), operation($op);
 deny if true;
 "#;
 
@@ -179,7 +182,7 @@ pub fn authorize(
     token: &str,
     root_key: impl Fn(Option<u32>) -> Result<PublicKey, error::Format>,
     request: &Request<'_>,
-) -> Result<Session, Denied> {
+) -> Result<Authorized, Denied> {
     let biscuit =
         Biscuit::from_base64(token, root_key).map_err(|e| Denied::Invalid(e.to_string()))?;
     let forbidden = || Denied::Forbidden {
@@ -231,13 +234,50 @@ pub fn authorize(
         .query("data($r) <- role($r)")
         .map_err(|_| forbidden())?;
     match (users.as_slice(), tenants.as_slice(), roles.as_slice()) {
-        ([(user,)], [(tenant,)], [(role,)]) => Ok(Session {
-            user: user.clone(),
-            tenant: tenant.clone(),
-            role: Role::parse(role).ok_or_else(forbidden)?,
+        ([(user,)], [(tenant,)], [(role,)]) => Ok(Authorized {
+            session: Session {
+                user: user.clone(),
+                tenant: tenant.clone(),
+                role: Role::parse(role).ok_or_else(forbidden)?,
+            },
+            revocation_ids: revocation_ids(&biscuit.revocation_identifiers()),
+            blocks: biscuit.block_count(),
         }),
         _ => Err(forbidden()),
     }
+}
+
+/// A token that passed [`authorize`]: who it speaks for, and what identifies it for
+/// revocation and audit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorized {
+    /// Who the session is for (from the authority block).
+    pub session: Session,
+    /// One revocation id per block, hex; revoking any of them revokes the token.
+    pub revocation_ids: Vec<String>,
+    /// How many blocks the token has (more than one: it was attenuated).
+    pub blocks: usize,
+}
+
+/// Revocation ids as hex strings.
+pub fn revocation_ids(ids: &[Vec<u8>]) -> Vec<String> {
+    ids.iter()
+        .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+        .collect()
+}
+
+/// The datalog of every block of a token, readable, without its signatures: what the
+/// audit ledger keeps and what `berth audit explain` shows.
+pub fn datalog(token: &str) -> Result<Vec<String>, Denied> {
+    let unverified = biscuit_auth::UnverifiedBiscuit::from_base64(token)
+        .map_err(|e| Denied::Invalid(e.to_string()))?;
+    (0..unverified.block_count())
+        .map(|i| {
+            unverified
+                .print_block_source(i)
+                .map_err(|e| Denied::Invalid(e.to_string()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -289,7 +329,12 @@ mod tests {
             &request(Operation::Deploy, "acme", Some("web"), now),
         )
         .unwrap();
-        assert_eq!(who, session(Role::Developer));
+        assert_eq!(who.session, session(Role::Developer));
+        assert_eq!(who.blocks, 1);
+        assert_eq!(who.revocation_ids.len(), 1);
+        assert_eq!(who.revocation_ids[0].len(), 128, "{:?}", who.revocation_ids);
+        assert_eq!(datalog(&token).unwrap().len(), 1);
+        assert!(datalog(&token).unwrap()[0].contains("role(\"developer\")"));
         assert!(authorize(&token, key, &request(Operation::Read, "acme", None, now)).is_ok());
         assert!(matches!(
             authorize(&token, key, &request(Operation::Read, "globex", None, now)),

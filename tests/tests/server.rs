@@ -831,3 +831,79 @@ async fn logs_of_replicas_on_several_nodes_come_through_the_endpoint() {
     assert!(missing.stderr.contains("service \"nope\""), "{missing:?}");
     project.berth(&["down"]).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_teams_list_explain_revoke_and_verify_with_berth_audit() {
+    let server = start_server().await;
+    let berth = |args: &[&str], token: &str, password: Option<&str>| {
+        let mut command = Command::new(berth_bin());
+        command
+            .args(args)
+            .env("BERTH_ENDPOINT", &server.api)
+            .env("BERTH_TOKEN", token)
+            .env("BERTH_TENANT", "acme");
+        if let Some(p) = password {
+            command.env("BERTH_PASSWORD", p);
+        }
+        command.output().expect("berth runs")
+    };
+    let ok = |output: std::process::Output| {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    ok(berth(&["tenant", "create", "acme"], server.admin, None));
+    ok(berth(
+        &["user", "create", "acme", "dev", "--role", "developer"],
+        server.admin,
+        Some("acme-password-123"),
+    ));
+    let session = ok(berth(
+        &["login", "--user", "dev"],
+        "",
+        Some("acme-password-123"),
+    ))
+    .trim()
+    .to_owned();
+
+    // The login is in the ledger, with its datalog and revocation id.
+    let listed: serde_json::Value = serde_json::from_str(&ok(berth(
+        &["--json", "audit", "list", "--kind", "minted"],
+        server.admin,
+        None,
+    )))
+    .expect("json");
+    let id = listed[0]["subject"].as_str().expect("an id").to_owned();
+    let explained = ok(berth(&["audit", "explain", &id], server.admin, None));
+    assert!(explained.contains(r#"user("dev")"#), "{explained}");
+    assert!(explained.contains("revoked  false"), "{explained}");
+
+    // Revoked, the session no longer opens anything.
+    ok(berth(
+        &["audit", "revoke", &id, "--reason", "left the company"],
+        server.admin,
+        None,
+    ));
+    let refused = berth(
+        &["--json", "audit", "list", "--of-tenant", "acme"],
+        &session,
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(7), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("revoked"),
+        "{refused:?}"
+    );
+    let explained = ok(berth(&["audit", "explain", &id], server.admin, None));
+    assert!(explained.contains("revoked  true"), "{explained}");
+    assert!(explained.contains("left the company"), "{explained}");
+
+    let verified = ok(berth(&["audit", "verify"], server.admin, None));
+    assert!(
+        verified.starts_with("the ledger is intact: 2 entries"),
+        "{verified}"
+    );
+}

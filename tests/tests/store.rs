@@ -37,6 +37,10 @@ on_both_databases!(
     a_node_sees_only_its_own_slots,
     the_tenant_service_stores_a_revision_only_when_the_spec_changes,
     concurrent_deploys_at_the_quota_edge_never_exceed_it,
+    the_ledger_detects_an_edited_row,
+    the_ledger_detects_a_removed_row,
+    the_ledger_detects_reordered_rows,
+    concurrent_appends_keep_one_unbroken_chain,
 );
 
 async fn connect(url: &str) -> DatabaseConnection {
@@ -339,4 +343,123 @@ async fn the_harness_gives_each_test_its_own_postgres_database() {
     let a = fresh_database("isolation").await;
     let b = fresh_database("isolation").await;
     assert_ne!(a, b);
+}
+
+/// A ledger over `db` holding five entries, and the raw connection to tamper with it.
+async fn ledger_of_five(
+    db: DatabaseConnection,
+) -> (berth_allocator::ledger::Ledger, DatabaseConnection) {
+    use berth_allocator::ledger::{EntryKind, Ledger, NewEntry};
+    allocator(db.clone()).await; // migrates
+    let ledger = Ledger::new(db.clone());
+    for i in 1..=5 {
+        ledger
+            .append(
+                NewEntry {
+                    kind: EntryKind::Minted,
+                    actor: "platform".into(),
+                    tenant: "acme".into(),
+                    subject: format!("token-{i}"),
+                    detail: format!("user(\"dev{i}\");"),
+                    revocation_ids: vec![format!("{i:02x}")],
+                },
+                1_000 + i,
+            )
+            .await
+            .expect("append");
+    }
+    let intact = ledger.verify().await.expect("verify");
+    assert!(intact.intact, "{intact:?}");
+    assert_eq!(intact.entries, 5);
+    (ledger, db)
+}
+
+async fn tamper(db: &DatabaseConnection, sql: &str) {
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(sql).await.expect("tamper");
+}
+
+async fn the_ledger_detects_an_edited_row(db: DatabaseConnection) {
+    let (ledger, db) = ledger_of_five(db).await;
+    tamper(
+        &db,
+        "UPDATE audit_entries SET detail = 'user(\"mallory\");' WHERE seq = 3",
+    )
+    .await;
+    let found = ledger.verify().await.expect("verify");
+    assert!(!found.intact);
+    assert_eq!(
+        found.problem.as_deref(),
+        Some("entry 3 was changed after it was written")
+    );
+    assert_eq!(found.entries, 2);
+}
+
+async fn the_ledger_detects_a_removed_row(db: DatabaseConnection) {
+    let (ledger, db) = ledger_of_five(db).await;
+    tamper(&db, "DELETE FROM audit_entries WHERE seq = 2").await;
+    let found = ledger.verify().await.expect("verify");
+    assert!(!found.intact);
+    assert_eq!(
+        found.problem.as_deref(),
+        Some("entry 2 is missing (the next entry is 3)")
+    );
+    // Renumbering the rest to close the gap does not hide it either.
+    tamper(&db, "UPDATE audit_entries SET seq = seq - 1 WHERE seq > 2").await;
+    assert_broken(&ledger, "entry 2 does not follow entry 1").await;
+}
+
+async fn the_ledger_detects_reordered_rows(db: DatabaseConnection) {
+    let (ledger, db) = ledger_of_five(db).await;
+    tamper(&db, "UPDATE audit_entries SET seq = 100 WHERE seq = 3").await;
+    tamper(&db, "UPDATE audit_entries SET seq = 3 WHERE seq = 4").await;
+    tamper(&db, "UPDATE audit_entries SET seq = 4 WHERE seq = 100").await;
+    assert_broken(&ledger, "entry 3 does not follow entry 2").await;
+}
+
+async fn concurrent_appends_keep_one_unbroken_chain(db: DatabaseConnection) {
+    use berth_allocator::ledger::{EntryKind, Ledger, NewEntry};
+    allocator(db.clone()).await;
+    // Two ledgers over one database stand for two gateway processes.
+    let (a, b) = (Ledger::new(db.clone()), Ledger::new(db));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let ledger = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            ledger
+                .append(
+                    NewEntry {
+                        kind: EntryKind::Decision,
+                        actor: format!("node-{i}"),
+                        tenant: "*".into(),
+                        subject: format!("call-{i}"),
+                        detail: "allowed".into(),
+                        revocation_ids: Vec::new(),
+                    },
+                    i,
+                )
+                .await
+                .expect("append")
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let found = a.verify().await.expect("verify");
+    assert!(found.intact, "{found:?}");
+    assert_eq!(found.entries, 40);
+}
+
+/// Asserts that verifying `ledger` fails with a problem starting with `problem`.
+async fn assert_broken(ledger: &berth_allocator::ledger::Ledger, problem: &str) {
+    let found = ledger.verify().await.expect("verify");
+    assert!(!found.intact, "{found:?}");
+    assert!(
+        found
+            .problem
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with(problem),
+        "{found:?}"
+    );
 }

@@ -1,0 +1,484 @@
+//! The audit ledger: every token minted, attenuated, renewed or revoked, and every
+//! authorization decision worth keeping, appended to one table where each entry carries
+//! the SHA-256 of its own fields and of the entry before it. Editing, removing or
+//! reordering an entry breaks the chain at that entry, which [`Ledger::verify`] finds.
+//! Entries hold a token's datalog and revocation ids, never the token: nothing in the
+//! ledger can be presented as a credential.
+//!
+//! Also here: the revocation list. A revoked id is written to `revocations` and to the
+//! ledger; [`Ledger::is_revoked`] answers from a cache that is refreshed from the
+//! database at least every [`REVOCATION_REFRESH`], and at once for revocations made
+//! through this process.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::entity::{audit_entry, revocation};
+
+/// How stale the revocation cache may be, for revocations made by another process.
+pub const REVOCATION_REFRESH: Duration = Duration::from_secs(1);
+
+/// What an entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A token was made.
+    Minted,
+    /// A token was narrowed by its holder and the narrower token shown to Berth.
+    Attenuated,
+    /// A token was made anew before the old one expired.
+    Renewed,
+    /// Revocation ids were revoked.
+    Revoked,
+    /// An authorization decision (allowed or denied, with the reason).
+    Decision,
+}
+
+impl EntryKind {
+    /// The word stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minted => "minted",
+            Self::Attenuated => "attenuated",
+            Self::Renewed => "renewed",
+            Self::Revoked => "revoked",
+            Self::Decision => "decision",
+        }
+    }
+}
+
+/// An entry to append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEntry {
+    /// What it records.
+    pub kind: EntryKind,
+    /// Who acted.
+    pub actor: String,
+    /// The tenant concerned (`*` for the platform).
+    pub tenant: String,
+    /// What it is about.
+    pub subject: String,
+    /// The token's datalog or the decision's reason.
+    pub detail: String,
+    /// The token's revocation ids, hex.
+    pub revocation_ids: Vec<String>,
+}
+
+/// An entry as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Entry {
+    /// Its place in the chain, from 1.
+    pub seq: u64,
+    /// When, Unix milliseconds.
+    pub at_ms: i64,
+    /// What it records (`minted`, `revoked`, ...).
+    pub kind: String,
+    /// Who acted.
+    pub actor: String,
+    /// The tenant concerned.
+    pub tenant: String,
+    /// What it is about.
+    pub subject: String,
+    /// The token's datalog or the decision's reason.
+    pub detail: String,
+    /// The token's revocation ids, hex.
+    pub revocation_ids: Vec<String>,
+    /// The hash of the entry before.
+    pub prev_hash: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+/// What [`Ledger::verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Verification {
+    /// Whether every entry is intact and in place.
+    pub intact: bool,
+    /// How many entries were checked.
+    pub entries: u64,
+    /// The hash of the last entry (the head of the chain).
+    pub head: String,
+    /// The first problem found, naming the entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Which entries to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, utoipa::IntoParams)]
+pub struct Filter {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this tenant.
+    pub tenant: Option<String>,
+    /// Only entries whose subject contains this.
+    pub subject: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<u64>,
+}
+
+/// Failures of the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database failed: nothing was recorded.
+    #[error("the audit ledger cannot be written: {0}")]
+    Database(#[from] DbErr),
+}
+
+#[derive(Debug)]
+struct RevokedCache {
+    ids: HashSet<String>,
+    loaded: Option<Instant>,
+}
+
+/// The ledger and the revocation list over one database.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    db: DatabaseConnection,
+    /// One append at a time in this process; other processes are told apart by the
+    /// primary key on `seq` (a conflicting append is retried).
+    append_lock: Arc<tokio::sync::Mutex<()>>,
+    revoked: Arc<std::sync::Mutex<RevokedCache>>,
+}
+
+/// The hash of an entry: SHA-256 over each field but `hash`, length-prefixed so that no
+/// two different entries encode alike, the previous entry's hash first.
+fn entry_hash(row: &audit_entry::Model) -> String {
+    let mut hasher = Sha256::new();
+    let seq = row.seq.to_string();
+    let at = row.at_ms.to_string();
+    for field in [
+        row.prev_hash.as_str(),
+        seq.as_str(),
+        at.as_str(),
+        &row.kind,
+        &row.actor,
+        &row.tenant,
+        &row.subject,
+        &row.detail,
+        &row.revocation_ids,
+    ] {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn entry_of(row: audit_entry::Model) -> Entry {
+    Entry {
+        seq: u64::try_from(row.seq).unwrap_or(0),
+        at_ms: row.at_ms,
+        kind: row.kind,
+        actor: row.actor,
+        tenant: row.tenant,
+        subject: row.subject,
+        detail: row.detail,
+        revocation_ids: row
+            .revocation_ids
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        prev_hash: row.prev_hash,
+        hash: row.hash,
+    }
+}
+
+impl Ledger {
+    /// The ledger over `db` (its tables come with the allocator's migrations).
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            append_lock: Arc::default(),
+            revoked: Arc::new(std::sync::Mutex::new(RevokedCache {
+                ids: HashSet::new(),
+                loaded: None,
+            })),
+        }
+    }
+
+    /// Appends `entry` at the end of the chain. An error means nothing was recorded,
+    /// and whoever asked must not go on with what it wanted to record (the platform
+    /// refuses to mint a token it cannot account for).
+    pub async fn append(&self, entry: NewEntry, now_ms: i64) -> Result<Entry, LedgerError> {
+        let _one_at_a_time = self.append_lock.lock().await;
+        let revocation_ids = entry.revocation_ids.join(",");
+        let mut attempt = 0;
+        loop {
+            let last = audit_entry::Entity::find()
+                .order_by_desc(audit_entry::Column::Seq)
+                .limit(1)
+                .one(&self.db)
+                .await?;
+            let (seq, prev_hash) = last.map_or((1, String::new()), |l| (l.seq + 1, l.hash));
+            let mut row = audit_entry::Model {
+                seq,
+                at_ms: now_ms,
+                kind: entry.kind.as_str().to_owned(),
+                actor: entry.actor.clone(),
+                tenant: entry.tenant.clone(),
+                subject: entry.subject.clone(),
+                detail: entry.detail.clone(),
+                revocation_ids: revocation_ids.clone(),
+                prev_hash,
+                hash: String::new(),
+            };
+            row.hash = entry_hash(&row);
+            let active = audit_entry::ActiveModel {
+                seq: Set(row.seq),
+                at_ms: Set(row.at_ms),
+                kind: Set(row.kind.clone()),
+                actor: Set(row.actor.clone()),
+                tenant: Set(row.tenant.clone()),
+                subject: Set(row.subject.clone()),
+                detail: Set(row.detail.clone()),
+                revocation_ids: Set(row.revocation_ids.clone()),
+                prev_hash: Set(row.prev_hash.clone()),
+                hash: Set(row.hash.clone()),
+            };
+            match audit_entry::Entity::insert(active)
+                .exec_without_returning(&self.db)
+                .await
+            {
+                Ok(_) => return Ok(entry_of(row)),
+                // Another process appended this seq first: chain after it.
+                Err(_) if attempt < 20 => attempt += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Walks the whole chain from the first entry: every `seq` in place, every hash
+    /// recomputed, every entry pointing at the hash of the one before.
+    pub async fn verify(&self) -> Result<Verification, LedgerError> {
+        let mut expected_seq = 1i64;
+        let mut prev_hash = String::new();
+        loop {
+            let page = audit_entry::Entity::find()
+                .filter(audit_entry::Column::Seq.gte(expected_seq))
+                .order_by_asc(audit_entry::Column::Seq)
+                .limit(1000)
+                .all(&self.db)
+                .await?;
+            if page.is_empty() {
+                return Ok(Verification {
+                    intact: true,
+                    entries: u64::try_from(expected_seq - 1).unwrap_or(0),
+                    head: prev_hash,
+                    problem: None,
+                });
+            }
+            for row in page {
+                let broken = |problem: String| Verification {
+                    intact: false,
+                    entries: u64::try_from(expected_seq - 1).unwrap_or(0),
+                    head: prev_hash.clone(),
+                    problem: Some(problem),
+                };
+                if row.seq != expected_seq {
+                    return Ok(broken(format!(
+                        "entry {expected_seq} is missing (the next entry is {})",
+                        row.seq
+                    )));
+                }
+                if row.prev_hash != prev_hash {
+                    return Ok(broken(format!(
+                        "entry {} does not follow entry {}: it was moved, or an entry before it was removed or changed",
+                        row.seq,
+                        row.seq - 1
+                    )));
+                }
+                if entry_hash(&row) != row.hash {
+                    return Ok(broken(format!(
+                        "entry {} was changed after it was written",
+                        row.seq
+                    )));
+                }
+                prev_hash = row.hash;
+                expected_seq += 1;
+            }
+        }
+    }
+
+    /// Entries matching `filter`, newest first.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<Entry>, LedgerError> {
+        let mut query = audit_entry::Entity::find().order_by_desc(audit_entry::Column::Seq);
+        if let Some(kind) = &filter.kind {
+            query = query.filter(audit_entry::Column::Kind.eq(kind));
+        }
+        if let Some(tenant) = &filter.tenant {
+            query = query.filter(audit_entry::Column::Tenant.eq(tenant));
+        }
+        if let Some(subject) = &filter.subject {
+            query = query.filter(audit_entry::Column::Subject.contains(subject));
+        }
+        let limit = filter.limit.unwrap_or(100).min(1000);
+        let rows = query.limit(limit).all(&self.db).await?;
+        Ok(rows.into_iter().map(entry_of).collect())
+    }
+
+    /// The minted entry of the token whose first revocation id is `id`, if any.
+    pub async fn token(&self, id: &str) -> Result<Option<Entry>, LedgerError> {
+        let row = audit_entry::Entity::find()
+            .filter(audit_entry::Column::Kind.eq(EntryKind::Minted.as_str()))
+            .filter(audit_entry::Column::Subject.eq(id))
+            .one(&self.db)
+            .await?;
+        Ok(row.map(entry_of))
+    }
+
+    /// Revokes `ids` (a token's, or one block's and so every token attenuated from
+    /// it) and records it.
+    pub async fn revoke(
+        &self,
+        ids: &[String],
+        actor: &str,
+        tenant: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Entry, LedgerError> {
+        for id in ids {
+            revocation::Entity::insert(revocation::ActiveModel {
+                id: Set(id.clone()),
+                revoked_at_ms: Set(now_ms),
+                actor: Set(actor.to_owned()),
+            })
+            .on_conflict(
+                OnConflict::column(revocation::Column::Id)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        }
+        {
+            let mut cache = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            cache.ids.extend(ids.iter().cloned());
+        }
+        self.append(
+            NewEntry {
+                kind: EntryKind::Revoked,
+                actor: actor.to_owned(),
+                tenant: tenant.to_owned(),
+                subject: ids.first().cloned().unwrap_or_default(),
+                detail: reason.to_owned(),
+                revocation_ids: ids.to_vec(),
+            },
+            now_ms,
+        )
+        .await
+    }
+
+    /// Whether any of `ids` is revoked. Revocations made through this process count at
+    /// once; those made by another within [`REVOCATION_REFRESH`].
+    pub async fn is_revoked(&self, ids: &[String]) -> Result<bool, LedgerError> {
+        let fresh = {
+            let cache = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .loaded
+                .is_some_and(|at| at.elapsed() < REVOCATION_REFRESH)
+        };
+        if !fresh {
+            let all: HashSet<String> = revocation::Entity::find()
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            let mut cache = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            cache.ids.extend(all);
+            cache.loaded = Some(Instant::now());
+        }
+        let cache = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(ids.iter().any(|id| cache.ids.contains(id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_covers_every_field_and_the_link() {
+        let base = audit_entry::Model {
+            seq: 1,
+            at_ms: 2,
+            kind: "minted".into(),
+            actor: "a".into(),
+            tenant: "t".into(),
+            subject: "s".into(),
+            detail: "d".into(),
+            revocation_ids: "r".into(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        let h = entry_hash(&base);
+        let variants = [
+            audit_entry::Model {
+                seq: 2,
+                ..base.clone()
+            },
+            audit_entry::Model {
+                at_ms: 3,
+                ..base.clone()
+            },
+            audit_entry::Model {
+                kind: "revoked".into(),
+                ..base.clone()
+            },
+            audit_entry::Model {
+                actor: "b".into(),
+                ..base.clone()
+            },
+            audit_entry::Model {
+                tenant: "u".into(),
+                ..base.clone()
+            },
+            audit_entry::Model {
+                subject: "x".into(),
+                ..base.clone()
+            },
+            audit_entry::Model {
+                detail: "e".into(),
+                ..base.clone()
+            },
+            audit_entry::Model {
+                revocation_ids: "q".into(),
+                ..base.clone()
+            },
+            audit_entry::Model {
+                prev_hash: "00".into(),
+                ..base.clone()
+            },
+            // Moving a boundary between fields changes the hash too.
+            audit_entry::Model {
+                actor: "at".into(),
+                tenant: String::new(),
+                ..base.clone()
+            },
+        ];
+        for v in variants {
+            assert_ne!(entry_hash(&v), h, "{v:?}");
+        }
+        // The stored hash itself is not hashed.
+        assert_eq!(
+            entry_hash(&audit_entry::Model {
+                hash: "x".into(),
+                ..base.clone()
+            }),
+            h
+        );
+    }
+}
