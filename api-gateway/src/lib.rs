@@ -212,7 +212,8 @@ impl Gateway {
             topology,
             now: SystemTime::now(),
         };
-        match capability::authorize(token, |_| Ok(root), &check) {
+        let keys = capability::Keyring::new(ROOT_KEY_ID, root);
+        match capability::authorize(token, |id| keys.key(id), &check) {
             Ok(authorized) => {
                 self.check_revocation(&authorized).await?;
                 self.record_attenuation(token, &authorized).await?;

@@ -107,6 +107,44 @@ pub fn limits() -> AuthorizerLimits {
     }
 }
 
+/// The root public keys a verifier accepts, by key id. Rotation: add the new key and
+/// mint with it; tokens under the old key keep verifying until the old key is retired
+/// (after the longest lifetime of a token minted under it).
+#[derive(Clone, Debug, Default)]
+pub struct Keyring {
+    keys: std::collections::BTreeMap<u32, PublicKey>,
+}
+
+impl Keyring {
+    /// A ring holding one key.
+    pub fn new(id: u32, key: PublicKey) -> Self {
+        Self::default().with(id, key)
+    }
+
+    /// The ring with `key` accepted under `id` as well.
+    pub fn with(mut self, id: u32, key: PublicKey) -> Self {
+        self.keys.insert(id, key);
+        self
+    }
+
+    /// Stops accepting the key `id`.
+    pub fn retire(&mut self, id: u32) {
+        self.keys.remove(&id);
+    }
+
+    /// The ids accepted now.
+    pub fn ids(&self) -> Vec<u32> {
+        self.keys.keys().copied().collect()
+    }
+
+    /// The key a token names by id; a token without an id, or with an unknown one, is
+    /// refused.
+    pub fn key(&self, id: Option<u32>) -> Result<PublicKey, error::Format> {
+        id.and_then(|id| self.keys.get(&id).copied())
+            .ok_or(error::Format::UnknownPublicKey)
+    }
+}
+
 /// Who a session is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
@@ -126,7 +164,18 @@ pub fn mint_session(
     session: &Session,
     expires: SystemTime,
 ) -> Result<String, error::Token> {
-    let token = Biscuit::builder()
+    session_builder(session, expires, root_key_id)?
+        .build(root)?
+        .to_base64()
+}
+
+/// The authority block of a session token, ready to be signed.
+pub fn session_builder(
+    session: &Session,
+    expires: SystemTime,
+    root_key_id: u32,
+) -> Result<biscuit_auth::BiscuitBuilder, error::Token> {
+    Biscuit::builder()
         .fact(fact("user", &[string(&session.user)]))?
         .fact(fact("tenant", &[string(&session.tenant)]))?
         .fact(fact("role", &[string(session.role.as_str())]))?
@@ -134,10 +183,8 @@ pub fn mint_session(
             "check if time($t), $t < {expires}",
             std::collections::HashMap::from([("expires".to_owned(), Term::from(expires))]),
             std::collections::HashMap::new(),
-        )?
-        .root_key_id(root_key_id)
-        .build(root)?;
-    token.to_base64()
+        )
+        .map(|b| b.root_key_id(root_key_id))
 }
 
 /// A request to authorize.
@@ -524,5 +571,29 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn tokens_under_an_old_root_key_verify_until_it_is_retired() {
+        let now = SystemTime::now();
+        let (old, new) = (KeyPair::new(), KeyPair::new());
+        let expires = now + Duration::from_secs(600);
+        let under_old = mint_session(&old, 1, &session(Role::Developer), expires).unwrap();
+        let mut ring = Keyring::new(1, old.public()).with(2, new.public());
+        let under_new = mint_session(&new, 2, &session(Role::Developer), expires).unwrap();
+        let read = request(Operation::Read, "acme", None, now);
+        for token in [&under_old, &under_new] {
+            assert!(authorize(token, |id| ring.key(id), &read).is_ok());
+        }
+        ring.retire(1);
+        assert_eq!(ring.ids(), [2]);
+        assert!(matches!(
+            authorize(&under_old, |id| ring.key(id), &read),
+            Err(Denied::Invalid(_))
+        ));
+        assert!(authorize(&under_new, |id| ring.key(id), &read).is_ok());
+        // A token that names no key id, or the old id signed by the new key, is refused.
+        let swapped = mint_session(&new, 1, &session(Role::Developer), expires).unwrap();
+        assert!(authorize(&swapped, |id| ring.key(id), &read).is_err());
     }
 }

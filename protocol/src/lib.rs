@@ -5,6 +5,7 @@
 //! it as text, and must never depend on Docker, a database or a network.
 pub mod assignment;
 pub mod capability;
+pub mod delegation;
 pub mod node_api;
 pub mod telemetry;
 pub mod topology;
