@@ -381,6 +381,18 @@ impl Ledger {
         .await
     }
 
+    /// Every revoked id, sorted (what nodes are sent).
+    pub async fn revoked_ids(&self) -> Result<Vec<String>, LedgerError> {
+        let mut ids: Vec<String> = revocation::Entity::find()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Whether any of `ids` is revoked. Revocations made through this process count at
     /// once; those made by another within [`REVOCATION_REFRESH`].
     pub async fn is_revoked(&self, ids: &[String]) -> Result<bool, LedgerError> {

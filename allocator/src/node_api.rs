@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_control_server::NodeControl;
 use berth_protocol::node_api::{
-    AssignmentSet, JoinRequest, JoinResponse, LogRequest, LogsAck, LogsBody, ReportAck, ReportBody,
-    SignedRequest, WatchBody, WatchEvent, methods, signing_payload, watch_event,
+    AssignmentSet, DecisionsBody, JoinRequest, JoinResponse, LogRequest, LogsAck, LogsBody,
+    ReportAck, ReportBody, SignedRequest, WatchBody, WatchEvent, methods, signing_payload,
+    watch_event,
 };
 use prost::Message;
 use tokio_stream::Stream;
@@ -102,6 +103,9 @@ pub struct NodeApi {
     versions: Arc<AtomicU64>,
     shared: Arc<Mutex<Shared>>,
     stats: Arc<NodeApiStats>,
+    ledger: crate::ledger::Ledger,
+    /// Root public keys nodes verify delegation tokens against, by id.
+    root_keys: Arc<std::sync::RwLock<std::collections::BTreeMap<u32, Vec<u8>>>>,
 }
 
 impl NodeApi {
@@ -109,12 +113,31 @@ impl NodeApi {
     pub fn new(allocator: Allocator) -> Self {
         let identities = Identities::new(allocator.connection().clone());
         Self {
-            allocator,
             identities,
             versions: Arc::new(AtomicU64::new(1)),
             shared: Arc::default(),
             stats: Arc::default(),
+            ledger: crate::ledger::Ledger::new(allocator.connection().clone()),
+            root_keys: Arc::default(),
+            allocator,
         }
+    }
+
+    /// Makes nodes accept delegation tokens signed by the root key `public` (id `id`),
+    /// beside the ones they accept already.
+    pub fn trust_root_key(&self, id: u32, public: Vec<u8>) {
+        self.root_keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, public);
+    }
+
+    /// Makes nodes stop accepting the root key `id`.
+    pub fn retire_root_key(&self, id: u32) {
+        self.root_keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     /// The service's counters.
@@ -285,6 +308,39 @@ impl NodeControl for NodeApi {
         Ok(Response::new(LogsAck {}))
     }
 
+    async fn decisions(
+        &self,
+        request: Request<SignedRequest>,
+    ) -> Result<Response<ReportAck>, Status> {
+        let signed = request.into_inner();
+        let body: DecisionsBody = self
+            .verified(&signed, methods::DECISIONS, |b: &DecisionsBody| b.sequence)
+            .await?;
+        // The node that decided is the node that signed: a node speaks for itself only.
+        for d in body.decisions {
+            let tenant = d.resource.split('/').next().unwrap_or("*").to_owned();
+            let verdict = if d.allowed { "allowed" } else { "refused" };
+            self.ledger
+                .append(
+                    crate::ledger::NewEntry {
+                        kind: crate::ledger::EntryKind::Decision,
+                        actor: signed.node.clone(),
+                        tenant,
+                        subject: format!("{} {}", d.operation, d.resource),
+                        detail: format!(
+                            "{verdict}: {} (caller {:?}, decided at {} ms)",
+                            d.reason, d.caller, d.at_ms
+                        ),
+                        revocation_ids: d.revocation_ids,
+                    },
+                    now_ms(),
+                )
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        Ok(Response::new(ReportAck {}))
+    }
+
     async fn report(&self, request: Request<SignedRequest>) -> Result<Response<ReportAck>, Status> {
         use tracing::Instrument;
         let span = tracing::info_span!("report", node = %request.get_ref().node);
@@ -325,8 +381,28 @@ impl NodeApi {
                     return;
                 }
             };
-            let json = serde_json::to_vec::<Vec<TopologyAssignment>>(&set).unwrap_or_default();
-            if last_sent.as_ref() != Some(&json) {
+            let revoked = match api.ledger.revoked_ids().await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                    return;
+                }
+            };
+            let root_keys: std::collections::HashMap<u32, Vec<u8>> = api
+                .root_keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(id, key)| (*id, key.clone()))
+                .collect();
+            let mut json = serde_json::to_vec::<Vec<TopologyAssignment>>(&set).unwrap_or_default();
+            // What the node trusts is part of what changes its set.
+            let mut fingerprint = json.clone();
+            fingerprint.extend(revoked.join(",").as_bytes());
+            let mut ids: Vec<_> = root_keys.iter().collect();
+            ids.sort();
+            fingerprint.extend(format!("{ids:?}").as_bytes());
+            if last_sent.as_ref() != Some(&fingerprint) {
                 let version = api.versions.fetch_add(1, Ordering::Relaxed);
                 {
                     let mut shared = api.shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -338,7 +414,9 @@ impl NodeApi {
                 }
                 let set = AssignmentSet {
                     version,
-                    assignments_json: json.clone(),
+                    assignments_json: std::mem::take(&mut json),
+                    root_keys,
+                    revoked,
                 };
                 if tx
                     .send(event(watch_event::Event::Assignments(set)))
@@ -347,7 +425,7 @@ impl NodeApi {
                 {
                     return; // the node went away
                 }
-                last_sent = Some(json);
+                last_sent = Some(fingerprint);
             }
             // Wait for a change, passing on requests meanwhile.
             let recheck = tokio::time::sleep(RECHECK);

@@ -9,13 +9,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_control_client::NodeControlClient;
 use berth_protocol::node_api::{
-    AssignmentSet, JoinRequest, LogRequest, LogsBody, ReplicaStatus, ReportBody, SignedRequest,
-    WatchBody, WatchEvent, methods, signing_payload, watch_event,
+    AssignmentSet, DecisionsBody, JoinRequest, LogRequest, LogsBody, PeerDecision, ReplicaStatus,
+    ReportBody, SignedRequest, WatchBody, WatchEvent, methods, signing_payload, watch_event,
 };
 use prost::Message;
 use ring::rand::SystemRandom;
@@ -28,6 +29,7 @@ use tonic::transport::Channel;
 use berth_protocol::telemetry;
 
 use crate::driver::ContainerDriver;
+use crate::peer::{PeerApi, Trust};
 use crate::reconcile::Reconciler;
 
 /// Why the agent could not join or run.
@@ -236,6 +238,35 @@ impl Signer {
         }
     }
 
+    /// The node's public key.
+    pub fn public_key(&self) -> Vec<u8> {
+        self.key.public_key().as_ref().to_vec()
+    }
+
+    /// A call on another node's API (`method`), carrying `token` and signed with this
+    /// node's key.
+    pub fn peer_call(
+        &self,
+        method: &str,
+        token: Vec<u8>,
+        body: &berth_protocol::node_api::PeerCallBody,
+    ) -> berth_protocol::node_api::PeerCall {
+        let body = body.encode_to_vec();
+        let signature = self
+            .key
+            .sign(&berth_protocol::node_api::peer_signing_payload(
+                method, &body,
+            ))
+            .as_ref()
+            .to_vec();
+        berth_protocol::node_api::PeerCall {
+            token,
+            caller_key: self.public_key(),
+            body,
+            signature,
+        }
+    }
+
     /// Wraps `body` for `method`, signed.
     pub fn sign<B: Message>(&self, method: &str, body: &B) -> SignedRequest {
         let body = body.encode_to_vec();
@@ -251,6 +282,9 @@ impl Signer {
         }
     }
 }
+
+/// How often the decisions of the peer API are reported.
+const DECISIONS_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the pull loop stands.
 #[derive(Debug)]
@@ -283,6 +317,10 @@ pub struct Agent<D> {
     signer: Signer,
     reconciler: Reconciler<D>,
     client: Option<NodeControlClient<Channel>>,
+    /// The root keys and revocations the allocator sends, shared with the peer API.
+    trust: Arc<RwLock<Trust>>,
+    /// The peer API whose decisions this agent reports.
+    peer: Option<PeerApi<D>>,
 }
 
 impl<D: ContainerDriver> Agent<D> {
@@ -293,7 +331,59 @@ impl<D: ContainerDriver> Agent<D> {
             identity,
             reconciler,
             client: None,
+            trust: Arc::default(),
+            peer: None,
         })
+    }
+
+    /// What the node trusts, as the allocator last said; share it with a [`PeerApi`].
+    pub fn trust(&self) -> Arc<RwLock<Trust>> {
+        self.trust.clone()
+    }
+
+    /// Reports the decisions of `peer` to the allocator, signed, about every second.
+    pub fn with_peer(mut self, peer: PeerApi<D>) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// Sends the peer API's decisions since the last time; on failure they are lost
+    /// from the ledger but still in this node's log.
+    async fn flush_decisions(&mut self) -> Result<(), AgentError> {
+        let Some(peer) = &self.peer else {
+            return Ok(());
+        };
+        let decisions: Vec<PeerDecision> = peer
+            .take_decisions()
+            .into_iter()
+            .map(|d| PeerDecision {
+                allowed: d.allowed,
+                operation: d.operation.to_owned(),
+                resource: d.resource,
+                caller: d.caller,
+                reason: d.reason,
+                revocation_ids: d.revocation_ids,
+                at_ms: d.at_ms,
+            })
+            .collect();
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let (sequence, timestamp_ms) = self.signer.next_sequence();
+        let request = self.signer.sign(
+            methods::DECISIONS,
+            &DecisionsBody {
+                sequence,
+                timestamp_ms,
+                decisions,
+            },
+        );
+        self.client()
+            .await?
+            .decisions(request)
+            .await
+            .map_err(|s| AgentError::Refused(s.message().to_owned()))?;
+        Ok(())
     }
 
     /// Runs the pull loop until the process ends.
@@ -316,27 +406,45 @@ impl<D: ContainerDriver> Agent<D> {
                     }
                 }
             },
-            LoopState::Watch(mut stream) => match stream.message().await {
-                Ok(Some(event)) => {
-                    match event.event {
-                        Some(watch_event::Event::Assignments(set)) => self.apply(set).await,
-                        Some(watch_event::Event::Logs(request)) => {
-                            if let Err(e) = self.answer_logs(request).await {
-                                tracing::warn!(error = %e, "could not send logs");
-                            }
+            LoopState::Watch(mut stream) => {
+                match tokio::time::timeout(DECISIONS_EVERY, stream.message()).await {
+                    Err(_) => {
+                        if let Err(e) = self.flush_decisions().await {
+                            tracing::warn!(error = %e, "could not report decisions");
                         }
-                        None => {}
+                        LoopState::Watch(stream)
                     }
-                    LoopState::Watch(stream)
+                    Ok(message) => self.on_message(message, stream).await,
                 }
-                Ok(None) | Err(_) => {
-                    self.client = None;
-                    LoopState::Backoff { attempt: 1 }
-                }
-            },
+            }
             LoopState::Backoff { attempt } => {
                 tokio::time::sleep(backoff(attempt)).await;
                 LoopState::Connect { attempt }
+            }
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        message: Result<Option<WatchEvent>, tonic::Status>,
+        stream: Box<Streaming<WatchEvent>>,
+    ) -> LoopState {
+        match message {
+            Ok(Some(event)) => {
+                match event.event {
+                    Some(watch_event::Event::Assignments(set)) => self.apply(set).await,
+                    Some(watch_event::Event::Logs(request)) => {
+                        if let Err(e) = self.answer_logs(request).await {
+                            tracing::warn!(error = %e, "could not send logs");
+                        }
+                    }
+                    None => {}
+                }
+                LoopState::Watch(stream)
+            }
+            Ok(None) | Err(_) => {
+                self.client = None;
+                LoopState::Backoff { attempt: 1 }
             }
         }
     }
@@ -432,6 +540,19 @@ impl<D: ContainerDriver> Agent<D> {
     /// Reconciles one assignment set: every topology in it is applied, every topology
     /// this node runs that is not in it is removed (its volumes kept); then reports.
     async fn apply(&mut self, set: AssignmentSet) {
+        // First what the node trusts: a revocation takes effect before anything else.
+        {
+            let mut keys = berth_protocol::capability::Keyring::default();
+            for (id, key) in &set.root_keys {
+                match biscuit_auth::PublicKey::from_bytes(key, biscuit_auth::Algorithm::Ed25519) {
+                    Ok(key) => keys = keys.with(*id, key),
+                    Err(e) => tracing::warn!(id, error = %e, "unusable root key"),
+                }
+            }
+            let mut trust = self.trust.write().unwrap_or_else(|p| p.into_inner());
+            trust.keys = keys;
+            trust.revoked = set.revoked.iter().cloned().collect();
+        }
         let assignments: Vec<TopologyAssignment> =
             match serde_json::from_slice(&set.assignments_json) {
                 Ok(a) => a,

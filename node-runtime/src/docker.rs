@@ -548,6 +548,25 @@ impl ContainerDriver for DockerDriver {
         })
     }
 
+    async fn container_address(
+        &self,
+        container: &str,
+    ) -> Result<Option<std::net::IpAddr>, DriverError> {
+        let inspect = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(engine("inspecting container"))?;
+        let address = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .into_iter()
+            .flat_map(|networks| networks.into_values())
+            .filter_map(|endpoint| endpoint.ip_address)
+            .find_map(|ip| ip.parse().ok());
+        Ok(address)
+    }
+
     fn logs(&self, container: &str, follow: bool, tail: Option<u64>) -> LogStream {
         let options = LogsOptionsBuilder::default()
             .follow(follow)

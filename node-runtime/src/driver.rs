@@ -159,4 +159,10 @@ pub trait ContainerDriver: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ContainerStatus, DriverError>> + Send;
     /// A container's output; with `follow`, the stream goes on as it writes.
     fn logs(&self, container: &str, follow: bool, tail: Option<u64>) -> LogStream;
+    /// The address a running container has on its networks (the first), for the
+    /// node's own tunnels to reach it.
+    fn container_address(
+        &self,
+        container: &str,
+    ) -> impl Future<Output = Result<Option<std::net::IpAddr>, DriverError>> + Send;
 }

@@ -15,3 +15,4 @@ pub use docker::DockerDriver;
 pub use driver::{ContainerDriver, DriverError};
 pub use reconcile::{Outcome, Progress, ReconcileError, ReconcileOptions, Reconciler, Step};
 pub mod agent;
+pub mod peer;

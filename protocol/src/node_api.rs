@@ -15,6 +15,16 @@ pub fn signing_payload(method: &str, body: &[u8]) -> Vec<u8> {
     payload
 }
 
+/// The bytes a node signs for a call on another node's API.
+pub fn peer_signing_payload(method: &str, body: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(body.len() + method.len() + 16);
+    payload.extend_from_slice(b"berth.peer.v1/");
+    payload.extend_from_slice(method.as_bytes());
+    payload.push(b'\n');
+    payload.extend_from_slice(body);
+    payload
+}
+
 /// Method names used in signatures.
 pub mod methods {
     /// `Watch`.
@@ -23,4 +33,6 @@ pub mod methods {
     pub const REPORT: &str = "Report";
     /// `Logs`.
     pub const LOGS: &str = "Logs";
+    /// `Decisions`.
+    pub const DECISIONS: &str = "Decisions";
 }

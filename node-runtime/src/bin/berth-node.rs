@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use berth_node_runtime::agent::{self, Agent, Capacity, NodeIdentity};
+use berth_node_runtime::peer::PeerApi;
 use berth_node_runtime::{DockerDriver, ReconcileOptions, Reconciler};
+use berth_protocol::node_api::node_peer_server::NodePeerServer;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -18,6 +20,10 @@ struct Cli {
     /// Where the node keeps its identity.
     #[arg(long, env = "BERTH_NODE_DIR", global = true, default_value_os_t = default_state_dir())]
     state_dir: PathBuf,
+    /// Serve the node API other nodes call (tunnels, health) on this address, each call
+    /// allowed only by a delegation token the allocator minted.
+    #[arg(long, env = "BERTH_PEER_LISTEN", global = true, value_name = "ADDR")]
+    peer_listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,11 +105,27 @@ async fn main() -> anyhow::Result<()> {
     let driver = DockerDriver::connect_scoped(agent::scope_of(&identity))
         .await
         .context("connecting to Docker")?;
-    let reconciler = Reconciler::new(Arc::new(driver), ReconcileOptions::default());
+    let driver = Arc::new(driver);
+    let reconciler = Reconciler::new(driver.clone(), ReconcileOptions::default());
     eprintln!(
         "node {} watching its assignments at {}",
         identity.name, identity.allocator
     );
-    Agent::new(identity, reconciler)?.run().await;
+    let name = identity.name.clone();
+    let mut agent = Agent::new(identity, reconciler)?;
+    if let Some(address) = cli.peer_listen {
+        let peer = PeerApi::new(&name, driver, agent.trust());
+        agent = agent.with_peer(peer.clone());
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on {address} for the node API"))?;
+        eprintln!("node API on {}", listener.local_addr()?);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(NodePeerServer::new(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+    }
+    agent.run().await;
     Ok(())
 }

@@ -1,0 +1,332 @@
+//! The API a node offers other nodes: a tunnel to one port of one of its service
+//! replicas, and the health of one of its services. Every call is decided offline by
+//! [`berth_protocol::delegation::authorize`]: the call must be signed by the key the
+//! delegation token is bound to, for this node, fresh (timestamp and nonce), and the
+//! token must verify against a root key this node accepts, be unexpired, unrevoked,
+//! and grant exactly this operation on exactly this resource. Each decision, allowed
+//! or refused with its reason, is kept for the node to report.
+
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_protocol::assignment::TopologyRef;
+use berth_protocol::capability::Keyring;
+use berth_protocol::delegation::{self, Call, NodeOperation, Refused};
+use berth_protocol::node_api::node_peer_server::NodePeer;
+use berth_protocol::node_api::{
+    HealthReply, PeerCall, PeerCallBody, ReplicaHealth, TunnelFrame, peer_signing_payload,
+    tunnel_frame,
+};
+use prost::Message;
+use ring::signature::{ED25519, UnparsedPublicKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::driver::ContainerDriver;
+
+/// Method names in peer-call signatures.
+pub mod methods {
+    /// `Tunnel`.
+    pub const TUNNEL: &str = "Tunnel";
+    /// `Health`.
+    pub const HEALTH: &str = "Health";
+}
+
+/// How far a call's timestamp may be from this node's clock.
+const FRESHNESS: Duration = Duration::from_secs(60);
+/// How many recent nonces are remembered (calls older than [`FRESHNESS`] are refused
+/// by their timestamp anyway).
+const NONCES: usize = 100_000;
+
+/// One decision of this node's API, for the ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the call was allowed.
+    pub allowed: bool,
+    /// The operation asked.
+    pub operation: &'static str,
+    /// The resource asked, `tenant/topology/service:port`.
+    pub resource: String,
+    /// The caller the token names (empty when the token could not be read).
+    pub caller: String,
+    /// Why (the refusal) or `allowed`.
+    pub reason: String,
+    /// The token's revocation ids, when it could be read.
+    pub revocation_ids: Vec<String>,
+    /// When, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// What the node accepts, as the allocator last said: root keys and revoked ids.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    /// Root public keys by id.
+    pub keys: Keyring,
+    /// Revoked revocation ids.
+    pub revoked: HashSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct Nonces {
+    seen: HashSet<Vec<u8>>,
+    order: VecDeque<Vec<u8>>,
+}
+
+/// The node's peer API.
+#[derive(Debug)]
+pub struct PeerApi<D> {
+    node: String,
+    driver: Arc<D>,
+    trust: Arc<RwLock<Trust>>,
+    nonces: Arc<Mutex<Nonces>>,
+    decisions: Arc<Mutex<Vec<Decision>>>,
+}
+
+impl<D> Clone for PeerApi<D> {
+    fn clone(&self) -> Self {
+        Self {
+            node: self.node.clone(),
+            driver: self.driver.clone(),
+            trust: self.trust.clone(),
+            nonces: self.nonces.clone(),
+            decisions: self.decisions.clone(),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl<D: ContainerDriver> PeerApi<D> {
+    /// The API of node `node`, reaching its containers through `driver`, trusting what
+    /// `trust` holds (the agent updates it from the allocator).
+    pub fn new(node: &str, driver: Arc<D>, trust: Arc<RwLock<Trust>>) -> Self {
+        Self {
+            node: node.to_owned(),
+            driver,
+            trust,
+            nonces: Arc::default(),
+            decisions: Arc::default(),
+        }
+    }
+
+    /// The decisions made since the last call, oldest first.
+    pub fn take_decisions(&self) -> Vec<Decision> {
+        std::mem::take(&mut *self.decisions.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Decides `call` for `operation`; records the decision either way.
+    pub fn decide(
+        &self,
+        method: &str,
+        operation: NodeOperation,
+        call: &PeerCall,
+    ) -> Result<PeerCallBody, Status> {
+        let body = PeerCallBody::decode(call.body.as_slice()).unwrap_or_default();
+        let resource = format!(
+            "{}/{}/{}:{}",
+            body.tenant, body.topology, body.service, body.port
+        );
+        let outcome = self.check(method, operation, call, &body);
+        let mut decision = Decision {
+            allowed: outcome.is_ok(),
+            operation: operation.as_str(),
+            resource,
+            caller: String::new(),
+            reason: "allowed".to_owned(),
+            revocation_ids: Vec::new(),
+            at_ms: now_ms(),
+        };
+        // What the token says, for the record, even when it was refused.
+        if let Ok(unverified) = biscuit_auth::UnverifiedBiscuit::from(&call.token) {
+            decision.revocation_ids =
+                berth_protocol::capability::revocation_ids(&unverified.revocation_identifiers());
+        }
+        let result = match outcome {
+            Ok(allowed) => {
+                decision.caller = allowed.caller;
+                Ok(body)
+            }
+            Err(refused) => {
+                decision.reason = refused.to_string();
+                Err(Status::permission_denied(refused.to_string()))
+            }
+        };
+        tracing::info!(
+            allowed = decision.allowed,
+            operation = decision.operation,
+            resource = %decision.resource,
+            reason = %decision.reason,
+            "peer call"
+        );
+        self.decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(decision);
+        result
+    }
+
+    fn check(
+        &self,
+        method: &str,
+        operation: NodeOperation,
+        call: &PeerCall,
+        body: &PeerCallBody,
+    ) -> Result<delegation::Allowed, Refused> {
+        UnparsedPublicKey::new(&ED25519, &call.caller_key)
+            .verify(&peer_signing_payload(method, &call.body), &call.signature)
+            .map_err(|_| Refused::Invalid("the call is not signed by the key it names".into()))?;
+        if body.target != self.node {
+            return Err(Refused::WrongTarget {
+                target: body.target.clone(),
+            });
+        }
+        if (now_ms() - body.timestamp_ms).unsigned_abs() > FRESHNESS.as_millis() as u64 {
+            return Err(Refused::Invalid("the call is not fresh".into()));
+        }
+        {
+            let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+            if body.nonce.len() < 16 || !nonces.seen.insert(body.nonce.clone()) {
+                return Err(Refused::Invalid("the call was replayed".into()));
+            }
+            nonces.order.push_back(body.nonce.clone());
+            if nonces.order.len() > NONCES
+                && let Some(old) = nonces.order.pop_front()
+            {
+                nonces.seen.remove(&old);
+            }
+        }
+        let port = u16::try_from(body.port).map_err(|_| Refused::NotGranted {
+            operation: operation.as_str(),
+            resource: format!("port {}", body.port),
+        })?;
+        let trust = self.trust.read().unwrap_or_else(|p| p.into_inner());
+        delegation::authorize(
+            &call.token,
+            |id| trust.keys.key(id),
+            |ids| ids.iter().any(|id| trust.revoked.contains(id)),
+            &Call {
+                presenter_key: &call.caller_key,
+                node: &self.node,
+                operation,
+                tenant: &body.tenant,
+                topology: &body.topology,
+                service: &body.service,
+                port,
+                now: SystemTime::now(),
+            },
+        )
+    }
+
+    /// The running replica of a service on this node, and its address.
+    async fn address_of(&self, body: &PeerCallBody) -> Result<std::net::SocketAddr, Status> {
+        let id = TopologyRef {
+            tenant: body.tenant.clone(),
+            topology: body.topology.clone(),
+        };
+        let containers = self
+            .driver
+            .list_containers(&id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        for c in containers.iter().filter(|c| c.service == body.service) {
+            if let Ok(Some(ip)) = self.driver.container_address(&c.name).await {
+                let port = u16::try_from(body.port).unwrap_or(0);
+                return Ok(std::net::SocketAddr::new(ip, port));
+            }
+        }
+        Err(Status::unavailable(format!(
+            "no running replica of {} here",
+            body.service
+        )))
+    }
+}
+
+type TunnelStream = Pin<Box<dyn Stream<Item = Result<TunnelFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<D: ContainerDriver> NodePeer for PeerApi<D> {
+    type TunnelStream = TunnelStream;
+
+    async fn tunnel(
+        &self,
+        request: Request<Streaming<TunnelFrame>>,
+    ) -> Result<Response<TunnelStream>, Status> {
+        let mut incoming = request.into_inner();
+        let first = incoming
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("a tunnel starts with its call"))??;
+        let Some(tunnel_frame::Frame::Open(call)) = first.frame else {
+            return Err(Status::invalid_argument("a tunnel starts with its call"));
+        };
+        let body = self.decide(methods::TUNNEL, NodeOperation::Tunnel, &call)?;
+        let address = self.address_of(&body).await?;
+        let socket = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot connect to {address}: {e}")))?;
+        let (mut read, mut write) = socket.into_split();
+        // Caller to service.
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = incoming.next().await {
+                if let Some(tunnel_frame::Frame::Data(bytes)) = frame.frame
+                    && write.write_all(&bytes).await.is_err()
+                {
+                    break;
+                }
+            }
+            let _ = write.shutdown().await;
+        });
+        // Service to caller.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 32 * 1024];
+            loop {
+                match read.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let frame = TunnelFrame {
+                            frame: Some(tunnel_frame::Frame::Data(buffer[..n].to_vec())),
+                        };
+                        if tx.send(Ok(frame)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn health(&self, request: Request<PeerCall>) -> Result<Response<HealthReply>, Status> {
+        let call = request.into_inner();
+        let body = self.decide(methods::HEALTH, NodeOperation::Health, &call)?;
+        let id = TopologyRef {
+            tenant: body.tenant.clone(),
+            topology: body.topology.clone(),
+        };
+        let listed = self
+            .driver
+            .list_all(Some(&body.tenant))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let replicas = listed
+            .into_iter()
+            .filter(|c| c.topology == id && c.container.service == body.service)
+            .map(|c| ReplicaHealth {
+                replica: c.container.replica,
+                state: c.state,
+                detail: c.status,
+            })
+            .collect();
+        Ok(Response::new(HealthReply { replicas }))
+    }
+}
