@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod plane;
 pub mod postgres;
 
 /// The `berth` binary built by this `cargo test` run (it sits next to `deps/`).

@@ -5,113 +5,40 @@
 //! each attack is refused, each in its own test, and each refusal reaches the audit
 //! ledger as a decision that node 2 reported and signed.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use berth_node_runtime::agent::{NodeIdentity, Signer};
 use berth_protocol::delegation::{self, Grant, NodeOperation};
 use berth_protocol::node_api::node_peer_client::NodePeerClient;
 use berth_protocol::node_api::{PeerCallBody, TunnelFrame, tunnel_frame};
-use berth_tests::{berth_bin, ensure_images, free_port, remove_node_objects};
+use berth_tests::plane::{Node, Server};
+use berth_tests::{ensure_images, free_port};
 use biscuit_auth::{Algorithm, KeyPair, PrivateKey};
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A server and two nodes serving their node API; node 2 runs `db`.
 struct Pool {
-    api: String,
-    admin: &'static str,
+    server: Server,
     root: KeyPair,
     n1: NodeIdentity,
     n1_name: String,
     n2_name: String,
     n2_peer: String,
-    http: reqwest::Client,
-    _processes: Vec<Process>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        remove_node_objects(&self.n1_name);
-        remove_node_objects(&self.n2_name);
-    }
+    _nodes: Vec<Node>,
 }
 
 async fn pool(test: &str) -> Pool {
     ensure_images();
-    let state = tempfile::tempdir().expect("tempdir");
-    let (api_port, node_port) = (free_port(), free_port());
-    let admin = "bat_peer_test_admin";
-    let mut processes = vec![Process(
-        Command::new(berth_bin())
-            .args([
-                "server",
-                "--listen",
-                &format!("127.0.0.1:{api_port}"),
-                "--node-listen",
-                &format!("127.0.0.1:{node_port}"),
-            ])
-            .env("BERTH_DATA_DIR", state.path())
-            .env("BERTH_ADMIN_TOKEN", admin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("berth server starts"),
-    )];
-    let api = format!("http://127.0.0.1:{api_port}");
-    let http = reqwest::Client::new();
+    let server = Server::start(&[]).await;
     let prefix = format!("{test}{}", std::process::id());
     let (n1_name, n2_name) = (format!("{prefix}-n1"), format!("{prefix}-n2"));
-    let mut dirs = Vec::new();
+    let mut nodes = Vec::new();
     let mut peers = Vec::new();
     for name in [&n1_name, &n2_name] {
-        let mut token = None;
-        for _ in 0..100 {
-            if let Ok(r) = http
-                .post(format!("{api}/v1/join-tokens"))
-                .bearer_auth(admin)
-                .send()
-                .await
-                && r.status().is_success()
-            {
-                let body: serde_json::Value = r.json().await.expect("json");
-                token = body["token"].as_str().map(str::to_owned);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let peer_port = free_port();
-        processes.push(Process(
-            Command::new(berth_bin().with_file_name("berth-node"))
-                .args([
-                    "join",
-                    "--allocator",
-                    &format!("http://127.0.0.1:{node_port}"),
-                    "--token",
-                    &token.expect("a join token"),
-                    "--name",
-                    name,
-                    "--peer-listen",
-                    &format!("127.0.0.1:{peer_port}"),
-                ])
-                .env("BERTH_NODE_DIR", dir.path())
-                .env("BERTH_LOG", "warn")
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("berth-node starts"),
-        ));
-        peers.push(format!("http://127.0.0.1:{peer_port}"));
-        dirs.push(dir);
+        let listen = format!("127.0.0.1:{}", free_port());
+        nodes.push(server.join(name, &["--peer-listen", &listen], &[]).await);
+        peers.push(format!("http://{listen}"));
     }
+    let (api, admin, http) = (&server.api, server.admin, &server.http);
     // `db` serves a file over HTTP, on node 2 only.
     let topology = serde_json::json!({
         "name": "shop",
@@ -150,23 +77,19 @@ async fn pool(test: &str) -> Pool {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(running, "db never ran on node 2");
-    let root_hex = std::fs::read_to_string(state.path().join("root-key")).expect("root key");
+    let root_hex = std::fs::read_to_string(server.state.path().join("root-key")).expect("root key");
     let root = KeyPair::from(
         &PrivateKey::from_bytes_hex(root_hex.trim(), Algorithm::Ed25519).expect("key"),
     );
-    let n1 = NodeIdentity::load(dirs[0].path()).expect("node 1's identity");
-    dirs.push(state);
+    let n1 = NodeIdentity::load(nodes[0].dir.path()).expect("node 1's identity");
     Pool {
-        api,
-        admin,
+        server,
         root,
         n1,
         n1_name,
         n2_name,
         n2_peer: peers[1].clone(),
-        http,
-        _processes: processes,
-        _dirs: dirs,
+        _nodes: nodes,
     }
 }
 
@@ -262,9 +185,13 @@ impl Pool {
         let mut entries = serde_json::Value::Null;
         for _ in 0..100 {
             entries = self
+                .server
                 .http
-                .get(format!("{}/v1/audit/entries?kind=decision", self.api))
-                .bearer_auth(self.admin)
+                .get(format!(
+                    "{}/v1/audit/entries?kind=decision",
+                    self.server.api
+                ))
+                .bearer_auth(self.server.admin)
                 .send()
                 .await
                 .expect("request")
@@ -367,9 +294,10 @@ async fn a_revoked_token_is_refused_within_a_heartbeat() {
         1
     );
     let revoked = pool
+        .server
         .http
-        .post(format!("{}/v1/audit/revocations", pool.api))
-        .bearer_auth(pool.admin)
+        .post(format!("{}/v1/audit/revocations", pool.server.api))
+        .bearer_auth(pool.server.admin)
         .json(&serde_json::json!({ "ids": [id], "reason": "node 1 compromised" }))
         .send()
         .await

@@ -2,136 +2,16 @@
 //! each node; then `berth up --endpoint` deploys the same file as locally. All real
 //! processes, real gRPC, real Docker.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use berth_tests::{
-    Project, berth_bin, docker_lines, ensure_images, free_port, remove_node_objects,
-};
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sibling(name: &str) -> std::path::PathBuf {
-    berth_bin().with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-}
-
-/// A running `berth server`: its API URL, node API port and admin token.
-struct Server {
-    _process: Process,
-    _state: tempfile::TempDir,
-    api: String,
-    node_port: u16,
-    admin: &'static str,
-    http: reqwest::Client,
-}
-
-async fn start_server() -> Server {
-    let state = tempfile::tempdir().expect("tempdir");
-    let (api_port, node_port) = (free_port(), free_port());
-    let admin = "bat_test_admin_token";
-    let process = Process(
-        Command::new(berth_bin())
-            .args([
-                "server",
-                "--listen",
-                &format!("127.0.0.1:{api_port}"),
-                "--node-listen",
-                &format!("127.0.0.1:{node_port}"),
-            ])
-            .env("BERTH_DATA_DIR", state.path())
-            .env("BERTH_ADMIN_TOKEN", admin)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("berth server starts"),
-    );
-    let api = format!("http://127.0.0.1:{api_port}");
-    let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..100 {
-        if http
-            .get(format!("{api}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "berth server never became ready");
-    Server {
-        _process: process,
-        _state: state,
-        api,
-        node_port,
-        admin,
-        http,
-    }
-}
-
-/// A joined `berth-node` process; dropping it stops the agent and removes every Docker
-/// object it made, whether the test passed or not.
-struct Node {
-    name: String,
-    process: Option<Process>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        drop(self.process.take());
-        remove_node_objects(&self.name);
-    }
-}
-
-/// Joins a `berth-node` process to `server` under `name`.
-async fn join_node(server: &Server, name: &str, labels: &[&str]) -> Node {
-    let token: serde_json::Value = server
-        .http
-        .post(format!("{}/v1/join-tokens", server.api))
-        .bearer_auth(server.admin)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let child = Command::new(sibling("berth-node"))
-        .args([
-            "join",
-            "--allocator",
-            &format!("http://127.0.0.1:{}", server.node_port),
-            "--token",
-            token["token"].as_str().expect("token"),
-            "--name",
-            name,
-        ])
-        .args(labels.iter().flat_map(|l| ["--label", l]))
-        .env("BERTH_NODE_DIR", dir.path())
-        .env("BERTH_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("berth-node starts");
-    Node {
-        name: name.to_owned(),
-        process: Some(Process(child)),
-        _dir: dir,
-    }
-}
+use berth_tests::plane::{Node, Process, Server};
+use berth_tests::{Project, berth_bin, docker_lines, ensure_images, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_and_two_nodes_run_what_berth_up_sends() {
     ensure_images();
-    let server = start_server().await;
+    let server = Server::start(&[]).await;
     let (api, http, admin) = (server.api.clone(), server.http.clone(), server.admin);
 
     // The API refuses requests without a token.
@@ -145,7 +25,7 @@ async fn a_server_and_two_nodes_run_what_berth_up_sends() {
     let prefix = format!("s{}", std::process::id());
     let mut nodes = Vec::new();
     for i in 1..=2 {
-        nodes.push(join_node(&server, &format!("{prefix}-n{i}"), &[]).await);
+        nodes.push(server.join(&format!("{prefix}-n{i}"), &[], &[]).await);
     }
 
     let yaml = "name: NAME\nservices:\n  web:\n    image: berth/busybox:latest\n    init: true\n    command: [\"sleep\", \"3600\"]\n    deploy: {replicas: 4}\n";
@@ -283,9 +163,11 @@ async fn status_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_are_isolated_and_every_token_is_checked() {
     ensure_images();
-    let server = start_server().await;
+    let server = Server::start(&[]).await;
     let admin = server.admin;
-    let node = join_node(&server, &format!("i{}-n1", std::process::id()), &[]).await;
+    let node = server
+        .join(&format!("i{}-n1", std::process::id()), &[], &[])
+        .await;
     // An admin creates the tenants and their developers with the CLI.
     let admin_cli = |args: &[&str], password: Option<&str>| {
         let mut command = Command::new(berth_bin());
@@ -602,12 +484,14 @@ async fn wait_for_spread(nodes: &[&str], want: &[&[&str]]) -> Vec<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constraints_cordon_and_drain_decide_where_replicas_run() {
     ensure_images();
-    let server = start_server().await;
+    let server = Server::start(&[]).await;
     let prefix = format!("c{}", std::process::id());
     let (ssd, plain) = (format!("{prefix}-ssd"), format!("{prefix}-plain"));
     let _nodes = [
-        join_node(&server, &ssd, &["disk=ssd", "zone=east"]).await,
-        join_node(&server, &plain, &["zone=east"]).await,
+        server
+            .join(&ssd, &["--label", "disk=ssd", "--label", "zone=east"], &[])
+            .await,
+        server.join(&plain, &["--label", "zone=east"], &[]).await,
     ];
     let mut joined = serde_json::Value::Null;
     for _ in 0..100 {
@@ -766,12 +650,12 @@ async fn berth_dev_runs_the_platform_and_a_local_node_in_one_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_of_replicas_on_several_nodes_come_through_the_endpoint() {
     ensure_images();
-    let server = start_server().await;
+    let server = Server::start(&[]).await;
     let prefix = format!("l{}", std::process::id());
     let names = [format!("{prefix}-n1"), format!("{prefix}-n2")];
     let _nodes = [
-        join_node(&server, &names[0], &[]).await,
-        join_node(&server, &names[1], &[]).await,
+        server.join(&names[0], &[], &[]).await,
+        server.join(&names[1], &[], &[]).await,
     ];
     let yaml = "name: NAME\nservices:\n  web:\n    image: berth/busybox:latest\n    init: true\n    command: [\"sh\", \"-c\", \"echo hello from $$(hostname); echo second line; sleep 3600\"]\n    deploy: {replicas: 2}\n";
     let mut project = Project::new("logs", yaml);
@@ -834,7 +718,7 @@ async fn logs_of_replicas_on_several_nodes_come_through_the_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_teams_list_explain_revoke_and_verify_with_berth_audit() {
-    let server = start_server().await;
+    let server = Server::start(&[]).await;
     let berth = |args: &[&str], token: &str, password: Option<&str>| {
         let mut command = Command::new(berth_bin());
         command

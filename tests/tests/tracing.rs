@@ -3,11 +3,11 @@
 //! spans of one trace, exported over OTLP to a collector, here a real OTLP/gRPC
 //! endpoint that keeps what it receives.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_tests::{berth_bin, ensure_images, free_port, remove_node_objects};
+use berth_tests::ensure_images;
+use berth_tests::plane::Server;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -62,15 +62,6 @@ impl TraceService for Collector {
     }
 }
 
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_is_one_trace_across_gateway_allocator_and_node() {
     ensure_images();
@@ -88,63 +79,10 @@ async fn a_deploy_is_one_trace_across_gateway_allocator_and_node() {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
 
-    let state = tempfile::tempdir().expect("tempdir");
-    let (api_port, node_port) = (free_port(), free_port());
-    let admin = "bat_tracing_test_admin";
-    let _server = Process(
-        Command::new(berth_bin())
-            .args([
-                "server",
-                "--listen",
-                &format!("127.0.0.1:{api_port}"),
-                "--node-listen",
-                &format!("127.0.0.1:{node_port}"),
-            ])
-            .env("BERTH_DATA_DIR", state.path())
-            .env("BERTH_ADMIN_TOKEN", admin)
-            .envs(otel_env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("berth server starts"),
-    );
-    let api = format!("http://127.0.0.1:{api_port}");
-    let http = reqwest::Client::new();
-    let mut token = None;
-    for _ in 0..100 {
-        if let Ok(r) = http
-            .post(format!("{api}/v1/join-tokens"))
-            .bearer_auth(admin)
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            let body: serde_json::Value = r.json().await.expect("json");
-            token = body["token"].as_str().map(str::to_owned);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let token = token.expect("the server never answered");
+    let server = Server::start(&otel_env).await;
     let node_name = format!("t{}-n1", std::process::id());
-    let node_dir = tempfile::tempdir().expect("tempdir");
-    let _node = Process(
-        Command::new(berth_bin().with_file_name("berth-node"))
-            .args([
-                "join",
-                "--allocator",
-                &format!("http://127.0.0.1:{node_port}"),
-                "--token",
-                &token,
-                "--name",
-                &node_name,
-            ])
-            .env("BERTH_NODE_DIR", node_dir.path())
-            .envs(otel_env)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("berth-node starts"),
-    );
+    let _node = server.join(&node_name, &[], &otel_env).await;
+    let (api, admin, http) = (&server.api, server.admin, &server.http);
 
     // The caller starts the trace; the gateway continues it and says so.
     let trace_id = format!("{:032x}", u128::from(std::process::id()) << 64 | 0xbe27);
@@ -217,5 +155,4 @@ async fn a_deploy_is_one_trace_across_gateway_allocator_and_node() {
             "no span {name:?} from {service} in trace {trace_id}: {seen:?}"
         );
     }
-    remove_node_objects(&node_name);
 }
