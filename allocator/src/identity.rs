@@ -188,6 +188,14 @@ impl Identities {
         Ok(())
     }
 
+    /// The public key `node` registered when it joined.
+    pub async fn public_key(&self, node: &str) -> Result<Option<Vec<u8>>, IdentityError> {
+        Ok(node_identity::Entity::find_by_id(node.to_owned())
+            .one(&self.db)
+            .await?
+            .map(|n| n.public_key))
+    }
+
     /// Whether a node of this name has joined.
     pub async fn is_joined(&self, node: &str) -> Result<bool, IdentityError> {
         Ok(node_identity::Entity::find_by_id(node.to_owned())

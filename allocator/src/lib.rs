@@ -8,6 +8,7 @@ pub mod database;
 pub mod entity;
 pub mod identity;
 pub mod ledger;
+pub mod links;
 pub mod migration;
 pub mod node_api;
 pub mod placement;

@@ -75,11 +75,16 @@ impl Drop for Connected {
     }
 }
 
+/// The key delegation tokens are minted with, and its id, once set.
+type Minter = Option<(u32, Arc<biscuit_auth::KeyPair>)>;
+
 /// State shared by every call.
 #[derive(Debug, Default)]
 struct Shared {
     /// Versions sent to each node, newest last.
     sent: HashMap<String, VecDeque<u64>>,
+    /// Where each node serves its node API.
+    peers: HashMap<String, String>,
     /// The open stream of each node, by stream id, for requests to the node.
     streams: HashMap<String, (u64, tokio::sync::mpsc::Sender<LogRequest>)>,
     /// Requests sent to nodes and not fully answered: the node asked, and where the
@@ -106,6 +111,10 @@ pub struct NodeApi {
     ledger: crate::ledger::Ledger,
     /// Root public keys nodes verify delegation tokens against, by id.
     root_keys: Arc<std::sync::RwLock<std::collections::BTreeMap<u32, Vec<u8>>>>,
+    /// The key delegation tokens are minted with, and its id.
+    minter: Arc<std::sync::RwLock<Minter>>,
+    /// Link tokens minted, for renewal.
+    link_tokens: Arc<Mutex<crate::links::LinkTokens>>,
 }
 
 impl NodeApi {
@@ -119,6 +128,8 @@ impl NodeApi {
             stats: Arc::default(),
             ledger: crate::ledger::Ledger::new(allocator.connection().clone()),
             root_keys: Arc::default(),
+            minter: Arc::default(),
+            link_tokens: Arc::default(),
             allocator,
         }
     }
@@ -130,6 +141,42 @@ impl NodeApi {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, public);
+    }
+
+    /// Mints link delegations with `key` (id `id`), which nodes are told to trust.
+    pub fn mint_delegations_with(&self, id: u32, key: biscuit_auth::KeyPair) {
+        self.trust_root_key(id, key.public().to_bytes());
+        *self.minter.write().unwrap_or_else(|p| p.into_inner()) = Some((id, Arc::new(key)));
+    }
+
+    pub(crate) fn minter(&self) -> Minter {
+        self.minter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn allocator(&self) -> &Allocator {
+        &self.allocator
+    }
+
+    pub(crate) fn ledger(&self) -> &crate::ledger::Ledger {
+        &self.ledger
+    }
+
+    pub(crate) fn link_tokens(&self) -> std::sync::MutexGuard<'_, crate::links::LinkTokens> {
+        self.link_tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where `node` serves its node API, as it said when it opened its stream.
+    pub(crate) fn peer_address(&self, node: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .peers
+            .get(node)
+            .filter(|a| !a.is_empty())
+            .cloned()
     }
 
     /// Makes nodes stop accepting the root key `id`.
@@ -246,10 +293,18 @@ impl NodeControl for NodeApi {
         let verified: Result<WatchBody, Status> = self
             .verified(&signed, methods::WATCH, |b: &WatchBody| b.sequence)
             .await;
-        if let Err(e) = verified {
-            self.stats.watches_refused.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-        }
+        let body = match verified {
+            Ok(body) => body,
+            Err(e) => {
+                self.stats.watches_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .peers
+            .insert(signed.node.clone(), body.peer_address);
         let node = signed.node;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let api = self.clone();
@@ -374,13 +429,14 @@ impl NodeApi {
         let api = self;
         let mut last_sent: Option<Vec<u8>> = None;
         loop {
-            let set = match api.allocator.assignments_for_node(node).await {
+            let mut set = match api.allocator.assignments_for_node(node).await {
                 Ok(set) => set,
                 Err(e) => {
                     let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
                     return;
                 }
             };
+            api.add_links(node, &mut set).await;
             let revoked = match api.ledger.revoked_ids().await {
                 Ok(ids) => ids,
                 Err(e) => {

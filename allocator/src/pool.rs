@@ -153,6 +153,19 @@ impl Allocator {
         Ok(drained)
     }
 
+    /// The topology placed under `id`, as it was placed.
+    pub async fn placed_spec(&self, id: &TopologyRef) -> Result<Option<Topology>, AllocatorError> {
+        let Some(row) = placement::Entity::find_by_id((id.tenant.clone(), id.topology.clone()))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(&row.spec)
+            .map(Some)
+            .map_err(|e| AllocatorError::Corrupt(id.clone(), e))
+    }
+
     /// Records what `node` reported, replica by replica (the caller has checked that
     /// every replica is assigned to it).
     pub async fn record_statuses(

@@ -593,6 +593,7 @@ pub fn assignment_of(
     slots.sort();
     TopologyAssignment {
         trace: None,
+        links: Vec::new(),
         id: id.clone(),
         revision,
         services,

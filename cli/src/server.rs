@@ -73,7 +73,10 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{}", config.node_listen));
     let root = root_key(&config.data_dir.join("root-key"))?;
     // Nodes verify delegation tokens offline against this key.
-    nodes.trust_root_key(berth_api_gateway::ROOT_KEY_ID, root.public().to_bytes());
+    nodes.mint_delegations_with(
+        berth_api_gateway::ROOT_KEY_ID,
+        biscuit_auth::KeyPair::from(&root.private()),
+    );
     let admin_password = if config.local_node {
         Some(dev_admin(&tenants, &config.data_dir.join("admin-password")).await?)
     } else {

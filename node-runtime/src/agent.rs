@@ -29,6 +29,7 @@ use tonic::transport::Channel;
 use berth_protocol::telemetry;
 
 use crate::driver::ContainerDriver;
+use crate::links::Tunnels;
 use crate::peer::{PeerApi, Trust};
 use crate::reconcile::Reconciler;
 
@@ -314,20 +315,30 @@ pub fn backoff(attempt: u32) -> Duration {
 #[derive(Debug)]
 pub struct Agent<D> {
     identity: NodeIdentity,
-    signer: Signer,
+    signer: Arc<Signer>,
     reconciler: Reconciler<D>,
     client: Option<NodeControlClient<Channel>>,
     /// The root keys and revocations the allocator sends, shared with the peer API.
     trust: Arc<RwLock<Trust>>,
     /// The peer API whose decisions this agent reports.
     peer: Option<PeerApi<D>>,
+    /// Where other nodes reach this node's API, told to the allocator.
+    peer_address: String,
+    /// The calling ends of this node's links.
+    tunnels: Tunnels,
+    /// The host's address as containers reach it, once known.
+    gateway: Option<std::net::IpAddr>,
 }
 
 impl<D: ContainerDriver> Agent<D> {
     /// An agent for `identity`, running containers through `reconciler`.
     pub fn new(identity: NodeIdentity, reconciler: Reconciler<D>) -> Result<Self, AgentError> {
+        let signer = Arc::new(Signer::new(&identity)?);
         Ok(Self {
-            signer: Signer::new(&identity)?,
+            signer: signer.clone(),
+            tunnels: Tunnels::new(signer),
+            peer_address: String::new(),
+            gateway: None,
             identity,
             reconciler,
             client: None,
@@ -341,9 +352,11 @@ impl<D: ContainerDriver> Agent<D> {
         self.trust.clone()
     }
 
-    /// Reports the decisions of `peer` to the allocator, signed, about every second.
-    pub fn with_peer(mut self, peer: PeerApi<D>) -> Self {
+    /// Serves `peer` (reachable by other nodes at `address`, `http://host:port`) and
+    /// reports its decisions to the allocator, signed, about every second.
+    pub fn with_peer(mut self, peer: PeerApi<D>, address: &str) -> Self {
         self.peer = Some(peer);
+        self.peer_address = address.to_owned();
         self
     }
 
@@ -527,6 +540,7 @@ impl<D: ContainerDriver> Agent<D> {
             &WatchBody {
                 sequence,
                 timestamp_ms,
+                peer_address: self.peer_address.clone(),
             },
         );
         let client = self.client().await?;
@@ -598,6 +612,19 @@ impl<D: ContainerDriver> Agent<D> {
                     failures.push((assignment.id.clone(), e.to_string()));
                 }
             }
+        }
+        if assignments.iter().any(|a| !a.links.is_empty()) {
+            if self.gateway.is_none() {
+                self.gateway = self.reconciler.driver().host_gateway().await.ok().flatten();
+            }
+            match self.gateway {
+                Some(gateway) => self.tunnels.apply(&assignments, gateway).await,
+                None => {
+                    tracing::warn!("the host's gateway address is unknown: links cannot listen")
+                }
+            }
+        } else if let Some(gateway) = self.gateway {
+            self.tunnels.apply(&assignments, gateway).await;
         }
         let wanted: BTreeSet<TopologyRef> = assignments.iter().map(|a| a.id.clone()).collect();
         if let Ok(running) = self.reconciler.driver().list_all(None).await {

@@ -230,6 +230,7 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         mounts: Some(mounts),
         network_mode: spec.networks.first().map(|n| n.network.clone()),
         init: spec.init.then_some(true),
+        extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
         ..Default::default()
     };
     // Engines before API 1.44 take one network at creation; the rest are connected
@@ -546,6 +547,38 @@ impl ContainerDriver for DockerDriver {
                 .map(|s| s.to_string())
                 .filter(|s| !s.is_empty() && s != "none"),
         })
+    }
+
+    async fn host_gateway(&self) -> Result<Option<std::net::IpAddr>, DriverError> {
+        let bridge = self
+            .docker
+            .inspect_network("bridge", None)
+            .await
+            .map_err(engine("inspecting the default bridge network"))?;
+        let configs: Vec<_> = bridge
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .collect();
+        let gateway = configs
+            .iter()
+            .filter_map(|c| c.gateway.as_deref())
+            .find_map(|g| g.parse().ok());
+        // Engines that leave the gateway out give the bridge the subnet's first address.
+        let first_of_subnet = || {
+            configs
+                .iter()
+                .filter_map(|c| c.subnet.as_deref())
+                .find_map(|subnet| {
+                    let (network, _) = subnet.split_once('/')?;
+                    let network: std::net::Ipv4Addr = network.parse().ok()?;
+                    Some(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                        u32::from(network).wrapping_add(1),
+                    )))
+                })
+        };
+        Ok(gateway.or_else(first_of_subnet))
     }
 
     async fn container_address(

@@ -165,4 +165,9 @@ pub trait ContainerDriver: Send + Sync + 'static {
         &self,
         container: &str,
     ) -> impl Future<Output = Result<Option<std::net::IpAddr>, DriverError>> + Send;
+    /// The host's address as containers reach it (`host-gateway`), where the node's
+    /// tunnel ends listen.
+    fn host_gateway(
+        &self,
+    ) -> impl Future<Output = Result<Option<std::net::IpAddr>, DriverError>> + Send;
 }

@@ -15,4 +15,5 @@ pub use docker::DockerDriver;
 pub use driver::{ContainerDriver, DriverError};
 pub use reconcile::{Outcome, Progress, ReconcileError, ReconcileOptions, Reconciler, Step};
 pub mod agent;
+pub mod links;
 pub mod peer;

@@ -159,6 +159,7 @@ mod tests {
     fn assignment(image: &str, replicas: u32) -> TopologyAssignment {
         TopologyAssignment {
             trace: None,
+            links: Vec::new(),
             id: TopologyRef {
                 tenant: "t".into(),
                 topology: "app".into(),

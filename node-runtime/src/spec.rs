@@ -71,6 +71,9 @@ pub struct ContainerSpec {
     pub stop_signal: Option<String>,
     /// Seconds between the stop signal and SIGKILL, if not the engine's default.
     pub stop_timeout_s: Option<u64>,
+    /// `NAME:host-gateway` for each service reached through a tunnel from this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
     /// The hash of all of the above and of the specs of the networks joined.
     #[serde(skip)]
     pub config_hash: String,
@@ -151,6 +154,18 @@ impl ContainerSpec {
             init: service.init,
             stop_signal: service.stop_signal.clone(),
             stop_timeout_s: service.stop_grace_period_ms.map(|ms| ms.div_ceil(1000)),
+            extra_hosts: {
+                // Services that run only on other nodes resolve to this host, where the
+                // node's tunnel ends listen (tokens renew without touching containers).
+                let mut hosts: Vec<String> = assignment
+                    .links
+                    .iter()
+                    .map(|l| format!("{}:host-gateway", l.service))
+                    .collect();
+                hosts.sort();
+                hosts.dedup();
+                hosts
+            },
             config_hash: String::new(),
         };
         let joined: BTreeMap<&String, Option<&Network>> = service

@@ -116,6 +116,26 @@ pub struct TopologyAssignment {
     /// node's work on it joins the deploy's trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// Services of the topology with no replica on this node that its services reach
+    /// by name: each through a tunnel to a node that runs one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+}
+
+/// How a node reaches one port of a service that runs only on other nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// The service, as its clients name it.
+    pub service: String,
+    /// Its container port.
+    pub port: u16,
+    /// The node that runs a replica of it.
+    pub node: String,
+    /// That node's API (`http://host:port`).
+    pub peer: String,
+    /// The delegation token allowing this node to tunnel there (biscuit, base64); it
+    /// expires soon and is renewed in a later set.
+    pub token: String,
 }
 
 /// Labels Berth puts on every Docker object it creates; they are how a node finds

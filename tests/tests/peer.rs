@@ -46,6 +46,7 @@ async fn pool(test: &str) -> Pool {
             "image": "berth/busybox:latest", "replicas": 1, "init": true,
             "command": ["sh", "-c", "mkdir -p /www && echo secret-rows > /www/rows && httpd -f -p 8080 -h /www"],
             "networks": { "default": {} },
+            "expose": [{ "port": 8080 }],
             "constraints": [{ "attribute": "hostname", "equal": true, "value": n2_name }]
         } },
         "networks": { "default": {} }
@@ -379,4 +380,99 @@ async fn an_attenuated_then_widened_token_is_refused() {
         "does not grant tunnel",
     );
     pool.in_ledger("does not grant tunnel").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_reaches_a_service_on_another_node_by_name_through_a_tunnel() {
+    let pool = pool("plink").await;
+    // `web` runs on node 1 only; `db` on node 2 only. web reaches db:8080 by name.
+    let topology = serde_json::json!({
+        "name": "shop",
+        "services": {
+            "db": {
+                "image": "berth/busybox:latest", "replicas": 1, "init": true,
+                "command": ["sh", "-c", "mkdir -p /www && echo secret-rows > /www/rows && httpd -f -p 8080 -h /www"],
+                "networks": { "default": {} },
+                "expose": [{ "port": 8080 }],
+                "constraints": [{ "attribute": "hostname", "equal": true, "value": pool.n2_name }]
+            },
+            "web": {
+                "image": "berth/busybox:latest", "replicas": 1, "init": true,
+                "command": ["sleep", "3600"],
+                "networks": { "default": {} },
+                "constraints": [{ "attribute": "hostname", "equal": true, "value": pool.n1_name }]
+            }
+        },
+        "networks": { "default": {} }
+    });
+    let deployed = pool
+        .server
+        .http
+        .put(format!(
+            "{}/v1/tenants/default/topologies/shop",
+            pool.server.api
+        ))
+        .bearer_auth(pool.server.admin)
+        .json(&topology)
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        deployed.status().is_success(),
+        "{:?}",
+        deployed.text().await
+    );
+    let web = format!("{}.default.shop.web.1", pool.n1_name);
+    let mut answer = String::new();
+    for _ in 0..150 {
+        let run = std::process::Command::new("docker")
+            .args([
+                "exec",
+                &web,
+                "sh",
+                "-c",
+                r#"printf 'GET /rows HTTP/1.0\r\n\r\n' | nc -w 3 db 8080"#,
+            ])
+            .output()
+            .expect("docker exec runs");
+        answer = format!(
+            "{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        if answer.contains("secret-rows") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK") && answer.trim_end().ends_with("secret-rows"),
+        "web could not reach db: {answer}"
+    );
+    // The delegation was minted for exactly this link, and node 2 allowed the call.
+    let minted: serde_json::Value = pool
+        .server
+        .http
+        .get(format!("{}/v1/audit/entries?kind=minted", pool.server.api))
+        .bearer_auth(pool.server.admin)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        minted.as_array().into_iter().flatten().any(|e| e["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(r#"right("tunnel", "default", "shop", "db", 8080)"#)),
+        "{minted}"
+    );
+    pool.in_ledger("allowed").await;
+    // Nothing of db is published on the host.
+    let ports = std::process::Command::new("docker")
+        .args(["port", &format!("{}.default.shop.db.1", pool.n2_name)])
+        .output()
+        .expect("docker port runs");
+    assert!(ports.stdout.is_empty(), "{ports:?}");
 }

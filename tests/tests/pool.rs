@@ -110,6 +110,7 @@ fn watch_request(signer: &Signer) -> berth_protocol::node_api::SignedRequest {
         &WatchBody {
             sequence,
             timestamp_ms,
+            peer_address: String::new(),
         },
     )
 }

@@ -24,6 +24,9 @@ struct Cli {
     /// allowed only by a delegation token the allocator minted.
     #[arg(long, env = "BERTH_PEER_LISTEN", global = true, value_name = "ADDR")]
     peer_listen: Option<std::net::SocketAddr>,
+    /// The node API's URL as other nodes reach it (default: from --peer-listen).
+    #[arg(long, env = "BERTH_PEER_ADVERTISE", global = true, value_name = "URL")]
+    peer_advertise: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,10 +118,14 @@ async fn main() -> anyhow::Result<()> {
     let mut agent = Agent::new(identity, reconciler)?;
     if let Some(address) = cli.peer_listen {
         let peer = PeerApi::new(&name, driver, agent.trust());
-        agent = agent.with_peer(peer.clone());
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("listening on {address} for the node API"))?;
+        let advertised = cli
+            .peer_advertise
+            .clone()
+            .unwrap_or(format!("http://{}", listener.local_addr()?));
+        agent = agent.with_peer(peer.clone(), &advertised);
         eprintln!("node API on {}", listener.local_addr()?);
         tokio::spawn(
             tonic::transport::Server::builder()

@@ -1,0 +1,166 @@
+//! Cross-node links, the allocator's side: for each topology a node runs part of, the
+//! services it reaches that have no replica there, and for each of their ports a
+//! delegation allowing exactly that node to tunnel to exactly that port of that
+//! service on a node that runs it. Tokens live [`LINK_TOKEN_LIFETIME`] and are minted
+//! anew when half of it has passed; every mint is in the audit ledger first.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, SystemTime};
+
+use berth_protocol::assignment::{Link, TopologyAssignment, TopologyRef};
+use berth_protocol::delegation::{self, Grant, NodeOperation};
+use berth_protocol::topology::Protocol;
+
+use crate::ledger::{EntryKind, NewEntry};
+use crate::node_api::NodeApi;
+
+/// How long a link's token is valid.
+pub const LINK_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Which link a token is for: caller, target, topology, service, port.
+pub(crate) type LinkKey = (String, String, TopologyRef, String, u16);
+
+/// Tokens minted, by link, with their expiry.
+pub(crate) type LinkTokens = HashMap<LinkKey, (String, SystemTime)>;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl NodeApi {
+    /// Adds to each of `node`'s assignments the links its services need.
+    pub(crate) async fn add_links(&self, node: &str, set: &mut [TopologyAssignment]) {
+        let Some((key_id, root)) = self.minter() else {
+            return; // no key to mint with: no links
+        };
+        let caller_key = match self.identities().public_key(node).await {
+            Ok(Some(key)) => key,
+            _ => return,
+        };
+        for assignment in set.iter_mut() {
+            let (Ok(Some(spec)), Ok(placed)) = (
+                self.allocator().placed_spec(&assignment.id).await,
+                self.allocator().placed(&assignment.id).await,
+            ) else {
+                continue;
+            };
+            let here: BTreeSet<&str> = placed
+                .iter()
+                .filter(|p| p.node == node)
+                .map(|p| p.service.as_str())
+                .collect();
+            let mut links = Vec::new();
+            for (name, service) in &spec.services {
+                if here.contains(name.as_str()) {
+                    continue; // a local replica answers by name already
+                }
+                let Some(target) = placed
+                    .iter()
+                    .filter(|p| &p.service == name)
+                    .min_by_key(|p| p.replica)
+                else {
+                    continue;
+                };
+                let Some(peer) = self.peer_address(&target.node) else {
+                    continue; // that node serves no node API
+                };
+                let ports: BTreeSet<u16> = service
+                    .expose
+                    .iter()
+                    .filter(|e| e.protocol == Protocol::Tcp)
+                    .map(|e| e.port)
+                    .chain(
+                        service
+                            .ports
+                            .iter()
+                            .filter(|p| p.protocol == Protocol::Tcp)
+                            .map(|p| p.target),
+                    )
+                    .collect();
+                for port in ports {
+                    let grant = Grant {
+                        caller: node.to_owned(),
+                        caller_key: caller_key.clone(),
+                        target: target.node.clone(),
+                        operation: NodeOperation::Tunnel,
+                        tenant: assignment.id.tenant.clone(),
+                        topology: assignment.id.topology.clone(),
+                        service: name.clone(),
+                        port,
+                        expires: SystemTime::now() + LINK_TOKEN_LIFETIME,
+                    };
+                    if let Some(token) = self.link_token(&grant, key_id, &root).await {
+                        links.push(Link {
+                            service: name.clone(),
+                            port,
+                            node: target.node.clone(),
+                            peer: peer.clone(),
+                            token,
+                        });
+                    }
+                }
+            }
+            assignment.links = links;
+        }
+    }
+
+    /// The token for `grant`'s link: the one minted before while it has more than half
+    /// its life left, else a new one, recorded in the ledger before it is handed out.
+    async fn link_token(
+        &self,
+        grant: &Grant,
+        key_id: u32,
+        root: &biscuit_auth::KeyPair,
+    ) -> Option<String> {
+        let key: LinkKey = (
+            grant.caller.clone(),
+            grant.target.clone(),
+            TopologyRef {
+                tenant: grant.tenant.clone(),
+                topology: grant.topology.clone(),
+            },
+            grant.service.clone(),
+            grant.port,
+        );
+        let renew_after = SystemTime::now() + LINK_TOKEN_LIFETIME / 2;
+        let previous = self.link_tokens().get(&key).cloned();
+        if let Some((token, expires)) = &previous
+            && *expires > renew_after
+        {
+            return Some(token.clone());
+        }
+        let token = delegation::mint(root, key_id, grant).ok()?;
+        let datalog = token.print_block_source(0).unwrap_or_default();
+        let ids = berth_protocol::capability::revocation_ids(&token.revocation_identifiers());
+        let kind = if previous.is_some() {
+            EntryKind::Renewed
+        } else {
+            EntryKind::Minted
+        };
+        let recorded = self
+            .ledger()
+            .append(
+                NewEntry {
+                    kind,
+                    actor: "platform".to_owned(),
+                    tenant: grant.tenant.clone(),
+                    subject: ids.first().cloned().unwrap_or_default(),
+                    detail: datalog,
+                    revocation_ids: ids,
+                },
+                now_ms(),
+            )
+            .await;
+        if let Err(e) = recorded {
+            // No token leaves without its entry.
+            tracing::error!(error = %e, "a link token was not minted");
+            return None;
+        }
+        let encoded = token.to_base64().ok()?;
+        self.link_tokens()
+            .insert(key, (encoded.clone(), grant.expires));
+        Some(encoded)
+    }
+}

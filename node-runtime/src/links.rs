@@ -1,0 +1,169 @@
+//! The calling end of cross-node links. A service whose replicas all run on other
+//! nodes is reached, by its containers' peers on this node, at its name, which the
+//! containers resolve to this host (`host-gateway`); the node listens there on the
+//! service's port and carries each connection through a tunnel to a node that runs a
+//! replica, presenting the delegation the allocator minted for exactly that (caller
+//! this node, target that node, operation `tunnel`, that service and port), signed
+//! with this node's key. Tokens renew in later assignment sets without touching
+//! listeners or containers.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_protocol::assignment::{Link, TopologyAssignment, TopologyRef};
+use berth_protocol::node_api::node_peer_client::NodePeerClient;
+use berth_protocol::node_api::{PeerCallBody, TunnelFrame, tunnel_frame};
+use ring::rand::SecureRandom;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::agent::Signer;
+use crate::peer::methods;
+
+type Key = (TopologyRef, String, u16);
+
+/// The listeners of this node's links.
+#[derive(Debug)]
+pub struct Tunnels {
+    signer: Arc<Signer>,
+    listening: HashMap<Key, (tokio::task::JoinHandle<()>, watch::Sender<Link>)>,
+}
+
+impl Drop for Tunnels {
+    fn drop(&mut self) {
+        for (task, _) in self.listening.values() {
+            task.abort();
+        }
+    }
+}
+
+impl Tunnels {
+    /// No links yet; calls are signed by `signer`.
+    pub fn new(signer: Arc<Signer>) -> Self {
+        Self {
+            signer,
+            listening: HashMap::new(),
+        }
+    }
+
+    /// Listens, on `gateway`, for every link in `assignments`, and stops listening for
+    /// links no longer there. A port already taken on this host is logged and skipped.
+    pub async fn apply(&mut self, assignments: &[TopologyAssignment], gateway: IpAddr) {
+        let wanted: HashMap<Key, Link> = assignments
+            .iter()
+            .flat_map(|a| {
+                a.links
+                    .iter()
+                    .map(move |l| ((a.id.clone(), l.service.clone(), l.port), l.clone()))
+            })
+            .collect();
+        self.listening.retain(|key, (task, _)| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (key, link) in wanted {
+            if let Some((_, current)) = self.listening.get(&key) {
+                current.send_replace(link);
+                continue;
+            }
+            let address = SocketAddr::new(gateway, link.port);
+            let listener = match tokio::net::TcpListener::bind(address).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(%address, service = %link.service, error = %e, "cannot listen for a link");
+                    continue;
+                }
+            };
+            tracing::info!(%address, service = %link.service, node = %link.node, "link listening");
+            let (tx, rx) = watch::channel(link);
+            let signer = self.signer.clone();
+            let id = key.0.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((socket, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let link = rx.borrow().clone();
+                    let (signer, id) = (signer.clone(), id.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = carry(socket, &id, &link, &signer).await {
+                            tracing::warn!(service = %link.service, node = %link.node, error = %e, "tunnel failed");
+                        }
+                    });
+                }
+            });
+            self.listening.insert(key, (task, tx));
+        }
+    }
+}
+
+/// Carries one connection through a tunnel to `link.node`.
+async fn carry(
+    socket: tokio::net::TcpStream,
+    id: &TopologyRef,
+    link: &Link,
+    signer: &Signer,
+) -> Result<(), String> {
+    let token = biscuit_auth::UnverifiedBiscuit::from_base64(&link.token)
+        .and_then(|t| t.to_vec())
+        .map_err(|e| format!("unreadable token: {e}"))?;
+    let mut nonce = vec![0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| "the system random source failed".to_owned())?;
+    let body = PeerCallBody {
+        target: link.node.clone(),
+        tenant: id.tenant.clone(),
+        topology: id.topology.clone(),
+        service: link.service.clone(),
+        port: u32::from(link.port),
+        timestamp_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        nonce,
+    };
+    let call = signer.peer_call(methods::TUNNEL, token, &body);
+    let mut client = NodePeerClient::connect(link.peer.clone())
+        .await
+        .map_err(|e| format!("cannot reach node {} at {}: {e}", link.node, link.peer))?;
+    let (mut read, mut write) = socket.into_split();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let _ = tx
+        .send(TunnelFrame {
+            frame: Some(tunnel_frame::Frame::Open(call)),
+        })
+        .await;
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            match read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let frame = TunnelFrame {
+                        frame: Some(tunnel_frame::Frame::Data(buffer[..n].to_vec())),
+                    };
+                    if tx.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut answer = client
+        .tunnel(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("node {} refused the tunnel: {}", link.node, s.message()))?
+        .into_inner();
+    while let Some(frame) = answer.message().await.map_err(|s| s.message().to_owned())? {
+        if let Some(tunnel_frame::Frame::Data(bytes)) = frame.frame {
+            write.write_all(&bytes).await.map_err(|e| e.to_string())?;
+        }
+    }
+    let _ = write.shutdown().await;
+    Ok(())
+}
