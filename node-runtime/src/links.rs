@@ -16,11 +16,11 @@ use berth_protocol::assignment::{Link, TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_peer_client::NodePeerClient;
 use berth_protocol::node_api::{PeerCallBody, TunnelFrame, tunnel_frame};
 use ring::rand::SecureRandom;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::agent::Signer;
-use crate::peer::methods;
+use crate::peer::{frames_from, methods};
 
 type Key = (TopologyRef, String, u16);
 
@@ -131,29 +131,14 @@ async fn carry(
     let mut client = NodePeerClient::connect(link.peer.clone())
         .await
         .map_err(|e| format!("cannot reach node {} at {}: {e}", link.node, link.peer))?;
-    let (mut read, mut write) = socket.into_split();
+    let (read, mut write) = socket.into_split();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let _ = tx
         .send(TunnelFrame {
             frame: Some(tunnel_frame::Frame::Open(call)),
         })
         .await;
-    tokio::spawn(async move {
-        let mut buffer = vec![0u8; 32 * 1024];
-        loop {
-            match read.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let frame = TunnelFrame {
-                        frame: Some(tunnel_frame::Frame::Data(buffer[..n].to_vec())),
-                    };
-                    if tx.send(frame).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    tokio::spawn(frames_from(read, tx, |frame| frame));
     let mut answer = client
         .tunnel(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await

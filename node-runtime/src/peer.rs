@@ -248,6 +248,29 @@ impl<D: ContainerDriver> PeerApi<D> {
     }
 }
 
+/// Reads `read` until it ends, sending what it reads as data frames (each wrapped by
+/// `wrap`) on `tx`, until the other side goes away.
+pub(crate) async fn frames_from<T>(
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    tx: tokio::sync::mpsc::Sender<T>,
+    wrap: impl Fn(TunnelFrame) -> T,
+) {
+    let mut buffer = vec![0u8; 32 * 1024];
+    loop {
+        match read.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let frame = TunnelFrame {
+                    frame: Some(tunnel_frame::Frame::Data(buffer[..n].to_vec())),
+                };
+                if tx.send(wrap(frame)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 type TunnelStream = Pin<Box<dyn Stream<Item = Result<TunnelFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -271,7 +294,7 @@ impl<D: ContainerDriver> NodePeer for PeerApi<D> {
         let socket = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|e| Status::unavailable(format!("cannot connect to {address}: {e}")))?;
-        let (mut read, mut write) = socket.into_split();
+        let (read, mut write) = socket.into_split();
         // Caller to service.
         tokio::spawn(async move {
             while let Some(Ok(frame)) = incoming.next().await {
@@ -285,22 +308,7 @@ impl<D: ContainerDriver> NodePeer for PeerApi<D> {
         });
         // Service to caller.
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut buffer = vec![0u8; 32 * 1024];
-            loop {
-                match read.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let frame = TunnelFrame {
-                            frame: Some(tunnel_frame::Frame::Data(buffer[..n].to_vec())),
-                        };
-                        if tx.send(Ok(frame)).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+        tokio::spawn(frames_from(read, tx, Ok));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
