@@ -6,7 +6,7 @@
 //! and grant exactly this operation on exactly this resource. Each decision, allowed
 //! or refused with its reason, is kept for the node to report.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +19,7 @@ use berth_protocol::node_api::{
     HealthReply, PeerCall, PeerCallBody, ReplicaHealth, TunnelFrame, peer_signing_payload,
     tunnel_frame,
 };
+use biscuit_auth::Biscuit;
 use prost::Message;
 use ring::signature::{ED25519, UnparsedPublicKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,6 +41,8 @@ const FRESHNESS: Duration = Duration::from_secs(60);
 /// How many recent nonces are remembered (calls older than [`FRESHNESS`] are refused
 /// by their timestamp anyway).
 const NONCES: usize = 100_000;
+/// How many verified tokens are kept (the cache is emptied when full).
+const VERIFIED_TOKENS: usize = 10_000;
 
 /// One decision of this node's API, for the ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +86,12 @@ pub struct PeerApi<D> {
     trust: Arc<RwLock<Trust>>,
     nonces: Arc<Mutex<Nonces>>,
     decisions: Arc<Mutex<Vec<Decision>>>,
+    /// Tokens whose signatures verified, by SHA-256, with the root key they verified
+    /// under.
+    verified: Arc<Mutex<VerifiedTokens>>,
 }
+
+type VerifiedTokens = HashMap<[u8; 32], (Vec<u8>, Arc<Biscuit>)>;
 
 impl<D> Clone for PeerApi<D> {
     fn clone(&self) -> Self {
@@ -93,6 +101,7 @@ impl<D> Clone for PeerApi<D> {
             trust: self.trust.clone(),
             nonces: self.nonces.clone(),
             decisions: self.decisions.clone(),
+            verified: self.verified.clone(),
         }
     }
 }
@@ -113,6 +122,7 @@ impl<D: ContainerDriver> PeerApi<D> {
             trust,
             nonces: Arc::default(),
             decisions: Arc::default(),
+            verified: Arc::default(),
         }
     }
 
@@ -207,9 +217,9 @@ impl<D: ContainerDriver> PeerApi<D> {
             resource: format!("port {}", body.port),
         })?;
         let trust = self.trust.read().unwrap_or_else(|p| p.into_inner());
-        delegation::authorize(
-            &call.token,
-            |id| trust.keys.key(id),
+        let biscuit = self.verified(&call.token, &trust)?;
+        delegation::authorize_verified(
+            &biscuit,
             |ids| ids.iter().any(|id| trust.revoked.contains(id)),
             &Call {
                 presenter_key: &call.caller_key,
@@ -222,6 +232,37 @@ impl<D: ContainerDriver> PeerApi<D> {
                 now: SystemTime::now(),
             },
         )
+    }
+
+    /// The token, verified: from the cache when it was verified before under a root key
+    /// this node still accepts (the same key), else parsed and verified now. Revocation,
+    /// expiry and the policies are decided on every call, never cached.
+    fn verified(&self, token: &[u8], trust: &Trust) -> Result<Arc<Biscuit>, Refused> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token).into();
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, biscuit)) = cache.get(&digest) {
+            let still = trust
+                .keys
+                .key(biscuit.root_key_id())
+                .is_ok_and(|k| k.to_bytes() == *key);
+            if still {
+                return Ok(biscuit.clone());
+            }
+            cache.remove(&digest);
+        }
+        let biscuit = delegation::verify(token, |id| trust.keys.key(id))?;
+        let key = trust
+            .keys
+            .key(biscuit.root_key_id())
+            .map(|k| k.to_bytes())
+            .map_err(|e| Refused::Invalid(e.to_string()))?;
+        if cache.len() >= VERIFIED_TOKENS {
+            cache.clear();
+        }
+        let biscuit = Arc::new(biscuit);
+        cache.insert(digest, (key, biscuit.clone()));
+        Ok(biscuit)
     }
 
     /// The running replica of a service on this node, and its address.

@@ -193,7 +193,26 @@ pub fn authorize(
     is_revoked: impl Fn(&[String]) -> bool,
     call: &Call<'_>,
 ) -> Result<Allowed, Refused> {
-    let biscuit = Biscuit::from(token, root_key).map_err(|e| Refused::Invalid(e.to_string()))?;
+    let biscuit = verify(token, root_key)?;
+    authorize_verified(&biscuit, is_revoked, call)
+}
+
+/// Parses `token` and verifies its signatures against the root key its key id names:
+/// the costly half of [`authorize`], which a node may cache by token.
+pub fn verify(
+    token: &[u8],
+    root_key: impl Fn(Option<u32>) -> Result<PublicKey, error::Format>,
+) -> Result<Biscuit, Refused> {
+    Biscuit::from(token, root_key).map_err(|e| Refused::Invalid(e.to_string()))
+}
+
+/// The rest of [`authorize`] for a token already verified: revocation, expiry, and the
+/// policies, all decided anew on every call.
+pub fn authorize_verified(
+    biscuit: &Biscuit,
+    is_revoked: impl Fn(&[String]) -> bool,
+    call: &Call<'_>,
+) -> Result<Allowed, Refused> {
     let ids = revocation_ids(&biscuit.revocation_identifiers());
     if is_revoked(&ids) {
         return Err(Refused::Revoked);
@@ -221,7 +240,7 @@ pub fn authorize(
     }
     let mut authorizer = builder
         .code(NODE_POLICIES)
-        .and_then(|b| b.build(&biscuit))
+        .and_then(|b| b.build(biscuit))
         .map_err(|e| Refused::Invalid(e.to_string()))?;
     let outcome = authorizer.authorize();
     // What the authority block says, for the decision and its reason.
