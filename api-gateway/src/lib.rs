@@ -942,13 +942,7 @@ async fn cordon(
     request: HttpRequest,
     node: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Administer, "*", None)
-        .await?;
-    gw.allocator.cordon(&node, true).await?;
-    Ok(HttpResponse::Ok().json(NodeStateChanged {
-        node: node.into_inner(),
-        state: NodeState::Cordoned,
-    }))
+    set_cordoned(&gw, &request, node.into_inner(), true).await
 }
 
 #[utoipa::path(
@@ -971,13 +965,25 @@ async fn uncordon(
     request: HttpRequest,
     node: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    gw.authorize(&request, Operation::Administer, "*", None)
+    set_cordoned(&gw, &request, node.into_inner(), false).await
+}
+
+/// Cordons `node`, or with `false` makes it active again; answers its new state.
+async fn set_cordoned(
+    gw: &Gateway,
+    request: &HttpRequest,
+    node: String,
+    cordoned: bool,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(request, Operation::Administer, "*", None)
         .await?;
-    gw.allocator.cordon(&node, false).await?;
-    Ok(HttpResponse::Ok().json(NodeStateChanged {
-        node: node.into_inner(),
-        state: NodeState::Active,
-    }))
+    gw.allocator.cordon(&node, cordoned).await?;
+    let state = if cordoned {
+        NodeState::Cordoned
+    } else {
+        NodeState::Active
+    };
+    Ok(HttpResponse::Ok().json(NodeStateChanged { node, state }))
 }
 
 #[utoipa::path(
