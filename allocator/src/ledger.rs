@@ -382,13 +382,12 @@ impl Ledger {
     }
 
     /// Every revoked id, sorted (what nodes are sent).
+    /// From the same cache as [`Self::is_revoked`], so every node stream's recheck does
+    /// not read the whole table.
     pub async fn revoked_ids(&self) -> Result<Vec<String>, LedgerError> {
-        let mut ids: Vec<String> = revocation::Entity::find()
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        self.refresh_revoked().await?;
+        let cache = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<String> = cache.ids.iter().cloned().collect();
         ids.sort();
         Ok(ids)
     }
@@ -396,6 +395,14 @@ impl Ledger {
     /// Whether any of `ids` is revoked. Revocations made through this process count at
     /// once; those made by another within [`REVOCATION_REFRESH`].
     pub async fn is_revoked(&self, ids: &[String]) -> Result<bool, LedgerError> {
+        self.refresh_revoked().await?;
+        let cache = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(ids.iter().any(|id| cache.ids.contains(id)))
+    }
+
+    /// Reloads the revoked ids from the database when the cache is older than
+    /// [`REVOCATION_REFRESH`].
+    async fn refresh_revoked(&self) -> Result<(), LedgerError> {
         let fresh = {
             let cache = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
             cache
@@ -413,8 +420,7 @@ impl Ledger {
             cache.ids.extend(all);
             cache.loaded = Some(Instant::now());
         }
-        let cache = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(ids.iter().any(|id| cache.ids.contains(id)))
+        Ok(())
     }
 }
 

@@ -153,17 +153,19 @@ impl<D: ContainerDriver> PeerApi<D> {
             revocation_ids: Vec::new(),
             at_ms: now_ms(),
         };
-        // What the token says, for the record, even when it was refused.
-        if let Ok(unverified) = biscuit_auth::UnverifiedBiscuit::from(&call.token) {
-            decision.revocation_ids =
-                berth_protocol::capability::revocation_ids(&unverified.revocation_identifiers());
-        }
         let result = match outcome {
             Ok(allowed) => {
                 decision.caller = allowed.caller;
+                decision.revocation_ids = allowed.revocation_ids;
                 Ok(body)
             }
             Err(refused) => {
+                // What the token says, for the record, though it was refused.
+                if let Ok(unverified) = biscuit_auth::UnverifiedBiscuit::from(&call.token) {
+                    decision.revocation_ids = berth_protocol::capability::revocation_ids(
+                        &unverified.revocation_identifiers(),
+                    );
+                }
                 decision.reason = refused.to_string();
                 Err(Status::permission_denied(refused.to_string()))
             }
