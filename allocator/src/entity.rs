@@ -63,6 +63,9 @@ pub mod node {
         /// The labels the node joined with, a JSON object of strings.
         #[sea_orm(default_value = "{}")]
         pub labels: String,
+        /// When the failure detector declared the node dead (Unix ms); unset while
+        /// it is alive. A dead node takes no replicas.
+        pub down_since_ms: Option<i64>,
     }
 
     /// No relations are navigated through the ORM.

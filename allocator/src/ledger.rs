@@ -41,6 +41,8 @@ pub enum EntryKind {
     Revoked,
     /// An authorization decision (allowed or denied, with the reason).
     Decision,
+    /// A root key was introduced or retired.
+    RootKey,
 }
 
 impl EntryKind {
@@ -52,6 +54,7 @@ impl EntryKind {
             Self::Renewed => "renewed",
             Self::Revoked => "revoked",
             Self::Decision => "decision",
+            Self::RootKey => "root-key",
         }
     }
 }
@@ -176,7 +179,7 @@ fn entry_hash(row: &audit_entry::Model) -> String {
         .collect()
 }
 
-fn entry_of(row: audit_entry::Model) -> Entry {
+pub(crate) fn entry_of(row: audit_entry::Model) -> Entry {
     Entry {
         seq: u64::try_from(row.seq).unwrap_or(0),
         at_ms: row.at_ms,
@@ -197,6 +200,10 @@ fn entry_of(row: audit_entry::Model) -> Entry {
 }
 
 impl Ledger {
+    pub(crate) fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
     /// The ledger over `db` (its tables come with the allocator's migrations).
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
@@ -329,13 +336,49 @@ impl Ledger {
         Ok(rows.into_iter().map(entry_of).collect())
     }
 
-    /// The minted entry of the token whose first revocation id is `id`, if any.
+    /// The entry that minted (or renewed) the token whose first revocation id is `id`,
+    /// if any.
     pub async fn token(&self, id: &str) -> Result<Option<Entry>, LedgerError> {
         let row = audit_entry::Entity::find()
-            .filter(audit_entry::Column::Kind.eq(EntryKind::Minted.as_str()))
+            .filter(
+                audit_entry::Column::Kind
+                    .is_in([EntryKind::Minted.as_str(), EntryKind::Renewed.as_str()]),
+            )
             .filter(audit_entry::Column::Subject.eq(id))
             .one(&self.db)
             .await?;
+        Ok(row.map(entry_of))
+    }
+
+    /// The first revocation ids of every token minted (or renewed) for `tenant` since
+    /// `since_ms`: those that may still be valid.
+    pub async fn tokens_of_tenant(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+    ) -> Result<Vec<String>, LedgerError> {
+        let rows = audit_entry::Entity::find()
+            .filter(
+                audit_entry::Column::Kind
+                    .is_in([EntryKind::Minted.as_str(), EntryKind::Renewed.as_str()]),
+            )
+            .filter(audit_entry::Column::Tenant.eq(tenant))
+            .filter(audit_entry::Column::AtMs.gte(since_ms))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| r.subject)
+            .filter(|s| !s.is_empty())
+            .collect())
+    }
+
+    /// The entry at `seq`, if any.
+    pub async fn entry(&self, seq: u64) -> Result<Option<Entry>, LedgerError> {
+        let Ok(seq) = i64::try_from(seq) else {
+            return Ok(None);
+        };
+        let row = audit_entry::Entity::find_by_id(seq).one(&self.db).await?;
         Ok(row.map(entry_of))
     }
 

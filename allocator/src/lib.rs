@@ -9,11 +9,14 @@ pub mod entity;
 pub mod identity;
 pub mod ledger;
 pub mod links;
+pub mod liveness;
 pub mod migration;
 pub mod node_api;
 pub mod placement;
 pub mod pool;
+pub mod reach;
 pub mod resources;
+pub mod root_keys;
 pub mod service;
 
 pub use pool::{Drained, NodeInfo, NodeState, ReportedReplica};

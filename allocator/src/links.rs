@@ -20,8 +20,21 @@ pub const LINK_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
 /// Which link a token is for: caller, target, topology, service, port.
 pub(crate) type LinkKey = (String, String, TopologyRef, String, u16);
 
-/// Tokens minted, by link, with their expiry.
-pub(crate) type LinkTokens = HashMap<LinkKey, (String, SystemTime)>;
+/// The token a link was last given.
+#[derive(Clone, Debug)]
+pub(crate) struct LinkToken {
+    token: String,
+    expires: SystemTime,
+    /// The root key that signed it.
+    key_id: u32,
+    /// Its first revocation id.
+    first_id: String,
+    /// The topology revision it was minted for.
+    revision: u64,
+}
+
+/// Tokens minted, by link.
+pub(crate) type LinkTokens = HashMap<LinkKey, LinkToken>;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -32,9 +45,10 @@ fn now_ms() -> i64 {
 impl NodeApi {
     /// Adds to each of `node`'s assignments the links its services need.
     pub(crate) async fn add_links(&self, node: &str, set: &mut [TopologyAssignment]) {
-        let Some((key_id, root)) = self.minter() else {
+        let Some(keys) = self.root_keys() else {
             return; // no key to mint with: no links
         };
+        let (key_id, root) = keys.delegating(now_ms());
         let caller_key = match self.identities().public_key(node).await {
             Ok(Some(key)) => key,
             _ => return,
@@ -91,7 +105,10 @@ impl NodeApi {
                         port,
                         expires: SystemTime::now() + LINK_TOKEN_LIFETIME,
                     };
-                    if let Some(token) = self.link_token(&grant, key_id, &root).await {
+                    if let Some(token) = self
+                        .link_token(&grant, key_id, &root, assignment.revision)
+                        .await
+                    {
                         links.push(Link {
                             service: name.clone(),
                             port,
@@ -107,12 +124,19 @@ impl NodeApi {
     }
 
     /// The token for `grant`'s link: the one minted before while it has more than half
-    /// its life left, else a new one, recorded in the ledger before it is handed out.
+    /// its life left and its key still signs, else a new one, recorded in the ledger
+    /// before it is handed out. After a rotation every link is renewed under the new
+    /// key, so the old key can be retired without cutting a link.
+    ///
+    /// A link whose token was revoked is withheld (no token, so no listener) until a
+    /// new revision of the topology is placed: revoking cuts the link, and the topology
+    /// is what says again who may reach whom.
     async fn link_token(
         &self,
         grant: &Grant,
         key_id: u32,
         root: &biscuit_auth::KeyPair,
+        revision: u64,
     ) -> Option<String> {
         let key: LinkKey = (
             grant.caller.clone(),
@@ -126,14 +150,28 @@ impl NodeApi {
         );
         let renew_after = SystemTime::now() + LINK_TOKEN_LIFETIME / 2;
         let previous = self.link_tokens().get(&key).cloned();
-        if let Some((token, expires)) = &previous
-            && *expires > renew_after
-        {
-            return Some(token.clone());
+        if let Some(last) = &previous {
+            if last.revision == revision
+                && self
+                    .ledger()
+                    .is_revoked(std::slice::from_ref(&last.first_id))
+                    .await
+                    .unwrap_or(true)
+            {
+                return None; // revoked: withheld until the topology changes
+            }
+            if last.expires > renew_after && last.key_id == key_id {
+                return Some(last.token.clone());
+            }
         }
         let token = delegation::mint(root, key_id, grant).ok()?;
-        let datalog = token.print_block_source(0).unwrap_or_default();
+        // Which key signed it, for auditors and for rotation.
+        let datalog = format!(
+            "// root key {key_id}\n{}",
+            token.print_block_source(0).unwrap_or_default()
+        );
         let ids = berth_protocol::capability::revocation_ids(&token.revocation_identifiers());
+        let first_id = ids.first().cloned().unwrap_or_default();
         let kind = if previous.is_some() {
             EntryKind::Renewed
         } else {
@@ -159,8 +197,16 @@ impl NodeApi {
             return None;
         }
         let encoded = token.to_base64().ok()?;
-        self.link_tokens()
-            .insert(key, (encoded.clone(), grant.expires));
+        self.link_tokens().insert(
+            key,
+            LinkToken {
+                token: encoded.clone(),
+                expires: grant.expires,
+                key_id,
+                first_id,
+                revision,
+            },
+        );
         Some(encoded)
     }
 }

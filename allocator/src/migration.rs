@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(NodeLabelsAndStatuses),
             Box::new(PlacementTraces),
             Box::new(AuditLedger),
+            Box::new(NodeLiveness),
         ]
     }
 
@@ -240,6 +241,38 @@ impl MigrationTrait for AuditLedger {
                     .to_owned(),
             )
             .await?;
+        Ok(())
+    }
+}
+
+/// When the failure detector declared a node dead.
+#[derive(Debug)]
+struct NodeLiveness;
+
+impl MigrationName for NodeLiveness {
+    fn name(&self) -> &str {
+        "m20261124_000006_allocator_node_liveness"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NodeLiveness {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // A new database has the column from the entity already.
+        if !manager.has_column("nodes", "down_since_ms").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(node::Entity)
+                        .add_column(
+                            ColumnDef::new(node::Column::DownSinceMs)
+                                .big_integer()
+                                .null(),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+        }
         Ok(())
     }
 }

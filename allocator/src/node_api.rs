@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_control_server::NodeControl;
 use berth_protocol::node_api::{
-    AssignmentSet, DecisionsBody, JoinRequest, JoinResponse, LogRequest, LogsAck, LogsBody,
-    ReportAck, ReportBody, SignedRequest, WatchBody, WatchEvent, methods, signing_payload,
-    watch_event,
+    AssignmentSet, DecisionsBody, HeartbeatAck, HeartbeatBody, JoinRequest, JoinResponse,
+    LogRequest, LogsAck, LogsBody, ReportAck, ReportBody, SignedRequest, WatchBody, WatchEvent,
+    methods, signing_payload, watch_event,
 };
 use prost::Message;
 use tokio_stream::Stream;
@@ -26,8 +26,18 @@ use crate::{Allocator, AllocatorError, Limit};
 /// How many recent assignment-set versions per node are remembered for checking reports.
 const REMEMBERED_VERSIONS: usize = 64;
 /// How often a stream rechecks the database even without a change signal (changes made
-/// by another allocator process).
-const RECHECK: Duration = Duration::from_secs(2);
+/// by another process), give or take a tenth, spread by node so that thousands of
+/// streams do not recheck at once.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// [`RECHECK`] for `node`: between 0.9 and 1.1 times it, fixed per node.
+fn recheck_for(node: &str) -> Duration {
+    let spread = node
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % 200;
+    RECHECK.mul_f64(0.9 + f64::from(spread) / 1000.0)
+}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -64,6 +74,14 @@ pub struct NodeApiStats {
     pub reports_refused: AtomicU64,
     /// Watch requests refused.
     pub watches_refused: AtomicU64,
+    /// Heartbeats accepted.
+    pub heartbeats: AtomicU64,
+    /// Times a node became suspect.
+    pub suspected: AtomicU64,
+    /// Times a node was declared dead.
+    pub declared_dead: AtomicU64,
+    /// Detector ticks that came late enough to extend every lease.
+    pub detector_late: AtomicU64,
 }
 
 /// Decrements the connected count when a stream ends, however it ends.
@@ -75,9 +93,6 @@ impl Drop for Connected {
     }
 }
 
-/// The key delegation tokens are minted with, and its id, once set.
-type Minter = Option<(u32, Arc<biscuit_auth::KeyPair>)>;
-
 /// State shared by every call.
 #[derive(Debug, Default)]
 struct Shared {
@@ -87,6 +102,9 @@ struct Shared {
     peers: HashMap<String, String>,
     /// The open stream of each node, by stream id, for requests to the node.
     streams: HashMap<String, (u64, tokio::sync::mpsc::Sender<LogRequest>)>,
+    /// Public keys of nodes that heartbeat, and the last heartbeat sequence of each
+    /// (heartbeats are checked in memory, not against the database, at any rate).
+    heartbeat_keys: HashMap<String, (Vec<u8>, u64)>,
     /// Requests sent to nodes and not fully answered: the node asked, and where the
     /// answer goes.
     pending: HashMap<u64, (String, tokio::sync::mpsc::Sender<LogsBody>)>,
@@ -109,12 +127,13 @@ pub struct NodeApi {
     shared: Arc<Mutex<Shared>>,
     stats: Arc<NodeApiStats>,
     ledger: crate::ledger::Ledger,
-    /// Root public keys nodes verify delegation tokens against, by id.
-    root_keys: Arc<std::sync::RwLock<std::collections::BTreeMap<u32, Vec<u8>>>>,
-    /// The key delegation tokens are minted with, and its id.
-    minter: Arc<std::sync::RwLock<Minter>>,
+    /// The root keys delegation tokens are minted with and nodes verify against, once
+    /// set.
+    root_keys: Arc<std::sync::RwLock<Option<crate::root_keys::RootKeys>>>,
     /// Link tokens minted, for renewal.
     link_tokens: Arc<Mutex<crate::links::LinkTokens>>,
+    /// Node leases and the failure detector's state.
+    leases: Arc<crate::liveness::Leases>,
 }
 
 impl NodeApi {
@@ -128,29 +147,191 @@ impl NodeApi {
             stats: Arc::default(),
             ledger: crate::ledger::Ledger::new(allocator.connection().clone()),
             root_keys: Arc::default(),
-            minter: Arc::default(),
             link_tokens: Arc::default(),
+            leases: Arc::new(crate::liveness::Leases::new(
+                crate::liveness::Thresholds::default(),
+            )),
             allocator,
         }
     }
 
-    /// Makes nodes accept delegation tokens signed by the root key `public` (id `id`),
-    /// beside the ones they accept already.
-    pub fn trust_root_key(&self, id: u32, public: Vec<u8>) {
-        self.root_keys
-            .write()
+    /// The service with the failure detector's thresholds set.
+    pub fn with_thresholds(mut self, thresholds: crate::liveness::Thresholds) -> Self {
+        self.leases = Arc::new(crate::liveness::Leases::new(thresholds));
+        self
+    }
+
+    /// Runs the failure detector until the process ends: every node known now gets
+    /// one lease to heartbeat; a node silent past its lease is suspect, then dead, and
+    /// its replicas are placed elsewhere and its delegations revoked.
+    pub fn detect_failures(&self) -> tokio::task::JoinHandle<()> {
+        let api = self.clone();
+        tokio::spawn(async move {
+            match api.allocator.nodes().await {
+                Ok(nodes) => {
+                    let now = std::time::Instant::now();
+                    for n in nodes {
+                        let dead = n.state == crate::pool::NodeState::Down;
+                        api.leases.track(&n.name, dead, now);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "the failure detector cannot list nodes"),
+            }
+            let mut ticks = tokio::time::interval(crate::liveness::TICK);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let verdicts = api.leases.tick(std::time::Instant::now());
+                if let Some(late) = verdicts.late_by {
+                    api.stats.detector_late.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        late_ms = late.as_millis(),
+                        "the failure detector ran late; leases extended by as much"
+                    );
+                }
+                for node in verdicts.suspect {
+                    api.stats.suspected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node = %node, "node is suspect: no heartbeat");
+                }
+                for node in verdicts.dead {
+                    api.node_died(&node).await;
+                }
+            }
+        })
+    }
+
+    /// What follows a death: the node takes and keeps nothing (its topologies are
+    /// placed again), and every delegation to or from it is revoked.
+    async fn node_died(&self, node: &str) {
+        match self
+            .allocator
+            .declare_dead(node, crate::liveness::now_ms())
+            .await
+        {
+            Ok(drained) => {
+                self.stats.declared_dead.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %node, moved = ?drained.moved, stuck = ?drained.stuck, "node declared dead");
+            }
+            Err(e) => {
+                tracing::error!(node = %node, error = %e, "a dead node could not be recorded; judged again");
+                self.leases.undo_death(node, std::time::Instant::now());
+                return;
+            }
+        }
+        let revoked = async {
+            let reach = self
+                .ledger
+                .reach(None, std::time::SystemTime::now())
+                .await?;
+            let ids: Vec<String> = reach
+                .edges
+                .into_iter()
+                .filter(|e| e.caller == node || e.target == node)
+                .map(|e| e.token)
+                .collect();
+            if !ids.is_empty() {
+                self.ledger
+                    .revoke(
+                        &ids,
+                        "platform",
+                        "*",
+                        &format!("node {node} was declared dead"),
+                        crate::liveness::now_ms(),
+                    )
+                    .await?;
+                self.allocator.changed();
+            }
+            Ok::<_, crate::ledger::LedgerError>(())
+        };
+        if let Err(e) = revoked.await {
+            tracing::error!(node = %node, error = %e, "the dead node's delegations could not be revoked");
+        }
+    }
+
+    /// Renews `node`'s lease for the heartbeat `signed`: the signature must verify with
+    /// the node's key, and its sequence must be newer than its last heartbeat's.
+    async fn accept_heartbeat(&self, signed: &SignedRequest) -> Result<HeartbeatAck, Status> {
+        let body = HeartbeatBody::decode(signed.body.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("malformed body: {e}")))?;
+        let known = self
+            .shared
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, public);
+            .heartbeat_keys
+            .get(&signed.node)
+            .map(|(key, _)| key.clone());
+        let key = match known {
+            Some(key) => key,
+            None => self
+                .identities
+                .public_key(&signed.node)
+                .await
+                .map_err(refused)?
+                .ok_or_else(|| refused(IdentityError::UnknownNode(signed.node.clone())))?,
+        };
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key)
+            .verify(
+                &signing_payload(methods::HEARTBEAT, &signed.body),
+                &signed.signature,
+            )
+            .map_err(|_| refused(IdentityError::BadSignature(signed.node.clone())))?;
+        {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = shared
+                .heartbeat_keys
+                .entry(signed.node.clone())
+                .or_insert((key, 0));
+            if body.sequence <= entry.1 {
+                return Err(refused(IdentityError::Replay {
+                    node: signed.node.clone(),
+                    sequence: body.sequence,
+                }));
+            }
+            entry.1 = body.sequence;
+        }
+        self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+        if self.leases.renew(&signed.node, std::time::Instant::now()) {
+            match self.allocator.declare_alive(&signed.node).await {
+                Ok(_) => tracing::info!(node = %signed.node, "a dead node is back"),
+                Err(e) => {
+                    tracing::error!(node = %signed.node, error = %e, "a returning node could not be marked alive")
+                }
+            }
+        }
+        let t = self.leases.in_force();
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Ok(HeartbeatAck {
+            lease_ms: ms(t.dead_after),
+            fence_after_ms: ms(t.fence_after),
+            heartbeat_ms: ms(t.heartbeat),
+        })
     }
 
-    /// Mints link delegations with `key` (id `id`), which nodes are told to trust.
-    pub fn mint_delegations_with(&self, id: u32, key: biscuit_auth::KeyPair) {
-        self.trust_root_key(id, key.public().to_bytes());
-        *self.minter.write().unwrap_or_else(|p| p.into_inner()) = Some((id, Arc::new(key)));
+    /// Mints link delegations with the signing key of `keys`, and tells nodes to
+    /// trust every key in it; a rotation or retirement reaches nodes on their streams
+    /// (call [`Self::root_keys_changed`]).
+    pub fn mint_delegations_with(&self, keys: crate::root_keys::RootKeys) {
+        *self.root_keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
+        self.root_keys_changed();
     }
 
-    pub(crate) fn minter(&self) -> Minter {
-        self.minter
+    /// Sends every node its new set of trusted keys and revoked ids now, and wakes
+    /// the streams again once a new key may sign delegations (after
+    /// [`crate::root_keys::PROPAGATION`]), so links are renewed under it at once.
+    pub fn root_keys_changed(&self) {
+        self.allocator.changed();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let allocator = self.allocator.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep(crate::root_keys::PROPAGATION + Duration::from_millis(100))
+                    .await;
+                allocator.changed();
+            });
+        }
+    }
+
+    pub(crate) fn root_keys(&self) -> Option<crate::root_keys::RootKeys> {
+        self.root_keys
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -160,7 +341,8 @@ impl NodeApi {
         &self.allocator
     }
 
-    pub(crate) fn ledger(&self) -> &crate::ledger::Ledger {
+    /// The audit ledger this service writes and whose revocations it sends nodes.
+    pub fn ledger(&self) -> &crate::ledger::Ledger {
         &self.ledger
     }
 
@@ -177,14 +359,6 @@ impl NodeApi {
             .get(node)
             .filter(|a| !a.is_empty())
             .cloned()
-    }
-
-    /// Makes nodes stop accepting the root key `id`.
-    pub fn retire_root_key(&self, id: u32) {
-        self.root_keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
     }
 
     /// The service's counters.
@@ -281,6 +455,15 @@ impl NodeControl for NodeApi {
         Ok(Response::new(JoinResponse {
             node_name: join.node_name,
         }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<SignedRequest>,
+    ) -> Result<Response<HeartbeatAck>, Status> {
+        self.accept_heartbeat(request.get_ref())
+            .await
+            .map(Response::new)
     }
 
     type WatchStream = WatchStream;
@@ -429,6 +612,7 @@ impl NodeApi {
         let api = self;
         let mut last_sent: Option<Vec<u8>> = None;
         loop {
+            let seen = api.allocator.version_for(node);
             let mut set = match api.allocator.assignments_for_node(node).await {
                 Ok(set) => set,
                 Err(e) => {
@@ -445,12 +629,9 @@ impl NodeApi {
                 }
             };
             let root_keys: std::collections::HashMap<u32, Vec<u8>> = api
-                .root_keys
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .map(|(id, key)| (*id, key.clone()))
-                .collect();
+                .root_keys()
+                .map(|keys| keys.public_keys().into_iter().collect())
+                .unwrap_or_default();
             let mut json = serde_json::to_vec::<Vec<TopologyAssignment>>(&set).unwrap_or_default();
             // What the node trusts is part of what changes its set.
             let mut fingerprint = json.clone();
@@ -484,13 +665,16 @@ impl NodeApi {
                 last_sent = Some(fingerprint);
             }
             // Wait for a change, passing on requests meanwhile.
-            let recheck = tokio::time::sleep(RECHECK);
+            let recheck = tokio::time::sleep(recheck_for(node));
             tokio::pin!(recheck);
             loop {
                 tokio::select! {
                     changed = changes.changed() => {
                         if changed.is_err() { return }
-                        break;
+                        // Only changes that concern this node.
+                        if api.allocator.version_for(node) != seen {
+                            break;
+                        }
                     }
                     () = &mut recheck => break,
                     () = tx.closed() => return,

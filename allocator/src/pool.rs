@@ -26,6 +26,9 @@ pub enum NodeState {
     Cordoned,
     /// Its replicas are moved elsewhere; takes no new ones.
     Draining,
+    /// Declared dead by the failure detector: its replicas were placed elsewhere; it
+    /// becomes active again when it heartbeats.
+    Down,
 }
 
 /// One node of the pool.
@@ -81,6 +84,7 @@ impl Allocator {
                 },
                 labels: serde_json::from_str(&n.labels).unwrap_or_default(),
                 state: match (n.schedulable, n.draining) {
+                    _ if n.down_since_ms.is_some() => NodeState::Down,
                     (_, true) => NodeState::Draining,
                     (false, false) => NodeState::Cordoned,
                     (true, false) => NodeState::Active,
@@ -121,6 +125,40 @@ impl Allocator {
     /// not fit elsewhere stays as it is and is named in [`Drained::stuck`].
     pub async fn drain(&self, name: &str) -> Result<Drained, AllocatorError> {
         self.set_node_state(name, false, true).await?;
+        self.replace_from(name).await
+    }
+
+    /// Declares `name` dead at `now_ms`: it takes no replicas and keeps none, so every
+    /// topology with a replica there is placed again (under new generations, within
+    /// quotas). Returns what moved and what could not. A node already dead is left as
+    /// it is (and nothing moves).
+    pub async fn declare_dead(&self, name: &str, now_ms: i64) -> Result<Drained, AllocatorError> {
+        let result = node::Entity::update_many()
+            .col_expr(node::Column::DownSinceMs, Some(now_ms).into())
+            .filter(node::Column::Name.eq(name))
+            .filter(node::Column::DownSinceMs.is_null())
+            .exec(&self.db)
+            .await?;
+        if result.rows_affected == 0 {
+            return Ok(Drained::default());
+        }
+        self.replace_from(name).await
+    }
+
+    /// Declares a dead node alive again; returns whether it was dead.
+    pub async fn declare_alive(&self, name: &str) -> Result<bool, AllocatorError> {
+        let result = node::Entity::update_many()
+            .col_expr(node::Column::DownSinceMs, Option::<i64>::None.into())
+            .filter(node::Column::Name.eq(name))
+            .filter(node::Column::DownSinceMs.is_not_null())
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected > 0)
+    }
+
+    /// Places again every topology with a replica on `name`, which placement no longer
+    /// lets keep any (draining or dead).
+    async fn replace_from(&self, name: &str) -> Result<Drained, AllocatorError> {
         let on_node: BTreeSet<(String, String)> = assignment::Entity::find()
             .filter(assignment::Column::Node.eq(name))
             .all(&self.db)

@@ -67,6 +67,17 @@ pub struct Allocator {
     default_request: DefaultRequest,
     /// Bumped after every committed change of assignments; node streams wait on it.
     pub(crate) changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Which change concerns which node, so a node's stream does its work only for
+    /// changes that concern it (a deploy touches a few nodes, not thousands).
+    touched: std::sync::Arc<std::sync::Mutex<Touched>>,
+}
+
+/// The change version that last concerned every node, and each node's own.
+#[derive(Debug, Default)]
+struct Touched {
+    version: u64,
+    everyone: u64,
+    nodes: std::collections::HashMap<String, u64>,
 }
 
 pub(crate) fn to_i64(v: u64) -> i64 {
@@ -93,6 +104,7 @@ impl Allocator {
             db,
             default_request,
             changes: std::sync::Arc::new(changes),
+            touched: std::sync::Arc::default(),
         })
     }
 
@@ -163,6 +175,7 @@ impl Allocator {
             schedulable: Set(true),
             draining: Set(false),
             labels: Set(labels),
+            down_since_ms: Set(None),
         };
         node::Entity::insert(row)
             .on_conflict(
@@ -220,7 +233,7 @@ impl Allocator {
             }
         };
         txn.commit().await?;
-        self.changes.send_modify(|n| *n += 1);
+        self.touch(&nodes);
         let mut by_node = BTreeMap::new();
         for name in nodes {
             let slots: Vec<&Placed> = plan.slots.iter().filter(|s| s.node == name).collect();
@@ -268,8 +281,9 @@ impl Allocator {
                     memory_bytes: used_of(n.memory_bytes_used),
                     containers: used_of(n.containers_used),
                 },
-                schedulable: n.schedulable,
-                draining: n.draining,
+                // A dead node takes nothing and keeps nothing.
+                schedulable: n.schedulable && n.down_since_ms.is_none(),
+                draining: n.draining || n.down_since_ms.is_some(),
                 labels: serde_json::from_str(&n.labels).unwrap_or_default(),
                 name: n.name,
             })
@@ -402,7 +416,7 @@ impl Allocator {
         match self.remove_in(&txn, id).await {
             Ok(nodes) => {
                 txn.commit().await?;
-                self.changes.send_modify(|n| *n += 1);
+                self.touch(&nodes);
                 Ok(nodes)
             }
             Err(e) => {
@@ -462,6 +476,39 @@ impl Allocator {
             .one(&self.db)
             .await?;
         Ok(row.map(|r| u64::try_from(r.revision).unwrap_or(0)))
+    }
+
+    /// Wakes every subscriber, for a change of what nodes are sent that is not in
+    /// the assignments (their trusted keys, their links' tokens).
+    pub fn changed(&self) {
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            touched.version += 1;
+            touched.everyone = touched.version;
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Records a change of what `nodes` run, and wakes the streams.
+    fn touch(&self, nodes: &[String]) {
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            touched.version += 1;
+            let version = touched.version;
+            for node in nodes {
+                touched.nodes.insert(node.clone(), version);
+            }
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The version of the last change that concerned `node` (0: none yet).
+    pub(crate) fn version_for(&self, node: &str) -> u64 {
+        let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        std::cmp::Ord::max(
+            touched.nodes.get(node).copied().unwrap_or(0),
+            touched.everyone,
+        )
     }
 
     /// A receiver that wakes after every committed change of assignments.

@@ -5,6 +5,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use berth_allocator::ledger::{Entry, EntryKind, Filter, LedgerError, NewEntry, Verification};
+use berth_allocator::root_keys::{RootKeyError, RootKeyInfo};
 use berth_protocol::capability::{self, Authorized, Operation};
 use serde::{Deserialize, Serialize};
 
@@ -91,9 +92,12 @@ impl Gateway {
     ) -> Result<(), ApiError> {
         let blocks = capability::datalog(token)
             .map_err(|e| ApiError::internal(format!("cannot read the token minted: {e}")))?;
-        let ids = biscuit_auth::UnverifiedBiscuit::from_base64(token)
-            .map(|b| capability::revocation_ids(&b.revocation_identifiers()))
+        let unverified = biscuit_auth::UnverifiedBiscuit::from_base64(token)
             .map_err(|e| ApiError::internal(format!("cannot read the token minted: {e}")))?;
+        let ids = capability::revocation_ids(&unverified.revocation_identifiers());
+        let key = unverified
+            .root_key_id()
+            .map_or_else(|| "none".to_owned(), |id| id.to_string());
         self.ledger
             .append(
                 NewEntry {
@@ -101,7 +105,7 @@ impl Gateway {
                     actor: "platform".to_owned(),
                     tenant: session.tenant.clone(),
                     subject: ids.first().cloned().unwrap_or_default(),
-                    detail: blocks.join("\n"),
+                    detail: format!("// root key {key}\n{}", blocks.join("\n")),
                     revocation_ids: ids,
                 },
                 now_ms(),
@@ -199,29 +203,37 @@ pub(crate) async fn explain(
     };
     gw.authorize(&request, Operation::Audit, &minted.tenant, None)
         .await?;
-    let revoked = gw.ledger.is_revoked(&minted.revocation_ids).await?;
-    let mut history: Vec<Entry> = gw
-        .ledger
-        .list(&Filter {
-            tenant: Some(minted.tenant.clone()),
-            limit: Some(1000),
-            ..Filter::default()
+    Ok(HttpResponse::Ok().json(gw.token_history(minted).await?))
+}
+
+impl Gateway {
+    /// A minted token with its revocation state and every later entry about it.
+    async fn token_history(&self, minted: Entry) -> Result<Explained, ApiError> {
+        let gw = self;
+        let revoked = gw.ledger.is_revoked(&minted.revocation_ids).await?;
+        let mut history: Vec<Entry> = gw
+            .ledger
+            .list(&Filter {
+                tenant: Some(minted.tenant.clone()),
+                limit: Some(1000),
+                ..Filter::default()
+            })
+            .await?
+            .into_iter()
+            .filter(|e| {
+                e.seq > minted.seq
+                    && e.revocation_ids
+                        .iter()
+                        .any(|r| minted.revocation_ids.first() == Some(r))
+            })
+            .collect();
+        history.reverse();
+        Ok(Explained {
+            minted,
+            revoked,
+            history,
         })
-        .await?
-        .into_iter()
-        .filter(|e| {
-            e.seq > minted.seq
-                && e.revocation_ids
-                    .iter()
-                    .any(|r| minted.revocation_ids.first() == Some(r))
-        })
-        .collect();
-    history.reverse();
-    Ok(HttpResponse::Ok().json(Explained {
-        minted,
-        revoked,
-        history,
-    }))
+    }
 }
 
 /// `POST /v1/audit/revocations`.
@@ -230,7 +242,16 @@ pub(crate) async fn explain(
 pub struct Revoke {
     /// Revocation ids, hex: a token's first id revokes it and every token attenuated
     /// from it; a later block's id revokes only the tokens that carry that block.
+    #[serde(default)]
     pub ids: Vec<String>,
+    /// Instead of ids: every delegation in force that this node calls with or is
+    /// called under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Instead of ids: every token minted for this tenant that may still be valid
+    /// (sessions and delegations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Why, for the ledger.
     #[serde(default)]
     pub reason: String,
@@ -258,26 +279,346 @@ pub(crate) async fn revoke(
     let who = gw
         .authorize(&request, Operation::Administer, "*", None)
         .await?;
-    if body.ids.is_empty()
-        || body
-            .ids
-            .iter()
-            .any(|id| id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
+    let chosen = usize::from(!body.ids.is_empty())
+        + usize::from(body.node.is_some())
+        + usize::from(body.tenant.is_some());
+    if chosen != 1 {
+        return Err(ApiError::bad_request(
+            "name exactly one of: ids (revocation ids), node, tenant",
+        ));
+    }
+    if body
+        .ids
+        .iter()
+        .any(|id| id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
     {
         return Err(ApiError::bad_request(
             "ids must be one or more revocation ids in hex (as `berth audit list` shows them)",
         ));
     }
     let actor = format!("{}/{}", who.session.tenant, who.session.user);
-    // Filed under the token's tenant when the ledger knows the token, so the tenant's
-    // auditors see it in the token's history.
-    let tenant = match gw.ledger.token(&body.ids[0]).await? {
-        Some(minted) => minted.tenant,
-        None => "*".to_owned(),
+    let (ids, tenant) = if let Some(node) = &body.node {
+        let reach = gw.ledger.reach(None, std::time::SystemTime::now()).await?;
+        let ids: Vec<String> = reach
+            .edges
+            .into_iter()
+            .filter(|e| &e.caller == node || &e.target == node)
+            .map(|e| e.token)
+            .collect();
+        (ids, "*".to_owned())
+    } else if let Some(tenant) = &body.tenant {
+        let lifetime = crate::SESSION_TTL.max(berth_allocator::links::LINK_TOKEN_LIFETIME);
+        let since = now_ms().saturating_sub(i64::try_from(lifetime.as_millis()).unwrap_or(0));
+        (
+            gw.ledger.tokens_of_tenant(tenant, since).await?,
+            tenant.clone(),
+        )
+    } else {
+        // Filed under the token's tenant when the ledger knows the token, so the
+        // tenant's auditors see it in the token's history.
+        let tenant = match gw.ledger.token(&body.ids[0]).await? {
+            Some(minted) => minted.tenant,
+            None => "*".to_owned(),
+        };
+        (body.ids.clone(), tenant)
     };
+    if ids.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no token of that node or tenant may still be valid: nothing to revoke",
+        ));
+    }
     let entry = gw
         .ledger
-        .revoke(&body.ids, &actor, &tenant, &body.reason, now_ms())
+        .revoke(&ids, &actor, &tenant, &body.reason, now_ms())
         .await?;
+    // Nodes get the new revocation list now, not at their next recheck.
+    gw.nodes.root_keys_changed();
     Ok(HttpResponse::Ok().json(entry))
+}
+
+/// Which part of the graph, in which form.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct GraphQuery {
+    /// Only delegations to this tenant's services (auditors must name their own).
+    pub tenant: Option<String>,
+    /// `json` (the default) or `dot` (Graphviz).
+    pub format: Option<String>,
+}
+
+/// `GET /v1/audit/graph`: who can call what now.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/graph",
+    tag = "audit",
+    params(GraphQuery),
+    responses(
+        (status = 200, description = "The delegations in force: JSON, or DOT with format=dot", body = berth_allocator::reach::Reach),
+        (status = 400, description = "Unknown format", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this (auditors: pass tenant=YOUR_TENANT)", body = ErrorBody),
+        (status = 503, description = "The ledger cannot be read", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn graph(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    query: web::Query<GraphQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = query.tenant.as_deref();
+    gw.authorize(&request, Operation::Audit, tenant.unwrap_or("*"), None)
+        .await?;
+    let dot = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("dot") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format must be `json` or `dot`, not {other:?}"
+            )));
+        }
+    };
+    let reach = gw
+        .ledger
+        .reach(tenant, std::time::SystemTime::now())
+        .await?;
+    Ok(if dot {
+        HttpResponse::Ok()
+            .content_type("text/vnd.graphviz; charset=utf-8")
+            .body(reach.to_dot())
+    } else {
+        HttpResponse::Ok().json(reach)
+    })
+}
+
+/// A decision explained.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DecisionExplained {
+    /// The decision as the deciding node reported it (`actor` is that node).
+    pub decision: Entry,
+    /// Whether the call was allowed.
+    pub allowed: bool,
+    /// The authorizer's reason.
+    pub reason: String,
+    /// The token presented, as Berth minted it, when Berth minted it; absent for a
+    /// token Berth never minted (garbage, or signed by a forged root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Explained>,
+    /// Revocation ids of blocks of the presented token that Berth never minted nor
+    /// saw: blocks its holder appended.
+    pub unknown_blocks: Vec<String>,
+}
+
+/// `GET /v1/audit/decisions/{seq}`: a node-API decision, with the token it was about.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/decisions/{seq}",
+    tag = "audit",
+    params(("seq" = u64, Path, description = "The decision's place in the ledger")),
+    responses(
+        (status = 200, description = "The decision, its reason, and the token presented", body = DecisionExplained),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No decision at this place", body = ErrorBody),
+        (status = 503, description = "The ledger cannot be read", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn decision(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    seq: web::Path<u64>,
+) -> Result<HttpResponse, ApiError> {
+    let found = gw
+        .ledger
+        .entry(*seq)
+        .await?
+        .filter(|e| e.kind == EntryKind::Decision.as_str());
+    let Some(decision) = found else {
+        gw.authorize(&request, Operation::Audit, "*", None).await?;
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("entry {seq} is not a decision"),
+        ));
+    };
+    gw.authorize(&request, Operation::Audit, &decision.tenant, None)
+        .await?;
+    let (allowed, reason) = match decision.detail.split_once(": ") {
+        Some(("allowed", rest)) => (true, rest.to_owned()),
+        Some((_, rest)) => (false, rest.to_owned()),
+        None => (false, decision.detail.clone()),
+    };
+    let token = match decision.revocation_ids.first() {
+        Some(id) => gw.ledger.token(id).await?,
+        None => None,
+    };
+    let token = match token {
+        Some(minted) => Some(gw.token_history(minted).await?),
+        None => None,
+    };
+    let known: Vec<String> = token
+        .as_ref()
+        .map(|t| {
+            t.history
+                .iter()
+                .chain(std::iter::once(&t.minted))
+                .flat_map(|e| e.revocation_ids.iter().cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let unknown_blocks = decision
+        .revocation_ids
+        .iter()
+        .filter(|id| !known.contains(id))
+        .cloned()
+        .collect();
+    Ok(HttpResponse::Ok().json(DecisionExplained {
+        decision,
+        allowed,
+        reason,
+        token,
+        unknown_blocks,
+    }))
+}
+
+impl Gateway {
+    /// Records what `who` did to root key `id`.
+    async fn record_root_key(
+        &self,
+        who: &Authorized,
+        id: u32,
+        detail: &str,
+    ) -> Result<(), ApiError> {
+        self.ledger
+            .append(
+                NewEntry {
+                    kind: EntryKind::RootKey,
+                    actor: format!("{}/{}", who.session.tenant, who.session.user),
+                    tenant: "*".to_owned(),
+                    subject: format!("root key {id}"),
+                    detail: detail.to_owned(),
+                    revocation_ids: Vec::new(),
+                },
+                now_ms(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl From<RootKeyError> for ApiError {
+    fn from(e: RootKeyError) -> Self {
+        match &e {
+            RootKeyError::Unknown(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            RootKeyError::Signing(_) | RootKeyError::TooSoon { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            RootKeyError::Store { .. } => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// `GET /v1/root-keys`: the keys tokens are verified against; the signing one last.
+#[utoipa::path(
+    get,
+    path = "/v1/root-keys",
+    tag = "audit",
+    responses(
+        (status = 200, description = "The root keys (public halves only)", body = Vec<RootKeyInfo>),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn root_keys(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&request, Operation::Audit, "*", None).await?;
+    Ok(HttpResponse::Ok().json(gw.keys.list()))
+}
+
+/// `POST /v1/root-keys`: a new root key signs every token from now on; tokens under
+/// the others keep working until they expire or their key is retired. Nodes are sent
+/// the new key, and every link's token is renewed under it.
+#[utoipa::path(
+    post,
+    path = "/v1/root-keys",
+    tag = "audit",
+    responses(
+        (status = 201, description = "The new signing key", body = RootKeyInfo),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 503, description = "The ledger cannot be written: no key was made", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn rotate_root_key(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = gw
+        .authorize(&request, Operation::Administer, "*", None)
+        .await?;
+    let next = gw.keys.list().last().map_or(1, |k| k.id + 1);
+    // In the ledger before it signs anything.
+    gw.record_root_key(&who, next, "introduced: signs every new token from now on")
+        .await?;
+    let key = gw.keys.rotate(now_ms())?;
+    gw.nodes.root_keys_changed();
+    tracing::info!(key = key.id, "root key rotated");
+    Ok(HttpResponse::Created().json(key))
+}
+
+/// Whether to retire a key whose tokens may still be valid.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RetireQuery {
+    /// Retire now: tokens the key signed are refused at once.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `DELETE /v1/root-keys/{id}`: tokens under this key are refused from now on, by the
+/// gateway at once and by nodes once their stream brings the change.
+#[utoipa::path(
+    delete,
+    path = "/v1/root-keys/{id}",
+    tag = "audit",
+    params(("id" = u32, Path, description = "The key's id"), RetireQuery),
+    responses(
+        (status = 200, description = "The keys left", body = Vec<RootKeyInfo>),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No key has this id", body = ErrorBody),
+        (status = 409, description = "The key signs new tokens, or tokens it signed may still be valid (force=true to retire anyway)", body = ErrorBody),
+        (status = 503, description = "The ledger cannot be written: the key was not retired", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn retire_root_key(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    id: web::Path<u32>,
+    query: web::Query<RetireQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let who = gw
+        .authorize(&request, Operation::Administer, "*", None)
+        .await?;
+    let lifetime = crate::SESSION_TTL.max(berth_allocator::links::LINK_TOKEN_LIFETIME);
+    // Checked first, so the ledger records only what is done.
+    gw.keys.check_retire(*id, now_ms(), lifetime, query.force)?;
+    let detail = if query.force {
+        "retired early (forced): tokens it signed are refused from now on"
+    } else {
+        "retired: every token it signed has expired"
+    };
+    gw.record_root_key(&who, *id, detail).await?;
+    gw.keys.retire(*id, now_ms(), lifetime, query.force)?;
+    gw.nodes.root_keys_changed();
+    tracing::info!(key = *id, "root key retired");
+    Ok(HttpResponse::Ok().json(gw.keys.list()))
 }

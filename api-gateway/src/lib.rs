@@ -125,8 +125,6 @@ impl From<AllocatorError> for ApiError {
 
 /// How long a session token lives.
 pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
-/// The id of the root key sessions are signed with.
-pub const ROOT_KEY_ID: u32 = 1;
 
 /// What the gateway serves from.
 #[derive(Clone)]
@@ -136,7 +134,7 @@ pub struct Gateway {
     nodes: NodeApi,
     admin_token_sha256: [u8; 32],
     node_api_url: String,
-    root: std::sync::Arc<biscuit_auth::KeyPair>,
+    keys: berth_allocator::root_keys::RootKeys,
     metrics: std::sync::Arc<metrics::Metrics>,
     ledger: berth_allocator::ledger::Ledger,
     /// Attenuated tokens already recorded in the ledger, by last revocation id.
@@ -153,26 +151,27 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// A gateway over the services, accepting `admin_token` as an admin session and
-    /// minting sessions with `root`; `node_api_url` is the address node agents use,
-    /// printed in join commands.
+    /// minting sessions with the signing key of `keys`; `node_api_url` is the address
+    /// node agents use, printed in join commands.
     pub fn new(
         tenants: TenantService,
         allocator: Allocator,
         nodes: NodeApi,
         admin_token: &str,
         node_api_url: &str,
-        root: biscuit_auth::KeyPair,
+        keys: berth_allocator::root_keys::RootKeys,
     ) -> Self {
-        let allocator_db = allocator.connection().clone();
+        // One ledger with the node API, so a revocation reaches nodes at once.
+        let ledger = nodes.ledger().clone();
         Self {
             tenants,
             allocator,
             nodes,
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
             node_api_url: node_api_url.to_owned(),
-            root: std::sync::Arc::new(root),
+            keys,
             metrics: metrics::Metrics::new(),
-            ledger: berth_allocator::ledger::Ledger::new(allocator_db),
+            ledger,
             attenuations_seen: std::sync::Arc::default(),
         }
     }
@@ -205,14 +204,13 @@ impl Gateway {
                 blocks: 0,
             });
         }
-        let root = self.root.public();
         let check = capability::Request {
             operation,
             tenant,
             topology,
             now: SystemTime::now(),
         };
-        let keys = capability::Keyring::new(ROOT_KEY_ID, root);
+        let keys = self.keys.keyring();
         match capability::authorize(token, |id| keys.key(id), &check) {
             Ok(authorized) => {
                 self.check_revocation(&authorized).await?;
@@ -297,6 +295,11 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/audit/verify", web::get().to(audit::verify))
                     .route("/audit/tokens/{id}", web::get().to(audit::explain))
                     .route("/audit/revocations", web::post().to(audit::revoke))
+                    .route("/audit/graph", web::get().to(audit::graph))
+                    .route("/audit/decisions/{seq}", web::get().to(audit::decision))
+                    .route("/root-keys", web::get().to(audit::root_keys))
+                    .route("/root-keys", web::post().to(audit::rotate_root_key))
+                    .route("/root-keys/{id}", web::delete().to(audit::retire_root_key))
                     .route("/nodes/{node}/cordon", web::post().to(cordon))
                     .route("/nodes/{node}/uncordon", web::post().to(uncordon))
                     .route("/nodes/{node}/drain", web::post().to(drain))
@@ -826,14 +829,14 @@ async fn login(gw: web::Data<Gateway>, body: web::Json<Login>) -> Result<HttpRes
         tenant: body.tenant.clone(),
         role,
     };
-    let token =
-        capability::mint_session(&gw.root, ROOT_KEY_ID, &session, expires).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("cannot mint a session: {e}"),
-            )
-        })?;
+    let (key_id, key) = gw.keys.signing();
+    let token = capability::mint_session(&key, key_id, &session, expires).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot mint a session: {e}"),
+        )
+    })?;
     // No token leaves without its entry in the ledger.
     gw.record_minted(&token, &session).await?;
     let expires_at = expires
@@ -1150,7 +1153,8 @@ impl utoipa::ToSchema for TopologyBody {}
         healthz, readyz, login, create_tenant, create_user, set_quota, get_quota,
         create_join_token, list_nodes, cordon, uncordon, drain, list_topologies, deploy,
         status, remove, scale, logs, audit::entries, audit::verify, audit::explain,
-        audit::revoke,
+        audit::revoke, audit::graph, audit::decision, audit::root_keys,
+        audit::rotate_root_key, audit::retire_root_key,
     ),
     components(schemas(TopologyBody, NodeInfo, Drained)),
     modifiers(&BearerAuth),

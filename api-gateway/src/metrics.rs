@@ -57,6 +57,7 @@ pub(crate) struct Metrics {
     connected: Gauge,
     reports: Family<OutcomeLabels, Gauge>,
     joins: Gauge,
+    liveness: Family<OutcomeLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,6 +99,12 @@ impl Metrics {
         );
         let joins = Gauge::default();
         registry.register("node_joins", "Nodes that joined since start", joins.clone());
+        let liveness = Family::<OutcomeLabels, Gauge>::default();
+        registry.register(
+            "failure_detector",
+            "Since start: heartbeats accepted, nodes found suspect, nodes declared dead, and detector ticks that came late (leases extended)",
+            liveness.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -106,6 +113,7 @@ impl Metrics {
             connected,
             reports,
             joins,
+            liveness,
         })
     }
 }
@@ -172,7 +180,7 @@ pub(crate) async fn track(
 pub(crate) async fn metrics(gw: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let m = &gw.metrics;
     let nodes = gw.allocator.nodes().await?;
-    for state in ["active", "cordoned", "draining"] {
+    for state in ["active", "cordoned", "draining", "down"] {
         let count = nodes
             .iter()
             .filter(|n| {
@@ -202,6 +210,18 @@ pub(crate) async fn metrics(gw: web::Data<Gateway>) -> Result<HttpResponse, ApiE
             .set(as_i64(counter.load(Ordering::Relaxed)));
     }
     m.joins.set(as_i64(stats.joins.load(Ordering::Relaxed)));
+    for (outcome, counter) in [
+        ("heartbeats", &stats.heartbeats),
+        ("suspected", &stats.suspected),
+        ("declared_dead", &stats.declared_dead),
+        ("late_ticks", &stats.detector_late),
+    ] {
+        m.liveness
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .set(as_i64(counter.load(Ordering::Relaxed)));
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &m.registry)
         .map_err(|e| ApiError::internal(format!("cannot encode metrics: {e}")))?;

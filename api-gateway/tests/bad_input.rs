@@ -137,7 +137,7 @@ async fn no_request_makes_the_gateway_fail_with_a_5xx() {
         nodes,
         ADMIN,
         "http://127.0.0.1:1",
-        biscuit_auth::KeyPair::new(),
+        berth_allocator::root_keys::RootKeys::in_memory(biscuit_auth::KeyPair::new()),
     );
     let app = test::init_service(App::new().configure(berth_api_gateway::configure(gateway))).await;
 

@@ -33,7 +33,7 @@ async fn metrics_count_requests_by_route_and_show_nodes() {
         nodes,
         "an-admin-token-for-this-test",
         "http://127.0.0.1:1",
-        biscuit_auth::KeyPair::new(),
+        berth_allocator::root_keys::RootKeys::in_memory(biscuit_auth::KeyPair::new()),
     );
     let app =
         web_test::init_service(App::new().configure(berth_api_gateway::configure(gateway))).await;

@@ -46,7 +46,7 @@ async fn the_gateway_serves_the_document_and_routes_every_operation_in_it() {
         nodes,
         "an-admin-token-for-this-test",
         "http://127.0.0.1:1",
-        biscuit_auth::KeyPair::new(),
+        berth_allocator::root_keys::RootKeys::in_memory(biscuit_auth::KeyPair::new()),
     );
     let app =
         web_test::init_service(App::new().configure(berth_api_gateway::configure(gateway))).await;

@@ -63,7 +63,14 @@ async fn fixture()
         &PrivateKey::from_bytes(&root.private().to_bytes(), Algorithm::Ed25519).expect("key"),
     );
     let nodes = NodeApi::new(allocator.clone());
-    let gateway = Gateway::new(tenants, allocator, nodes, ADMIN, "http://127.0.0.1:1", copy);
+    let gateway = Gateway::new(
+        tenants,
+        allocator,
+        nodes,
+        ADMIN,
+        "http://127.0.0.1:1",
+        berth_allocator::root_keys::RootKeys::in_memory(copy),
+    );
     let app =
         web_test::init_service(App::new().configure(berth_api_gateway::configure(gateway))).await;
     Fixture {

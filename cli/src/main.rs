@@ -137,6 +137,10 @@ enum Command {
     /// Read and check the audit ledger, explain and revoke tokens (with --endpoint).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The root keys that sign every token: list, rotate, retire (admin, with
+    /// --endpoint).
+    #[command(subcommand)]
+    RootKey(RootKeyCommand),
     /// Run the control plane for a pool: the API, and the node API that node agents
     /// (`berth-node join`) connect to. Prints the command that joins a machine.
     Server {
@@ -153,6 +157,8 @@ enum Command {
         /// directory).
         #[arg(long, env = "DATABASE_URL", value_name = "URL")]
         database: Option<String>,
+        #[command(flatten)]
+        liveness: LivenessArgs,
     },
     /// Run the whole platform on this machine: the control plane and a node agent on
     /// the local Docker engine. Prints the API's URL, an admin login, and the command
@@ -191,10 +197,65 @@ impl Cli {
             | Command::Quota(_)
             | Command::User(_)
             | Command::Node(_)
-            | Command::Audit(_) => None,
+            | Command::Audit(_)
+            | Command::RootKey(_) => None,
         };
         after.or(self.file.file.as_deref())
     }
+}
+
+/// The failure detector's thresholds, as flags.
+#[derive(Debug, Clone, clap::Args)]
+struct LivenessArgs {
+    /// Silence after which a node is suspect (for example 5s or 500ms).
+    #[arg(long, env = "BERTH_SUSPECT_AFTER", default_value = "5s", value_parser = parse_duration)]
+    suspect_after: std::time::Duration,
+    /// Silence after which a node is dead and its replicas are placed elsewhere.
+    #[arg(long, env = "BERTH_DEAD_AFTER", default_value = "15s", value_parser = parse_duration)]
+    dead_after: std::time::Duration,
+    /// Silence after which a node stops its own replicas (shorter than --dead-after).
+    #[arg(long, env = "BERTH_FENCE_AFTER", default_value = "10s", value_parser = parse_duration)]
+    fence_after: std::time::Duration,
+    /// The most heartbeats a second the pool sends: larger pools heartbeat less often,
+    /// and every threshold stretches to at least 5, 10 and 15 intervals.
+    #[arg(long, env = "BERTH_HEARTBEATS_PER_SECOND", default_value_t = 2_000)]
+    heartbeats_per_second: u32,
+}
+
+impl LivenessArgs {
+    fn thresholds(&self) -> Result<berth_allocator::liveness::Thresholds, Failure> {
+        let thresholds = berth_allocator::liveness::Thresholds {
+            suspect_after: self.suspect_after,
+            dead_after: self.dead_after,
+            fence_after: self.fence_after,
+            heartbeats_per_second: self.heartbeats_per_second,
+            ..berth_allocator::liveness::Thresholds::default()
+        };
+        thresholds.validate().map_err(|message| Failure {
+            exit: Exit::Invalid,
+            message,
+        })?;
+        Ok(thresholds)
+    }
+}
+
+/// A duration such as `15s`, `500ms` or `2m`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (for example 15s or 500ms)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// A quota, as flags.
@@ -295,20 +356,56 @@ enum AuditCommand {
     /// Walk the ledger's hash chain; exits 1 when an entry was changed, removed or moved.
     Verify,
     /// A token, by its first revocation id: its datalog, whether it is revoked, its
-    /// history.
+    /// history. Or a node-API decision, by its entry number: its reason and the token
+    /// presented.
     Explain {
-        /// The revocation id (the `subject` of its `minted` entry).
+        /// The revocation id (the `subject` of its `minted` entry), or a decision's
+        /// entry number.
         id: String,
+    },
+    /// Who can call what now: every delegation in force, node -> operation ->
+    /// node/service.
+    Graph {
+        /// Only delegations to this tenant's services (an auditor must name their own).
+        #[arg(long = "of-tenant", value_name = "TENANT")]
+        of_tenant: Option<String>,
+        /// `text`, `json` or `dot` (Graphviz: `berth audit graph --format dot | dot -Tsvg`).
+        #[arg(long, default_value = "text")]
+        format: String,
     },
     /// Revoke tokens by revocation id (a token's first id revokes it and everything
     /// attenuated from it).
     Revoke {
         /// Revocation ids, hex.
-        #[arg(required = true)]
+        #[arg(required_unless_present_any = ["node", "of_tenant"])]
         ids: Vec<String>,
+        /// Instead of ids: every delegation in force to or from this node.
+        #[arg(long, conflicts_with_all = ["ids", "of_tenant"])]
+        node: Option<String>,
+        /// Instead of ids: every token of this tenant that may still be valid.
+        #[arg(long = "of-tenant", value_name = "TENANT", conflicts_with = "ids")]
+        of_tenant: Option<String>,
         /// Why, for the ledger.
         #[arg(long, default_value = "")]
         reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RootKeyCommand {
+    /// The keys tokens are verified against (public halves), the signing one last.
+    List,
+    /// Make a new key that signs every token from now on; tokens under the old ones
+    /// keep working until they expire. Nodes get the new key and new link tokens.
+    Rotate,
+    /// Stop accepting a key: refused while tokens it signed may still be valid,
+    /// unless forced.
+    Retire {
+        /// The key's id.
+        id: u32,
+        /// Retire now: tokens it signed are refused at once.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -467,13 +564,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         | Command::Quota(_)
         | Command::User(_)
         | Command::Node(_)
-        | Command::Audit(_) => admin(&cli).await,
+        | Command::Audit(_)
+        | Command::RootKey(_) => admin(&cli).await,
         Command::Login { user } => login(&cli, user).await,
         Command::Server {
             listen,
             node_listen,
             advertise,
             database,
+            liveness,
         } => {
             let config = server::ServerConfig {
                 listen: *listen,
@@ -482,6 +581,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 database: database.clone(),
                 data_dir: data_dir(),
                 local_node: false,
+                thresholds: liveness.thresholds()?,
             };
             server::run(config).await.map_err(|e| Failure {
                 exit: Exit::Failure,
@@ -500,6 +600,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 advertise: advertise.clone(),
                 database: database.clone(),
                 data_dir: data_dir().join("dev"),
+                thresholds: berth_allocator::liveness::Thresholds::default(),
                 local_node: true,
             };
             server::run(config).await.map_err(|e| {
@@ -1138,6 +1239,58 @@ async fn admin(cli: &Cli) -> Result<(), Failure> {
             }
             return Ok(());
         }
+        Command::Audit(AuditCommand::Explain { id }) if id.bytes().all(|b| b.is_ascii_digit()) => {
+            let explained = remote
+                .admin(Method::GET, &format!("/audit/decisions/{id}"), None)
+                .await?;
+            if !cli.json {
+                print_decision(&explained);
+                return Ok(());
+            }
+            explained
+        }
+        Command::Audit(AuditCommand::Graph { of_tenant, format }) => {
+            let path = match of_tenant {
+                Some(tenant) => format!("/audit/graph?tenant={}", url_encode(tenant)),
+                None => "/audit/graph".to_owned(),
+            };
+            let graph = remote.admin(Method::GET, &path, None).await?;
+            let reach: berth_allocator::reach::Reach = serde_json::from_value(graph.clone())
+                .map_err(|e| Failure {
+                    exit: Exit::Failure,
+                    message: format!("the server sent a graph this berth cannot read: {e}"),
+                })?;
+            match format.as_str() {
+                "json" => print_json(&graph),
+                "dot" => print!("{}", reach.to_dot()),
+                "text" if cli.json => print_json(&graph),
+                "text" => {
+                    if reach.edges.is_empty() {
+                        println!("no delegation is in force");
+                    }
+                    for e in &reach.edges {
+                        println!(
+                            "{} -> {} {}/{}/{}:{} on {}  (token {})",
+                            e.caller,
+                            e.operation,
+                            e.tenant,
+                            e.topology,
+                            e.service,
+                            e.port,
+                            e.target,
+                            e.token
+                        );
+                    }
+                }
+                other => {
+                    return Err(Failure {
+                        exit: Exit::Invalid,
+                        message: format!("--format must be text, json or dot, not {other:?}"),
+                    });
+                }
+            }
+            return Ok(());
+        }
         Command::Audit(AuditCommand::Explain { id }) => {
             let explained = remote
                 .admin(
@@ -1169,12 +1322,66 @@ async fn admin(cli: &Cli) -> Result<(), Failure> {
             }
             explained
         }
-        Command::Audit(AuditCommand::Revoke { ids, reason }) => {
+        Command::Audit(AuditCommand::Revoke {
+            ids,
+            node,
+            of_tenant,
+            reason,
+        }) => {
+            let mut body = serde_json::json!({ "ids": ids, "reason": reason });
+            if let Some(node) = node {
+                body["node"] = node.clone().into();
+            }
+            if let Some(tenant) = of_tenant {
+                body["tenant"] = tenant.clone().into();
+            }
+            let entry = remote
+                .admin(Method::POST, "/audit/revocations", Some(body))
+                .await?;
+            if !cli.json {
+                let revoked = entry["revocation_ids"].as_array().map_or(0, Vec::len);
+                println!("revoked {revoked} id(s); ledger entry {}", entry["seq"]);
+                return Ok(());
+            }
+            entry
+        }
+        Command::RootKey(RootKeyCommand::List) => {
+            let keys = remote.admin(Method::GET, "/root-keys", None).await?;
+            if !cli.json {
+                for key in keys.as_array().into_iter().flatten() {
+                    println!(
+                        "{:>4}  {}{}",
+                        key["id"],
+                        key["public_key"].as_str().unwrap_or_default(),
+                        if key["signing"] == true {
+                            "  (signing)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                return Ok(());
+            }
+            keys
+        }
+        Command::RootKey(RootKeyCommand::Rotate) => {
+            let key = remote.admin(Method::POST, "/root-keys", None).await?;
+            if !cli.json {
+                println!(
+                    "root key {} signs every new token from now on: {}",
+                    key["id"],
+                    key["public_key"].as_str().unwrap_or_default()
+                );
+                return Ok(());
+            }
+            key
+        }
+        Command::RootKey(RootKeyCommand::Retire { id, force }) => {
             remote
                 .admin(
-                    Method::POST,
-                    "/audit/revocations",
-                    Some(serde_json::json!({ "ids": ids, "reason": reason })),
+                    Method::DELETE,
+                    &format!("/root-keys/{id}{}", if *force { "?force=true" } else { "" }),
+                    None,
                 )
                 .await?
         }
@@ -1235,6 +1442,46 @@ fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         Err(e) => eprintln!("error: cannot render JSON: {e}"),
+    }
+}
+
+/// A decision explained, for people.
+fn print_decision(explained: &serde_json::Value) {
+    let decision = &explained["decision"];
+    let verdict = if explained["allowed"].as_bool() == Some(true) {
+        "allowed"
+    } else {
+        "refused"
+    };
+    println!(
+        "decision {}: {verdict} by node {} at {} (Unix ms)\n  call     {}\n  reason   {}",
+        decision["seq"],
+        decision["actor"].as_str().unwrap_or_default(),
+        decision["at_ms"],
+        decision["subject"].as_str().unwrap_or_default(),
+        explained["reason"].as_str().unwrap_or_default(),
+    );
+    match explained.get("token") {
+        Some(token) => {
+            let minted = &token["minted"];
+            println!(
+                "  token    {} ({} at entry {}, revoked {})",
+                minted["subject"].as_str().unwrap_or_default(),
+                minted["kind"].as_str().unwrap_or_default(),
+                minted["seq"],
+                token["revoked"]
+            );
+            for line in minted["detail"].as_str().unwrap_or_default().lines() {
+                println!("    {line}");
+            }
+        }
+        None => println!("  token    never minted by Berth (garbage, or signed by another root)"),
+    }
+    for id in explained["unknown_blocks"].as_array().into_iter().flatten() {
+        println!(
+            "  block    {} was appended by the holder and never shown to Berth",
+            id.as_str().unwrap_or_default()
+        );
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct ServerConfig {
     /// `berth dev`: also run a node agent on this machine's Docker, joined over the
     /// node API like any other, and an `admin` user to log in with.
     pub(crate) local_node: bool,
+    /// The failure detector's thresholds.
+    pub(crate) thresholds: berth_allocator::liveness::Thresholds,
 }
 
 /// The name of the node `berth dev` runs.
@@ -58,7 +60,8 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let db = berth_allocator::database::connect(&database).await?;
     let tenants = TenantService::open(db.clone()).await?;
     let allocator = Allocator::open(db, DefaultRequest::default()).await?;
-    let nodes = NodeApi::new(allocator.clone());
+    let nodes = NodeApi::new(allocator.clone()).with_thresholds(config.thresholds);
+    nodes.detect_failures();
     // The tenant `berth up --endpoint` uses unless told otherwise, so the printed
     // commands work as they are.
     tenants.ensure_tenant(DEFAULT_TENANT, now_ms()).await?;
@@ -71,12 +74,13 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| format!("http://{}", config.node_listen));
-    let root = root_key(&config.data_dir.join("root-key"))?;
-    // Nodes verify delegation tokens offline against this key.
-    nodes.mint_delegations_with(
-        berth_api_gateway::ROOT_KEY_ID,
-        biscuit_auth::KeyPair::from(&root.private()),
-    );
+    // The keys that sign sessions and delegations; nodes verify delegation tokens
+    // offline against their public halves.
+    let keys = berth_allocator::root_keys::RootKeys::open(
+        &config.data_dir.join("root-keys"),
+        Some(&config.data_dir.join("root-key")),
+    )?;
+    nodes.mint_delegations_with(keys.clone());
     let admin_password = if config.local_node {
         Some(dev_admin(&tenants, &config.data_dir.join("admin-password")).await?)
     } else {
@@ -88,7 +92,7 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         nodes.clone(),
         &admin_token,
         &node_url,
-        root,
+        keys,
     );
 
     let http = actix_web::HttpServer::new(move || {
@@ -254,20 +258,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The root key that signs session tokens: kept in `path` (owner-only), made on first
-/// start.
-fn root_key(path: &Path) -> anyhow::Result<biscuit_auth::KeyPair> {
-    use biscuit_auth::{Algorithm, KeyPair, PrivateKey};
-    if let Ok(hex) = std::fs::read_to_string(path) {
-        let key = PrivateKey::from_bytes_hex(hex.trim(), Algorithm::Ed25519)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        return Ok(KeyPair::from(&key));
-    }
-    let key = KeyPair::new();
-    write_secret(path, key.private().to_bytes_hex().as_bytes())?;
-    Ok(key)
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

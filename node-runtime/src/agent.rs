@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_control_client::NodeControlClient;
 use berth_protocol::node_api::{
-    AssignmentSet, DecisionsBody, JoinRequest, LogRequest, LogsBody, PeerDecision, ReplicaStatus,
-    ReportBody, SignedRequest, WatchBody, WatchEvent, methods, signing_payload, watch_event,
+    AssignmentSet, DecisionsBody, HeartbeatBody, JoinRequest, LogRequest, LogsBody, PeerDecision,
+    ReplicaStatus, ReportBody, SignedRequest, WatchBody, WatchEvent, methods, signing_payload,
+    watch_event,
 };
 use prost::Message;
 use ring::rand::SystemRandom;
@@ -284,8 +285,31 @@ impl Signer {
     }
 }
 
-/// How often the decisions of the peer API are reported.
-const DECISIONS_EVERY: Duration = Duration::from_secs(1);
+/// How long a node goes without a renewed lease before it fences itself, until the
+/// allocator tells it the pool's setting.
+pub const DEFAULT_FENCE_AFTER: Duration = Duration::from_secs(10);
+
+/// How often the node heartbeats (and reports its peer API's decisions) until the
+/// allocator says otherwise.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the node waits for a heartbeat's answer.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The node's lease, as far as the node knows it.
+#[derive(Debug)]
+struct Lease {
+    /// When the last heartbeat the allocator accepted was sent.
+    renewed: std::time::Instant,
+    /// How long the node may go without renewing before it fences itself.
+    fence_after: Duration,
+    /// Whether it has fenced itself (stopped its replicas) since it last renewed.
+    fenced: bool,
+    /// When the next heartbeat is due.
+    next: std::time::Instant,
+    /// How often to heartbeat, as the allocator last said.
+    every: Duration,
+}
 
 /// Where the pull loop stands.
 #[derive(Debug)]
@@ -328,6 +352,8 @@ pub struct Agent<D> {
     tunnels: Tunnels,
     /// The host's address as containers reach it, once known.
     gateway: Option<std::net::IpAddr>,
+    /// The lease heartbeats renew.
+    lease: Lease,
 }
 
 impl<D: ContainerDriver> Agent<D> {
@@ -344,7 +370,126 @@ impl<D: ContainerDriver> Agent<D> {
             client: None,
             trust: Arc::default(),
             peer: None,
+            lease: Lease {
+                renewed: std::time::Instant::now(),
+                fence_after: DEFAULT_FENCE_AFTER,
+                fenced: false,
+                next: std::time::Instant::now(),
+                every: HEARTBEAT_EVERY,
+            },
         })
+    }
+
+    /// Fences after `fence_after` without a renewed lease until the allocator says
+    /// otherwise (its answer to each heartbeat carries the pool's setting).
+    pub fn with_fence_after(mut self, fence_after: Duration) -> Self {
+        self.lease.fence_after = fence_after;
+        self
+    }
+
+    /// Heartbeats when one is due, reports decisions, and fences the node when its
+    /// lease has run out. Returns true when the lease was renewed after a fence (the
+    /// watch stream should then be opened anew, for the allocator's current set).
+    async fn beat(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if now < self.lease.next {
+            return false;
+        }
+        self.lease.next = now + self.lease.every;
+        let (sequence, timestamp_ms) = self.signer.next_sequence();
+        let request = self.signer.sign(
+            methods::HEARTBEAT,
+            &HeartbeatBody {
+                sequence,
+                timestamp_ms,
+            },
+        );
+        let answer = match self.client().await {
+            Ok(client) => tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(request))
+                .await
+                .map_err(|_| "no answer in time".to_owned())
+                .and_then(|r| r.map_err(|s| s.message().to_owned())),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut unfenced = false;
+        match answer {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                self.lease.renewed = now;
+                if let Ok(ms) = u64::try_from(ack.fence_after_ms)
+                    && ms > 0
+                {
+                    self.lease.fence_after = Duration::from_millis(ms);
+                }
+                if let Ok(ms) = u64::try_from(ack.heartbeat_ms)
+                    && ms > 0
+                {
+                    self.lease.every = Duration::from_millis(ms);
+                }
+                if self.lease.fenced {
+                    tracing::warn!(node = %self.identity.name, "lease renewed after a fence; asking for the current assignments");
+                    self.lease.fenced = false;
+                    unfenced = true;
+                }
+                if let Err(e) = self.flush_decisions().await {
+                    tracing::warn!(error = %e, "could not report decisions");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(node = %self.identity.name, error = %e, "heartbeat failed");
+                // The client may hold a dead connection: make a new one next time.
+                self.client = None;
+            }
+        }
+        let silent = now.saturating_duration_since(self.lease.renewed);
+        if !self.lease.fenced && silent >= self.lease.fence_after {
+            self.fence(silent).await;
+        }
+        unfenced
+    }
+
+    /// Stops every replica of this node at once: it could not renew its lease, so the
+    /// allocator may be placing them elsewhere.
+    async fn fence(&mut self, silent: Duration) {
+        self.lease.fenced = true;
+        let driver = self.reconciler.driver();
+        let listed = match driver.list_all(None).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list containers to fence this node");
+                self.lease.fenced = false; // try again on the next beat
+                return;
+            }
+        };
+        let mut stopped = 0;
+        for c in listed.iter().filter(|c| c.container.running) {
+            match driver.kill_container(&c.container.id).await {
+                Ok(()) => stopped += 1,
+                Err(e) => {
+                    tracing::error!(container = %c.container.name, error = %e, "cannot fence a replica");
+                    self.lease.fenced = false;
+                }
+            }
+        }
+        tracing::warn!(
+            node = %self.identity.name,
+            silent_ms = silent.as_millis(),
+            stopped,
+            "lease lost: replicas stopped until the allocator is reached again"
+        );
+    }
+
+    /// Waits `total`, heartbeating (and fencing if need be) meanwhile.
+    async fn pause(&mut self, total: Duration) {
+        let until = std::time::Instant::now() + total;
+        loop {
+            let now = std::time::Instant::now();
+            if now >= until {
+                return;
+            }
+            tokio::time::sleep((until - now).min(HEARTBEAT_EVERY)).await;
+            self.beat().await;
+        }
     }
 
     /// What the node trusts, as the allocator last said; share it with a [`PeerApi`].
@@ -420,18 +565,21 @@ impl<D: ContainerDriver> Agent<D> {
                 }
             },
             LoopState::Watch(mut stream) => {
-                match tokio::time::timeout(DECISIONS_EVERY, stream.message()).await {
-                    Err(_) => {
-                        if let Err(e) = self.flush_decisions().await {
-                            tracing::warn!(error = %e, "could not report decisions");
-                        }
-                        LoopState::Watch(stream)
-                    }
+                let wait = self
+                    .lease
+                    .next
+                    .saturating_duration_since(std::time::Instant::now());
+                let next = match tokio::time::timeout(wait, stream.message()).await {
+                    Err(_) => LoopState::Watch(stream),
                     Ok(message) => self.on_message(message, stream).await,
+                };
+                if self.beat().await {
+                    return LoopState::Connect { attempt: 0 };
                 }
+                next
             }
             LoopState::Backoff { attempt } => {
-                tokio::time::sleep(backoff(attempt)).await;
+                self.pause(backoff(attempt)).await;
                 LoopState::Connect { attempt }
             }
         }

@@ -530,6 +530,18 @@ impl ContainerDriver for DockerDriver {
         }
     }
 
+    async fn kill_container(&self, id: &str) -> Result<(), DriverError> {
+        match self.docker.kill_container(id, None).await {
+            // Gone, or not running (409): stopped either way.
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(engine("killing container")(e)),
+        }
+    }
+
     async fn container_status(&self, id: &str) -> Result<ContainerStatus, DriverError> {
         let inspect = self
             .docker

@@ -152,6 +152,9 @@ pub trait ContainerDriver: Send + Sync + 'static {
     /// Stops a container (SIGTERM, then SIGKILL after a grace period) and removes it,
     /// with its anonymous volumes.
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), DriverError>> + Send;
+    /// Kills a container at once (SIGKILL), leaving it stopped: how a node fences
+    /// itself when it has lost its lease.
+    fn kill_container(&self, id: &str) -> impl Future<Output = Result<(), DriverError>> + Send;
     /// What a container is doing.
     fn container_status(
         &self,

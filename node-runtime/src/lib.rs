@@ -9,6 +9,7 @@ pub mod docker;
 pub mod driver;
 pub mod plan;
 pub mod reconcile;
+pub mod simulated;
 pub mod spec;
 
 pub use docker::DockerDriver;

@@ -24,10 +24,25 @@ use crate::peer::{frames_from, methods};
 
 type Key = (TopologyRef, String, u16);
 
+type Channels = Arc<std::sync::Mutex<HashMap<String, tonic::transport::Channel>>>;
+
+/// The channel to `peer`, made on first use.
+fn channel_to(channels: &Channels, peer: &str) -> Result<tonic::transport::Channel, String> {
+    let mut channels = channels.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(channel) = channels.get(peer) {
+        return Ok(channel.clone());
+    }
+    let channel = crate::peer::channel(peer)?;
+    channels.insert(peer.to_owned(), channel.clone());
+    Ok(channel)
+}
+
 /// The listeners of this node's links.
 #[derive(Debug)]
 pub struct Tunnels {
     signer: Arc<Signer>,
+    /// One channel per peer node, shared by every tunnel to it.
+    channels: Channels,
     listening: HashMap<Key, (tokio::task::JoinHandle<()>, watch::Sender<Link>)>,
 }
 
@@ -44,6 +59,7 @@ impl Tunnels {
     pub fn new(signer: Arc<Signer>) -> Self {
         Self {
             signer,
+            channels: Arc::default(),
             listening: HashMap::new(),
         }
     }
@@ -81,17 +97,18 @@ impl Tunnels {
             };
             tracing::info!(%address, service = %link.service, node = %link.node, "link listening");
             let (tx, rx) = watch::channel(link);
-            let signer = self.signer.clone();
+            let (signer, channels) = (self.signer.clone(), self.channels.clone());
             let id = key.0.clone();
             let task = tokio::spawn(async move {
                 loop {
                     let Ok((socket, _)) = listener.accept().await else {
                         continue;
                     };
+                    let _ = socket.set_nodelay(true);
                     let link = rx.borrow().clone();
-                    let (signer, id) = (signer.clone(), id.clone());
+                    let (signer, id, channels) = (signer.clone(), id.clone(), channels.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = carry(socket, &id, &link, &signer).await {
+                        if let Err(e) = carry(socket, &id, &link, &signer, &channels).await {
                             tracing::warn!(service = %link.service, node = %link.node, error = %e, "tunnel failed");
                         }
                     });
@@ -108,6 +125,7 @@ async fn carry(
     id: &TopologyRef,
     link: &Link,
     signer: &Signer,
+    channels: &Channels,
 ) -> Result<(), String> {
     let token = biscuit_auth::UnverifiedBiscuit::from_base64(&link.token)
         .and_then(|t| t.to_vec())
@@ -128,9 +146,7 @@ async fn carry(
         nonce,
     };
     let call = signer.peer_call(methods::TUNNEL, token, &body);
-    let mut client = NodePeerClient::connect(link.peer.clone())
-        .await
-        .map_err(|e| format!("cannot reach node {} at {}: {e}", link.node, link.peer))?;
+    let mut client = NodePeerClient::new(channel_to(channels, &link.peer)?);
     let (read, mut write) = socket.into_split();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let _ = tx

@@ -291,6 +291,43 @@ impl<D: ContainerDriver> PeerApi<D> {
     }
 }
 
+/// HTTP/2 flow-control windows of node-API connections, per stream and per
+/// connection: the 64 KiB default would hold one tunnel to a window's worth per round
+/// trip.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// A server for the node API, set for tunnels: large windows, no Nagle delay.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true)
+}
+
+/// The connections `listener` accepts, with Nagle's delay off (a server serving an
+/// incoming stream does not set it itself).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|socket| {
+            let _ = socket.set_nodelay(true);
+        })
+    })
+}
+
+/// A channel to another node's API at `peer` (`http://host:port`), set as
+/// [`server`] is; it connects on first use and is shared by every tunnel to that node.
+pub fn channel(peer: &str) -> Result<tonic::transport::Channel, String> {
+    Ok(tonic::transport::Endpoint::from_shared(peer.to_owned())
+        .map_err(|e| format!("{peer:?} is not a node API address: {e}"))?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .connect_lazy())
+}
+
 /// Reads `read` until it ends, sending what it reads as data frames (each wrapped by
 /// `wrap`) on `tx`, until the other side goes away.
 pub(crate) async fn frames_from<T>(
@@ -298,7 +335,7 @@ pub(crate) async fn frames_from<T>(
     tx: tokio::sync::mpsc::Sender<T>,
     wrap: impl Fn(TunnelFrame) -> T,
 ) {
-    let mut buffer = vec![0u8; 32 * 1024];
+    let mut buffer = vec![0u8; 64 * 1024];
     loop {
         match read.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
@@ -337,6 +374,7 @@ impl<D: ContainerDriver> NodePeer for PeerApi<D> {
         let socket = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|e| Status::unavailable(format!("cannot connect to {address}: {e}")))?;
+        let _ = socket.set_nodelay(true);
         let (read, mut write) = socket.into_split();
         // Caller to service.
         tokio::spawn(async move {

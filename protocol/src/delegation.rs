@@ -287,6 +287,59 @@ pub fn authorize_verified(
     }
 }
 
+/// A delegation as its authority block states it: who may call what on whom.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stated {
+    /// The calling node.
+    pub caller: String,
+    /// The called node.
+    pub target: String,
+    /// The operation.
+    pub operation: String,
+    /// The tenant of the service.
+    pub tenant: String,
+    /// The topology of the service.
+    pub topology: String,
+    /// The service.
+    pub service: String,
+    /// Its port (0 for operations on the whole service).
+    pub port: u16,
+    /// Whether the block's own checks (its expiry) still pass at the time asked.
+    pub live: bool,
+}
+
+/// Reads the grants an authority block states, from its datalog as the audit ledger
+/// keeps it (never the token itself). A block of another kind (a session) states none.
+/// Liveness is decided by running the block's checks, so it means what a node would
+/// decide, not what a second parser thinks the datalog says.
+pub fn stated(authority: &str, now: SystemTime) -> Result<Vec<Stated>, error::Token> {
+    let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
+        .set_limits(limits())
+        .code(authority)?
+        .fact(fact("time", &[date(&now)]))?
+        .code("allow if true;")?
+        .build_unauthenticated()?;
+    let live = authorizer.authorize().is_ok();
+    let rows: Vec<(String, String, String, String, String, String, i64)> = authorizer.query(
+        "data($c, $n, $op, $te, $to, $s, $p) <- caller($c), target($n), right($op, $te, $to, $s, $p)",
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(caller, target, operation, tenant, topology, service, port)| Stated {
+                caller,
+                target,
+                operation,
+                tenant,
+                topology,
+                service,
+                port: u16::try_from(port).unwrap_or(0),
+                live,
+            },
+        )
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -305,6 +358,34 @@ mod tests {
             port: 5432,
             expires: now + Duration::from_secs(60),
         }
+    }
+
+    #[test]
+    fn the_grants_a_ledger_entry_states_are_read_back_with_their_liveness() {
+        let root = KeyPair::new();
+        let holder = KeyPair::new();
+        let now = SystemTime::now();
+        let token = mint(&root, 1, &grant(&holder.public().to_bytes(), now)).unwrap();
+        // As the ledger keeps it: with a comment naming the key.
+        let authority = format!("// root key 1\n{}", token.print_block_source(0).unwrap());
+        let read = stated(&authority, now).unwrap();
+        assert_eq!(
+            read,
+            vec![Stated {
+                caller: "n1".into(),
+                target: "n2".into(),
+                operation: "tunnel".into(),
+                tenant: "acme".into(),
+                topology: "shop".into(),
+                service: "db".into(),
+                port: 5432,
+                live: true,
+            }]
+        );
+        let later = stated(&authority, now + Duration::from_secs(120)).unwrap();
+        assert!(!later[0].live, "past its expiry the grant is not live");
+        let session = "user(\"ana\"); tenant(\"acme\"); role(\"developer\");";
+        assert!(stated(session, now).unwrap().is_empty());
     }
 
     fn call<'a>(key: &'a [u8], now: SystemTime) -> Call<'a> {

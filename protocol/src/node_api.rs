@@ -35,4 +35,6 @@ pub mod methods {
     pub const LOGS: &str = "Logs";
     /// `Decisions`.
     pub const DECISIONS: &str = "Decisions";
+    /// `Heartbeat`.
+    pub const HEARTBEAT: &str = "Heartbeat";
 }

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod hollow;
 pub mod plane;
 pub mod postgres;
+pub mod proxy;
 
 /// The `berth` binary built by this `cargo test` run (it sits next to `deps/`).
 pub fn berth_bin() -> PathBuf {

@@ -26,7 +26,7 @@ pub fn sibling(name: &str) -> std::path::PathBuf {
 /// A running `berth server`: its API URL, node API port, admin token and state.
 #[derive(Debug)]
 pub struct Server {
-    _process: Process,
+    process: Process,
     /// Its data directory (admin token, root key, SQLite).
     pub state: tempfile::TempDir,
     /// `http://127.0.0.1:PORT`.
@@ -42,11 +42,16 @@ pub struct Server {
 impl Server {
     /// Starts `berth server` with `envs` set and waits until it is ready.
     pub async fn start(envs: &[(&str, &str)]) -> Self {
+        Self::start_bin(&berth_bin(), envs).await
+    }
+
+    /// Starts the `berth` at `bin` (a benchmark's own build) as [`Self::start`] does.
+    pub async fn start_bin(bin: &std::path::Path, envs: &[(&str, &str)]) -> Self {
         let state = tempfile::tempdir().expect("tempdir");
         let (api_port, node_port) = (free_port(), free_port());
         let admin = "bat_test_admin_token";
         let process = Process(
-            Command::new(berth_bin())
+            Command::new(bin)
                 .args([
                     "server",
                     "--listen",
@@ -79,13 +84,34 @@ impl Server {
         }
         assert!(ready, "berth server never became ready");
         Self {
-            _process: process,
+            process,
             state,
             api,
             node_port,
             admin,
             http,
         }
+    }
+
+    /// Deploys `topology` (the API's JSON form) into the default tenant as the admin;
+    /// panics with the API's answer unless it is accepted.
+    pub async fn deploy(&self, topology: &serde_json::Value) {
+        let name = topology["name"].as_str().expect("a topology name");
+        let deployed = self
+            .http
+            .put(format!("{}/v1/tenants/default/topologies/{name}", self.api))
+            .bearer_auth(self.admin)
+            .json(topology)
+            .send()
+            .await
+            .expect("request");
+        let status = deployed.status();
+        assert!(status.is_success(), "{status}: {:?}", deployed.text().await);
+    }
+
+    /// The server's process id, to measure it.
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
     }
 
     /// A one-time join token.
@@ -106,13 +132,25 @@ impl Server {
     /// Joins a `berth-node` process under `name`, with `args` added to its command
     /// line (`--label k=v`, `--peer-listen ADDR`) and `envs` to its environment.
     pub async fn join(&self, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Node {
+        self.join_through(self.node_port, name, args, envs).await
+    }
+
+    /// Joins a `berth-node` process that reaches the allocator at `port` on loopback
+    /// (a [`crate::proxy::Proxy`] in front of the node API, say).
+    pub async fn join_through(
+        &self,
+        port: u16,
+        name: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Node {
         let token = self.join_token().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new(sibling("berth-node"))
             .args([
                 "join",
                 "--allocator",
-                &format!("http://127.0.0.1:{}", self.node_port),
+                &format!("http://127.0.0.1:{port}"),
                 "--token",
                 &token,
                 "--name",
@@ -142,6 +180,25 @@ pub struct Node {
     process: Option<Process>,
     /// Its state directory (identity).
     pub dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Kills the agent (SIGKILL), leaving its containers running, as a crash would.
+    pub fn kill(&mut self) {
+        drop(self.process.take());
+    }
+
+    /// Starts the agent again from its state directory (`berth-node run`).
+    pub fn restart(&mut self) {
+        let child = Command::new(sibling("berth-node"))
+            .arg("run")
+            .env("BERTH_NODE_DIR", self.dir.path())
+            .env("BERTH_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("berth-node starts");
+        self.process = Some(Process(child));
+    }
 }
 
 impl Drop for Node {

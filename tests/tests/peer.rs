@@ -78,7 +78,15 @@ async fn pool(test: &str) -> Pool {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(running, "db never ran on node 2");
-    let root_hex = std::fs::read_to_string(server.state.path().join("root-key")).expect("root key");
+    // `ID PRIVATE_HEX SUPERSEDED_AT` a line; one key, id 1, on a new server.
+    let keys = std::fs::read_to_string(server.state.path().join("root-keys")).expect("root keys");
+    let root_hex = keys
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("1 "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("root key 1")
+        .to_owned();
     let root = KeyPair::from(
         &PrivateKey::from_bytes_hex(root_hex.trim(), Algorithm::Ed25519).expect("key"),
     );
@@ -181,24 +189,25 @@ impl Pool {
         Ok(client.health(call).await?.into_inner().replicas.len())
     }
 
+    /// The ledger's entries of `kind`, newest first.
+    async fn entries(&self, kind: &str) -> serde_json::Value {
+        self.server
+            .http
+            .get(format!("{}/v1/audit/entries?kind={kind}", self.server.api))
+            .bearer_auth(self.server.admin)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json")
+    }
+
     /// Waits for node 2's decision with `reason` to reach the ledger.
     async fn in_ledger(&self, reason: &str) {
         let mut entries = serde_json::Value::Null;
         for _ in 0..100 {
-            entries = self
-                .server
-                .http
-                .get(format!(
-                    "{}/v1/audit/entries?kind=decision",
-                    self.server.api
-                ))
-                .bearer_auth(self.server.admin)
-                .send()
-                .await
-                .expect("request")
-                .json()
-                .await
-                .expect("json");
+            entries = self.entries("decision").await;
             if entries.as_array().into_iter().flatten().any(|e| {
                 e["actor"] == self.n2_name.as_str()
                     && e["detail"].as_str().unwrap_or_default().contains(reason)
@@ -213,9 +222,95 @@ impl Pool {
         );
     }
 
+    /// Runs `berth ARGS` as the admin against the server; panics unless it succeeds.
+    fn berth(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new(berth_tests::berth_bin())
+            .args(args)
+            .env("BERTH_ENDPOINT", &self.server.api)
+            .env("BERTH_TOKEN", self.server.admin)
+            .output()
+            .expect("berth runs");
+        assert!(
+            output.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The ledger entry number of node 2's latest decision with `reason`.
+    async fn decision_seq(&self, reason: &str) -> u64 {
+        self.in_ledger(reason).await;
+        let listed: serde_json::Value =
+            serde_json::from_str(&self.berth(&["--json", "audit", "list", "--kind", "decision"]))
+                .expect("json");
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["detail"].as_str().unwrap_or_default().contains(reason))
+            .and_then(|e| e["seq"].as_u64())
+            .expect("the decision is listed")
+    }
+
+    /// Deploys `web` on node 1 and `db` on node 2, and waits until web reaches
+    /// db:8080 by name. Returns web's container.
+    async fn deploy_link(&self) -> String {
+        // `web` runs on node 1 only; `db` on node 2 only. web reaches db:8080 by name.
+        let topology = serde_json::json!({
+            "name": "shop",
+            "services": {
+                "db": {
+                    "image": "berth/busybox:latest", "replicas": 1, "init": true,
+                    "command": ["sh", "-c", "mkdir -p /www && echo secret-rows > /www/rows && httpd -f -p 8080 -h /www"],
+                    "networks": { "default": {} },
+                    "expose": [{ "port": 8080 }],
+                    "constraints": [{ "attribute": "hostname", "equal": true, "value": self.n2_name }]
+                },
+                "web": {
+                    "image": "berth/busybox:latest", "replicas": 1, "init": true,
+                    "command": ["sleep", "3600"],
+                    "networks": { "default": {} },
+                    "constraints": [{ "attribute": "hostname", "equal": true, "value": self.n1_name }]
+                }
+            },
+            "networks": { "default": {} }
+        });
+        self.server.deploy(&topology).await;
+        let web = format!("{}.default.shop.web.1", self.n1_name);
+        let mut answer = String::new();
+        for _ in 0..150 {
+            answer = web_get(&web);
+            if answer.contains("secret-rows") {
+                return web;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("web could not reach db: {answer}");
+    }
+
     fn n1_signer(&self) -> Signer {
         Signer::new(&self.n1).expect("signer")
     }
+}
+
+/// One request from `web` to db:8080 by name; what came back, or the error.
+fn web_get(web: &str) -> String {
+    let run = std::process::Command::new("docker")
+        .args([
+            "exec",
+            web,
+            "sh",
+            "-c",
+            r#"printf 'GET /rows HTTP/1.0\r\n\r\n' | nc -w 3 db 8080"#,
+        ])
+        .output()
+        .expect("docker exec runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    )
 }
 
 fn refused(result: Result<impl std::fmt::Debug, tonic::Status>, reason: &str) {
@@ -379,88 +474,31 @@ async fn an_attenuated_then_widened_token_is_refused() {
         pool.tunnel_get(&pool.n1_signer(), token).await,
         "does not grant tunnel",
     );
-    pool.in_ledger("does not grant tunnel").await;
+    // Explained: who decided, why, and that the widening block was never Berth's.
+    let seq = pool.decision_seq("does not grant tunnel").await;
+    let explained = pool.berth(&["audit", "explain", &seq.to_string()]);
+    assert!(
+        explained.contains(&format!("refused by node {}", pool.n2_name)),
+        "{explained}"
+    );
+    assert!(explained.contains("does not grant tunnel"), "{explained}");
+    assert!(
+        explained.contains("token    never minted by Berth"),
+        "the test minted it, not the platform: {explained}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_reaches_a_service_on_another_node_by_name_through_a_tunnel() {
     let pool = pool("plink").await;
-    // `web` runs on node 1 only; `db` on node 2 only. web reaches db:8080 by name.
-    let topology = serde_json::json!({
-        "name": "shop",
-        "services": {
-            "db": {
-                "image": "berth/busybox:latest", "replicas": 1, "init": true,
-                "command": ["sh", "-c", "mkdir -p /www && echo secret-rows > /www/rows && httpd -f -p 8080 -h /www"],
-                "networks": { "default": {} },
-                "expose": [{ "port": 8080 }],
-                "constraints": [{ "attribute": "hostname", "equal": true, "value": pool.n2_name }]
-            },
-            "web": {
-                "image": "berth/busybox:latest", "replicas": 1, "init": true,
-                "command": ["sleep", "3600"],
-                "networks": { "default": {} },
-                "constraints": [{ "attribute": "hostname", "equal": true, "value": pool.n1_name }]
-            }
-        },
-        "networks": { "default": {} }
-    });
-    let deployed = pool
-        .server
-        .http
-        .put(format!(
-            "{}/v1/tenants/default/topologies/shop",
-            pool.server.api
-        ))
-        .bearer_auth(pool.server.admin)
-        .json(&topology)
-        .send()
-        .await
-        .expect("request");
-    assert!(
-        deployed.status().is_success(),
-        "{:?}",
-        deployed.text().await
-    );
-    let web = format!("{}.default.shop.web.1", pool.n1_name);
-    let mut answer = String::new();
-    for _ in 0..150 {
-        let run = std::process::Command::new("docker")
-            .args([
-                "exec",
-                &web,
-                "sh",
-                "-c",
-                r#"printf 'GET /rows HTTP/1.0\r\n\r\n' | nc -w 3 db 8080"#,
-            ])
-            .output()
-            .expect("docker exec runs");
-        answer = format!(
-            "{}{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
-        if answer.contains("secret-rows") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let web = pool.deploy_link().await;
+    let answer = web_get(&web);
     assert!(
         answer.starts_with("HTTP/1.1 200 OK") && answer.trim_end().ends_with("secret-rows"),
         "web could not reach db: {answer}"
     );
     // The delegation was minted for exactly this link, and node 2 allowed the call.
-    let minted: serde_json::Value = pool
-        .server
-        .http
-        .get(format!("{}/v1/audit/entries?kind=minted", pool.server.api))
-        .bearer_auth(pool.server.admin)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    let minted = pool.entries("minted").await;
     assert!(
         minted.as_array().into_iter().flatten().any(|e| e["detail"]
             .as_str()
@@ -468,11 +506,410 @@ async fn a_service_reaches_a_service_on_another_node_by_name_through_a_tunnel() 
             .contains(r#"right("tunnel", "default", "shop", "db", 8080)"#)),
         "{minted}"
     );
-    pool.in_ledger("allowed").await;
+    // The allowed call, explained, names the platform's token and its grant.
+    let seq = pool.decision_seq("allowed").await;
+    let explained = pool.berth(&["audit", "explain", &seq.to_string()]);
+    assert!(
+        explained.contains(&format!("allowed by node {}", pool.n2_name))
+            && explained.contains(r#"right("tunnel", "default", "shop", "db", 8080)"#)
+            && !explained.contains("appended by the holder"),
+        "{explained}"
+    );
+    // Who can call what: node 1 may tunnel to db:8080 on node 2, and nothing else.
+    let graph: serde_json::Value =
+        serde_json::from_str(&pool.berth(&["audit", "graph", "--format", "json"])).expect("json");
+    let edges = graph["edges"].as_array().expect("edges");
+    assert_eq!(edges.len(), 1, "{graph}");
+    assert_eq!(edges[0]["caller"], pool.n1_name.as_str(), "{graph}");
+    assert_eq!(edges[0]["target"], pool.n2_name.as_str(), "{graph}");
+    assert_eq!(edges[0]["operation"], "tunnel", "{graph}");
+    assert_eq!(edges[0]["service"], "db", "{graph}");
+    assert_eq!(edges[0]["port"], 8080, "{graph}");
+    let dot = pool.berth(&["audit", "graph", "--format", "dot"]);
+    assert!(
+        dot.starts_with("digraph")
+            && dot.contains(&format!(
+                "\"node:{}\" -> \"default/shop/db:8080@{}\" [label=\"tunnel\"];",
+                pool.n1_name, pool.n2_name
+            )),
+        "{dot}"
+    );
+    // Every delegation of node 1 revoked: the graph is empty, the link is cut and
+    // stays cut (the allocator withholds it until the topology changes).
+    let revoked = pool.berth(&[
+        "audit",
+        "revoke",
+        "--node",
+        &pool.n1_name,
+        "--reason",
+        "node 1 is suspect",
+    ]);
+    assert!(revoked.starts_with("revoked 1 id(s)"), "{revoked}");
+    let after: serde_json::Value =
+        serde_json::from_str(&pool.berth(&["audit", "graph", "--format", "json"])).expect("json");
+    assert_eq!(after["edges"], serde_json::json!([]), "{after}");
+    let mut cut = String::new();
+    for _ in 0..100 {
+        cut = web_get(&web);
+        if !cut.contains("secret-rows") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!cut.contains("secret-rows"), "db is still reachable: {cut}");
+    // Not even a rotation, which renews every other link under the new key, mints
+    // it again.
+    pool.berth(&["root-key", "rotate"]);
+    tokio::time::sleep(berth_allocator::root_keys::PROPAGATION + Duration::from_secs(3)).await;
+    assert!(
+        !web_get(&web).contains("secret-rows"),
+        "the link came back after its token was revoked"
+    );
+    let renewed = pool.entries("renewed").await;
+    assert_eq!(renewed, serde_json::json!([]), "{renewed}");
+    assert_eq!(
+        pool.entries("minted").await.as_array().map(|m| m
+            .iter()
+            .filter(|e| e["detail"].as_str().unwrap_or_default().contains("caller("))
+            .count()),
+        Some(1),
+        "only the first delegation was ever minted"
+    );
     // Nothing of db is published on the host.
     let ports = std::process::Command::new("docker")
         .args(["port", &format!("{}.default.shop.db.1", pool.n2_name)])
         .output()
         .expect("docker port runs");
     assert!(ports.stdout.is_empty(), "{ports:?}");
+}
+
+/// The reference biscuit tooling (`biscuit-cli`): `BERTH_BISCUIT_CLI`, else `biscuit` on
+/// the PATH (`.ci/run` installs it).
+fn biscuit(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let program = std::env::var("BERTH_BISCUIT_CLI").unwrap_or_else(|_| "biscuit".to_owned());
+    let mut child = std::process::Command::new(&program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{program} (biscuit-cli, `cargo install biscuit-cli`) does not run: {e}")
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write the token");
+    let output = child.wait_with_output().expect("biscuit runs");
+    assert!(
+        output.status.success(),
+        "biscuit {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_standard_biscuits_the_reference_tooling_reads_and_narrows() {
+    let pool = pool("pcli").await;
+    let token = delegation::mint(&pool.root, 1, &pool.grant(NodeOperation::Tunnel))
+        .expect("mint")
+        .to_base64()
+        .expect("encode");
+    let root = format!("ed25519/{}", hex(&pool.root.public().to_bytes()));
+
+    // Inspected and verified against the platform's root public key.
+    let inspected = String::from_utf8_lossy(&biscuit(
+        &["inspect", "--public-key", &root, "-"],
+        token.as_bytes(),
+    ))
+    .into_owned();
+    assert!(
+        inspected.contains("root key identifier: 1")
+            && inspected.contains(&format!("caller(\"{}\")", pool.n1_name))
+            && inspected.contains(r#"right("tunnel", "default", "shop", "db", 8080)"#)
+            && inspected.contains("Public key check succeeded"),
+        "{inspected}"
+    );
+
+    // Narrowed by its holder with the reference tool: a shorter life and a check that
+    // still allows the call. The node accepts it.
+    let narrower = biscuit(
+        &[
+            "attenuate",
+            "-",
+            "--raw-output",
+            "--add-ttl",
+            "5m",
+            "--block",
+            r#"check if operation("tunnel"), resource("default", "shop", "db", 8080);"#,
+        ],
+        token.as_bytes(),
+    );
+    let answer = pool
+        .tunnel_get(&pool.n1_signer(), narrower)
+        .await
+        .expect("the narrower token is accepted");
+    assert!(answer.contains("secret-rows"), "{answer}");
+
+    // Narrowed to another service, it no longer opens db.
+    let elsewhere = biscuit(
+        &[
+            "attenuate",
+            "-",
+            "--raw-output",
+            "--block",
+            r#"check if resource($tenant, $topology, "cache", $port);"#,
+        ],
+        token.as_bytes(),
+    );
+    refused(
+        pool.tunnel_get(&pool.n1_signer(), elsewhere).await,
+        "does not grant tunnel",
+    );
+
+    // Anything wider is refused: a health-only token given a tunnel right, and a token
+    // given another caller's key, by blocks appended with the same tool.
+    let health = delegation::mint(&pool.root, 1, &pool.grant(NodeOperation::Health))
+        .expect("mint")
+        .to_base64()
+        .expect("encode");
+    let widened = biscuit(
+        &[
+            "attenuate",
+            "-",
+            "--raw-output",
+            "--block",
+            r#"right("tunnel", "default", "shop", "db", 8080);"#,
+        ],
+        health.as_bytes(),
+    );
+    refused(
+        pool.tunnel_get(&pool.n1_signer(), widened).await,
+        "does not grant tunnel",
+    );
+    // A thief (same name, its own key) appends its key as the caller's: policies read
+    // the authority block only, so the token stays node 1's.
+    let thief = Signer::new(
+        &NodeIdentity::generate(&pool.n1_name, "http://127.0.0.1:1").expect("identity"),
+    )
+    .expect("signer");
+    let stolen = biscuit(
+        &[
+            "attenuate",
+            "-",
+            "--raw-output",
+            "--block",
+            &format!("caller_key(hex:{});", hex(&thief.public_key())),
+        ],
+        token.as_bytes(),
+    );
+    refused(
+        pool.tunnel_get(&thief, stolen).await,
+        "presented by another key",
+    );
+    pool.in_ledger("does not grant tunnel").await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Requests from `web` to db through the link, one after another, in the background.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answers: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(web: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (web, flag, log) = (web.to_owned(), stop.clone(), answers.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = web_get(&web);
+                log.lock().expect("log").push(answer);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self {
+            stop,
+            answers,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.answers.lock().expect("log").len()
+    }
+
+    /// Waits for `n` more requests to be answered.
+    async fn more(&self, n: usize) {
+        let target = self.count() + n;
+        for _ in 0..300 {
+            if self.count() >= target {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the traffic stalled at {} requests", self.count());
+    }
+
+    /// Stops, and returns every answer.
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the traffic thread");
+        }
+        std::mem::take(&mut *self.answers.lock().expect("log"))
+    }
+}
+
+/// The root key id a token names.
+fn key_id(token: &str) -> Option<u32> {
+    biscuit_auth::UnverifiedBiscuit::from_base64(token)
+        .expect("a biscuit")
+        .root_key_id()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_keys_rotate_under_traffic_without_a_refused_call() {
+    let pool = pool("prot").await;
+    let web = pool.deploy_link().await;
+    let (api, http) = (&pool.server.api, &pool.server.http);
+    let created = http
+        .post(format!("{api}/v1/tenants/default/users"))
+        .bearer_auth(pool.server.admin)
+        .json(&serde_json::json!({ "name": "dev", "password": "rotation-pass-1", "role": "developer" }))
+        .send()
+        .await
+        .expect("request");
+    assert!(created.status().is_success(), "{:?}", created.text().await);
+    let login = || async {
+        let answer: serde_json::Value = http
+            .post(format!("{api}/v1/login"))
+            .json(&serde_json::json!({ "tenant": "default", "user": "dev", "password": "rotation-pass-1" }))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        answer["token"].as_str().expect("a session").to_owned()
+    };
+    let status = |token: String| async move {
+        http.get(format!("{api}/v1/tenants/default/topologies/shop"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    };
+    let traffic = Traffic::start(&web);
+    traffic.more(3).await;
+    let old_session = login().await;
+    assert_eq!(key_id(&old_session), Some(1));
+
+    // A new key: new sessions use it, old ones keep working.
+    let rotated = pool.berth(&["root-key", "rotate"]);
+    assert!(rotated.contains("root key 2 signs"), "{rotated}");
+    let new_session = login().await;
+    assert_eq!(key_id(&new_session), Some(2));
+    assert_eq!(status(old_session.clone()).await, 200);
+    assert_eq!(status(new_session.clone()).await, 200);
+
+    // The link's token is renewed under key 2, and node 2 accepts it from node 1.
+    let renewed = loop_until(|| async {
+        let entries = pool.entries("renewed").await;
+        entries.as_array().into_iter().flatten().find_map(|e| {
+            let detail = e["detail"].as_str().unwrap_or_default();
+            (detail.starts_with("// root key 2") && detail.contains(r#""db", 8080)"#))
+                .then(|| e["subject"].as_str().unwrap_or_default().to_owned())
+        })
+    })
+    .await
+    .expect("the link's token was renewed under key 2");
+    loop_until(|| async {
+        let decisions = pool.entries("decision").await;
+        decisions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| {
+                e["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("allowed")
+                    && e["revocation_ids"][0] == renewed.as_str()
+            })
+            .then_some(())
+    })
+    .await
+    .expect("node 2 allowed a call with the token under key 2");
+
+    // Key 1 is retired: early, so it must be forced; its sessions stop working.
+    let early = std::process::Command::new(berth_tests::berth_bin())
+        .args(["root-key", "retire", "1"])
+        .env("BERTH_ENDPOINT", api)
+        .env("BERTH_TOKEN", pool.server.admin)
+        .output()
+        .expect("berth runs");
+    let said = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        !early.status.success() && said.contains("may be valid until"),
+        "{said}"
+    );
+    pool.berth(&["root-key", "retire", "1", "--force"]);
+    let listed = pool.berth(&["root-key", "list"]);
+    assert!(
+        listed.contains("(signing)") && listed.lines().count() == 1,
+        "{listed}"
+    );
+    assert_eq!(status(old_session).await, 401);
+    assert_eq!(status(new_session).await, 200);
+
+    // Traffic goes on under key 2 alone, and no request failed at any point.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    traffic.more(5).await;
+    let answers = traffic.finish();
+    let failed: Vec<&String> = answers
+        .iter()
+        .filter(|a| !a.trim_end().ends_with("secret-rows"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        answers.len()
+    );
+    // Both key events are in the ledger.
+    let keys = pool.entries("root-key").await;
+    let subjects: Vec<&str> = keys
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["subject"].as_str())
+        .collect();
+    assert_eq!(subjects, ["root key 1", "root key 2"], "{keys}");
+}
+
+/// Polls `f` every 200 ms for up to 30 s until it gives something.
+async fn loop_until<T, F, Fut>(mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..150 {
+        if let Some(found) = f().await {
+            return Some(found);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
 }

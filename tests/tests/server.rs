@@ -790,4 +790,35 @@ async fn security_teams_list_explain_revoke_and_verify_with_berth_audit() {
         verified.starts_with("the ledger is intact: 2 entries"),
         "{verified}"
     );
+
+    // Every token of the tenant at once: the new session too.
+    let again = ok(berth(
+        &["login", "--user", "dev"],
+        "",
+        Some("acme-password-123"),
+    ))
+    .trim()
+    .to_owned();
+    let revoked = ok(berth(
+        &[
+            "audit",
+            "revoke",
+            "--of-tenant",
+            "acme",
+            "--reason",
+            "incident 7",
+        ],
+        server.admin,
+        None,
+    ));
+    assert!(revoked.starts_with("revoked 2 id(s)"), "{revoked}");
+    let refused = berth(
+        &["--json", "audit", "list", "--of-tenant", "acme"],
+        &again,
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("revoked"),
+        "{refused:?}"
+    );
 }

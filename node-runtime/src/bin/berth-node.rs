@@ -128,9 +128,9 @@ async fn main() -> anyhow::Result<()> {
         agent = agent.with_peer(peer.clone(), &advertised);
         eprintln!("node API on {}", listener.local_addr()?);
         tokio::spawn(
-            tonic::transport::Server::builder()
+            berth_node_runtime::peer::server()
                 .add_service(NodePeerServer::new(peer))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(berth_node_runtime::peer::incoming(listener)),
         );
     }
     agent.run().await;

@@ -1,0 +1,433 @@
+//! The platform's root keys: the ones that sign session and delegation tokens, each with
+//! an id that tokens carry, so keys rotate without breaking tokens in flight.
+//!
+//! Rotation: [`RootKeys::rotate`] makes a new key that signs sessions from then on; the
+//! old one still verifies. Delegations, which nodes verify, are signed with the new key
+//! only [`PROPAGATION`] later, once every connected node has been sent it, so no node
+//! meets a token under a key it has not heard of. [`RootKeys::retire`] drops a key once
+//! every token it signed has expired (it refuses earlier unless forced, since tokens
+//! under it stop working at once). Keys are kept in one owner-only file,
+//! `ID PRIVATE_KEY_HEX SUPERSEDED_AT_MS INTRODUCED_AT_MS` a line, written whole and
+//! renamed into place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use berth_protocol::capability::Keyring;
+use biscuit_auth::{Algorithm, KeyPair, PrivateKey};
+use serde::{Deserialize, Serialize};
+
+/// How long after a rotation delegations are still signed with the previous key: a
+/// new key reaches connected nodes on their streams at once, and within two rechecks
+/// of a stream at worst; this leaves room for both.
+pub const PROPAGATION: Duration = Duration::from_secs(5);
+
+/// One key, as listed (never its private half).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RootKeyInfo {
+    /// The id tokens carry.
+    pub id: u32,
+    /// The public key, as biscuit tools take it: `ed25519/HEX`.
+    pub public_key: String,
+    /// Whether new tokens are signed with it (exactly one key is).
+    pub signing: bool,
+    /// When a newer key took over signing, Unix milliseconds; absent for the signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_at_ms: Option<i64>,
+}
+
+/// Why a key cannot be retired.
+#[derive(Debug, thiserror::Error)]
+pub enum RootKeyError {
+    /// No key has this id.
+    #[error("there is no root key {0}")]
+    Unknown(u32),
+    /// The key signs new tokens.
+    #[error("root key {0} signs new tokens; rotate first, then retire it")]
+    Signing(u32),
+    /// Tokens it signed may still be valid.
+    #[error(
+        "tokens signed with root key {id} may be valid until {until_ms} (Unix ms); retire it after that, or force it and those tokens are refused at once"
+    )]
+    TooSoon {
+        /// The key.
+        id: u32,
+        /// When the last token it may have signed expires.
+        until_ms: i64,
+    },
+    /// The key file could not be read or written.
+    #[error("root keys in {path}: {message}")]
+    Store {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug)]
+struct Key {
+    pair: Arc<KeyPair>,
+    superseded_at_ms: Option<i64>,
+    introduced_at_ms: i64,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    keys: BTreeMap<u32, Key>,
+}
+
+impl Ring {
+    fn signing(&self) -> Option<(u32, &Key)> {
+        self.keys.iter().next_back().map(|(id, key)| (*id, key))
+    }
+}
+
+/// The root keys, shared by every part of the control plane that mints or verifies.
+#[derive(Clone, Debug)]
+pub struct RootKeys {
+    ring: Arc<RwLock<Ring>>,
+    path: Option<PathBuf>,
+}
+
+impl RootKeys {
+    /// Keys held in memory only, starting with `key` as id 1 (tests, benchmarks).
+    pub fn in_memory(key: KeyPair) -> Self {
+        let mut ring = Ring::default();
+        ring.keys.insert(
+            1,
+            Key {
+                pair: Arc::new(key),
+                superseded_at_ms: None,
+                introduced_at_ms: 0,
+            },
+        );
+        Self {
+            ring: Arc::new(RwLock::new(ring)),
+            path: None,
+        }
+    }
+
+    /// The keys kept in `path`, made (one key, id 1) when the file does not exist.
+    /// `legacy`, a single private key in hex from before keys had ids, becomes key 1.
+    pub fn open(path: &Path, legacy: Option<&Path>) -> Result<Self, RootKeyError> {
+        let store = |message: String| RootKeyError::Store {
+            path: path.to_owned(),
+            message,
+        };
+        let mut ring = Ring::default();
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                for (n, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    let bad = |what: &str| store(format!("line {}: {what}", n + 1));
+                    let mut fields = line.split_whitespace();
+                    let id = fields
+                        .next()
+                        .and_then(|f| f.parse::<u32>().ok())
+                        .ok_or_else(|| bad("the key id is not a number"))?;
+                    let private = fields
+                        .next()
+                        .and_then(|f| PrivateKey::from_bytes_hex(f, Algorithm::Ed25519).ok())
+                        .ok_or_else(|| bad("the private key is not Ed25519 in hex"))?;
+                    let superseded = fields
+                        .next()
+                        .and_then(|f| f.parse::<i64>().ok())
+                        .filter(|at| *at > 0);
+                    let introduced = fields.next().and_then(|f| f.parse::<i64>().ok());
+                    ring.keys.insert(
+                        id,
+                        Key {
+                            pair: Arc::new(KeyPair::from(&private)),
+                            superseded_at_ms: superseded,
+                            introduced_at_ms: introduced.unwrap_or(0),
+                        },
+                    );
+                }
+                if ring.keys.is_empty() {
+                    return Err(store("the file holds no key".to_owned()));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let pair = match legacy.map(std::fs::read_to_string) {
+                    Some(Ok(hex)) => KeyPair::from(
+                        &PrivateKey::from_bytes_hex(hex.trim(), Algorithm::Ed25519)
+                            .map_err(|e| store(format!("the legacy key: {e}")))?,
+                    ),
+                    _ => KeyPair::new(),
+                };
+                ring.keys.insert(
+                    1,
+                    Key {
+                        pair: Arc::new(pair),
+                        superseded_at_ms: None,
+                        introduced_at_ms: 0,
+                    },
+                );
+            }
+            Err(e) => return Err(store(e.to_string())),
+        }
+        let keys = Self {
+            ring: Arc::new(RwLock::new(ring)),
+            path: Some(path.to_owned()),
+        };
+        keys.save(&keys.read())?;
+        Ok(keys)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, ring: &Ring) -> Result<(), RootKeyError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let store = |e: std::io::Error| RootKeyError::Store {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let text: String = ring
+            .keys
+            .iter()
+            .map(|(id, key)| {
+                format!(
+                    "{id} {} {} {}\n",
+                    key.pair.private().to_bytes_hex(),
+                    key.superseded_at_ms.unwrap_or(0),
+                    key.introduced_at_ms
+                )
+            })
+            .collect();
+        let temporary = path.with_extension("new");
+        let _ = std::fs::remove_file(&temporary);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temporary).map_err(store)?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(store)?;
+        file.sync_all().map_err(store)?;
+        std::fs::rename(&temporary, path).map_err(store)
+    }
+
+    /// The key new tokens are signed with, and its id.
+    pub fn signing(&self) -> (u32, Arc<KeyPair>) {
+        let ring = self.read();
+        let (id, key) = ring.signing().expect("a ring always holds a key");
+        (id, key.pair.clone())
+    }
+
+    /// The key delegations are signed with at `now_ms`: the newest one nodes have had
+    /// [`PROPAGATION`] to hear of.
+    pub fn delegating(&self, now_ms: i64) -> (u32, Arc<KeyPair>) {
+        let ring = self.read();
+        let propagation = i64::try_from(PROPAGATION.as_millis()).unwrap_or(i64::MAX);
+        let known = ring
+            .keys
+            .iter()
+            .rev()
+            .find(|(_, key)| key.introduced_at_ms.saturating_add(propagation) <= now_ms);
+        let (id, key) = known
+            .or_else(|| ring.keys.iter().next())
+            .expect("a ring always holds a key");
+        (*id, key.pair.clone())
+    }
+
+    /// The public keys tokens are verified against.
+    pub fn keyring(&self) -> Keyring {
+        self.read()
+            .keys
+            .iter()
+            .fold(Keyring::default(), |ring, (id, key)| {
+                ring.with(*id, key.pair.public())
+            })
+    }
+
+    /// The public keys by id, as nodes are sent them.
+    pub fn public_keys(&self) -> BTreeMap<u32, Vec<u8>> {
+        self.read()
+            .keys
+            .iter()
+            .map(|(id, key)| (*id, key.pair.public().to_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Every key, the signing one last.
+    pub fn list(&self) -> Vec<RootKeyInfo> {
+        let ring = self.read();
+        let signing = ring.signing().map(|(id, _)| id);
+        ring.keys
+            .iter()
+            .map(|(id, key)| RootKeyInfo {
+                id: *id,
+                public_key: format!(
+                    "ed25519/{}",
+                    key.pair
+                        .public()
+                        .to_bytes()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                ),
+                signing: Some(*id) == signing,
+                superseded_at_ms: key.superseded_at_ms,
+            })
+            .collect()
+    }
+
+    /// Makes a new key that signs every token from now on; the others keep verifying.
+    pub fn rotate(&self, now_ms: i64) -> Result<RootKeyInfo, RootKeyError> {
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let next = ring.keys.keys().next_back().map_or(1, |id| id + 1);
+        if let Some((_, key)) = ring.keys.iter_mut().next_back() {
+            key.superseded_at_ms.get_or_insert(now_ms);
+        }
+        ring.keys.insert(
+            next,
+            Key {
+                pair: Arc::new(KeyPair::new()),
+                superseded_at_ms: None,
+                introduced_at_ms: now_ms,
+            },
+        );
+        if let Err(e) = self.save(&ring) {
+            ring.keys.remove(&next);
+            if let Some((_, key)) = ring.keys.iter_mut().next_back() {
+                key.superseded_at_ms = None;
+            }
+            return Err(e);
+        }
+        drop(ring);
+        Ok(self
+            .list()
+            .into_iter()
+            .find(|k| k.id == next)
+            .expect("the key just made"))
+    }
+
+    /// Whether [`Self::retire`] would retire key `id` now.
+    pub fn check_retire(
+        &self,
+        id: u32,
+        now_ms: i64,
+        lifetime: Duration,
+        force: bool,
+    ) -> Result<(), RootKeyError> {
+        Self::retirable(&self.read(), id, now_ms, lifetime, force)
+    }
+
+    fn retirable(
+        ring: &Ring,
+        id: u32,
+        now_ms: i64,
+        lifetime: Duration,
+        force: bool,
+    ) -> Result<(), RootKeyError> {
+        let Some(key) = ring.keys.get(&id) else {
+            return Err(RootKeyError::Unknown(id));
+        };
+        let Some(superseded) = key.superseded_at_ms else {
+            return Err(RootKeyError::Signing(id));
+        };
+        // It may sign delegations until PROPAGATION after it stopped signing sessions.
+        let until_ms = superseded.saturating_add(
+            i64::try_from((lifetime + PROPAGATION).as_millis()).unwrap_or(i64::MAX),
+        );
+        if !force && now_ms < until_ms {
+            return Err(RootKeyError::TooSoon { id, until_ms });
+        }
+        Ok(())
+    }
+
+    /// Stops accepting key `id`. Refused for the signing key, and, unless `force`,
+    /// while tokens it signed may be valid: until `lifetime` (the longest a token
+    /// lives) after it stopped signing.
+    pub fn retire(
+        &self,
+        id: u32,
+        now_ms: i64,
+        lifetime: Duration,
+        force: bool,
+    ) -> Result<(), RootKeyError> {
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        Self::retirable(&ring, id, now_ms, lifetime, force)?;
+        let removed = ring.keys.remove(&id);
+        if let Err(e) = self.save(&ring) {
+            if let Some(key) = removed {
+                ring.keys.insert(id, key);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_signs_with_the_new_key_verifies_both_and_retires_the_old_one_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root-keys");
+        let keys = RootKeys::open(&path, None).unwrap();
+        let (first, _) = keys.signing();
+        assert_eq!(first, 1);
+        let hour = Duration::from_secs(3600);
+        assert!(matches!(
+            keys.retire(1, 0, hour, true),
+            Err(RootKeyError::Signing(1))
+        ));
+        let added = keys.rotate(1_000).unwrap();
+        assert_eq!((added.id, added.signing), (2, true));
+        assert_eq!(keys.signing().0, 2);
+        assert_eq!(keys.keyring().ids(), vec![1, 2]);
+        // Reopened from the file: the same keys, the same signing key.
+        let reopened = RootKeys::open(&path, None).unwrap();
+        assert_eq!(reopened.list(), keys.list());
+        // Delegations keep the old key until nodes have had time to hear of the new.
+        assert_eq!(keys.delegating(1_000).0, 1);
+        assert_eq!(keys.delegating(5_999).0, 1);
+        assert_eq!(keys.delegating(6_000).0, 2);
+        assert!(matches!(
+            keys.retire(1, 2_000, hour, false),
+            Err(RootKeyError::TooSoon {
+                id: 1,
+                until_ms: 3_606_000
+            })
+        ));
+        keys.retire(1, 3_606_000, hour, false).unwrap();
+        assert_eq!(keys.keyring().ids(), vec![2]);
+        assert_eq!(
+            RootKeys::open(&path, None).unwrap().keyring().ids(),
+            vec![2]
+        );
+        assert!(matches!(
+            keys.retire(7, 0, hour, true),
+            Err(RootKeyError::Unknown(7))
+        ));
+    }
+
+    #[test]
+    fn a_legacy_key_becomes_key_one_and_a_damaged_file_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("root-key");
+        let old = KeyPair::new();
+        std::fs::write(&legacy, old.private().to_bytes_hex()).unwrap();
+        let keys = RootKeys::open(&dir.path().join("root-keys"), Some(&legacy)).unwrap();
+        assert_eq!(keys.signing().1.public(), old.public());
+        let damaged = dir.path().join("damaged");
+        std::fs::write(&damaged, "1 nothex 0\n").unwrap();
+        let error = RootKeys::open(&damaged, None).unwrap_err().to_string();
+        assert!(
+            error.contains("line 1") && error.contains("Ed25519"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! What a cross-node link costs: the same TCP server reached directly over loopback
+//! and through a link (node 1's listener, a token-guarded gRPC tunnel to node 2's node
+//! API, which authorizes the call and connects to the service), in the same run.
+//!
+//! Both nodes are the real node-runtime code (`Tunnels` and `PeerApi`) speaking real
+//! gRPC over loopback; only the container engine is simulated, so that the service is
+//! a server in this process rather than a container.
+//!
+//! Run: `cargo bench -p berth-node-runtime --bench tunnel`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use berth_node_runtime::agent::{NodeIdentity, Signer};
+use berth_node_runtime::links::Tunnels;
+use berth_node_runtime::peer::{PeerApi, Trust};
+use berth_node_runtime::simulated::SimulatedDriver;
+use berth_protocol::assignment::{Link, Scope, TopologyAssignment, TopologyRef};
+use berth_protocol::capability::Keyring;
+use berth_protocol::delegation::{self, Grant, NodeOperation};
+use berth_protocol::node_api::node_peer_server::NodePeerServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Bytes sent per throughput run.
+const VOLUME: usize = 256 * 1024 * 1024;
+/// Connections per latency run.
+const CONNECTS: usize = 300;
+const ROUNDS: usize = 3;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // The service: echoes one byte on connect, then counts what it is sent and says
+    // how much when the client stops writing.
+    let service = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = service.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = service.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                let mut total = 0u64;
+                loop {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if total == 0 && n == 1 && buffer[0] == b'?' {
+                                let _ = socket.write_all(b"!").await;
+                                continue;
+                            }
+                            total += n as u64;
+                        }
+                    }
+                }
+                let _ = socket.write_all(&total.to_le_bytes()).await;
+            });
+        }
+    });
+
+    // Node 2: its node API, trusting the root key, with `db` running on its engine.
+    let root = biscuit_auth::KeyPair::new();
+    let id = TopologyRef {
+        tenant: "acme".into(),
+        topology: "shop".into(),
+    };
+    let engine = Arc::new(SimulatedDriver::new(Scope::node("n2")));
+    engine.add_running(&id, "db", 1);
+    let trust = Arc::new(RwLock::new(Trust {
+        keys: Keyring::new(1, root.public()),
+        ..Trust::default()
+    }));
+    let api = PeerApi::new("n2", engine, trust);
+    let peer_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peer = format!("http://{}", peer_listener.local_addr().expect("address"));
+    {
+        let served = api.clone();
+        tokio::spawn(async move {
+            berth_node_runtime::peer::server()
+                .add_service(NodePeerServer::new(served))
+                .serve_with_incoming(berth_node_runtime::peer::incoming(peer_listener))
+                .await
+        });
+        // What the agent does with decisions: takes them away every second.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(api.take_decisions());
+            }
+        });
+    }
+
+    // Node 1: its link to db, listening on another loopback address at db's port.
+    let identity = NodeIdentity::generate("n1", "http://127.0.0.1:1").expect("identity");
+    let signer = Arc::new(Signer::new(&identity).expect("signer"));
+    let grant = Grant {
+        caller: "n1".into(),
+        caller_key: signer.public_key(),
+        target: "n2".into(),
+        operation: NodeOperation::Tunnel,
+        tenant: id.tenant.clone(),
+        topology: id.topology.clone(),
+        service: "db".into(),
+        port,
+        expires: SystemTime::now() + Duration::from_secs(3600),
+    };
+    let token = delegation::mint(&root, 1, &grant)
+        .expect("mint")
+        .to_base64()
+        .expect("encode");
+    let assignment = TopologyAssignment {
+        id: id.clone(),
+        revision: 1,
+        services: Default::default(),
+        networks: Default::default(),
+        volumes: Default::default(),
+        slots: Vec::new(),
+        trace: None,
+        links: vec![Link {
+            service: "db".into(),
+            port,
+            node: "n2".into(),
+            peer,
+            token,
+        }],
+    };
+    let mut tunnels = Tunnels::new(signer);
+    let gateway = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    tunnels.apply(&[assignment], gateway).await;
+    let direct = SocketAddr::from(([127, 0, 0, 1], port));
+    let linked = SocketAddr::new(gateway, port);
+
+    // Warm up both paths (the first tunnel verifies the token; later ones hit the
+    // node's verified-token cache, as in steady state).
+    for address in [direct, linked] {
+        connect_and_ping(address).await;
+        send(address, 1024 * 1024).await;
+    }
+
+    let mut rows = Vec::new();
+    let latency = |label: &str, address: SocketAddr| {
+        let label = label.to_owned();
+        async move {
+            let mut medians = Vec::new();
+            for _ in 0..ROUNDS {
+                let mut times = Vec::with_capacity(CONNECTS);
+                for _ in 0..CONNECTS {
+                    let started = Instant::now();
+                    connect_and_ping(address).await;
+                    times.push(started.elapsed());
+                }
+                times.sort();
+                medians.push(times[CONNECTS / 2]);
+            }
+            medians.sort();
+            (label, medians[ROUNDS / 2])
+        }
+    };
+    let direct_latency = latency("direct", direct).await;
+    let linked_latency = latency("link", linked).await;
+    rows.push((direct_latency, linked_latency));
+
+    let mut throughput = Vec::new();
+    for address in [direct, linked] {
+        let mut rates = Vec::new();
+        for _ in 0..ROUNDS {
+            let started = Instant::now();
+            send(address, VOLUME).await;
+            rates.push(VOLUME as f64 / started.elapsed().as_secs_f64() / 1e6);
+        }
+        rates.sort_by(f64::total_cmp);
+        throughput.push(rates[ROUNDS / 2]);
+    }
+
+    let ((_, direct_connect), (_, link_connect)) = &rows[0];
+    println!(
+        "a TCP service over loopback, directly and through a link (median of {ROUNDS} rounds):"
+    );
+    println!(
+        "  connect + first byte back: direct {:>8.1} µs   link {:>8.1} µs   link / direct {:.1}×   added {:.1} µs",
+        micros(*direct_connect),
+        micros(*link_connect),
+        micros(*link_connect) / micros(*direct_connect),
+        micros(*link_connect) - micros(*direct_connect)
+    );
+    println!(
+        "  throughput ({} MiB one way): direct {:>8.0} MB/s   link {:>8.0} MB/s   link / direct {:.2}",
+        VOLUME / (1024 * 1024),
+        throughput[0],
+        throughput[1],
+        throughput[1] / throughput[0]
+    );
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Connects, sends one byte and waits for the service's answer: what a client waits
+/// for before its first request can be served.
+async fn connect_and_ping(address: SocketAddr) {
+    let mut socket = TcpStream::connect(address).await.expect("connect");
+    socket.set_nodelay(true).expect("nodelay");
+    socket.write_all(b"?").await.expect("write");
+    let mut answer = [0u8; 1];
+    socket
+        .read_exact(&mut answer)
+        .await
+        .expect("the service answers");
+    assert_eq!(&answer, b"!");
+}
+
+/// Sends `bytes` and waits for the service to confirm it received every one.
+async fn send(address: SocketAddr, bytes: usize) {
+    let mut socket = TcpStream::connect(address).await.expect("connect");
+    let chunk = vec![7u8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        socket.write_all(&chunk[..n]).await.expect("write");
+        left -= n;
+    }
+    socket.shutdown().await.expect("shutdown");
+    let mut total = [0u8; 8];
+    socket.read_exact(&mut total).await.expect("the count");
+    assert_eq!(u64::from_le_bytes(total), bytes as u64, "bytes lost");
+}
