@@ -281,11 +281,15 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/readyz", web::get().to(readyz))
             .route("/openapi.json", web::get().to(openapi))
             .route("/metrics", web::get().to(metrics::metrics))
+            // The pages call the API below over loopback with the user's own token.
+            .configure(berth_ui::configure)
             .service(
                 web::scope("/v1")
                     .wrap(actix_web::middleware::from_fn(metrics::track))
                     .route("/login", web::post().to(login))
+                    .route("/session", web::get().to(session))
                     .route("/tenants", web::post().to(create_tenant))
+                    .route("/tenants", web::get().to(list_tenants))
                     .route("/tenants/{tenant}/users", web::post().to(create_user))
                     .route("/tenants/{tenant}/quota", web::put().to(set_quota))
                     .route("/tenants/{tenant}/quota", web::get().to(get_quota))
@@ -306,6 +310,10 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route(
                         "/tenants/{tenant}/topologies/{name}/scale",
                         web::post().to(scale),
+                    )
+                    .route(
+                        "/tenants/{tenant}/topologies/{name}/spec",
+                        web::get().to(spec),
                     )
                     .route(
                         "/tenants/{tenant}/topologies/{name}/logs",
@@ -406,6 +414,42 @@ async fn create_tenant(
     Ok(HttpResponse::Created().json(TenantCreated {
         name: body.into_inner().name,
     }))
+}
+
+/// A tenant with its quota and what is used of it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TenantView {
+    /// The tenant.
+    pub name: String,
+    /// Its quota (unset dimensions: unlimited).
+    pub limit: Limit,
+    /// What its placed replicas reserve.
+    pub used: Resources,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    tag = "tenants",
+    responses(
+        (status = 200, description = "Every tenant with its quota and usage", body = Vec<TenantView>),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_tenants(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&request, Operation::Administer, "*", None)
+        .await?;
+    let mut views = Vec::new();
+    for name in gw.tenants.tenants().await? {
+        let (limit, used) = gw.allocator.quota(&name).await?;
+        views.push(TenantView { name, limit, used });
+    }
+    Ok(HttpResponse::Ok().json(views))
 }
 
 #[utoipa::path(
@@ -673,6 +717,34 @@ async fn replica_views(gw: &Gateway, id: &TopologyRef) -> Result<Vec<ReplicaView
 
 #[utoipa::path(
     get,
+    path = "/v1/tenants/{tenant}/topologies/{name}/spec",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+    ),
+    responses(
+        (status = 200, description = "The current revision, in the normalised form a deploy sends", body = TopologyBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant or topology", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn spec(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Read, &tenant, Some(&name))
+        .await?;
+    let current = gw.tenants.current(&tenant, &name).await?;
+    Ok(HttpResponse::Ok().json(current.topology))
+}
+
+#[utoipa::path(
+    get,
     path = "/v1/tenants/{tenant}/topologies/{name}",
     tag = "topologies",
     params(
@@ -847,6 +919,43 @@ async fn login(gw: web::Data<Gateway>, body: web::Json<Login>) -> Result<HttpRes
         expires_at,
         role,
     }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/session",
+    tag = "users",
+    responses(
+        (status = 200, description = "Who the token speaks for", body = SessionView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn session(gw: web::Data<Gateway>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let token = bearer(&request)?;
+    let keys = gw.keys.keyring();
+    // The admin token is no biscuit; every session is, and names its tenant.
+    let tenant =
+        capability::session_tenant(token, |id| keys.key(id)).unwrap_or_else(|_| "*".to_owned());
+    let who = gw
+        .authorize(&request, Operation::Read, &tenant, None)
+        .await?;
+    Ok(HttpResponse::Ok().json(SessionView {
+        tenant: who.session.tenant,
+        user: who.session.user,
+        role: who.session.role,
+    }))
+}
+
+/// Who a session token speaks for.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SessionView {
+    /// The tenant (`*` for the admin token).
+    pub tenant: String,
+    /// The user.
+    pub user: String,
+    /// The role.
+    pub role: Role,
 }
 
 /// `POST /v1/tenants/{tenant}/users`.
@@ -1150,9 +1259,9 @@ impl utoipa::ToSchema for TopologyBody {}
         description = "The REST API of the Berth control plane: the operations the `berth` command performs locally, for a pool."
     ),
     paths(
-        healthz, readyz, login, create_tenant, create_user, set_quota, get_quota,
+        healthz, readyz, login, session, create_tenant, list_tenants, create_user, set_quota, get_quota,
         create_join_token, list_nodes, cordon, uncordon, drain, list_topologies, deploy,
-        status, remove, scale, logs, audit::entries, audit::verify, audit::explain,
+        status, spec, remove, scale, logs, audit::entries, audit::verify, audit::explain,
         audit::revoke, audit::graph, audit::decision, audit::root_keys,
         audit::rotate_root_key, audit::retire_root_key,
     ),

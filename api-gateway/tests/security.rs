@@ -562,10 +562,25 @@ async fn auditors_read_their_own_tenants_ledger_only() {
             .is_some_and(|e| !e.is_empty() && e.iter().all(|e| e["tenant"] == "acme")),
         "{entries}"
     );
+    // The chain is checked whole, for their tenant's sake.
+    let (status, verified) = call(
+        &f.app,
+        "GET",
+        "/v1/audit/verify?tenant=acme",
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &verified["intact"]),
+        (200, &serde_json::json!(true)),
+        "{verified}"
+    );
     for path in [
         "/v1/audit/entries",
         "/v1/audit/entries?tenant=globex",
         "/v1/audit/verify",
+        "/v1/audit/verify?tenant=globex",
     ] {
         let (status, body) = call(&f.app, "GET", path, Some(&auditor), None).await;
         assert_eq!(status, 403, "{path}: {body}");
@@ -581,6 +596,108 @@ async fn auditors_read_their_own_tenants_ledger_only() {
     )
     .await;
     assert_eq!(status, 403);
+}
+
+#[actix_web::test]
+async fn an_auditor_revokes_their_own_tenants_tokens_and_no_others() {
+    let f = fixture().await;
+    let acme_dev = login(&f.app, "acme").await;
+    let globex_dev = login(&f.app, "globex").await;
+    let (_, body) = login_as(&f.app, "acme", "sec").await;
+    let auditor = body["token"].as_str().expect("token").to_owned();
+    let first_id = |token: &str| {
+        let unverified = biscuit_auth::UnverifiedBiscuit::from_base64(token).expect("biscuit");
+        berth_protocol::capability::revocation_ids(&unverified.revocation_identifiers())[0].clone()
+    };
+    // Another tenant's token, every token of another tenant, a node's delegations:
+    // not theirs to revoke.
+    for body in [
+        serde_json::json!({ "ids": [first_id(&globex_dev)], "reason": "x" }),
+        serde_json::json!({ "tenant": "globex", "reason": "x" }),
+        serde_json::json!({ "node": "n1", "reason": "x" }),
+        serde_json::json!({ "ids": ["00ff"], "reason": "unknown to the ledger" }),
+    ] {
+        let (status, answer) = call(
+            &f.app,
+            "POST",
+            "/v1/audit/revocations",
+            Some(&auditor),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}: {answer}");
+    }
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/globex/topologies",
+        Some(&globex_dev),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "globex's session still works");
+    // Their own tenant's developer session: revoked, and refused from then on.
+    let (status, answer) = call(
+        &f.app,
+        "POST",
+        "/v1/audit/revocations",
+        Some(&auditor),
+        Some(serde_json::json!({ "ids": [first_id(&acme_dev)], "reason": "leaked in a CI log" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&acme_dev),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    // A developer revokes nothing, not even in their own tenant.
+    let other_dev = login(&f.app, "acme").await;
+    let (status, _) = call(
+        &f.app,
+        "POST",
+        "/v1/audit/revocations",
+        Some(&other_dev),
+        Some(serde_json::json!({ "tenant": "acme", "reason": "x" })),
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[actix_web::test]
+async fn a_session_says_who_it_is_and_only_admins_list_tenants() {
+    let f = fixture().await;
+    let dev = login(&f.app, "acme").await;
+    let (status, who) = call(&f.app, "GET", "/v1/session", Some(&dev), None).await;
+    assert_eq!(status, 200, "{who}");
+    assert_eq!(
+        who,
+        serde_json::json!({ "tenant": "acme", "user": "dev", "role": "developer" })
+    );
+    let (status, who) = call(&f.app, "GET", "/v1/session", Some(ADMIN), None).await;
+    assert_eq!(
+        (status, &who["role"]),
+        (200, &serde_json::json!("admin")),
+        "{who}"
+    );
+    let (status, _) = call(&f.app, "GET", "/v1/session", Some("garbage"), None).await;
+    assert_eq!(status, 401);
+    let (status, _) = call(&f.app, "GET", "/v1/tenants", Some(&dev), None).await;
+    assert_eq!(status, 403);
+    let (status, tenants) = call(&f.app, "GET", "/v1/tenants", Some(ADMIN), None).await;
+    assert_eq!(status, 200, "{tenants}");
+    let names: Vec<&str> = tenants
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["acme", "globex"]);
+    assert_eq!(tenants[0]["used"]["containers"], 0, "{tenants}");
 }
 
 #[actix_web::test]

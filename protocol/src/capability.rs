@@ -294,6 +294,29 @@ pub fn authorize(
     }
 }
 
+/// The tenant a session token was minted for, read from its authority block once its
+/// signature verifies; what it may do there is still for [`authorize`] to say.
+pub fn session_tenant(
+    token: &str,
+    root_key: impl Fn(Option<u32>) -> Result<PublicKey, error::Format>,
+) -> Result<String, Denied> {
+    let biscuit =
+        Biscuit::from_base64(token, root_key).map_err(|e| Denied::Invalid(e.to_string()))?;
+    let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
+        .set_limits(limits())
+        .build(&biscuit)
+        .map_err(|e| Denied::Invalid(e.to_string()))?;
+    let tenants: Vec<(String,)> = authorizer
+        .query("data($t) <- tenant($t)")
+        .map_err(|e| Denied::Invalid(e.to_string()))?;
+    match tenants.as_slice() {
+        [(tenant,)] => Ok(tenant.clone()),
+        _ => Err(Denied::Invalid(
+            "the token names no single tenant: it is not a session".to_owned(),
+        )),
+    }
+}
+
 /// A token that passed [`authorize`]: who it speaks for, and what identifies it for
 /// revocation and audit.
 #[derive(Clone, Debug, PartialEq, Eq)]

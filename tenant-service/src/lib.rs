@@ -314,6 +314,15 @@ impl TenantService {
         })
     }
 
+    /// Every tenant's name, in order.
+    pub async fn tenants(&self) -> Result<Vec<String>, TenantError> {
+        let rows = tenant::Entity::find()
+            .order_by_asc(tenant::Column::Name)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.name).collect())
+    }
+
     /// The names of a tenant's topologies.
     pub async fn list(&self, tenant_name: &str) -> Result<Vec<String>, TenantError> {
         let rows = topology::Entity::find()

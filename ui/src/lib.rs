@@ -1,5 +1,271 @@
-//! Server-rendered pages for tenant developers, admins and security auditors, mounted by
-//! the gateway and using the same API as the CLI.
+//! Server-rendered pages for the platform's three kinds of users, mounted by the gateway
+//! under `/ui`: developers see and deploy their topologies, admins manage quotas and
+//! nodes, auditors read the ledger and the graph of who can call what.
 //!
-//! Not built yet: it comes after the gateway. It must never call anything the public
-//! API does not offer.
+//! The pages are a client of the REST API, like the CLI: each request carries the
+//! user's session token (kept in an `HttpOnly`, `SameSite=Strict` cookie) to the same
+//! gateway over loopback, so the UI can show or do nothing the API would refuse that
+//! user, and needs no authorization code of its own. Pages are plain HTML forms and
+//! links; one small script refreshes the live parts (replica states, nodes) every two
+//! seconds and reads an uploaded topology file into the form.
+
+mod admin;
+mod api;
+mod audit;
+mod developer;
+mod page;
+mod svg;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use maud::html;
+use serde::Deserialize;
+
+use crate::api::{Api, Failure, Session};
+
+/// The cookie that holds the session token.
+const SESSION_COOKIE: &str = "berth_session";
+
+/// What every page handler shares: one HTTP client for the API.
+#[derive(Clone, Debug, Default)]
+struct Ui {
+    http: reqwest::Client,
+}
+
+/// Registers the pages under `/ui`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let forms = web::FormConfig::default()
+        .limit(1024 * 1024)
+        .error_handler(|err, _| {
+            let page = page::error(None, 400, &format!("the form is not valid: {err}"));
+            actix_web::error::InternalError::from_response(err, page).into()
+        });
+    cfg.service(
+        web::scope("/ui")
+            .app_data(web::Data::new(Ui::default()))
+            .app_data(forms)
+            .route("", web::get().to(home))
+            .route("/", web::get().to(home))
+            .route("/login", web::get().to(login_form))
+            .route("/login", web::post().to(login))
+            .route("/logout", web::post().to(logout))
+            .configure(developer::configure)
+            .configure(admin::configure)
+            .configure(audit::configure)
+            .default_service(web::to(not_found)),
+    );
+}
+
+/// The signed-in user of a request: their session and an API client acting as them.
+struct Signed {
+    session: Session,
+    api: Api,
+}
+
+/// A handler that takes a [`Signed`] runs only for a signed-in user; anyone else is
+/// sent to the login page (or shown why the API could not say who they are).
+impl actix_web::FromRequest for Signed {
+    type Error = actix_web::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move {
+            signed(&request).await.map_err(|response| {
+                actix_web::error::InternalError::from_response("not signed in", response).into()
+            })
+        })
+    }
+}
+
+/// The API's address as this process serves it: the socket the request came in on.
+fn api_base(request: &HttpRequest) -> String {
+    let mut addr = request.app_config().local_addr();
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
+}
+
+/// The request's user, or the response to send instead: to the login page when there
+/// is no session or it no longer works.
+async fn signed(request: &HttpRequest) -> Result<Signed, HttpResponse> {
+    let to_login = || {
+        let mut back = request.path().to_owned();
+        if !request.query_string().is_empty() {
+            back = format!("{back}?{}", request.query_string());
+        }
+        let mut response = see_other(&format!("/ui/login?next={}", encode(&back)));
+        // A session the API refuses (expired, revoked) is forgotten.
+        let _ = response.add_removal_cookie(&session_cookie(String::new()));
+        response
+    };
+    let Some(cookie) = request.cookie(SESSION_COOKIE) else {
+        return Err(to_login());
+    };
+    let ui = request
+        .app_data::<web::Data<Ui>>()
+        .map(|ui| ui.http.clone())
+        .unwrap_or_default();
+    let api = Api::new(ui, api_base(request), cookie.value().to_owned());
+    match api.get::<Session>("/v1/session").await {
+        Ok(session) => Ok(Signed { session, api }),
+        Err(Failure::Api { status: 401, .. }) => Err(to_login()),
+        Err(failure) => Err(page::failure(None, &failure)),
+    }
+}
+
+/// A redirect that turns a form's POST into a GET.
+fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header(("location", location))
+        .finish()
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn session_cookie(token: String) -> Cookie<'static> {
+    Cookie::build(SESSION_COOKIE, token)
+        .path("/ui")
+        .http_only(true)
+        // Forms post only from these pages: a cross-site form carries no session.
+        .same_site(SameSite::Strict)
+        .finish()
+}
+
+/// Where a user lands: what their role is for.
+fn home_of(session: &Session) -> String {
+    match session.role.as_str() {
+        "admin" => "/ui/admin/tenants".to_owned(),
+        "auditor" => "/ui/audit".to_owned(),
+        _ => format!("/ui/tenants/{}/topologies", session.tenant),
+    }
+}
+
+async fn home(request: HttpRequest) -> HttpResponse {
+    match signed(&request).await {
+        Ok(user) => see_other(&home_of(&user.session)),
+        Err(response) => response,
+    }
+}
+
+async fn not_found(request: HttpRequest) -> HttpResponse {
+    let session = signed(&request).await.ok().map(|s| s.session);
+    page::error(session.as_ref(), 404, "There is no such page.")
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Next {
+    next: Option<String>,
+}
+
+/// Only a path on these pages: never another site.
+fn safe_next(next: Option<&str>) -> Option<&str> {
+    next.filter(|n| n.starts_with("/ui") && !n.starts_with("//") && !n.contains("://"))
+}
+
+fn login_page(
+    status: StatusCode,
+    next: Option<&str>,
+    tenant: &str,
+    user: &str,
+    problem: Option<&str>,
+) -> HttpResponse {
+    let body = html! {
+        section.narrow {
+            h1 { "Sign in to Berth" }
+            @if let Some(problem) = problem {
+                p.problem role="alert" { (problem) }
+            }
+            form method="post" action="/ui/login" {
+                @if let Some(next) = next { input type="hidden" name="next" value=(next); }
+                label for="tenant" { "Tenant" }
+                input #tenant name="tenant" required autocomplete="organization" value=(tenant);
+                label for="user" { "User" }
+                input #user name="user" required autocomplete="username" value=(user);
+                label for="password" { "Password" }
+                input #password type="password" name="password" required autocomplete="current-password";
+                button #sign-in type="submit" { "Sign in" }
+            }
+        }
+    };
+    page::respond(status, &page::layout("Sign in", None, body))
+}
+
+async fn login_form(query: web::Query<Next>) -> HttpResponse {
+    login_page(
+        StatusCode::OK,
+        safe_next(query.next.as_deref()),
+        "",
+        "",
+        None,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    tenant: String,
+    user: String,
+    password: String,
+    next: Option<String>,
+}
+
+async fn login(
+    request: HttpRequest,
+    ui: web::Data<Ui>,
+    form: web::Form<LoginForm>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    let next = safe_next(form.next.as_deref());
+    let base = api_base(&request);
+    match api::login(&ui.http, &base, &form.tenant, &form.user, &form.password).await {
+        Ok(logged_in) => {
+            let api = Api::new(ui.http.clone(), base, logged_in.token.clone());
+            let target = match (next, api.get::<Session>("/v1/session").await) {
+                (Some(next), _) => next.to_owned(),
+                (None, Ok(session)) => home_of(&session),
+                (None, Err(_)) => "/ui".to_owned(),
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut cookie = session_cookie(logged_in.token);
+            cookie.set_max_age(actix_web::cookie::time::Duration::seconds(
+                i64::try_from(logged_in.expires_at.saturating_sub(now)).unwrap_or(0),
+            ));
+            let mut response = see_other(&target);
+            if let Err(e) = response.add_cookie(&cookie) {
+                return page::error(None, 500, &format!("cannot set the session cookie: {e}"));
+            }
+            response
+        }
+        Err(failure) => login_page(
+            StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            next,
+            &form.tenant,
+            &form.user,
+            Some(failure.message()),
+        ),
+    }
+}
+
+async fn logout() -> HttpResponse {
+    let mut response = see_other("/ui/login");
+    let _ = response.add_removal_cookie(&session_cookie(String::new()));
+    response
+}
