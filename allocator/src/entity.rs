@@ -299,3 +299,43 @@ pub mod revocation {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// What happened to replicas: placed, moved, started, failed.
+pub mod replica_event {
+    use sea_orm::entity::prelude::*;
+
+    /// One event.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "replica_events")]
+    pub struct Model {
+        /// Its place among all events.
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// The tenant.
+        #[sea_orm(indexed)]
+        pub tenant: String,
+        /// The topology.
+        pub topology: String,
+        /// The service.
+        pub service: String,
+        /// The replica number.
+        pub replica: i64,
+        /// The generation it speaks of.
+        pub generation: i64,
+        /// The node concerned.
+        pub node: String,
+        /// `placed`, `rescheduled`, `removed`, `started`, `failed`, or another state a
+        /// node reported.
+        pub kind: String,
+        /// More, in words.
+        pub detail: String,
+        /// When, Unix milliseconds.
+        pub at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -6,6 +6,7 @@
 
 pub mod database;
 pub mod entity;
+pub mod events;
 pub mod identity;
 pub mod ledger;
 pub mod links;

@@ -5,8 +5,8 @@ use sea_orm::Schema;
 use sea_orm_migration::prelude::*;
 
 use crate::entity::{
-    assignment, audit_entry, join_token, node, node_identity, placement, quota, replica_status,
-    revocation,
+    assignment, audit_entry, join_token, node, node_identity, placement, quota, replica_event,
+    replica_status, revocation,
 };
 
 /// The allocator's migrations.
@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(PlacementTraces),
             Box::new(AuditLedger),
             Box::new(NodeLiveness),
+            Box::new(ReplicaEvents),
         ]
     }
 
@@ -271,6 +272,37 @@ impl MigrationTrait for NodeLiveness {
                         )
                         .to_owned(),
                 )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// What happened to replicas, for the people who run them.
+#[derive(Debug)]
+struct ReplicaEvents;
+
+impl MigrationName for ReplicaEvents {
+    fn name(&self) -> &str {
+        "m20261124_000007_allocator_replica_events"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ReplicaEvents {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(replica_event::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        for mut index in schema.create_index_from_entity(replica_event::Entity) {
+            manager
+                .create_index(index.if_not_exists().to_owned())
                 .await?;
         }
         Ok(())

@@ -216,6 +216,49 @@ impl Allocator {
             return Ok(());
         }
         let txn = self.db.begin().await?;
+        // What was reported before, to say what changed.
+        let topologies: BTreeSet<(&str, &str)> = statuses
+            .iter()
+            .map(|s| (s.tenant.as_str(), s.topology.as_str()))
+            .collect();
+        let mut previous = std::collections::HashMap::new();
+        for (tenant, topology) in &topologies {
+            let rows = replica_status::Entity::find()
+                .filter(replica_status::Column::Tenant.eq(*tenant))
+                .filter(replica_status::Column::Topology.eq(*topology))
+                .all(&txn)
+                .await;
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = txn.rollback().await;
+                    return Err(e.into());
+                }
+            };
+            for r in rows {
+                let replica = u32::try_from(r.replica).unwrap_or(0);
+                let generation = u64::try_from(r.generation).unwrap_or(0);
+                previous.insert(
+                    (r.tenant, r.topology, r.service, replica),
+                    (generation, r.state),
+                );
+            }
+        }
+        let mut changes: BTreeMap<(String, String), (TopologyRef, Vec<crate::events::Event>)> =
+            BTreeMap::new();
+        for (id, event) in crate::events::state_events(node_name, &previous, statuses) {
+            changes
+                .entry((id.tenant.clone(), id.topology.clone()))
+                .or_insert_with(|| (id, Vec::new()))
+                .1
+                .push(event);
+        }
+        for (id, events) in changes.values() {
+            if let Err(e) = crate::events::record(&txn, id, events, now_ms).await {
+                let _ = txn.rollback().await;
+                return Err(e.into());
+            }
+        }
         for chunk in statuses.chunks(500) {
             let rows = chunk.iter().map(|r| replica_status::ActiveModel {
                 tenant: Set(r.tenant.clone()),

@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use crate::entity::{assignment, node, placement, quota, replica_status};
+use crate::entity::{assignment, node, placement, quota, replica_event, replica_status};
 use crate::placement::{NodeView, Placed, PlacementError, Want, place};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 
@@ -405,6 +405,8 @@ impl Allocator {
             )
             .exec_without_returning(txn)
             .await?;
+        let events = crate::events::placement_events(&placed, &plan.slots);
+        crate::events::record(txn, id, &events, crate::liveness::now_ms()).await?;
         let nodes = per_node.keys().map(|n| (*n).to_owned()).collect();
         Ok((plan, nodes))
     }
@@ -460,6 +462,11 @@ impl Allocator {
         replica_status::Entity::delete_many()
             .filter(replica_status::Column::Tenant.eq(&id.tenant))
             .filter(replica_status::Column::Topology.eq(&id.topology))
+            .exec(txn)
+            .await?;
+        replica_event::Entity::delete_many()
+            .filter(replica_event::Column::Tenant.eq(&id.tenant))
+            .filter(replica_event::Column::Topology.eq(&id.topology))
             .exec(txn)
             .await?;
         Ok(per_node.into_keys().collect())

@@ -312,6 +312,10 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                         web::post().to(scale),
                     )
                     .route(
+                        "/tenants/{tenant}/topologies/{name}/events",
+                        web::get().to(events),
+                    )
+                    .route(
                         "/tenants/{tenant}/topologies/{name}/spec",
                         web::get().to(spec),
                     )
@@ -713,6 +717,46 @@ async fn replica_views(gw: &Gateway, id: &TopologyRef) -> Result<Vec<ReplicaView
         .collect();
     views.sort_by(|a, b| (&a.service, a.replica).cmp(&(&b.service, b.replica)));
     Ok(views)
+}
+
+/// How many events.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct EventsQuery {
+    /// At most this many, newest first (default 100, at most 500).
+    pub limit: Option<u64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/topologies/{name}/events",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+        EventsQuery,
+    ),
+    responses(
+        (status = 200, description = "What happened to its replicas, newest first", body = Vec<berth_allocator::events::Event>),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn events(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Read, &tenant, Some(&name))
+        .await?;
+    let id = TopologyRef {
+        tenant,
+        topology: name,
+    };
+    let events = gw.allocator.events(&id, query.limit.unwrap_or(100)).await?;
+    Ok(HttpResponse::Ok().json(events))
 }
 
 #[utoipa::path(
@@ -1261,7 +1305,7 @@ impl utoipa::ToSchema for TopologyBody {}
     paths(
         healthz, readyz, login, session, create_tenant, list_tenants, create_user, set_quota, get_quota,
         create_join_token, list_nodes, cordon, uncordon, drain, list_topologies, deploy,
-        status, spec, remove, scale, logs, audit::entries, audit::verify, audit::explain,
+        status, spec, events, remove, scale, logs, audit::entries, audit::verify, audit::explain,
         audit::revoke, audit::graph, audit::decision, audit::root_keys,
         audit::rotate_root_key, audit::retire_root_key,
     ),

@@ -170,6 +170,33 @@ async fn a_dead_agents_replica_runs_elsewhere_and_it_stops_its_own_when_it_retur
     })
     .await;
     assert!(inspect(&container(&n2)).is_some_and(|c| c.0));
+    // The topology's events tell the story, newest first.
+    let events = api(
+        &server,
+        reqwest::Method::GET,
+        "/tenants/default/topologies/svc/events",
+    )
+    .await;
+    let told: Vec<(String, String)> = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (field("kind"), field("node"))
+        })
+        .collect();
+    let (n1_name, n2_name) = (n1.name.clone(), n2.name.clone());
+    let at = |kind: &str, node: &str| told.iter().position(|(k, n)| k == kind && n == node);
+    let placed = at("placed", &n1_name).expect("placed on node 1");
+    let rescheduled = at("rescheduled", &n2_name).expect("rescheduled to node 2");
+    assert!(rescheduled < placed, "{events}");
+    assert!(
+        events[rescheduled]["detail"]
+            .as_str()
+            .is_some_and(|d| d == format!("moved from {n1_name} to {n2_name}")),
+        "{events}"
+    );
 
     // Back, node 1 learns it no longer owns the replica and removes it.
     n1.restart();

@@ -173,6 +173,24 @@ async fn a_developer_deploys_and_watches_it_run_and_an_admin_quota_refuses_more(
         2,
         "two real containers run"
     );
+    // Events: each replica placed, then started, as the node reported it.
+    assert!(
+        browser
+            .wait_for(
+                r#"#events tr[data-kind="started"][data-service="web"]"#,
+                2,
+                30
+            )
+            .await,
+        "no started events: {}",
+        browser.text("#live").await
+    );
+    assert_eq!(
+        browser
+            .count(r#"#events tr[data-kind="placed"][data-service="web"]"#)
+            .await,
+        2
+    );
     browser.screenshot("developer-topology-running").await;
 
     // A replica's output.

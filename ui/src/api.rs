@@ -80,8 +80,12 @@ impl Api {
     }
 
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
+        let url = format!("{}{path}", self.base);
+        match self.send(self.http.get(&url)).await {
+            // A read is safe to send again when the connection failed under it.
+            Err(Failure::Unreachable(_)) => self.send(self.http.get(&url)).await,
+            done => done,
+        }
     }
 
     pub(crate) async fn post<T: DeserializeOwned>(
@@ -279,4 +283,16 @@ pub(crate) struct Logs {
     pub(crate) node: String,
     pub(crate) lines: Vec<String>,
     pub(crate) error: Option<String>,
+}
+
+/// Something that happened to a replica.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Event {
+    pub(crate) at_ms: i64,
+    pub(crate) kind: String,
+    pub(crate) service: String,
+    pub(crate) replica: u32,
+    pub(crate) generation: u64,
+    pub(crate) node: String,
+    pub(crate) detail: String,
 }

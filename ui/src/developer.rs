@@ -12,7 +12,7 @@ use berth_protocol::topology::{
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use crate::api::{Deployed, Logs, Session};
+use crate::api::{Deployed, Event, Logs, Session};
 use crate::{Signed, encode, page, see_other, svg};
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
@@ -230,6 +230,11 @@ async fn live_part(user: &Signed, tenant: &str, name: &str) -> Result<Markup, Ht
         .get(&format!("{base}/spec"))
         .await
         .map_err(|f| page::failure(Some(&user.session), &f))?;
+    let events: Vec<Event> = user
+        .api
+        .get(&format!("{base}/events?limit=30"))
+        .await
+        .map_err(|f| page::failure(Some(&user.session), &f))?;
     Ok(html! {
         section {
             h2 { "Revision " (deployed.revision) }
@@ -246,6 +251,25 @@ async fn live_part(user: &Signed, tenant: &str, name: &str) -> Result<Markup, Ht
                                 td { (r.service) } td { (r.replica) } td { (r.node) } td { (r.generation) }
                                 td { (page::state(&r.state)) } td { (r.detail) }
                                 td { a href={ "/ui/tenants/" (tenant) "/topologies/" (name) "/logs?service=" (encode(&r.service)) } { "logs" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Events" }
+            @if events.is_empty() { p.muted { "Nothing has happened yet." } }
+            @else {
+                div.scroll {
+                    table #events {
+                        thead { tr { th { "When (UTC)" } th { "What" } th { "Replica" } th { "Node" } th { "Generation" } th { "Detail" } } }
+                        tbody {
+                            @for e in &events {
+                                tr data-kind=(e.kind) data-service=(e.service) {
+                                    td { (page::when(e.at_ms)) } td { (page::state(&e.kind)) }
+                                    td { (e.service) " #" (e.replica) } td { (e.node) } td { (e.generation) } td { (e.detail) }
+                                }
                             }
                         }
                     }

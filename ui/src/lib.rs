@@ -28,9 +28,21 @@ use crate::api::{Api, Failure, Session};
 const SESSION_COOKIE: &str = "berth_session";
 
 /// What every page handler shares: one HTTP client for the API.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Ui {
     http: reqwest::Client,
+}
+
+impl Default for Ui {
+    fn default() -> Self {
+        // Let idle connections go well before the server's keep-alive (5 s) closes
+        // them, so a request never goes out on a connection being closed.
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build()
+            .unwrap_or_default();
+        Self { http }
+    }
 }
 
 /// Registers the pages under `/ui`.

@@ -40,7 +40,8 @@ button.quiet{background:#fff;color:#14213d}
 .bar span{display:block;height:100%;background:#2e7d32}
 .bar.high span{background:#f9a825}.bar.full span{background:#c62828}
 .state{display:inline-block;padding:0 6px;border-radius:4px;color:#fff;background:#6b7280}
-.state.running,.state.active,.state.allowed{background:#2e7d32}
+.state.running,.state.active,.state.allowed,.state.started{background:#2e7d32}
+.state.placed,.state.rescheduled{background:#0b57d0}
 .state.pending,.state.created,.state.starting,.state.cordoned,.state.draining{background:#9a6700}
 .state.failed,.state.exited,.state.dead,.state.down,.state.denied,.state.revoked{background:#c62828}
 pre{background:#0f1720;color:#e6edf3;padding:8px;overflow-x:auto;font-size:13px}

@@ -1,0 +1,300 @@
+//! What happened to a topology's replicas, for the people who run them: placed,
+//! rescheduled (moved to another node), removed, and each change of state a node
+//! reports (`started`, `failed`, ...). Placement events are written in the deploy's own
+//! transaction, so a refused deploy leaves none; state events when the node reports
+//! a change. Each topology keeps its newest [`KEPT`] events.
+
+use std::collections::HashMap;
+
+use berth_protocol::assignment::TopologyRef;
+use berth_protocol::node_api::ReplicaStatus;
+use sea_orm::ActiveValue::Set;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::entity::replica_event;
+use crate::placement::Placed;
+use crate::service::to_i64;
+use crate::{Allocator, AllocatorError};
+
+/// How many events a topology keeps.
+pub const KEPT: u64 = 500;
+
+/// One event of one replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Event {
+    /// When, Unix milliseconds.
+    pub at_ms: i64,
+    /// `placed`, `rescheduled`, `removed`, `started`, `failed`, or another reported state.
+    pub kind: String,
+    /// The service.
+    pub service: String,
+    /// The replica number.
+    pub replica: u32,
+    /// The generation it speaks of.
+    pub generation: u64,
+    /// The node concerned.
+    pub node: String,
+    /// More, in words.
+    pub detail: String,
+}
+
+impl Event {
+    fn new(kind: &str, slot: &Placed, detail: String) -> Self {
+        Self {
+            at_ms: 0,
+            kind: kind.to_owned(),
+            service: slot.service.clone(),
+            replica: slot.replica,
+            generation: slot.generation,
+            node: slot.node.clone(),
+            detail,
+        }
+    }
+}
+
+/// What a placement changes: each replica placed anew, moved, or no longer wanted.
+pub(crate) fn placement_events(before: &[Placed], after: &[Placed]) -> Vec<Event> {
+    let old: HashMap<(&str, u32), &Placed> = before
+        .iter()
+        .map(|p| ((p.service.as_str(), p.replica), p))
+        .collect();
+    let mut events = Vec::new();
+    for slot in after {
+        match old.get(&(slot.service.as_str(), slot.replica)) {
+            Some(was) if was.generation == slot.generation => {}
+            Some(was) if was.node != slot.node => events.push(Event::new(
+                "rescheduled",
+                slot,
+                format!("moved from {} to {}", was.node, slot.node),
+            )),
+            Some(_) => events.push(Event::new(
+                "placed",
+                slot,
+                "replaced where it was".to_owned(),
+            )),
+            None => events.push(Event::new("placed", slot, format!("on {}", slot.node))),
+        }
+    }
+    let kept: std::collections::HashSet<(&str, u32)> = after
+        .iter()
+        .map(|p| (p.service.as_str(), p.replica))
+        .collect();
+    for was in before {
+        if !kept.contains(&(was.service.as_str(), was.replica)) {
+            events.push(Event::new(
+                "removed",
+                was,
+                format!("no longer wanted on {}", was.node),
+            ));
+        }
+    }
+    events
+}
+
+/// The word for a state a node reported.
+fn state_kind(state: &str) -> &str {
+    match state {
+        "running" => "started",
+        "failed" | "exited" | "dead" => "failed",
+        other => other,
+    }
+}
+
+/// What a report changes: each replica whose state (or generation) differs from what
+/// was last reported for it.
+pub(crate) fn state_events(
+    node: &str,
+    previous: &HashMap<(String, String, String, u32), (u64, String)>,
+    statuses: &[ReplicaStatus],
+) -> Vec<(TopologyRef, Event)> {
+    statuses
+        .iter()
+        .filter(|s| {
+            let key = (
+                s.tenant.clone(),
+                s.topology.clone(),
+                s.service.clone(),
+                s.replica,
+            );
+            previous.get(&key) != Some(&(s.generation, s.state.clone()))
+        })
+        .map(|s| {
+            (
+                TopologyRef {
+                    tenant: s.tenant.clone(),
+                    topology: s.topology.clone(),
+                },
+                Event {
+                    at_ms: 0,
+                    kind: state_kind(&s.state).to_owned(),
+                    service: s.service.clone(),
+                    replica: s.replica,
+                    generation: s.generation,
+                    node: node.to_owned(),
+                    detail: s.detail.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Appends `events` of `id`, then forgets all but its newest [`KEPT`].
+pub(crate) async fn record(
+    db: &impl ConnectionTrait,
+    id: &TopologyRef,
+    events: &[Event],
+    now_ms: i64,
+) -> Result<(), DbErr> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    for chunk in events.chunks(500) {
+        let rows = chunk.iter().map(|e| replica_event::ActiveModel {
+            tenant: Set(id.tenant.clone()),
+            topology: Set(id.topology.clone()),
+            service: Set(e.service.clone()),
+            replica: Set(i64::from(e.replica)),
+            generation: Set(to_i64(e.generation)),
+            node: Set(e.node.clone()),
+            kind: Set(e.kind.clone()),
+            detail: Set(e.detail.clone()),
+            at_ms: Set(now_ms),
+            ..Default::default()
+        });
+        replica_event::Entity::insert_many(rows)
+            .exec_without_returning(db)
+            .await?;
+    }
+    let oldest_kept: Option<i64> = replica_event::Entity::find()
+        .select_only()
+        .column(replica_event::Column::Id)
+        .filter(replica_event::Column::Tenant.eq(&id.tenant))
+        .filter(replica_event::Column::Topology.eq(&id.topology))
+        .order_by_desc(replica_event::Column::Id)
+        .offset(KEPT - 1)
+        .limit(1)
+        .into_tuple()
+        .one(db)
+        .await?;
+    if let Some(oldest) = oldest_kept {
+        replica_event::Entity::delete_many()
+            .filter(replica_event::Column::Tenant.eq(&id.tenant))
+            .filter(replica_event::Column::Topology.eq(&id.topology))
+            .filter(replica_event::Column::Id.lt(oldest))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Allocator {
+    /// A topology's newest events, newest first (at most `limit`, at most [`KEPT`]).
+    pub async fn events(&self, id: &TopologyRef, limit: u64) -> Result<Vec<Event>, AllocatorError> {
+        let rows = replica_event::Entity::find()
+            .filter(replica_event::Column::Tenant.eq(&id.tenant))
+            .filter(replica_event::Column::Topology.eq(&id.topology))
+            .order_by_desc(replica_event::Column::Id)
+            .limit(limit.min(KEPT))
+            .all(self.connection())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Event {
+                at_ms: r.at_ms,
+                kind: r.kind,
+                service: r.service,
+                replica: u32::try_from(r.replica).unwrap_or(0),
+                generation: u64::try_from(r.generation).unwrap_or(0),
+                node: r.node,
+                detail: r.detail,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Resources;
+
+    fn slot(service: &str, replica: u32, node: &str, generation: u64) -> Placed {
+        Placed {
+            service: service.to_owned(),
+            replica,
+            node: node.to_owned(),
+            generation,
+            cost: Resources::default(),
+        }
+    }
+
+    #[test]
+    fn a_placement_says_what_is_new_what_moved_and_what_went() {
+        let before = [
+            slot("web", 1, "n1", 1),
+            slot("web", 2, "n1", 2),
+            slot("db", 1, "n2", 3),
+        ];
+        let after = [
+            slot("web", 1, "n1", 1),
+            slot("web", 2, "n3", 4),
+            slot("web", 3, "n2", 5),
+        ];
+        let events = placement_events(&before, &after);
+        let kinds: Vec<(&str, &str, u32)> = events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.service.as_str(), e.replica))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("rescheduled", "web", 2),
+                ("placed", "web", 3),
+                ("removed", "db", 1)
+            ]
+        );
+        assert_eq!(events[0].detail, "moved from n1 to n3");
+        assert!(
+            placement_events(&after, &after).is_empty(),
+            "nothing changed, nothing said"
+        );
+    }
+
+    #[test]
+    fn a_report_says_only_what_changed() {
+        let status = |replica: u32, generation: u64, state: &str| ReplicaStatus {
+            tenant: "acme".to_owned(),
+            topology: "shop".to_owned(),
+            service: "web".to_owned(),
+            replica,
+            generation,
+            state: state.to_owned(),
+            detail: String::new(),
+        };
+        let mut previous = HashMap::new();
+        previous.insert(
+            ("acme".into(), "shop".into(), "web".into(), 1),
+            (1, "running".to_owned()),
+        );
+        previous.insert(
+            ("acme".into(), "shop".into(), "web".into(), 2),
+            (2, "created".to_owned()),
+        );
+        let events = state_events(
+            "n1",
+            &previous,
+            &[
+                status(1, 1, "running"),
+                status(2, 2, "running"),
+                status(3, 3, "exited"),
+            ],
+        );
+        let kinds: Vec<(&str, u32)> = events
+            .iter()
+            .map(|(_, e)| (e.kind.as_str(), e.replica))
+            .collect();
+        assert_eq!(kinds, [("started", 2), ("failed", 3)]);
+    }
+}
