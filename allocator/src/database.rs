@@ -21,3 +21,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     });
     Database::connect(options).await
 }
+
+/// Whether `url` names a PostgreSQL database (where several allocators may share it).
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}

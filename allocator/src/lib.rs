@@ -8,6 +8,7 @@ pub mod database;
 pub mod entity;
 pub mod events;
 pub mod identity;
+pub mod leader;
 pub mod ledger;
 pub mod links;
 pub mod liveness;

@@ -24,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(AuditLedger),
             Box::new(NodeLiveness),
             Box::new(ReplicaEvents),
+            Box::new(NodeLoadIndex),
         ]
     }
 
@@ -306,5 +307,47 @@ impl MigrationTrait for ReplicaEvents {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Indexes that keep a deploy's cost independent of the pool's size: placement reads
+/// the least-loaded nodes through the first rather than every node, and a topology's
+/// events are trimmed and read through the second rather than by scanning every
+/// topology's.
+#[derive(Debug)]
+struct NodeLoadIndex;
+
+impl MigrationName for NodeLoadIndex {
+    fn name(&self) -> &str {
+        "m20261124_000008_allocator_scale_indexes"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NodeLoadIndex {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_nodes_containers_used")
+                    .table(node::Entity)
+                    .col(node::Column::ContainersUsed)
+                    .col(node::Column::Name)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_replica_events_topology")
+                    .table(replica_event::Entity)
+                    .col(replica_event::Column::Tenant)
+                    .col(replica_event::Column::Topology)
+                    .col(replica_event::Column::Id)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
     }
 }

@@ -23,6 +23,10 @@ use crate::identity::{Identities, IdentityError};
 pub use crate::pool::ReportedReplica;
 use crate::{Allocator, AllocatorError, Limit};
 
+/// Every this many detector ticks (ten seconds), replicas stuck on dead or draining
+/// nodes are tried again.
+const RETRY_STUCK_TICKS: u64 = 20;
+
 /// How many recent assignment-set versions per node are remembered for checking reports.
 const REMEMBERED_VERSIONS: usize = 64;
 /// How often a stream rechecks the database even without a change signal (changes made
@@ -82,6 +86,9 @@ pub struct NodeApiStats {
     pub declared_dead: AtomicU64,
     /// Detector ticks that came late enough to extend every lease.
     pub detector_late: AtomicU64,
+    /// Whether this process leads the allocators and so serves the node API (see
+    /// [`crate::leader`]); true unless told to stand by.
+    pub leading: std::sync::atomic::AtomicBool,
 }
 
 /// Decrements the connected count when a stream ends, however it ends.
@@ -134,6 +141,8 @@ pub struct NodeApi {
     link_tokens: Arc<Mutex<crate::links::LinkTokens>>,
     /// Node leases and the failure detector's state.
     leases: Arc<crate::liveness::Leases>,
+    /// Whether [`Self::lead`] started the failure detector.
+    detecting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl NodeApi {
@@ -144,13 +153,17 @@ impl NodeApi {
             identities,
             versions: Arc::new(AtomicU64::new(1)),
             shared: Arc::default(),
-            stats: Arc::default(),
+            stats: Arc::new(NodeApiStats {
+                leading: true.into(),
+                ..NodeApiStats::default()
+            }),
             ledger: crate::ledger::Ledger::new(allocator.connection().clone()),
             root_keys: Arc::default(),
             link_tokens: Arc::default(),
             leases: Arc::new(crate::liveness::Leases::new(
                 crate::liveness::Thresholds::default(),
             )),
+            detecting: Arc::default(),
             allocator,
         }
     }
@@ -159,6 +172,37 @@ impl NodeApi {
     pub fn with_thresholds(mut self, thresholds: crate::liveness::Thresholds) -> Self {
         self.leases = Arc::new(crate::liveness::Leases::new(thresholds));
         self
+    }
+
+    /// Stands by while another process leads: every node API call is refused as
+    /// unavailable, so that nodes go to the leader (they are given every allocator's
+    /// address and try the next). The failure detector is not run.
+    pub fn stand_by(&self) {
+        self.stats.leading.store(false, Ordering::SeqCst);
+    }
+
+    /// Leads: serves the node API and runs the failure detector, which gives every
+    /// node a full lease first, so nodes that were streaming to the previous leader
+    /// have time to come over.
+    /// Once leading, calling it again does nothing more.
+    pub fn lead(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.stats.leading.store(true, Ordering::SeqCst);
+        let first = !self.detecting.swap(true, Ordering::SeqCst);
+        first.then(|| self.detect_failures())
+    }
+
+    /// An interceptor for the node API that refuses every call while this process
+    /// stands by.
+    pub fn only_when_leading(
+        &self,
+    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+        let stats = Arc::clone(&self.stats);
+        move |request| match stats.leading.load(Ordering::SeqCst) {
+            true => Ok(request),
+            false => Err(Status::unavailable(
+                "this allocator is standing by; another one leads and serves the node API",
+            )),
+        }
     }
 
     /// Runs the failure detector until the process ends: every node known now gets
@@ -179,8 +223,24 @@ impl NodeApi {
             }
             let mut ticks = tokio::time::interval(crate::liveness::TICK);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut count: u64 = 0;
             loop {
                 ticks.tick().await;
+                count += 1;
+                // What could not leave a dead or draining node is tried again now and
+                // then, since room may have freed elsewhere.
+                if count % RETRY_STUCK_TICKS == 0 {
+                    match api.allocator.retry_stuck().await {
+                        Ok(retried) => {
+                            for (node, drained) in
+                                retried.iter().filter(|(_, d)| !d.moved.is_empty())
+                            {
+                                tracing::info!(node = %node, moved = ?drained.moved, stuck = ?drained.stuck, "replicas left a dead or draining node on a retry");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not retry stuck replicas"),
+                    }
+                }
                 let verdicts = api.leases.tick(std::time::Instant::now());
                 if let Some(late) = verdicts.late_by {
                     api.stats.detector_late.fetch_add(1, Ordering::Relaxed);

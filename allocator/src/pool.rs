@@ -9,11 +9,11 @@ use berth_protocol::node_api::ReplicaStatus;
 use berth_protocol::topology::Topology;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, TransactionTrait};
 use serde::{Deserialize, Serialize};
 
 use crate::entity::{assignment, node, placement, replica_status};
-use crate::service::{limit_of, to_i64, used_of};
+use crate::service::to_i64;
 use crate::{Allocator, AllocatorError, Limit, Resources};
 
 /// Whether a node takes new replicas and keeps the ones it has.
@@ -72,16 +72,8 @@ impl Allocator {
         let mut out: Vec<NodeInfo> = rows
             .into_iter()
             .map(|n| NodeInfo {
-                capacity: Limit {
-                    cpu_millis: limit_of(n.cpu_millis_capacity),
-                    memory_bytes: limit_of(n.memory_bytes_capacity),
-                    containers: limit_of(n.containers_capacity),
-                },
-                used: Resources {
-                    cpu_millis: used_of(n.cpu_millis_used),
-                    memory_bytes: used_of(n.memory_bytes_used),
-                    containers: used_of(n.containers_used),
-                },
+                capacity: crate::service::capacity_of(&n),
+                used: crate::service::used_on(&n),
                 labels: serde_json::from_str(&n.labels).unwrap_or_default(),
                 state: match (n.schedulable, n.draining) {
                     _ if n.down_since_ms.is_some() => NodeState::Down,
@@ -140,9 +132,35 @@ impl Allocator {
             .exec(&self.db)
             .await?;
         if result.rows_affected == 0 {
-            return Ok(Drained::default());
+            // Dead already: what could not move then may fit now.
+            return self.replace_from(name).await;
         }
         self.replace_from(name).await
+    }
+
+    /// Tries again to place elsewhere what is still on dead or draining nodes (it could
+    /// not move when they went, and room may have freed since). Returns what moved and
+    /// what is still stuck, node by node.
+    pub async fn retry_stuck(&self) -> Result<Vec<(String, Drained)>, AllocatorError> {
+        let leaving: Vec<String> = node::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(node::Column::DownSinceMs.is_not_null())
+                    .add(node::Column::Draining.eq(true)),
+            )
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        let mut out = Vec::new();
+        for name in leaving {
+            let drained = self.replace_from(&name).await?;
+            if !drained.moved.is_empty() || !drained.stuck.is_empty() {
+                out.push((name, drained));
+            }
+        }
+        Ok(out)
     }
 
     /// Declares a dead node alive again; returns whether it was dead.

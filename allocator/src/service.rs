@@ -2,14 +2,14 @@
 //! the result in one transaction, reserving quota and node capacity with conditional
 //! updates so that no interleaving of concurrent deploys exceeds either.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use berth_protocol::assignment::{Slot, TopologyAssignment, TopologyRef};
 use berth_protocol::topology::Topology;
 use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
-    TransactionTrait,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -70,7 +70,16 @@ pub struct Allocator {
     /// Which change concerns which node, so a node's stream does its work only for
     /// changes that concern it (a deploy touches a few nodes, not thousands).
     touched: std::sync::Arc<std::sync::Mutex<Touched>>,
+    /// This process among the allocators sharing the database, so that it can tell its
+    /// own change notices from others'.
+    origin: u64,
 }
+
+/// The PostgreSQL channel on which allocators tell each other what changed.
+const CHANGES_CHANNEL: &str = "berth_changes";
+/// PostgreSQL refuses notice payloads of 8,000 bytes or more; a longer list of nodes
+/// is sent as "every node".
+const MOST_NOTICE: usize = 7_900;
 
 /// The change version that last concerned every node, and each node's own.
 #[derive(Debug, Default)]
@@ -105,6 +114,12 @@ impl Allocator {
             default_request,
             changes: std::sync::Arc::new(changes),
             touched: std::sync::Arc::default(),
+            origin: {
+                let mut bytes = [0u8; 8];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                    .map_err(|_| DbErr::Custom("no randomness for the process id".into()))?;
+                u64::from_le_bytes(bytes)
+            },
         })
     }
 
@@ -266,28 +281,6 @@ impl Allocator {
             .await?
             .ok_or_else(|| AllocatorError::UnknownTenant(tenant.to_owned()))?;
         let placed = load_placed(txn, id).await?;
-        let nodes: Vec<NodeView> = node::Entity::find()
-            .all(txn)
-            .await?
-            .into_iter()
-            .map(|n| NodeView {
-                capacity: Limit {
-                    cpu_millis: limit_of(n.cpu_millis_capacity),
-                    memory_bytes: limit_of(n.memory_bytes_capacity),
-                    containers: limit_of(n.containers_capacity),
-                },
-                used: Resources {
-                    cpu_millis: used_of(n.cpu_millis_used),
-                    memory_bytes: used_of(n.memory_bytes_used),
-                    containers: used_of(n.containers_used),
-                },
-                // A dead node takes nothing and keeps nothing.
-                schedulable: n.schedulable && n.down_since_ms.is_none(),
-                draining: n.draining || n.down_since_ms.is_some(),
-                labels: serde_json::from_str(&n.labels).unwrap_or_default(),
-                name: n.name,
-            })
-            .collect();
         let wants: Vec<Want> = topology
             .services
             .iter()
@@ -305,7 +298,21 @@ impl Allocator {
         let next_generation = counter
             .as_ref()
             .map_or(1, |c| Ord::max(c.next_generation, 1) as u64);
-        let plan = place(&wants, &placed, &nodes, next_generation)?;
+        // Placement looks at the least-loaded nodes only (and those the topology is on),
+        // so a deploy costs the same in a pool of ten nodes or ten thousand. Constraints
+        // may rule those out, so a constrained topology looks at every node; and a
+        // deploy is refused only after every node was looked at.
+        let constrained = wants.iter().any(|w| !w.constraints.is_empty());
+        let plan = match constrained {
+            true => place(&wants, &placed, &all_nodes(txn).await?, next_generation)?,
+            false => {
+                let nodes = candidate_nodes(txn, &placed, candidates_for(wants.len())).await?;
+                match place(&wants, &placed, &nodes, next_generation) {
+                    Ok(plan) => plan,
+                    Err(_) => place(&wants, &placed, &all_nodes(txn).await?, next_generation)?,
+                }
+            }
+        };
 
         // Reserve the difference against the quota, atomically.
         let before = sum(&placed);
@@ -488,6 +495,11 @@ impl Allocator {
     /// Wakes every subscriber, for a change of what nodes are sent that is not in
     /// the assignments (their trusted keys, their links' tokens).
     pub fn changed(&self) {
+        self.changed_here();
+        self.tell_others("*".to_owned());
+    }
+
+    fn changed_here(&self) {
         {
             let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
             touched.version += 1;
@@ -498,6 +510,11 @@ impl Allocator {
 
     /// Records a change of what `nodes` run, and wakes the streams.
     fn touch(&self, nodes: &[String]) {
+        self.touch_here(nodes);
+        self.tell_others(nodes.join(","));
+    }
+
+    fn touch_here(&self, nodes: &[String]) {
         {
             let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
             touched.version += 1;
@@ -507,6 +524,83 @@ impl Allocator {
             }
         }
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Tells the other allocator processes on the same PostgreSQL database that
+    /// `nodes` (comma-separated, or `*` for all) have something new, so that the
+    /// leader's streams to those nodes look again at once. The notice is sent after
+    /// the commit and may be lost with this process; the streams' periodic recheck
+    /// covers that.
+    fn tell_others(&self, mut nodes: String) {
+        if self.db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+            return;
+        }
+        if nodes.len() > MOST_NOTICE {
+            nodes = "*".to_owned();
+        }
+        let db = self.db.clone();
+        let payload = format!("{:x}|{nodes}", self.origin);
+        tokio::spawn(async move {
+            let statement = sea_orm::Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [CHANGES_CHANNEL.into(), payload.into()],
+            );
+            if let Err(e) = sea_orm::ConnectionTrait::execute_raw(&db, statement).await {
+                tracing::warn!(error = %e, "could not tell the other allocators of a change");
+            }
+        });
+    }
+
+    /// Listens, until the process ends, for what other allocator processes on the
+    /// same PostgreSQL database (at `url`) changed, and wakes this process's streams
+    /// to the nodes concerned. Does nothing on SQLite.
+    pub async fn hear_others(&self, url: &str) -> Result<(), AllocatorError> {
+        use sea_orm::sqlx::postgres::PgListener;
+        if self.db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+            return Ok(());
+        }
+        let listen = async {
+            let mut listener = PgListener::connect(url).await?;
+            listener.listen(CHANGES_CHANNEL).await?;
+            Ok::<_, sea_orm::sqlx::Error>(listener)
+        };
+        let mut listener = listen
+            .await
+            .map_err(|e| DbErr::Custom(format!("cannot listen for changes: {e}")))?;
+        let own = format!("{:x}", self.origin);
+        tokio::spawn({
+            let allocator = self.clone();
+            async move {
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(notice)) => {
+                            let Some((origin, nodes)) = notice.payload().split_once('|') else {
+                                continue;
+                            };
+                            if origin == own {
+                                continue;
+                            }
+                            match nodes {
+                                "*" => allocator.changed_here(),
+                                list => allocator.touch_here(
+                                    &list.split(',').map(str::to_owned).collect::<Vec<_>>(),
+                                ),
+                            }
+                        }
+                        // The connection was lost and is made again: notices may have
+                        // been missed meanwhile, so every stream looks again.
+                        Ok(None) => allocator.changed_here(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "listening for changes failed; retrying");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            allocator.changed_here();
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The version of the last change that concerned `node` (0: none yet).
@@ -732,6 +826,87 @@ impl Delta {
     fn is_zero(&self) -> bool {
         self.cpu == 0 && self.memory == 0 && self.containers == 0
     }
+}
+
+/// How many of the least-loaded nodes a deploy of `wants` replicas looks at: enough to
+/// give every replica a node of its own twice over.
+fn candidates_for(wants: usize) -> u64 {
+    u64::try_from(wants.saturating_mul(2))
+        .unwrap_or(u64::MAX)
+        .clamp(64, 4096)
+}
+
+/// What a node's row says it can hold.
+pub(crate) fn capacity_of(n: &node::Model) -> Limit {
+    Limit {
+        cpu_millis: limit_of(n.cpu_millis_capacity),
+        memory_bytes: limit_of(n.memory_bytes_capacity),
+        containers: limit_of(n.containers_capacity),
+    }
+}
+
+/// What a node's row says is reserved on it.
+pub(crate) fn used_on(n: &node::Model) -> Resources {
+    Resources {
+        cpu_millis: used_of(n.cpu_millis_used),
+        memory_bytes: used_of(n.memory_bytes_used),
+        containers: used_of(n.containers_used),
+    }
+}
+
+fn node_view(n: node::Model) -> NodeView {
+    NodeView {
+        capacity: capacity_of(&n),
+        used: used_on(&n),
+        // A dead node takes nothing and keeps nothing.
+        schedulable: n.schedulable && n.down_since_ms.is_none(),
+        draining: n.draining || n.down_since_ms.is_some(),
+        labels: serde_json::from_str(&n.labels).unwrap_or_default(),
+        name: n.name,
+    }
+}
+
+/// Every node of the pool.
+async fn all_nodes<C: sea_orm::ConnectionTrait>(db: &C) -> Result<Vec<NodeView>, DbErr> {
+    Ok(node::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(node_view)
+        .collect())
+}
+
+/// The nodes `placed` is on, and the `limit` open nodes with the fewest containers
+/// (through the index on `containers_used`, not a scan).
+async fn candidate_nodes<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    placed: &[Placed],
+    limit: u64,
+) -> Result<Vec<NodeView>, DbErr> {
+    let mut nodes: BTreeMap<String, node::Model> = BTreeMap::new();
+    let on: BTreeSet<&str> = placed.iter().map(|p| p.node.as_str()).collect();
+    for chunk in on.into_iter().collect::<Vec<_>>().chunks(500) {
+        for n in node::Entity::find()
+            .filter(node::Column::Name.is_in(chunk.iter().copied()))
+            .all(db)
+            .await?
+        {
+            nodes.insert(n.name.clone(), n);
+        }
+    }
+    let open = node::Entity::find()
+        .filter(node::Column::Schedulable.eq(true))
+        .filter(node::Column::Draining.eq(false))
+        .filter(node::Column::DownSinceMs.is_null())
+        .order_by_asc(node::Column::ContainersUsed)
+        .order_by_asc(node::Column::Name)
+        .limit(limit)
+        .all(db)
+        .await?;
+    for n in open {
+        nodes.entry(n.name.clone()).or_insert(n);
+    }
+    Ok(nodes.into_values().map(node_view).collect())
 }
 
 /// Writes the tenant's quota row without changing it: a row lock on PostgreSQL, the

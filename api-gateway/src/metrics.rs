@@ -58,6 +58,7 @@ pub(crate) struct Metrics {
     reports: Family<OutcomeLabels, Gauge>,
     joins: Gauge,
     liveness: Family<OutcomeLabels, Gauge>,
+    leading: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +106,12 @@ impl Metrics {
             "Since start: heartbeats accepted, nodes found suspect, nodes declared dead, and detector ticks that came late (leases extended)",
             liveness.clone(),
         );
+        let leading = Gauge::default();
+        registry.register(
+            "allocator_leading",
+            "1 when this process leads the allocators (serves the node API, runs the failure detector), 0 when it stands by",
+            leading.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -114,6 +121,7 @@ impl Metrics {
             reports,
             joins,
             liveness,
+            leading,
         })
     }
 }
@@ -198,6 +206,8 @@ pub(crate) async fn metrics(gw: web::Data<Gateway>) -> Result<HttpResponse, ApiE
     }
     let stats = gw.nodes.stats();
     m.connected.set(stats.connected.load(Ordering::Relaxed));
+    m.leading
+        .set(i64::from(stats.leading.load(Ordering::Relaxed)));
     let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     for (outcome, counter) in [
         ("accepted", &stats.reports_accepted),

@@ -59,9 +59,34 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     });
     let db = berth_allocator::database::connect(&database).await?;
     let tenants = TenantService::open(db.clone()).await?;
-    let allocator = Allocator::open(db, DefaultRequest::default()).await?;
+    let allocator = Allocator::open(db.clone(), DefaultRequest::default()).await?;
     let nodes = NodeApi::new(allocator.clone()).with_thresholds(config.thresholds);
-    nodes.detect_failures();
+    // On PostgreSQL, until this process leads it serves the REST API only; on SQLite
+    // it is the only process and leads from the start.
+    match berth_allocator::database::is_postgres(&database) {
+        true => nodes.stand_by(),
+        false => drop(nodes.lead()),
+    }
+    let leadership = {
+        let (nodes, allocator, database) = (nodes.clone(), allocator.clone(), database.clone());
+        async move {
+            let mut lead = berth_allocator::leader::campaign(&db, &database, || {
+                println!("standing by: another allocator leads; this one serves the REST API and takes the lead when it is free");
+            })
+            .await?;
+            allocator.hear_others(&database).await?;
+            nodes.lead();
+            if lead.is_elected() {
+                println!(
+                    "leading: this allocator serves the node API and runs the failure detector"
+                );
+            }
+            let lost = lead.lost().await;
+            anyhow::Ok(anyhow::anyhow!(
+                "this allocator lost the lead ({lost}); it stops so that it can never act as a second leader"
+            ))
+        }
+    };
     // The tenant `berth up --endpoint` uses unless told otherwise, so the printed
     // commands work as they are.
     tenants.ensure_tenant(DEFAULT_TENANT, now_ms()).await?;
@@ -105,7 +130,10 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(config.node_listen).await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let grpc = tonic::transport::Server::builder()
-        .add_service(NodeControlServer::new(nodes.clone()))
+        .add_service(NodeControlServer::with_interceptor(
+            nodes.clone(),
+            nodes.only_when_leading(),
+        ))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
             grpc_listener,
         ));
@@ -145,6 +173,7 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         tokio::select! {
             result = http => result?,
             result = grpc => result?,
+            lost = leadership => return Err(lost?),
         }
         return Ok(());
     }
@@ -169,6 +198,7 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     tokio::select! {
         result = http => result?,
         result = grpc => result?,
+        lost = leadership => return Err(lost?),
     }
     Ok(())
 }

@@ -63,7 +63,8 @@ pub enum AgentError {
 pub struct NodeIdentity {
     /// The node's name in the pool.
     pub name: String,
-    /// The allocator's gRPC address, `http://host:port`.
+    /// The allocators' gRPC addresses, `http://host:port`, comma-separated when the
+    /// control plane runs several (the node streams to whichever leads).
     pub allocator: String,
     /// The Ed25519 key pair, PKCS#8, hex.
     key_pkcs8_hex: String,
@@ -128,6 +129,20 @@ impl NodeIdentity {
         })
     }
 
+    /// The allocators' addresses, in the order given (never empty).
+    pub fn allocators(&self) -> Vec<&str> {
+        let urls: Vec<&str> = self
+            .allocator
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        match urls.is_empty() {
+            true => vec![self.allocator.as_str()],
+            false => urls,
+        }
+    }
+
     /// The public half of the node's key.
     pub fn public_key(&self) -> Result<Vec<u8>, AgentError> {
         Ok(self.key_pair()?.public_key().as_ref().to_vec())
@@ -185,21 +200,37 @@ pub async fn join(
 ) -> Result<NodeIdentity, AgentError> {
     let identity = NodeIdentity::generate(name, allocator)?;
     let public_key = identity.public_key()?;
-    let mut client = connect(allocator).await?;
-    client
-        .join(JoinRequest {
-            token: token.to_owned(),
-            node_name: name.to_owned(),
-            public_key,
-            cpu_millis: capacity.cpu_millis,
-            memory_bytes: capacity.memory_bytes,
-            containers: capacity.containers,
-            labels: capacity.labels.into_iter().collect(),
-        })
-        .await
-        .map_err(|s| AgentError::Refused(s.message().to_owned()))?;
-    identity.save(dir)?;
-    Ok(identity)
+    let request = JoinRequest {
+        token: token.to_owned(),
+        node_name: name.to_owned(),
+        public_key,
+        cpu_millis: capacity.cpu_millis,
+        memory_bytes: capacity.memory_bytes,
+        containers: capacity.containers,
+        labels: capacity.labels.into_iter().collect(),
+    };
+    // With several allocators, the one that leads answers; the others stand by.
+    let mut last = None;
+    for url in identity.allocators() {
+        let mut client = match connect(url).await {
+            Ok(client) => client,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        match client.join(request.clone()).await {
+            Ok(_) => {
+                identity.save(dir)?;
+                return Ok(identity);
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                last = Some(AgentError::Refused(format!("{url}: {}", s.message())));
+            }
+            Err(s) => return Err(AgentError::Refused(s.message().to_owned())),
+        }
+    }
+    Err(last.unwrap_or_else(|| AgentError::Refused("no allocator address given".into())))
 }
 
 /// Signs requests in the node's name with numbers that always grow, across restarts
@@ -354,6 +385,9 @@ pub struct Agent<D> {
     gateway: Option<std::net::IpAddr>,
     /// The lease heartbeats renew.
     lease: Lease,
+    /// Which of the allocators' addresses to try next (they are tried in turn until
+    /// one leads and answers).
+    next_allocator: usize,
 }
 
 impl<D: ContainerDriver> Agent<D> {
@@ -368,6 +402,7 @@ impl<D: ContainerDriver> Agent<D> {
             identity,
             reconciler,
             client: None,
+            next_allocator: 0,
             trust: Arc::default(),
             peer: None,
             lease: Lease {
@@ -437,8 +472,9 @@ impl<D: ContainerDriver> Agent<D> {
             }
             Err(e) => {
                 tracing::debug!(node = %self.identity.name, error = %e, "heartbeat failed");
-                // The client may hold a dead connection: make a new one next time.
-                self.client = None;
+                // The client may hold a dead connection, or one to an allocator that
+                // stands by: make a new one, to the next allocator, next time.
+                self.drop_client();
             }
         }
         let silent = now.saturating_duration_since(self.lease.renewed);
@@ -604,15 +640,29 @@ impl<D: ContainerDriver> Agent<D> {
                 LoopState::Watch(stream)
             }
             Ok(None) | Err(_) => {
-                self.client = None;
+                self.drop_client();
                 LoopState::Backoff { attempt: 1 }
             }
         }
     }
 
+    /// Forgets the allocator connection; the next one goes to the next allocator.
+    fn drop_client(&mut self) {
+        self.client = None;
+        self.next_allocator = self.next_allocator.wrapping_add(1);
+    }
+
     async fn client(&mut self) -> Result<&mut NodeControlClient<Channel>, AgentError> {
         if self.client.is_none() {
-            self.client = Some(connect(&self.identity.allocator).await?);
+            let urls = self.identity.allocators();
+            let url = urls[self.next_allocator % urls.len()];
+            match connect(url).await {
+                Ok(client) => self.client = Some(client),
+                Err(e) => {
+                    self.next_allocator = self.next_allocator.wrapping_add(1);
+                    return Err(e);
+                }
+            }
         }
         self.client
             .as_mut()
@@ -692,11 +742,13 @@ impl<D: ContainerDriver> Agent<D> {
             },
         );
         let client = self.client().await?;
-        let response = client
-            .watch(request)
-            .await
-            .map_err(|s| AgentError::Refused(s.message().to_owned()))?;
-        Ok(response.into_inner())
+        match client.watch(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => {
+                self.drop_client();
+                Err(AgentError::Refused(status.message().to_owned()))
+            }
+        }
     }
 
     /// Reconciles one assignment set: every topology in it is applied, every topology

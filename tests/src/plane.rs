@@ -26,9 +26,12 @@ pub fn sibling(name: &str) -> std::path::PathBuf {
 /// A running `berth server`: its API URL, node API port, admin token and state.
 #[derive(Debug)]
 pub struct Server {
-    process: Process,
-    /// Its data directory (admin token, root key, SQLite).
-    pub state: tempfile::TempDir,
+    process: Option<Process>,
+    /// Its data directory (admin token, root key, SQLite), which servers of one
+    /// control plane share.
+    pub state: std::sync::Arc<tempfile::TempDir>,
+    /// Where its output goes.
+    pub output: std::path::PathBuf,
     /// `http://127.0.0.1:PORT`.
     pub api: String,
     /// The node API's port.
@@ -47,9 +50,24 @@ impl Server {
 
     /// Starts the `berth` at `bin` (a benchmark's own build) as [`Self::start`] does.
     pub async fn start_bin(bin: &std::path::Path, envs: &[(&str, &str)]) -> Self {
-        let state = tempfile::tempdir().expect("tempdir");
+        Self::start_with(bin, None, &[], envs).await
+    }
+
+    /// Starts `berth server` from `bin` with `args` added, sharing `state` (the data
+    /// directory of another server of the same control plane) if given, and waits
+    /// until its REST API is ready.
+    pub async fn start_with(
+        bin: &std::path::Path,
+        state: Option<std::sync::Arc<tempfile::TempDir>>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
+        let state =
+            state.unwrap_or_else(|| std::sync::Arc::new(tempfile::tempdir().expect("tempdir")));
         let (api_port, node_port) = (free_port(), free_port());
         let admin = "bat_test_admin_token";
+        let output = state.path().join(format!("server-{api_port}.log"));
+        let log = std::fs::File::create(&output).expect("server log");
         let process = Process(
             Command::new(bin)
                 .args([
@@ -59,11 +77,12 @@ impl Server {
                     "--node-listen",
                     &format!("127.0.0.1:{node_port}"),
                 ])
+                .args(args)
                 .env("BERTH_DATA_DIR", state.path())
                 .env("BERTH_ADMIN_TOKEN", admin)
                 .envs(envs.iter().copied())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(log.try_clone().expect("server log"))
+                .stderr(log)
                 .spawn()
                 .expect("berth server starts"),
         );
@@ -82,10 +101,15 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(ready, "berth server never became ready");
+        assert!(
+            ready,
+            "berth server never became ready: {}",
+            std::fs::read_to_string(&output).unwrap_or_default()
+        );
         Self {
-            process,
+            process: Some(process),
             state,
+            output,
             api,
             node_port,
             admin,
@@ -111,7 +135,22 @@ impl Server {
 
     /// The server's process id, to measure it.
     pub fn pid(&self) -> u32 {
-        self.process.0.id()
+        self.process.as_ref().map_or(0, |p| p.0.id())
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        drop(self.process.take());
+    }
+
+    /// What the server has printed so far.
+    pub fn printed(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
+    /// The node API's URL.
+    pub fn node_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.node_port)
     }
 
     /// A one-time join token.
@@ -135,6 +174,13 @@ impl Server {
         self.join_through(self.node_port, name, args, envs).await
     }
 
+    /// Joins a `berth-node` process given `allocators` (URLs, comma-separated: the
+    /// node API of every server of the control plane).
+    pub async fn join_at(&self, allocators: &str, name: &str) -> Node {
+        let token = self.join_token().await;
+        spawn_node(allocators, &token, name, &[], &[])
+    }
+
     /// Joins a `berth-node` process that reaches the allocator at `port` on loopback
     /// (a [`crate::proxy::Proxy`] in front of the node API, say).
     pub async fn join_through(
@@ -145,29 +191,45 @@ impl Server {
         envs: &[(&str, &str)],
     ) -> Node {
         let token = self.join_token().await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(sibling("berth-node"))
-            .args([
-                "join",
-                "--allocator",
-                &format!("http://127.0.0.1:{port}"),
-                "--token",
-                &token,
-                "--name",
-                name,
-            ])
-            .args(args)
-            .env("BERTH_NODE_DIR", dir.path())
-            .env("BERTH_LOG", "warn")
-            .envs(envs.iter().copied())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("berth-node starts");
-        Node {
-            name: name.to_owned(),
-            process: Some(Process(child)),
-            dir,
-        }
+        spawn_node(
+            &format!("http://127.0.0.1:{port}"),
+            &token,
+            name,
+            args,
+            envs,
+        )
+    }
+}
+
+fn spawn_node(
+    allocators: &str,
+    token: &str,
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(sibling("berth-node"))
+        .args([
+            "join",
+            "--allocator",
+            allocators,
+            "--token",
+            token,
+            "--name",
+            name,
+        ])
+        .args(args)
+        .env("BERTH_NODE_DIR", dir.path())
+        .env("BERTH_LOG", "warn")
+        .envs(envs.iter().copied())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("berth-node starts");
+    Node {
+        name: name.to_owned(),
+        process: Some(Process(child)),
+        dir,
     }
 }
 

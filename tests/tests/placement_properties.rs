@@ -264,3 +264,71 @@ proptest! {
         runtime.block_on(run(capacities, quotas, steps))?;
     }
 }
+
+/// A large pool whose least-loaded nodes (by containers) cannot take a replica: the
+/// deploy looks further rather than being refused, and lands on the one node that fits.
+#[tokio::test]
+async fn a_deploy_is_never_refused_for_what_the_least_loaded_nodes_cannot_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+    let db = berth_allocator::database::connect(&url).await.expect("db");
+    let allocator = Allocator::open(db, DefaultRequest::default())
+        .await
+        .expect("allocator");
+    // 200 empty nodes with a tenth of a core each, and one busier node with two cores.
+    for i in 0..200 {
+        let small = Limit {
+            cpu_millis: Some(100),
+            memory_bytes: None,
+            containers: Some(10),
+        };
+        allocator
+            .upsert_node(&format!("small{i:03}"), small, &BTreeMap::new())
+            .await
+            .expect("node");
+    }
+    let big = Limit {
+        cpu_millis: Some(2000),
+        memory_bytes: None,
+        containers: Some(10),
+    };
+    allocator
+        .upsert_node("big", big, &BTreeMap::new())
+        .await
+        .expect("node");
+    allocator
+        .set_quota("t", Limit::default())
+        .await
+        .expect("quota");
+    // One replica on the big node puts it last among the least-loaded.
+    let vars = Variables::default();
+    let options = LoadOptions {
+        file_name: "filler.yaml",
+        dir: Path::new("."),
+        default_name: "filler",
+        vars: &vars,
+        files: &LocalFiles,
+    };
+    let filler = load(
+        "services:\n  a:\n    image: x\n    deploy:\n      resources: {limits: {cpus: '0.1'}}\n      placement:\n        constraints: [\"node.hostname == big\"]\n",
+        &options,
+    )
+    .expect("valid")
+    .topology;
+    allocator
+        .deploy("t", 1, &filler)
+        .await
+        .expect("placed on big");
+    allocator
+        .deploy("t", 2, &topology("heavy", 1, 1500))
+        .await
+        .expect("one node can hold it, so it is placed");
+    let heavy = TopologyRef {
+        tenant: "t".into(),
+        topology: "heavy".into(),
+    };
+    assert_eq!(
+        allocator.placed(&heavy).await.expect("placed")[0].node,
+        "big"
+    );
+}

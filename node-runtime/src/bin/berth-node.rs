@@ -35,7 +35,8 @@ struct Cli {
 enum Command {
     /// Join the pool with a one-time token, then run.
     Join {
-        /// The allocator's gRPC address, `http://host:port`.
+        /// The allocator's gRPC address, `http://host:port`; with several allocators on
+        /// one PostgreSQL database, all of their addresses, comma-separated.
         #[arg(long)]
         allocator: String,
         /// The one-time join token.

@@ -1,0 +1,221 @@
+//! High availability of the control plane on PostgreSQL, end to end: two `berth
+//! server` processes over one database and one state directory, two `berth-node`
+//! agents on real Docker given both servers' node API addresses. One server leads
+//! (serves the node API, runs the failure detector), the other stands by. The leader
+//! is killed while a deploy is in flight; the other takes the lead within seconds, the
+//! nodes come over to it, and the deploy, asked again of the new leader as a client
+//! would, converges: every replica runs once, none is lost and none runs twice.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_tests::ensure_images;
+use berth_tests::plane::Server;
+
+const REPLICAS: usize = 6;
+
+/// Polls `check` every 200 ms for up to 60 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+async fn get(server: &Server, path: &str) -> Option<serde_json::Value> {
+    let response = server
+        .http
+        .get(format!("{}/v1{path}", server.api))
+        .bearer_auth(server.admin)
+        .send()
+        .await
+        .ok()?;
+    match response.status().is_success() {
+        true => response.json().await.ok(),
+        false => None,
+    }
+}
+
+/// The `berth_allocator_leading` gauge of `server`'s metrics.
+async fn leading(server: &Server) -> Option<bool> {
+    let text = server
+        .http
+        .get(format!("{}/metrics", server.api))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("berth_allocator_leading "))
+        .map(|v| v.trim() == "1")
+}
+
+async fn node_states(server: &Server) -> BTreeMap<String, String> {
+    get(server, "/nodes")
+        .await
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| {
+            let field = |k: &str| n[k].as_str().unwrap_or_default().to_owned();
+            (field("name"), field("state"))
+        })
+        .collect()
+}
+
+/// Running containers of the topology on any of the nodes named with `prefix`, by
+/// replica number, with the nodes each runs on.
+fn running_replicas(prefix: &str) -> BTreeMap<u32, Vec<String>> {
+    let mut replicas: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for name in berth_tests::docker_lines(&["ps", "--format", "{{.Names}}"]) {
+        // NODE.TENANT.TOPOLOGY.SERVICE.REPLICA
+        let parts: Vec<&str> = name.split('.').collect();
+        if let [node, "default", "ha", "web", replica] = parts[..]
+            && node.starts_with(prefix)
+            && let Ok(replica) = replica.parse()
+        {
+            replicas.entry(replica).or_default().push(node.to_owned());
+        }
+    }
+    replicas
+}
+
+fn topology() -> serde_json::Value {
+    serde_json::json!({
+        "name": "ha",
+        "services": { "web": {
+            "image": "berth/busybox:latest", "replicas": REPLICAS, "init": true,
+            "command": ["sleep", "3600"],
+            "networks": { "default": {} }
+        } },
+        "networks": { "default": {} }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_during_a_deploy_hands_over_and_the_deploy_converges() {
+    ensure_images();
+    let database = berth_tests::postgres::fresh_database("ha").await;
+    let bin = berth_tests::berth_bin();
+    let args = ["--database", database.as_str()];
+    let mut first = Server::start_with(&bin, None, &args, &[]).await;
+    eventually("the first server leads", async || {
+        first.printed().contains("leading:")
+    })
+    .await;
+    let second = Server::start_with(&bin, Some(first.state.clone()), &args, &[]).await;
+    eventually("the second server stands by", async || {
+        second.printed().contains("standing by:")
+    })
+    .await;
+    assert_eq!(leading(&first).await, Some(true));
+    assert_eq!(leading(&second).await, Some(false));
+
+    // Nodes are given both servers; they stream to the one that leads.
+    let allocators = format!("{},{}", second.node_url(), first.node_url());
+    let prefix = format!("ha{}", std::process::id());
+    let _n1 = first.join_at(&allocators, &format!("{prefix}-n1")).await;
+    let _n2 = second.join_at(&allocators, &format!("{prefix}-n2")).await;
+    eventually("both nodes are active", async || {
+        let states = node_states(&second).await;
+        states.len() == 2 && states.values().all(|s| s == "active")
+    })
+    .await;
+
+    // A deploy through the server that stands by reaches the nodes through the
+    // leader's streams: it is told of the change through PostgreSQL at once, not at
+    // its streams' periodic recheck (27 s at the soonest, longer than allowed here).
+    let small = serde_json::json!({
+        "name": "side",
+        "services": { "one": {
+            "image": "berth/busybox:latest", "replicas": 1, "init": true,
+            "command": ["sleep", "3600"],
+            "networks": { "default": {} }
+        } },
+        "networks": { "default": {} }
+    });
+    // (Past the wake-up every stream gets a few seconds after a server starts, when
+    // its root keys may sign, so that this cannot stand in for the notice.)
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    second.deploy(&small).await;
+    let mut told = false;
+    for _ in 0..100 {
+        let status = get(&second, "/tenants/default/topologies/side").await;
+        if status.is_some_and(|s| s["replicas"][0]["state"] == "running") {
+            told = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(told, "a deploy through the standing-by server never ran");
+
+    // The deploy is sent to the leader, which is killed before it can answer (or
+    // just after it committed: either way the client does not know).
+    let request = first
+        .http
+        .put(format!("{}/v1/tenants/default/topologies/ha", first.api))
+        .bearer_auth(first.admin)
+        .json(&topology())
+        .send();
+    let in_flight = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    first.kill();
+    let killed = std::time::Instant::now();
+    let _ = in_flight.await;
+
+    eventually("the second server takes the lead", async || {
+        second.printed().contains("leading:") && leading(&second).await == Some(true)
+    })
+    .await;
+    eprintln!("the lead passed in {:.1} s", killed.elapsed().as_secs_f64());
+    // The client asks the new leader again: the same topology, so at most one
+    // revision's worth of replicas exists whatever the first request did.
+    second.deploy(&topology()).await;
+
+    eventually("every replica runs, once", async || {
+        let running = running_replicas(&prefix);
+        running.len() == REPLICAS && running.values().all(|nodes| nodes.len() == 1)
+    })
+    .await;
+    let status = get(&second, "/tenants/default/topologies/ha")
+        .await
+        .expect("status");
+    let mut slots: Vec<u64> = status["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|r| r["replica"].as_u64().expect("replica number"))
+        .collect();
+    slots.sort_unstable();
+    assert_eq!(
+        slots,
+        (1..=REPLICAS as u64).collect::<Vec<_>>(),
+        "the allocator holds each replica once: {status}"
+    );
+    eventually(
+        "the nodes report every replica running to the new leader",
+        async || {
+            get(&second, "/tenants/default/topologies/ha")
+                .await
+                .and_then(|s| s["replicas"].as_array().cloned())
+                .is_some_and(|r| r.len() == REPLICAS && r.iter().all(|r| r["state"] == "running"))
+        },
+    )
+    .await;
+    // And it stays so: no replica appears twice later (a late assignment from the
+    // dead leader, say).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let running = running_replicas(&prefix);
+    assert_eq!(running.len(), REPLICAS, "{running:?}");
+    assert!(
+        running.values().all(|nodes| nodes.len() == 1),
+        "{running:?}"
+    );
+    let states = node_states(&second).await;
+    assert!(states.values().all(|s| s == "active"), "{states:?}");
+}
