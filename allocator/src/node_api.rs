@@ -229,7 +229,7 @@ impl NodeApi {
                 count += 1;
                 // What could not leave a dead or draining node is tried again now and
                 // then, since room may have freed elsewhere.
-                if count % RETRY_STUCK_TICKS == 0 {
+                if count.is_multiple_of(RETRY_STUCK_TICKS) {
                     match api.allocator.retry_stuck().await {
                         Ok(retried) => {
                             for (node, drained) in
