@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use berth_protocol::assignment::TopologyRef;
 use berth_protocol::node_api::ReplicaStatus;
+use berth_protocol::topology::Topology;
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -191,6 +192,49 @@ pub(crate) async fn record(
 }
 
 impl Allocator {
+    /// Records an event of a whole service of `id` (replica 0, no node), such as an
+    /// autoscaling decision.
+    pub async fn record_service_event(
+        &self,
+        id: &TopologyRef,
+        service: &str,
+        kind: &str,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), AllocatorError> {
+        let event = Event {
+            at_ms: now_ms,
+            kind: kind.to_owned(),
+            service: service.to_owned(),
+            replica: 0,
+            generation: 0,
+            node: String::new(),
+            detail: detail.to_owned(),
+        };
+        Ok(record(self.connection(), id, &[event], now_ms).await?)
+    }
+
+    /// The placed topologies with a service that autoscales, with the spec placed.
+    pub async fn autoscaled(&self) -> Result<Vec<(TopologyRef, Topology)>, AllocatorError> {
+        let rows = crate::entity::placement::Entity::find()
+            .filter(crate::entity::placement::Column::Spec.contains("\"autoscale\""))
+            .all(self.connection())
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id = TopologyRef {
+                tenant: row.tenant,
+                topology: row.topology,
+            };
+            let spec: Topology = serde_json::from_str(&row.spec)
+                .map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
+            if spec.services.values().any(|s| s.autoscale.is_some()) {
+                out.push((id, spec));
+            }
+        }
+        Ok(out)
+    }
+
     /// A topology's newest events, newest first (at most `limit`, at most [`KEPT`]).
     pub async fn events(&self, id: &TopologyRef, limit: u64) -> Result<Vec<Event>, AllocatorError> {
         let rows = replica_event::Entity::find()
@@ -265,6 +309,7 @@ mod tests {
     #[test]
     fn a_report_says_only_what_changed() {
         let status = |replica: u32, generation: u64, state: &str| ReplicaStatus {
+            cpu_millis: None,
             tenant: "acme".to_owned(),
             topology: "shop".to_owned(),
             service: "web".to_owned(),

@@ -2,7 +2,7 @@
 //! assignments, and signed status reports. Thin: each call verifies the caller with
 //! [`Identities`] and hands over to the [`Allocator`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -115,7 +115,17 @@ struct Shared {
     /// Requests sent to nodes and not fully answered: the node asked, and where the
     /// answer goes.
     pending: HashMap<u64, (String, tokio::sync::mpsc::Sender<LogsBody>)>,
+    /// The CPU figures nodes report for replicas of services that autoscale, by
+    /// topology, then by service and replica: thousandths of a core, and when.
+    cpu: HashMap<TopologyRef, CpuFigures>,
 }
+
+/// One topology's CPU figures: by service and replica, thousandths of a core and when
+/// they were reported.
+type CpuFigures = HashMap<(String, u32), (u32, std::time::Instant)>;
+
+/// How long a reported CPU figure counts: a few of the nodes' reports.
+const CPU_FIGURE_KEPT: Duration = Duration::from_secs(30);
 
 /// Why the logs of a replica could not be asked for.
 #[derive(Debug, thiserror::Error)]
@@ -750,6 +760,26 @@ impl NodeApi {
 }
 
 impl NodeApi {
+    /// The recent CPU figures of `id`'s replicas, by service and replica number, in
+    /// thousandths of a core (only for services that autoscale, from the nodes that
+    /// stream to this process).
+    pub fn cpu_figures(&self, id: &TopologyRef) -> BTreeMap<(String, u32), u32> {
+        let now = std::time::Instant::now();
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(figures) = shared.cpu.get_mut(id) else {
+            return BTreeMap::new();
+        };
+        figures.retain(|_, (_, at)| now.duration_since(*at) < CPU_FIGURE_KEPT);
+        let out = figures
+            .iter()
+            .map(|(slot, (cpu, _))| (slot.clone(), *cpu))
+            .collect();
+        if figures.is_empty() {
+            shared.cpu.remove(id);
+        }
+        out
+    }
+
     /// Checks a report (signature, sequence, the set it answers, the replicas it
     /// speaks of) and records it.
     async fn accept_report(&self, signed: SignedRequest) -> Result<ReportAck, Status> {
@@ -800,6 +830,20 @@ impl NodeApi {
             .record_statuses(&node, &body.replicas, now_ms())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        let now = std::time::Instant::now();
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        for replica in &body.replicas {
+            let Some(cpu) = replica.cpu_millis else {
+                continue;
+            };
+            let id = TopologyRef {
+                tenant: replica.tenant.clone(),
+                topology: replica.topology.clone(),
+            };
+            let figures = shared.cpu.entry(id).or_default();
+            figures.retain(|_, (_, at)| now.duration_since(*at) < CPU_FIGURE_KEPT);
+            figures.insert((replica.service.clone(), replica.replica), (cpu, now));
+        }
         Ok(ReportAck {})
     }
 }

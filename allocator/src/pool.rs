@@ -329,6 +329,7 @@ impl Allocator {
             .map(|r| ReportedReplica {
                 node: r.node,
                 status: ReplicaStatus {
+                    cpu_millis: None,
                     tenant: r.tenant,
                     topology: r.topology,
                     service: r.service,

@@ -13,6 +13,7 @@
 //! directory is accepted as an admin session (its SHA-256 is compared in constant time).
 
 pub mod audit;
+pub mod autoscale;
 mod metrics;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -610,6 +611,10 @@ pub struct ReplicaView {
     pub state: String,
     /// The node's detail (status sentence or error).
     pub detail: String,
+    /// The CPU it used lately, in thousandths of a core, as its node reported (only
+    /// for services that autoscale, and only on the leading server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u32>,
 }
 
 #[utoipa::path(
@@ -652,6 +657,26 @@ async fn deploy(
 }
 
 /// Checks, stores and places a topology, answering with where its replicas went.
+/// Stores `topology` as the tenant's next revision and places it. A placement the
+/// allocator refuses (the inner error) takes the revision back, so nothing is left
+/// half-applied.
+pub(crate) async fn store_and_place(
+    gw: &Gateway,
+    tenant: &str,
+    topology: &Topology,
+) -> Result<Result<berth_tenant_service::StoredRevision, AllocatorError>, ApiError> {
+    let stored = gw.tenants.put_revision(tenant, topology, now_ms()).await?;
+    if let Err(e) = gw.allocator.deploy(tenant, stored.revision, topology).await {
+        if stored.is_new {
+            gw.tenants
+                .discard_revision(tenant, &topology.name, stored.revision)
+                .await?;
+        }
+        return Ok(Err(e));
+    }
+    Ok(Ok(stored))
+}
+
 async fn apply(gw: &Gateway, tenant: String, topology: Topology) -> Result<HttpResponse, ApiError> {
     let problems = topology.problems();
     if !problems.is_empty() {
@@ -661,22 +686,10 @@ async fn apply(gw: &Gateway, tenant: String, topology: Topology) -> Result<HttpR
             problems.join("; "),
         ));
     }
-    let stored = gw
-        .tenants
-        .put_revision(&tenant, &topology, now_ms())
-        .await?;
-    if let Err(e) = gw
-        .allocator
-        .deploy(&tenant, stored.revision, &topology)
-        .await
-    {
-        if stored.is_new {
-            gw.tenants
-                .discard_revision(&tenant, &topology.name, stored.revision)
-                .await?;
-        }
-        return Err(e.into());
-    }
+    let stored = match store_and_place(gw, &tenant, &topology).await? {
+        Ok(stored) => stored,
+        Err(refused) => return Err(refused.into()),
+    };
     let replicas = replica_views(
         gw,
         &TopologyRef {
@@ -694,6 +707,7 @@ async fn apply(gw: &Gateway, tenant: String, topology: Topology) -> Result<HttpR
 
 async fn replica_views(gw: &Gateway, id: &TopologyRef) -> Result<Vec<ReplicaView>, ApiError> {
     let reported = gw.allocator.statuses(id).await?;
+    let cpu = gw.nodes.cpu_figures(id);
     let mut views: Vec<ReplicaView> = gw
         .allocator
         .placed(id)
@@ -708,6 +722,7 @@ async fn replica_views(gw: &Gateway, id: &TopologyRef) -> Result<Vec<ReplicaView
             ReplicaView {
                 state: report.map_or_else(|| "pending".to_owned(), |r| r.status.state.clone()),
                 detail: report.map(|r| r.status.detail.clone()).unwrap_or_default(),
+                cpu_millis: cpu.get(&(p.service.clone(), p.replica)).copied(),
                 service: p.service,
                 replica: p.replica,
                 node: p.node,

@@ -159,6 +159,9 @@ enum Command {
         database: Option<String>,
         #[command(flatten)]
         liveness: LivenessArgs,
+        /// How often the autoscaler looks at services with `x-berth.autoscale`.
+        #[arg(long, env = "BERTH_AUTOSCALE_EVERY", default_value = "15s", value_parser = parse_duration)]
+        autoscale_every: std::time::Duration,
     },
     /// Run the whole platform on this machine: the control plane and a node agent on
     /// the local Docker engine. Prints the API's URL, an admin login, and the command
@@ -573,6 +576,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             advertise,
             database,
             liveness,
+            autoscale_every,
         } => {
             let config = server::ServerConfig {
                 listen: *listen,
@@ -582,6 +586,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 data_dir: data_dir(),
                 local_node: false,
                 thresholds: liveness.thresholds()?,
+                autoscale_every: *autoscale_every,
             };
             server::run(config).await.map_err(|e| Failure {
                 exit: Exit::Failure,
@@ -602,6 +607,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 data_dir: data_dir().join("dev"),
                 thresholds: berth_allocator::liveness::Thresholds::default(),
                 local_node: true,
+                autoscale_every: std::time::Duration::from_secs(15),
             };
             server::run(config).await.map_err(|e| {
                 let docker = e.to_string().contains("Docker");

@@ -32,6 +32,8 @@ pub(crate) struct ServerConfig {
     pub(crate) local_node: bool,
     /// The failure detector's thresholds.
     pub(crate) thresholds: berth_allocator::liveness::Thresholds,
+    /// How often the autoscaler runs (in the leader).
+    pub(crate) autoscale_every: std::time::Duration,
 }
 
 /// The name of the node `berth dev` runs.
@@ -67,26 +69,6 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         true => nodes.stand_by(),
         false => drop(nodes.lead()),
     }
-    let leadership = {
-        let (nodes, allocator, database) = (nodes.clone(), allocator.clone(), database.clone());
-        async move {
-            let mut lead = berth_allocator::leader::campaign(&db, &database, || {
-                println!("standing by: another allocator leads; this one serves the REST API and takes the lead when it is free");
-            })
-            .await?;
-            allocator.hear_others(&database).await?;
-            nodes.lead();
-            if lead.is_elected() {
-                println!(
-                    "leading: this allocator serves the node API and runs the failure detector"
-                );
-            }
-            let lost = lead.lost().await;
-            anyhow::Ok(anyhow::anyhow!(
-                "this allocator lost the lead ({lost}); it stops so that it can never act as a second leader"
-            ))
-        }
-    };
     // The tenant `berth up --endpoint` uses unless told otherwise, so the printed
     // commands work as they are.
     tenants.ensure_tenant(DEFAULT_TENANT, now_ms()).await?;
@@ -113,12 +95,35 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     };
     let gateway = Gateway::new(
         tenants,
-        allocator,
+        allocator.clone(),
         nodes.clone(),
         &admin_token,
         &node_url,
         keys,
     );
+
+    let leadership = {
+        let (nodes, allocator, database) = (nodes.clone(), allocator.clone(), database.clone());
+        let (gateway, autoscale_every) = (gateway.clone(), config.autoscale_every);
+        async move {
+            let mut lead = berth_allocator::leader::campaign(&db, &database, || {
+                println!("standing by: another allocator leads; this one serves the REST API and takes the lead when it is free");
+            })
+            .await?;
+            allocator.hear_others(&database).await?;
+            nodes.lead();
+            berth_api_gateway::autoscale::run(gateway, autoscale_every);
+            if lead.is_elected() {
+                println!(
+                    "leading: this allocator serves the node API and runs the failure detector"
+                );
+            }
+            let lost = lead.lost().await;
+            anyhow::Ok(anyhow::anyhow!(
+                "this allocator lost the lead ({lost}); it stops so that it can never act as a second leader"
+            ))
+        }
+    };
 
     let http = actix_web::HttpServer::new(move || {
         actix_web::App::new().configure(berth_api_gateway::configure(gateway.clone()))

@@ -6,7 +6,7 @@
 //! arrives, and on any break back off exponentially before connecting again. Every
 //! request in the node's name is signed with the node's own key.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -320,6 +320,9 @@ impl Signer {
 /// allocator tells it the pool's setting.
 pub const DEFAULT_FENCE_AFTER: Duration = Duration::from_secs(10);
 
+/// How often a node reports the CPU of the replicas of services that autoscale.
+const CPU_REPORT_EVERY: Duration = Duration::from_secs(5);
+
 /// How often the node heartbeats (and reports its peer API's decisions) until the
 /// allocator says otherwise.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -366,6 +369,10 @@ pub fn backoff(attempt: u32) -> Duration {
         .min(Duration::from_secs(10))
 }
 
+/// A set as applied: its version, its assignments, and the topologies that failed
+/// with why.
+type AppliedSet = (u64, Vec<TopologyAssignment>, Vec<(TopologyRef, String)>);
+
 /// The node agent.
 #[derive(Debug)]
 pub struct Agent<D> {
@@ -388,6 +395,13 @@ pub struct Agent<D> {
     /// Which of the allocators' addresses to try next (they are tried in turn until
     /// one leads and answers).
     next_allocator: usize,
+    /// The last set applied (its version, assignments and failures), reported again
+    /// every [`CPU_REPORT_EVERY`] while it holds a service that autoscales.
+    last_set: Option<AppliedSet>,
+    /// The previous CPU time sample of each container, by container id.
+    cpu_seen: HashMap<String, (u64, std::time::Instant)>,
+    /// When the CPU figures are next due.
+    next_cpu_report: std::time::Instant,
 }
 
 impl<D: ContainerDriver> Agent<D> {
@@ -403,6 +417,9 @@ impl<D: ContainerDriver> Agent<D> {
             reconciler,
             client: None,
             next_allocator: 0,
+            last_set: None,
+            cpu_seen: HashMap::new(),
+            next_cpu_report: std::time::Instant::now(),
             trust: Arc::default(),
             peer: None,
             lease: Lease {
@@ -612,6 +629,7 @@ impl<D: ContainerDriver> Agent<D> {
                 if self.beat().await {
                     return LoopState::Connect { attempt: 0 };
                 }
+                self.report_cpu_if_due().await;
                 next
             }
             LoopState::Backoff { attempt } => {
@@ -853,6 +871,43 @@ impl<D: ContainerDriver> Agent<D> {
         if let Err(e) = reported {
             tracing::warn!(error = %e, "report failed");
         }
+        self.last_set = Some((set.version, assignments, failures));
+    }
+
+    /// Reports the last set again, with fresh CPU figures, when they are due and a
+    /// service of it autoscales.
+    async fn report_cpu_if_due(&mut self) {
+        let now = std::time::Instant::now();
+        if now < self.next_cpu_report {
+            return;
+        }
+        self.next_cpu_report = now + CPU_REPORT_EVERY;
+        let Some((version, assignments, failures)) = self.last_set.take() else {
+            return;
+        };
+        let autoscaled = assignments
+            .iter()
+            .any(|a| a.services.values().any(|s| s.autoscale.is_some()));
+        if autoscaled && let Err(e) = self.report(version, &assignments, &failures).await {
+            tracing::debug!(error = %e, "CPU report failed");
+        }
+        self.last_set = Some((version, assignments, failures));
+    }
+
+    /// The CPU `container` used since its previous sample, in thousandths of a core.
+    async fn cpu_millis(&mut self, container: &str) -> Option<u32> {
+        let now = std::time::Instant::now();
+        let used = match self.reconciler.driver().cpu_time(container).await {
+            Ok(Some(used)) => used,
+            _ => return None,
+        };
+        let previous = self.cpu_seen.insert(container.to_owned(), (used, now))?;
+        let elapsed = now.saturating_duration_since(previous.1).as_nanos();
+        if elapsed == 0 || used < previous.0 {
+            return None;
+        }
+        let millis = u128::from(used - previous.0) * 1000 / elapsed;
+        u32::try_from(millis).ok()
     }
 
     async fn report(
@@ -885,7 +940,18 @@ impl<D: ContainerDriver> Agent<D> {
                     (None, Some(why)) => ("failed".to_owned(), why.clone()),
                     (None, None) => ("missing".to_owned(), String::new()),
                 };
+                let autoscaled = a
+                    .services
+                    .get(&slot.service)
+                    .is_some_and(|s| s.autoscale.is_some());
+                let cpu_millis = match container {
+                    Some(c) if autoscaled && c.container.running => {
+                        self.cpu_millis(&c.container.id).await
+                    }
+                    _ => None,
+                };
                 replicas.push(ReplicaStatus {
+                    cpu_millis,
                     tenant: a.id.tenant.clone(),
                     topology: a.id.topology.clone(),
                     service: slot.service.clone(),
@@ -896,6 +962,8 @@ impl<D: ContainerDriver> Agent<D> {
                 });
             }
         }
+        self.cpu_seen
+            .retain(|id, _| running.iter().any(|c| &c.container.id == id));
         let (sequence, timestamp_ms) = self.signer.next_sequence();
         let request = self.signer.sign(
             methods::REPORT,

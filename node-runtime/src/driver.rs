@@ -155,6 +155,9 @@ pub trait ContainerDriver: Send + Sync + 'static {
     /// Kills a container at once (SIGKILL), leaving it stopped: how a node fences
     /// itself when it has lost its lease.
     fn kill_container(&self, id: &str) -> impl Future<Output = Result<(), DriverError>> + Send;
+    /// The CPU time a running container has used since it started, in nanoseconds, if
+    /// the engine says (autoscaling compares two of these).
+    fn cpu_time(&self, id: &str) -> impl Future<Output = Result<Option<u64>, DriverError>> + Send;
     /// What a container is doing.
     fn container_status(
         &self,

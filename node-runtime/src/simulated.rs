@@ -264,6 +264,11 @@ impl ContainerDriver for SimulatedDriver {
         Ok(())
     }
 
+    async fn cpu_time(&self, _id: &str) -> Result<Option<u64>, DriverError> {
+        // Simulated containers run nothing, so there is no CPU to measure.
+        Ok(None)
+    }
+
     async fn kill_container(&self, id: &str) -> Result<(), DriverError> {
         if let Some(c) = self.state().containers.get_mut(id) {
             c.observed.running = false;

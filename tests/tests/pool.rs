@@ -306,6 +306,7 @@ async fn a_node_cannot_report_on_containers_it_does_not_own() {
     let s2 = Signer::new(&n2).expect("signer");
     let (_, theirs) = first_set(&plane, &s2).await;
     let status = |a: &TopologyAssignment| ReplicaStatus {
+        cpu_millis: None,
         tenant: a.id.tenant.clone(),
         topology: a.id.topology.clone(),
         service: a.slots[0].service.clone(),

@@ -48,6 +48,14 @@ impl Topology {
             if s.replicas > 10_000 {
                 out.push(format!("{p}.replicas: at most 10000"));
             }
+            if let Some(autoscale) = &s.autoscale {
+                out.extend(
+                    autoscale
+                        .problems(s.replicas)
+                        .into_iter()
+                        .map(|problem| format!("{p}.{problem}")),
+                );
+            }
             if s.labels.keys().any(|k| k.starts_with("berth.")) {
                 out.push(format!(
                     "{p}.labels: labels starting with `berth.` are reserved"

@@ -85,6 +85,58 @@ pub struct Service {
     /// Which nodes may run the replicas (`deploy.placement.constraints`); all must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// How the replica count follows CPU use (`x-berth.autoscale`); `replicas` is then
+    /// where it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+}
+
+/// Replicas between `min` and `max`, as many as keep each one's average CPU near
+/// `cpu_percent` of its CPU limit (of one core when it has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    /// The fewest replicas.
+    pub min: u32,
+    /// The most replicas.
+    pub max: u32,
+    /// The CPU each replica should use on average, in percent of its limit.
+    pub cpu_percent: u32,
+}
+
+impl Autoscale {
+    /// The CPU, in thousandths of a core, that `cpu_percent` means for a replica
+    /// limited to `limit_millis` (one core when unlimited).
+    pub fn target_millis(&self, limit_millis: Option<u64>) -> u64 {
+        (limit_millis.unwrap_or(1000) * u64::from(self.cpu_percent) / 100).max(1)
+    }
+
+    /// What is wrong with these settings for a service that starts at `replicas`.
+    pub fn problems(&self, replicas: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.min < 1 {
+            out.push("autoscale.min must be at least 1".to_owned());
+        }
+        if self.max < self.min {
+            out.push(format!(
+                "autoscale.max ({}) must be at least autoscale.min ({})",
+                self.max, self.min
+            ));
+        }
+        if !(1..=100).contains(&self.cpu_percent) {
+            out.push(format!(
+                "autoscale.cpu must be between 1% and 100%, found {}%",
+                self.cpu_percent
+            ));
+        }
+        if self.min <= self.max && !(self.min..=self.max).contains(&replicas) {
+            out.push(format!(
+                "deploy.replicas ({replicas}) must lie between autoscale.min ({}) and autoscale.max ({})",
+                self.min, self.max
+            ));
+        }
+        out
+    }
 }
 
 /// What a placement constraint looks at.

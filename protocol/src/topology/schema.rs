@@ -581,8 +581,10 @@ fn service_of(
         stop_signal: None,
         stop_grace_period_ms: None,
         constraints: Vec::new(),
+        autoscale: None,
     };
     let mut env_files = BTreeMap::new();
+    let mut autoscale_at = None;
     let mut networks_given = false;
     for (key, value) in fields {
         let p = join(path, key);
@@ -689,9 +691,28 @@ fn service_of(
                 }
             }
             "x-berth" => {
-                cx.fields(value, &p, &[], false);
+                for (key, value) in cx.fields(value, &p, &["autoscale"], false) {
+                    let ap = join(&p, key);
+                    autoscale_at = Some((value.pos, ap.clone()));
+                    service.autoscale = autoscale_of(cx, value, &ap);
+                }
             }
             _ => unreachable!("fields() returns only known keys"),
+        }
+    }
+    if let (Some(autoscale), Some((pos, ap))) = (&service.autoscale, autoscale_at) {
+        // The bounds themselves were checked as they were read.
+        if autoscale.min <= autoscale.max
+            && !(autoscale.min..=autoscale.max).contains(&service.replicas)
+        {
+            cx.error(
+                pos,
+                &ap,
+                format!(
+                    "deploy.replicas ({}) must lie between min ({}) and max ({})",
+                    service.replicas, autoscale.min, autoscale.max
+                ),
+            );
         }
     }
     if !networks_given {
@@ -1121,6 +1142,73 @@ fn healthcheck_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Healthchec
         return None;
     }
     Some(check)
+}
+
+/// `x-berth.autoscale`: `min` (default 1), `max` and `cpu` (a percentage of the
+/// replica's CPU limit, `60%` or `60`), all checked here.
+fn autoscale_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Autoscale> {
+    let (mut min, mut max, mut cpu) = (Some(1), None, None);
+    let mut max_pos = node.pos;
+    let fields = cx.fields(node, path, &["min", "max", "cpu"], false);
+    let read = !fields.is_empty() || matches!(node.value, Value::Map(_));
+    for (key, value) in fields {
+        let p = join(path, key);
+        match key {
+            "min" => min = cx.int(value, &p, 1, 10_000),
+            "max" => {
+                max_pos = value.pos;
+                max = cx.int(value, &p, 1, 10_000);
+            }
+            "cpu" => {
+                let text = match &value.value {
+                    Value::Int(i) => Some(i.to_string()),
+                    _ => cx.string(value, &p),
+                };
+                let Some(text) = text else { continue };
+                match text.trim().trim_end_matches('%').trim().parse::<u32>() {
+                    Ok(v) if (1..=100).contains(&v) => cpu = Some(v),
+                    _ => cx.error(
+                        value.pos,
+                        &p,
+                        format!("expected a percentage between 1% and 100%, found {text:?}"),
+                    ),
+                }
+            }
+            _ => unreachable!("fields() returns only known keys"),
+        }
+    }
+    if !read {
+        return None;
+    }
+    if max.is_none() && !cx.errors.iter().any(|d| d.path == join(path, "max")) {
+        cx.error(
+            node.pos,
+            &join(path, "max"),
+            "autoscale needs `max`, the most replicas",
+        );
+    }
+    if cpu.is_none() && !cx.errors.iter().any(|d| d.path == join(path, "cpu")) {
+        cx.error(
+            node.pos,
+            &join(path, "cpu"),
+            "autoscale needs `cpu`, the average CPU to keep each replica at, as a percentage of its limit",
+        );
+    }
+    let (min, max, cpu_percent) = (min?, max?, cpu?);
+    let (min, max) = (u32::try_from(min).ok()?, u32::try_from(max).ok()?);
+    if max < min {
+        cx.error(
+            max_pos,
+            &join(path, "max"),
+            format!("must be at least min ({min}), found {max}"),
+        );
+        return None;
+    }
+    Some(Autoscale {
+        min,
+        max,
+        cpu_percent,
+    })
 }
 
 fn deploy_of(

@@ -455,3 +455,80 @@ fn placement_constraints_are_read_and_checked_where_they_are_written() {
         "{e:?}"
     );
 }
+
+#[test]
+fn autoscale_settings_are_read_and_checked_where_they_are_written() {
+    let loaded = load_with(
+        "services:\n  web:\n    image: x\n    deploy:\n      replicas: 2\n      resources: {limits: {cpus: '0.5'}}\n    x-berth:\n      autoscale: {min: 1, max: 5, cpu: 60%}\n",
+        &[],
+        &[],
+    )
+    .unwrap();
+    let web = &loaded.topology.services["web"];
+    let autoscale = web.autoscale.expect("autoscale");
+    assert_eq!(
+        autoscale,
+        Autoscale {
+            min: 1,
+            max: 5,
+            cpu_percent: 60
+        }
+    );
+    assert_eq!(autoscale.target_millis(web.limits.cpu_millis), 300);
+    assert_eq!(autoscale.target_millis(None), 600);
+    assert!(loaded.topology.problems().is_empty());
+
+    // max under min, at max's own line and column.
+    let e = errors(
+        "services:\n  web:\n    image: x\n    x-berth:\n      autoscale:\n        min: 3\n        max: 2\n        cpu: 50\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "app.yaml:7:14: services.web.x-berth.autoscale.max: must be at least min (3), found 2"
+        ),
+        "{e:?}"
+    );
+    // A percentage out of range, and a missing max.
+    let e = errors("services:\n  web:\n    image: x\n    x-berth:\n      autoscale: {cpu: 150%}\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e.iter().any(|e| e
+            .contains("autoscale.cpu: expected a percentage between 1% and 100%, found \"150%\"")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.contains("autoscale.max: autoscale needs `max`")),
+        "{e:?}"
+    );
+    // A starting count outside the bounds.
+    let e = errors(
+        "services:\n  web:\n    image: x\n    deploy: {replicas: 9}\n    x-berth:\n      autoscale: {max: 4, cpu: 50}\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("services.web.x-berth.autoscale: deploy.replicas (9) must lie between min (1) and max (4)"),
+        "{e:?}"
+    );
+    // An unknown setting.
+    let e = errors(
+        "services:\n  web:\n    image: x\n    x-berth:\n      autoscale: {max: 4, cpu: 50, memory: 80}\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("autoscale.memory"), "{e:?}");
+
+    // The same checks hold for a topology that arrives as data.
+    let mut tampered = loaded.topology.clone();
+    tampered.services.get_mut("web").unwrap().autoscale = Some(Autoscale {
+        min: 4,
+        max: 2,
+        cpu_percent: 0,
+    });
+    let problems = tampered.problems();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("services.web.autoscale.max (2) must be at least"),
+        "{problems:?}"
+    );
+}
