@@ -339,3 +339,41 @@ pub mod replica_event {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Slots that moved to another node to even the load and still run on the node they
+/// left, until the new copy runs (start before stop) or the wait runs out.
+pub mod lingering {
+    use sea_orm::entity::prelude::*;
+
+    /// One old copy of a moved replica.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "lingering_slots")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// The topology.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub topology: String,
+        /// The service.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub service: String,
+        /// The replica number.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub replica: i64,
+        /// The node it left, which keeps running the old copy meanwhile.
+        #[sea_orm(indexed)]
+        pub node: String,
+        /// The old copy's generation.
+        pub generation: i64,
+        /// After this (Unix milliseconds) the old copy goes whether or not the new one
+        /// runs.
+        pub until_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

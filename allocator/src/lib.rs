@@ -17,6 +17,7 @@ pub mod node_api;
 pub mod placement;
 pub mod pool;
 pub mod reach;
+pub mod rebalance;
 pub mod resources;
 pub mod root_keys;
 pub mod service;

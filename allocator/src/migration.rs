@@ -5,8 +5,8 @@ use sea_orm::Schema;
 use sea_orm_migration::prelude::*;
 
 use crate::entity::{
-    assignment, audit_entry, join_token, node, node_identity, placement, quota, replica_event,
-    replica_status, revocation,
+    assignment, audit_entry, join_token, lingering, node, node_identity, placement, quota,
+    replica_event, replica_status, revocation,
 };
 
 /// The allocator's migrations.
@@ -25,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(NodeLiveness),
             Box::new(ReplicaEvents),
             Box::new(NodeLoadIndex),
+            Box::new(LingeringSlots),
         ]
     }
 
@@ -349,5 +350,36 @@ impl MigrationTrait for NodeLoadIndex {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// The old copies of replicas moved to even the load (see `rebalance.rs`).
+#[derive(Debug)]
+struct LingeringSlots;
+
+impl MigrationName for LingeringSlots {
+    fn name(&self) -> &str {
+        "m20261124_000009_allocator_lingering_slots"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for LingeringSlots {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(lingering::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        for mut index in schema.create_index_from_entity(lingering::Entity) {
+            manager
+                .create_index(index.if_not_exists().to_owned())
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -826,8 +826,15 @@ impl NodeApi {
                 )));
             }
         }
+        // What it says of old copies of moved replicas is not their status; and a
+        // new copy running ends its move.
+        let current = self
+            .allocator
+            .settle_moves(&node, body.replicas.clone(), now_ms())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         self.allocator
-            .record_statuses(&node, &body.replicas, now_ms())
+            .record_statuses(&node, &current, now_ms())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let now = std::time::Instant::now();

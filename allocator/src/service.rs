@@ -414,7 +414,8 @@ impl Allocator {
             .await?;
         let events = crate::events::placement_events(&placed, &plan.slots);
         crate::events::record(txn, id, &events, crate::liveness::now_ms()).await?;
-        let nodes = per_node.keys().map(|n| (*n).to_owned()).collect();
+        let mut nodes: Vec<String> = per_node.keys().map(|n| (*n).to_owned()).collect();
+        nodes.extend(crate::rebalance::forget_moves(txn, id).await?);
         Ok((plan, nodes))
     }
 
@@ -463,6 +464,8 @@ impl Allocator {
             .filter(assignment::Column::Topology.eq(&id.topology))
             .exec(txn)
             .await?;
+        let old_copies = crate::rebalance::forget_moves(txn, id).await?;
+        per_node.extend(old_copies.into_iter().map(|n| (n, Resources::default())));
         placement::Entity::delete_by_id((id.tenant.clone(), id.topology.clone()))
             .exec(txn)
             .await?;
@@ -509,7 +512,7 @@ impl Allocator {
     }
 
     /// Records a change of what `nodes` run, and wakes the streams.
-    fn touch(&self, nodes: &[String]) {
+    pub(crate) fn touch(&self, nodes: &[String]) {
         self.touch_here(nodes);
         self.tell_others(nodes.join(","));
     }
@@ -649,6 +652,22 @@ impl Allocator {
                     containers: 1,
                 },
             });
+        }
+        // Old copies of replicas moved off this node run on until the new ones do.
+        for (id, old) in self
+            .lingering_on(node_name, crate::liveness::now_ms())
+            .await?
+        {
+            let slots = by_topology.entry(id).or_default();
+            for (service, replica, generation) in old {
+                slots.push(Placed {
+                    service,
+                    replica,
+                    node: node_name.to_owned(),
+                    generation,
+                    cost: Resources::default(),
+                });
+            }
         }
         let mut out = Vec::with_capacity(by_topology.len());
         for (id, placed) in by_topology {
@@ -807,14 +826,14 @@ fn grow(before: Resources, after: Resources) -> Resources {
 
 /// A signed change of reserved resources.
 #[derive(Clone, Copy, Debug)]
-struct Delta {
+pub(crate) struct Delta {
     cpu: i64,
     memory: i64,
     containers: i64,
 }
 
 impl Delta {
-    fn between(before: Resources, after: Resources) -> Self {
+    pub(crate) fn between(before: Resources, after: Resources) -> Self {
         let d = |b: u64, a: u64| to_i64(a).saturating_sub(to_i64(b));
         Self {
             cpu: d(before.cpu_millis, after.cpu_millis),
@@ -867,7 +886,7 @@ fn node_view(n: node::Model) -> NodeView {
 }
 
 /// Every node of the pool.
-async fn all_nodes<C: sea_orm::ConnectionTrait>(db: &C) -> Result<Vec<NodeView>, DbErr> {
+pub(crate) async fn all_nodes<C: sea_orm::ConnectionTrait>(db: &C) -> Result<Vec<NodeView>, DbErr> {
     Ok(node::Entity::find()
         .all(db)
         .await?
@@ -912,7 +931,10 @@ async fn candidate_nodes<C: sea_orm::ConnectionTrait>(
 /// Writes the tenant's quota row without changing it: a row lock on PostgreSQL, the
 /// write lock on SQLite, so that a transaction that starts with it serialises with the
 /// tenant's other writers and never has to upgrade a read lock. False if no such row.
-async fn lock_tenant(txn: &sea_orm::DatabaseTransaction, tenant: &str) -> Result<bool, DbErr> {
+pub(crate) async fn lock_tenant(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant: &str,
+) -> Result<bool, DbErr> {
     let touched = quota::Entity::update_many()
         .col_expr(
             quota::Column::ContainersUsed,
@@ -967,7 +989,7 @@ async fn shift_quota(
 
 /// Shifts what is reserved on a node by `delta`, as [`shift_quota`] does against its
 /// capacity.
-async fn shift_node(
+pub(crate) async fn shift_node(
     txn: &sea_orm::DatabaseTransaction,
     node_name: &str,
     delta: Delta,

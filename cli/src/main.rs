@@ -162,6 +162,13 @@ enum Command {
         /// How often the autoscaler looks at services with `x-berth.autoscale`.
         #[arg(long, env = "BERTH_AUTOSCALE_EVERY", default_value = "15s", value_parser = parse_duration)]
         autoscale_every: std::time::Duration,
+        /// How often replicas move to even the load across nodes.
+        #[arg(long, env = "BERTH_REBALANCE_EVERY", default_value = "30s", value_parser = parse_duration)]
+        rebalance_every: std::time::Duration,
+        /// The most replicas of one service that may be moving or down at once while
+        /// the load is evened (moves start the new copy before stopping the old).
+        #[arg(long, env = "BERTH_DISRUPTION_BUDGET", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        disruption_budget: u32,
     },
     /// Run the whole platform on this machine: the control plane and a node agent on
     /// the local Docker engine. Prints the API's URL, an admin login, and the command
@@ -577,6 +584,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             database,
             liveness,
             autoscale_every,
+            rebalance_every,
+            disruption_budget,
         } => {
             let config = server::ServerConfig {
                 listen: *listen,
@@ -587,6 +596,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 local_node: false,
                 thresholds: liveness.thresholds()?,
                 autoscale_every: *autoscale_every,
+                rebalance_every: *rebalance_every,
+                disruption_budget: *disruption_budget,
             };
             server::run(config).await.map_err(|e| Failure {
                 exit: Exit::Failure,
@@ -608,6 +619,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 thresholds: berth_allocator::liveness::Thresholds::default(),
                 local_node: true,
                 autoscale_every: std::time::Duration::from_secs(15),
+                rebalance_every: std::time::Duration::from_secs(30),
+                disruption_budget: 1,
             };
             server::run(config).await.map_err(|e| {
                 let docker = e.to_string().contains("Docker");

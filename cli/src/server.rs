@@ -34,6 +34,10 @@ pub(crate) struct ServerConfig {
     pub(crate) thresholds: berth_allocator::liveness::Thresholds,
     /// How often the autoscaler runs (in the leader).
     pub(crate) autoscale_every: std::time::Duration,
+    /// How often the leader evens the load across nodes.
+    pub(crate) rebalance_every: std::time::Duration,
+    /// The most replicas of a service moving or down at once while rebalancing.
+    pub(crate) disruption_budget: u32,
 }
 
 /// The name of the node `berth dev` runs.
@@ -105,6 +109,8 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let leadership = {
         let (nodes, allocator, database) = (nodes.clone(), allocator.clone(), database.clone());
         let (gateway, autoscale_every) = (gateway.clone(), config.autoscale_every);
+        let (rebalance_every, disruption_budget) =
+            (config.rebalance_every, config.disruption_budget);
         async move {
             let mut lead = berth_allocator::leader::campaign(&db, &database, || {
                 println!("standing by: another allocator leads; this one serves the REST API and takes the lead when it is free");
@@ -113,6 +119,7 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
             allocator.hear_others(&database).await?;
             nodes.lead();
             berth_api_gateway::autoscale::run(gateway, autoscale_every);
+            berth_allocator::rebalance::run(allocator.clone(), rebalance_every, disruption_budget);
             if lead.is_elected() {
                 println!(
                     "leading: this allocator serves the node API and runs the failure detector"

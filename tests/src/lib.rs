@@ -16,6 +16,7 @@ pub mod hollow;
 pub mod plane;
 pub mod postgres;
 pub mod proxy;
+pub mod reports;
 
 /// The `berth` binary built by this `cargo test` run (it sits next to `deps/`).
 pub fn berth_bin() -> PathBuf {

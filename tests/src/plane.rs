@@ -133,6 +133,22 @@ impl Server {
         assert!(status.is_success(), "{status}: {:?}", deployed.text().await);
     }
 
+    /// Calls `path` under `/v1` as the admin; panics with the API's answer unless it
+    /// succeeds.
+    pub async fn api(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
+        let response = self
+            .http
+            .request(method, format!("{}/v1{path}", self.api))
+            .bearer_auth(self.admin)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        let body = response.text().await.expect("body");
+        assert!(status.is_success(), "{path}: {status} {body}");
+        serde_json::from_str(&body).expect("json")
+    }
+
     /// The server's process id, to measure it.
     pub fn pid(&self) -> u32 {
         self.process.as_ref().map_or(0, |p| p.0.id())

@@ -41,23 +41,9 @@ fn inspect(name: &str) -> Option<(bool, String, String)> {
     ))
 }
 
-async fn api(server: &Server, method: reqwest::Method, path: &str) -> serde_json::Value {
-    let response = server
-        .http
-        .request(method, format!("{}/v1{path}", server.api))
-        .bearer_auth(server.admin)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status();
-    let body = response.text().await.expect("body");
-    assert!(status.is_success(), "{path}: {status} {body}");
-    serde_json::from_str(&body).expect("json")
-}
-
 /// The state of node `name` in `berth node list`.
 async fn node_state(server: &Server, name: &str) -> String {
-    let nodes = api(server, reqwest::Method::GET, "/nodes").await;
+    let nodes = server.api(reqwest::Method::GET, "/nodes").await;
     nodes
         .as_array()
         .into_iter()
@@ -88,12 +74,9 @@ async fn deploy_on(server: &Server, on: &Node, other: &Node) {
     })
     .await;
     let post = reqwest::Method::POST;
-    api(
-        server,
-        post.clone(),
-        &format!("/nodes/{}/cordon", other.name),
-    )
-    .await;
+    server
+        .api(post.clone(), &format!("/nodes/{}/cordon", other.name))
+        .await;
     let topology = serde_json::json!({
         "name": "svc",
         "services": { "web": {
@@ -108,17 +91,16 @@ async fn deploy_on(server: &Server, on: &Node, other: &Node) {
         runs_on(server).await.as_deref() == Some(on.name.as_str())
     })
     .await;
-    api(server, post, &format!("/nodes/{}/uncordon", other.name)).await;
+    server
+        .api(post, &format!("/nodes/{}/uncordon", other.name))
+        .await;
 }
 
 /// The node web's replica runs on, by the nodes' reports.
 async fn runs_on(server: &Server) -> Option<String> {
-    let status = api(
-        server,
-        reqwest::Method::GET,
-        "/tenants/default/topologies/svc",
-    )
-    .await;
+    let status = server
+        .api(reqwest::Method::GET, "/tenants/default/topologies/svc")
+        .await;
     let replica = &status["replicas"][0];
     (replica["state"] == "running").then(|| replica["node"].as_str().unwrap_or_default().to_owned())
 }
@@ -171,12 +153,12 @@ async fn a_dead_agents_replica_runs_elsewhere_and_it_stops_its_own_when_it_retur
     .await;
     assert!(inspect(&container(&n2)).is_some_and(|c| c.0));
     // The topology's events tell the story, newest first.
-    let events = api(
-        &server,
-        reqwest::Method::GET,
-        "/tenants/default/topologies/svc/events",
-    )
-    .await;
+    let events = server
+        .api(
+            reqwest::Method::GET,
+            "/tenants/default/topologies/svc/events",
+        )
+        .await;
     let told: Vec<(String, String)> = events
         .as_array()
         .into_iter()

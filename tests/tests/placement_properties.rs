@@ -26,6 +26,9 @@ enum Step {
     Die { node: usize },
     /// Node `node` comes back.
     Return { node: usize },
+    /// Every node reports what it runs as running, and the load is evened with a
+    /// disruption budget of `budget`; then, if `settle`, the new copies run too.
+    Rebalance { budget: u32, settle: bool },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -33,6 +36,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0usize..3, 0usize..4, 0u32..6, 1u64..1200).prop_map(|(tenant, name, replicas, cpu)| Step::Deploy { tenant, name, replicas, cpu }),
         1 => (0usize..6).prop_map(|node| Step::Die { node }),
         1 => (0usize..6).prop_map(|node| Step::Return { node }),
+        1 => (1u32..3, any::<bool>()).prop_map(|(budget, settle)| Step::Rebalance { budget, settle }),
     ]
 }
 
@@ -115,6 +119,14 @@ async fn check(
         );
     }
     Ok(())
+}
+
+/// Every node reports every slot of its set running.
+async fn report_running(allocator: &Allocator, names: &[String]) {
+    let now = berth_allocator::liveness::now_ms();
+    for node in names {
+        berth_tests::reports::report_running(allocator, node, now).await;
+    }
 }
 
 async fn run(
@@ -244,6 +256,31 @@ async fn run(
             Step::Return { node } => {
                 let node = &names[node % names.len()];
                 allocator.declare_alive(node).await.expect("alive");
+            }
+            Step::Rebalance { budget, settle } => {
+                report_running(&allocator, &names).await;
+                let now = berth_allocator::liveness::now_ms();
+                let moved = allocator.rebalance(budget, now).await.expect("rebalance");
+                // No service has more replicas moving than the budget.
+                let mut per_service: BTreeMap<(String, String), u32> = BTreeMap::new();
+                for m in &moved {
+                    *per_service
+                        .entry((m.id.to_string(), m.service.clone()))
+                        .or_default() += 1;
+                }
+                prop_assert!(per_service.values().all(|n| *n <= budget), "{moved:?}");
+                for m in &moved {
+                    let nodes = allocator.nodes().await.expect("nodes");
+                    let to = nodes.iter().find(|n| n.name == m.to).expect("target");
+                    prop_assert_eq!(
+                        to.state,
+                        NodeState::Active,
+                        "moved onto a node that is not open"
+                    );
+                }
+                if settle {
+                    report_running(&allocator, &names).await;
+                }
             }
         }
         check(&allocator, &tenants, &deployed).await?;

@@ -1,0 +1,422 @@
+//! Rebalancing: when nodes join, come back or the load skews, the leader moves
+//! replicas from the open node with the most containers to the one with the fewest,
+//! one slot at a time, until no two open nodes differ by more than one container (or
+//! nothing more may move).
+//!
+//! A move starts before it stops. In one transaction the slot is given to the new
+//! node under a new generation, capacity moves with it, and the old copy is recorded
+//! as lingering: the old node keeps it in its assignment set, so it keeps running.
+//! When the new node reports the new copy running, the lingering row goes and the old
+//! node, told of the change, removes its copy. If the new copy never runs, the old one
+//! goes after [`LINGER`] anyway, and a deploy of the topology ends its moves at once.
+//!
+//! The disruption budget: a service never has more than `budget` replicas that are
+//! moving or not running, so a service with a replica down is left alone, and with
+//! the default budget of one, its replicas move one after another.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use berth_protocol::assignment::TopologyRef;
+use berth_protocol::node_api::ReplicaStatus;
+use berth_protocol::topology::Topology;
+use sea_orm::ActiveValue::Set;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+
+use crate::entity::{assignment, lingering, placement, replica_status};
+use crate::resources::Resources;
+use crate::service::{Delta, all_nodes, lock_tenant, shift_node, to_i64, used_of};
+use crate::{Allocator, AllocatorError};
+
+/// How long an old copy may outlive its move when the new copy does not run.
+pub const LINGER: Duration = Duration::from_secs(120);
+
+/// At most this many moves per round, so one round stays short.
+const MOST_MOVES_PER_ROUND: usize = 32;
+
+/// One replica moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// Its topology.
+    pub id: TopologyRef,
+    /// Its service.
+    pub service: String,
+    /// Its number.
+    pub replica: u32,
+    /// The node it left (which runs the old copy until the new one runs).
+    pub from: String,
+    /// The node it went to.
+    pub to: String,
+}
+
+/// Runs a rebalancing round every `every` until the process ends, with at most
+/// `budget` replicas of a service moving or down at once.
+pub fn run(allocator: Allocator, every: Duration, budget: u32) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match allocator.rebalance(budget, crate::liveness::now_ms()).await {
+                Ok(moved) => {
+                    for m in moved {
+                        tracing::info!(topology = %m.id, service = %m.service, replica = m.replica, from = %m.from, to = %m.to, "moved to even the load");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "a rebalancing round failed"),
+            }
+        }
+    })
+}
+
+impl Allocator {
+    /// One rebalancing round: old copies whose wait ran out go, then replicas move
+    /// from the fullest open node to the emptiest while they differ by two or more.
+    pub async fn rebalance(&self, budget: u32, now_ms: i64) -> Result<Vec<Moved>, AllocatorError> {
+        let db = self.connection();
+        let expired = lingering::Entity::find()
+            .filter(lingering::Column::UntilMs.lte(now_ms))
+            .all(db)
+            .await?;
+        if !expired.is_empty() {
+            lingering::Entity::delete_many()
+                .filter(lingering::Column::UntilMs.lte(now_ms))
+                .exec(db)
+                .await?;
+            let nodes: BTreeSet<String> = expired.into_iter().map(|l| l.node).collect();
+            self.touch(&nodes.into_iter().collect::<Vec<_>>());
+        }
+
+        let open: Vec<_> = all_nodes(db)
+            .await?
+            .into_iter()
+            .filter(|n| n.schedulable && !n.draining)
+            .collect();
+        if open.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let mut load: BTreeMap<String, u64> = open
+            .iter()
+            .map(|n| (n.name.clone(), n.used.containers))
+            .collect();
+        let mut moving: HashMap<(String, String, String), u32> = HashMap::new();
+        for l in lingering::Entity::find().all(db).await? {
+            *moving.entry((l.tenant, l.topology, l.service)).or_default() += 1;
+        }
+        let mut specs: HashMap<TopologyRef, Topology> = HashMap::new();
+        let mut moved = Vec::new();
+        'round: while moved.len() < MOST_MOVES_PER_ROUND {
+            let Some((busiest, most)) = load
+                .iter()
+                .max_by_key(|(n, c)| (**c, std::cmp::Reverse(*n)))
+            else {
+                break;
+            };
+            let Some((idlest, fewest)) = load.iter().min_by_key(|(n, c)| (**c, *n)) else {
+                break;
+            };
+            if *most < fewest + 2 {
+                break;
+            }
+            let (busiest, idlest) = (busiest.clone(), idlest.clone());
+            let target = open
+                .iter()
+                .find(|n| n.name == idlest)
+                .expect("the idlest node is open");
+            let slots = assignment::Entity::find()
+                .filter(assignment::Column::Node.eq(&busiest))
+                .order_by_asc(assignment::Column::Tenant)
+                .order_by_asc(assignment::Column::Topology)
+                .order_by_asc(assignment::Column::Service)
+                .order_by_asc(assignment::Column::Replica)
+                .all(db)
+                .await?;
+            for slot in slots {
+                let key = (
+                    slot.tenant.clone(),
+                    slot.topology.clone(),
+                    slot.service.clone(),
+                );
+                let in_flight = moving.get(&key).copied().unwrap_or(0);
+                if in_flight >= budget {
+                    continue;
+                }
+                let id = TopologyRef {
+                    tenant: slot.tenant.clone(),
+                    topology: slot.topology.clone(),
+                };
+                if in_flight + self.not_running(&id, &slot.service).await? >= budget {
+                    continue;
+                }
+                if !specs.contains_key(&id) {
+                    let Some(row) =
+                        placement::Entity::find_by_id((id.tenant.clone(), id.topology.clone()))
+                            .one(db)
+                            .await?
+                    else {
+                        continue;
+                    };
+                    let spec: Topology = serde_json::from_str(&row.spec)
+                        .map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
+                    specs.insert(id.clone(), spec);
+                }
+                let allowed = specs[&id].services.get(&slot.service).is_some_and(|s| {
+                    s.constraints
+                        .iter()
+                        .all(|c| c.allows(&target.name, &target.labels))
+                });
+                if !allowed {
+                    continue;
+                }
+                if self.move_slot(&slot, &idlest, now_ms).await? {
+                    *moving.entry(key).or_default() += 1;
+                    *load.entry(busiest.clone()).or_default() -= 1;
+                    *load.entry(idlest.clone()).or_default() += 1;
+                    self.touch(&[busiest.clone(), idlest.clone()]);
+                    moved.push(Moved {
+                        replica: u32::try_from(slot.replica).unwrap_or(0),
+                        service: slot.service,
+                        id,
+                        from: busiest,
+                        to: idlest,
+                    });
+                    continue 'round;
+                }
+            }
+            // Nothing on the fullest node may move now.
+            break;
+        }
+        Ok(moved)
+    }
+
+    /// How many of `service`'s replicas in `id` are not reported running under the
+    /// generation they are placed under.
+    async fn not_running(&self, id: &TopologyRef, service: &str) -> Result<u32, AllocatorError> {
+        let db = self.connection();
+        let slots = assignment::Entity::find()
+            .filter(assignment::Column::Tenant.eq(&id.tenant))
+            .filter(assignment::Column::Topology.eq(&id.topology))
+            .filter(assignment::Column::Service.eq(service))
+            .all(db)
+            .await?;
+        let statuses: HashMap<i64, (i64, String)> = replica_status::Entity::find()
+            .filter(replica_status::Column::Tenant.eq(&id.tenant))
+            .filter(replica_status::Column::Topology.eq(&id.topology))
+            .filter(replica_status::Column::Service.eq(service))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|s| (s.replica, (s.generation, s.state)))
+            .collect();
+        let down = slots
+            .iter()
+            .filter(|a| {
+                statuses
+                    .get(&a.replica)
+                    .is_none_or(|(g, state)| *g != a.generation || state != "running")
+            })
+            .count();
+        Ok(u32::try_from(down).unwrap_or(u32::MAX))
+    }
+
+    /// Gives `slot` to node `to` under a new generation, leaving its old copy
+    /// lingering where it was; false if it changed meanwhile or `to` has no room.
+    async fn move_slot(
+        &self,
+        slot: &assignment::Model,
+        to: &str,
+        now_ms: i64,
+    ) -> Result<bool, AllocatorError> {
+        let txn = self.connection().begin().await?;
+        let result = async {
+            // Serialise with the tenant's deploys, which rewrite its slots.
+            lock_tenant(&txn, &slot.tenant).await?;
+            let key = (
+                slot.tenant.clone(),
+                slot.topology.clone(),
+                slot.service.clone(),
+                slot.replica,
+            );
+            let Some(current) = assignment::Entity::find_by_id(key).one(&txn).await? else {
+                return Ok(false);
+            };
+            if current.node != slot.node || current.generation != slot.generation {
+                return Ok(false);
+            }
+            let cost = Resources {
+                cpu_millis: used_of(current.cpu_millis),
+                memory_bytes: used_of(current.memory_bytes),
+                containers: 1,
+            };
+            if !shift_node(&txn, to, Delta::between(Resources::default(), cost)).await? {
+                return Ok(false);
+            }
+            shift_node(&txn, &current.node, Delta::between(cost, Resources::default())).await?;
+            let Some(row) =
+                placement::Entity::find_by_id((current.tenant.clone(), current.topology.clone()))
+                    .one(&txn)
+                    .await?
+            else {
+                return Ok(false);
+            };
+            let generation = Ord::max(row.next_generation, 1);
+            placement::Entity::update_many()
+                .col_expr(placement::Column::NextGeneration, (generation + 1).into())
+                .filter(placement::Column::Tenant.eq(&current.tenant))
+                .filter(placement::Column::Topology.eq(&current.topology))
+                .exec(&txn)
+                .await?;
+            let mut moved: assignment::ActiveModel = current.clone().into();
+            moved.node = Set(to.to_owned());
+            moved.generation = Set(generation);
+            assignment::Entity::update(moved).exec(&txn).await?;
+            lingering::Entity::insert(lingering::ActiveModel {
+                tenant: Set(current.tenant.clone()),
+                topology: Set(current.topology.clone()),
+                service: Set(current.service.clone()),
+                replica: Set(current.replica),
+                node: Set(current.node.clone()),
+                generation: Set(current.generation),
+                until_ms: Set(now_ms + to_i64(LINGER.as_millis() as u64)),
+            })
+            .exec_without_returning(&txn)
+            .await?;
+            let id = TopologyRef {
+                tenant: current.tenant.clone(),
+                topology: current.topology.clone(),
+            };
+            let event = crate::events::Event {
+                at_ms: now_ms,
+                kind: "rescheduled".to_owned(),
+                service: current.service.clone(),
+                replica: u32::try_from(current.replica).unwrap_or(0),
+                generation: u64::try_from(generation).unwrap_or(0),
+                node: to.to_owned(),
+                detail: format!(
+                    "moved from {} to {to} to even the load; the old copy runs until the new one does",
+                    current.node
+                ),
+            };
+            crate::events::record(&txn, &id, &[event], now_ms).await?;
+            Ok::<_, AllocatorError>(true)
+        }
+        .await;
+        match result {
+            Ok(true) => {
+                txn.commit().await?;
+                Ok(true)
+            }
+            Ok(false) => {
+                let _ = txn.rollback().await;
+                Ok(false)
+            }
+            // Another writer got there first: leave it for the next round.
+            Err(AllocatorError::Database(_)) => {
+                let _ = txn.rollback().await;
+                Ok(false)
+            }
+            Err(e) => {
+                let _ = txn.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The old copies lingering on `node` now, by topology: (service, replica,
+    /// generation).
+    pub(crate) async fn lingering_on(
+        &self,
+        node: &str,
+        now_ms: i64,
+    ) -> Result<BTreeMap<TopologyRef, Vec<(String, u32, u64)>>, AllocatorError> {
+        let rows = lingering::Entity::find()
+            .filter(lingering::Column::Node.eq(node))
+            .filter(lingering::Column::UntilMs.gt(now_ms))
+            .all(self.connection())
+            .await?;
+        let mut out: BTreeMap<TopologyRef, Vec<(String, u32, u64)>> = BTreeMap::new();
+        for l in rows {
+            out.entry(TopologyRef {
+                tenant: l.tenant,
+                topology: l.topology,
+            })
+            .or_default()
+            .push((
+                l.service,
+                u32::try_from(l.replica).unwrap_or(0),
+                u64::try_from(l.generation).unwrap_or(0),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Splits a report from `node` into what it says of the slots it holds now and
+    /// what it says of old copies lingering there (which are not the replica's status).
+    /// Then ends every move whose new copy the report says runs: the old node is told,
+    /// and removes its copy.
+    pub async fn settle_moves(
+        &self,
+        node: &str,
+        statuses: Vec<ReplicaStatus>,
+        now_ms: i64,
+    ) -> Result<Vec<ReplicaStatus>, AllocatorError> {
+        let db = self.connection();
+        let lingering_here = self.lingering_on(node, now_ms).await?;
+        let (old, current): (Vec<_>, Vec<_>) = statuses.into_iter().partition(|s| {
+            let id = TopologyRef {
+                tenant: s.tenant.clone(),
+                topology: s.topology.clone(),
+            };
+            lingering_here.get(&id).is_some_and(|l| {
+                l.iter()
+                    .any(|(svc, r, g)| *svc == s.service && *r == s.replica && *g == s.generation)
+            })
+        });
+        drop(old);
+        let mut told = BTreeSet::new();
+        for s in current.iter().filter(|s| s.state == "running") {
+            let key = (
+                s.tenant.clone(),
+                s.topology.clone(),
+                s.service.clone(),
+                i64::from(s.replica),
+            );
+            let Some(moving) = lingering::Entity::find_by_id(key.clone()).one(db).await? else {
+                continue;
+            };
+            let placed = assignment::Entity::find_by_id(key.clone()).one(db).await?;
+            let runs_new_copy =
+                placed.is_some_and(|a| a.node == node && a.generation == to_i64(s.generation));
+            if runs_new_copy && moving.node != node {
+                lingering::Entity::delete_by_id(key).exec(db).await?;
+                told.insert(moving.node);
+            }
+        }
+        if !told.is_empty() {
+            self.touch(&told.into_iter().collect::<Vec<_>>());
+        }
+        Ok(current)
+    }
+}
+
+/// Ends the moves of `id` (its deploy or removal decides anew where everything runs):
+/// returns the nodes whose old copies go.
+pub(crate) async fn forget_moves(
+    txn: &sea_orm::DatabaseTransaction,
+    id: &TopologyRef,
+) -> Result<Vec<String>, sea_orm::DbErr> {
+    let rows = lingering::Entity::find()
+        .filter(lingering::Column::Tenant.eq(&id.tenant))
+        .filter(lingering::Column::Topology.eq(&id.topology))
+        .all(txn)
+        .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    lingering::Entity::delete_many()
+        .filter(lingering::Column::Tenant.eq(&id.tenant))
+        .filter(lingering::Column::Topology.eq(&id.topology))
+        .exec(txn)
+        .await?;
+    Ok(rows.into_iter().map(|l| l.node).collect())
+}
