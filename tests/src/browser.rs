@@ -253,6 +253,16 @@ impl Browser {
         self.fill("#user", user).await;
         self.fill("#password", password).await;
         self.click("#sign-in").await;
+        // Wait for the signed-in page, so that a navigation that follows cannot race
+        // the login's own redirect.
+        for _ in 0..100 {
+            if self.path().await != "/ui/login" && self.count("header form button").await > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let source = self.client.source().await.unwrap_or_default();
+        panic!("signing in as {tenant}/{user} did not leave the login page:\n{source}")
     }
 
     /// Signs out.

@@ -591,7 +591,7 @@ async fn no_role_reaches_another_roles_pages_or_another_tenants_data() {
     let browser = Browser::start(PHONE).await;
     browser.sign_in(&base, "acme", "dev", PASSWORD).await;
     browser.goto(&format!("{base}/ui/admin/tenants")).await;
-    assert_eq!(browser.text("h1").await, "Not allowed");
+    assert_eq!(browser.wait_text("h1", "Not allowed").await, "Not allowed");
     browser
         .screenshot("developer-refused-admin-page-phone")
         .await;
