@@ -190,9 +190,19 @@ impl Allocator {
     }
 
     /// How many of `service`'s replicas in `id` are not reported running under the
-    /// generation they are placed under.
+    /// generation they are placed under, leaving out those moving (their old copies
+    /// run; the budget counts them as moving).
     async fn not_running(&self, id: &TopologyRef, service: &str) -> Result<u32, AllocatorError> {
         let db = self.connection();
+        let moving: BTreeSet<i64> = lingering::Entity::find()
+            .filter(lingering::Column::Tenant.eq(&id.tenant))
+            .filter(lingering::Column::Topology.eq(&id.topology))
+            .filter(lingering::Column::Service.eq(service))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|l| l.replica)
+            .collect();
         let slots = assignment::Entity::find()
             .filter(assignment::Column::Tenant.eq(&id.tenant))
             .filter(assignment::Column::Topology.eq(&id.topology))
@@ -210,6 +220,7 @@ impl Allocator {
             .collect();
         let down = slots
             .iter()
+            .filter(|a| !moving.contains(&a.replica))
             .filter(|a| {
                 statuses
                     .get(&a.replica)
@@ -310,8 +321,10 @@ impl Allocator {
                 let _ = txn.rollback().await;
                 Ok(false)
             }
-            // Another writer got there first: leave it for the next round.
-            Err(AllocatorError::Database(_)) => {
+            // Another writer got there first (a busy database, a serialisation
+            // failure): leave it for the next round.
+            Err(AllocatorError::Database(e)) => {
+                tracing::debug!(error = %e, "a move gave way to another writer");
                 let _ = txn.rollback().await;
                 Ok(false)
             }
@@ -373,6 +386,30 @@ impl Allocator {
             })
         });
         drop(old);
+        // The moves of the topologies this report speaks of (one query each, and
+        // usually none), then the running new copies among them.
+        let topologies: BTreeSet<(&str, &str)> = current
+            .iter()
+            .filter(|s| s.state == "running")
+            .map(|s| (s.tenant.as_str(), s.topology.as_str()))
+            .collect();
+        let mut moves: HashMap<(String, String, String, i64), lingering::Model> = HashMap::new();
+        for (tenant, topology) in topologies {
+            for l in lingering::Entity::find()
+                .filter(lingering::Column::Tenant.eq(tenant))
+                .filter(lingering::Column::Topology.eq(topology))
+                .all(db)
+                .await?
+            {
+                let key = (
+                    l.tenant.clone(),
+                    l.topology.clone(),
+                    l.service.clone(),
+                    l.replica,
+                );
+                moves.insert(key, l);
+            }
+        }
         let mut told = BTreeSet::new();
         for s in current.iter().filter(|s| s.state == "running") {
             let key = (
@@ -381,7 +418,7 @@ impl Allocator {
                 s.service.clone(),
                 i64::from(s.replica),
             );
-            let Some(moving) = lingering::Entity::find_by_id(key.clone()).one(db).await? else {
+            let Some(moving) = moves.remove(&key) else {
                 continue;
             };
             let placed = assignment::Entity::find_by_id(key.clone()).one(db).await?;
