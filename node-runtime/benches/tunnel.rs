@@ -128,7 +128,8 @@ async fn main() {
     };
     let mut tunnels = Tunnels::new(signer);
     let gateway = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-    tunnels.apply(&[assignment], gateway).await;
+    let gateways = std::collections::HashMap::from([(id.clone(), vec![gateway])]);
+    tunnels.apply(&[assignment], &gateways).await;
     let direct = SocketAddr::from(([127, 0, 0, 1], port));
     let linked = SocketAddr::new(gateway, port);
 

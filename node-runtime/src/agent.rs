@@ -388,8 +388,6 @@ pub struct Agent<D> {
     peer_address: String,
     /// The calling ends of this node's links.
     tunnels: Tunnels,
-    /// The host's address as containers reach it, once known.
-    gateway: Option<std::net::IpAddr>,
     /// The lease heartbeats renew.
     lease: Lease,
     /// Which of the allocators' addresses to try next (they are tried in turn until
@@ -412,7 +410,6 @@ impl<D: ContainerDriver> Agent<D> {
             signer: signer.clone(),
             tunnels: Tunnels::new(signer),
             peer_address: String::new(),
-            gateway: None,
             identity,
             reconciler,
             client: None,
@@ -831,19 +828,8 @@ impl<D: ContainerDriver> Agent<D> {
                 }
             }
         }
-        if assignments.iter().any(|a| !a.links.is_empty()) {
-            if self.gateway.is_none() {
-                self.gateway = self.reconciler.driver().host_gateway().await.ok().flatten();
-            }
-            match self.gateway {
-                Some(gateway) => self.tunnels.apply(&assignments, gateway).await,
-                None => {
-                    tracing::warn!("the host's gateway address is unknown: links cannot listen")
-                }
-            }
-        } else if let Some(gateway) = self.gateway {
-            self.tunnels.apply(&assignments, gateway).await;
-        }
+        let gateways = self.link_addresses(&assignments).await;
+        self.tunnels.apply(&assignments, &gateways).await;
         let wanted: BTreeSet<TopologyRef> = assignments.iter().map(|a| a.id.clone()).collect();
         if let Ok(running) = self.reconciler.driver().list_all(None).await {
             let stale: BTreeSet<TopologyRef> = running
@@ -872,6 +858,29 @@ impl<D: ContainerDriver> Agent<D> {
             tracing::warn!(error = %e, "report failed");
         }
         self.last_set = Some((set.version, assignments, failures));
+    }
+
+    /// The host's addresses on the networks of each topology with links, where its
+    /// link listeners listen (a network the engine does not know yet has none).
+    async fn link_addresses(
+        &self,
+        assignments: &[TopologyAssignment],
+    ) -> HashMap<TopologyRef, Vec<std::net::IpAddr>> {
+        let driver = self.reconciler.driver();
+        let mut gateways = HashMap::new();
+        for a in assignments.iter().filter(|a| !a.links.is_empty()) {
+            let mut addresses = Vec::new();
+            for network in a.networks.keys() {
+                let name = driver.scope().object_name(&a.id, network);
+                match driver.network_gateway(&name).await {
+                    Ok(Some(ip)) if !addresses.contains(&ip) => addresses.push(ip),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(network = %name, error = %e, "no address for links"),
+                }
+            }
+            gateways.insert(a.id.clone(), addresses);
+        }
+        gateways
     }
 
     /// Reports the last set again, with fresh CPU figures, when they are due and a

@@ -462,11 +462,23 @@ impl ContainerDriver for DockerDriver {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
-        let created = match self
-            .docker
-            .create_container(Some(options), container_body(spec))
-            .await
+        let mut body = container_body(spec);
+        // Names of services on other nodes resolve to the host's address on this
+        // container's own network, where the node listens for this topology's links.
+        if let (Some(hosts), Some(first)) = (
+            body.host_config
+                .as_mut()
+                .and_then(|h| h.extra_hosts.as_mut()),
+            spec.networks.first(),
+        ) && let Some(gateway) = self.network_gateway(&first.network).await?
         {
+            for host in hosts.iter_mut() {
+                if let Some(name) = host.strip_suffix(":host-gateway") {
+                    *host = format!("{name}:{gateway}");
+                }
+            }
+        }
+        let created = match self.docker.create_container(Some(options), body).await {
             Err(BollardError::DockerResponseServerError {
                 status_code: 404,
                 message,
@@ -582,13 +594,18 @@ impl ContainerDriver for DockerDriver {
         })
     }
 
-    async fn host_gateway(&self) -> Result<Option<std::net::IpAddr>, DriverError> {
-        let bridge = self
-            .docker
-            .inspect_network("bridge", None)
-            .await
-            .map_err(engine("inspecting the default bridge network"))?;
-        let configs: Vec<_> = bridge
+    async fn network_gateway(
+        &self,
+        network: &str,
+    ) -> Result<Option<std::net::IpAddr>, DriverError> {
+        let inspected = match self.docker.inspect_network(network, None).await {
+            Ok(n) => n,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(e) => return Err(engine(format!("inspecting network {network}"))(e)),
+        };
+        let configs: Vec<_> = inspected
             .ipam
             .and_then(|ipam| ipam.config)
             .into_iter()

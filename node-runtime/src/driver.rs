@@ -171,9 +171,11 @@ pub trait ContainerDriver: Send + Sync + 'static {
         &self,
         container: &str,
     ) -> impl Future<Output = Result<Option<std::net::IpAddr>, DriverError>> + Send;
-    /// The host's address as containers reach it (`host-gateway`), where the node's
-    /// tunnel ends listen.
-    fn host_gateway(
+    /// The host's address on one of its networks (by engine name), as containers on
+    /// that network reach it: where the node's link listeners for that topology
+    /// listen, so that every topology (and every tenant) has addresses of its own.
+    fn network_gateway(
         &self,
+        network: &str,
     ) -> impl Future<Output = Result<Option<std::net::IpAddr>, DriverError>> + Send;
 }

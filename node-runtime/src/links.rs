@@ -1,7 +1,8 @@
 //! The calling end of cross-node links. A service whose replicas all run on other
 //! nodes is reached, by its containers' peers on this node, at its name, which the
-//! containers resolve to this host (`host-gateway`); the node listens there on the
-//! service's port and carries each connection through a tunnel to a node that runs a
+//! containers resolve to this host's address on their topology's own network; the
+//! node listens there on the service's port (so two topologies, or two tenants, that
+//! reach remote services on the same port never collide) and carries each connection through a tunnel to a node that runs a
 //! replica, presenting the delegation the allocator minted for exactly that (caller
 //! this node, target that node, operation `tunnel`, that service and port), signed
 //! with this node's key. Tokens renew in later assignment sets without touching
@@ -22,7 +23,9 @@ use tokio::sync::watch;
 use crate::agent::Signer;
 use crate::peer::{frames_from, methods};
 
-type Key = (TopologyRef, String, u16);
+/// A listener: the topology, the remote service, its port, and the host address
+/// (on one of the topology's networks) it listens at.
+type Key = (TopologyRef, String, u16, IpAddr);
 
 type Channels = Arc<std::sync::Mutex<HashMap<String, tonic::transport::Channel>>>;
 
@@ -64,15 +67,23 @@ impl Tunnels {
         }
     }
 
-    /// Listens, on `gateway`, for every link in `assignments`, and stops listening for
-    /// links no longer there. A port already taken on this host is logged and skipped.
-    pub async fn apply(&mut self, assignments: &[TopologyAssignment], gateway: IpAddr) {
+    /// Listens for every link in `assignments` at the host's addresses on that
+    /// topology's networks (`gateways`), and stops listening for links no longer
+    /// there. An address and port already taken is logged and skipped.
+    pub async fn apply(
+        &mut self,
+        assignments: &[TopologyAssignment],
+        gateways: &HashMap<TopologyRef, Vec<IpAddr>>,
+    ) {
         let wanted: HashMap<Key, Link> = assignments
             .iter()
             .flat_map(|a| {
-                a.links
-                    .iter()
-                    .map(move |l| ((a.id.clone(), l.service.clone(), l.port), l.clone()))
+                let addresses = gateways.get(&a.id).map(Vec::as_slice).unwrap_or_default();
+                a.links.iter().flat_map(move |l| {
+                    addresses
+                        .iter()
+                        .map(move |ip| ((a.id.clone(), l.service.clone(), l.port, *ip), l.clone()))
+                })
             })
             .collect();
         self.listening.retain(|key, (task, _)| {
@@ -87,7 +98,7 @@ impl Tunnels {
                 current.send_replace(link);
                 continue;
             }
-            let address = SocketAddr::new(gateway, link.port);
+            let address = SocketAddr::new(key.3, link.port);
             let listener = match tokio::net::TcpListener::bind(address).await {
                 Ok(l) => l,
                 Err(e) => {

@@ -305,7 +305,7 @@ impl ContainerDriver for SimulatedDriver {
             .map(|_| self.address))
     }
 
-    async fn host_gateway(&self) -> Result<Option<IpAddr>, DriverError> {
+    async fn network_gateway(&self, _network: &str) -> Result<Option<IpAddr>, DriverError> {
         Ok(Some(self.address))
     }
 }

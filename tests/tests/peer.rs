@@ -256,13 +256,18 @@ impl Pool {
     /// Deploys `web` on node 1 and `db` on node 2, and waits until web reaches
     /// db:8080 by name. Returns web's container.
     async fn deploy_link(&self) -> String {
-        // `web` runs on node 1 only; `db` on node 2 only. web reaches db:8080 by name.
+        self.deploy_link_as("shop", "secret-rows").await
+    }
+
+    /// Deploys topology `name`: `web` on node 1 only, `db` on node 2 only, serving
+    /// `rows`; web reaches db:8080 by name. The web container, once it got `rows`.
+    async fn deploy_link_as(&self, name: &str, rows: &str) -> String {
         let topology = serde_json::json!({
-            "name": "shop",
+            "name": name,
             "services": {
                 "db": {
                     "image": "berth/busybox:latest", "replicas": 1, "init": true,
-                    "command": ["sh", "-c", "mkdir -p /www && echo secret-rows > /www/rows && httpd -f -p 8080 -h /www"],
+                    "command": ["sh", "-c", format!("mkdir -p /www && echo {rows} > /www/rows && httpd -f -p 8080 -h /www")],
                     "networks": { "default": {} },
                     "expose": [{ "port": 8080 }],
                     "constraints": [{ "attribute": "hostname", "equal": true, "value": self.n2_name }]
@@ -277,11 +282,11 @@ impl Pool {
             "networks": { "default": {} }
         });
         self.server.deploy(&topology).await;
-        let web = format!("{}.default.shop.web.1", self.n1_name);
+        let web = format!("{}.default.{name}.web.1", self.n1_name);
         let mut answer = String::new();
         for _ in 0..150 {
             answer = web_get(&web);
-            if answer.contains("secret-rows") {
+            if answer.contains(rows) {
                 return web;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -581,6 +586,27 @@ async fn a_service_reaches_a_service_on_another_node_by_name_through_a_tunnel() 
         .output()
         .expect("docker port runs");
     assert!(ports.stdout.is_empty(), "{ports:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_topologies_on_one_node_reach_remote_services_on_the_same_port() {
+    // Both topologies run web on node 1 reaching their own db:8080 on node 2: each
+    // link listens on the host's address on its own topology's network, so neither
+    // takes the other's port and each web gets its own db's rows.
+    let pool = pool("ptwo").await;
+    let shop = pool.deploy_link_as("shop", "shop-rows").await;
+    let depot = pool.deploy_link_as("depot", "depot-rows").await;
+    for _ in 0..3 {
+        let (a, b) = (web_get(&shop), web_get(&depot));
+        assert!(a.trim_end().ends_with("shop-rows"), "shop reached {a}");
+        assert!(b.trim_end().ends_with("depot-rows"), "depot reached {b}");
+    }
+    // Removing one topology leaves the other's link in place.
+    pool.server
+        .api(reqwest::Method::DELETE, "/tenants/default/topologies/shop")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(web_get(&depot).trim_end().ends_with("depot-rows"));
 }
 
 /// The reference biscuit tooling (`biscuit-cli`): `BERTH_BISCUIT_CLI`, else `biscuit` on
