@@ -83,6 +83,17 @@ impl Ring {
     fn signing(&self) -> Option<(u32, &Key)> {
         self.keys.iter().next_back().map(|(id, key)| (*id, key))
     }
+
+    /// Whether both hold the same keys with the same times.
+    fn same_as(&self, other: &Ring) -> bool {
+        self.keys.len() == other.keys.len()
+            && self.keys.iter().zip(&other.keys).all(|((a, x), (b, y))| {
+                a == b
+                    && x.pair.public() == y.pair.public()
+                    && x.superseded_at_ms == y.superseded_at_ms
+                    && x.introduced_at_ms == y.introduced_at_ms
+            })
+    }
 }
 
 /// The root keys, shared by every part of the control plane that mints or verifies.
@@ -117,43 +128,9 @@ impl RootKeys {
             path: path.to_owned(),
             message,
         };
-        let mut ring = Ring::default();
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                for (n, line) in text
-                    .lines()
-                    .enumerate()
-                    .filter(|(_, l)| !l.trim().is_empty())
-                {
-                    let bad = |what: &str| store(format!("line {}: {what}", n + 1));
-                    let mut fields = line.split_whitespace();
-                    let id = fields
-                        .next()
-                        .and_then(|f| f.parse::<u32>().ok())
-                        .ok_or_else(|| bad("the key id is not a number"))?;
-                    let private = fields
-                        .next()
-                        .and_then(|f| PrivateKey::from_bytes_hex(f, Algorithm::Ed25519).ok())
-                        .ok_or_else(|| bad("the private key is not Ed25519 in hex"))?;
-                    let superseded = fields
-                        .next()
-                        .and_then(|f| f.parse::<i64>().ok())
-                        .filter(|at| *at > 0);
-                    let introduced = fields.next().and_then(|f| f.parse::<i64>().ok());
-                    ring.keys.insert(
-                        id,
-                        Key {
-                            pair: Arc::new(KeyPair::from(&private)),
-                            superseded_at_ms: superseded,
-                            introduced_at_ms: introduced.unwrap_or(0),
-                        },
-                    );
-                }
-                if ring.keys.is_empty() {
-                    return Err(store("the file holds no key".to_owned()));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let ring = match Self::parse(path)? {
+            Some(ring) => ring,
+            None => {
                 let pair = match legacy.map(std::fs::read_to_string) {
                     Some(Ok(hex)) => KeyPair::from(
                         &PrivateKey::from_bytes_hex(hex.trim(), Algorithm::Ed25519)
@@ -161,6 +138,7 @@ impl RootKeys {
                     ),
                     _ => KeyPair::new(),
                 };
+                let mut ring = Ring::default();
                 ring.keys.insert(
                     1,
                     Key {
@@ -169,15 +147,91 @@ impl RootKeys {
                         introduced_at_ms: 0,
                     },
                 );
+                ring
             }
-            Err(e) => return Err(store(e.to_string())),
-        }
+        };
         let keys = Self {
             ring: Arc::new(RwLock::new(ring)),
             path: Some(path.to_owned()),
         };
         keys.save(&keys.read())?;
         Ok(keys)
+    }
+
+    /// The keys in the file at `path`; `None` when there is no file.
+    fn parse(path: &Path) -> Result<Option<Ring>, RootKeyError> {
+        let store = |message: String| RootKeyError::Store {
+            path: path.to_owned(),
+            message,
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(store(e.to_string())),
+        };
+        let mut ring = Ring::default();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let bad = |what: &str| store(format!("line {}: {what}", n + 1));
+            let mut fields = line.split_whitespace();
+            let id = fields
+                .next()
+                .and_then(|f| f.parse::<u32>().ok())
+                .ok_or_else(|| bad("the key id is not a number"))?;
+            let private = fields
+                .next()
+                .and_then(|f| PrivateKey::from_bytes_hex(f, Algorithm::Ed25519).ok())
+                .ok_or_else(|| bad("the private key is not Ed25519 in hex"))?;
+            let superseded = fields
+                .next()
+                .and_then(|f| f.parse::<i64>().ok())
+                .filter(|at| *at > 0);
+            let introduced = fields.next().and_then(|f| f.parse::<i64>().ok());
+            ring.keys.insert(
+                id,
+                Key {
+                    pair: Arc::new(KeyPair::from(&private)),
+                    superseded_at_ms: superseded,
+                    introduced_at_ms: introduced.unwrap_or(0),
+                },
+            );
+        }
+        if ring.keys.is_empty() {
+            return Err(store("the file holds no key".to_owned()));
+        }
+        Ok(Some(ring))
+    }
+
+    /// Reads the key file again, taking what another server sharing it rotated or
+    /// retired; whether the keys changed. The file is the truth: a key it no longer
+    /// holds is no longer accepted. A missing or unreadable file changes nothing.
+    pub fn reload(&self) -> Result<bool, RootKeyError> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let Some(fresh) = Self::parse(path)? else {
+            return Ok(false);
+        };
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        if ring.same_as(&fresh) {
+            return Ok(false);
+        }
+        *ring = fresh;
+        Ok(true)
+    }
+
+    /// Under the write lock, takes the file's keys first, so that a change made
+    /// through this server builds on one another server made.
+    fn refresh(&self, ring: &mut Ring) -> Result<(), RootKeyError> {
+        if let Some(path) = &self.path
+            && let Some(fresh) = Self::parse(path)?
+        {
+            *ring = fresh;
+        }
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
@@ -284,6 +338,7 @@ impl RootKeys {
     /// Makes a new key that signs every token from now on; the others keep verifying.
     pub fn rotate(&self, now_ms: i64) -> Result<RootKeyInfo, RootKeyError> {
         let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        self.refresh(&mut ring)?;
         let next = ring.keys.keys().next_back().map_or(1, |id| id + 1);
         if let Some((_, key)) = ring.keys.iter_mut().next_back() {
             key.superseded_at_ms.get_or_insert(now_ms);
@@ -356,6 +411,7 @@ impl RootKeys {
         force: bool,
     ) -> Result<(), RootKeyError> {
         let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        self.refresh(&mut ring)?;
         Self::retirable(&ring, id, now_ms, lifetime, force)?;
         let removed = ring.keys.remove(&id);
         if let Err(e) = self.save(&ring) {
@@ -429,5 +485,34 @@ mod tests {
             error.contains("line 1") && error.contains("Ed25519"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn servers_sharing_the_key_file_take_each_others_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root-keys");
+        let (a, b) = (
+            RootKeys::open(&path, None).unwrap(),
+            RootKeys::open(&path, None).unwrap(),
+        );
+        assert!(!b.reload().unwrap(), "nothing changed yet");
+        a.rotate(1_000).unwrap();
+        assert!(b.reload().unwrap());
+        assert_eq!(b.keyring().ids(), vec![1, 2]);
+        assert_eq!(b.signing().1.public(), a.signing().1.public());
+        assert!(!b.reload().unwrap(), "read once");
+        // A rotation through b builds on a's key rather than reusing its id.
+        let third = b.rotate(2_000).unwrap();
+        assert_eq!(third.id, 3);
+        assert!(a.reload().unwrap());
+        assert_eq!(a.keyring().ids(), vec![1, 2, 3]);
+        // A retirement through one is seen by the other.
+        a.retire(1, i64::MAX, Duration::ZERO, false).unwrap();
+        assert!(b.reload().unwrap());
+        assert_eq!(b.keyring().ids(), vec![2, 3]);
+        // A damaged file is reported and changes nothing.
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert!(b.reload().is_err());
+        assert_eq!(b.keyring().ids(), vec![2, 3]);
     }
 }

@@ -14,6 +14,9 @@ use berth_tenant_service::TenantService;
 /// The tenant created at start.
 const DEFAULT_TENANT: &str = "default";
 
+/// How often a server reads the root key file again for changes another server made.
+const KEY_FILE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where and how the control plane runs.
 #[derive(Debug, Clone)]
 pub(crate) struct ServerConfig {
@@ -92,6 +95,26 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Some(&config.data_dir.join("root-key")),
     )?;
     nodes.mint_delegations_with(keys.clone());
+    // Servers sharing the data directory (several behind one PostgreSQL) take each
+    // other's rotations and retirements from the key file, and the leader passes
+    // them on to the nodes at once.
+    tokio::spawn({
+        let (keys, nodes) = (keys.clone(), nodes.clone());
+        async move {
+            let mut tick = tokio::time::interval(KEY_FILE_RECHECK);
+            loop {
+                tick.tick().await;
+                match keys.reload() {
+                    Ok(true) => {
+                        tracing::info!("root keys changed by another server");
+                        nodes.root_keys_changed();
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the root keys again"),
+                }
+            }
+        }
+    });
     let admin_password = if config.local_node {
         Some(dev_admin(&tenants, &config.data_dir.join("admin-password")).await?)
     } else {

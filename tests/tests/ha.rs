@@ -5,6 +5,7 @@
 //! is killed while a deploy is in flight; the other takes the lead within seconds, the
 //! nodes come over to it, and the deploy, asked again of the new leader as a client
 //! would, converges: every replica runs once, none is lost and none runs twice.
+//! A root key rotated or retired through one server is honoured by the other.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -218,4 +219,102 @@ async fn killing_the_leader_during_a_deploy_hands_over_and_the_deploy_converges(
     );
     let states = node_states(&second).await;
     assert!(states.values().all(|s| s == "active"), "{states:?}");
+}
+
+/// `POST path` on `server` as the admin, or as `token`; the status and the JSON body.
+async fn post(
+    server: &Server,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = server
+        .http
+        .post(format!("{}/v1{path}", server.api))
+        .bearer_auth(token.unwrap_or(server.admin))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// The status of `GET /v1/session` on `server` with `token`.
+async fn session_status(server: &Server, token: &str) -> u16 {
+    server
+        .http
+        .get(format!("{}/v1/session", server.api))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_key_rotated_through_one_server_is_honoured_by_the_other() {
+    // Sessions signed under a key made through one server are accepted by the other
+    // at once (it reads the shared key file again), and a key retired through one is
+    // refused by both.
+    let database = berth_tests::postgres::fresh_database("hakeys").await;
+    let bin = berth_tests::berth_bin();
+    let args = ["--database", database.as_str()];
+    let first = Server::start_with(&bin, None, &args, &[]).await;
+    let second = Server::start_with(&bin, Some(first.state.clone()), &args, &[]).await;
+    let (status, _) = post(
+        &first,
+        "/tenants/default/users",
+        None,
+        serde_json::json!({ "name": "dev", "password": "a long enough password", "role": "developer" }),
+    )
+    .await;
+    assert_eq!(status, 201, "the user was not created");
+    let login = async |server: &Server| {
+        let (status, body) = post(
+            server,
+            "/login",
+            None,
+            serde_json::json!({ "tenant": "default", "user": "dev", "password": "a long enough password" }),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().expect("a token").to_owned()
+    };
+    let old = login(&first).await;
+    assert_eq!(session_status(&second, &old).await, 200);
+
+    let (status, rotated) = post(&first, "/root-keys", None, serde_json::json!({})).await;
+    assert_eq!(status, 201, "{rotated}");
+    assert_eq!(rotated["id"], 2, "{rotated}");
+    let new = login(&first).await;
+    eventually(
+        "the other server accepts a session under the new key",
+        async || session_status(&second, &new).await == 200,
+    )
+    .await;
+    // The other server signs under the new key too, and the old session still works.
+    eventually("the other server signs under the new key", async || {
+        get(&second, "/root-keys").await.is_some_and(|keys| {
+            keys.as_array()
+                .is_some_and(|k| k.iter().any(|k| k["id"] == 2 && k["signing"] == true))
+        })
+    })
+    .await;
+    assert_eq!(session_status(&second, &old).await, 200);
+
+    // Retired through the second server (forced: its sessions may still be valid),
+    // the old key is refused by the first.
+    let retired = second
+        .http
+        .delete(format!("{}/v1/root-keys/1?force=true", second.api))
+        .bearer_auth(second.admin)
+        .send()
+        .await
+        .expect("request");
+    assert!(retired.status().is_success(), "{:?}", retired.text().await);
+    eventually("the first server refuses the retired key", async || {
+        session_status(&first, &old).await == 401
+    })
+    .await;
+    assert_eq!(session_status(&first, &new).await, 200);
 }
