@@ -124,8 +124,10 @@ async fn the_compose_demo_runs_a_pool_of_three_nodes() {
         "{:?}",
         deployed.text().await
     );
+    // Up to two minutes: three agents in containers start their replicas on an
+    // engine the rest of the suite may be keeping busy.
     let mut status = serde_json::Value::Null;
-    for _ in 0..150 {
+    for _ in 0..600 {
         status = http
             .get(format!("{api}/v1/tenants/default/topologies/demo"))
             .bearer_auth(&token)
