@@ -661,7 +661,10 @@ impl NodeControl for NodeApi {
             .await;
         let counter = match &result {
             Ok(_) => &self.stats.reports_accepted,
-            Err(_) => &self.stats.reports_refused,
+            Err(e) => {
+                tracing::warn!(reason = %e.message(), "report refused");
+                &self.stats.reports_refused
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed);
         result.map(Response::new)

@@ -8,8 +8,10 @@ use berth_protocol::assignment::TopologyRef;
 use berth_protocol::node_api::ReplicaStatus;
 use berth_protocol::topology::Topology;
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::entity::{assignment, node, placement, replica_status};
@@ -239,6 +241,27 @@ impl Allocator {
             .iter()
             .map(|s| (s.tenant.as_str(), s.topology.as_str()))
             .collect();
+        // Write before reading on SQLite: a transaction that reads and then writes
+        // fails at once there, busy timeout or not, when another writer committed in
+        // between; one that starts with a write (this one changes nothing) waits its
+        // turn for the database's one write lock.
+        if let (sea_orm::DatabaseBackend::Sqlite, Some((tenant, topology))) =
+            (txn.get_database_backend(), topologies.first())
+        {
+            let locked = replica_status::Entity::update_many()
+                .col_expr(
+                    replica_status::Column::State,
+                    Expr::col(replica_status::Column::State),
+                )
+                .filter(replica_status::Column::Tenant.eq(*tenant))
+                .filter(replica_status::Column::Topology.eq(*topology))
+                .exec(&txn)
+                .await;
+            if let Err(e) = locked {
+                let _ = txn.rollback().await;
+                return Err(e.into());
+            }
+        }
         let mut previous = std::collections::HashMap::new();
         for (tenant, topology) in &topologies {
             let rows = replica_status::Entity::find()

@@ -198,10 +198,16 @@ async fn recovery(server: &Server, pool: &mut HollowPool) {
         }
         let mut pending: BTreeMap<String, BTreeSet<(String, u64)>> = ran.into_iter().collect();
         while !pending.is_empty() {
-            assert!(
-                killed_at.elapsed() < Duration::from_secs(300),
-                "no recovery: {pending:?}"
-            );
+            if killed_at.elapsed() > Duration::from_secs(300) {
+                let mut left = String::new();
+                for t in pending.values().flatten().map(|(t, _)| t) {
+                    left.push_str(&format!("{t}: {}\n", status(t.clone()).await));
+                }
+                panic!(
+                    "no recovery: {pending:?}\n{left}server output:\n{}",
+                    server.printed()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
             let topologies_left: BTreeSet<String> =
                 pending.values().flatten().map(|(t, _)| t.clone()).collect();

@@ -323,6 +323,12 @@ pub const DEFAULT_FENCE_AFTER: Duration = Duration::from_secs(10);
 /// How often a node reports the CPU of the replicas of services that autoscale.
 const CPU_REPORT_EVERY: Duration = Duration::from_secs(5);
 
+/// A failed report is sent again after this, then after twice as long each time.
+const REPORT_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries of a failed report.
+const REPORT_RETRY_MOST: Duration = Duration::from_secs(30);
+
 /// How often the node heartbeats (and reports its peer API's decisions) until the
 /// allocator says otherwise.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -400,6 +406,8 @@ pub struct Agent<D> {
     cpu_seen: HashMap<String, (u64, std::time::Instant)>,
     /// When the CPU figures are next due.
     next_cpu_report: std::time::Instant,
+    /// The last set's report failed: when to send it again, and the wait before.
+    report_owed: Option<(std::time::Instant, Duration)>,
 }
 
 impl<D: ContainerDriver> Agent<D> {
@@ -417,6 +425,7 @@ impl<D: ContainerDriver> Agent<D> {
             last_set: None,
             cpu_seen: HashMap::new(),
             next_cpu_report: std::time::Instant::now(),
+            report_owed: None,
             trust: Arc::default(),
             peer: None,
             lease: Lease {
@@ -626,6 +635,7 @@ impl<D: ContainerDriver> Agent<D> {
                 if self.beat().await {
                     return LoopState::Connect { attempt: 0 };
                 }
+                self.report_again_if_owed().await;
                 self.report_cpu_if_due().await;
                 next
             }
@@ -854,10 +864,42 @@ impl<D: ContainerDriver> Agent<D> {
                 .instrument(span)
                 .await
         };
-        if let Err(e) = reported {
-            tracing::warn!(error = %e, "report failed");
-        }
+        self.report_owed = match reported {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "report failed; it is sent again");
+                Some((
+                    std::time::Instant::now() + REPORT_RETRY_FIRST,
+                    REPORT_RETRY_FIRST,
+                ))
+            }
+        };
         self.last_set = Some((set.version, assignments, failures));
+    }
+
+    /// Sends the last set's report again when it failed (a busy allocator, a lost
+    /// connection): nothing else would, until the set changes, and the replicas
+    /// would show as pending meanwhile. Reports are idempotent; retries back off.
+    async fn report_again_if_owed(&mut self) {
+        let Some((due, wait)) = self.report_owed else {
+            return;
+        };
+        if std::time::Instant::now() < due {
+            return;
+        }
+        let Some((version, assignments, failures)) = self.last_set.take() else {
+            self.report_owed = None;
+            return;
+        };
+        self.report_owed = match self.report(version, &assignments, &failures).await {
+            Ok(()) => None,
+            Err(e) => {
+                let wait = (wait * 2).min(REPORT_RETRY_MOST);
+                tracing::debug!(error = %e, "report failed again");
+                Some((std::time::Instant::now() + wait, wait))
+            }
+        };
+        self.last_set = Some((version, assignments, failures));
     }
 
     /// The host's addresses on the networks of each topology with links, where its
@@ -897,8 +939,11 @@ impl<D: ContainerDriver> Agent<D> {
         let autoscaled = assignments
             .iter()
             .any(|a| a.services.values().any(|s| s.autoscale.is_some()));
-        if autoscaled && let Err(e) = self.report(version, &assignments, &failures).await {
-            tracing::debug!(error = %e, "CPU report failed");
+        if autoscaled {
+            match self.report(version, &assignments, &failures).await {
+                Ok(()) => self.report_owed = None,
+                Err(e) => tracing::debug!(error = %e, "CPU report failed"),
+            }
         }
         self.last_set = Some((version, assignments, failures));
     }
