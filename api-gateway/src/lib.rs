@@ -140,6 +140,8 @@ pub struct Gateway {
     ledger: berth_allocator::ledger::Ledger,
     /// Attenuated tokens already recorded in the ledger, by last revocation id.
     attenuations_seen: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The certificate the server presents when it serves TLS.
+    own_certificate: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -174,7 +176,16 @@ impl Gateway {
             metrics: metrics::Metrics::new(),
             ledger,
             attenuations_seen: std::sync::Arc::default(),
+            own_certificate: None,
         }
+    }
+
+    /// The gateway of a server that serves TLS with `certificate` (its pages, which
+    /// call the API, trust exactly it).
+    #[must_use]
+    pub fn with_tls(mut self, certificate: rustls::pki_types::CertificateDer<'static>) -> Self {
+        self.own_certificate = Some(certificate);
+        self
     }
 
     /// Authenticates the request's bearer token and authorizes `operation` on `tenant`
@@ -275,6 +286,7 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
         let path = web::PathConfig::default().error_handler(|err, _| {
             ApiError::bad_request(format!("the path is not valid: {err}")).into()
         });
+        let own_certificate = gateway.own_certificate.clone();
         cfg.app_data(web::Data::new(gateway))
             .app_data(json)
             .app_data(path)
@@ -283,7 +295,7 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/openapi.json", web::get().to(openapi))
             .route("/metrics", web::get().to(metrics::metrics))
             // The pages call the API below over loopback with the user's own token.
-            .configure(berth_ui::configure)
+            .configure(berth_ui::configure(own_certificate))
             .service(
                 web::scope("/v1")
                     .wrap(actix_web::middleware::from_fn(metrics::track))

@@ -11,6 +11,7 @@ mod progress;
 mod project;
 mod remote;
 mod server;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,10 @@ struct Cli {
     /// The tenant to act for with --endpoint.
     #[arg(long, env = "BERTH_TENANT", global = true, default_value = "default")]
     tenant: String,
+    /// A certificate authority (PEM file) to trust for an `https://` --endpoint, besides
+    /// the public ones (`berth server --tls` prints the one it made).
+    #[arg(long, env = "BERTH_CA", global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -159,6 +164,8 @@ enum Command {
         database: Option<String>,
         #[command(flatten)]
         liveness: LivenessArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// How often the autoscaler looks at services with `x-berth.autoscale`.
         #[arg(long, env = "BERTH_AUTOSCALE_EVERY", default_value = "15s", value_parser = parse_duration)]
         autoscale_every: std::time::Duration,
@@ -186,7 +193,50 @@ enum Command {
         /// The database (default: SQLite in the data directory).
         #[arg(long, env = "DATABASE_URL", value_name = "URL")]
         database: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
+}
+
+/// TLS on the control plane's API and node API.
+#[derive(Debug, Default, clap::Args)]
+struct TlsArgs {
+    /// Serve both APIs over TLS with a certificate this server signs with its own
+    /// authority, made on first start in the data directory (`tls/ca.pem`, which
+    /// clients trust with `--ca`).
+    #[arg(long)]
+    tls: bool,
+    /// A name or address clients reach the server by, added to the certificate made
+    /// with --tls (repeatable; loopback, this machine's name and the listen addresses
+    /// are always in it).
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls")]
+    tls_names: Vec<String>,
+    /// Serve TLS with this certificate chain (PEM) instead of a made one.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn setting(&self) -> tls::TlsSetting {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => tls::TlsSetting::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ if self.tls => tls::TlsSetting::Made {
+                names: self.tls_names.clone(),
+            },
+            _ => tls::TlsSetting::Off,
+        }
+    }
 }
 
 impl Cli {
@@ -499,6 +549,7 @@ impl From<remote::RemoteError> for Failure {
     fn from(e: remote::RemoteError) -> Self {
         let exit = match &e {
             remote::RemoteError::Unreachable { .. } => Exit::Unreachable,
+            remote::RemoteError::Trust { .. } => Exit::Failure,
             remote::RemoteError::Api { code, .. } => match code.as_str() {
                 "invalid_topology" | "bad_request" => Exit::Invalid,
                 "quota_exceeded" | "no_capacity" => Exit::Refused,
@@ -523,7 +574,12 @@ impl Cli {
             exit: Exit::Unreachable,
             message: "--endpoint needs a token: pass --token or set BERTH_TOKEN".into(),
         })?;
-        Ok(Some(remote::Remote::new(endpoint, token, &self.tenant)))
+        Ok(Some(remote::Remote::new(
+            endpoint,
+            token,
+            &self.tenant,
+            self.ca.as_deref(),
+        )?))
     }
 }
 
@@ -586,6 +642,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             autoscale_every,
             rebalance_every,
             disruption_budget,
+            tls,
         } => {
             let config = server::ServerConfig {
                 listen: *listen,
@@ -598,6 +655,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 autoscale_every: *autoscale_every,
                 rebalance_every: *rebalance_every,
                 disruption_budget: *disruption_budget,
+                tls: tls.setting(),
             };
             server::run(config).await.map_err(|e| Failure {
                 exit: Exit::Failure,
@@ -609,6 +667,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             node_listen,
             advertise,
             database,
+            tls,
         } => {
             let config = server::ServerConfig {
                 listen: *listen,
@@ -621,6 +680,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 autoscale_every: std::time::Duration::from_secs(15),
                 rebalance_every: std::time::Duration::from_secs(30),
                 disruption_budget: 1,
+                tls: tls.setting(),
             };
             server::run(config).await.map_err(|e| {
                 let docker = e.to_string().contains("Docker");
@@ -1444,7 +1504,7 @@ async fn login(cli: &Cli, user: &str) -> Result<(), Failure> {
         message: "login needs --endpoint (or BERTH_ENDPOINT)".into(),
     })?;
     let password = read_password()?;
-    let session = remote::login(endpoint, &cli.tenant, user, &password).await?;
+    let session = remote::login(endpoint, cli.ca.as_deref(), &cli.tenant, user, &password).await?;
     if cli.json {
         print_json(&session);
     } else {

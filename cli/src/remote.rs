@@ -18,6 +18,14 @@ pub(crate) enum RemoteError {
         /// What went wrong.
         message: String,
     },
+    /// The certificate authority to trust cannot be read.
+    #[error("cannot use the certificate authority {path}: {message}")]
+    Trust {
+        /// The file given with --ca.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The control plane answered with an error.
     #[error("{message}")]
     Api {
@@ -39,14 +47,43 @@ pub(crate) struct Remote {
     http: reqwest::Client,
 }
 
+/// An HTTP client that trusts the public authorities and `ca` (a PEM file), if given.
+fn client(ca: Option<&std::path::Path>) -> Result<reqwest::Client, RemoteError> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = ca {
+        let trust = |message: String| RemoteError::Trust {
+            path: path.display().to_string(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|e| trust(e.to_string()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| trust(format!("not a PEM certificate: {e}")))?;
+        if certificates.is_empty() {
+            return Err(trust("it holds no PEM certificate".into()));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|e| RemoteError::Trust {
+        path: ca.map(|p| p.display().to_string()).unwrap_or_default(),
+        message: berth_protocol::telemetry::error_chain(&e),
+    })
+}
+
 impl Remote {
-    pub(crate) fn new(endpoint: &str, token: &str, tenant: &str) -> Self {
-        Self {
+    pub(crate) fn new(
+        endpoint: &str,
+        token: &str,
+        tenant: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, RemoteError> {
+        Ok(Self {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             tenant: tenant.to_owned(),
-            http: reqwest::Client::new(),
-        }
+            http: client(ca)?,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -62,7 +99,7 @@ impl Remote {
     ) -> Result<T, RemoteError> {
         let unreachable = |e: reqwest::Error| RemoteError::Unreachable {
             endpoint: self.endpoint.clone(),
-            message: e.to_string(),
+            message: berth_protocol::telemetry::error_chain(&e),
         };
         let response = request
             .bearer_auth(&self.token)
@@ -229,6 +266,7 @@ impl Remote {
 /// Logs in and returns the session.
 pub(crate) async fn login(
     endpoint: &str,
+    ca: Option<&std::path::Path>,
     tenant: &str,
     user: &str,
     password: &str,
@@ -236,14 +274,14 @@ pub(crate) async fn login(
     let endpoint = endpoint.trim_end_matches('/');
     let unreachable = |e: reqwest::Error| RemoteError::Unreachable {
         endpoint: endpoint.to_owned(),
-        message: e.to_string(),
+        message: berth_protocol::telemetry::error_chain(&e),
     };
     let body = berth_api_gateway::Login {
         tenant: tenant.to_owned(),
         user: user.to_owned(),
         password: password.to_owned(),
     };
-    let response = reqwest::Client::new()
+    let response = client(ca)?
         .post(format!("{endpoint}/v1/login"))
         .json(&body)
         .send()

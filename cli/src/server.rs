@@ -41,6 +41,8 @@ pub(crate) struct ServerConfig {
     pub(crate) rebalance_every: std::time::Duration,
     /// The most replicas of a service moving or down at once while rebalancing.
     pub(crate) disruption_budget: u32,
+    /// Whether both APIs are served over TLS, and with which certificate.
+    pub(crate) tls: crate::tls::TlsSetting,
 }
 
 /// The name of the node `berth dev` runs.
@@ -84,10 +86,31 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .await?;
     let token_file = config.data_dir.join("admin-token");
     let admin_token = admin_token(&token_file)?;
+    let tls = match &config.tls {
+        crate::tls::TlsSetting::Off => None,
+        crate::tls::TlsSetting::Files { cert, key } => {
+            Some(crate::tls::ServerTls::from_files(cert, key)?)
+        }
+        crate::tls::TlsSetting::Made { names } => {
+            let names = crate::tls::names_for(
+                &[config.listen, config.node_listen],
+                config.advertise.as_deref(),
+                names,
+            );
+            Some(crate::tls::ServerTls::made_in(
+                &config.data_dir.join("tls"),
+                &names,
+            )?)
+        }
+    };
+    let scheme = match tls {
+        Some(_) => "https",
+        None => "http",
+    };
     let node_url = config
         .advertise
         .clone()
-        .unwrap_or_else(|| format!("http://{}", config.node_listen));
+        .unwrap_or_else(|| format!("{scheme}://{}", config.node_listen));
     // The keys that sign sessions and delegations; nodes verify delegation tokens
     // offline against their public halves.
     let keys = berth_allocator::root_keys::RootKeys::open(
@@ -128,6 +151,10 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         &node_url,
         keys,
     );
+    let gateway = match &tls {
+        Some(tls) => gateway.with_tls(tls.leaf()),
+        None => gateway,
+    };
 
     let leadership = {
         let (nodes, allocator, database) = (nodes.clone(), allocator.clone(), database.clone());
@@ -158,13 +185,20 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let http = actix_web::HttpServer::new(move || {
         actix_web::App::new().configure(berth_api_gateway::configure(gateway.clone()))
     })
-    .workers(2)
-    .bind(config.listen)?;
+    .workers(2);
+    let http = match &tls {
+        Some(tls) => http.bind_rustls_0_23(config.listen, tls.rustls()?)?,
+        None => http.bind(config.listen)?,
+    };
     let api_addr = http.addrs().first().copied().unwrap_or(config.listen);
     let http = http.run();
     let grpc_listener = tokio::net::TcpListener::bind(config.node_listen).await?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc = match &tls {
+        Some(tls) => tonic::transport::Server::builder().tls_config(tls.tonic())?,
+        None => tonic::transport::Server::builder(),
+    };
+    let grpc = grpc
         .add_service(NodeControlServer::with_interceptor(
             nodes.clone(),
             nodes.only_when_leading(),
@@ -180,7 +214,18 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let node_url = config
         .advertise
         .clone()
-        .unwrap_or_else(|| format!("http://{grpc_addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{grpc_addr}"));
+    let ca_file = tls.as_ref().and_then(|tls| tls.ca_file.clone());
+    // What a client adds to trust this server: the authority the server made, or
+    // (with the admin's own certificate) whatever the admin's clients already trust.
+    let ca_arg = ca_file
+        .as_ref()
+        .map(|ca| format!(" --ca {}", ca.display()))
+        .unwrap_or_default();
+    let ca_env = ca_file
+        .as_ref()
+        .map(|ca| format!(" BERTH_CA={}", ca.display()))
+        .unwrap_or_default();
     if config.local_node {
         // The node joins through the node API served below, so it runs beside it.
         let (url, token, dir) = (
@@ -188,8 +233,12 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
             join_token.clone(),
             config.data_dir.join("node"),
         );
+        let ca = match &ca_file {
+            Some(path) => Some(std::fs::read_to_string(path)?),
+            None => None,
+        };
         tokio::spawn(async move {
-            match dev_node(&url, &token, &dir).await {
+            match dev_node(&url, ca.as_deref(), &token, &dir).await {
                 Ok(node) => node.await,
                 Err(e) => eprintln!("error: node {DEV_NODE:?} could not start: {e:#}"),
             }
@@ -199,11 +248,12 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
             .create_join_token(now_ms(), 3_600_000)
             .await?;
         print_dev(
-            &api_addr,
+            &format!("{scheme}://{api_addr}"),
             &node_url,
             &database,
             admin_password.as_deref(),
-            &join_token,
+            &format!("--token {join_token}{ca_arg}"),
+            &ca_env,
         );
         tokio::select! {
             result = http => result?,
@@ -214,19 +264,27 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     println!("berth control plane");
     println!(
-        "  API       http://{api_addr}  (admin token in {})",
+        "  API       {scheme}://{api_addr}  (admin token in {})",
         token_file.display()
     );
     println!("  node API  {node_url}");
     println!("  state     {database}");
+    if let Some(ca) = &ca_file {
+        println!(
+            "  TLS       certificates signed by the authority in {} (copy it to clients)",
+            ca.display()
+        );
+    }
     println!();
     println!(
         "Join a machine as a node (the token works once, for an hour; more with POST /v1/join-tokens):"
     );
-    println!("  berth-node join --allocator {node_url} --token {join_token} --name NODE_NAME");
+    println!(
+        "  berth-node join --allocator {node_url} --token {join_token}{ca_arg} --name NODE_NAME"
+    );
     println!("Deploy to the pool:");
     println!(
-        "  export BERTH_ENDPOINT=http://{api_addr} BERTH_TOKEN=$(cat {})",
+        "  export BERTH_ENDPOINT={scheme}://{api_addr}{ca_env} BERTH_TOKEN=$(cat {})",
         token_file.display()
     );
     println!("  berth up -f compose.yaml");
@@ -239,14 +297,15 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
 }
 
 fn print_dev(
-    api_addr: &SocketAddr,
+    api: &str,
     node_url: &str,
     database: &str,
     admin_password: Option<&str>,
-    join_token: &str,
+    join_args: &str,
+    ca_env: &str,
 ) {
     println!("berth dev: the control plane, and node {DEV_NODE:?} on this machine's Docker");
-    println!("  API       http://{api_addr}   (OpenAPI at /openapi.json, metrics at /metrics)");
+    println!("  API       {api}   (OpenAPI at /openapi.json, metrics at /metrics)");
     println!("  node API  {node_url}");
     println!("  state     {database}");
     if let Some(password) = admin_password {
@@ -254,14 +313,14 @@ fn print_dev(
     }
     println!();
     println!("Log in and deploy:");
-    println!("  export BERTH_ENDPOINT=http://{api_addr}");
+    println!("  export BERTH_ENDPOINT={api}{ca_env}");
     println!(
         "  export BERTH_TOKEN=$(BERTH_PASSWORD='{}' berth login --user admin)",
         admin_password.unwrap_or("")
     );
     println!("  berth up -f compose.yaml");
     println!("Join another machine as a node (the token works once, for an hour):");
-    println!("  berth-node join --allocator {node_url} --token {join_token} --name NODE_NAME");
+    println!("  berth-node join --allocator {node_url} {join_args} --name NODE_NAME");
 }
 
 /// The `admin` user of the default tenant that `berth dev` prints: its password is
@@ -289,6 +348,7 @@ async fn dev_admin(tenants: &TenantService, path: &Path) -> anyhow::Result<Strin
 /// the first time (its identity is kept in `dir`), then follows its assignments.
 async fn dev_node(
     node_url: &str,
+    ca: Option<&str>,
     join_token: &str,
     dir: &Path,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
@@ -296,7 +356,10 @@ async fn dev_node(
     std::fs::create_dir_all(dir)?;
     let identity = match NodeIdentity::load(dir) {
         Ok(identity) => identity,
-        Err(_) => agent::join(node_url, join_token, DEV_NODE, Capacity::default(), dir).await?,
+        Err(_) => {
+            let capacity = Capacity::default();
+            agent::join(node_url, ca, join_token, DEV_NODE, capacity, dir).await?
+        }
     };
     let driver =
         berth_node_runtime::docker::DockerDriver::connect_scoped(agent::scope_of(&identity))
@@ -332,6 +395,36 @@ fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     std::io::Write::write_all(&mut options.open(path)?, bytes)?;
     Ok(())
+}
+
+/// The secret kept in `path`, or one made by `make` and written there readable by its
+/// owner only. Servers sharing the data directory may start at once: the first to
+/// write wins and the others read what it wrote, never a half-written file.
+pub(crate) fn read_or_create_secret(
+    path: &Path,
+    make: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => return Ok(text),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(anyhow::anyhow!("reading {}: {e}", path.display()));
+        }
+        Err(_) => {}
+    }
+    let made = make()?;
+    let partial = path.with_extension(format!("partial.{}", std::process::id()));
+    let _ = std::fs::remove_file(&partial);
+    write_secret(&partial, made.as_bytes())?;
+    // A link, unlike a rename, fails when the file is there already.
+    let linked = std::fs::hard_link(&partial, path);
+    let _ = std::fs::remove_file(&partial);
+    match linked {
+        Ok(()) => Ok(made),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(path)?)
+        }
+        Err(e) => Err(anyhow::anyhow!("writing {}: {e}", path.display())),
+    }
 }
 
 /// The admin token: `BERTH_ADMIN_TOKEN`, else the one kept in `path`, else a new one

@@ -66,6 +66,10 @@ pub struct NodeIdentity {
     /// The allocators' gRPC addresses, `http://host:port`, comma-separated when the
     /// control plane runs several (the node streams to whichever leads).
     pub allocator: String,
+    /// The certificate authority (PEM) an `https://` allocator's certificate must chain
+    /// to; without it, the public authorities are trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocator_ca: Option<String>,
     /// The Ed25519 key pair, PKCS#8, hex.
     key_pkcs8_hex: String,
 }
@@ -125,6 +129,7 @@ impl NodeIdentity {
         Ok(NodeIdentity {
             name: name.to_owned(),
             allocator: allocator.to_owned(),
+            allocator_ca: None,
             key_pkcs8_hex: pkcs8.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
         })
     }
@@ -180,25 +185,48 @@ pub struct Capacity {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
-async fn connect(url: &str) -> Result<NodeControlClient<Channel>, AgentError> {
-    NodeControlClient::connect(url.to_owned())
+/// A client of the allocator at `url`; over TLS (`https://`) its certificate must
+/// chain to `ca` (PEM), or to a public authority when `ca` is not given.
+async fn connect(url: &str, ca: Option<&str>) -> Result<NodeControlClient<Channel>, AgentError> {
+    let failed = |message: String| AgentError::Connect {
+        url: url.to_owned(),
+        message,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| failed(format!("not an address: {e}")))?;
+    let endpoint = match url.starts_with("https://") {
+        true => {
+            let tls = match ca {
+                Some(pem) => tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                None => tonic::transport::ClientTlsConfig::new().with_webpki_roots(),
+            };
+            endpoint
+                .tls_config(tls)
+                .map_err(|e| failed(berth_protocol::telemetry::error_chain(&e)))?
+        }
+        false => endpoint,
+    };
+    let channel = endpoint
+        .connect()
         .await
-        .map_err(|e| AgentError::Connect {
-            url: url.to_owned(),
-            message: e.to_string(),
-        })
+        .map_err(|e| failed(berth_protocol::telemetry::error_chain(&e)))?;
+    Ok(NodeControlClient::new(channel))
 }
 
 /// Joins the pool: makes a key pair, spends the one-time `token` to register it under
-/// `name`, and saves the identity in `dir`.
+/// `name`, and saves the identity in `dir`. An `https://` allocator's certificate must
+/// chain to `ca` (PEM) when it is given; the node keeps `ca` for later connections.
 pub async fn join(
     allocator: &str,
+    ca: Option<&str>,
     token: &str,
     name: &str,
     capacity: Capacity,
     dir: &Path,
 ) -> Result<NodeIdentity, AgentError> {
-    let identity = NodeIdentity::generate(name, allocator)?;
+    let mut identity = NodeIdentity::generate(name, allocator)?;
+    identity.allocator_ca = ca.map(str::to_owned);
     let public_key = identity.public_key()?;
     let request = JoinRequest {
         token: token.to_owned(),
@@ -212,7 +240,7 @@ pub async fn join(
     // With several allocators, the one that leads answers; the others stand by.
     let mut last = None;
     for url in identity.allocators() {
-        let mut client = match connect(url).await {
+        let mut client = match connect(url, ca).await {
             Ok(client) => client,
             Err(e) => {
                 last = Some(e);
@@ -681,7 +709,7 @@ impl<D: ContainerDriver> Agent<D> {
         if self.client.is_none() {
             let urls = self.identity.allocators();
             let url = urls[self.next_allocator % urls.len()];
-            match connect(url).await {
+            match connect(url, self.identity.allocator_ca.as_deref()).await {
                 Ok(client) => self.client = Some(client),
                 Err(e) => {
                     self.next_allocator = self.next_allocator.wrapping_add(1);

@@ -121,3 +121,19 @@ mod tests {
         assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
     }
 }
+
+/// An error and its causes, each once: transport errors' own text ("transport
+/// error", "error sending request") leaves out why a connection failed, such as a
+/// certificate that is not trusted.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = e.source();
+    }
+    text
+}

@@ -71,7 +71,7 @@ impl HollowPool {
             std::fs::create_dir_all(&dir).expect("node dir");
             let (allocator, capacity) = (allocator.clone(), capacity.clone());
             pending.push(tokio::spawn(async move {
-                let identity = agent::join(&allocator, &token, &name, capacity, &dir)
+                let identity = agent::join(&allocator, None, &token, &name, capacity, &dir)
                     .await
                     .expect("a hollow node joins");
                 let engine = Arc::new(SimulatedDriver::new(Scope::node(&name)));

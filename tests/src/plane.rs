@@ -32,8 +32,10 @@ pub struct Server {
     pub state: std::sync::Arc<tempfile::TempDir>,
     /// Where its output goes.
     pub output: std::path::PathBuf,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with `--tls`).
     pub api: String,
+    /// The certificate authority the server made, when started with `--tls`.
+    pub ca: Option<std::path::PathBuf>,
     /// The node API's port.
     pub node_port: u16,
     /// The admin token.
@@ -86,10 +88,29 @@ impl Server {
                 .spawn()
                 .expect("berth server starts"),
         );
-        let api = format!("http://127.0.0.1:{api_port}");
-        let http = reqwest::Client::new();
+        // With `--tls` the server makes its authority in its data directory; clients
+        // trust that and nothing else.
+        let ca = args
+            .contains(&"--tls")
+            .then(|| state.path().join("tls").join("ca.pem"));
+        let api = match ca {
+            Some(_) => format!("https://127.0.0.1:{api_port}"),
+            None => format!("http://127.0.0.1:{api_port}"),
+        };
+        let mut http = reqwest::Client::new();
         let mut ready = false;
         for _ in 0..100 {
+            if let Some(ca) = ca.as_ref().filter(|_| !ready) {
+                let Ok(pem) = std::fs::read(ca) else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                http = reqwest::Client::builder()
+                    .tls_built_in_root_certs(false)
+                    .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
+                    .build()
+                    .expect("client");
+            }
             if http
                 .get(format!("{api}/readyz"))
                 .send()
@@ -111,6 +132,7 @@ impl Server {
             state,
             output,
             api,
+            ca,
             node_port,
             admin,
             http,
@@ -166,7 +188,14 @@ impl Server {
 
     /// The node API's URL.
     pub fn node_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.node_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.node_port)
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self.ca {
+            Some(_) => "https",
+            None => "http",
+        }
     }
 
     /// A one-time join token.
@@ -207,11 +236,16 @@ impl Server {
         envs: &[(&str, &str)],
     ) -> Node {
         let token = self.join_token().await;
+        let ca = self.ca.as_ref().map(|ca| ca.display().to_string());
+        let mut args = args.to_vec();
+        if let Some(ca) = &ca {
+            args.extend(["--ca", ca.as_str()]);
+        }
         spawn_node(
-            &format!("http://127.0.0.1:{port}"),
+            &format!("{}://127.0.0.1:{port}", self.scheme()),
             &token,
             name,
-            args,
+            &args,
             envs,
         )
     }

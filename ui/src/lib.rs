@@ -14,6 +14,7 @@ mod api;
 mod audit;
 mod developer;
 mod page;
+mod pinned;
 mod svg;
 
 use actix_web::cookie::{Cookie, SameSite};
@@ -33,20 +34,37 @@ struct Ui {
     http: reqwest::Client,
 }
 
-impl Default for Ui {
-    fn default() -> Self {
+impl Ui {
+    /// A client of this process's own API; over TLS it trusts exactly `own` (the
+    /// certificate this server presents) and nothing else.
+    fn new(own: Option<rustls::pki_types::CertificateDer<'static>>) -> Self {
         // Let idle connections go well before the server's keep-alive (5 s) closes
         // them, so a request never goes out on a connection being closed.
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(std::time::Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
-        Self { http }
+        let builder =
+            reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_secs(2));
+        let builder = match own.map(pinned::client_config) {
+            Some(Ok(config)) => builder.use_preconfigured_tls(config),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "the pages cannot call their own API over TLS");
+                builder
+            }
+            None => builder,
+        };
+        Self {
+            http: builder.build().unwrap_or_default(),
+        }
     }
 }
 
-/// Registers the pages under `/ui`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers the pages under `/ui`, for a server that presents `own` when it serves
+/// TLS (the pages call its API over the same kind of connection a browser uses).
+pub fn configure(
+    own: Option<rustls::pki_types::CertificateDer<'static>>,
+) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| configure_with(cfg, Ui::new(own))
+}
+
+fn configure_with(cfg: &mut web::ServiceConfig, ui: Ui) {
     let forms = web::FormConfig::default()
         .limit(1024 * 1024)
         .error_handler(|err, _| {
@@ -55,7 +73,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         });
     cfg.service(
         web::scope("/ui")
-            .app_data(web::Data::new(Ui::default()))
+            .app_data(web::Data::new(ui))
             .app_data(forms)
             .route("", web::get().to(home))
             .route("/", web::get().to(home))
@@ -91,8 +109,13 @@ impl actix_web::FromRequest for Signed {
     }
 }
 
-/// The API's address as this process serves it: the socket the request came in on.
+/// The API's address as this process serves it: the socket the request came in on,
+/// over TLS when the request came over TLS.
 fn api_base(request: &HttpRequest) -> String {
+    let scheme = match request.app_config().secure() {
+        true => "https",
+        false => "http",
+    };
     let mut addr = request.app_config().local_addr();
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
@@ -100,7 +123,7 @@ fn api_base(request: &HttpRequest) -> String {
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    format!("http://{addr}")
+    format!("{scheme}://{addr}")
 }
 
 /// The request's user, or the response to send instead: to the login page when there
@@ -113,7 +136,7 @@ async fn signed(request: &HttpRequest) -> Result<Signed, HttpResponse> {
         }
         let mut response = see_other(&format!("/ui/login?next={}", encode(&back)));
         // A session the API refuses (expired, revoked) is forgotten.
-        let _ = response.add_removal_cookie(&session_cookie(String::new()));
+        let _ = response.add_removal_cookie(&session_cookie(String::new(), request));
         response
     };
     let Some(cookie) = request.cookie(SESSION_COOKIE) else {
@@ -122,7 +145,7 @@ async fn signed(request: &HttpRequest) -> Result<Signed, HttpResponse> {
     let ui = request
         .app_data::<web::Data<Ui>>()
         .map(|ui| ui.http.clone())
-        .unwrap_or_default();
+        .unwrap_or_else(|| Ui::new(None).http);
     let api = Api::new(ui, api_base(request), cookie.value().to_owned());
     match api.get::<Session>("/v1/session").await {
         Ok(session) => Ok(Signed { session, api }),
@@ -151,10 +174,12 @@ fn encode(value: &str) -> String {
     out
 }
 
-fn session_cookie(token: String) -> Cookie<'static> {
+/// The session cookie, sent back only over TLS when the pages are served over TLS.
+fn session_cookie(token: String, request: &HttpRequest) -> Cookie<'static> {
     Cookie::build(SESSION_COOKIE, token)
         .path("/ui")
         .http_only(true)
+        .secure(request.app_config().secure())
         // Forms post only from these pages: a cross-site form carries no session.
         .same_site(SameSite::Strict)
         .finish()
@@ -256,7 +281,7 @@ async fn login(
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let mut cookie = session_cookie(logged_in.token);
+            let mut cookie = session_cookie(logged_in.token, &request);
             cookie.set_max_age(actix_web::cookie::time::Duration::seconds(
                 i64::try_from(logged_in.expires_at.saturating_sub(now)).unwrap_or(0),
             ));
@@ -276,8 +301,8 @@ async fn login(
     }
 }
 
-async fn logout() -> HttpResponse {
+async fn logout(request: HttpRequest) -> HttpResponse {
     let mut response = see_other("/ui/login");
-    let _ = response.add_removal_cookie(&session_cookie(String::new()));
+    let _ = response.add_removal_cookie(&session_cookie(String::new(), &request));
     response
 }

@@ -42,6 +42,10 @@ enum Command {
         /// The one-time join token.
         #[arg(long, env = "BERTH_JOIN_TOKEN")]
         token: String,
+        /// The certificate authority (PEM file) an `https://` allocator's certificate
+        /// must chain to (`berth server --tls` prints it); kept with the identity.
+        #[arg(long, env = "BERTH_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// This node's name in the pool.
         #[arg(long)]
         name: String,
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Join {
             allocator,
             token,
+            ca,
             name,
             cpu_millis,
             memory_bytes,
@@ -97,7 +102,29 @@ async fn main() -> anyhow::Result<()> {
                 containers: Some(containers),
                 labels: labels.into_iter().collect(),
             };
-            let identity = agent::join(&allocator, &token, &name, capacity, &cli.state_dir).await?;
+            let ca = match ca {
+                Some(path) => {
+                    anyhow::ensure!(
+                        allocator
+                            .split(',')
+                            .all(|url| url.trim().starts_with("https://")),
+                        "--ca is for allocators reached over TLS: write their addresses as https://HOST:PORT"
+                    );
+                    Some(std::fs::read_to_string(&path).with_context(|| {
+                        format!("reading the certificate authority {}", path.display())
+                    })?)
+                }
+                None => None,
+            };
+            let identity = agent::join(
+                &allocator,
+                ca.as_deref(),
+                &token,
+                &name,
+                capacity,
+                &cli.state_dir,
+            )
+            .await?;
             eprintln!(
                 "joined as {name}; identity saved in {}",
                 NodeIdentity::path(&cli.state_dir).display()
