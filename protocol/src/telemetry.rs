@@ -107,21 +107,6 @@ pub fn extract(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trace_ids_are_read_from_traceparents() {
-        assert_eq!(
-            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(trace_id("garbage"), None);
-        assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
-    }
-}
-
 /// An error and its causes, each once: transport errors' own text ("transport
 /// error", "error sending request") leaves out why a connection failed, such as a
 /// certificate that is not trusted.
@@ -136,4 +121,19 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         cause = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_are_read_from_traceparents() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id("garbage"), None);
+        assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
+    }
 }
