@@ -53,6 +53,8 @@ impl NodeApi {
             Ok(Some(key)) => key,
             _ => return,
         };
+        // Targets' keys, read once for the whole set.
+        let mut peer_keys: HashMap<String, Option<Vec<u8>>> = HashMap::new();
         for assignment in set.iter_mut() {
             let (Ok(Some(spec)), Ok(placed)) = (
                 self.allocator().placed_spec(&assignment.id).await,
@@ -79,6 +81,13 @@ impl NodeApi {
                 };
                 let Some(peer) = self.peer_address(&target.node) else {
                     continue; // that node serves no node API
+                };
+                if !peer_keys.contains_key(&target.node) {
+                    let key = self.identities().public_key(&target.node).await;
+                    peer_keys.insert(target.node.clone(), key.ok().flatten());
+                }
+                let Some(Some(peer_key)) = peer_keys.get(&target.node) else {
+                    continue; // a node with no key cannot be reached over TLS
                 };
                 let ports: BTreeSet<u16> = service
                     .expose
@@ -114,6 +123,7 @@ impl NodeApi {
                             port,
                             node: target.node.clone(),
                             peer: peer.clone(),
+                            peer_key: berth_protocol::assignment::hex_encode(peer_key),
                             token,
                         });
                     }

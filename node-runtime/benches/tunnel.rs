@@ -73,6 +73,8 @@ async fn main() {
         ..Trust::default()
     }));
     let api = PeerApi::new("n2", engine, trust);
+    let n2 = NodeIdentity::generate("n2", "http://127.0.0.1:1").expect("identity");
+    let acceptor = n2.tls().expect("tls").acceptor().expect("acceptor");
     let peer_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let peer = format!("http://{}", peer_listener.local_addr().expect("address"));
     {
@@ -80,7 +82,10 @@ async fn main() {
         tokio::spawn(async move {
             berth_node_runtime::peer::server()
                 .add_service(NodePeerServer::new(served))
-                .serve_with_incoming(berth_node_runtime::peer::incoming(peer_listener))
+                .serve_with_incoming(berth_node_runtime::node_tls::incoming(
+                    peer_listener,
+                    acceptor,
+                ))
                 .await
         });
         // What the agent does with decisions: takes them away every second.
@@ -123,6 +128,7 @@ async fn main() {
             port,
             node: "n2".into(),
             peer,
+            peer_key: berth_protocol::assignment::hex_encode(&n2.public_key().expect("key")),
             token,
         }],
     };

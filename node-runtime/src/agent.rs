@@ -130,7 +130,7 @@ impl NodeIdentity {
             name: name.to_owned(),
             allocator: allocator.to_owned(),
             allocator_ca: None,
-            key_pkcs8_hex: pkcs8.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            key_pkcs8_hex: berth_protocol::assignment::hex_encode(pkcs8.as_ref()),
         })
     }
 
@@ -153,23 +153,31 @@ impl NodeIdentity {
         Ok(self.key_pair()?.public_key().as_ref().to_vec())
     }
 
+    /// The node's key as it presents itself to other nodes over TLS.
+    pub fn tls(&self) -> Result<crate::node_tls::NodeTls, AgentError> {
+        crate::node_tls::NodeTls::from_pkcs8(&self.pkcs8()?).map_err(|message| {
+            AgentError::Identity {
+                path: PathBuf::new(),
+                message,
+            }
+        })
+    }
+
+    fn pkcs8(&self) -> Result<Vec<u8>, AgentError> {
+        berth_protocol::assignment::hex_decode(&self.key_pkcs8_hex).ok_or_else(|| {
+            AgentError::Identity {
+                path: PathBuf::new(),
+                message: "the key is not hex".into(),
+            }
+        })
+    }
+
     fn key_pair(&self) -> Result<Ed25519KeyPair, AgentError> {
-        let bytes = hex_decode(&self.key_pkcs8_hex).ok_or_else(|| AgentError::Identity {
-            path: PathBuf::new(),
-            message: "the key is not hex".into(),
-        })?;
-        Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| AgentError::Identity {
+        Ed25519KeyPair::from_pkcs8(&self.pkcs8()?).map_err(|e| AgentError::Identity {
             path: PathBuf::new(),
             message: format!("the key is not Ed25519 PKCS#8: {e}"),
         })
     }
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
 }
 
 /// What a node offers the pool.
@@ -267,6 +275,7 @@ pub async fn join(
 pub struct Signer {
     node: String,
     key: Ed25519KeyPair,
+    tls: crate::node_tls::NodeTls,
     last: AtomicU64,
 }
 
@@ -276,8 +285,14 @@ impl Signer {
         Ok(Self {
             node: identity.name.clone(),
             key: identity.key_pair()?,
+            tls: identity.tls()?,
             last: AtomicU64::new(0),
         })
+    }
+
+    /// The same key, for connections to other nodes.
+    pub fn tls(&self) -> &crate::node_tls::NodeTls {
+        &self.tls
     }
 
     /// The next sequence number and the current time in milliseconds.
@@ -1094,11 +1109,5 @@ mod tests {
             assert!(n > last);
             last = n;
         }
-    }
-
-    #[test]
-    fn hex_round_trip() {
-        assert_eq!(hex_decode("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(hex_decode("zz"), None);
     }
 }

@@ -17,4 +17,5 @@ pub use driver::{ContainerDriver, DriverError};
 pub use reconcile::{Outcome, Progress, ReconcileError, ReconcileOptions, Reconciler, Step};
 pub mod agent;
 pub mod links;
+pub mod node_tls;
 pub mod peer;

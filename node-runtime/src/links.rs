@@ -27,16 +27,25 @@ use crate::peer::{frames_from, methods};
 /// (on one of the topology's networks) it listens at.
 type Key = (TopologyRef, String, u16, IpAddr);
 
-type Channels = Arc<std::sync::Mutex<HashMap<String, tonic::transport::Channel>>>;
+/// Channels by the peer's address and key.
+type Channels = Arc<std::sync::Mutex<HashMap<(String, String), tonic::transport::Channel>>>;
 
-/// The channel to `peer`, made on first use.
-fn channel_to(channels: &Channels, peer: &str) -> Result<tonic::transport::Channel, String> {
+/// The channel to `link`'s node, made on first use, over TLS to exactly the key the
+/// allocator gave for that node.
+fn channel_to(
+    channels: &Channels,
+    signer: &Signer,
+    link: &Link,
+) -> Result<tonic::transport::Channel, String> {
+    let key = (link.peer.clone(), link.peer_key.clone());
     let mut channels = channels.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(channel) = channels.get(peer) {
+    if let Some(channel) = channels.get(&key) {
         return Ok(channel.clone());
     }
-    let channel = crate::peer::channel(peer)?;
-    channels.insert(peer.to_owned(), channel.clone());
+    let peer_key = berth_protocol::assignment::hex_decode(&link.peer_key)
+        .ok_or_else(|| format!("node {}'s key is not hex", link.node))?;
+    let channel = signer.tls().channel(&link.peer, &peer_key)?;
+    channels.insert(key, channel.clone());
     Ok(channel)
 }
 
@@ -157,7 +166,7 @@ async fn carry(
         nonce,
     };
     let call = signer.peer_call(methods::TUNNEL, token, &body);
-    let mut client = NodePeerClient::new(channel_to(channels, &link.peer)?);
+    let mut client = NodePeerClient::new(channel_to(channels, signer, link)?);
     let (read, mut write) = socket.into_split();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let _ = tx

@@ -131,19 +131,22 @@ impl<D: ContainerDriver> PeerApi<D> {
         std::mem::take(&mut *self.decisions.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Decides `call` for `operation`; records the decision either way.
+    /// Decides `call` for `operation`, which came over a connection made with
+    /// `connection_key` (see [`crate::node_tls::connection_key`]); records the decision
+    /// either way.
     pub fn decide(
         &self,
         method: &str,
         operation: NodeOperation,
         call: &PeerCall,
+        connection_key: Option<&[u8]>,
     ) -> Result<PeerCallBody, Status> {
         let body = PeerCallBody::decode(call.body.as_slice()).unwrap_or_default();
         let resource = format!(
             "{}/{}/{}:{}",
             body.tenant, body.topology, body.service, body.port
         );
-        let outcome = self.check(method, operation, call, &body);
+        let outcome = self.check(method, operation, call, &body, connection_key);
         let mut decision = Decision {
             allowed: outcome.is_ok(),
             operation: operation.as_str(),
@@ -190,7 +193,21 @@ impl<D: ContainerDriver> PeerApi<D> {
         operation: NodeOperation,
         call: &PeerCall,
         body: &PeerCallBody,
+        connection_key: Option<&[u8]>,
     ) -> Result<delegation::Allowed, Refused> {
+        match connection_key {
+            None => {
+                return Err(Refused::Invalid(
+                    "the call did not come over the node API's TLS".into(),
+                ));
+            }
+            Some(key) if key != call.caller_key.as_slice() => {
+                return Err(Refused::Invalid(
+                    "the call is signed by another key than its connection's".into(),
+                ));
+            }
+            Some(_) => {}
+        }
         UnparsedPublicKey::new(&ED25519, &call.caller_key)
             .verify(&peer_signing_payload(method, &call.body), &call.signature)
             .map_err(|_| Refused::Invalid("the call is not signed by the key it names".into()))?;
@@ -305,27 +322,14 @@ pub fn server() -> tonic::transport::Server {
         .tcp_nodelay(true)
 }
 
-/// The connections `listener` accepts, with Nagle's delay off (a server serving an
-/// incoming stream does not set it itself).
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|socket| {
-            let _ = socket.set_nodelay(true);
-        })
-    })
-}
-
-/// A channel to another node's API at `peer` (`http://host:port`), set as
-/// [`server`] is; it connects on first use and is shared by every tunnel to that node.
-pub fn channel(peer: &str) -> Result<tonic::transport::Channel, String> {
+/// Another node's API at `peer` (`http://host:port`), set as [`server`] is; the
+/// connection itself is [`crate::node_tls::NodeTls::channel`]'s.
+pub(crate) fn endpoint(peer: &str) -> Result<tonic::transport::Endpoint, String> {
     Ok(tonic::transport::Endpoint::from_shared(peer.to_owned())
         .map_err(|e| format!("{peer:?} is not a node API address: {e}"))?
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .connect_lazy())
+        .initial_connection_window_size(CONNECTION_WINDOW))
 }
 
 /// Reads `read` until it ends, sending what it reads as data frames (each wrapped by
@@ -361,6 +365,7 @@ impl<D: ContainerDriver> NodePeer for PeerApi<D> {
         &self,
         request: Request<Streaming<TunnelFrame>>,
     ) -> Result<Response<TunnelStream>, Status> {
+        let connection_key = crate::node_tls::connection_key(&request);
         let mut incoming = request.into_inner();
         let first = incoming
             .next()
@@ -369,7 +374,12 @@ impl<D: ContainerDriver> NodePeer for PeerApi<D> {
         let Some(tunnel_frame::Frame::Open(call)) = first.frame else {
             return Err(Status::invalid_argument("a tunnel starts with its call"));
         };
-        let body = self.decide(methods::TUNNEL, NodeOperation::Tunnel, &call)?;
+        let body = self.decide(
+            methods::TUNNEL,
+            NodeOperation::Tunnel,
+            &call,
+            connection_key.as_deref(),
+        )?;
         let address = self.address_of(&body).await?;
         let socket = tokio::net::TcpStream::connect(address)
             .await
@@ -396,8 +406,14 @@ impl<D: ContainerDriver> NodePeer for PeerApi<D> {
     }
 
     async fn health(&self, request: Request<PeerCall>) -> Result<Response<HealthReply>, Status> {
+        let connection_key = crate::node_tls::connection_key(&request);
         let call = request.into_inner();
-        let body = self.decide(methods::HEALTH, NodeOperation::Health, &call)?;
+        let body = self.decide(
+            methods::HEALTH,
+            NodeOperation::Health,
+            &call,
+            connection_key.as_deref(),
+        )?;
         let id = TopologyRef {
             tenant: body.tenant.clone(),
             topology: body.topology.clone(),

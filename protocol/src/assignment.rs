@@ -133,9 +133,32 @@ pub struct Link {
     pub node: String,
     /// That node's API (`http://host:port`).
     pub peer: String,
+    /// That node's Ed25519 public key (hex): the only key the calling node accepts
+    /// at the other end of the connection.
+    #[serde(default)]
+    pub peer_key: String,
     /// The delegation token allowing this node to tunnel there (biscuit, base64); it
     /// expires soon and is renewed in a later set.
     pub token: String,
+}
+
+/// Bytes as lowercase hex, as keys travel in assignments.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of lowercase or uppercase hex; `None` when it is not hex.
+pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect()
 }
 
 /// Labels Berth puts on every Docker object it creates; they are how a node finds
@@ -164,6 +187,15 @@ pub mod labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(hex_encode(&[0, 255, 16]), "00ff10");
+        assert_eq!(hex_decode("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(hex_decode("00FF10"), Some(vec![0, 255, 16]));
+        assert_eq!(hex_decode("zz"), None);
+        assert_eq!(hex_decode("abc"), None);
+    }
 
     #[test]
     fn names_cannot_collide_across_tenants() {

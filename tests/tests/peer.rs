@@ -23,6 +23,8 @@ struct Pool {
     n1_name: String,
     n2_name: String,
     n2_peer: String,
+    /// Node 2's public key, the only one a caller accepts at the other end.
+    n2_key: Vec<u8>,
     _nodes: Vec<Node>,
 }
 
@@ -91,6 +93,9 @@ async fn pool(test: &str) -> Pool {
         &PrivateKey::from_bytes_hex(root_hex.trim(), Algorithm::Ed25519).expect("key"),
     );
     let n1 = NodeIdentity::load(nodes[0].dir.path()).expect("node 1's identity");
+    let n2_key = NodeIdentity::load(nodes[1].dir.path())
+        .and_then(|n2| n2.public_key())
+        .expect("node 2's key");
     Pool {
         server,
         root,
@@ -98,6 +103,7 @@ async fn pool(test: &str) -> Pool {
         n1_name,
         n2_name,
         n2_peer: peers[1].clone(),
+        n2_key,
         _nodes: nodes,
     }
 }
@@ -158,6 +164,27 @@ impl Pool {
     /// Opens a tunnel to `db:8080` on node 2 as `signer` with `token`, sends an HTTP
     /// request through it and returns the answer, or the refusal.
     async fn tunnel_get(&self, signer: &Signer, token: Vec<u8>) -> Result<String, tonic::Status> {
+        self.tunnel_get_over(signer, signer, token).await
+    }
+
+    /// A client of node 2's API over TLS with `connection`'s key.
+    fn client(&self, connection: &Signer) -> NodePeerClient<tonic::transport::Channel> {
+        NodePeerClient::new(
+            connection
+                .tls()
+                .channel(&self.n2_peer, &self.n2_key)
+                .expect("a channel to node 2"),
+        )
+    }
+
+    /// [`Self::tunnel_get`] with the call signed by `signer` but sent over a connection
+    /// made with `connection`'s key.
+    async fn tunnel_get_over(
+        &self,
+        connection: &Signer,
+        signer: &Signer,
+        token: Vec<u8>,
+    ) -> Result<String, tonic::Status> {
         let call = signer.peer_call("Tunnel", token, &self.body(8080));
         let request = "GET /rows HTTP/1.0\r\n\r\n".as_bytes().to_vec();
         let frames = tokio_stream::iter([
@@ -168,10 +195,7 @@ impl Pool {
                 frame: Some(tunnel_frame::Frame::Data(request)),
             },
         ]);
-        let mut client = NodePeerClient::connect(self.n2_peer.clone())
-            .await
-            .expect("node 2's API answers");
-        let mut answer = client.tunnel(frames).await?.into_inner();
+        let mut answer = self.client(connection).tunnel(frames).await?.into_inner();
         let mut text = Vec::new();
         while let Some(frame) = answer.message().await? {
             if let Some(tunnel_frame::Frame::Data(bytes)) = frame.frame {
@@ -183,10 +207,13 @@ impl Pool {
 
     async fn health(&self, signer: &Signer, token: Vec<u8>) -> Result<usize, tonic::Status> {
         let call = signer.peer_call("Health", token, &self.body(0));
-        let mut client = NodePeerClient::connect(self.n2_peer.clone())
-            .await
-            .expect("node 2's API answers");
-        Ok(client.health(call).await?.into_inner().replicas.len())
+        Ok(self
+            .client(signer)
+            .health(call)
+            .await?
+            .into_inner()
+            .replicas
+            .len())
     }
 
     /// The ledger's entries of `kind`, newest first.
@@ -367,6 +394,51 @@ async fn another_nodes_token_is_refused() {
         "bound to node \"n3\"",
     );
     pool.in_ledger("presented by another key").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_relayed_over_another_nodes_connection_is_refused() {
+    let pool = pool("prelay").await;
+    // Node 1's call and token are good; the connection they arrive on was made with
+    // another node's key.
+    let stranger = NodeIdentity::generate("stranger", "http://127.0.0.1:1").expect("identity");
+    let stranger = Signer::new(&stranger).expect("signer");
+    let token = pool.mint(&pool.grant(NodeOperation::Tunnel));
+    refused(
+        pool.tunnel_get_over(&stranger, &pool.n1_signer(), token)
+            .await,
+        "another key than its connection's",
+    );
+    pool.in_ledger("another key than its connection's").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_api_that_is_not_the_expected_node_is_not_called() {
+    let pool = pool("pimpostor").await;
+    // Node 1 expects node 2's key; the node API at that address presents it, so a
+    // caller told another key (an impostor's, say) refuses the connection before
+    // sending anything.
+    let impostor_key =
+        Signer::new(&NodeIdentity::generate("impostor", "http://127.0.0.1:1").expect("identity"))
+            .expect("signer")
+            .public_key();
+    let signer = pool.n1_signer();
+    let call = signer.peer_call(
+        "Health",
+        pool.mint(&pool.grant(NodeOperation::Health)),
+        &pool.body(0),
+    );
+    let mut client = NodePeerClient::new(
+        signer
+            .tls()
+            .channel(&pool.n2_peer, &impostor_key)
+            .expect("channel"),
+    );
+    let status = client
+        .health(call)
+        .await
+        .expect_err("the call went through");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         identity.name, identity.allocator
     );
     let name = identity.name.clone();
+    let tls = identity.tls()?;
     let mut agent = Agent::new(identity, reconciler)?;
     if let Some(address) = cli.peer_listen {
         let peer = PeerApi::new(&name, driver, agent.trust());
@@ -158,7 +159,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(
             berth_node_runtime::peer::server()
                 .add_service(NodePeerServer::new(peer))
-                .serve_with_incoming(berth_node_runtime::peer::incoming(listener)),
+                .serve_with_incoming(berth_node_runtime::node_tls::incoming(
+                    listener,
+                    tls.acceptor().map_err(anyhow::Error::msg)?,
+                )),
         );
     }
     agent.run().await;

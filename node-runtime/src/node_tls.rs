@@ -1,0 +1,361 @@
+//! TLS between nodes, with raw public keys (RFC 7250) instead of certificates: each
+//! node presents its own Ed25519 identity key, the one it registered at join, so there
+//! is no authority to run and nothing to issue or renew.
+//!
+//! The calling node accepts exactly the key the allocator gave it for the node it
+//! calls (with the link); anything else is a man in the middle. The called node takes
+//! any key at the handshake, since who may call is the delegation's business, and then
+//! requires every call to be signed by the very key its connection was made with
+//! ([`connection_key`]): a call cannot travel over another node's connection. What
+//! crosses between hosts, tunnelled bytes included, is encrypted (TLS 1.3 only, which
+//! raw public keys need).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{
+    CertificateDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use tokio_stream::{Stream, StreamExt};
+
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32-byte key follows.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// How long a connecting node may take over its handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A node's key as it presents itself to other nodes.
+#[derive(Clone)]
+pub struct NodeTls {
+    key: Arc<CertifiedKey>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls").finish_non_exhaustive()
+    }
+}
+
+impl NodeTls {
+    /// The TLS identity of the node whose Ed25519 key is `pkcs8`.
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, String> {
+        let signing =
+            rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(pkcs8.to_vec()))
+                .map_err(|e| format!("the node key cannot sign TLS handshakes: {e}"))?;
+        let spki = signing
+            .public_key()
+            .ok_or("the node key has no public half")?
+            .as_ref()
+            .to_vec();
+        Ok(Self {
+            key: Arc::new(CertifiedKey::new(vec![CertificateDer::from(spki)], signing)),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        })
+    }
+
+    /// How this node accepts other nodes' connections.
+    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        let config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(Arc::new(AnyNodeKey {
+                provider: self.provider.clone(),
+            }))
+            .with_cert_resolver(Arc::new(
+                rustls::server::AlwaysResolvesServerRawPublicKeys::new(self.key.clone()),
+            ));
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// How this node connects to the node whose Ed25519 public key is `peer_key`.
+    fn connector(&self, peer_key: &[u8]) -> Result<tokio_rustls::TlsConnector, String> {
+        if peer_key.len() != 32 {
+            return Err(format!(
+                "the peer's key is {} bytes, not an Ed25519 key",
+                peer_key.len()
+            ));
+        }
+        let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ThisNodeKey {
+                spki: [ED25519_SPKI_PREFIX.as_slice(), peer_key].concat(),
+                provider: self.provider.clone(),
+            }))
+            .with_client_cert_resolver(Arc::new(
+                rustls::client::AlwaysResolvesClientRawPublicKeys::new(self.key.clone()),
+            ));
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+
+    /// A channel to the node API at `peer` (`http://host:port`) of the node whose key
+    /// is `peer_key`, over TLS, set as [`crate::peer::server`] is; it connects on first
+    /// use and again after a failure.
+    pub fn channel(
+        &self,
+        peer: &str,
+        peer_key: &[u8],
+    ) -> Result<tonic::transport::Channel, String> {
+        let connector = self.connector(peer_key)?;
+        let endpoint = crate::peer::endpoint(peer)?;
+        let connect = tower::service_fn(move |uri: tonic::transport::Uri| {
+            let connector = connector.clone();
+            async move {
+                let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+                let port = uri.port_u16().unwrap_or(80);
+                let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+                let _ = tcp.set_nodelay(true);
+                // The name is not checked (the key is); rustls needs one to send.
+                let name = ServerName::try_from("berth-node").map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        });
+        Ok(endpoint.connect_with_connector_lazy(connect))
+    }
+}
+
+/// The connections `listener` accepts, each through its TLS handshake; handshakes run
+/// side by side, so a slow or silent peer holds up no other, and one that fails is
+/// dropped (and logged).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (socket, from) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "node API: accept failed");
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(tls).await;
+                    }
+                    Ok(Err(e)) => handshake_failed(from, &e.to_string()),
+                    Err(_) => handshake_failed(from, "timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)
+}
+
+fn handshake_failed(from: SocketAddr, why: &str) {
+    tracing::warn!(%from, error = why, "node API: TLS handshake failed");
+}
+
+/// The Ed25519 public key the calling node's connection was made with, when the call
+/// came over the node API's TLS.
+pub fn connection_key<T>(request: &tonic::Request<T>) -> Option<Vec<u8>> {
+    let info = request
+        .extensions()
+        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>(
+        )?;
+    let certs = info.peer_certs()?;
+    let spki = certs.first()?.as_ref();
+    spki.strip_prefix(ED25519_SPKI_PREFIX.as_slice())
+        .filter(|key| key.len() == 32)
+        .map(<[u8]>::to_vec)
+}
+
+/// The called node's check: any Ed25519 key, as long as the caller proves it holds it.
+#[derive(Debug)]
+struct AnyNodeKey {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for AnyNodeKey {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match is_ed25519_spki(end_entity.as_ref()) {
+            true => Ok(ClientCertVerified::assertion()),
+            false => Err(not_a_node_key()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(TLS13_ONLY)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_raw(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+/// The calling node's check: exactly the key of the node it means to call.
+#[derive(Debug)]
+struct ThisNodeKey {
+    spki: Vec<u8>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ThisNodeKey {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match end_entity.as_ref() == self.spki.as_slice() {
+            true => Ok(ServerCertVerified::assertion()),
+            false => Err(not_a_node_key()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(TLS13_ONLY)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_raw(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+/// Raw public keys need TLS 1.3, the only version these configurations offer.
+const TLS13_ONLY: rustls::Error =
+    rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered);
+
+fn is_ed25519_spki(der: &[u8]) -> bool {
+    der.len() == ED25519_SPKI_PREFIX.len() + 32 && der.starts_with(&ED25519_SPKI_PREFIX)
+}
+
+fn not_a_node_key() -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
+}
+
+fn verify_raw(
+    provider: &CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature_with_raw_key(
+        message,
+        &SubjectPublicKeyInfoDer::from(cert.as_ref()),
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::KeyPair;
+
+    fn node() -> (NodeTls, Vec<u8>) {
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        let public = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        (NodeTls::from_pkcs8(pkcs8.as_ref()).unwrap(), public)
+    }
+
+    /// Connects `caller` to `callee`'s acceptor, the caller expecting `expected`; the
+    /// key the callee saw, or the caller's error.
+    async fn handshake(
+        caller: &NodeTls,
+        callee: &NodeTls,
+        expected: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let acceptor = callee.acceptor().unwrap();
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(socket).await.map_err(|e| e.to_string())?;
+            let spki = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+            Ok::<_, String>(spki[ED25519_SPKI_PREFIX.len()..].to_vec())
+        });
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let connector = caller.connector(expected)?;
+        let name = ServerName::try_from("berth-node").unwrap();
+        let result = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string());
+        let seen = server.await.unwrap();
+        result?;
+        seen
+    }
+
+    #[tokio::test]
+    async fn each_side_learns_the_other_nodes_key() {
+        let ((caller, caller_key), (callee, callee_key)) = (node(), node());
+        let seen = handshake(&caller, &callee, &callee_key).await.unwrap();
+        assert_eq!(seen, caller_key);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_is_not_the_one_expected_is_refused() {
+        let ((caller, _), (impostor, _), (_, expected_key)) = (node(), node(), node());
+        let refused = handshake(&caller, &impostor, &expected_key).await;
+        assert!(refused.is_err(), "{refused:?}");
+    }
+}
