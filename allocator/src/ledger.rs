@@ -113,6 +113,47 @@ pub struct Verification {
     /// The first problem found, naming the entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The anchor to keep outside the database (`SEQ:HASH` of the head), so that a
+    /// later verification can tell a rewritten or cut history (empty for an empty
+    /// ledger).
+    #[serde(default)]
+    pub anchor: String,
+}
+
+/// A point of the chain kept outside the database (`SEQ:HASH`): entry `seq` had
+/// hash `hash`. A chain rewritten whole (every hash recomputed) or cut short checks
+/// out by itself; against an anchor kept elsewhere it does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// The entry.
+    pub seq: u64,
+    /// Its hash when the anchor was taken.
+    pub hash: String,
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let not = || {
+            format!("{text:?} is not an anchor: write SEQ:HASH, as `berth audit verify` prints it")
+        };
+        let (seq, hash) = text.trim().split_once(':').ok_or_else(not)?;
+        let seq = seq.parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(not)?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(not());
+        }
+        Ok(Self {
+            seq,
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
 }
 
 /// Which entries to list.
@@ -270,6 +311,30 @@ impl Ledger {
     /// Walks the whole chain from the first entry: every `seq` in place, every hash
     /// recomputed, every entry pointing at the hash of the one before.
     pub async fn verify(&self) -> Result<Verification, LedgerError> {
+        self.verify_against(None).await
+    }
+
+    /// [`Self::verify`], and the entry `anchor` names must be there with the hash it
+    /// had.
+    pub async fn verify_against(
+        &self,
+        anchor: Option<&Anchor>,
+    ) -> Result<Verification, LedgerError> {
+        let found = self.walk(anchor).await?;
+        Ok(Verification {
+            anchor: match found.entries {
+                0 => String::new(),
+                seq => Anchor {
+                    seq,
+                    hash: found.head.clone(),
+                }
+                .to_string(),
+            },
+            ..found
+        })
+    }
+
+    async fn walk(&self, anchor: Option<&Anchor>) -> Result<Verification, LedgerError> {
         let mut expected_seq = 1i64;
         let mut prev_hash = String::new();
         loop {
@@ -280,11 +345,19 @@ impl Ledger {
                 .all(&self.db)
                 .await?;
             if page.is_empty() {
+                let entries = u64::try_from(expected_seq - 1).unwrap_or(0);
+                let cut = anchor.filter(|a| a.seq > entries).map(|a| {
+                    format!(
+                        "the ledger ends at entry {entries}, before the anchored entry {}: entries were removed from its end",
+                        a.seq
+                    )
+                });
                 return Ok(Verification {
-                    intact: true,
-                    entries: u64::try_from(expected_seq - 1).unwrap_or(0),
+                    intact: cut.is_none(),
+                    entries,
                     head: prev_hash,
-                    problem: None,
+                    problem: cut,
+                    anchor: String::new(),
                 });
             }
             for row in page {
@@ -293,6 +366,7 @@ impl Ledger {
                     entries: u64::try_from(expected_seq - 1).unwrap_or(0),
                     head: prev_hash.clone(),
                     problem: Some(problem),
+                    anchor: String::new(),
                 };
                 if row.seq != expected_seq {
                     return Ok(broken(format!(
@@ -310,6 +384,15 @@ impl Ledger {
                 if entry_hash(&row) != row.hash {
                     return Ok(broken(format!(
                         "entry {} was changed after it was written",
+                        row.seq
+                    )));
+                }
+                if let Some(anchor) =
+                    anchor.filter(|a| i64::try_from(a.seq).is_ok_and(|seq| seq == row.seq))
+                    && anchor.hash != row.hash
+                {
+                    return Ok(broken(format!(
+                        "entry {} is not the one anchored: the history up to it was rewritten",
                         row.seq
                     )));
                 }

@@ -165,14 +165,24 @@ pub(crate) async fn verify(
     let tenant = query.tenant.as_deref().unwrap_or("*");
     gw.authorize(&request, Operation::Audit, tenant, None)
         .await?;
-    Ok(HttpResponse::Ok().json(gw.ledger.verify().await?))
+    let anchor = match &query.anchor {
+        Some(text) => Some(
+            text.parse::<berth_allocator::ledger::Anchor>()
+                .map_err(ApiError::bad_request)?,
+        ),
+        None => None,
+    };
+    Ok(HttpResponse::Ok().json(gw.ledger.verify_against(anchor.as_ref()).await?))
 }
 
-/// Whose auditor asks.
+/// Whose auditor asks, and against what.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct VerifyQuery {
     /// The auditor's own tenant (admins may leave it out).
     pub tenant: Option<String>,
+    /// An anchor kept from an earlier verification (`SEQ:HASH`): that entry must still
+    /// be there with that hash.
+    pub anchor: Option<String>,
 }
 
 /// A token explained.

@@ -300,6 +300,10 @@ impl LivenessArgs {
 }
 
 /// A duration such as `15s`, `500ms` or `2m`.
+fn parse_anchor(text: &str) -> Result<berth_allocator::ledger::Anchor, String> {
+    text.parse()
+}
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let split = text
@@ -414,7 +418,13 @@ enum AuditCommand {
         limit: u64,
     },
     /// Walk the ledger's hash chain; exits 1 when an entry was changed, removed or moved.
-    Verify,
+    /// Prints an anchor to keep outside the database.
+    Verify {
+        /// An anchor printed by an earlier verify (`SEQ:HASH`): that entry must still be
+        /// there with that hash, which catches a history rewritten whole or cut short.
+        #[arg(long, value_name = "SEQ:HASH", value_parser = parse_anchor)]
+        anchor: Option<berth_allocator::ledger::Anchor>,
+    },
     /// A token, by its first revocation id: its datalog, whether it is revoked, its
     /// history. Or a node-API decision, by its entry number: its reason and the token
     /// presented.
@@ -1295,8 +1305,12 @@ async fn admin(cli: &Cli) -> Result<(), Failure> {
             }
             entries
         }
-        Command::Audit(AuditCommand::Verify) => {
-            let verified = remote.admin(Method::GET, "/audit/verify", None).await?;
+        Command::Audit(AuditCommand::Verify { anchor }) => {
+            let path = match anchor {
+                Some(anchor) => format!("/audit/verify?anchor={anchor}"),
+                None => "/audit/verify".to_owned(),
+            };
+            let verified = remote.admin(Method::GET, &path, None).await?;
             let intact = verified["intact"].as_bool().unwrap_or(false);
             if cli.json {
                 print_json(&verified);
@@ -1306,6 +1320,15 @@ async fn admin(cli: &Cli) -> Result<(), Failure> {
                     verified["entries"],
                     verified["head"].as_str().unwrap_or_default()
                 );
+                if let Some(anchor) = anchor {
+                    println!("entry {} is the one anchored", anchor.seq);
+                }
+                let kept = verified["anchor"].as_str().unwrap_or_default();
+                if !kept.is_empty() {
+                    println!(
+                        "anchor (keep it outside the database, then `berth audit verify --anchor {kept}`): {kept}"
+                    );
+                }
             }
             if !intact {
                 return Err(Failure {

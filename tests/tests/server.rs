@@ -790,6 +790,40 @@ async fn security_teams_list_explain_revoke_and_verify_with_berth_audit() {
         verified.starts_with("the ledger is intact: 2 entries"),
         "{verified}"
     );
+    // The anchor it prints, kept elsewhere, is checked by a later verify; a made-up
+    // one is refused as not matching, and a malformed one as not an anchor.
+    let anchor = verified
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "anchor (keep it outside the database, then `berth audit verify --anchor ",
+            )
+        })
+        .and_then(|l| l.split('`').next())
+        .unwrap_or_else(|| panic!("no anchor printed: {verified}"))
+        .to_owned();
+    assert!(anchor.starts_with("2:"), "{anchor}");
+    let held = ok(berth(
+        &["audit", "verify", "--anchor", &anchor],
+        server.admin,
+        None,
+    ));
+    assert!(held.contains("entry 2 is the one anchored"), "{held}");
+    let forged = format!("2:{}", "0".repeat(64));
+    let mismatch = berth(
+        &["audit", "verify", "--anchor", &forged],
+        server.admin,
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&mismatch.stderr).contains("entry 2 is not the one anchored"),
+        "{mismatch:?}"
+    );
+    let malformed = berth(&["audit", "verify", "--anchor", "2"], server.admin, None);
+    assert!(
+        String::from_utf8_lossy(&malformed.stderr).contains("is not an anchor"),
+        "{malformed:?}"
+    );
 
     // Every token of the tenant at once: the new session too.
     let again = ok(berth(

@@ -40,6 +40,7 @@ on_both_databases!(
     the_ledger_detects_an_edited_row,
     the_ledger_detects_a_removed_row,
     the_ledger_detects_reordered_rows,
+    an_anchor_kept_elsewhere_catches_a_history_rewritten_whole_or_cut_short,
     concurrent_appends_keep_one_unbroken_chain,
 );
 
@@ -349,29 +350,35 @@ async fn the_harness_gives_each_test_its_own_postgres_database() {
 async fn ledger_of_five(
     db: DatabaseConnection,
 ) -> (berth_allocator::ledger::Ledger, DatabaseConnection) {
-    use berth_allocator::ledger::{EntryKind, Ledger, NewEntry};
+    use berth_allocator::ledger::Ledger;
     allocator(db.clone()).await; // migrates
     let ledger = Ledger::new(db.clone());
     for i in 1..=5 {
-        ledger
-            .append(
-                NewEntry {
-                    kind: EntryKind::Minted,
-                    actor: "platform".into(),
-                    tenant: "acme".into(),
-                    subject: format!("token-{i}"),
-                    detail: format!("user(\"dev{i}\");"),
-                    revocation_ids: vec![format!("{i:02x}")],
-                },
-                1_000 + i,
-            )
-            .await
-            .expect("append");
+        mint_entry(&ledger, i, &format!("dev{i}")).await;
     }
     let intact = ledger.verify().await.expect("verify");
     assert!(intact.intact, "{intact:?}");
     assert_eq!(intact.entries, 5);
     (ledger, db)
+}
+
+/// Appends the `i`th entry of a test ledger: a session minted for `user`.
+async fn mint_entry(ledger: &berth_allocator::ledger::Ledger, i: i64, user: &str) {
+    use berth_allocator::ledger::{EntryKind, NewEntry};
+    ledger
+        .append(
+            NewEntry {
+                kind: EntryKind::Minted,
+                actor: "platform".into(),
+                tenant: "acme".into(),
+                subject: format!("token-{i}"),
+                detail: format!("user(\"{user}\");"),
+                revocation_ids: vec![format!("{i:02x}")],
+            },
+            1_000 + i,
+        )
+        .await
+        .expect("append");
 }
 
 async fn tamper(db: &DatabaseConnection, sql: &str) {
@@ -415,6 +422,58 @@ async fn the_ledger_detects_reordered_rows(db: DatabaseConnection) {
     tamper(&db, "UPDATE audit_entries SET seq = 3 WHERE seq = 4").await;
     tamper(&db, "UPDATE audit_entries SET seq = 4 WHERE seq = 100").await;
     assert_broken(&ledger, "entry 3 does not follow entry 2").await;
+}
+
+async fn an_anchor_kept_elsewhere_catches_a_history_rewritten_whole_or_cut_short(
+    db: DatabaseConnection,
+) {
+    use berth_allocator::ledger::{Anchor, Ledger};
+    let (ledger, db) = ledger_of_five(db).await;
+    let kept: Anchor = ledger
+        .verify()
+        .await
+        .expect("verify")
+        .anchor
+        .parse()
+        .expect("an anchor");
+    assert_eq!(kept.seq, 5);
+    let held = ledger.verify_against(Some(&kept)).await.expect("verify");
+    assert!(held.intact, "{held:?}");
+
+    // Cut short: the last two entries removed. The chain left checks out alone.
+    tamper(&db, "DELETE FROM audit_entries WHERE seq > 3").await;
+    assert!(ledger.verify().await.expect("verify").intact);
+    let cut = ledger.verify_against(Some(&kept)).await.expect("verify");
+    assert!(!cut.intact, "{cut:?}");
+    assert_eq!(
+        cut.problem.as_deref(),
+        Some(
+            "the ledger ends at entry 3, before the anchored entry 5: entries were removed from its end"
+        )
+    );
+
+    // Rewritten whole: every entry written again, one of them changed, each hash
+    // recomputed by the ledger's own code, as someone with the database and the code
+    // could. The chain checks out alone; not against the anchor.
+    tamper(&db, "DELETE FROM audit_entries").await;
+    let forger = Ledger::new(db.clone());
+    for i in 1..=5 {
+        let who = if i == 3 {
+            "mallory".to_owned()
+        } else {
+            format!("dev{i}")
+        };
+        mint_entry(&forger, i, &who).await;
+    }
+    assert!(forger.verify().await.expect("verify").intact);
+    let rewritten = forger.verify_against(Some(&kept)).await.expect("verify");
+    assert!(!rewritten.intact, "{rewritten:?}");
+    assert_eq!(
+        rewritten.problem.as_deref(),
+        Some("entry 5 is not the one anchored: the history up to it was rewritten")
+    );
+    assert!("5:nothex".parse::<Anchor>().is_err());
+    assert!("0:".parse::<Anchor>().is_err());
 }
 
 async fn concurrent_appends_keep_one_unbroken_chain(db: DatabaseConnection) {

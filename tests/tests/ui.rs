@@ -362,6 +362,14 @@ async fn an_auditor_sees_who_can_call_what_revokes_a_link_and_sees_the_node_refu
     browser.wait_path("/ui/audit").await;
     let verification = browser.text("#verification").await;
     assert!(verification.contains("intact"), "{verification}");
+    // The anchor the page shows, checked back through the form.
+    let anchor = browser.text("#anchor-now").await;
+    browser.fill("#anchor", &anchor).await;
+    browser.click("#anchor + button").await;
+    let held = browser
+        .wait_text("#verification", "holds the anchored entry")
+        .await;
+    assert!(held.contains("holds the anchored entry"), "{held}");
     browser.screenshot("auditor-ledger").await;
 
     // Who can call what: node 1 may tunnel to db:8080 on node 2 once the link is up.

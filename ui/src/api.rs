@@ -235,6 +235,8 @@ pub(crate) struct Verification {
     pub(crate) entries: u64,
     pub(crate) head: String,
     pub(crate) problem: Option<String>,
+    #[serde(default)]
+    pub(crate) anchor: String,
 }
 
 /// A token's entry, state and history.

@@ -33,6 +33,8 @@ struct LedgerQuery {
     tenant: Option<String>,
     kind: Option<String>,
     subject: Option<String>,
+    /// An anchor kept from an earlier verification, to check the chain against.
+    anchor: Option<String>,
 }
 
 /// The tenant whose entries a user reads: an auditor's own, or what an admin picked.
@@ -59,16 +61,25 @@ fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
     }
 }
 
-fn verification(v: &Verification) -> Markup {
+fn verification(v: &Verification, anchor: Option<&str>) -> Markup {
     html! {
         @if v.intact {
             p.ok #verification role="status" {
                 "The ledger's hash chain is intact: " (v.entries) " entries, head " code { (v.head.get(..16).unwrap_or(&v.head)) } "…"
+                @if let Some(anchor) = anchor { ", and holds the anchored entry " (anchor.split(':').next().unwrap_or_default()) }
             }
         } @else {
             p.problem #verification role="alert" {
                 "The ledger's hash chain is broken: " (v.problem.as_deref().unwrap_or("an entry does not match its hash"))
             }
+        }
+        form.inline method="get" action="/ui/audit" {
+            @if !v.anchor.is_empty() {
+                span { "Anchor to keep outside the database: " code #anchor-now { (v.anchor) } " " }
+            }
+            label for="anchor" { "Check against an anchor" }
+            input #anchor name="anchor" size="24" placeholder="SEQ:HASH" value=(anchor.unwrap_or(""));
+            button type="submit" { "Verify" }
         }
     }
 }
@@ -92,6 +103,11 @@ async fn ledger(user: Signed, query: web::Query<LedgerQuery>) -> HttpResponse {
     let tenant = scope(&user.session, query.tenant.as_deref());
     let kind = query.kind.as_deref().filter(|k| !k.is_empty());
     let subject = query.subject.as_deref().filter(|s| !s.is_empty());
+    let anchor = query
+        .anchor
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
     let path = format!(
         "/v1/audit/entries{}",
         query_string(&[
@@ -109,7 +125,7 @@ async fn ledger(user: Signed, query: web::Query<LedgerQuery>) -> HttpResponse {
         .api
         .get(&format!(
             "/v1/audit/verify{}",
-            query_string(&[("tenant", tenant)])
+            query_string(&[("tenant", tenant), ("anchor", anchor)])
         ))
         .await
     {
@@ -118,7 +134,7 @@ async fn ledger(user: Signed, query: web::Query<LedgerQuery>) -> HttpResponse {
     };
     let body = html! {
         h1 { "Audit ledger" @if let Some(t) = tenant { " of " (t) } }
-        (verification(&verified))
+        (verification(&verified, anchor))
         section {
             form.inline method="get" action="/ui/audit" role="search" {
                 @if user.session.is_admin() {
