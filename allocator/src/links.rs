@@ -1,7 +1,7 @@
 //! Cross-node links, the allocator's side: for each topology a node runs part of, the
-//! services it reaches that have no replica there, and for each of their ports a
-//! delegation allowing exactly that node to tunnel to exactly that port of that
-//! service on a node that runs it. Tokens live [`LINK_TOKEN_LIFETIME`] and are minted
+//! services it reaches that have no replica there, and for each of their ports and
+//! each of (up to [`LINK_TARGETS`]) nodes that run one, a delegation allowing exactly
+//! that node to tunnel to exactly that port of that service on that node. Tokens live [`LINK_TOKEN_LIFETIME`] and are minted
 //! anew when half of it has passed; every mint is in the audit ledger first.
 
 use std::collections::{BTreeSet, HashMap};
@@ -13,6 +13,10 @@ use berth_protocol::topology::Protocol;
 
 use crate::ledger::{EntryKind, NewEntry};
 use crate::node_api::NodeApi;
+
+/// How many nodes running a service a link may reach it on: connections go to each
+/// in turn, and to the next when one cannot take them.
+pub const LINK_TARGETS: usize = 3;
 
 /// How long a link's token is valid.
 pub const LINK_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
@@ -72,23 +76,29 @@ impl NodeApi {
                 if here.contains(name.as_str()) {
                     continue; // a local replica answers by name already
                 }
-                let Some(target) = placed
-                    .iter()
-                    .filter(|p| &p.service == name)
-                    .min_by_key(|p| p.replica)
-                else {
-                    continue;
-                };
-                let Some(peer) = self.peer_address(&target.node) else {
-                    continue; // that node serves no node API
-                };
-                if !peer_keys.contains_key(&target.node) {
-                    let key = self.identities().public_key(&target.node).await;
-                    peer_keys.insert(target.node.clone(), key.ok().flatten());
+                // The nodes of its lowest replicas, a few, each reachable over TLS.
+                let mut replicas: Vec<_> = placed.iter().filter(|p| &p.service == name).collect();
+                replicas.sort_by_key(|p| p.replica);
+                let mut targets = Vec::new();
+                for replica in replicas {
+                    if targets.len() == LINK_TARGETS
+                        || targets.iter().any(|(n, _, _)| n == &replica.node)
+                    {
+                        continue;
+                    }
+                    let Some(peer) = self.peer_address(&replica.node) else {
+                        continue; // that node serves no node API
+                    };
+                    if !peer_keys.contains_key(&replica.node) {
+                        let key = self.identities().public_key(&replica.node).await;
+                        peer_keys.insert(replica.node.clone(), key.ok().flatten());
+                    }
+                    let Some(Some(peer_key)) = peer_keys.get(&replica.node) else {
+                        continue; // a node with no key cannot be reached over TLS
+                    };
+                    let peer_key = berth_protocol::assignment::hex_encode(peer_key);
+                    targets.push((replica.node.clone(), peer, peer_key));
                 }
-                let Some(Some(peer_key)) = peer_keys.get(&target.node) else {
-                    continue; // a node with no key cannot be reached over TLS
-                };
                 let ports: BTreeSet<u16> = service
                     .expose
                     .iter()
@@ -102,11 +112,17 @@ impl NodeApi {
                             .map(|p| p.target),
                     )
                     .collect();
-                for port in ports {
+                let mut each = Vec::new();
+                for port in &ports {
+                    for target in &targets {
+                        each.push((*port, target.clone()));
+                    }
+                }
+                for (port, (target, peer, peer_key)) in each {
                     let grant = Grant {
                         caller: node.to_owned(),
                         caller_key: caller_key.clone(),
-                        target: target.node.clone(),
+                        target: target.clone(),
                         operation: NodeOperation::Tunnel,
                         tenant: assignment.id.tenant.clone(),
                         topology: assignment.id.topology.clone(),
@@ -121,9 +137,9 @@ impl NodeApi {
                         links.push(Link {
                             service: name.clone(),
                             port,
-                            node: target.node.clone(),
-                            peer: peer.clone(),
-                            peer_key: berth_protocol::assignment::hex_encode(peer_key),
+                            node: target,
+                            peer,
+                            peer_key,
                             token,
                         });
                     }

@@ -49,13 +49,14 @@ fn channel_to(
     Ok(channel)
 }
 
-/// The listeners of this node's links.
+/// The listeners of this node's links, each with the links to the nodes that run
+/// the service (the same service and port, one per node).
 #[derive(Debug)]
 pub struct Tunnels {
     signer: Arc<Signer>,
     /// One channel per peer node, shared by every tunnel to it.
     channels: Channels,
-    listening: HashMap<Key, (tokio::task::JoinHandle<()>, watch::Sender<Link>)>,
+    listening: HashMap<Key, (tokio::task::JoinHandle<()>, watch::Sender<Vec<Link>>)>,
 }
 
 impl Drop for Tunnels {
@@ -84,17 +85,16 @@ impl Tunnels {
         assignments: &[TopologyAssignment],
         gateways: &HashMap<TopologyRef, Vec<IpAddr>>,
     ) {
-        let wanted: HashMap<Key, Link> = assignments
-            .iter()
-            .flat_map(|a| {
-                let addresses = gateways.get(&a.id).map(Vec::as_slice).unwrap_or_default();
-                a.links.iter().flat_map(move |l| {
-                    addresses
-                        .iter()
-                        .map(move |ip| ((a.id.clone(), l.service.clone(), l.port, *ip), l.clone()))
-                })
-            })
-            .collect();
+        let mut wanted: HashMap<Key, Vec<Link>> = HashMap::new();
+        for a in assignments {
+            let addresses = gateways.get(&a.id).map(Vec::as_slice).unwrap_or_default();
+            for l in &a.links {
+                for ip in addresses {
+                    let key = (a.id.clone(), l.service.clone(), l.port, *ip);
+                    wanted.entry(key).or_default().push(l.clone());
+                }
+            }
+        }
         self.listening.retain(|key, (task, _)| {
             let keep = wanted.contains_key(key);
             if !keep {
@@ -102,34 +102,43 @@ impl Tunnels {
             }
             keep
         });
-        for (key, link) in wanted {
+        for (key, mut links) in wanted {
+            links.sort_by(|a, b| a.node.cmp(&b.node));
             if let Some((_, current)) = self.listening.get(&key) {
-                current.send_replace(link);
+                current.send_replace(links);
                 continue;
             }
-            let address = SocketAddr::new(key.3, link.port);
+            let (service, port) = (key.1.clone(), key.2);
+            let address = SocketAddr::new(key.3, port);
             let listener = match tokio::net::TcpListener::bind(address).await {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(%address, service = %link.service, error = %e, "cannot listen for a link");
+                    tracing::warn!(%address, %service, error = %e, "cannot listen for a link");
                     continue;
                 }
             };
-            tracing::info!(%address, service = %link.service, node = %link.node, "link listening");
-            let (tx, rx) = watch::channel(link);
+            let nodes: Vec<&str> = links.iter().map(|l| l.node.as_str()).collect();
+            tracing::info!(%address, %service, ?nodes, "link listening");
+            let (tx, rx) = watch::channel(links);
             let (signer, channels) = (self.signer.clone(), self.channels.clone());
             let id = key.0.clone();
             let task = tokio::spawn(async move {
+                // Connections go to each node in turn.
+                let mut next = 0usize;
                 loop {
                     let Ok((socket, _)) = listener.accept().await else {
                         continue;
                     };
                     let _ = socket.set_nodelay(true);
-                    let link = rx.borrow().clone();
+                    let links = rx.borrow().clone();
+                    let first = next;
+                    next = next.wrapping_add(1);
                     let (signer, id, channels) = (signer.clone(), id.clone(), channels.clone());
+                    let service = service.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = carry(socket, &id, &link, &signer, &channels).await {
-                            tracing::warn!(service = %link.service, node = %link.node, error = %e, "tunnel failed");
+                        if let Err(e) = carry(socket, &id, &links, first, &signer, &channels).await
+                        {
+                            tracing::warn!(%service, error = %e, "tunnel failed");
                         }
                     });
                 }
@@ -139,14 +148,47 @@ impl Tunnels {
     }
 }
 
-/// Carries one connection through a tunnel to `link.node`.
+/// Carries one connection through a tunnel to one of `links`' nodes: the one at
+/// `first` (modulo their number), else the next that opens it.
 async fn carry(
     socket: tokio::net::TcpStream,
+    id: &TopologyRef,
+    links: &[Link],
+    first: usize,
+    signer: &Signer,
+    channels: &Channels,
+) -> Result<(), String> {
+    let mut failures = Vec::new();
+    for i in 0..links.len() {
+        let link = &links[(first + i) % links.len()];
+        match open(id, link, signer, channels).await {
+            Ok((tx, answer)) => return pipe(socket, tx, answer).await,
+            Err(e) => {
+                tracing::info!(service = %link.service, node = %link.node, error = %e, "tunnel not opened; trying the next node");
+                failures.push(e);
+            }
+        }
+    }
+    Err(match failures.is_empty() {
+        true => "no node to reach".to_owned(),
+        false => failures.join("; "),
+    })
+}
+
+type Opened = (
+    tokio::sync::mpsc::Sender<TunnelFrame>,
+    tonic::Streaming<TunnelFrame>,
+);
+
+/// Opens a tunnel to `link.node`: the call is sent and answered before any of the
+/// connection's bytes are read, so a refusal costs nothing and the next node can be
+/// tried.
+async fn open(
     id: &TopologyRef,
     link: &Link,
     signer: &Signer,
     channels: &Channels,
-) -> Result<(), String> {
+) -> Result<Opened, String> {
     let token = biscuit_auth::UnverifiedBiscuit::from_base64(&link.token)
         .and_then(|t| t.to_vec())
         .map_err(|e| format!("unreadable token: {e}"))?;
@@ -167,19 +209,28 @@ async fn carry(
     };
     let call = signer.peer_call(methods::TUNNEL, token, &body);
     let mut client = NodePeerClient::new(channel_to(channels, signer, link)?);
-    let (read, mut write) = socket.into_split();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let _ = tx
         .send(TunnelFrame {
             frame: Some(tunnel_frame::Frame::Open(call)),
         })
         .await;
-    tokio::spawn(frames_from(read, tx, |frame| frame));
-    let mut answer = client
+    let answer = client
         .tunnel(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .map_err(|s| format!("node {} refused the tunnel: {}", link.node, s.message()))?
         .into_inner();
+    Ok((tx, answer))
+}
+
+/// Pipes `socket` both ways through an opened tunnel until either side ends.
+async fn pipe(
+    socket: tokio::net::TcpStream,
+    tx: tokio::sync::mpsc::Sender<TunnelFrame>,
+    mut answer: tonic::Streaming<TunnelFrame>,
+) -> Result<(), String> {
+    let (read, mut write) = socket.into_split();
+    tokio::spawn(frames_from(read, tx, |frame| frame));
     while let Some(frame) = answer.message().await.map_err(|s| s.message().to_owned())? {
         if let Some(tunnel_frame::Frame::Data(bytes)) = frame.frame {
             write.write_all(&bytes).await.map_err(|e| e.to_string())?;

@@ -155,6 +155,33 @@ impl Server {
         assert!(status.is_success(), "{status}: {:?}", deployed.text().await);
     }
 
+    /// Deploys `topology` into `tenant` as the admin, again and again while the pool
+    /// cannot place it yet (nodes still joining), for up to 30 s; panics with the last
+    /// answer if it never is.
+    pub async fn deploy_when_placeable(&self, tenant: &str, topology: &serde_json::Value) {
+        let name = topology["name"].as_str().expect("a topology name");
+        let mut last = String::new();
+        for _ in 0..150 {
+            let response = self
+                .http
+                .put(format!(
+                    "{}/v1/tenants/{tenant}/topologies/{name}",
+                    self.api
+                ))
+                .bearer_auth(self.admin)
+                .json(topology)
+                .send()
+                .await
+                .expect("request");
+            if response.status().is_success() {
+                return;
+            }
+            last = response.text().await.unwrap_or_default();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the topology was never placed: {last}");
+    }
+
     /// Calls `path` under `/v1` as the admin; panics with the API's answer unless it
     /// succeeds.
     pub async fn api(&self, method: reqwest::Method, path: &str) -> serde_json::Value {

@@ -1011,3 +1011,95 @@ where
     }
     None
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_spreads_connections_over_the_nodes_of_a_service_and_skips_one_that_is_gone() {
+    ensure_images();
+    let server = Server::start(&[]).await;
+    let prefix = format!("pspread{}", std::process::id());
+    let names: Vec<String> = (1..=3).map(|i| format!("{prefix}-n{i}")).collect();
+    let mut nodes = Vec::new();
+    for name in &names {
+        let listen = format!("127.0.0.1:{}", free_port());
+        nodes.push(server.join(name, &["--peer-listen", &listen], &[]).await);
+    }
+    // web on node 1; two replicas of db, kept off node 1, so on nodes 2 and 3, each
+    // answering with its own container's name.
+    let topology = serde_json::json!({
+        "name": "spread",
+        "services": {
+            "db": {
+                "image": "berth/busybox:latest", "replicas": 2, "init": true,
+                "command": ["sh", "-c", "mkdir -p /www && hostname > /www/rows && httpd -f -p 8080 -h /www"],
+                "networks": { "default": {} },
+                "expose": [{ "port": 8080 }],
+                "constraints": [{ "attribute": "hostname", "equal": false, "value": names[0] }]
+            },
+            "web": {
+                "image": "berth/busybox:latest", "replicas": 1, "init": true,
+                "command": ["sleep", "3600"],
+                "networks": { "default": {} },
+                "constraints": [{ "attribute": "hostname", "equal": true, "value": names[0] }]
+            }
+        },
+        "networks": { "default": {} }
+    });
+    server.deploy_when_placeable("default", &topology).await;
+    let web = format!("{}.default.spread.web.1", names[0]);
+    let body = |answer: &str| {
+        answer.starts_with("HTTP/1.1 200 OK").then(|| {
+            answer
+                .trim_end()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_owned()
+        })
+    };
+    // Both replicas answer, in turn, through one listener.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        if let Some(answer) = body(&web_get(&web)) {
+            seen.insert(answer);
+        }
+        if seen.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "connections did not reach both replicas: {seen:?}"
+    );
+
+    // Node 2's agent dies, its node API with it: every connection is carried to node
+    // 3 at once, long before the allocator declares node 2 dead.
+    nodes[1].kill();
+    let on_node_3 = docker_hostname(&format!("{}.default.spread.db", names[2]));
+    for attempt in 0..10 {
+        let answer = web_get(&web);
+        assert_eq!(
+            body(&answer).as_deref(),
+            Some(on_node_3.as_str()),
+            "connection {attempt} after node 2 went: {answer}"
+        );
+    }
+}
+
+/// The hostname of the one container whose name starts with `prefix`.
+fn docker_hostname(prefix: &str) -> String {
+    let names = berth_tests::docker_lines(&[
+        "ps",
+        "--filter",
+        &format!("name=^{prefix}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert_eq!(names.len(), 1, "{prefix}: {names:?}");
+    let run = std::process::Command::new("docker")
+        .args(["exec", &names[0], "hostname"])
+        .output()
+        .expect("docker exec runs");
+    String::from_utf8_lossy(&run.stdout).trim().to_owned()
+}

@@ -337,23 +337,7 @@ async fn an_auditor_sees_who_can_call_what_revokes_a_link_and_sees_the_node_refu
         },
         "networks": { "default": {} }
     });
-    let mut deployed = false;
-    for _ in 0..150 {
-        let response = server
-            .http
-            .put(format!("{}/v1/tenants/acme/topologies/shop", server.api))
-            .bearer_auth(server.admin)
-            .json(&shop)
-            .send()
-            .await
-            .expect("request");
-        if response.status().is_success() {
-            deployed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(deployed, "the topology was never placed");
+    server.deploy_when_placeable("acme", &shop).await;
     let base = server.api.clone();
     let browser = Browser::start(DESKTOP).await;
 
