@@ -1391,6 +1391,9 @@ pub struct LogsQuery {
     /// How many lines from the end of each replica's output (default 100, at most
     /// 10000).
     pub tail: Option<u64>,
+    /// Only lines written after this time, Unix nanoseconds as `at_ns` gives them:
+    /// what a client that follows the output asks for next.
+    pub since_ns: Option<i64>,
 }
 
 /// The output of one replica.
@@ -1404,6 +1407,10 @@ pub struct ReplicaLogs {
     pub node: String,
     /// Its last lines, oldest first.
     pub lines: Vec<String>,
+    /// When each line was written, Unix nanoseconds as the node's engine stamped it
+    /// (0 where it did not).
+    #[serde(default)]
+    pub at_ns: Vec<i64>,
     /// Why its output could not be read, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -1463,6 +1470,7 @@ async fn logs(
         ));
     }
     // Ask every node at once; each answers for its own replicas only.
+    let since_ns = query.since_ns.unwrap_or(0);
     let asks = placed.into_iter().map(|p| {
         let gw = gw.clone();
         let id = id.clone();
@@ -1474,12 +1482,14 @@ async fn logs(
                 service: p.service.clone(),
                 replica: p.replica,
                 tail,
+                since_ns,
             };
             let mut view = ReplicaLogs {
                 service: p.service,
                 replica: p.replica,
                 node: p.node.clone(),
                 lines: Vec::new(),
+                at_ns: Vec::new(),
                 error: None,
             };
             let mut answers = match gw.nodes.request_logs(&p.node, ask) {
@@ -1491,6 +1501,9 @@ async fn logs(
             };
             let collect = async {
                 while let Some(part) = answers.recv().await {
+                    // A node that sends no stamps gets zeros, one per line.
+                    let stamps = part.at_ns.iter().copied().chain(std::iter::repeat(0));
+                    view.at_ns.extend(stamps.take(part.lines.len()));
                     view.lines.extend(part.lines);
                     if !part.error.is_empty() {
                         view.error = Some(part.error);

@@ -980,40 +980,7 @@ async fn logs(
 ) -> Result<(), Failure> {
     let name = topology_name(cli)?;
     if let Some(remote) = cli.remote()? {
-        if follow {
-            return Err(Failure {
-                exit: Exit::Invalid,
-                message: "`logs -f` follows local containers only; against a pool, run `berth logs` again (it shows the last lines of every replica)".into(),
-            });
-        }
-        let replicas = remote.logs(&name, service, tail.unwrap_or(100)).await?;
-        if cli.json {
-            print_json(&replicas);
-            return Ok(());
-        }
-        let label = |r: &serde_json::Value| {
-            format!(
-                "{}.{}",
-                r["service"].as_str().unwrap_or_default(),
-                r["replica"]
-            )
-        };
-        let none = Vec::new();
-        let replicas = replicas.as_array().unwrap_or(&none);
-        let width = replicas.iter().map(|r| label(r).len()).max().unwrap_or(0);
-        for r in replicas {
-            for line in r["lines"].as_array().unwrap_or(&none) {
-                println!(
-                    "{:<width$} | {}",
-                    label(r),
-                    line.as_str().unwrap_or_default()
-                );
-            }
-            if let Some(error) = r["error"].as_str() {
-                eprintln!("{}: {error}", label(r));
-            }
-        }
-        return Ok(());
+        return remote_logs(cli, &remote, &name, follow, tail, service).await;
     }
     let plane = LocalPlane::open(&data_dir()).await?;
     let containers: Vec<ContainerListing> = plane
@@ -1035,6 +1002,96 @@ async fn logs(
     follow_logs(&plane, &containers, follow, tail).await
 }
 
+/// How often `logs -f` against a pool asks for what was written since.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `berth logs` against a pool: the last lines of every replica, each asked of the
+/// node that runs it; with `follow`, then every [`FOLLOW_EVERY`] what each wrote
+/// since, until Ctrl-C. A line is printed once: each replica's lines are kept apart
+/// by when its node's engine stamped them.
+async fn remote_logs(
+    cli: &Cli,
+    remote: &remote::Remote,
+    name: &str,
+    follow: bool,
+    tail: Option<u64>,
+    service: Option<&str>,
+) -> Result<(), Failure> {
+    if cli.json && !follow {
+        let replicas = remote
+            .logs(name, service, tail.unwrap_or(100), None)
+            .await?;
+        print_json(&replicas);
+        return Ok(());
+    }
+    // Per replica: the stamp of the last line printed, and the last error said.
+    let mut printed: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut said: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut since = None;
+    let mut tail = tail.unwrap_or(100);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let replicas = remote.logs(name, service, tail, since).await?;
+        let none = Vec::new();
+        let replicas = replicas.as_array().unwrap_or(&none);
+        let label = |r: &serde_json::Value| {
+            format!(
+                "{}.{}",
+                r["service"].as_str().unwrap_or_default(),
+                r["replica"]
+            )
+        };
+        let width = replicas.iter().map(|r| label(r).len()).max().unwrap_or(0);
+        for r in replicas {
+            let label = label(r);
+            let stamps = r["at_ns"].as_array().unwrap_or(&none);
+            for (i, line) in r["lines"].as_array().unwrap_or(&none).iter().enumerate() {
+                let at = stamps
+                    .get(i)
+                    .and_then(serde_json::Value::as_i64)
+                    .unwrap_or(0);
+                let last = printed.get(&label).copied();
+                if at != 0 && last.is_some_and(|last| at <= last) {
+                    continue; // printed already
+                }
+                if at != 0 {
+                    printed.insert(label.clone(), at);
+                }
+                let text = line.as_str().unwrap_or_default();
+                if cli.json {
+                    let record = serde_json::json!({
+                        "service": r["service"], "replica": r["replica"], "node": r["node"],
+                        "at_ns": at, "line": text,
+                    });
+                    println!("{record}");
+                } else {
+                    println!("{label:<width$} | {text}");
+                }
+            }
+            let error = r["error"].as_str().unwrap_or_default();
+            if said.get(&label).map(String::as_str).unwrap_or_default() != error {
+                if !error.is_empty() {
+                    eprintln!("{label}: {error}");
+                }
+                said.insert(label, error.to_owned());
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        // Next, what was written after the earliest last line of any replica (the
+        // others' lines up to their own last are skipped above). A replica that has
+        // printed nothing yet sent all it had with the first answer.
+        since = printed.values().min().copied();
+        tail = 10_000;
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+    }
+}
+
 async fn follow_logs(
     plane: &LocalPlane,
     containers: &[ContainerListing],
@@ -1054,7 +1111,7 @@ async fn follow_logs(
     let width = labels.values().map(String::len).max().unwrap_or(0);
     let streams = containers
         .iter()
-        .map(|c| plane.driver().logs(&c.container.name, follow, tail));
+        .map(|c| plane.driver().logs(&c.container.name, follow, tail, None));
     let mut merged = futures_util::stream::select_all(streams);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);

@@ -174,10 +174,14 @@ impl Remote {
         name: &str,
         service: Option<&str>,
         tail: u64,
+        since_ns: Option<i64>,
     ) -> Result<serde_json::Value, RemoteError> {
         let mut query = vec![("tail", tail.to_string())];
         if let Some(service) = service {
             query.push(("service", service.to_owned()));
+        }
+        if let Some(since) = since_ns {
+            query.push(("since_ns", since.to_string()));
         }
         self.send(
             self.http

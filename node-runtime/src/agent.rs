@@ -753,12 +753,13 @@ impl<D: ContainerDriver> Agent<D> {
             .scope()
             .container_name(&id, &request.service, request.replica);
         let tail = (request.tail > 0).then_some(request.tail);
-        let mut stream = driver.logs(&name, false, tail);
+        let since = (request.since_ns > 0).then_some(request.since_ns);
+        let mut stream = driver.logs(&name, false, tail, since);
         let mut lines = Vec::new();
         let mut error = String::new();
         while let Some(line) = stream.next().await {
             match line {
-                Ok(line) => lines.push(line.text),
+                Ok(line) => lines.push((line.text, line.at_ns.unwrap_or(0))),
                 Err(e) => {
                     error = e.to_string();
                     break;
@@ -768,20 +769,23 @@ impl<D: ContainerDriver> Agent<D> {
         if lines.len() > MOST {
             lines.drain(..lines.len() - MOST);
         }
-        let mut parts: Vec<Vec<String>> = lines.chunks(PART).map(<[String]>::to_vec).collect();
+        let mut parts: Vec<Vec<(String, i64)>> =
+            lines.chunks(PART).map(<[(String, i64)]>::to_vec).collect();
         if parts.is_empty() {
             parts.push(Vec::new());
         }
         let last = parts.len() - 1;
         for (i, part) in parts.into_iter().enumerate() {
             let (sequence, timestamp_ms) = self.signer.next_sequence();
+            let (lines, at_ns) = part.into_iter().unzip();
             let signed = self.signer.sign(
                 methods::LOGS,
                 &LogsBody {
                     sequence,
                     timestamp_ms,
                     request_id: request.request_id,
-                    lines: part,
+                    lines,
+                    at_ns,
                     done: i == last,
                     error: if i == last {
                         error.clone()

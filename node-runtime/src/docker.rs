@@ -650,33 +650,87 @@ impl ContainerDriver for DockerDriver {
         Ok(address)
     }
 
-    fn logs(&self, container: &str, follow: bool, tail: Option<u64>) -> LogStream {
+    fn logs(
+        &self,
+        container: &str,
+        follow: bool,
+        tail: Option<u64>,
+        since_ns: Option<i64>,
+    ) -> LogStream {
+        // The engine takes `since` in whole seconds; lines of that second written
+        // before `since_ns` are dropped below by their stamps.
         let options = LogsOptionsBuilder::default()
             .follow(follow)
             .stdout(true)
             .stderr(true)
+            .timestamps(true)
+            .since(
+                since_ns
+                    .map_or(0, |ns| ns.div_euclid(1_000_000_000))
+                    .try_into()
+                    .unwrap_or(0),
+            )
             .tail(&tail.map_or_else(|| "all".to_owned(), |t| t.to_string()))
             .build();
         let name = container.to_owned();
-        let stream = self.docker.logs(container, Some(options)).map(move |item| {
-            let output = item.map_err(engine(format!("reading the logs of {name}")))?;
-            let stderr = matches!(output, bollard::container::LogOutput::StdErr { .. });
-            let text = String::from_utf8_lossy(&output.into_bytes())
-                .trim_end_matches(['\n', '\r'])
-                .to_owned();
-            Ok(LogLine {
-                container: name.clone(),
-                text,
-                stderr,
+        let stream = self
+            .docker
+            .logs(container, Some(options))
+            .map(move |item| {
+                let output = item.map_err(engine(format!("reading the logs of {name}")))?;
+                let stderr = matches!(output, bollard::container::LogOutput::StdErr { .. });
+                let stamped = String::from_utf8_lossy(&output.into_bytes()).into_owned();
+                let (at_ns, text) = split_stamp(stamped.trim_end_matches(['\n', '\r']));
+                Ok(LogLine {
+                    container: name.clone(),
+                    text: text.to_owned(),
+                    stderr,
+                    at_ns,
+                })
             })
-        });
+            .filter(move |line| {
+                let keep = match (line, since_ns) {
+                    (
+                        Ok(LogLine {
+                            at_ns: Some(at), ..
+                        }),
+                        Some(since),
+                    ) => *at > since,
+                    _ => true,
+                };
+                std::future::ready(keep)
+            });
         Box::pin(stream)
+    }
+}
+
+/// A line the engine stamped (`2024-05-01T10:00:00.123456789Z text`): when, in Unix
+/// nanoseconds, and the text; a line without a stamp is all text.
+fn split_stamp(line: &str) -> (Option<i64>, &str) {
+    let (stamp, text) = line.split_once(' ').unwrap_or((line, ""));
+    match time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339) {
+        Ok(at) => (i64::try_from(at.unix_timestamp_nanos()).ok(), text),
+        Err(_) => (None, line),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamped_lines_are_split_into_when_and_what() {
+        assert_eq!(
+            split_stamp("2024-05-01T10:00:00.000000001Z hello world"),
+            (Some(1_714_557_600_000_000_001), "hello world")
+        );
+        assert_eq!(
+            split_stamp("2024-05-01T10:00:00Z"),
+            (Some(1_714_557_600_000_000_000), "")
+        );
+        assert_eq!(split_stamp("no stamp here"), (None, "no stamp here"));
+        assert_eq!(split_stamp(""), (None, ""));
+    }
 
     #[test]
     fn port_messages_are_recognised() {

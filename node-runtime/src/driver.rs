@@ -70,6 +70,8 @@ pub struct LogLine {
     pub text: String,
     /// Whether it came from stderr.
     pub stderr: bool,
+    /// When it was written, Unix nanoseconds, as the engine stamped it.
+    pub at_ns: Option<i64>,
 }
 
 /// A boxed stream of log lines.
@@ -163,8 +165,15 @@ pub trait ContainerDriver: Send + Sync + 'static {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<ContainerStatus, DriverError>> + Send;
-    /// A container's output; with `follow`, the stream goes on as it writes.
-    fn logs(&self, container: &str, follow: bool, tail: Option<u64>) -> LogStream;
+    /// A container's output, only what it wrote after `since_ns` (Unix nanoseconds)
+    /// when given; with `follow`, the stream goes on as it writes.
+    fn logs(
+        &self,
+        container: &str,
+        follow: bool,
+        tail: Option<u64>,
+        since_ns: Option<i64>,
+    ) -> LogStream;
     /// The address a running container has on its networks (the first), for the
     /// node's own tunnels to reach it.
     fn container_address(

@@ -286,11 +286,18 @@ impl ContainerDriver for SimulatedDriver {
         })
     }
 
-    fn logs(&self, container: &str, _follow: bool, _tail: Option<u64>) -> LogStream {
+    fn logs(
+        &self,
+        container: &str,
+        _follow: bool,
+        _tail: Option<u64>,
+        _since_ns: Option<i64>,
+    ) -> LogStream {
         let line = LogLine {
             container: container.to_owned(),
             text: "simulated container: no output".to_owned(),
             stderr: false,
+            at_ns: None,
         };
         Box::pin(futures_util::stream::iter([Ok(line)]))
     }

@@ -546,6 +546,7 @@ async fn only_the_node_asked_can_answer_a_request_for_logs() {
                 service: "web".into(),
                 replica: 1,
                 tail: 10,
+                since_ns: 0,
             },
         )
         .expect("n1 is connected");
@@ -567,6 +568,7 @@ async fn only_the_node_asked_can_answer_a_request_for_logs() {
                 timestamp_ms,
                 request_id,
                 lines: vec![line.to_owned()],
+                at_ns: vec![1],
                 done: true,
                 error: String::new(),
             },

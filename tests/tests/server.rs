@@ -713,6 +713,83 @@ async fn logs_of_replicas_on_several_nodes_come_through_the_endpoint() {
     let missing = project.berth(&["logs", "nope"]);
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("service \"nope\""), "{missing:?}");
+
+    // `logs -f` against the pool: what each replica writes next comes through, and no
+    // line twice.
+    let mut follow = Command::new(berth_bin())
+        .args(["logs", "-f"])
+        .current_dir(project.dir())
+        .env("BERTH_ENDPOINT", &server.api)
+        .env("BERTH_TOKEN", server.admin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("berth logs -f runs");
+    let followed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let (stdout, followed) = (follow.stdout.take().expect("stdout"), followed.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut all = followed.lock().unwrap_or_else(|p| p.into_inner());
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+    }
+    let seen = |needle: &str| {
+        followed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lines()
+            .filter(|l| *l == needle)
+            .count()
+    };
+    for _ in 0..100 {
+        if seen("web.1 | second line") == 1 && seen("web.2 | second line") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each replica writes a new line to its own output (PID 1's standard output).
+    for (replica, word) in [(1, "tick-one"), (2, "tick-two")] {
+        let container = docker_lines(&[
+            "ps",
+            "--filter",
+            &format!("name=\\.{}\\.web\\.{replica}$", project.name),
+            "--format",
+            "{{.Names}}",
+        ]);
+        assert_eq!(container.len(), 1, "{container:?}");
+        let wrote = Command::new("docker")
+            .args(["exec", &container[0], "sh", "-c"])
+            .arg(format!("echo {word} > /proc/1/fd/1"))
+            .status()
+            .expect("docker exec runs");
+        assert!(wrote.success());
+    }
+    for _ in 0..100 {
+        if seen("web.1 | tick-one") == 1 && seen("web.2 | tick-two") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A few more rounds of asking, to show nothing comes twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let all = followed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for line in [
+        "web.1 | second line",
+        "web.2 | second line",
+        "web.1 | tick-one",
+        "web.2 | tick-two",
+    ] {
+        assert_eq!(seen(line), 1, "{line:?} in:\n{all}");
+    }
     project.berth(&["down"]).ok();
 }
 
