@@ -234,6 +234,29 @@ impl RootKeys {
         Ok(())
     }
 
+    /// An exclusive lock on the key file's companion `.lock` file, held while a change
+    /// reads the file, makes the change and writes it: servers sharing the data
+    /// directory change the keys one at a time, so neither loses the other's change.
+    /// Released when dropped.
+    fn lock_file(&self) -> Result<Option<std::fs::File>, RootKeyError> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        let lock = path.with_extension("lock");
+        let store = |e: std::io::Error| RootKeyError::Store {
+            path: lock.clone(),
+            message: e.to_string(),
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock)
+            .map_err(store)?;
+        file.lock().map_err(store)?;
+        Ok(Some(file))
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
         self.ring.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -338,6 +361,7 @@ impl RootKeys {
     /// Makes a new key that signs every token from now on; the others keep verifying.
     pub fn rotate(&self, now_ms: i64) -> Result<RootKeyInfo, RootKeyError> {
         let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let _one_server_at_a_time = self.lock_file()?;
         self.refresh(&mut ring)?;
         let next = ring.keys.keys().next_back().map_or(1, |id| id + 1);
         if let Some((_, key)) = ring.keys.iter_mut().next_back() {
@@ -411,6 +435,7 @@ impl RootKeys {
         force: bool,
     ) -> Result<(), RootKeyError> {
         let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let _one_server_at_a_time = self.lock_file()?;
         self.refresh(&mut ring)?;
         Self::retirable(&ring, id, now_ms, lifetime, force)?;
         let removed = ring.keys.remove(&id);
@@ -514,5 +539,26 @@ mod tests {
         std::fs::write(&path, "garbage\n").unwrap();
         assert!(b.reload().is_err());
         assert_eq!(b.keyring().ids(), vec![2, 3]);
+    }
+
+    #[test]
+    fn rotations_through_two_servers_at_once_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root-keys");
+        let (a, b) = (
+            RootKeys::open(&path, None).unwrap(),
+            RootKeys::open(&path, None).unwrap(),
+        );
+        std::thread::scope(|scope| {
+            for keys in [&a, &b] {
+                scope.spawn(move || {
+                    for i in 0..20 {
+                        keys.rotate(1_000 + i).unwrap();
+                    }
+                });
+            }
+        });
+        let after = RootKeys::open(&path, None).unwrap();
+        assert_eq!(after.keyring().ids(), (1..=41).collect::<Vec<u32>>());
     }
 }
