@@ -355,7 +355,13 @@ async fn dev_node(
     use berth_node_runtime::agent::{self, Agent, Capacity, NodeIdentity};
     std::fs::create_dir_all(dir)?;
     let identity = match NodeIdentity::load(dir) {
-        Ok(identity) => identity,
+        // The node of an earlier start: it reaches the control plane where, and as,
+        // this start serves it (with or without --tls, on another port).
+        Ok(mut identity) => {
+            identity.allocator = node_url.to_owned();
+            identity.allocator_ca = ca.map(str::to_owned);
+            identity
+        }
         Err(_) => {
             let capacity = Capacity::default();
             agent::join(node_url, ca, join_token, DEV_NODE, capacity, dir).await?

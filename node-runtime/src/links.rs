@@ -127,6 +127,8 @@ impl Tunnels {
                 let mut next = 0usize;
                 loop {
                     let Ok((socket, _)) = listener.accept().await else {
+                        // Out of descriptors, say: wait rather than spin.
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     };
                     let _ = socket.set_nodelay(true);

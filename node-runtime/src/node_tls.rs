@@ -137,7 +137,9 @@ pub fn incoming(
             let (socket, from) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
+                    // Out of descriptors, say: wait rather than spin.
                     tracing::warn!(error = %e, "node API: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             };
