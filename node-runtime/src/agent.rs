@@ -56,6 +56,25 @@ pub enum AgentError {
     /// The allocator refused.
     #[error("the allocator refused: {0}")]
     Refused(String),
+    /// The certificate authority to trust the allocator by is not one.
+    #[error("the certificate authority given for the allocator is not usable: {0}")]
+    Authority(String),
+}
+
+/// Checks that `pem` holds at least one certificate, so that a wrong file given as the
+/// allocator's authority is named now rather than as a failed handshake later.
+fn check_authority(pem: &str) -> Result<(), AgentError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AgentError::Authority(format!("not PEM: {e}")))?;
+    match certificates.is_empty() {
+        true => Err(AgentError::Authority(
+            "it holds no PEM certificate".to_owned(),
+        )),
+        false => Ok(()),
+    }
 }
 
 /// What a node keeps about itself: its name, where the allocator is, and its key.
@@ -233,6 +252,9 @@ pub async fn join(
     capacity: Capacity,
     dir: &Path,
 ) -> Result<NodeIdentity, AgentError> {
+    if let Some(pem) = ca {
+        check_authority(pem)?;
+    }
     let mut identity = NodeIdentity::generate(name, allocator)?;
     identity.allocator_ca = ca.map(str::to_owned);
     let public_key = identity.public_key()?;
@@ -1094,6 +1116,17 @@ pub fn scope_of(identity: &NodeIdentity) -> berth_protocol::assignment::Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_authority_file_without_a_certificate_is_named_at_join() {
+        let certificate = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        assert!(check_authority(certificate).is_ok());
+        let key_only = "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n";
+        for wrong in ["my-hostname\n", "", key_only] {
+            let error = check_authority(wrong).expect_err(wrong).to_string();
+            assert!(error.contains("not usable"), "{error}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_to_a_ceiling() {
