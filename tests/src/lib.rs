@@ -155,6 +155,31 @@ impl Project {
         Run::from(output)
     }
 
+    /// `berth up --json` against a pool, again (after `down`) until its replicas land
+    /// on `nodes` different nodes, for up to 20 s, since nodes may still be joining;
+    /// the last placement `up` printed (`Null` if it never succeeded).
+    pub async fn up_across(&self, nodes: usize) -> serde_json::Value {
+        let mut placed = serde_json::Value::Null;
+        for _ in 0..100 {
+            let run = self.berth(&["up", "--json"]);
+            if run.code == 0 {
+                placed = serde_json::from_str(&run.stdout).expect("json");
+                let on: std::collections::BTreeSet<&str> = placed["replicas"]
+                    .as_array()
+                    .expect("replicas")
+                    .iter()
+                    .filter_map(|r| r["node"].as_str())
+                    .collect();
+                if on.len() == nodes {
+                    break;
+                }
+                self.berth(&["down"]).ok();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        placed
+    }
+
     /// `berth ps --json`, parsed.
     pub fn ps(&self) -> Vec<serde_json::Value> {
         let run = self.berth(&["ps", "--json"]).ok();

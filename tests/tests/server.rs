@@ -33,24 +33,7 @@ async fn a_server_and_two_nodes_run_what_berth_up_sends() {
     project.set_env("BERTH_ENDPOINT", &api);
     project.set_env("BERTH_TOKEN", admin);
     // The nodes may still be joining; `up` is retried until both are in the pool.
-    let mut placed = serde_json::Value::Null;
-    for _ in 0..50 {
-        let run = project.berth(&["up", "--json"]);
-        if run.code == 0 {
-            placed = serde_json::from_str(&run.stdout).expect("json");
-            let on: std::collections::BTreeSet<String> = placed["replicas"]
-                .as_array()
-                .expect("replicas")
-                .iter()
-                .map(|r| r["node"].as_str().unwrap_or_default().to_owned())
-                .collect();
-            if on.len() == 2 {
-                break;
-            }
-            project.berth(&["down"]).ok();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let placed = project.up_across(2).await;
     let replicas = placed["replicas"]
         .as_array()
         .unwrap_or_else(|| panic!("never deployed: {placed}"));
@@ -661,27 +644,16 @@ async fn logs_of_replicas_on_several_nodes_come_through_the_endpoint() {
     let mut project = Project::new("logs", yaml);
     project.set_env("BERTH_ENDPOINT", &server.api);
     project.set_env("BERTH_TOKEN", server.admin);
-    let mut spread = 0;
-    for _ in 0..50 {
-        let up = project.berth(&["up", "--json"]);
-        if up.code == 0 {
-            let placed: serde_json::Value = serde_json::from_str(&up.stdout).expect("json");
-            spread = placed["replicas"]
-                .as_array()
-                .map(|r| {
-                    r.iter()
-                        .map(|r| r["node"].as_str().unwrap_or_default())
-                        .collect::<std::collections::BTreeSet<_>>()
-                        .len()
-                })
-                .unwrap_or(0);
-            if spread == 2 {
-                break;
-            }
-            project.berth(&["down"]).ok();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let placed = project.up_across(2).await;
+    let spread = placed["replicas"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|r| r["node"].as_str().unwrap_or_default())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        })
+        .unwrap_or(0);
     assert_eq!(spread, 2, "the replicas did not land on both nodes");
     // Each node sends the output of its own replica; the CLI prints it as locally.
     let mut logs = project.berth(&["logs"]);

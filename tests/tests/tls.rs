@@ -3,8 +3,6 @@
 //! trusting the authority the server made; a client that does not trust it, or speaks
 //! plain HTTP, gets nothing. Real processes, real Docker.
 
-use std::time::Duration;
-
 use berth_tests::plane::Server;
 use berth_tests::{Project, berth_bin, docker_lines, ensure_images};
 
@@ -42,24 +40,7 @@ async fn a_pool_served_over_tls_works_for_clients_that_trust_it_and_no_one_else(
     );
 
     project.set_env("BERTH_CA", &ca.display().to_string());
-    let mut placed = serde_json::Value::Null;
-    for _ in 0..100 {
-        let run = project.berth(&["up", "--json"]);
-        if run.code == 0 {
-            placed = serde_json::from_str(&run.stdout).expect("json");
-            let on: std::collections::BTreeSet<&str> = placed["replicas"]
-                .as_array()
-                .expect("replicas")
-                .iter()
-                .filter_map(|r| r["node"].as_str())
-                .collect();
-            if on.len() == 2 {
-                break;
-            }
-            project.berth(&["down"]).ok();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let placed = project.up_across(2).await;
     let replicas = placed["replicas"]
         .as_array()
         .unwrap_or_else(|| panic!("never deployed over TLS: {placed}"));
