@@ -142,6 +142,9 @@ pub struct Gateway {
     attenuations_seen: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The certificate the server presents when it serves TLS.
     own_certificate: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The authority nodes trust the node API by (`--ca` in join commands), when the
+    /// server made one.
+    authority_file: Option<String>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -177,14 +180,21 @@ impl Gateway {
             ledger,
             attenuations_seen: std::sync::Arc::default(),
             own_certificate: None,
+            authority_file: None,
         }
     }
 
     /// The gateway of a server that serves TLS with `certificate` (its pages, which
-    /// call the API, trust exactly it).
+    /// call the API, trust exactly it), signed by the authority in `authority_file`
+    /// when the server made one (join commands name it).
     #[must_use]
-    pub fn with_tls(mut self, certificate: rustls::pki_types::CertificateDer<'static>) -> Self {
+    pub fn with_tls(
+        mut self,
+        certificate: rustls::pki_types::CertificateDer<'static>,
+        authority_file: Option<&std::path::Path>,
+    ) -> Self {
         self.own_certificate = Some(certificate);
+        self.authority_file = authority_file.map(|p| p.display().to_string());
         self
     }
 
@@ -561,8 +571,13 @@ async fn create_join_token(
         .create_join_token(now_ms(), i64::from(ttl_seconds) * 1000)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let ca = gw
+        .authority_file
+        .as_ref()
+        .map(|path| format!(" --ca {path}"))
+        .unwrap_or_default();
     let command = format!(
-        "berth-node join --allocator {} --token {token} --name NODE_NAME",
+        "berth-node join --allocator {} --token {token}{ca} --name NODE_NAME",
         gw.node_api_url
     );
     Ok(HttpResponse::Created().json(JoinToken {

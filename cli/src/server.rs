@@ -152,7 +152,7 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         keys,
     );
     let gateway = match &tls {
-        Some(tls) => gateway.with_tls(tls.leaf()),
+        Some(tls) => gateway.with_tls(tls.leaf(), tls.ca_file.as_deref()),
         None => gateway,
     };
 
