@@ -227,16 +227,7 @@ impl Server {
 
     /// A one-time join token.
     pub async fn join_token(&self) -> String {
-        let token: serde_json::Value = self
-            .http
-            .post(format!("{}/v1/join-tokens", self.api))
-            .bearer_auth(self.admin)
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("json");
+        let token = self.api(reqwest::Method::POST, "/join-tokens").await;
         token["token"].as_str().expect("token").to_owned()
     }
 

@@ -71,16 +71,7 @@ async fn a_pool_served_over_tls_works_for_clients_that_trust_it_and_no_one_else(
     );
 
     // The join commands the API hands out name the authority too.
-    let made: serde_json::Value = server
-        .http
-        .post(format!("{}/v1/join-tokens", server.api))
-        .bearer_auth(server.admin)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    let made = server.api(reqwest::Method::POST, "/join-tokens").await;
     let command = made["join_command"].as_str().unwrap_or_default();
     assert!(
         command.starts_with("berth-node join --allocator https://")
