@@ -200,6 +200,8 @@ impl Allocator {
             let revision = u64::try_from(row.revision).unwrap_or(0);
             match self.deploy(&id.tenant, revision, &spec).await {
                 Ok(_) => drained.moved.push(id.to_string()),
+                // A newer revision was placed meanwhile, and placed away from here.
+                Err(AllocatorError::Stale { .. }) => drained.moved.push(id.to_string()),
                 Err(
                     e @ (AllocatorError::Placement(_)
                     | AllocatorError::Quota(_)

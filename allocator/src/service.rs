@@ -35,6 +35,19 @@ pub enum AllocatorError {
     /// Another deploy took the capacity this one planned to use; retrying re-plans.
     #[error("node {0:?} filled up while this deploy was being placed; try again")]
     Contended(String),
+    /// A later revision of the topology was placed while this one was on its way;
+    /// placing this one would take the topology back, so it is refused.
+    #[error(
+        "revision {placed} of {topology} was placed while revision {offered} was on its way; nothing was changed"
+    )]
+    Stale {
+        /// The topology.
+        topology: TopologyRef,
+        /// The revision placed now.
+        placed: u64,
+        /// The revision refused.
+        offered: u64,
+    },
     /// No node has this name.
     #[error("there is no node {0:?} in the pool")]
     UnknownNode(String),
@@ -280,6 +293,18 @@ impl Allocator {
             .one(txn)
             .await?
             .ok_or_else(|| AllocatorError::UnknownTenant(tenant.to_owned()))?;
+        let counter = placement::Entity::find_by_id((tenant.to_owned(), topology.name.clone()))
+            .one(txn)
+            .await?;
+        if let Some(c) = &counter
+            && u64::try_from(c.revision).unwrap_or(0) > revision
+        {
+            return Err(AllocatorError::Stale {
+                topology: id.clone(),
+                placed: u64::try_from(c.revision).unwrap_or(0),
+                offered: revision,
+            });
+        }
         let placed = load_placed(txn, id).await?;
         let wants: Vec<Want> = topology
             .services
@@ -292,9 +317,6 @@ impl Allocator {
                 constraints: topology.services[name].constraints.clone(),
             })
             .collect();
-        let counter = placement::Entity::find_by_id((tenant.to_owned(), topology.name.clone()))
-            .one(txn)
-            .await?;
         let next_generation = counter
             .as_ref()
             .map_or(1, |c| Ord::max(c.next_generation, 1) as u64);

@@ -106,7 +106,7 @@ impl From<AllocatorError> for ApiError {
             AllocatorError::Placement(_) => {
                 Self::new(StatusCode::CONFLICT, "no_capacity", e.to_string())
             }
-            AllocatorError::Contended(_) => {
+            AllocatorError::Contended(_) | AllocatorError::Stale { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             AllocatorError::UnknownTenant(_) | AllocatorError::UnknownNode(_) => {
@@ -684,15 +684,19 @@ async fn deploy(
 }
 
 /// Checks, stores and places a topology, answering with where its replicas went.
-/// Stores `topology` as the tenant's next revision and places it. A placement the
-/// allocator refuses (the inner error) takes the revision back, so nothing is left
-/// half-applied.
+/// Proposes `topology` as the tenant's next revision and places it; the revision
+/// becomes current only once placed. A placement the allocator refuses (the inner
+/// error) forgets the proposal, so nothing is left half-applied and no reader ever
+/// saw it.
 pub(crate) async fn store_and_place(
     gw: &Gateway,
     tenant: &str,
     topology: &Topology,
 ) -> Result<Result<berth_tenant_service::StoredRevision, AllocatorError>, ApiError> {
-    let stored = gw.tenants.put_revision(tenant, topology, now_ms()).await?;
+    let stored = gw
+        .tenants
+        .propose_revision(tenant, topology, now_ms())
+        .await?;
     if let Err(e) = gw.allocator.deploy(tenant, stored.revision, topology).await {
         if stored.is_new {
             gw.tenants
@@ -700,6 +704,11 @@ pub(crate) async fn store_and_place(
                 .await?;
         }
         return Ok(Err(e));
+    }
+    if stored.is_new {
+        gw.tenants
+            .settle_revision(tenant, &topology.name, stored.revision, now_ms())
+            .await?;
     }
     Ok(Ok(stored))
 }

@@ -164,7 +164,7 @@ impl LocalPlane {
 
         let stored = self
             .tenants
-            .put_revision(LOCAL_TENANT, topology, now_ms())
+            .propose_revision(LOCAL_TENANT, topology, now_ms())
             .await?;
         let deployment = match self
             .allocator
@@ -181,6 +181,11 @@ impl LocalPlane {
                 return Err(LocalError::Refused(e));
             }
         };
+        if stored.is_new {
+            self.tenants
+                .settle_revision(LOCAL_TENANT, &topology.name, stored.revision, now_ms())
+                .await?;
+        }
         let mut outcome = Outcome::default();
         for (node, assignment) in &deployment.by_node {
             if node != LOCAL_NODE {

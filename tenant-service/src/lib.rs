@@ -9,7 +9,6 @@ pub mod migration;
 pub mod throttle;
 
 use berth_protocol::topology::Topology;
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
     QueryFilter, QueryOrder, TransactionTrait,
@@ -111,9 +110,16 @@ impl TenantService {
         Ok(())
     }
 
-    /// Stores `spec` as the topology's next revision, unless it equals the current one
-    /// (then the current revision is returned, so `up` twice stores nothing new).
-    pub async fn put_revision(
+    /// Proposes `spec` as the topology's next revision, unless it equals the current
+    /// one (then the current revision is returned, so `up` twice stores nothing new).
+    ///
+    /// A proposed revision is stored under its own number but is not current: nothing
+    /// that reads the topology sees it until [`Self::settle_revision`] says it was
+    /// placed, and [`Self::discard_revision`] forgets it if the placement was refused.
+    /// So a deploy the allocator refuses is never visible, not even for a moment, and
+    /// a change made from the current revision (a scale, an autoscaling round) never
+    /// builds on one that is about to be taken back.
+    pub async fn propose_revision(
         &self,
         tenant_name: &str,
         spec: &Topology,
@@ -126,7 +132,7 @@ impl TenantService {
         })?;
         let txn = self.db.begin().await?;
         match self
-            .put_revision_in(&txn, tenant_name, spec, &json, now_ms)
+            .propose_revision_in(&txn, tenant_name, spec, &json, now_ms)
             .await
         {
             Ok(stored) => {
@@ -140,8 +146,8 @@ impl TenantService {
         }
     }
 
-    /// The body of [`Self::put_revision`], inside its transaction.
-    async fn put_revision_in(
+    /// The body of [`Self::propose_revision`], inside its transaction.
+    async fn propose_revision_in(
         &self,
         txn: &sea_orm::DatabaseTransaction,
         tenant_name: &str,
@@ -149,19 +155,7 @@ impl TenantService {
         json: &str,
         now_ms: i64,
     ) -> Result<StoredRevision, TenantError> {
-        // Write first: SQLite then takes the write lock (waiting its turn) before any
-        // read, and concurrent deploys never fail a lock upgrade.
-        let touched = tenant::Entity::update_many()
-            .col_expr(
-                tenant::Column::CreatedAtMs,
-                sea_orm::sea_query::Expr::col(tenant::Column::CreatedAtMs),
-            )
-            .filter(tenant::Column::Name.eq(tenant_name))
-            .exec(txn)
-            .await?;
-        if touched.rows_affected == 0 {
-            return Err(TenantError::UnknownTenant(tenant_name.to_owned()));
-        }
+        lock_tenant(txn, tenant_name).await?;
         let current = topology::Entity::find_by_id((tenant_name.to_owned(), spec.name.clone()))
             .one(txn)
             .await?;
@@ -199,23 +193,6 @@ impl TenantService {
         })
         .exec_without_returning(txn)
         .await?;
-        let row = topology::ActiveModel {
-            tenant: Set(tenant_name.to_owned()),
-            name: Set(spec.name.clone()),
-            current_revision: Set(next),
-            updated_at_ms: Set(now_ms),
-        };
-        topology::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([topology::Column::Tenant, topology::Column::Name])
-                    .update_columns([
-                        topology::Column::CurrentRevision,
-                        topology::Column::UpdatedAtMs,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
         Ok(StoredRevision {
             revision: next as u64,
             is_new: true,
@@ -223,46 +200,43 @@ impl TenantService {
         })
     }
 
-    /// Takes back `revision`, just stored by [`Self::put_revision`], when the deploy it
-    /// was for was refused: the revision before it becomes current again (or the
-    /// topology is forgotten if it had none), so a refused deploy leaves no trace.
-    pub async fn discard_revision(
+    /// Makes `revision`, proposed by [`Self::propose_revision`], the topology's current
+    /// one now that it is placed. A later revision that is current already stays (the
+    /// allocator refuses to place an older revision over a newer one, so the two agree).
+    pub async fn settle_revision(
         &self,
         tenant_name: &str,
         name: &str,
         revision: u64,
+        now_ms: i64,
     ) -> Result<(), TenantError> {
+        let revision = i64::try_from(revision).unwrap_or(i64::MAX);
         let txn = self.db.begin().await?;
         let result = async {
-            let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+            lock_tenant(&txn, tenant_name).await?;
             let current = topology::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
                 .one(&txn)
                 .await?;
-            if current.is_none_or(|c| c.current_revision != revision) {
-                return Ok(()); // another deploy came after it; leave both alone
-            }
-            revision::Entity::delete_by_id((tenant_name.to_owned(), name.to_owned(), revision))
-                .exec(&txn)
-                .await?;
-            let previous = revision::Entity::find()
-                .filter(revision::Column::Tenant.eq(tenant_name))
-                .filter(revision::Column::Topology.eq(name))
-                .order_by_desc(revision::Column::Revision)
-                .one(&txn)
-                .await?;
-            match previous {
-                Some(p) => {
+            match current {
+                Some(c) if c.current_revision >= revision => {}
+                Some(_) => {
                     topology::Entity::update_many()
-                        .col_expr(topology::Column::CurrentRevision, p.revision.into())
+                        .col_expr(topology::Column::CurrentRevision, revision.into())
+                        .col_expr(topology::Column::UpdatedAtMs, now_ms.into())
                         .filter(topology::Column::Tenant.eq(tenant_name))
                         .filter(topology::Column::Name.eq(name))
                         .exec(&txn)
                         .await?;
                 }
                 None => {
-                    topology::Entity::delete_by_id((tenant_name.to_owned(), name.to_owned()))
-                        .exec(&txn)
-                        .await?;
+                    topology::Entity::insert(topology::ActiveModel {
+                        tenant: Set(tenant_name.to_owned()),
+                        name: Set(name.to_owned()),
+                        current_revision: Set(revision),
+                        updated_at_ms: Set(now_ms),
+                    })
+                    .exec_without_returning(&txn)
+                    .await?;
                 }
             }
             Ok::<_, TenantError>(())
@@ -278,6 +252,28 @@ impl TenantService {
                 Err(e)
             }
         }
+    }
+
+    /// Forgets `revision`, proposed by [`Self::propose_revision`], when the deploy it
+    /// was for was refused. It was never current, so nothing that read the topology
+    /// saw it; a revision that is current (settled meanwhile) is left alone.
+    pub async fn discard_revision(
+        &self,
+        tenant_name: &str,
+        name: &str,
+        revision: u64,
+    ) -> Result<(), TenantError> {
+        let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+        let current = topology::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
+            .one(&self.db)
+            .await?;
+        if current.is_some_and(|c| c.current_revision == revision) {
+            return Ok(());
+        }
+        revision::Entity::delete_by_id((tenant_name.to_owned(), name.to_owned(), revision))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     /// The topology's current revision.
@@ -349,6 +345,28 @@ impl TenantService {
 
 /// The hash checked when a user does not exist, so that a login for an unknown user
 /// costs as much as one for a known user and timing does not tell them apart.
+/// Writes to the tenant's row first, inside `txn`: SQLite then takes the write lock
+/// (waiting its turn) before any read, so concurrent changes never fail a lock
+/// upgrade, and PostgreSQL holds the row until the end, serialising the tenant's
+/// changes. Fails if there is no such tenant.
+async fn lock_tenant(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant_name: &str,
+) -> Result<(), TenantError> {
+    let touched = tenant::Entity::update_many()
+        .col_expr(
+            tenant::Column::CreatedAtMs,
+            sea_orm::sea_query::Expr::col(tenant::Column::CreatedAtMs),
+        )
+        .filter(tenant::Column::Name.eq(tenant_name))
+        .exec(txn)
+        .await?;
+    if touched.rows_affected == 0 {
+        return Err(TenantError::UnknownTenant(tenant_name.to_owned()));
+    }
+    Ok(())
+}
+
 fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DECOY.get_or_init(|| hash_password("decoy password, never a user's").unwrap_or_default())

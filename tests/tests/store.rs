@@ -181,6 +181,28 @@ async fn a_deploy_over_quota_is_refused_whole(db: DatabaseConnection) {
         placed_before,
         "assignments changed"
     );
+    // An older revision arriving after a newer one was placed is refused, so the
+    // allocator never takes a topology back to what its owner already changed.
+    allocator
+        .deploy("acme", 3, &app("app", 1))
+        .await
+        .expect("fits");
+    let err = allocator
+        .deploy("acme", 2, &app("app", 0))
+        .await
+        .expect_err("stale");
+    assert!(
+        matches!(
+            err,
+            AllocatorError::Stale {
+                placed: 3,
+                offered: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(allocator.placed(&id("app")).await.expect("placed").len(), 2);
 }
 
 async fn scaling_down_below_a_lowered_quota_is_allowed_and_remove_releases(db: DatabaseConnection) {
@@ -251,32 +273,65 @@ async fn the_tenant_service_stores_a_revision_only_when_the_spec_changes(db: Dat
         .expect("migrate");
     tenants.ensure_tenant("acme", 1).await.expect("tenant");
     let first = tenants
-        .put_revision("acme", &app("app", 1), 2)
+        .propose_revision("acme", &app("app", 1), 2)
         .await
         .expect("store");
     assert_eq!((first.revision, first.is_new), (1, true));
+    // Proposed is not current: nothing reads it until it is settled.
+    assert!(matches!(
+        tenants.current("acme", "app").await,
+        Err(berth_tenant_service::TenantError::UnknownTopology { .. })
+    ));
+    tenants
+        .settle_revision("acme", "app", 1, 2)
+        .await
+        .expect("settle");
     let again = tenants
-        .put_revision("acme", &app("app", 1), 3)
+        .propose_revision("acme", &app("app", 1), 3)
         .await
         .expect("store");
     assert_eq!((again.revision, again.is_new), (1, false));
     let changed = tenants
-        .put_revision("acme", &app("app", 2), 4)
+        .propose_revision("acme", &app("app", 2), 4)
         .await
         .expect("store");
     assert_eq!((changed.revision, changed.is_new), (2, true));
     assert_eq!(
         tenants.current("acme", "app").await.expect("read").topology,
-        app("app", 2)
+        app("app", 1),
+        "a proposal is not visible before it is placed"
+    );
+    // A proposal refused and forgotten leaves the current revision as it was.
+    tenants
+        .discard_revision("acme", "app", 2)
+        .await
+        .expect("discard");
+    let refused_then = tenants
+        .propose_revision("acme", &app("app", 3), 5)
+        .await
+        .expect("store");
+    assert_eq!(refused_then.revision, 2, "a discarded number is free again");
+    tenants
+        .settle_revision("acme", "app", 2, 5)
+        .await
+        .expect("settle");
+    // Settling an older revision after a newer one keeps the newer one.
+    tenants
+        .settle_revision("acme", "app", 1, 6)
+        .await
+        .expect("settle");
+    assert_eq!(
+        tenants.current("acme", "app").await.expect("read").topology,
+        app("app", 3)
     );
     assert!(tenants.delete("acme", "app").await.expect("delete"));
     let after_delete = tenants
-        .put_revision("acme", &app("app", 1), 5)
+        .propose_revision("acme", &app("app", 1), 7)
         .await
         .expect("store");
     assert_eq!(after_delete.revision, 3, "revision numbers never repeat");
     assert!(matches!(
-        tenants.put_revision("ghost", &app("app", 1), 6).await,
+        tenants.propose_revision("ghost", &app("app", 1), 8).await,
         Err(berth_tenant_service::TenantError::UnknownTenant(_))
     ));
 }
