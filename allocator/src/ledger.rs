@@ -118,6 +118,10 @@ pub struct Verification {
     /// ledger).
     #[serde(default)]
     pub anchor: String,
+    /// The witness's anchor the chain was checked against, when the server keeps a
+    /// witness and no other anchor was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witnessed: Option<crate::witness::Witnessed>,
 }
 
 /// A point of the chain kept outside the database (`SEQ:HASH`): entry `seq` had
@@ -218,6 +222,21 @@ fn entry_hash(row: &audit_entry::Model) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// `found`, with the anchor of its head filled in.
+fn with_anchor(found: Verification) -> Verification {
+    Verification {
+        anchor: match found.entries {
+            0 => String::new(),
+            seq => Anchor {
+                seq,
+                hash: found.head.clone(),
+            }
+            .to_string(),
+        },
+        ..found
+    }
 }
 
 pub(crate) fn entry_of(row: audit_entry::Model) -> Entry {
@@ -321,22 +340,53 @@ impl Ledger {
         anchor: Option<&Anchor>,
     ) -> Result<Verification, LedgerError> {
         let found = self.walk(anchor).await?;
-        Ok(Verification {
-            anchor: match found.entries {
-                0 => String::new(),
-                seq => Anchor {
-                    seq,
-                    hash: found.head.clone(),
-                }
-                .to_string(),
-            },
-            ..found
-        })
+        Ok(with_anchor(found))
+    }
+
+    /// Checks only what was appended since `anchor`: the anchored entry must be there,
+    /// unchanged and with the hash it had, and every entry after it must follow on.
+    /// Since each hash covers the one before, this with an earlier full
+    /// [`Self::verify`] covers the whole chain, at the cost of the new entries only.
+    pub async fn verify_since(&self, anchor: &Anchor) -> Result<Verification, LedgerError> {
+        let seq = i64::try_from(anchor.seq).unwrap_or(i64::MAX);
+        let row = audit_entry::Entity::find_by_id(seq).one(&self.db).await?;
+        let Some(row) = row else {
+            let entries = audit_entry::Entity::find()
+                .order_by_desc(audit_entry::Column::Seq)
+                .one(&self.db)
+                .await?
+                .map_or(0, |r| u64::try_from(r.seq).unwrap_or(0));
+            let problem = match entries >= anchor.seq {
+                true => format!("the anchored entry {} is missing", anchor.seq),
+                false => format!(
+                    "the ledger ends at entry {entries}, before the anchored entry {}: entries were removed from its end",
+                    anchor.seq
+                ),
+            };
+            return Ok(Verification {
+                intact: false,
+                entries,
+                head: String::new(),
+                problem: Some(problem),
+                anchor: String::new(),
+                witnessed: None,
+            });
+        };
+        let found = self.walk_from(seq, row.prev_hash, Some(anchor)).await?;
+        Ok(with_anchor(found))
     }
 
     async fn walk(&self, anchor: Option<&Anchor>) -> Result<Verification, LedgerError> {
-        let mut expected_seq = 1i64;
-        let mut prev_hash = String::new();
+        self.walk_from(1, String::new(), anchor).await
+    }
+
+    /// Walks the chain from entry `expected_seq`, which must follow `prev_hash`.
+    async fn walk_from(
+        &self,
+        mut expected_seq: i64,
+        mut prev_hash: String,
+        anchor: Option<&Anchor>,
+    ) -> Result<Verification, LedgerError> {
         loop {
             let page = audit_entry::Entity::find()
                 .filter(audit_entry::Column::Seq.gte(expected_seq))
@@ -358,6 +408,7 @@ impl Ledger {
                     head: prev_hash,
                     problem: cut,
                     anchor: String::new(),
+                    witnessed: None,
                 });
             }
             for row in page {
@@ -367,6 +418,7 @@ impl Ledger {
                     head: prev_hash.clone(),
                     problem: Some(problem),
                     anchor: String::new(),
+                    witnessed: None,
                 };
                 if row.seq != expected_seq {
                     return Ok(broken(format!(

@@ -21,6 +21,7 @@ pub mod rebalance;
 pub mod resources;
 pub mod root_keys;
 pub mod service;
+pub mod witness;
 
 pub use pool::{Drained, NodeInfo, NodeState, ReportedReplica};
 pub use resources::{Limit, QuotaExceeded, Resources};

@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use berth_allocator::ledger::{Entry, EntryKind, Filter, LedgerError, NewEntry, Verification};
 use berth_allocator::root_keys::{RootKeyError, RootKeyInfo};
+use berth_allocator::witness::Witnessed;
 use berth_protocol::capability::{self, Authorized, Operation};
 use serde::{Deserialize, Serialize};
 
@@ -165,14 +166,31 @@ pub(crate) async fn verify(
     let tenant = query.tenant.as_deref().unwrap_or("*");
     gw.authorize(&request, Operation::Audit, tenant, None)
         .await?;
-    let anchor = match &query.anchor {
+    let given = match &query.anchor {
         Some(text) => Some(
             text.parse::<berth_allocator::ledger::Anchor>()
                 .map_err(ApiError::bad_request)?,
         ),
         None => None,
     };
-    Ok(HttpResponse::Ok().json(gw.ledger.verify_against(anchor.as_ref()).await?))
+    // Not given an anchor, check against the witness's last one.
+    let witnessed = match (&given, &gw.witness) {
+        (None, Some(witness)) => witness.last().map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "witness_unreadable",
+                e.to_string(),
+            )
+        })?,
+        _ => None,
+    };
+    let anchor = given.or_else(|| witnessed.as_ref().map(|(anchor, _)| anchor.clone()));
+    let mut found = gw.ledger.verify_against(anchor.as_ref()).await?;
+    found.witnessed = witnessed.map(|(anchor, at_ms)| Witnessed {
+        anchor: anchor.to_string(),
+        at_ms,
+    });
+    Ok(HttpResponse::Ok().json(found))
 }
 
 /// Whose auditor asks, and against what.

@@ -145,6 +145,8 @@ pub struct Gateway {
     /// The authority nodes trust the node API by (`--ca` in join commands), when the
     /// server made one.
     authority_file: Option<String>,
+    /// The file the ledger's head is anchored in, when the server keeps one.
+    witness: Option<berth_allocator::witness::Witness>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -181,7 +183,16 @@ impl Gateway {
             attenuations_seen: std::sync::Arc::default(),
             own_certificate: None,
             authority_file: None,
+            witness: None,
         }
+    }
+
+    /// The gateway of a server that anchors the ledger's head in `witness`:
+    /// verifications not given an anchor check against its last one.
+    #[must_use]
+    pub fn with_witness(mut self, witness: berth_allocator::witness::Witness) -> Self {
+        self.witness = Some(witness);
+        self
     }
 
     /// The gateway of a server that serves TLS with `certificate` (its pages, which

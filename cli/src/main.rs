@@ -166,6 +166,8 @@ enum Command {
         liveness: LivenessArgs,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        witness: WitnessArgs,
         /// How often the autoscaler looks at services with `x-berth.autoscale`.
         #[arg(long, env = "BERTH_AUTOSCALE_EVERY", default_value = "15s", value_parser = parse_duration)]
         autoscale_every: std::time::Duration,
@@ -195,7 +197,34 @@ enum Command {
         database: Option<String>,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        witness: WitnessArgs,
     },
+}
+
+/// Where and how often the audit ledger's head is anchored outside the database.
+#[derive(Debug, clap::Args)]
+struct WitnessArgs {
+    /// The file the ledger's head is appended to (default: `ledger-witness` in the
+    /// data directory). Put it where the database's writers cannot write: another
+    /// volume, or a file system that only appends.
+    #[arg(long, env = "BERTH_WITNESS", value_name = "FILE")]
+    witness: Option<PathBuf>,
+    /// How often the ledger is checked since the last anchor and its head anchored.
+    #[arg(long, env = "BERTH_WITNESS_EVERY", default_value = "60s", value_parser = parse_duration)]
+    witness_every: std::time::Duration,
+}
+
+impl WitnessArgs {
+    fn setting(&self, data_dir: &std::path::Path) -> server::WitnessSetting {
+        server::WitnessSetting {
+            path: self
+                .witness
+                .clone()
+                .unwrap_or_else(|| data_dir.join("ledger-witness")),
+            every: self.witness_every,
+        }
+    }
 }
 
 /// TLS on the control plane's API and node API.
@@ -653,12 +682,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             rebalance_every,
             disruption_budget,
             tls,
+            witness,
         } => {
             let config = server::ServerConfig {
                 listen: *listen,
                 node_listen: *node_listen,
                 advertise: advertise.clone(),
                 database: database.clone(),
+                witness: witness.setting(&data_dir()),
                 data_dir: data_dir(),
                 local_node: false,
                 thresholds: liveness.thresholds()?,
@@ -678,12 +709,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             advertise,
             database,
             tls,
+            witness,
         } => {
             let config = server::ServerConfig {
                 listen: *listen,
                 node_listen: *node_listen,
                 advertise: advertise.clone(),
                 database: database.clone(),
+                witness: witness.setting(&data_dir().join("dev")),
                 data_dir: data_dir().join("dev"),
                 thresholds: berth_allocator::liveness::Thresholds::default(),
                 local_node: true,
@@ -1380,6 +1413,9 @@ async fn admin(cli: &Cli) -> Result<(), Failure> {
                 if let Some(anchor) = anchor {
                     println!("entry {} is the one anchored", anchor.seq);
                 }
+                if let Some(w) = verified["witnessed"]["anchor"].as_str() {
+                    println!("it holds the server witness's last anchor: {w}");
+                }
                 let kept = verified["anchor"].as_str().unwrap_or_default();
                 if !kept.is_empty() {
                     println!(
@@ -1388,10 +1424,16 @@ async fn admin(cli: &Cli) -> Result<(), Failure> {
                 }
             }
             if !intact {
+                let against = match verified["witnessed"]["anchor"].as_str() {
+                    Some(w) if anchor.is_none() => {
+                        format!(" (checked against the server witness's last anchor {w})")
+                    }
+                    _ => String::new(),
+                };
                 return Err(Failure {
                     exit: Exit::Failure,
                     message: format!(
-                        "the ledger is broken: {}",
+                        "the ledger is broken: {}{against}",
                         verified["problem"].as_str().unwrap_or("unknown problem")
                     ),
                 });

@@ -43,6 +43,17 @@ pub(crate) struct ServerConfig {
     pub(crate) disruption_budget: u32,
     /// Whether both APIs are served over TLS, and with which certificate.
     pub(crate) tls: crate::tls::TlsSetting,
+    /// Where the audit ledger's head is anchored, and how often.
+    pub(crate) witness: WitnessSetting,
+}
+
+/// The ledger's witness file and its schedule.
+#[derive(Debug, Clone)]
+pub(crate) struct WitnessSetting {
+    /// The file anchors are appended to.
+    pub(crate) path: PathBuf,
+    /// How often.
+    pub(crate) every: std::time::Duration,
 }
 
 /// The name of the node `berth dev` runs.
@@ -155,6 +166,11 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Some(tls) => gateway.with_tls(tls.leaf(), tls.ca_file.as_deref()),
         None => gateway,
     };
+    // Every server anchors the ledger's head (several sharing one file append whole
+    // lines), so the witness keeps going whichever of them leads.
+    let witness = berth_allocator::witness::Witness::new(&config.witness.path);
+    let gateway = gateway.with_witness(witness.clone());
+    berth_allocator::witness::run(witness, nodes.ledger().clone(), config.witness.every);
 
     let leadership = {
         let (nodes, allocator, database) = (nodes.clone(), allocator.clone(), database.clone());

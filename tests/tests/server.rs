@@ -765,29 +765,43 @@ async fn logs_of_replicas_on_several_nodes_come_through_the_endpoint() {
     project.berth(&["down"]).ok();
 }
 
+/// Runs `berth ARGS` against `server` for tenant `acme`, with `token` and, when
+/// given, `password`.
+fn berth_as(
+    server: &Server,
+    args: &[&str],
+    token: &str,
+    password: Option<&str>,
+) -> std::process::Output {
+    let mut command = Command::new(berth_bin());
+    command
+        .args(args)
+        .env("BERTH_ENDPOINT", &server.api)
+        .env("BERTH_TOKEN", token)
+        .env("BERTH_TENANT", "acme");
+    if let Some(p) = password {
+        command.env("BERTH_PASSWORD", p);
+    }
+    command.output().expect("berth runs")
+}
+
+/// The standard output of a run that must have succeeded.
+fn succeeded(output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_teams_list_explain_revoke_and_verify_with_berth_audit() {
     let server = Server::start(&[]).await;
     let berth = |args: &[&str], token: &str, password: Option<&str>| {
-        let mut command = Command::new(berth_bin());
-        command
-            .args(args)
-            .env("BERTH_ENDPOINT", &server.api)
-            .env("BERTH_TOKEN", token)
-            .env("BERTH_TENANT", "acme");
-        if let Some(p) = password {
-            command.env("BERTH_PASSWORD", p);
-        }
-        command.output().expect("berth runs")
+        berth_as(&server, args, token, password)
     };
-    let ok = |output: std::process::Output| {
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let ok = succeeded;
     ok(berth(&["tenant", "create", "acme"], server.admin, None));
     ok(berth(
         &["user", "create", "acme", "dev", "--role", "developer"],
@@ -903,5 +917,105 @@ async fn security_teams_list_explain_revoke_and_verify_with_berth_audit() {
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("revoked"),
         "{refused:?}"
+    );
+}
+
+/// The server anchors the ledger's head in its witness file on its own; someone who
+/// then writes the whole history again in the database, every hash recomputed, is
+/// caught by a plain `berth audit verify`, and the witness anchors nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_witness_catches_a_ledger_rewritten_in_the_database() {
+    let server = Server::start(&[("BERTH_WITNESS_EVERY", "1s")]).await;
+    let witness = server.state.path().join("ledger-witness");
+    let berth = |args: &[&str], token: &str, password: Option<&str>| {
+        berth_as(&server, args, token, password)
+    };
+    let ok = succeeded;
+    ok(berth(&["tenant", "create", "acme"], server.admin, None));
+    ok(berth(
+        &["user", "create", "acme", "dev", "--role", "developer"],
+        server.admin,
+        Some("acme-password-123"),
+    ));
+    for _ in 0..2 {
+        ok(berth(
+            &["login", "--user", "dev"],
+            "",
+            Some("acme-password-123"),
+        ));
+    }
+    // Two sessions minted: the witness anchors entry 2 within a round or two.
+    let mut anchored = String::new();
+    for _ in 0..100 {
+        anchored = std::fs::read_to_string(&witness).unwrap_or_default();
+        if anchored.lines().last().is_some_and(|l| l.starts_with("2:")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = anchored.lines().last().unwrap_or_default().to_owned();
+    assert!(last.starts_with("2:"), "never anchored: {anchored:?}");
+    let verified = ok(berth(&["audit", "verify"], server.admin, None));
+    let anchor = last.split(' ').next().unwrap_or_default();
+    assert!(
+        verified.contains(&format!(
+            "it holds the server witness's last anchor: {anchor}"
+        )),
+        "{verified}"
+    );
+
+    // Written again whole through the database, one session's user changed, every
+    // hash recomputed by the ledger's own code: the chain checks out by itself.
+    let url = format!(
+        "sqlite://{}?mode=rw",
+        server.state.path().join("server.db").display()
+    );
+    let db = berth_allocator::database::connect(&url)
+        .await
+        .expect("the server's database");
+    let forger = berth_allocator::ledger::Ledger::new(db.clone());
+    let entries = forger
+        .list(&berth_allocator::ledger::Filter::default())
+        .await
+        .expect("entries");
+    {
+        use sea_orm::ConnectionTrait;
+        db.execute_unprepared("DELETE FROM audit_entries")
+            .await
+            .expect("delete");
+    }
+    for e in entries.iter().rev() {
+        forger
+            .append(
+                berth_allocator::ledger::NewEntry {
+                    kind: match e.kind.as_str() {
+                        "minted" => berth_allocator::ledger::EntryKind::Minted,
+                        other => panic!("a login recorded a {other:?} entry"),
+                    },
+                    actor: e.actor.clone(),
+                    tenant: e.tenant.clone(),
+                    subject: e.subject.clone(),
+                    detail: e.detail.replace(r#"user("dev")"#, r#"user("mallory")"#),
+                    revocation_ids: e.revocation_ids.clone(),
+                },
+                e.at_ms,
+            )
+            .await
+            .expect("forge");
+    }
+    assert!(forger.verify().await.expect("verify").intact);
+    let refused = berth(&["audit", "verify"], server.admin, None);
+    assert!(!refused.status.success(), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("entry 2 is not the one anchored: the history up to it was rewritten")
+            && said.contains(&format!("the server witness's last anchor {anchor}")),
+        "{said}"
+    );
+    // A few more rounds: the witness does not anchor the forged head.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        std::fs::read_to_string(&witness).expect("the witness"),
+        anchored
     );
 }

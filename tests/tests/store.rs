@@ -41,6 +41,7 @@ on_both_databases!(
     the_ledger_detects_a_removed_row,
     the_ledger_detects_reordered_rows,
     an_anchor_kept_elsewhere_catches_a_history_rewritten_whole_or_cut_short,
+    the_witness_anchors_each_new_head_and_stops_at_a_broken_chain,
     concurrent_appends_keep_one_unbroken_chain,
 );
 
@@ -529,6 +530,82 @@ async fn an_anchor_kept_elsewhere_catches_a_history_rewritten_whole_or_cut_short
     );
     assert!("5:nothex".parse::<Anchor>().is_err());
     assert!("0:".parse::<Anchor>().is_err());
+}
+
+async fn the_witness_anchors_each_new_head_and_stops_at_a_broken_chain(db: DatabaseConnection) {
+    use berth_allocator::ledger::Ledger;
+    use berth_allocator::witness::{Round, Witness};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let witness = Witness::new(dir.path().join("ledger-witness"));
+    let (ledger, db) = ledger_of_five(db).await;
+    let round = |n: i64| {
+        let (witness, ledger) = (witness.clone(), ledger.clone());
+        async move { witness.round(&ledger, n).await.expect("a round") }
+    };
+    let anchored = |round: Round| match round {
+        Round::Anchored(a) => a,
+        other => panic!("not anchored: {other:?}"),
+    };
+    let five = anchored(round(1).await);
+    assert_eq!(five.seq, 5);
+    assert_eq!(round(2).await, Round::Unchanged(five.clone()));
+    mint_entry(&ledger, 6, "dev6").await;
+    let six = anchored(round(3).await);
+    assert_eq!(six.seq, 6);
+    let lines = std::fs::read_to_string(witness.path()).expect("the file");
+    assert_eq!(lines, format!("{five} 1\n{six} 3\n"));
+
+    // An entry after the anchor changed: found, and nothing more is anchored.
+    mint_entry(&ledger, 7, "dev7").await;
+    tamper(
+        &db,
+        "UPDATE audit_entries SET detail = 'user(\"mallory\");' WHERE seq = 7",
+    )
+    .await;
+    let Round::Broken(found) = round(4).await else {
+        panic!("an edited entry went unseen");
+    };
+    assert_eq!(
+        found.problem.as_deref(),
+        Some("entry 7 was changed after it was written")
+    );
+
+    // Rewritten whole, each hash recomputed: the chain checks out alone, but not
+    // against the witness, which keeps its last anchor.
+    tamper(&db, "DELETE FROM audit_entries").await;
+    let forger = Ledger::new(db.clone());
+    for i in 1..=7 {
+        let who = if i == 2 {
+            "mallory".to_owned()
+        } else {
+            format!("dev{i}")
+        };
+        mint_entry(&forger, i, &who).await;
+    }
+    assert!(forger.verify().await.expect("verify").intact);
+    let Round::Broken(found) = round(5).await else {
+        panic!("a rewritten history went unseen");
+    };
+    assert_eq!(
+        found.problem.as_deref(),
+        Some("entry 6 is not the one anchored: the history up to it was rewritten")
+    );
+    // Cut short before the anchor: found too.
+    tamper(&db, "DELETE FROM audit_entries WHERE seq > 4").await;
+    let Round::Broken(found) = round(6).await else {
+        panic!("a history cut short went unseen");
+    };
+    assert_eq!(
+        found.problem.as_deref(),
+        Some(
+            "the ledger ends at entry 4, before the anchored entry 6: entries were removed from its end"
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(witness.path()).expect("the file"),
+        lines,
+        "a broken chain was anchored"
+    );
 }
 
 async fn concurrent_appends_keep_one_unbroken_chain(db: DatabaseConnection) {

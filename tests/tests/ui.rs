@@ -297,6 +297,7 @@ async fn an_auditor_sees_who_can_call_what_revokes_a_link_and_sees_the_node_refu
         ("BERTH_SUSPECT_AFTER", "100s"),
         ("BERTH_FENCE_AFTER", "200s"),
         ("BERTH_DEAD_AFTER", "300s"),
+        ("BERTH_WITNESS_EVERY", "1s"),
     ])
     .await;
     let prefix = format!("uiaud{}", std::process::id());
@@ -346,6 +347,23 @@ async fn an_auditor_sees_who_can_call_what_revokes_a_link_and_sees_the_node_refu
     browser.wait_path("/ui/audit").await;
     let verification = browser.text("#verification").await;
     assert!(verification.contains("intact"), "{verification}");
+    // The server's witness anchors the head every second here: the page says that
+    // the chain was checked against its last anchor.
+    let mut witnessed = 0;
+    for _ in 0..20 {
+        witnessed = browser.count("#witnessed").await;
+        if witnessed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        browser.goto(&format!("{base}/ui/audit")).await;
+    }
+    assert_eq!(witnessed, 1, "the page never named the witness's anchor");
+    let said = browser.text("#witnessed").await;
+    assert!(
+        said.contains("Checked against the anchor the server's witness took"),
+        "{said}"
+    );
     // The anchor the page shows, checked back through the form.
     let anchor = browser.text("#anchor-now").await;
     browser.fill("#anchor", &anchor).await;

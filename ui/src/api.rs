@@ -237,6 +237,16 @@ pub(crate) struct Verification {
     pub(crate) problem: Option<String>,
     #[serde(default)]
     pub(crate) anchor: String,
+    /// The witness's anchor it was checked against, if any.
+    #[serde(default)]
+    pub(crate) witnessed: Option<Witnessed>,
+}
+
+/// An anchor the server's witness took.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Witnessed {
+    pub(crate) anchor: String,
+    pub(crate) at_ms: i64,
 }
 
 /// A token's entry, state and history.

@@ -73,6 +73,12 @@ fn verification(v: &Verification, anchor: Option<&str>) -> Markup {
                 "The ledger's hash chain is broken: " (v.problem.as_deref().unwrap_or("an entry does not match its hash"))
             }
         }
+        @if let Some(w) = &v.witnessed {
+            p #witnessed {
+                "Checked against the anchor the server's witness took " (page::when(w.at_ms)) " (entry "
+                (w.anchor.split(':').next().unwrap_or_default()) ")."
+            }
+        }
         form.inline method="get" action="/ui/audit" {
             @if !v.anchor.is_empty() {
                 span { "Anchor to keep outside the database: " code #anchor-now { (v.anchor) } " " }
