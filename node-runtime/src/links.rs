@@ -2,10 +2,11 @@
 //! nodes is reached, by its containers' peers on this node, at its name, which the
 //! containers resolve to this host's address on their topology's own network; the
 //! node listens there on the service's port (so two topologies, or two tenants, that
-//! reach remote services on the same port never collide) and carries each connection through a tunnel to a node that runs a
-//! replica, presenting the delegation the allocator minted for exactly that (caller
-//! this node, target that node, operation `tunnel`, that service and port), signed
-//! with this node's key. Tokens renew in later assignment sets without touching
+//! reach remote services on the same port never collide) and carries each connection
+//! through a tunnel to a node that runs a replica (the one with the fewest of this
+//! listener's tunnels open, equals in turn), presenting the delegation the allocator
+//! minted for exactly that (caller this node, target that node, operation `tunnel`,
+//! that service and port), signed with this node's key. Tokens renew in later assignment sets without touching
 //! listeners or containers.
 
 use std::collections::HashMap;
@@ -122,8 +123,9 @@ impl Tunnels {
             let (tx, rx) = watch::channel(links);
             let (signer, channels) = (self.signer.clone(), self.channels.clone());
             let id = key.0.clone();
+            let spread = Arc::new(std::sync::Mutex::new(Spread::default()));
             let task = tokio::spawn(async move {
-                // Connections go to each node in turn.
+                // Connections go to the node with the fewest open, in turn among equals.
                 let mut next = 0usize;
                 loop {
                     let Ok((socket, _)) = listener.accept().await else {
@@ -133,12 +135,17 @@ impl Tunnels {
                     };
                     let _ = socket.set_nodelay(true);
                     let links = rx.borrow().clone();
-                    let first = next;
+                    let turn = next;
                     next = next.wrapping_add(1);
+                    let order = {
+                        let spread = spread.lock().unwrap_or_else(|p| p.into_inner());
+                        order(&links, &spread, turn, std::time::Instant::now())
+                    };
                     let (signer, id, channels) = (signer.clone(), id.clone(), channels.clone());
-                    let service = service.clone();
+                    let (service, spread) = (service.clone(), spread.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = carry(socket, &id, &links, first, &signer, &channels).await
+                        let tried = order.iter().map(|i| &links[*i]);
+                        if let Err(e) = carry(socket, &id, tried, &spread, &signer, &channels).await
                         {
                             tracing::warn!(%service, error = %e, "tunnel failed");
                         }
@@ -150,23 +157,89 @@ impl Tunnels {
     }
 }
 
-/// Carries one connection through a tunnel to one of `links`' nodes: the one at
-/// `first` (modulo their number), else the next that opens it.
-async fn carry(
+/// How long a node that failed to open a tunnel is tried after the others.
+const FAILED_GOES_LAST: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What one listener knows of the nodes it reaches: the tunnels open to each now, and
+/// when each last failed to open one.
+#[derive(Debug, Default)]
+struct Spread {
+    open: HashMap<String, usize>,
+    failed: HashMap<String, std::time::Instant>,
+}
+
+/// The order to try `links` in for the `turn`th connection: the fewest open tunnels
+/// first, equals in turn (so short connections go round), and a node that failed in
+/// the last [`FAILED_GOES_LAST`] after all the others, so that a node that is gone
+/// costs the connections after it nothing until it is tried again.
+fn order(links: &[Link], spread: &Spread, turn: usize, now: std::time::Instant) -> Vec<usize> {
+    let n = links.len().max(1);
+    let mut indices: Vec<usize> = (0..links.len()).collect();
+    indices.sort_by_key(|&i| {
+        let node = &links[i].node;
+        let failed = spread
+            .failed
+            .get(node)
+            .is_some_and(|at| now.saturating_duration_since(*at) < FAILED_GOES_LAST);
+        let open = spread.open.get(node).copied().unwrap_or(0);
+        (failed, open, (i + n - turn % n) % n)
+    });
+    indices
+}
+
+/// Counts one open tunnel to a node for as long as it lives.
+struct Counted<'a> {
+    spread: &'a std::sync::Mutex<Spread>,
+    node: String,
+}
+
+impl<'a> Counted<'a> {
+    fn new(spread: &'a std::sync::Mutex<Spread>, node: &str) -> Self {
+        let mut s = spread.lock().unwrap_or_else(|p| p.into_inner());
+        *s.open.entry(node.to_owned()).or_default() += 1;
+        s.failed.remove(node);
+        Self {
+            spread,
+            node: node.to_owned(),
+        }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let mut s = self.spread.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = s.open.get_mut(&self.node) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                s.open.remove(&self.node);
+            }
+        }
+    }
+}
+
+/// Carries one connection through a tunnel to the first of `links` that opens one.
+async fn carry<'l>(
     socket: tokio::net::TcpStream,
     id: &TopologyRef,
-    links: &[Link],
-    first: usize,
+    links: impl Iterator<Item = &'l Link>,
+    spread: &std::sync::Mutex<Spread>,
     signer: &Signer,
     channels: &Channels,
 ) -> Result<(), String> {
     let mut failures = Vec::new();
-    for i in 0..links.len() {
-        let link = &links[(first + i) % links.len()];
+    for link in links {
         match open(id, link, signer, channels).await {
-            Ok((tx, answer)) => return pipe(socket, tx, answer).await,
+            Ok((tx, answer)) => {
+                let _counted = Counted::new(spread, &link.node);
+                return pipe(socket, tx, answer).await;
+            }
             Err(e) => {
                 tracing::info!(service = %link.service, node = %link.node, error = %e, "tunnel not opened; trying the next node");
+                spread
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .failed
+                    .insert(link.node.clone(), std::time::Instant::now());
                 failures.push(e);
             }
         }
@@ -240,4 +313,83 @@ async fn pipe(
     }
     let _ = write.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links(nodes: &[&str]) -> Vec<Link> {
+        nodes
+            .iter()
+            .map(|n| Link {
+                service: "db".into(),
+                port: 5432,
+                node: (*n).to_owned(),
+                peer: String::new(),
+                peer_key: String::new(),
+                token: String::new(),
+            })
+            .collect()
+    }
+
+    fn names(links: &[Link], order: &[usize]) -> Vec<String> {
+        order.iter().map(|i| links[*i].node.clone()).collect()
+    }
+
+    #[test]
+    fn equals_are_taken_in_turn() {
+        let l = links(&["a", "b", "c"]);
+        let now = std::time::Instant::now();
+        let firsts: Vec<String> = (0..4)
+            .map(|turn| names(&l, &order(&l, &Spread::default(), turn, now))[0].clone())
+            .collect();
+        assert_eq!(firsts, ["a", "b", "c", "a"]);
+        assert_eq!(
+            names(&l, &order(&l, &Spread::default(), 1, now)),
+            ["b", "c", "a"]
+        );
+    }
+
+    #[test]
+    fn the_node_with_fewest_open_tunnels_goes_first() {
+        let l = links(&["a", "b", "c"]);
+        let mut spread = Spread::default();
+        spread.open.insert("a".into(), 2);
+        spread.open.insert("c".into(), 1);
+        let now = std::time::Instant::now();
+        for turn in 0..3 {
+            assert_eq!(names(&l, &order(&l, &spread, turn, now)), ["b", "c", "a"]);
+        }
+    }
+
+    #[test]
+    fn a_node_that_just_failed_goes_last_for_a_while() {
+        let l = links(&["a", "b"]);
+        let mut spread = Spread::default();
+        let now = std::time::Instant::now();
+        spread.failed.insert("a".into(), now);
+        spread.open.insert("b".into(), 5);
+        assert_eq!(names(&l, &order(&l, &spread, 0, now)), ["b", "a"]);
+        let later = now + FAILED_GOES_LAST;
+        assert_eq!(names(&l, &order(&l, &spread, 0, later)), ["a", "b"]);
+    }
+
+    #[test]
+    fn an_open_tunnel_counts_until_it_ends() {
+        let spread = std::sync::Mutex::new(Spread::default());
+        spread
+            .lock()
+            .expect("lock")
+            .failed
+            .insert("a".into(), std::time::Instant::now());
+        {
+            let _one = Counted::new(&spread, "a");
+            let _two = Counted::new(&spread, "a");
+            let s = spread.lock().expect("lock");
+            assert_eq!(s.open.get("a"), Some(&2));
+            assert!(s.failed.is_empty(), "an open tunnel clears the failure");
+        }
+        assert!(spread.lock().expect("lock").open.is_empty());
+    }
 }
