@@ -18,6 +18,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -75,16 +77,37 @@ pub enum Round {
     Broken(Verification),
 }
 
+/// What the last round found, for metrics: whether the chain held, and the entry
+/// last anchored.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Rounds so far.
+    pub rounds: AtomicU64,
+    /// Whether the last round found the chain broken.
+    pub broken: AtomicBool,
+    /// The entry last anchored (0 before the first anchor).
+    pub anchored_seq: AtomicU64,
+}
+
 /// The witness file.
 #[derive(Clone, Debug)]
 pub struct Witness {
     path: PathBuf,
+    health: Arc<Health>,
 }
 
 impl Witness {
     /// The witness at `path` (made on its first anchor).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            health: Arc::default(),
+        }
+    }
+
+    /// What the rounds of this witness (and its clones) found so far.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// The file.
@@ -161,6 +184,19 @@ impl Witness {
     /// Checks the ledger from the last anchor on (the whole chain if there is none)
     /// and anchors its head if it moved.
     pub async fn round(&self, ledger: &Ledger, now_ms: i64) -> Result<Round, WitnessError> {
+        let round = self.round_inner(ledger, now_ms).await?;
+        let health = &self.health;
+        health.rounds.fetch_add(1, Ordering::Relaxed);
+        health
+            .broken
+            .store(matches!(round, Round::Broken(_)), Ordering::Relaxed);
+        if let Round::Anchored(a) | Round::Unchanged(a) = &round {
+            health.anchored_seq.store(a.seq, Ordering::Relaxed);
+        }
+        Ok(round)
+    }
+
+    async fn round_inner(&self, ledger: &Ledger, now_ms: i64) -> Result<Round, WitnessError> {
         let last = self.last()?;
         let found = match &last {
             Some((anchor, _)) => ledger.verify_since(anchor).await?,

@@ -59,6 +59,8 @@ pub(crate) struct Metrics {
     joins: Gauge,
     liveness: Family<OutcomeLabels, Gauge>,
     leading: Gauge,
+    witness_intact: Gauge,
+    witness_anchored: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,7 +114,22 @@ impl Metrics {
             "1 when this process leads the allocators (serves the node API, runs the failure detector), 0 when it stands by",
             leading.clone(),
         );
+        let witness_intact = Gauge::default();
+        witness_intact.set(-1);
+        registry.register(
+            "ledger_witness_intact",
+            "1 when the witness's last round found the audit chain holding its last anchor, 0 when it found it broken (-1 before its first round)",
+            witness_intact.clone(),
+        );
+        let witness_anchored = Gauge::default();
+        registry.register(
+            "ledger_witness_anchored_entry",
+            "The audit ledger entry the witness last anchored",
+            witness_anchored.clone(),
+        );
         Arc::new(Self {
+            witness_intact,
+            witness_anchored,
             registry,
             requests,
             latency,
@@ -203,6 +220,21 @@ pub(crate) async fn metrics(gw: web::Data<Gateway>) -> Result<HttpResponse, ApiE
                 state: state.to_owned(),
             })
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    if let Some(witness) = &gw.witness {
+        let health = witness.health();
+        m.witness_intact.set(
+            match (
+                health.rounds.load(Ordering::Relaxed),
+                health.broken.load(Ordering::Relaxed),
+            ) {
+                (0, _) => -1,
+                (_, true) => 0,
+                (_, false) => 1,
+            },
+        );
+        m.witness_anchored
+            .set(i64::try_from(health.anchored_seq.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     }
     let stats = gw.nodes.stats();
     m.connected.set(stats.connected.load(Ordering::Relaxed));

@@ -955,6 +955,17 @@ async fn the_servers_witness_catches_a_ledger_rewritten_in_the_database() {
     }
     let last = anchored.lines().last().unwrap_or_default().to_owned();
     assert!(last.starts_with("2:"), "never anchored: {anchored:?}");
+    // The gauges follow the round that wrote the line.
+    let want = (Some("1".to_owned()), Some("2".to_owned()));
+    let mut gauges = witness_gauges(&server).await;
+    for _ in 0..30 {
+        if gauges == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gauges = witness_gauges(&server).await;
+    }
+    assert_eq!(gauges, want, "the witness's metrics");
     let verified = ok(berth(&["audit", "verify"], server.admin, None));
     let anchor = last.split(' ').next().unwrap_or_default();
     assert!(
@@ -1012,10 +1023,34 @@ async fn the_servers_witness_catches_a_ledger_rewritten_in_the_database() {
             && said.contains(&format!("the server witness's last anchor {anchor}")),
         "{said}"
     );
-    // A few more rounds: the witness does not anchor the forged head.
+    // A few more rounds: the witness does not anchor the forged head, and its gauge,
+    // what an alert watches, says the chain is broken.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         std::fs::read_to_string(&witness).expect("the witness"),
         anchored
     );
+    assert_eq!(witness_gauges(&server).await.0.as_deref(), Some("0"));
+}
+
+/// The witness's gauges in `server`'s metrics: (intact, anchored entry).
+async fn witness_gauges(server: &Server) -> (Option<String>, Option<String>) {
+    let text = server
+        .http
+        .get(format!("{}/metrics", server.api))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(|v| v.trim().to_owned())
+    };
+    (
+        gauge("berth_ledger_witness_intact"),
+        gauge("berth_ledger_witness_anchored_entry"),
+    )
 }
