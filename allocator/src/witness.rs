@@ -16,7 +16,7 @@
 //! system that only appends (`chattr +a`), it catches them; in the same directory as
 //! a SQLite file it catches a change made through the database only.
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::{Anchor, Ledger, LedgerError, Verification};
 
-/// How often the witness anchors the head, unless told otherwise.
-pub const EVERY: Duration = Duration::from_secs(60);
+/// How much of the file's end is read for the last anchor (a line is under 100
+/// bytes).
+const TAIL: u64 = 4096;
 
 /// An anchor the witness took, and when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -115,53 +116,67 @@ impl Witness {
         &self.path
     }
 
-    /// The last anchor taken, if any.
+    /// The last anchor taken, if any. Only the end of the file is read (it grows by a
+    /// line each time the ledger moves), so this costs the same after years.
     pub fn last(&self) -> Result<Option<(Anchor, i64)>, WitnessError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
+        let io = |source| WitnessError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(WitnessError::Io {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
+            Err(e) => return Err(io(e)),
         };
-        // A line cut short by a crash mid-write is not an anchor; the one before is.
-        let complete = match text.ends_with('\n') {
-            true => text.as_str(),
-            false => text.rsplit_once('\n').map_or("", |(whole, _)| whole),
+        let len = file.metadata().map_err(io)?.len();
+        let start = len.saturating_sub(TAIL);
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).map_err(io)?;
+        let tail = String::from_utf8_lossy(&tail);
+        // Whole lines only: the first may have begun before the tail, and the last may
+        // have been cut short by a crash mid-write (the one before it is the anchor).
+        let from = match start {
+            0 => 0,
+            _ => tail.find('\n').map_or(tail.len(), |i| i + 1),
         };
-        let Some((index, line)) = complete
+        let to = tail.rfind('\n').map_or(0, |i| i + 1).max(from);
+        let Some(line) = tail[from..to].lines().rfind(|l| !l.trim().is_empty()) else {
+            return match start {
+                0 => Ok(None),
+                _ => Err(self.unreadable("no whole line in the file's last 4 KiB".into())),
+            };
+        };
+        let (anchor, at) = line
+            .split_once(' ')
+            .ok_or_else(|| self.unreadable(format!("{line:?} is not `SEQ:HASH AT_MS`")))?;
+        let anchor: Anchor = anchor.parse().map_err(|e| self.unreadable(e))?;
+        let at_ms = at
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| self.unreadable(format!("{at:?} is not a time in Unix milliseconds")))?;
+        Ok(Some((anchor, at_ms)))
+    }
+
+    /// The error for a last line that is not an anchor, naming its line number (the
+    /// whole file is read for it, which only this rare case pays).
+    fn unreadable(&self, problem: String) -> WitnessError {
+        let text = std::fs::read(&self.path).unwrap_or_default();
+        let whole = match text.iter().rposition(|b| *b == b'\n') {
+            Some(i) => &text[..=i],
+            None => &[][..],
+        };
+        let line = String::from_utf8_lossy(whole)
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .last()
-        else {
-            return Ok(None);
-        };
-        let unreadable = |problem: String| WitnessError::Unreadable {
+            .map_or(1, |(i, _)| i + 1);
+        WitnessError::Unreadable {
             path: self.path.clone(),
-            line: index + 1,
+            line,
             problem,
-        };
-        let (anchor, at) = line
-            .split_once(' ')
-            .ok_or_else(|| unreadable(format!("{line:?} is not `SEQ:HASH AT_MS`")))?;
-        let anchor: Anchor = anchor.parse().map_err(unreadable)?;
-        let at_ms = at
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| unreadable(format!("{at:?} is not a time in Unix milliseconds")))?;
-        Ok(Some((anchor, at_ms)))
-    }
-
-    /// The last anchor taken, as the API shows it.
-    pub fn last_witnessed(&self) -> Result<Option<Witnessed>, WitnessError> {
-        Ok(self.last()?.map(|(anchor, at_ms)| Witnessed {
-            anchor: anchor.to_string(),
-            at_ms,
-        }))
+        }
     }
 
     fn append(&self, anchor: &Anchor, at_ms: i64) -> Result<(), WitnessError> {
@@ -256,6 +271,22 @@ mod tests {
         std::fs::write(witness.path(), format!("{a} 10\n\n{b} 20\n7:bb")).expect("write");
         let (anchor, at) = witness.last().expect("read").expect("an anchor");
         assert_eq!((anchor.to_string(), at), (b, 20));
+    }
+
+    #[test]
+    fn a_long_witness_is_read_from_its_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let witness = Witness::new(dir.path().join("w"));
+        let text: String = (1..=500)
+            .map(|i| format!("{i}:{} {i}\n", "d".repeat(64)))
+            .collect();
+        assert!(text.len() as u64 > 5 * TAIL);
+        std::fs::write(witness.path(), &text).expect("write");
+        let (anchor, at) = witness.last().expect("read").expect("an anchor");
+        assert_eq!((anchor.seq, at), (500, 500));
+        std::fs::write(witness.path(), format!("{text}oops\n")).expect("write");
+        let err = witness.last().expect_err("unreadable").to_string();
+        assert!(err.contains("line 501") && err.contains("oops"), "{err}");
     }
 
     #[test]

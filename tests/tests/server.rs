@@ -785,6 +785,22 @@ fn berth_as(
     command.output().expect("berth runs")
 }
 
+/// Creates tenant `acme` with a developer `dev` (password `acme-password-123`).
+fn create_acme_dev(server: &Server) {
+    succeeded(berth_as(
+        server,
+        &["tenant", "create", "acme"],
+        server.admin,
+        None,
+    ));
+    succeeded(berth_as(
+        server,
+        &["user", "create", "acme", "dev", "--role", "developer"],
+        server.admin,
+        Some("acme-password-123"),
+    ));
+}
+
 /// The standard output of a run that must have succeeded.
 fn succeeded(output: std::process::Output) -> String {
     assert!(
@@ -802,12 +818,7 @@ async fn security_teams_list_explain_revoke_and_verify_with_berth_audit() {
         berth_as(&server, args, token, password)
     };
     let ok = succeeded;
-    ok(berth(&["tenant", "create", "acme"], server.admin, None));
-    ok(berth(
-        &["user", "create", "acme", "dev", "--role", "developer"],
-        server.admin,
-        Some("acme-password-123"),
-    ));
+    create_acme_dev(&server);
     let session = ok(berth(
         &["login", "--user", "dev"],
         "",
@@ -931,12 +942,7 @@ async fn the_servers_witness_catches_a_ledger_rewritten_in_the_database() {
         berth_as(&server, args, token, password)
     };
     let ok = succeeded;
-    ok(berth(&["tenant", "create", "acme"], server.admin, None));
-    ok(berth(
-        &["user", "create", "acme", "dev", "--role", "developer"],
-        server.admin,
-        Some("acme-password-123"),
-    ));
+    create_acme_dev(&server);
     for _ in 0..2 {
         ok(berth(
             &["login", "--user", "dev"],
