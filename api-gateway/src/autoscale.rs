@@ -4,7 +4,7 @@
 //!
 //! It runs in the leading allocator (the process the nodes report to) and changes a
 //! topology exactly as `berth scale` does: a new revision, placed by the allocator
-//! with the quota checked, taken back if refused. So an autoscaled change is in the
+//! with the quota checked, forgotten if refused. So an autoscaled change is in the
 //! topology's history, and the quota holds whoever asks. When the quota stops a
 //! scale-up, the autoscaler takes as many replicas as fit and records an event that
 //! says so; the next change of state (scaled, or stopped again) is recorded too, but

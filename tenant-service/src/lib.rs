@@ -118,7 +118,7 @@ impl TenantService {
     /// placed, and [`Self::discard_revision`] forgets it if the placement was refused.
     /// So a deploy the allocator refuses is never visible, not even for a moment, and
     /// a change made from the current revision (a scale, an autoscaling round) never
-    /// builds on one that is about to be taken back.
+    /// builds on one that is about to be refused.
     pub async fn propose_revision(
         &self,
         tenant_name: &str,
