@@ -74,19 +74,10 @@ fn usage(pid: u32) -> (Duration, u64) {
 
 /// A value of the server's failure-detector metric.
 async fn detector(server: &Server, outcome: &str) -> u64 {
-    let text = server
-        .http
-        .get(format!("{}/metrics", server.api))
-        .send()
+    server
+        .metric(&format!("berth_failure_detector{{outcome=\"{outcome}\"}}"))
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let key = format!("berth_failure_detector{{outcome=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 

@@ -155,6 +155,25 @@ impl Server {
         assert!(status.is_success(), "{status}: {:?}", deployed.text().await);
     }
 
+    /// The value of one series of the server's metrics (`name` with its labels, as
+    /// written, e.g. `berth_failure_detector{outcome="suspected"}`); None when the
+    /// server does not answer or has no such series.
+    pub async fn metric(&self, series: &str) -> Option<String> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().to_owned())
+    }
+
     /// Deploys `topology` into `tenant` as the admin, again and again while the pool
     /// cannot place it yet (nodes still joining), for up to 30 s; panics with the last
     /// answer if it never is.

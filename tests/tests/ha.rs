@@ -42,18 +42,10 @@ async fn get(server: &Server, path: &str) -> Option<serde_json::Value> {
 
 /// The `berth_allocator_leading` gauge of `server`'s metrics.
 async fn leading(server: &Server) -> Option<bool> {
-    let text = server
-        .http
-        .get(format!("{}/metrics", server.api))
-        .send()
+    server
+        .metric("berth_allocator_leading")
         .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("berth_allocator_leading "))
-        .map(|v| v.trim() == "1")
+        .map(|v| v == "1")
 }
 
 async fn node_states(server: &Server) -> BTreeMap<String, String> {

@@ -1041,22 +1041,8 @@ async fn the_servers_witness_catches_a_ledger_rewritten_in_the_database() {
 
 /// The witness's gauges in `server`'s metrics: (intact, anchored entry).
 async fn witness_gauges(server: &Server) -> (Option<String>, Option<String>) {
-    let text = server
-        .http
-        .get(format!("{}/metrics", server.api))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let gauge = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .map(|v| v.trim().to_owned())
-    };
     (
-        gauge("berth_ledger_witness_intact"),
-        gauge("berth_ledger_witness_anchored_entry"),
+        server.metric("berth_ledger_witness_intact").await,
+        server.metric("berth_ledger_witness_anchored_entry").await,
     )
 }
