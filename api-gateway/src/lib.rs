@@ -733,6 +733,20 @@ async fn apply(gw: &Gateway, tenant: String, topology: Topology) -> Result<HttpR
             problems.join("; "),
         ));
     }
+    // The pool's policy for the tenant, decided before anything is stored.
+    let refusals =
+        berth_protocol::topology::Policy::pool(&tenant, Default::default()).refusals(&topology);
+    if !refusals.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "refused_by_policy",
+            refusals
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ));
+    }
     let stored = match store_and_place(gw, &tenant, &topology).await? {
         Ok(stored) => stored,
         Err(refused) => return Err(refused.into()),

@@ -125,7 +125,14 @@ impl LocalPlane {
             .upsert_node(LOCAL_NODE, local_capacity(), &Default::default())
             .await
             .map_err(|e| state(e.to_string()))?;
-        let node = Reconciler::new(Arc::new(driver), ReconcileOptions::default());
+        let node = Reconciler::new(
+            Arc::new(driver),
+            ReconcileOptions {
+                // The user's own engine: whatever Compose runs.
+                policy: berth_protocol::topology::Policy::local(),
+                ..ReconcileOptions::default()
+            },
+        );
         Ok(Self {
             tenants,
             allocator,

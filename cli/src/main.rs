@@ -778,6 +778,30 @@ fn validate(cli: &Cli) -> Result<(), Failure> {
     let file = find_file(cli.file())?;
     match load_project(&file) {
         Ok(loaded) => {
+            // Against a pool, what its policy for the tenant would refuse, at each line.
+            let policy = match &cli.endpoint {
+                Some(_) => berth_protocol::topology::Policy::pool(&cli.tenant, Default::default()),
+                None => berth_protocol::topology::Policy::local(),
+            };
+            let refusals = loaded.refusals(&file.display().to_string(), &policy);
+            if !refusals.is_empty() {
+                if cli.json {
+                    print_json(&serde_json::json!({ "valid": false, "errors": refusals }));
+                } else {
+                    for refusal in &refusals {
+                        eprintln!("{refusal}");
+                    }
+                }
+                return Err(Failure {
+                    exit: Exit::Invalid,
+                    message: format!(
+                        "{} setting(s) in {} refused by the {} policy; nothing was changed",
+                        refusals.len(),
+                        file.display(),
+                        policy.name
+                    ),
+                });
+            }
             if cli.json {
                 print_json(
                     &serde_json::json!({ "valid": true, "name": loaded.topology.name, "warnings": loaded.warnings }),

@@ -107,11 +107,29 @@ fn variables(dir: &Path) -> Result<Variables, ProjectError> {
     };
     match parse_env_file(&text) {
         Ok(entries) => {
-            vars.fill_missing(entries.into_iter().filter_map(|e| match e {
-                EnvEntry::Value(k, v) => Some((k, v)),
-                EnvEntry::Inherit(_) => None,
-            }));
-            Ok(vars)
+            // Compose expands `${...}` in `.env` values too, in order: each value sees
+            // the environment and the entries above it.
+            let mut problems = Vec::new();
+            for entry in entries {
+                let EnvEntry::Value(k, v) = entry else {
+                    continue;
+                };
+                match berth_protocol::topology::interpolate(&v, &vars) {
+                    Ok(done) => vars.fill_missing([(k, done.value)]),
+                    Err(message) => problems.push(Diagnostic {
+                        file: dotenv.display().to_string(),
+                        line: 0,
+                        column: 1,
+                        path: k,
+                        message,
+                    }),
+                }
+            }
+            if problems.is_empty() {
+                Ok(vars)
+            } else {
+                Err(ProjectError::DotEnv { problems })
+            }
         }
         Err(problems) => Err(ProjectError::DotEnv {
             problems: problems

@@ -3,13 +3,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use berth_protocol::assignment::{Scope, TopologyRef, labels};
-use berth_protocol::topology::{Network, RestartPolicy};
+use berth_protocol::topology::{MountKind, Network, RestartPolicy};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, Mount, MountType,
-    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding,
-    RestartPolicy as DockerRestart, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, DeviceMapping, EndpointIpamConfig, EndpointSettings, HealthConfig,
+    HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Ipam, IpamConfig, Mount,
+    MountType as DockerMountType, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, ResourcesUlimits, RestartPolicy as DockerRestart, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -22,7 +24,7 @@ use crate::driver::{
     ContainerDriver, ContainerListing, ContainerStatus, DriverError, LogLine, LogStream,
 };
 use crate::plan::{ObservedContainer, ObservedObject};
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, NetworkAttachment};
 
 /// A Docker engine, reached through its local socket or `DOCKER_HOST`.
 #[derive(Clone, Debug)]
@@ -204,17 +206,70 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
             maximum_retry_count: max_retries.map(i64::from),
         },
     };
+    // Host paths go in `Binds`, which makes a missing source directory as Compose's
+    // short syntax does; the `Mounts` API would refuse it.
+    let binds: Vec<String> = spec
+        .mounts
+        .iter()
+        .filter(|m| m.kind == MountKind::Bind)
+        .filter_map(|m| {
+            let source = m.volume.as_ref()?;
+            let mode = if m.read_only { ":ro" } else { "" };
+            Some(format!("{source}:{}{mode}", m.target))
+        })
+        .collect();
     let mounts = spec
         .mounts
         .iter()
+        .filter(|m| m.kind != MountKind::Bind)
         .map(|m| Mount {
             target: Some(m.target.clone()),
             source: m.volume.clone(),
-            typ: Some(MountType::VOLUME),
+            typ: Some(match m.kind {
+                MountKind::Volume => DockerMountType::VOLUME,
+                MountKind::Bind => DockerMountType::BIND,
+                MountKind::Tmpfs => DockerMountType::TMPFS,
+            }),
             read_only: Some(m.read_only),
             ..Default::default()
         })
         .collect();
+    let e = &spec.engine;
+    let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let some_map = |m: &std::collections::BTreeMap<String, String>| {
+        (!m.is_empty()).then(|| m.clone().into_iter().collect::<HashMap<_, _>>())
+    };
+    let devices = (!e.devices.is_empty()).then(|| {
+        e.devices
+            .iter()
+            .map(|d| {
+                let mut parts = d.splitn(3, ':');
+                let host = parts.next().unwrap_or_default().to_owned();
+                let container = parts.next().map_or_else(|| host.clone(), str::to_owned);
+                let permissions = parts.next().unwrap_or("rwm").to_owned();
+                DeviceMapping {
+                    path_on_host: Some(host),
+                    path_in_container: Some(container),
+                    cgroup_permissions: Some(permissions),
+                }
+            })
+            .collect()
+    });
+    let tmpfs = (!e.tmpfs.is_empty()).then(|| {
+        e.tmpfs
+            .iter()
+            .map(|t| match t.split_once(':') {
+                Some((path, options)) => (path.to_owned(), options.to_owned()),
+                None => (t.clone(), String::new()),
+            })
+            .collect::<HashMap<_, _>>()
+    });
+    let mut extra_hosts = spec.extra_hosts.clone();
+    extra_hosts.extend(e.extra_hosts.iter().cloned());
+    let network_mode = match e.network_mode.as_deref() {
+        Some(mode) => Some(mode.to_owned()),
+        None => spec.networks.first().map(|n| n.network.clone()),
+    };
     let host_config = HostConfig {
         nano_cpus: spec.limits.cpu_millis.map(|m| {
             i64::try_from(m)
@@ -228,15 +283,73 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         port_bindings: Some(port_bindings),
         restart_policy: Some(restart),
         mounts: Some(mounts),
-        network_mode: spec.networks.first().map(|n| n.network.clone()),
+        binds: (!binds.is_empty()).then_some(binds),
+        network_mode,
         init: spec.init.then_some(true),
-        extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
+        extra_hosts: (!extra_hosts.is_empty()).then_some(extra_hosts),
+        privileged: e.privileged.then_some(true),
+        cap_add: some_vec(&e.cap_add),
+        cap_drop: some_vec(&e.cap_drop),
+        devices,
+        device_cgroup_rules: some_vec(&e.device_cgroup_rules),
+        pid_mode: e.pid.clone(),
+        ipc_mode: e.ipc.clone(),
+        uts_mode: e.uts.clone(),
+        userns_mode: e.userns_mode.clone(),
+        cgroupns_mode: e.cgroup.as_deref().map(|c| match c {
+            "host" => HostConfigCgroupnsModeEnum::HOST,
+            _ => HostConfigCgroupnsModeEnum::PRIVATE,
+        }),
+        cgroup_parent: e.cgroup_parent.clone(),
+        sysctls: some_map(&e.sysctls),
+        security_opt: some_vec(&e.security_opt),
+        dns: some_vec(&e.dns),
+        dns_search: some_vec(&e.dns_search),
+        dns_options: some_vec(&e.dns_opt),
+        readonly_rootfs: e.read_only.then_some(true),
+        tmpfs,
+        shm_size: e.shm_size.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+        ulimits: (!e.ulimits.is_empty()).then(|| {
+            e.ulimits
+                .iter()
+                .map(|(name, l)| ResourcesUlimits {
+                    name: Some(name.clone()),
+                    soft: Some(l.soft),
+                    hard: Some(l.hard),
+                })
+                .collect()
+        }),
+        pids_limit: e.pids_limit,
+        cpu_shares: e.cpu_shares,
+        cpu_quota: e.cpu_quota,
+        cpu_period: e.cpu_period,
+        cpuset_cpus: e.cpuset.clone(),
+        memory_reservation: e
+            .mem_reservation
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+        memory_swap: e.memswap_limit,
+        memory_swappiness: e.mem_swappiness,
+        oom_kill_disable: e.oom_kill_disable.then_some(true),
+        oom_score_adj: e.oom_score_adj,
+        log_config: e.logging.as_ref().map(|l| HostConfigLogConfig {
+            typ: l.driver.clone(),
+            config: some_map(&l.options),
+        }),
+        group_add: some_vec(&e.group_add),
+        annotations: some_map(&e.annotations),
+        volumes_from: some_vec(&e.volumes_from),
+        links: some_vec(&e.external_links),
+        runtime: e.runtime.clone(),
+        storage_opt: some_map(&e.storage_opt),
         ..Default::default()
     };
     // Engines before API 1.44 take one network at creation; the rest are connected
     // before the container starts.
     let networking_config = spec.networks.first().map(|n| NetworkingConfig {
-        endpoints_config: Some(HashMap::from([(n.network.clone(), endpoint(&n.aliases))])),
+        endpoints_config: Some(HashMap::from([(
+            n.network.clone(),
+            endpoint(n, e.mac_address.as_deref()),
+        )])),
     });
     ContainerCreateBody {
         image: Some(spec.image.clone()),
@@ -251,10 +364,14 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
             timeout: ms_to_ns(h.timeout_ms),
             retries: h.retries.map(i64::from),
             start_period: ms_to_ns(h.start_period_ms),
-            start_interval: None,
+            start_interval: ms_to_ns(h.start_interval_ms),
         }),
         working_dir: spec.working_dir.clone(),
         user: spec.user.clone(),
+        hostname: e.hostname.clone(),
+        domainname: e.domainname.clone(),
+        open_stdin: e.stdin_open.then_some(true),
+        tty: e.tty.then_some(true),
         stop_signal: spec.stop_signal.clone(),
         stop_timeout: spec
             .stop_timeout_s
@@ -265,9 +382,25 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
     }
 }
 
-fn endpoint(aliases: &[String]) -> EndpointSettings {
+fn endpoint(attachment: &NetworkAttachment, mac_address: Option<&str>) -> EndpointSettings {
+    let v4 = attachment
+        .addresses
+        .iter()
+        .find(|a| !a.contains(':'))
+        .cloned();
+    let v6 = attachment
+        .addresses
+        .iter()
+        .find(|a| a.contains(':'))
+        .cloned();
     EndpointSettings {
-        aliases: Some(aliases.to_vec()),
+        aliases: Some(attachment.aliases.clone()),
+        mac_address: mac_address.map(str::to_owned),
+        ipam_config: (v4.is_some() || v6.is_some()).then(|| EndpointIpamConfig {
+            ipv4_address: v4,
+            ipv6_address: v6,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -399,8 +532,25 @@ impl ContainerDriver for DockerDriver {
         let docker_name = self.scope.object_name(id, name);
         let request = NetworkCreateRequest {
             name: docker_name.clone(),
-            driver: Some("bridge".into()),
+            driver: Some(spec.driver.clone().unwrap_or_else(|| "bridge".into())),
             internal: Some(spec.internal),
+            enable_ipv6: spec.enable_ipv6.then_some(true),
+            options: (!spec.driver_opts.is_empty())
+                .then(|| spec.driver_opts.clone().into_iter().collect()),
+            ipam: (!spec.subnets.is_empty()).then(|| Ipam {
+                config: Some(
+                    spec.subnets
+                        .iter()
+                        .map(|s| IpamConfig {
+                            subnet: Some(s.subnet.clone()),
+                            gateway: s.gateway.clone(),
+                            ip_range: s.ip_range.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
             labels: Some(object_labels(
                 &self.scope,
                 id,
@@ -492,7 +642,7 @@ impl ContainerDriver for DockerDriver {
         for attachment in spec.networks.iter().skip(1) {
             let request = NetworkConnectRequest {
                 container: created.id.clone(),
-                endpoint_config: Some(endpoint(&attachment.aliases)),
+                endpoint_config: Some(endpoint(attachment, None)),
             };
             self.docker
                 .connect_network(&attachment.network, request)

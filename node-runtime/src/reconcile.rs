@@ -97,6 +97,24 @@ pub enum ReconcileError {
         /// (service, port) pairs.
         ports: Vec<(String, u16)>,
     },
+    /// Checked before any change: the node's policy forbids settings of the assignment.
+    #[error("this node's policy refuses {}: {}. Nothing was changed.",
+        if refusals.len() == 1 { "a setting" } else { "settings" },
+        refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Refused {
+        /// Each refused setting, with the policy that refuses it.
+        refusals: Vec<berth_protocol::topology::Refusal>,
+    },
+    /// Checked before any change: secrets or configs given as content, which the node
+    /// cannot place in a container yet.
+    #[error("{} from an environment variable or `content` cannot be placed in a container yet: {}; give {} a `file`. Nothing was changed.",
+        if names.len() == 1 { "a secret or config" } else { "secrets or configs" },
+        names.join(", "),
+        if names.len() == 1 { "it" } else { "them" })]
+    ContentFiles {
+        /// `service: name` for each.
+        names: Vec<String>,
+    },
     /// The engine failed before any change was made.
     #[error(transparent)]
     Driver(#[from] DriverError),
@@ -124,6 +142,9 @@ pub struct ReconcileOptions {
     /// Whether to check host ports by binding them first (only when the engine runs on
     /// this machine).
     pub check_host_ports: bool,
+    /// What this node lets a container do: checked before any container is created,
+    /// whatever the assignment asks. A pool node's default refuses what reaches the host.
+    pub policy: berth_protocol::topology::Policy,
 }
 
 impl Default for ReconcileOptions {
@@ -133,6 +154,7 @@ impl Default for ReconcileOptions {
             readiness_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_millis(200),
             check_host_ports: true,
+            policy: berth_protocol::topology::Policy::default(),
         }
     }
 }
@@ -183,6 +205,7 @@ impl<D: ContainerDriver> Reconciler<D> {
         assignment: &TopologyAssignment,
         events: Events,
     ) -> Result<Outcome, ReconcileError> {
+        self.permitted(assignment)?;
         let id = &assignment.id;
         let scope = self.driver.scope();
         let desired: Vec<ContainerSpec> = assignment
@@ -202,6 +225,8 @@ impl<D: ContainerDriver> Reconciler<D> {
         let network_hashes: BTreeMap<String, String> = assignment
             .networks
             .iter()
+            // An external network is the engine's: used by name, never made or removed.
+            .filter(|(_, spec)| spec.external.is_none())
             .map(|(n, spec)| (scope.object_name(id, n), hash_of(spec)))
             .collect();
         let networks = plan_objects(&network_hashes, &self.driver.list_networks(id).await?);
@@ -245,8 +270,9 @@ impl<D: ContainerDriver> Reconciler<D> {
         }
         let volume_names: BTreeMap<String, String> = assignment
             .volumes
-            .keys()
-            .map(|v| (scope.object_name(id, v), String::new()))
+            .iter()
+            .filter(|(_, spec)| spec.external.is_none())
+            .map(|(v, _)| (scope.object_name(id, v), String::new()))
             .collect();
         let volumes = plan_objects(&volume_names, &self.driver.list_volumes(id).await?);
         for name in &volumes.create {
@@ -318,6 +344,7 @@ impl<D: ContainerDriver> Reconciler<D> {
     /// Checks, without changing anything, that `assignment` could be applied: every image
     /// it needs is present and every host port a new container will publish is free.
     pub async fn preflight(&self, assignment: &TopologyAssignment) -> Result<(), ReconcileError> {
+        self.permitted(assignment)?;
         let desired: Vec<ContainerSpec> = assignment
             .slots
             .iter()
@@ -326,6 +353,36 @@ impl<D: ContainerDriver> Reconciler<D> {
         let observed = self.driver.list_containers(&assignment.id).await?;
         let plan = plan_containers(desired, observed.clone());
         self.check(&plan, &observed).await
+    }
+
+    /// The node's own policy over every service the assignment runs here, decided
+    /// before anything changes, whatever the allocator sent.
+    fn permitted(&self, assignment: &TopologyAssignment) -> Result<(), ReconcileError> {
+        let refusals: Vec<_> = assignment
+            .services
+            .iter()
+            .flat_map(|(name, service)| self.options.policy.service_refusals(name, service))
+            .collect();
+        if !refusals.is_empty() {
+            return Err(ReconcileError::Refused { refusals });
+        }
+        let names: Vec<String> = assignment
+            .services
+            .iter()
+            .flat_map(|(name, service)| {
+                service
+                    .files
+                    .iter()
+                    .filter(|f| {
+                        matches!(f.source, berth_protocol::topology::FileSource::Content(_))
+                    })
+                    .map(move |f| format!("{name}: {}", f.name))
+            })
+            .collect();
+        if !names.is_empty() {
+            return Err(ReconcileError::ContentFiles { names });
+        }
+        Ok(())
     }
 
     /// The checks of [`Self::preflight`] on a computed plan. Ports held by this

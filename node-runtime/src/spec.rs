@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use berth_protocol::assignment::{Scope, Slot, TopologyAssignment, TopologyRef, labels};
-use berth_protocol::topology::{Healthcheck, Limits, Network, PortMapping, RestartPolicy, Service};
+use berth_protocol::topology::{
+    EngineSettings, FileSource, Healthcheck, Limits, MountKind, Network, PortMapping,
+    RestartPolicy, Service,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -15,12 +18,17 @@ pub struct NetworkAttachment {
     pub network: String,
     /// DNS aliases on that network: the service name first, then declared aliases.
     pub aliases: Vec<String>,
+    /// Fixed addresses on that network (`ipv4_address`, `ipv6_address`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// A volume mount with the Docker volume resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Mount {
-    /// The Docker volume's name; `None` for an anonymous volume.
+    /// A volume, a host path or a tmpfs.
+    pub kind: MountKind,
+    /// The Docker volume's name (`None` for an anonymous volume), or the host path.
     pub volume: Option<String>,
     /// The path inside the container.
     pub target: String,
@@ -74,6 +82,9 @@ pub struct ContainerSpec {
     /// `NAME:host-gateway` for each service reached through a tunnel from this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_hosts: Vec<String>,
+    /// Settings that reach the host, already allowed by the target's policy.
+    #[serde(default, skip_serializing_if = "EngineSettings::is_empty")]
+    pub engine: EngineSettings,
     /// The hash of all of the above and of the specs of the networks joined.
     #[serde(skip)]
     pub config_hash: String,
@@ -114,23 +125,64 @@ impl ContainerSpec {
             .networks
             .iter()
             .map(|(name, attachment)| NetworkAttachment {
-                network: scope.object_name(id, name),
+                network: match assignment
+                    .networks
+                    .get(name)
+                    .and_then(|n| n.external.clone())
+                {
+                    Some(external) => external,
+                    None => scope.object_name(id, name),
+                },
                 aliases: std::iter::once(slot.service.clone())
                     .chain(attachment.aliases.iter().cloned())
+                    // `links: [db:database]` names `db` `database` too, as in Compose.
+                    .chain(service.engine.links.iter().filter_map(|l| {
+                        let (target, alias) = l.split_once(':')?;
+                        (target == slot.service).then(|| alias.to_owned())
+                    }))
                     .collect(),
+                addresses: service
+                    .engine
+                    .addresses
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_default(),
             })
             .collect();
         let mounts = service
             .volumes
             .iter()
             .map(|m| Mount {
-                volume: m.source.as_deref().map(|s| scope.object_name(id, s)),
+                kind: m.kind,
+                volume: match m.kind {
+                    MountKind::Volume => m.source.as_deref().map(|s| {
+                        match assignment.volumes.get(s).and_then(|v| v.external.clone()) {
+                            Some(external) => external,
+                            None => scope.object_name(id, s),
+                        }
+                    }),
+                    MountKind::Bind | MountKind::Tmpfs => m.source.clone(),
+                },
                 target: m.target.clone(),
                 read_only: m.read_only,
             })
+            // Secrets and configs from files are read-only bind mounts, as Compose
+            // mounts them outside Swarm.
+            .chain(service.files.iter().filter_map(|f| match &f.source {
+                FileSource::File(path) => Some(Mount {
+                    kind: MountKind::Bind,
+                    volume: Some(path.clone()),
+                    target: f.target.clone(),
+                    read_only: true,
+                }),
+                FileSource::Content(_) => None,
+            }))
             .collect();
         let mut spec = ContainerSpec {
-            name: scope.container_name(id, &slot.service, slot.replica),
+            name: match &service.engine.container_name {
+                Some(fixed) => fixed.clone(),
+                None => scope.container_name(id, &slot.service, slot.replica),
+            },
             service: slot.service.clone(),
             replica: slot.replica,
             image: service.image.clone(),
@@ -166,6 +218,7 @@ impl ContainerSpec {
                 hosts.dedup();
                 hosts
             },
+            engine: service.engine.clone(),
             config_hash: String::new(),
         };
         let joined: BTreeMap<&String, Option<&Network>> = service

@@ -4,12 +4,15 @@
 //! every problem found in it, each with file, line, column and field path.
 
 mod check;
+mod compose_tree;
 mod diagnostic;
+mod engine;
 mod env_file;
 mod graph;
 mod interpolate;
 mod model;
 pub mod node;
+pub mod policy;
 mod schema;
 pub mod units;
 mod validate;
@@ -20,6 +23,7 @@ pub use diagnostic::{Diagnostic, TopologyError};
 pub use env_file::{EnvEntry, EnvFileProblem, parse_env_file};
 pub use interpolate::{Interpolated, Variables, interpolate};
 pub use model::*;
+pub use policy::{Policy, Refusal};
 pub use schema::{FileReader, LocalFiles};
 
 use node::{Node, Value};
@@ -57,6 +61,46 @@ pub struct Loaded {
     pub topology: Topology,
     /// Things that work but deserve a word (an unset variable, an obsolete key).
     pub warnings: Vec<Diagnostic>,
+    /// Where each field path stands in the file, so that a refusal from elsewhere (a
+    /// pool's policy) can be shown at its line.
+    pub sites: std::collections::BTreeMap<String, node::Pos>,
+}
+
+impl Loaded {
+    /// The diagnostic of a policy's refusal, at the line of the field it names (or of
+    /// the nearest enclosing field).
+    pub fn locate(&self, file: &str, refusal: &Refusal) -> Diagnostic {
+        let mut path = refusal.path.as_str();
+        let pos = loop {
+            if let Some(pos) = self.sites.get(path) {
+                break *pos;
+            }
+            match path.rfind(['.', '[']) {
+                Some(i) => path = &path[..i],
+                None => break node::Pos::default(),
+            }
+        };
+        Diagnostic::new(
+            file,
+            pos,
+            &refusal.path,
+            refusal
+                .to_string()
+                .split_once(": ")
+                .map_or(refusal.to_string(), |(_, rest)| rest.to_owned()),
+        )
+    }
+
+    /// Every refusal of `policy` for this topology, at its line.
+    pub fn refusals(&self, file: &str, policy: &Policy) -> Vec<Diagnostic> {
+        let mut located: Vec<Diagnostic> = policy
+            .refusals(&self.topology)
+            .iter()
+            .map(|r| self.locate(file, r))
+            .collect();
+        located.sort_by_key(|d| (d.line, d.column));
+        located
+    }
 }
 
 /// Parses, interpolates, checks and normalises a topology file.
@@ -68,6 +112,7 @@ pub fn load(text: &str, options: &LoadOptions<'_>) -> Result<Loaded, TopologyErr
         files: options.files,
         errors: Vec::new(),
         warnings: Vec::new(),
+        sites: std::collections::BTreeMap::new(),
     };
     let mut root = match node::parse_yaml(text) {
         Ok(root) => root,
@@ -79,6 +124,15 @@ pub fn load(text: &str, options: &LoadOptions<'_>) -> Result<Loaded, TopologyErr
         }
     };
     interpolate_tree(&mut cx, &mut root, "");
+    let profiles: Vec<String> = options
+        .vars
+        .get("COMPOSE_PROFILES")
+        .unwrap_or_default()
+        .split(',')
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    compose_tree::prepare(&mut cx, &mut root, &profiles);
     let top = schema::top_level(&mut cx, &root);
     if let Some(top) = &top {
         validate::cross_check(&mut cx, top);
@@ -118,8 +172,19 @@ pub fn load(text: &str, options: &LoadOptions<'_>) -> Result<Loaded, TopologyErr
         }
     };
     let mut networks = top.networks;
-    let services: std::collections::BTreeMap<String, Service> =
+    let mut services: std::collections::BTreeMap<String, Service> =
         top.services.into_iter().map(|(k, (s, _))| (k, s)).collect();
+    let present: std::collections::BTreeSet<String> = services.keys().cloned().collect();
+    for (service_name, service) in services.iter_mut() {
+        // A service that is built and names no image gets Compose's name for it.
+        if service.image.is_empty() {
+            service.image = format!("{name}-{}", service_name.to_lowercase());
+        }
+        // `required: false` lets a service start without a dependency that is absent.
+        service
+            .depends_on
+            .retain(|dep, d| d.required || present.contains(dep));
+    }
     if services
         .values()
         .any(|s| s.networks.contains_key("default"))
@@ -134,6 +199,7 @@ pub fn load(text: &str, options: &LoadOptions<'_>) -> Result<Loaded, TopologyErr
             volumes: top.volumes,
         },
         warnings: cx.warnings,
+        sites: cx.sites,
     })
 }
 
@@ -151,7 +217,7 @@ pub fn normalize_name(raw: &str) -> String {
 
 /// Interpolates every string value (not keys), reporting errors where they stand and
 /// each unset variable once.
-fn interpolate_tree(cx: &mut Cx<'_>, node: &mut Node, path: &str) {
+pub(crate) fn interpolate_tree(cx: &mut Cx<'_>, node: &mut Node, path: &str) {
     match &mut node.value {
         Value::Str(s) if s.contains('$') => match interpolate(s, cx.vars) {
             Ok(done) => {

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::engine::*;
+
 /// A whole application: services, and the networks and volumes they share.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +91,16 @@ pub struct Service {
     /// where it starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
+    /// How the image is built from source, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    /// Secrets and configs made visible inside the containers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileMount>,
+    /// Settings that reach the host or the engine's shared names; a target's policy
+    /// decides which of them run.
+    #[serde(default, skip_serializing_if = "EngineSettings::is_empty")]
+    pub engine: EngineSettings,
 }
 
 /// Replicas between `min` and `max`, as many as keep each one's average CPU near
@@ -284,11 +296,28 @@ pub enum Condition {
 }
 
 /// One entry of `depends_on`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dependency {
     /// When the dependency counts as ready.
     pub condition: Condition,
+    /// Whether the dependent fails when the dependency is not in the topology
+    /// (`required: false` lets it start without).
+    #[serde(default = "required_default", skip_serializing_if = "Clone::clone")]
+    pub required: bool,
+}
+
+fn required_default() -> bool {
+    true
+}
+
+impl Default for Dependency {
+    fn default() -> Self {
+        Self {
+            condition: Condition::default(),
+            required: true,
+        }
+    }
 }
 
 /// A container healthcheck, in the form the engine takes.
@@ -309,6 +338,9 @@ pub struct Healthcheck {
     /// Grace period after start during which failures do not count, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_period_ms: Option<u64>,
+    /// Time between checks during the start period, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_interval_ms: Option<u64>,
 }
 
 impl Healthcheck {
@@ -360,6 +392,9 @@ pub enum RestartPolicy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeMount {
+    /// What is mounted: a named volume (the default), a host path or a tmpfs.
+    #[serde(default, skip_serializing_if = "MountKind::is_volume")]
+    pub kind: MountKind,
     /// The named volume (declared under top-level `volumes`); `None` for an anonymous one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -389,6 +424,35 @@ pub struct Network {
     /// Labels on the network.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// An existing network of the engine, used by name and never created or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
+    /// The driver (`bridge` unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// The driver's options.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// Address ranges, `SUBNET[ GATEWAY]` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<Subnet>,
+    /// IPv6 on the network.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable_ipv6: bool,
+}
+
+/// One address range of a network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subnet {
+    /// The range, `172.28.0.0/16`.
+    pub subnet: String,
+    /// The gateway's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The range containers are given addresses from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
 }
 
 /// A named volume of the topology.
@@ -398,4 +462,33 @@ pub struct Volume {
     /// Labels on the volume.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// An existing volume of the engine, used by name and never created or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
+    /// The driver (`local` unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// The driver's options.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+}
+
+/// What a [`VolumeMount`] mounts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountKind {
+    /// A named or anonymous volume of the topology.
+    #[default]
+    Volume,
+    /// A path of the host, made absolute against the project directory; `source` holds it.
+    Bind,
+    /// A tmpfs in memory.
+    Tmpfs,
+}
+
+impl MountKind {
+    /// Whether this is the default kind.
+    pub fn is_volume(&self) -> bool {
+        *self == MountKind::Volume
+    }
 }

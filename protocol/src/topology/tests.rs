@@ -38,6 +38,13 @@ fn load_with(
     )
 }
 
+fn topology(text: &str) -> Topology {
+    match load_with(text, &[("HOME", "/home/u")], &[]) {
+        Ok(l) => l.topology,
+        Err(e) => panic!("expected a topology, got {e}"),
+    }
+}
+
 fn errors(text: &str) -> Vec<String> {
     match load_with(text, &[], &[]) {
         Ok(l) => panic!("expected errors, got {:?}", l.topology),
@@ -162,6 +169,7 @@ fn a_full_file_normalises() {
     assert_eq!(
         web.volumes[0],
         VolumeMount {
+            kind: MountKind::Volume,
             source: Some("cache".into()),
             target: "/cache".into(),
             read_only: true
@@ -263,22 +271,39 @@ fn dependency_cycles_are_named() {
 }
 
 #[test]
-fn unsupported_compose_keys_say_why() {
-    let e = errors("services:\n  a:\n    image: x\n    build: .\n    privileged: true\n");
-    assert!(e[0].contains("`build` is not supported by Berth"), "{e:?}");
-    assert!(e[1].contains("isolation"), "{e:?}");
+fn host_reaching_keys_are_read_not_refused() {
+    // The format reads them everywhere; whether they run is the target's policy.
+    let t = topology(
+        "services:\n  a:\n    build: .\n    privileged: true\n    cap_add: [NET_ADMIN]\n    container_name: the-a\n",
+    );
+    let a = &t.services["a"];
+    assert!(a.engine.privileged);
+    assert_eq!(a.engine.cap_add, ["NET_ADMIN"]);
+    assert_eq!(a.engine.container_name.as_deref(), Some("the-a"));
+    assert_eq!(a.build.as_ref().map(|b| b.context.as_str()), Some("/proj"));
+    // A built service with no image gets Compose's name for it.
+    assert_eq!(a.image, "myproj-a");
 }
 
 #[test]
-fn bind_mounts_and_external_networks_are_refused() {
-    let e = errors(
-        "services:\n  a:\n    image: x\n    volumes: [\"./data:/data\"]\nnetworks:\n  n: {external: true}\n",
+fn bind_mounts_resolve_against_the_project_and_external_networks_by_name() {
+    let t = topology(
+        "services:\n  a:\n    image: x\n    volumes: [\"./data:/data:ro,z\", \"~/cache:/c\", \"../up:/u\"]\n    networks: [n]\nnetworks:\n  n: {external: true, name: shared}\n",
     );
-    assert!(e[0].contains("bind mounts are not supported"), "{e:?}");
-    assert!(
-        e[1].contains("external networks are not supported"),
-        "{e:?}"
+    let mounts: Vec<(MountKind, Option<&str>, bool)> = t.services["a"]
+        .volumes
+        .iter()
+        .map(|m| (m.kind, m.source.as_deref(), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            (MountKind::Bind, Some("/proj/data"), true),
+            (MountKind::Bind, Some("/home/u/cache"), false),
+            (MountKind::Bind, Some("/up"), false),
+        ]
     );
+    assert_eq!(t.networks["n"].external.as_deref(), Some("shared"));
 }
 
 #[test]
@@ -358,10 +383,11 @@ fn empty_and_non_mapping_documents() {
 
 #[test]
 fn reserved_labels_and_names() {
-    let e = errors("services:\n  Web: {image: x}\n  a: {image: x, labels: {berth.tenant: evil}}\n");
+    let e =
+        errors("services:\n  -web: {image: x}\n  a: {image: x, labels: {berth.tenant: evil}}\n");
     assert!(
         e.iter()
-            .any(|m| m.contains("\"Web\" cannot name a service")),
+            .any(|m| m.contains("\"-web\" cannot name a service")),
         "{e:?}"
     );
     assert!(e.iter().any(|m| m.contains("reserved for Berth")), "{e:?}");
@@ -530,5 +556,172 @@ fn autoscale_settings_are_read_and_checked_where_they_are_written() {
     assert!(
         problems[0].starts_with("services.web.autoscale.max (2) must be at least"),
         "{problems:?}"
+    );
+}
+
+// Legal Compose that was once misread or refused: each a regression test.
+
+#[test]
+fn legal_compose_keys_are_never_unknown() {
+    let t = topology(
+        "services:
+  API:
+    image: x
+    restart: unless-stopped
+    healthcheck: {test: [CMD, true], start_interval: 2s}
+    depends_on:
+      db: {condition: service_started, restart: true}
+    deploy:
+      restart_policy: {condition: on-failure, max_attempts: 3}
+      update_config: {parallelism: 1}
+      resources:
+        reservations: {memory: 64m}
+    volumes:
+      - type: volume
+        source: data
+        target: /d
+        volume: {nocopy: true}
+      - \"data:/e:Z\"
+    networks:
+      back: {ipv4_address: 172.28.0.5}
+  db:
+    image: x
+    deploy:
+      restart_policy: {condition: on-failure, max_attempts: 3}
+networks:
+  back:
+    name: back-net
+    ipam:
+      config: [{subnet: 172.28.0.0/16}]
+volumes:
+  data: {name: the-data}
+",
+    );
+    let api = &t.services["API"];
+    assert_eq!(api.restart, RestartPolicy::UnlessStopped);
+    assert_eq!(
+        api.healthcheck.as_ref().unwrap().start_interval_ms,
+        Some(2000)
+    );
+    assert_eq!(api.engine.mem_reservation, Some(64 * 1024 * 1024));
+    assert_eq!(api.engine.addresses["back"], ["172.28.0.5"]);
+    assert_eq!(t.networks["back"].subnets[0].subnet, "172.28.0.0/16");
+    assert_eq!(
+        t.services["db"].restart,
+        RestartPolicy::OnFailure {
+            max_retries: Some(3)
+        }
+    );
+}
+
+#[test]
+fn restart_false_duplicate_entries_and_an_empty_host_port_are_errors_as_in_compose() {
+    let e = errors("services:\n  a: {image: x, restart: false}\n");
+    assert!(e[0].contains("restart: \"no\""), "{e:?}");
+    let e = errors("services:\n  a: {image: x, environment: [A=1, A=1]}\n");
+    assert!(e[0].contains("listed twice"), "{e:?}");
+    let e = errors("services:\n  a: {image: x, ports: [\":80\"]}\n");
+    assert!(e[0].contains("empty host port"), "{e:?}");
+}
+
+#[test]
+fn extends_merges_the_base_under_the_service() {
+    let t = topology(
+        "services:
+  base:
+    image: x
+    environment: {A: \"1\", B: \"2\"}
+    ports: [\"80\"]
+  web:
+    extends: base
+    environment: [B=3]
+    ports: [\"81\"]
+    command: run
+",
+    );
+    let web = &t.services["web"];
+    assert_eq!(web.image, "x");
+    assert_eq!(web.environment["A"], "1");
+    assert_eq!(web.environment["B"], "3");
+    assert_eq!(web.ports.len(), 2);
+    assert_eq!(web.command.as_deref(), Some(&["run".to_owned()][..]));
+    let e = errors("services:\n  a: {image: x, extends: b}\n  b: {image: x, extends: a}\n");
+    assert!(e.iter().any(|m| m.contains("`extends` loops")), "{e:?}");
+}
+
+#[test]
+fn extends_and_include_read_other_files() {
+    let loaded = load_with(
+        "include: [more.yaml]\nservices:\n  web:\n    extends: {file: base.yaml, service: common}\n",
+        &[],
+        &[
+            ("base.yaml", "services:\n  common: {image: base-image, user: \"1000\"}\n"),
+            ("more.yaml", "services:\n  cache: {image: cache-image}\n"),
+        ],
+    )
+    .expect("loads");
+    let t = loaded.topology;
+    assert_eq!(t.services["web"].image, "base-image");
+    assert_eq!(t.services["web"].user.as_deref(), Some("1000"));
+    assert_eq!(t.services["cache"].image, "cache-image");
+}
+
+#[test]
+fn profiles_leave_out_inactive_services() {
+    let text = "services:\n  web: {image: x}\n  debug: {image: x, profiles: [dev]}\n";
+    let t = load_with(text, &[], &[]).unwrap().topology;
+    assert_eq!(t.services.keys().collect::<Vec<_>>(), ["web"]);
+    let t = load_with(text, &[("COMPOSE_PROFILES", "dev")], &[])
+        .unwrap()
+        .topology;
+    assert_eq!(t.services.keys().collect::<Vec<_>>(), ["debug", "web"]);
+}
+
+#[test]
+fn secrets_and_configs_become_files_in_the_container() {
+    let loaded = load_with(
+        "services:
+  a:
+    image: x
+    secrets: [token, {source: cfg, target: app.conf}]
+    configs: [motd]
+secrets:
+  token: {file: ./token.txt}
+  cfg: {environment: CFG}
+configs:
+  motd: {content: hello}
+",
+        &[("CFG", "secret-value")],
+        &[],
+    )
+    .expect("loads");
+    let files = &loaded.topology.services["a"].files;
+    let targets: Vec<&str> = files.iter().map(|f| f.target.as_str()).collect();
+    assert_eq!(
+        targets,
+        ["/run/secrets/token", "/run/secrets/app.conf", "/motd"]
+    );
+    assert_eq!(files[0].source, FileSource::File("/proj/token.txt".into()));
+}
+
+#[test]
+fn a_pool_refusal_is_shown_at_its_line() {
+    let loaded = load_with(
+        "services:\n  a:\n    image: x\n    cap_add:\n      - NET_ADMIN\n",
+        &[],
+        &[],
+    )
+    .unwrap();
+    let d = loaded.refusals("app.yaml", &Policy::pool("acme", Default::default()));
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].line, d[0].path.as_str()),
+        (5, "services.a.cap_add[0]")
+    );
+    let text = d[0].to_string();
+    assert!(text.starts_with("app.yaml:5:"), "{text}");
+    assert!(
+        text.contains("pool (tenant acme)") && text.contains("cap_add:NET_ADMIN"),
+        "{text}"
     );
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::model::{Condition, Protocol, Service};
+use super::model::{Condition, MountKind, Protocol, Service};
 use super::schema::{Cx, ServiceSites, TopLevel, join};
 
 pub(crate) fn cross_check(cx: &mut Cx<'_>, top: &TopLevel) {
@@ -29,7 +29,7 @@ fn references(
         let p = join(&join(path, "depends_on"), dep);
         if dep == name {
             cx.error(pos, &p, "a service cannot depend on itself");
-        } else if !top.declared_services.contains(dep) {
+        } else if !top.declared_services.contains(dep) && dependency.required {
             cx.error(
                 pos,
                 &p,
@@ -49,6 +49,32 @@ fn references(
             );
         }
     }
+    if let Some(mode) = &service.engine.network_mode {
+        let p = join(path, "network_mode");
+        if !service.networks.is_empty() {
+            cx.error(
+                sites.replicas,
+                &p,
+                "`network_mode` and `networks` cannot both be set: a container in another's network joins no network of its own",
+            );
+        }
+        if let Some(other) = mode.strip_prefix("service:")
+            && !top.declared_services.contains(other)
+        {
+            cx.error(
+                sites.replicas,
+                &p,
+                format!("network_mode names service {other:?}, which is not a service of this topology{}", known(&top.declared_services)),
+            );
+        }
+    }
+    if service.engine.container_name.is_some() && service.replicas > 1 {
+        cx.error(
+            sites.replicas,
+            &join(path, "container_name"),
+            format!("a fixed container_name allows one replica, but the service asks for {}: leave container_name out to scale", service.replicas),
+        );
+    }
     for network in service.networks.keys() {
         if network != "default" && !top.networks.contains_key(network) {
             let pos = sites.networks.get(network).copied().unwrap_or_default();
@@ -64,7 +90,8 @@ fn references(
         }
     }
     for (i, mount) in service.volumes.iter().enumerate() {
-        if let Some(source) = &mount.source
+        if mount.kind == MountKind::Volume
+            && let Some(source) = &mount.source
             && !top.volumes.contains_key(source)
         {
             let pos = sites.volumes.get(i).copied().unwrap_or_default();

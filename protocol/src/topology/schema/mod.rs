@@ -15,6 +15,13 @@ use super::model::*;
 use super::node::{Node, Pos, Value};
 use super::units;
 
+mod engine;
+mod files;
+mod volumes;
+
+use engine::{ENGINE_KEYS, engine_key, inert_service_key};
+use volumes::{network_of, service_networks_of, volume_mount_of, volume_of};
+
 /// Reads the files a topology refers to (`env_file`), so the schema stays free of I/O.
 pub trait FileReader {
     /// The text of the file at `path`.
@@ -39,6 +46,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) files: &'a dyn FileReader,
     pub(crate) errors: Vec<Diagnostic>,
     pub(crate) warnings: Vec<Diagnostic>,
+    /// Where each field read stands, by path.
+    pub(crate) sites: BTreeMap<String, Pos>,
 }
 
 impl Cx<'_> {
@@ -84,6 +93,7 @@ impl Cx<'_> {
                 continue;
             };
             if known.contains(&name.as_str()) {
+                self.sites.insert(join(path, name), key.pos);
                 out.push((name.as_str(), value));
             } else if extensions && name.starts_with("x-") && name != "x-berth" {
                 // Extension fields hold anchors for reuse; Compose ignores them too.
@@ -183,7 +193,12 @@ impl Cx<'_> {
 
     fn seq<'n>(&mut self, node: &'n Node, path: &str) -> &'n [Node] {
         match &node.value {
-            Value::Seq(items) => items,
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.sites.insert(format!("{path}[{i}]"), item.pos);
+                }
+                items
+            }
             _ => {
                 self.expected(node, path, "a list");
                 &[]
@@ -245,11 +260,20 @@ impl Cx<'_> {
                 }
             }
             Value::Seq(items) => {
+                let mut seen = BTreeSet::new();
                 for (i, item) in items.iter().enumerate() {
                     let item_path = format!("{path}[{i}]");
                     let Some(text) = self.string(item, &item_path) else {
                         continue;
                     };
+                    if !seen.insert(text.clone()) {
+                        self.error(
+                            item.pos,
+                            &item_path,
+                            format!("{text:?} is listed twice: list items must be unique"),
+                        );
+                        continue;
+                    }
                     match text.split_once('=') {
                         Some((k, v)) if !k.is_empty() => {
                             out.insert(k.to_owned(), v.to_owned());
@@ -282,64 +306,7 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// Service keys of the Compose format that Berth refuses, with the reason.
-fn unsupported_service_key(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "build" | "develop" => {
-            "Berth runs images that already exist; build the image first and name it in `image`"
-        }
-        "container_name" | "hostname" | "domainname" => {
-            "Berth names containers itself so replicas and tenants never collide; other services reach this one by its service name"
-        }
-        "privileged"
-        | "cap_add"
-        | "cap_drop"
-        | "security_opt"
-        | "devices"
-        | "device_cgroup_rules"
-        | "network_mode"
-        | "pid"
-        | "ipc"
-        | "uts"
-        | "userns_mode"
-        | "cgroup"
-        | "cgroup_parent"
-        | "sysctls"
-        | "gpus"
-        | "isolation"
-        | "volumes_from" => "it would break the isolation Berth keeps between services and tenants",
-        "cpus" | "cpu_count" | "cpu_percent" | "cpu_shares" | "cpu_quota" | "cpu_period"
-        | "cpuset" | "mem_limit" | "memswap_limit" | "mem_reservation" | "mem_swappiness"
-        | "pids_limit" | "cpu_rt_runtime" | "cpu_rt_period" | "blkio_config" | "shm_size"
-        | "ulimits" | "oom_kill_disable" | "oom_score_adj" | "storage_opt" => {
-            "set resources with `deploy.resources.limits.cpus` and `deploy.resources.limits.memory`"
-        }
-        "scale" => "use `deploy.replicas`",
-        "links" | "external_links" => {
-            "services reach each other by service name on their networks; use `depends_on` for start order"
-        }
-        "extends" | "profiles" | "configs" | "secrets" | "logging" | "extra_hosts" | "dns"
-        | "dns_opt" | "dns_search" | "tmpfs" | "tty" | "stdin_open" | "read_only" | "platform"
-        | "pull_policy" | "attach" | "annotations" | "group_add" | "mac_address"
-        | "credential_spec" | "post_start" | "pre_stop" | "label_file" | "models" | "provider"
-        | "use_api_socket" | "runtime" => "Berth does not support this key yet",
-        _ => return None,
-    })
-}
-
-fn unknown_key_message(path: &str, key: &str, known: &[&str]) -> String {
-    let is_service = path.starts_with("services.") && path.matches('.').count() == 1;
-    if is_service && let Some(reason) = unsupported_service_key(key) {
-        return format!("`{key}` is not supported by Berth: {reason}");
-    }
-    if path.is_empty() {
-        match key {
-            "configs" | "secrets" | "include" | "models" => {
-                return format!("`{key}` is not supported by Berth yet");
-            }
-            _ => {}
-        }
-    }
+fn unknown_key_message(_path: &str, key: &str, known: &[&str]) -> String {
     let close = known
         .iter()
         .filter(|k| edit_distance(k, key) <= 2)
@@ -368,17 +335,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// Whether `name` may name a service, network or volume: lower-case letters, digits,
-/// `-`, `_` and `.`, starting with a letter or digit, at most 63 characters (a DNS label).
+/// Whether `name` may name a service, network or volume as Compose allows: letters,
+/// digits, `-`, `_` and `.`, starting with a letter or digit, at most 63 characters (a
+/// DNS label).
 pub(crate) fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     name.len() <= 63
-        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-const NAME_RULE: &str = "use lower-case letters, digits, '-', '_' and '.', starting with a letter or digit (at most 63)";
+const NAME_RULE: &str =
+    "use letters, digits, '-', '_' and '.', starting with a letter or digit (at most 63)";
 
 /// The top level of the file.
 pub(crate) struct TopLevel {
@@ -387,6 +355,7 @@ pub(crate) struct TopLevel {
     pub(crate) declared_services: BTreeSet<String>,
     pub(crate) networks: BTreeMap<String, Network>,
     pub(crate) volumes: BTreeMap<String, Volume>,
+    pub(crate) files: files::Definitions,
 }
 
 /// Where the parts of a service stand, for the cross-checks that run after the schema.
@@ -397,6 +366,10 @@ pub(crate) struct ServiceSites {
     pub(crate) volumes: Vec<Pos>,
     pub(crate) ports: Vec<Pos>,
     pub(crate) replicas: Pos,
+    /// The secrets and configs the service names, resolved once all are read.
+    pub(crate) files: Vec<files::Reference>,
+    /// Whether `image` was given (a service with `build` may leave it out).
+    pub(crate) image_given: bool,
 }
 
 pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
@@ -412,7 +385,8 @@ pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
         root,
         "",
         &[
-            "name", "version", "services", "networks", "volumes", "x-berth",
+            "name", "version", "services", "networks", "volumes", "secrets", "configs", "include",
+            "models", "x-berth",
         ],
         true,
     );
@@ -422,6 +396,7 @@ pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
         declared_services: BTreeSet::new(),
         networks: BTreeMap::new(),
         volumes: BTreeMap::new(),
+        files: files::Definitions::default(),
     };
     let mut saw_services = false;
     for (key, value) in fields {
@@ -456,7 +431,7 @@ pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
                         continue;
                     }
                     top.networks
-                        .insert(name.to_owned(), network_of(cx, node, &path));
+                        .insert(name.to_owned(), network_of(cx, node, &path, name));
                 }
             }
             "volumes" => {
@@ -471,15 +446,31 @@ pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
                         continue;
                     }
                     top.volumes
-                        .insert(name.to_owned(), volume_of(cx, node, &path));
+                        .insert(name.to_owned(), volume_of(cx, node, &path, name));
                 }
             }
+            "secrets" | "configs" => {
+                let kind = if key == "secrets" {
+                    FileKind::Secret
+                } else {
+                    FileKind::Config
+                };
+                files::definitions_of(cx, value, key, kind, &mut top.files);
+            }
+            // Merged into the tree before the schema reads it.
+            "include" => {}
+            "models" => cx.warn(
+                value.pos,
+                "models",
+                "`models` is read but has no effect: Berth does not run AI models",
+            ),
             "x-berth" => {
                 cx.fields(value, "x-berth", &[], false);
             }
             _ => unreachable!("fields() returns only known keys"),
         }
     }
+    files::resolve(cx, &mut top);
     if !saw_services {
         cx.error(
             root.pos,
@@ -491,7 +482,7 @@ pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
 }
 
 pub(crate) fn valid_topology_name(name: &str) -> bool {
-    valid_name(name) && !name.contains('.')
+    valid_name(name) && !name.contains('.') && !name.chars().any(|c| c.is_ascii_uppercase())
 }
 
 fn services_of(cx: &mut Cx<'_>, node: &Node, top: &mut TopLevel) {
@@ -542,8 +533,43 @@ const SERVICE_KEYS: &[&str] = &[
     "init",
     "stop_signal",
     "stop_grace_period",
+    "build",
+    "secrets",
+    "configs",
+    "profiles",
+    "extends",
+    "scale",
     "x-berth",
 ];
+
+/// Every key a service may have: the portable core, the engine's, and the inert ones.
+fn service_keys() -> Vec<&'static str> {
+    const INERT: &[&str] = &[
+        "develop",
+        "attach",
+        "credential_spec",
+        "isolation",
+        "post_start",
+        "pre_stop",
+        "label_file",
+        "models",
+        "provider",
+        "use_api_socket",
+        "gpus",
+        "cpu_count",
+        "cpu_percent",
+        "cpu_rt_runtime",
+        "cpu_rt_period",
+        "blkio_config",
+        "pull_refresh_after",
+    ];
+    SERVICE_KEYS
+        .iter()
+        .chain(ENGINE_KEYS)
+        .chain(INERT)
+        .copied()
+        .collect()
+}
 
 fn service_of(
     cx: &mut Cx<'_>,
@@ -551,7 +577,7 @@ fn service_of(
     key_pos: Pos,
     path: &str,
 ) -> Option<(Service, ServiceSites)> {
-    let fields = cx.fields(node, path, SERVICE_KEYS, true);
+    let fields = cx.fields(node, path, &service_keys(), true);
     if !matches!(node.value, Value::Map(_)) {
         return None;
     }
@@ -582,7 +608,12 @@ fn service_of(
         stop_grace_period_ms: None,
         constraints: Vec::new(),
         autoscale: None,
+        build: None,
+        files: Vec::new(),
+        engine: EngineSettings::default(),
     };
+    let mut restart_given = false;
+    let mut deploy_restart = None;
     let mut env_files = BTreeMap::new();
     let mut autoscale_at = None;
     let mut networks_given = false;
@@ -622,8 +653,24 @@ fn service_of(
             }
             "depends_on" => service.depends_on = depends_on_of(cx, value, &p, &mut sites),
             "healthcheck" => service.healthcheck = healthcheck_of(cx, value, &p),
-            "deploy" => deploy_of(cx, value, &p, &mut service, &mut sites),
-            "restart" => service.restart = restart_of(cx, value, &p).unwrap_or_default(),
+            "deploy" => deploy_restart = deploy_of(cx, value, &p, &mut service, &mut sites),
+            "restart" => {
+                restart_given = true;
+                service.restart = restart_of(cx, value, &p).unwrap_or_default();
+            }
+            "build" => service.build = files::build_of(cx, value, &p),
+            "secrets" => files::references_of(cx, value, &p, FileKind::Secret, &mut sites),
+            "configs" => files::references_of(cx, value, &p, FileKind::Config, &mut sites),
+            // Applied to the tree before the schema reads it; checked for form here.
+            "profiles" => {
+                engine::strings(cx, value, &p);
+            }
+            "extends" => {}
+            "scale" => {
+                if let Some(r) = cx.int(value, &p, 0, 10_000) {
+                    service.replicas = r as u32;
+                }
+            }
             "labels" => {
                 service.labels = cx.key_values(value, &p, false);
                 for key in service.labels.keys() {
@@ -646,7 +693,8 @@ fn service_of(
             }
             "networks" => {
                 networks_given = true;
-                service.networks = service_networks_of(cx, value, &p, &mut sites);
+                service.networks =
+                    service_networks_of(cx, value, &p, &mut sites, &mut service.engine);
             }
             "working_dir" => {
                 service.working_dir = cx.non_empty_string(value, &p);
@@ -697,8 +745,21 @@ fn service_of(
                     service.autoscale = autoscale_of(cx, value, &ap);
                 }
             }
-            _ => unreachable!("fields() returns only known keys"),
+            other => {
+                if let Some(reason) = inert_service_key(other) {
+                    cx.warn(
+                        value.pos,
+                        &p,
+                        format!("`{other}` is read but has no effect: {reason}"),
+                    );
+                } else if !engine_key(cx, other, value, &p, &mut service) {
+                    unreachable!("fields() returns only known keys")
+                }
+            }
         }
+    }
+    if !restart_given && let Some(restart) = deploy_restart {
+        service.restart = restart;
     }
     if let (Some(autoscale), Some((pos, ap))) = (&service.autoscale, autoscale_at) {
         // The bounds themselves were checked as they were read.
@@ -715,7 +776,7 @@ fn service_of(
             );
         }
     }
-    if !networks_given {
+    if !networks_given && service.engine.network_mode.is_none() {
         service
             .networks
             .insert("default".to_owned(), ServiceNetwork::default());
@@ -725,13 +786,18 @@ fn service_of(
         service.environment.entry(k).or_insert(v);
     }
     match image {
-        Some(image) => service.image = image,
+        Some(image) => {
+            sites.image_given = true;
+            service.image = image;
+        }
+        // Named `PROJECT-SERVICE` once the project's name is known, as Compose does.
+        None if service.build.is_some() => {}
         None => {
             if !cx.errors.iter().any(|d| d.path == join(path, "image")) {
                 cx.error(
                     key_pos,
                     &join(path, "image"),
-                    "every service needs an `image`",
+                    "every service needs an `image` or a `build`",
                 );
             }
             return None;
@@ -921,6 +987,11 @@ fn parse_short_port(text: &str) -> Result<Vec<PortMapping>, String> {
         return Err(format!("{ip:?} in {text:?} is not an IP address"));
     }
     let targets = parse_port_range(target)?;
+    if published == Some("") && host_ip.is_none() {
+        return Err(format!(
+            "{text:?} has an empty host port before ':' (an unset variable?): write \"{target}\" to publish on any port"
+        ));
+    }
     let published = match published {
         None | Some("") => None,
         Some(p) => Some(parse_port_range(p)?),
@@ -1056,8 +1127,22 @@ fn depends_on_of(
                 let p = join(path, name);
                 let mut dependency = Dependency::default();
                 if body.value != Value::Null {
-                    for (key, value) in cx.fields(body, &p, &["condition"], false) {
+                    for (key, value) in
+                        cx.fields(body, &p, &["condition", "restart", "required"], true)
+                    {
                         let cp = join(&p, key);
+                        if key == "required" {
+                            dependency.required = cx.bool(value, &cp).unwrap_or(true);
+                            continue;
+                        }
+                        if key == "restart" {
+                            // Restarting dependents is a `docker compose restart`
+                            // concern; `berth up` replaces what changed.
+                            if !matches!(value.value, Value::Bool(_)) {
+                                cx.string(value, &cp);
+                            }
+                            continue;
+                        }
                         match cx.string(value, &cp).as_deref() {
                             Some("service_started") => dependency.condition = Condition::ServiceStarted,
                             Some("service_healthy") => dependency.condition = Condition::ServiceHealthy,
@@ -1088,9 +1173,10 @@ fn healthcheck_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Healthchec
             "timeout",
             "retries",
             "start_period",
+            "start_interval",
             "disable",
         ],
-        false,
+        true,
     );
     let mut check = Healthcheck {
         test: Vec::new(),
@@ -1098,6 +1184,7 @@ fn healthcheck_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Healthchec
         timeout_ms: None,
         retries: None,
         start_period_ms: None,
+        start_interval_ms: None,
     };
     let mut disable = false;
     for (key, value) in fields {
@@ -1124,6 +1211,7 @@ fn healthcheck_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Healthchec
             "interval" => check.interval_ms = duration(cx),
             "timeout" => check.timeout_ms = duration(cx),
             "start_period" => check.start_period_ms = duration(cx),
+            "start_interval" => check.start_interval_ms = duration(cx),
             "retries" => {
                 check.retries = cx.int(value, &p, 0, i64::from(u32::MAX)).map(|r| r as u32)
             }
@@ -1217,10 +1305,48 @@ fn deploy_of(
     path: &str,
     service: &mut Service,
     sites: &mut ServiceSites,
-) {
-    for (key, value) in cx.fields(node, path, &["replicas", "resources", "placement"], false) {
+) -> Option<RestartPolicy> {
+    let mut restart = None;
+    let keys = [
+        "mode",
+        "endpoint_mode",
+        "replicas",
+        "labels",
+        "rollback_config",
+        "update_config",
+        "resources",
+        "restart_policy",
+        "placement",
+    ];
+    for (key, value) in cx.fields(node, path, &keys, true) {
         let p = join(path, key);
         match key {
+            "mode" => match cx.string(value, &p).as_deref() {
+                Some("replicated") | None => {}
+                Some("global") => cx.error(
+                    value.pos,
+                    &p,
+                    "`mode: global` (one replica on every node) is not supported yet: set `deploy.replicas`",
+                ),
+                Some(other) => cx.error(
+                    value.pos,
+                    &p,
+                    format!("unknown mode {other:?}: use replicated"),
+                ),
+            },
+            "endpoint_mode" | "rollback_config" | "update_config" => cx.warn(
+                value.pos,
+                &p,
+                format!("`deploy.{key}` is read but has no effect: Berth replaces replicas one service at a time, starting each new copy before stopping the old"),
+            ),
+            "labels" => {
+                // Swarm puts these on the service object, which Berth does not have;
+                // they are kept on each container with the service's own labels.
+                for (k, v) in cx.key_values(value, &p, false) {
+                    service.labels.entry(k).or_insert(v);
+                }
+            }
+            "restart_policy" => restart = deploy_restart_of(cx, value, &p),
             "replicas" => {
                 sites.replicas = value.pos;
                 if let Some(r) = cx.int(value, &p, 0, 10_000) {
@@ -1228,11 +1354,32 @@ fn deploy_of(
                 }
             }
             "resources" => {
-                for (key, value) in cx.fields(value, &p, &["limits"], false) {
+                for (key, value) in cx.fields(value, &p, &["limits", "reservations"], true) {
                     let lp = join(&p, key);
-                    for (key, value) in cx.fields(value, &lp, &["cpus", "memory"], false) {
+                    let reservation = key == "reservations";
+                    let keys: &[&str] = if reservation {
+                        &["cpus", "memory", "generic_resources", "devices"]
+                    } else {
+                        &["cpus", "memory", "pids"]
+                    };
+                    for (key, value) in cx.fields(value, &lp, keys, true) {
                         let vp = join(&lp, key);
+                        if reservation {
+                            // The engine has no CPU reservation; memory is a soft limit.
+                            match key {
+                                "memory" => {
+                                    service.engine.mem_reservation = engine::bytes(cx, value, &vp)
+                                }
+                                _ => cx.warn(
+                                    value.pos,
+                                    &vp,
+                                    format!("`{key}` reservations are read but not reserved: placement counts limits"),
+                                ),
+                            }
+                            continue;
+                        }
                         match key {
+                            "pids" => service.engine.pids_limit = cx.int(value, &vp, -1, i64::MAX),
                             "cpus" => {
                                 let parsed = match &value.value {
                                     Value::Float(x) => units::cpus_to_millis(*x),
@@ -1269,8 +1416,21 @@ fn deploy_of(
                 }
             }
             "placement" => {
-                for (key, value) in cx.fields(value, &p, &["constraints"], false) {
+                for (key, value) in cx.fields(
+                    value,
+                    &p,
+                    &["constraints", "preferences", "max_replicas_per_node"],
+                    true,
+                ) {
                     let cp = join(&p, key);
+                    if key != "constraints" {
+                        cx.warn(
+                            value.pos,
+                            &cp,
+                            format!("`{key}` is read but has no effect: the allocator spreads replicas across nodes by load"),
+                        );
+                        continue;
+                    }
                     let Value::Seq(items) = &value.value else {
                         cx.expected(value, &cp, "a list of constraints");
                         continue;
@@ -1290,12 +1450,55 @@ fn deploy_of(
             _ => unreachable!("fields() returns only known keys"),
         }
     }
+    restart
+}
+
+/// `deploy.restart_policy`, which Compose applies when `restart` is not given.
+fn deploy_restart_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<RestartPolicy> {
+    let mut condition = "any".to_owned();
+    let mut max_retries = None;
+    for (key, value) in cx.fields(
+        node,
+        path,
+        &["condition", "delay", "max_attempts", "window"],
+        true,
+    ) {
+        let p = join(path, key);
+        match key {
+            "condition" => condition = cx.string(value, &p).unwrap_or(condition),
+            "max_attempts" => {
+                max_retries = cx.int(value, &p, 0, i64::from(u32::MAX)).map(|n| n as u32)
+            }
+            _ => cx.warn(
+                value.pos,
+                &p,
+                format!("`{key}` is read but has no effect: the engine restarts at once"),
+            ),
+        }
+    }
+    match condition.as_str() {
+        "none" => Some(RestartPolicy::No),
+        "on-failure" => Some(RestartPolicy::OnFailure { max_retries }),
+        "any" => Some(RestartPolicy::Always),
+        other => {
+            cx.error(
+                node.pos,
+                &join(path, "condition"),
+                format!("unknown condition {other:?}: use none, on-failure or any"),
+            );
+            None
+        }
+    }
 }
 
 fn restart_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<RestartPolicy> {
-    // `restart: no` unquoted is the boolean false in YAML 1.1 parsers; accept both.
-    if node.value == Value::Bool(false) {
-        return Some(RestartPolicy::No);
+    if let Value::Bool(b) = node.value {
+        cx.error(
+            node.pos,
+            path,
+            format!("expected a string, found the boolean {b}: write restart: \"no\" (quoted), always, on-failure or unless-stopped"),
+        );
+        return None;
     }
     let text = cx.string(node, path)?;
     Some(match text.as_str() {
@@ -1313,236 +1516,6 @@ fn restart_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<RestartPolicy>
             }
         },
     })
-}
-
-fn volume_mount_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<VolumeMount> {
-    const BIND: &str = "bind mounts are not supported: the same topology runs on remote machines where the host path does not exist; use a named volume";
-    match &node.value {
-        Value::Str(text) => {
-            let parts: Vec<&str> = text.split(':').collect();
-            let (source, target, mode) = match parts.as_slice() {
-                [target] => (None, *target, None),
-                [source, target] => (Some(*source), *target, None),
-                [source, target, mode] => (Some(*source), *target, Some(*mode)),
-                _ => {
-                    cx.error(node.pos, path, format!("{text:?} is not a volume such as \"data:/var/lib/data\" or \"data:/var/lib/data:ro\""));
-                    return None;
-                }
-            };
-            if let Some(s) = source
-                && (s.starts_with(['/', '.', '~']) || s.contains('/'))
-            {
-                cx.error(node.pos, path, BIND);
-                return None;
-            }
-            let read_only = match mode {
-                None | Some("rw") => false,
-                Some("ro") => true,
-                Some(other) => {
-                    cx.error(
-                        node.pos,
-                        path,
-                        format!("unknown volume mode {other:?}: use ro or rw"),
-                    );
-                    return None;
-                }
-            };
-            if !target.starts_with('/') {
-                cx.error(
-                    node.pos,
-                    path,
-                    format!("the target {target:?} must be an absolute path inside the container"),
-                );
-                return None;
-            }
-            Some(VolumeMount {
-                source: source.map(str::to_owned),
-                target: target.to_owned(),
-                read_only,
-            })
-        }
-        Value::Map(_) => {
-            let mut mount = VolumeMount {
-                source: None,
-                target: String::new(),
-                read_only: false,
-            };
-            let mut ok = true;
-            for (key, value) in cx.fields(
-                node,
-                path,
-                &["type", "source", "target", "read_only"],
-                false,
-            ) {
-                let p = join(path, key);
-                match key {
-                    "type" => match cx.string(value, &p).as_deref() {
-                        Some("volume") => {}
-                        Some("bind") => {
-                            cx.error(value.pos, &p, BIND);
-                            ok = false;
-                        }
-                        Some(other) => {
-                            cx.error(
-                                value.pos,
-                                &p,
-                                format!("volume type {other:?} is not supported: use volume"),
-                            );
-                            ok = false;
-                        }
-                        None => ok = false,
-                    },
-                    "source" => mount.source = cx.non_empty_string(value, &p),
-                    "target" => mount.target = cx.non_empty_string(value, &p).unwrap_or_default(),
-                    "read_only" => mount.read_only = cx.bool(value, &p).unwrap_or(false),
-                    _ => unreachable!("fields() returns only known keys"),
-                }
-            }
-            if mount.target.is_empty() {
-                cx.error(
-                    node.pos,
-                    &join(path, "target"),
-                    "a volume needs a `target` (an absolute path inside the container)",
-                );
-                ok = false;
-            } else if !mount.target.starts_with('/') {
-                cx.error(
-                    node.pos,
-                    &join(path, "target"),
-                    format!("the target {:?} must be an absolute path", mount.target),
-                );
-                ok = false;
-            }
-            ok.then_some(mount)
-        }
-        _ => {
-            cx.expected(
-                node,
-                path,
-                "a volume such as \"data:/var/lib/data\" or a mapping",
-            );
-            None
-        }
-    }
-}
-
-fn service_networks_of(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    path: &str,
-    sites: &mut ServiceSites,
-) -> BTreeMap<String, ServiceNetwork> {
-    let mut out = BTreeMap::new();
-    match &node.value {
-        Value::Seq(items) => {
-            for (i, item) in items.iter().enumerate() {
-                if let Some(name) = cx.non_empty_string(item, &format!("{path}[{i}]")) {
-                    sites.networks.insert(name.clone(), item.pos);
-                    out.insert(name, ServiceNetwork::default());
-                }
-            }
-        }
-        Value::Map(_) => {
-            for (name, pos, body) in cx.named(node, path) {
-                let p = join(path, name);
-                let mut network = ServiceNetwork::default();
-                if body.value != Value::Null {
-                    for (key, value) in cx.fields(body, &p, &["aliases"], false) {
-                        let ap = join(&p, key);
-                        for (i, alias) in cx.seq(value, &ap).iter().enumerate() {
-                            let item_path = format!("{ap}[{i}]");
-                            match cx.non_empty_string(alias, &item_path) {
-                                Some(a) if valid_name(&a) => network.aliases.push(a),
-                                Some(a) => cx.error(
-                                    alias.pos,
-                                    &item_path,
-                                    format!("{a:?} cannot be a host name: {NAME_RULE}"),
-                                ),
-                                None => {}
-                            }
-                        }
-                    }
-                }
-                sites.networks.insert(name.to_owned(), pos);
-                out.insert(name.to_owned(), network);
-            }
-        }
-        _ => cx.expected(node, path, "a list of network names or a mapping"),
-    }
-    if out.is_empty() && cx.errors.is_empty() {
-        cx.error(
-            node.pos,
-            path,
-            "a service must join at least one network (leave `networks` out to join `default`)",
-        );
-    }
-    out
-}
-
-fn network_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Network {
-    let mut network = Network::default();
-    if node.value == Value::Null {
-        return network;
-    }
-    for (key, value) in cx.fields(
-        node,
-        path,
-        &["driver", "internal", "labels", "external"],
-        true,
-    ) {
-        let p = join(path, key);
-        match key {
-            "driver" => match cx.string(value, &p).as_deref() {
-                Some("bridge") | None => {}
-                Some(other) => cx.error(
-                    value.pos,
-                    &p,
-                    format!(
-                        "network driver {other:?} is not supported: Berth creates bridge networks"
-                    ),
-                ),
-            },
-            "internal" => network.internal = cx.bool(value, &p).unwrap_or(false),
-            "labels" => network.labels = cx.key_values(value, &p, false),
-            "external" => {
-                if cx.bool(value, &p) == Some(true) {
-                    cx.error(value.pos, &p, "external networks are not supported: a topology's networks belong to it alone, so tenants never share one");
-                }
-            }
-            _ => unreachable!("fields() returns only known keys"),
-        }
-    }
-    network
-}
-
-fn volume_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Volume {
-    let mut volume = Volume::default();
-    if node.value == Value::Null {
-        return volume;
-    }
-    for (key, value) in cx.fields(node, path, &["driver", "labels", "external"], true) {
-        let p = join(path, key);
-        match key {
-            "driver" => match cx.string(value, &p).as_deref() {
-                Some("local") | None => {}
-                Some(other) => cx.error(
-                    value.pos,
-                    &p,
-                    format!(
-                        "volume driver {other:?} is not supported: Berth creates local volumes"
-                    ),
-                ),
-            },
-            "labels" => volume.labels = cx.key_values(value, &p, false),
-            "external" => {
-                if cx.bool(value, &p) == Some(true) {
-                    cx.error(value.pos, &p, "external volumes are not supported: a topology's volumes belong to it alone");
-                }
-            }
-            _ => unreachable!("fields() returns only known keys"),
-        }
-    }
-    volume
 }
 
 #[cfg(test)]
@@ -1580,7 +1553,9 @@ mod tests {
     fn names() {
         assert!(valid_name("web"));
         assert!(valid_name("web-1.x_y"));
-        assert!(!valid_name("Web"));
+        // Compose allows upper case in service, network and volume names.
+        assert!(valid_name("Web"));
+        assert!(!valid_topology_name("Web"));
         assert!(!valid_name("-web"));
         assert!(!valid_name(""));
         assert!(!valid_name(&"a".repeat(64)));
@@ -1590,7 +1565,7 @@ mod tests {
     fn suggestions_for_typos() {
         let m = unknown_key_message("services.web", "imgae", SERVICE_KEYS);
         assert!(m.contains("did you mean `image`"), "{m}");
-        let m = unknown_key_message("services.web", "build", SERVICE_KEYS);
-        assert!(m.contains("not supported by Berth"), "{m}");
+        let m = unknown_key_message("services.web", "priviledged", &service_keys());
+        assert!(m.contains("did you mean `privileged`"), "{m}");
     }
 }
