@@ -7,8 +7,7 @@ use std::path::Path;
 use berth_protocol::topology::{LoadOptions, LocalFiles, Variables, load};
 
 fn schema() -> serde_json::Value {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compose-spec/compose-spec.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compose-spec/compose-spec.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("the Compose schema at {}: {e}", path.display()));
     serde_json::from_str(&text).expect("the schema is JSON")

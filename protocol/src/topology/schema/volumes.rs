@@ -344,6 +344,14 @@ fn external_of(
     }
 }
 
+/// The `name:` among an object's fields, read first because `external` defaults to it.
+fn name_field(cx: &mut Cx<'_>, fields: &[(&str, &Node)], path: &str) -> Option<String> {
+    fields
+        .iter()
+        .find(|(k, _)| *k == "name")
+        .and_then(|(_, v)| cx.non_empty_string(v, &join(path, "name")))
+}
+
 pub(super) fn network_of(cx: &mut Cx<'_>, node: &Node, path: &str, key_name: &str) -> Network {
     let mut network = Network::default();
     if node.value == Value::Null {
@@ -362,10 +370,7 @@ pub(super) fn network_of(cx: &mut Cx<'_>, node: &Node, path: &str, key_name: &st
         "labels",
     ];
     let fields = cx.fields(node, path, &keys, true);
-    let name = fields
-        .iter()
-        .find(|(k, _)| *k == "name")
-        .and_then(|(_, v)| cx.non_empty_string(v, &join(path, "name")));
+    let name = name_field(cx, &fields, path);
     for (key, value) in fields {
         let p = join(path, key);
         match key {
@@ -429,10 +434,7 @@ pub(super) fn volume_of(cx: &mut Cx<'_>, node: &Node, path: &str, key_name: &str
         &["name", "driver", "driver_opts", "external", "labels"],
         true,
     );
-    let name = fields
-        .iter()
-        .find(|(k, _)| *k == "name")
-        .and_then(|(_, v)| cx.non_empty_string(v, &join(path, "name")));
+    let name = name_field(cx, &fields, path);
     for (key, value) in fields {
         let p = join(path, key);
         match key {
