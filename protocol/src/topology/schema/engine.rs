@@ -12,23 +12,41 @@ use super::{Cx, join};
 
 /// Keys Compose defines that are read and have no effect on what Berth runs, with why.
 /// They are accepted with a warning so that a file runs as it is.
+pub(super) const INERT_KEYS: &[(&str, &str)] = &[
+    (
+        "develop",
+        "Berth has no watch mode; `develop` is for `docker compose watch`",
+    ),
+    ("attach", "`berth logs` shows every service's output"),
+    ("credential_spec", "it applies to Windows containers only"),
+    ("isolation", "it applies to Windows containers only"),
+    ("post_start", "lifecycle hooks are not run yet"),
+    ("pre_stop", "lifecycle hooks are not run yet"),
+    (
+        "label_file",
+        "labels from files are not read yet; use `labels`",
+    ),
+    ("models", "AI models and providers are not run by Berth"),
+    ("provider", "AI models and providers are not run by Berth"),
+    (
+        "use_api_socket",
+        "the engine's socket is not handed to containers",
+    ),
+    ("gpus", "no GPU is assigned to containers yet"),
+    ("cpu_count", "it applies to Windows containers only"),
+    ("cpu_percent", "it applies to Windows containers only"),
+    ("cpu_rt_runtime", "real-time scheduling is not set yet"),
+    ("cpu_rt_period", "real-time scheduling is not set yet"),
+    ("blkio_config", "block I/O weights are not set yet"),
+    ("pull_refresh_after", "images are not refreshed on a timer"),
+];
+
+/// Why an inert key has no effect; `None` if `key` is not one.
 pub(super) fn inert_service_key(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "develop" => "Berth has no watch mode; `develop` is for `docker compose watch`",
-        "attach" => "`berth logs` shows every service's output",
-        "credential_spec" => "it applies to Windows containers only",
-        "isolation" => "it applies to Windows containers only",
-        "post_start" | "pre_stop" => "lifecycle hooks are not run yet",
-        "label_file" => "labels from files are not read yet; use `labels`",
-        "models" | "provider" => "AI models and providers are not run by Berth",
-        "use_api_socket" => "the engine's socket is not handed to containers",
-        "gpus" => "no GPU is assigned to containers yet",
-        "cpu_count" | "cpu_percent" => "they apply to Windows containers only",
-        "cpu_rt_runtime" | "cpu_rt_period" => "real-time scheduling is not set yet",
-        "blkio_config" => "block I/O weights are not set yet",
-        "pull_refresh_after" => "images are not refreshed on a timer",
-        _ => return None,
-    })
+    INERT_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, why)| *why)
 }
 
 /// All the engine keys of a service, for the schema's list of allowed keys.

@@ -19,7 +19,7 @@ mod engine;
 mod files;
 mod volumes;
 
-use engine::{ENGINE_KEYS, engine_key, inert_service_key};
+use engine::{ENGINE_KEYS, INERT_KEYS, engine_key, inert_service_key};
 use volumes::{network_of, service_networks_of, volume_mount_of, volume_of};
 
 /// Reads the files a topology refers to (`env_file`), so the schema stays free of I/O.
@@ -98,7 +98,7 @@ impl Cx<'_> {
             } else if extensions && name.starts_with("x-") && name != "x-berth" {
                 // Extension fields hold anchors for reuse; Compose ignores them too.
             } else {
-                let message = unknown_key_message(path, name, known);
+                let message = unknown_key_message(name, known);
                 self.error(key.pos, &join(path, name), message);
             }
         }
@@ -306,7 +306,7 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn unknown_key_message(_path: &str, key: &str, known: &[&str]) -> String {
+fn unknown_key_message(key: &str, known: &[&str]) -> String {
     let close = known
         .iter()
         .filter(|k| edit_distance(k, key) <= 2)
@@ -544,30 +544,11 @@ const SERVICE_KEYS: &[&str] = &[
 
 /// Every key a service may have: the portable core, the engine's, and the inert ones.
 fn service_keys() -> Vec<&'static str> {
-    const INERT: &[&str] = &[
-        "develop",
-        "attach",
-        "credential_spec",
-        "isolation",
-        "post_start",
-        "pre_stop",
-        "label_file",
-        "models",
-        "provider",
-        "use_api_socket",
-        "gpus",
-        "cpu_count",
-        "cpu_percent",
-        "cpu_rt_runtime",
-        "cpu_rt_period",
-        "blkio_config",
-        "pull_refresh_after",
-    ];
     SERVICE_KEYS
         .iter()
         .chain(ENGINE_KEYS)
-        .chain(INERT)
         .copied()
+        .chain(INERT_KEYS.iter().map(|(k, _)| *k))
         .collect()
 }
 
@@ -1563,9 +1544,9 @@ mod tests {
 
     #[test]
     fn suggestions_for_typos() {
-        let m = unknown_key_message("services.web", "imgae", SERVICE_KEYS);
+        let m = unknown_key_message("imgae", SERVICE_KEYS);
         assert!(m.contains("did you mean `image`"), "{m}");
-        let m = unknown_key_message("services.web", "priviledged", &service_keys());
+        let m = unknown_key_message("priviledged", &service_keys());
         assert!(m.contains("did you mean `privileged`"), "{m}");
     }
 }
