@@ -32,6 +32,30 @@ pub mod quota {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// What the admin allowed each tenant beyond the pool's default policy.
+pub mod tenant_policy {
+    use sea_orm::entity::prelude::*;
+
+    /// One tenant's allowances.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenant_policies")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// The allowances, `KEY` or `KEY:VALUE`, one a line, sorted.
+        pub allow: String,
+        /// When they were last set, Unix milliseconds.
+        pub updated_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// The node pool, with capacity and what is reserved on each node.
 pub mod node {
     use sea_orm::entity::prelude::*;

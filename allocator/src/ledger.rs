@@ -43,6 +43,8 @@ pub enum EntryKind {
     Decision,
     /// A root key was introduced or retired.
     RootKey,
+    /// A tenant's policy was changed by an admin.
+    Policy,
 }
 
 impl EntryKind {
@@ -55,6 +57,7 @@ impl EntryKind {
             Self::Revoked => "revoked",
             Self::Decision => "decision",
             Self::RootKey => "root-key",
+            Self::Policy => "policy",
         }
     }
 }

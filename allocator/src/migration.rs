@@ -6,7 +6,7 @@ use sea_orm_migration::prelude::*;
 
 use crate::entity::{
     assignment, audit_entry, join_token, lingering, node, node_identity, placement, quota,
-    replica_event, replica_status, revocation,
+    replica_event, replica_status, revocation, tenant_policy,
 };
 
 /// The allocator's migrations.
@@ -26,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(ReplicaEvents),
             Box::new(NodeLoadIndex),
             Box::new(LingeringSlots),
+            Box::new(TenantPolicies),
         ]
     }
 
@@ -381,5 +382,30 @@ impl MigrationTrait for LingeringSlots {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// What an admin allowed each tenant beyond the pool's default policy.
+#[derive(Debug)]
+struct TenantPolicies;
+
+impl MigrationName for TenantPolicies {
+    fn name(&self) -> &str {
+        "m20261202_000010_allocator_tenant_policies"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for TenantPolicies {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(tenant_policy::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
     }
 }

@@ -13,7 +13,9 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use crate::entity::{assignment, node, placement, quota, replica_event, replica_status};
+use crate::entity::{
+    assignment, node, placement, quota, replica_event, replica_status, tenant_policy,
+};
 use crate::placement::{NodeView, Placed, PlacementError, Want, place};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 
@@ -181,6 +183,61 @@ impl Allocator {
             .await?
             .ok_or_else(|| AllocatorError::UnknownTenant(tenant.to_owned()))?;
         Ok(quota_parts(&row))
+    }
+
+    /// Sets what `tenant` may use beyond the pool's default policy (allowances in the
+    /// vocabulary of [`berth_protocol::topology::policy::GOVERNED`], already checked),
+    /// and wakes every node stream, since running replicas are judged by it again.
+    pub async fn set_allowances(
+        &self,
+        tenant: &str,
+        allow: &BTreeSet<String>,
+        now_ms: i64,
+    ) -> Result<(), AllocatorError> {
+        let row = tenant_policy::ActiveModel {
+            tenant: Set(tenant.to_owned()),
+            allow: Set(allow.iter().cloned().collect::<Vec<_>>().join("\n")),
+            updated_at_ms: Set(now_ms),
+        };
+        tenant_policy::Entity::insert(row)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(tenant_policy::Column::Tenant)
+                    .update_columns([
+                        tenant_policy::Column::Allow,
+                        tenant_policy::Column::UpdatedAtMs,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// What `tenant` may use beyond the pool's default policy.
+    pub async fn allowances(&self, tenant: &str) -> Result<BTreeSet<String>, AllocatorError> {
+        Ok(tenant_policy::Entity::find_by_id(tenant.to_owned())
+            .one(&self.db)
+            .await?
+            .map(|row| {
+                row.allow
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The pool's policy for `tenant`: the default with the admin's allowances.
+    pub async fn policy(
+        &self,
+        tenant: &str,
+    ) -> Result<berth_protocol::topology::Policy, AllocatorError> {
+        Ok(berth_protocol::topology::Policy::pool(
+            tenant,
+            self.allowances(tenant).await?,
+        ))
     }
 
     /// Registers a node (or updates its capacity and labels), keeping what is reserved
@@ -704,6 +761,7 @@ impl Allocator {
             let refs: Vec<&Placed> = placed.iter().collect();
             let mut assignment = assignment_of(&id, row.revision as u64, &topology, &refs);
             assignment.trace = row.traceparent;
+            assignment.allow = self.allowances(&id.tenant).await?;
             out.push(assignment);
         }
         Ok(out)
@@ -730,12 +788,9 @@ impl Allocator {
             .filter(|p| p.node == node_name)
             .collect();
         let refs: Vec<&Placed> = placed.iter().collect();
-        Ok(Some(assignment_of(
-            id,
-            row.revision as u64,
-            &topology,
-            &refs,
-        )))
+        let mut assignment = assignment_of(id, row.revision as u64, &topology, &refs);
+        assignment.allow = self.allowances(&id.tenant).await?;
+        Ok(Some(assignment))
     }
 }
 
@@ -783,6 +838,7 @@ pub fn assignment_of(
     TopologyAssignment {
         trace: None,
         links: Vec::new(),
+        allow: BTreeSet::new(),
         id: id.clone(),
         revision,
         services,

@@ -24,7 +24,7 @@ use berth_allocator::node_api::NodeApi;
 use berth_allocator::{Allocator, AllocatorError, Drained, Limit, NodeInfo, NodeState, Resources};
 use berth_protocol::assignment::TopologyRef;
 use berth_protocol::capability::{self, Denied, Operation, Role};
-use berth_protocol::topology::Topology;
+use berth_protocol::topology::{Policy, Refusal, Topology};
 use berth_tenant_service::{LoginError, TenantError, TenantService};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -36,6 +36,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    refusals: Vec<Refusal>,
 }
 
 impl ApiError {
@@ -44,6 +45,24 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            refusals: Vec::new(),
+        }
+    }
+
+    /// 422 `refused_by_policy`: each setting the tenant's policy refuses.
+    fn refused(refusals: Vec<Refusal>) -> Self {
+        let message = refusals
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        Self {
+            refusals,
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "refused_by_policy",
+                message,
+            )
         }
     }
 
@@ -59,11 +78,16 @@ impl ApiError {
 /// The JSON body of every error.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// A stable code: `bad_request`, `invalid_topology`, `unauthenticated`, `not_found`,
-    /// `quota_exceeded`, `no_capacity`, `conflict`, `internal`.
+    /// A stable code: `bad_request`, `invalid_topology`, `refused_by_policy`,
+    /// `unauthenticated`, `not_found`, `quota_exceeded`, `no_capacity`, `conflict`,
+    /// `internal`.
     pub code: String,
     /// What is wrong, in words a user can act on.
     pub message: String,
+    /// With `refused_by_policy`: each refused setting, by field path, so that a client
+    /// can name the line of its own file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<Refusal>,
 }
 
 impl ResponseError for ApiError {
@@ -75,6 +99,7 @@ impl ResponseError for ApiError {
         HttpResponse::build(self.status).json(ErrorBody {
             code: self.code.to_owned(),
             message: self.message.clone(),
+            refusals: self.refusals.clone(),
         })
     }
 }
@@ -327,6 +352,8 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/tenants/{tenant}/users", web::post().to(create_user))
                     .route("/tenants/{tenant}/quota", web::put().to(set_quota))
                     .route("/tenants/{tenant}/quota", web::get().to(get_quota))
+                    .route("/tenants/{tenant}/policy", web::put().to(set_policy))
+                    .route("/tenants/{tenant}/policy", web::get().to(get_policy))
                     .route("/join-tokens", web::post().to(create_join_token))
                     .route("/nodes", web::get().to(list_nodes))
                     .route("/audit/entries", web::get().to(audit::entries))
@@ -546,6 +573,136 @@ async fn get_quota(
     Ok(HttpResponse::Ok().json(QuotaView { limit, used }))
 }
 
+/// A tenant's policy: what its topologies may use beyond the pool's default.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    /// Allowances, `KEY` (every value) or `KEY:VALUE`: `cap_add:NET_ADMIN`,
+    /// `privileged`, `bind_mount:/srv/shared`. An empty list is the default policy.
+    pub allow: Vec<String>,
+}
+
+/// A tenant's policy as the API shows it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyView {
+    /// The policy's name, as refusals print it.
+    pub name: String,
+    /// The allowances beyond the default, sorted.
+    pub allow: Vec<String>,
+    /// Every setting an allowance may name.
+    pub governed: Vec<String>,
+}
+
+/// The most allowances one tenant's policy holds.
+const MOST_ALLOWANCES: usize = 256;
+
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}/policy",
+    tag = "tenants",
+    request_body = PolicyBody,
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+    ),
+    responses(
+        (status = 200, description = "The policy now in force; the change is in the audit ledger", body = PolicyView),
+        (status = 400, description = "An allowance names no setting a policy governs", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn set_policy(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    tenant: web::Path<String>,
+    body: web::Json<PolicyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let authorized = gw
+        .authorize(&request, Operation::Administer, &tenant, None)
+        .await?;
+    let body = body.into_inner();
+    if body.allow.len() > MOST_ALLOWANCES {
+        return Err(ApiError::bad_request(format!(
+            "{} allowances given; a policy holds at most {MOST_ALLOWANCES}",
+            body.allow.len()
+        )));
+    }
+    let allow = body
+        .allow
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            berth_protocol::topology::policy::parse_allowance(a)
+                .map_err(|e| ApiError::bad_request(format!("allow[{i}]: {e}")))
+        })
+        .collect::<Result<std::collections::BTreeSet<String>, _>>()?;
+    gw.tenants.ensure_known(&tenant).await?;
+    let before = gw.allocator.allowances(&tenant).await?;
+    if before != allow {
+        let list = |set: &std::collections::BTreeSet<String>| {
+            if set.is_empty() {
+                "(the default)".to_owned()
+            } else {
+                set.iter().cloned().collect::<Vec<_>>().join(", ")
+            }
+        };
+        // Recorded first: a change the ledger cannot hold is not made.
+        gw.ledger
+            .append(
+                berth_allocator::ledger::NewEntry {
+                    kind: berth_allocator::ledger::EntryKind::Policy,
+                    actor: format!("{}/{}", authorized.session.tenant, authorized.session.user),
+                    tenant: tenant.to_string(),
+                    subject: "policy".to_owned(),
+                    detail: format!("allow: {}\nwas: {}", list(&allow), list(&before)),
+                    revocation_ids: Vec::new(),
+                },
+                now_ms(),
+            )
+            .await?;
+        gw.allocator
+            .set_allowances(&tenant, &allow, now_ms())
+            .await?;
+    }
+    get_policy(gw, request, tenant).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/policy",
+    tag = "tenants",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+    ),
+    responses(
+        (status = 200, description = "The tenant's policy", body = PolicyView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_policy(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    tenant: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&request, Operation::Read, &tenant, None)
+        .await?;
+    gw.tenants.ensure_known(&tenant).await?;
+    let policy = gw.allocator.policy(&tenant).await?;
+    Ok(HttpResponse::Ok().json(PolicyView {
+        name: policy.name,
+        allow: policy.allow.into_iter().collect(),
+        governed: berth_protocol::topology::policy::GOVERNED
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect(),
+    }))
+}
+
 /// `POST /v1/join-tokens`.
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -663,9 +820,10 @@ pub struct ReplicaView {
     params(
         ("tenant" = String, Path, description = "The tenant"),
         ("name" = String, Path, description = "The topology"),
+        DeployQuery,
     ),
     responses(
-        (status = 200, description = "Placed: the revision and where each replica went", body = Deployed),
+        (status = 200, description = "Placed: the revision and where each replica went (with `dry_run`: a `DryRun`, and nothing changed)", body = Deployed),
         (status = 400, description = "The request is malformed", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "The token does not allow this", body = ErrorBody),
@@ -679,6 +837,7 @@ async fn deploy(
     gw: web::Data<Gateway>,
     request: HttpRequest,
     path: web::Path<(String, String)>,
+    query: web::Query<DeployQuery>,
     body: web::Json<Topology>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, name) = path.into_inner();
@@ -691,7 +850,68 @@ async fn deploy(
             topology.name
         )));
     }
+    if query.dry_run {
+        return dry_run(&gw, &tenant, &topology).await;
+    }
     apply(&gw, tenant, topology).await
+}
+
+/// The query of a deploy.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeployQuery {
+    /// Check the topology against the rules and the tenant's policy and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to a deploy with `dry_run`: it would be accepted.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DryRun {
+    /// The policy it was checked against (`pool (tenant acme)`).
+    pub policy: String,
+    /// The revision in force now, if the topology is deployed.
+    pub current_revision: Option<u64>,
+    /// Whether the deploy would store a new revision.
+    pub changed: bool,
+}
+
+/// The checks a deploy makes before it stores anything: the topology's rules, then the
+/// tenant's policy. Cheap, and the same for a dry run and a deploy.
+async fn admissible(gw: &Gateway, tenant: &str, topology: &Topology) -> Result<Policy, ApiError> {
+    let problems = topology.problems();
+    if !problems.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_topology",
+            problems.join("; "),
+        ));
+    }
+    let policy = gw.allocator.policy(tenant).await?;
+    let refusals = policy.refusals(topology);
+    if !refusals.is_empty() {
+        return Err(ApiError::refused(refusals));
+    }
+    Ok(policy)
+}
+
+async fn dry_run(
+    gw: &Gateway,
+    tenant: &str,
+    topology: &Topology,
+) -> Result<HttpResponse, ApiError> {
+    gw.tenants.ensure_known(tenant).await?;
+    let policy = admissible(gw, tenant, topology).await?;
+    let current = match gw.tenants.current(tenant, &topology.name).await {
+        Ok(current) => Some(current),
+        Err(berth_tenant_service::TenantError::UnknownTopology { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(HttpResponse::Ok().json(DryRun {
+        policy: policy.name,
+        current_revision: current.as_ref().map(|c| c.revision),
+        changed: current.is_none_or(|c| &c.topology != topology),
+    }))
 }
 
 /// Checks, stores and places a topology, answering with where its replicas went.
@@ -725,28 +945,8 @@ pub(crate) async fn store_and_place(
 }
 
 async fn apply(gw: &Gateway, tenant: String, topology: Topology) -> Result<HttpResponse, ApiError> {
-    let problems = topology.problems();
-    if !problems.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_topology",
-            problems.join("; "),
-        ));
-    }
-    // The pool's policy for the tenant, decided before anything is stored.
-    let refusals =
-        berth_protocol::topology::Policy::pool(&tenant, Default::default()).refusals(&topology);
-    if !refusals.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "refused_by_policy",
-            refusals
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ));
-    }
+    // The rules and the tenant's policy, decided before anything is stored.
+    admissible(gw, &tenant, &topology).await?;
     let stored = match store_and_place(gw, &tenant, &topology).await? {
         Ok(stored) => stored,
         Err(refused) => return Err(refused.into()),
@@ -1380,12 +1580,13 @@ impl utoipa::ToSchema for TopologyBody {}
     ),
     paths(
         healthz, readyz, login, session, create_tenant, list_tenants, create_user, set_quota, get_quota,
+        set_policy, get_policy,
         create_join_token, list_nodes, cordon, uncordon, drain, list_topologies, deploy,
         status, spec, events, remove, scale, logs, audit::entries, audit::verify, audit::explain,
         audit::revoke, audit::graph, audit::decision, audit::root_keys,
         audit::rotate_root_key, audit::retire_root_key,
     ),
-    components(schemas(TopologyBody, NodeInfo, Drained)),
+    components(schemas(TopologyBody, NodeInfo, Drained, DryRun)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -54,6 +54,9 @@ pub(crate) enum LocalError {
     /// Applying failed part way.
     #[error(transparent)]
     Apply(ReconcileError),
+    /// Building a service's image failed; nothing was deployed.
+    #[error(transparent)]
+    Build(berth_node_runtime::build::BuildError),
 }
 
 impl From<TenantError> for LocalError {
@@ -247,6 +250,44 @@ impl LocalPlane {
             .into_iter()
             .filter(|c| name.is_none_or(|n| c.topology.topology == n))
             .collect())
+    }
+
+    /// Builds the images of the services with a `build` section: those named in
+    /// `only` (every one if empty), and of those only the ones whose image is absent
+    /// unless `always`. Calls `output` with each line of each build. Returns the
+    /// services built.
+    pub(crate) async fn build(
+        &self,
+        topology: &Topology,
+        only: &[String],
+        always: bool,
+        mut output: impl FnMut(&str, &str),
+    ) -> Result<Vec<String>, LocalError> {
+        let driver = self.node.driver();
+        let mut built = Vec::new();
+        for (name, service) in &topology.services {
+            let Some(build) = &service.build else {
+                continue;
+            };
+            if !only.is_empty() && !only.contains(name) {
+                continue;
+            }
+            if !always
+                && driver
+                    .missing_images(std::slice::from_ref(&service.image))
+                    .await
+                    .map_err(LocalError::Docker)?
+                    .is_empty()
+            {
+                continue;
+            }
+            driver
+                .build(name, &service.image, build, |line| output(name, line))
+                .await
+                .map_err(LocalError::Build)?;
+            built.push(name.clone());
+        }
+        Ok(built)
     }
 
     /// The Docker driver, for logs.

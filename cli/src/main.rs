@@ -69,6 +69,18 @@ enum Command {
         /// Return once everything is up instead of following the logs.
         #[arg(short = 'd', long)]
         detach: bool,
+        /// Build every service with a `build` section first, even if its image is
+        /// there (without it, only absent images are built).
+        #[arg(long)]
+        build: bool,
+    },
+    /// Build the images of the services with a `build` section (the named services,
+    /// or all), through the engine's build API.
+    Build {
+        #[command(flatten)]
+        file: FileArg,
+        /// Services to build (all with a `build` section if none).
+        services: Vec<String>,
     },
     /// Set how many replicas services run, `berth scale web=3 api=2`: locally the
     /// file's topology is brought up with those counts; against a pool the deployed
@@ -133,6 +145,10 @@ enum Command {
     /// Manage a tenant's quota (admin, with --endpoint).
     #[command(subcommand)]
     Quota(QuotaCommand),
+    /// Manage what a tenant's topologies may use beyond the pool's default policy
+    /// (admin, with --endpoint).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Manage users (admin, with --endpoint).
     #[command(subcommand)]
     User(UserCommand),
@@ -277,6 +293,7 @@ impl Cli {
             | Command::Scale { file, .. }
             | Command::Ps { file, .. }
             | Command::Validate { file }
+            | Command::Build { file, .. }
             | Command::Config { file } => file.file.as_deref(),
             Command::Logs { file, .. } => file.as_deref(),
             Command::Server { .. }
@@ -284,6 +301,7 @@ impl Cli {
             | Command::Login { .. }
             | Command::Tenant(_)
             | Command::Quota(_)
+            | Command::Policy(_)
             | Command::User(_)
             | Command::Node(_)
             | Command::Audit(_)
@@ -409,6 +427,25 @@ enum QuotaCommand {
         quota: QuotaArgs,
     },
     /// Show a tenant's quota and what it uses.
+    Show {
+        /// The tenant.
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Set what a tenant may use beyond the default, replacing what it had: each
+    /// `--allow KEY` or `--allow KEY:VALUE` (`cap_add:NET_ADMIN`); none restores the
+    /// default. The change is recorded in the audit ledger.
+    Set {
+        /// The tenant.
+        tenant: String,
+        /// An allowance (repeatable).
+        #[arg(long)]
+        allow: Vec<String>,
+    },
+    /// Show a tenant's policy and the settings an allowance may name.
     Show {
         /// The tenant.
         tenant: String,
@@ -572,7 +609,7 @@ impl From<LocalError> for Failure {
                 Exit::DockerUnavailable
             }
             LocalError::Refused(_) => Exit::Refused,
-            LocalError::Preflight(_) => Exit::Preflight,
+            LocalError::Preflight(_) | LocalError::Build(_) => Exit::Preflight,
             LocalError::State { .. } | LocalError::Docker(_) | LocalError::Apply(_) => {
                 Exit::Failure
             }
@@ -589,6 +626,7 @@ impl From<remote::RemoteError> for Failure {
         let exit = match &e {
             remote::RemoteError::Unreachable { .. } => Exit::Unreachable,
             remote::RemoteError::Trust { .. } => Exit::Failure,
+            remote::RemoteError::Refused { .. } => Exit::Invalid,
             remote::RemoteError::Api { code, .. } => match code.as_str() {
                 "invalid_topology" | "bad_request" => Exit::Invalid,
                 "quota_exceeded" | "no_capacity" => Exit::Refused,
@@ -653,9 +691,10 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Validate { .. } => validate(&cli),
+        Command::Validate { .. } => validate(&cli).await,
         Command::Config { .. } => config(&cli),
-        Command::Up { detach, .. } => up(&cli, *detach).await,
+        Command::Up { detach, build, .. } => up(&cli, *detach, *build).await,
+        Command::Build { services, .. } => build(&cli, services).await,
         Command::Scale { services, .. } => scale(&cli, services).await,
         Command::Down { volumes, .. } => down(&cli, *volumes).await,
         Command::Ps { all, .. } => ps(&cli, *all).await,
@@ -667,6 +706,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => logs(&cli, *follow, *tail, service.as_deref()).await,
         Command::Tenant(_)
         | Command::Quota(_)
+        | Command::Policy(_)
         | Command::User(_)
         | Command::Node(_)
         | Command::Audit(_)
@@ -774,34 +814,26 @@ fn topology_name(cli: &Cli) -> Result<String, Failure> {
     }
 }
 
-fn validate(cli: &Cli) -> Result<(), Failure> {
+async fn validate(cli: &Cli) -> Result<(), Failure> {
     let file = find_file(cli.file())?;
     match load_project(&file) {
         Ok(loaded) => {
-            // Against a pool, what its policy for the tenant would refuse, at each line.
-            let policy = match &cli.endpoint {
-                Some(_) => berth_protocol::topology::Policy::pool(&cli.tenant, Default::default()),
-                None => berth_protocol::topology::Policy::local(),
-            };
-            let refusals = loaded.refusals(&file.display().to_string(), &policy);
-            if !refusals.is_empty() {
-                if cli.json {
-                    print_json(&serde_json::json!({ "valid": false, "errors": refusals }));
-                } else {
-                    for refusal in &refusals {
-                        eprintln!("{refusal}");
+            // Against a pool, the pool itself says what its policy for the tenant
+            // refuses; each refusal is shown at its line of this file.
+            let policy = match cli.remote()? {
+                Some(remote) => match remote.dry_run(&loaded.topology).await {
+                    Ok(answer) => answer.policy,
+                    Err(e) => return Err(located(cli, &loaded, &file, e)),
+                },
+                None => {
+                    let policy = berth_protocol::topology::Policy::local();
+                    let refusals = loaded.refusals(&file.display().to_string(), &policy);
+                    if !refusals.is_empty() {
+                        return Err(show_refusals(cli, &file, &policy.name, refusals));
                     }
+                    policy.name
                 }
-                return Err(Failure {
-                    exit: Exit::Invalid,
-                    message: format!(
-                        "{} setting(s) in {} refused by the {} policy; nothing was changed",
-                        refusals.len(),
-                        file.display(),
-                        policy.name
-                    ),
-                });
-            }
+            };
             if cli.json {
                 print_json(
                     &serde_json::json!({ "valid": true, "name": loaded.topology.name, "warnings": loaded.warnings }),
@@ -812,7 +844,7 @@ fn validate(cli: &Cli) -> Result<(), Failure> {
                 }
                 let n = loaded.topology.services.len();
                 println!(
-                    "{}: valid topology {:?} with {n} service{}",
+                    "{}: valid topology {:?} with {n} service{} (policy: {policy})",
                     file.display(),
                     loaded.topology.name,
                     if n == 1 { "" } else { "s" }
@@ -831,6 +863,51 @@ fn validate(cli: &Cli) -> Result<(), Failure> {
     }
 }
 
+/// A remote failure; refusals by the pool's policy are shown at their lines of `file`.
+fn located(
+    cli: &Cli,
+    loaded: &berth_protocol::topology::Loaded,
+    file: &std::path::Path,
+    e: remote::RemoteError,
+) -> Failure {
+    match e {
+        remote::RemoteError::Refused { refusals } => {
+            let name = file.display().to_string();
+            let policy = refusals
+                .first()
+                .map_or_else(|| "pool".to_owned(), |r| r.policy.clone());
+            let mut located: Vec<_> = refusals.iter().map(|r| loaded.locate(&name, r)).collect();
+            located.sort_by_key(|d| (d.line, d.column));
+            show_refusals(cli, file, &policy, located)
+        }
+        other => other.into(),
+    }
+}
+
+/// Prints refusals (as JSON with --json) and the failure that sums them up.
+fn show_refusals(
+    cli: &Cli,
+    file: &std::path::Path,
+    policy: &str,
+    refusals: Vec<berth_protocol::topology::Diagnostic>,
+) -> Failure {
+    if cli.json {
+        print_json(&serde_json::json!({ "valid": false, "errors": refusals }));
+    } else {
+        for refusal in &refusals {
+            eprintln!("{refusal}");
+        }
+    }
+    Failure {
+        exit: Exit::Invalid,
+        message: format!(
+            "{} setting(s) in {} refused by the {policy} policy; nothing was changed",
+            refusals.len(),
+            file.display(),
+        ),
+    }
+}
+
 fn config(cli: &Cli) -> Result<(), Failure> {
     let loaded = load(cli)?;
     if cli.json {
@@ -845,19 +922,58 @@ fn config(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn up(cli: &Cli, detach: bool) -> Result<(), Failure> {
+/// Builds the images of the file's services locally (`berth build`).
+async fn build(cli: &Cli, services: &[String]) -> Result<(), Failure> {
     let loaded = load(cli)?;
-    let topology = loaded.topology;
+    let topology = &loaded.topology;
+    if let Some(unknown) = services
+        .iter()
+        .find(|s| !topology.services.contains_key(s.as_str()))
+    {
+        return Err(Failure {
+            exit: Exit::Invalid,
+            message: format!("no service {unknown:?} in topology {:?}", topology.name),
+        });
+    }
+    if cli.endpoint.is_some() {
+        return Err(Failure {
+            exit: Exit::Invalid,
+            message: "a pool runs images, it does not build them: run `berth build` without --endpoint, then push the image where the nodes reach it".into(),
+        });
+    }
+    let plane = LocalPlane::open(&data_dir()).await?;
+    let built = plane
+        .build(topology, services, true, |service, line| {
+            eprintln!("{service}  | {line}");
+        })
+        .await?;
+    if cli.json {
+        print_json(&serde_json::json!({ "built": built }));
+    } else if built.is_empty() {
+        println!("no service of {:?} has a `build` section", topology.name);
+    } else {
+        for name in &built {
+            println!("built {} for service {name}", topology.services[name].image);
+        }
+    }
+    Ok(())
+}
+
+async fn up(cli: &Cli, detach: bool, always_build: bool) -> Result<(), Failure> {
+    let file = find_file(cli.file())?;
+    let loaded = load(cli)?;
     if let Some(remote) = cli.remote()? {
+        let topology = &loaded.topology;
         // Detached, `up` returns once the deploy is accepted and placed (a deploy-only
         // token suffices); otherwise it follows the nodes' reports until all run.
         let deployed = if detach {
-            remote.deploy(&topology).await?
+            remote.deploy(topology).await
         } else {
             remote
-                .up(&topology, std::time::Duration::from_secs(300), cli.json)
-                .await?
-        };
+                .up(topology, std::time::Duration::from_secs(300), cli.json)
+                .await
+        }
+        .map_err(|e| located(cli, &loaded, &file, e))?;
         let verb = if detach { "deployed" } else { "is up" };
         let what = if detach { "placed" } else { "running" };
         if cli.json {
@@ -873,7 +989,17 @@ async fn up(cli: &Cli, detach: bool) -> Result<(), Failure> {
         }
         return Ok(());
     }
+    let topology = loaded.topology;
     let plane = LocalPlane::open(&data_dir()).await?;
+    // Images a service builds: absent ones (all of them with --build), before any
+    // check or change, as Compose does.
+    plane
+        .build(&topology, &[], always_build, |service, line| {
+            if !cli.json {
+                eprintln!("{service}  | {line}");
+            }
+        })
+        .await?;
     let (events, shown) = progress::show(progress::Mode::pick(cli.json));
     let result = plane.up(&topology, events).await;
     let _ = shown.await;
@@ -1350,6 +1476,20 @@ async fn admin(cli: &Cli) -> Result<(), Failure> {
                     &format!("/tenants/{tenant}/quota"),
                     Some(quota.to_json()?),
                 )
+                .await?
+        }
+        Command::Policy(PolicyCommand::Set { tenant, allow }) => {
+            remote
+                .admin(
+                    Method::PUT,
+                    &format!("/tenants/{tenant}/policy"),
+                    Some(serde_json::json!({ "allow": allow })),
+                )
+                .await?
+        }
+        Command::Policy(PolicyCommand::Show { tenant }) => {
+            remote
+                .admin(Method::GET, &format!("/tenants/{tenant}/policy"), None)
                 .await?
         }
         Command::Quota(QuotaCommand::Show { tenant }) => {

@@ -26,6 +26,13 @@ pub(crate) enum RemoteError {
         /// What is wrong with it.
         message: String,
     },
+    /// The tenant's policy refuses settings of the topology; nothing was changed.
+    #[error("{} setting(s) refused by the {} policy; nothing was changed", refusals.len(),
+        refusals.first().map_or("pool", |r| r.policy.as_str()))]
+    Refused {
+        /// Each refused setting, by field path.
+        refusals: Vec<berth_protocol::topology::Refusal>,
+    },
     /// The control plane answered with an error.
     #[error("{message}")]
     Api {
@@ -113,7 +120,13 @@ impl Remote {
         let body: ErrorBody = response.json().await.unwrap_or(ErrorBody {
             code: "unknown".into(),
             message: format!("HTTP {status}"),
+            refusals: Vec::new(),
         });
+        if !body.refusals.is_empty() {
+            return Err(RemoteError::Refused {
+                refusals: body.refusals,
+            });
+        }
         Err(RemoteError::Api {
             status: status.as_u16(),
             code: body.code,
@@ -142,6 +155,20 @@ impl Remote {
         self.send(
             self.http
                 .put(self.url(&format!("/{}", topology.name)))
+                .json(topology),
+        )
+        .await
+    }
+
+    /// Asks whether the pool would accept `topology` for the tenant, changing nothing.
+    pub(crate) async fn dry_run(
+        &self,
+        topology: &Topology,
+    ) -> Result<berth_api_gateway::DryRun, RemoteError> {
+        self.send(
+            self.http
+                .put(self.url(&format!("/{}", topology.name)))
+                .query(&[("dry_run", "true")])
                 .json(topology),
         )
         .await
@@ -298,6 +325,7 @@ pub(crate) async fn login(
     let body: ErrorBody = response.json().await.unwrap_or(ErrorBody {
         code: "unknown".into(),
         message: format!("HTTP {status}"),
+        refusals: Vec::new(),
     });
     Err(RemoteError::Api {
         status: status.as_u16(),

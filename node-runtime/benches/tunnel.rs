@@ -123,6 +123,7 @@ async fn main() {
         volumes: Default::default(),
         slots: Vec::new(),
         trace: None,
+        allow: Default::default(),
         links: vec![Link {
             service: "db".into(),
             port,

@@ -156,6 +156,7 @@ fn observed(
         generation: label(l, labels::GENERATION).parse().unwrap_or(0),
         config_hash: label(l, labels::CONFIG_HASH).to_owned(),
         running: summary.state.map(|s| s.to_string()) == Some("running".to_owned()),
+        image_id: summary.image_id.clone().unwrap_or_default(),
         host_ports: summary
             .ports
             .unwrap_or_default()
@@ -520,6 +521,24 @@ impl ContainerDriver for DockerDriver {
             }
         }
         Ok(missing)
+    }
+
+    async fn image_ids(&self, images: &[String]) -> Result<BTreeMap<String, String>, DriverError> {
+        let mut ids = BTreeMap::new();
+        for image in images {
+            match self.docker.inspect_image(image).await {
+                Ok(inspect) => {
+                    if let Some(id) = inspect.id {
+                        ids.insert(image.clone(), id);
+                    }
+                }
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => return Err(engine(format!("inspecting image {image}"))(e)),
+            }
+        }
+        Ok(ids)
     }
 
     async fn create_network(

@@ -119,6 +119,15 @@ pub trait ContainerDriver: Send + Sync + 'static {
         &self,
         images: &[String],
     ) -> impl Future<Output = Result<Vec<String>, DriverError>> + Send;
+    /// The id of each of these images that is present, by reference. An engine that
+    /// cannot tell answers with none, and containers are then judged by spec alone.
+    fn image_ids(
+        &self,
+        images: &[String],
+    ) -> impl Future<Output = Result<BTreeMap<String, String>, DriverError>> + Send {
+        let _ = images;
+        async { Ok(BTreeMap::new()) }
+    }
     /// Creates a network.
     fn create_network(
         &self,

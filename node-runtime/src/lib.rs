@@ -5,6 +5,7 @@
 //! never decides placement and never reads another node's assignments: it acts only on
 //! what it is handed.
 
+pub mod build;
 pub mod docker;
 pub mod driver;
 pub mod plan;

@@ -22,6 +22,8 @@ pub struct ObservedContainer {
     pub config_hash: String,
     /// Whether it is running now.
     pub running: bool,
+    /// The id of the image it was made from (empty when unknown).
+    pub image_id: String,
     /// Host ports it publishes (`ip`, `port`), to tell own ports from foreign ones.
     pub host_ports: Vec<(String, u16)>,
 }
@@ -87,10 +89,16 @@ pub fn plan_containers(desired: Vec<ContainerSpec>, observed: Vec<ObservedContai
         .into_iter()
         .map(|spec| {
             let action = match by_name.remove(&spec.name) {
-                Some(old) if old.config_hash == spec.config_hash => SlotAction::Keep {
-                    id: old.id,
-                    start: !old.running,
-                },
+                Some(old)
+                    if old.config_hash == spec.config_hash
+                        && (old.image_id.is_empty()
+                            || spec.image_id.as_ref().is_none_or(|id| *id == old.image_id)) =>
+                {
+                    SlotAction::Keep {
+                        id: old.id,
+                        start: !old.running,
+                    }
+                }
                 Some(old) => SlotAction::Replace { old_id: old.id },
                 None => SlotAction::Create,
             };
@@ -160,6 +168,7 @@ mod tests {
         TopologyAssignment {
             trace: None,
             links: Vec::new(),
+            allow: Default::default(),
             id: TopologyRef {
                 tenant: "t".into(),
                 topology: "app".into(),
@@ -197,6 +206,7 @@ mod tests {
             generation: 1,
             config_hash: spec.config_hash.clone(),
             running,
+            image_id: String::new(),
             host_ports: vec![],
         }
     }
@@ -206,6 +216,23 @@ mod tests {
         let a = assignment("busybox", 2);
         let now: Vec<_> = specs(&a).iter().map(|s| observed(s, true)).collect();
         let plan = plan_containers(specs(&a), now);
+        assert!(plan.is_noop(), "{plan:?}");
+    }
+
+    #[test]
+    fn a_container_of_an_older_image_under_the_same_reference_is_replaced() {
+        let a = assignment("busybox", 1);
+        let mut desired = specs(&a);
+        let mut old = observed(&desired[0], true);
+        old.image_id = "sha256:old".into();
+        desired[0].image_id = Some("sha256:new".into());
+        let plan = plan_containers(desired.clone(), vec![old.clone()]);
+        assert!(
+            matches!(plan.slots[0].1, SlotAction::Replace { .. }),
+            "{plan:?}"
+        );
+        desired[0].image_id = Some("sha256:old".into());
+        let plan = plan_containers(desired, vec![old]);
         assert!(plan.is_noop(), "{plan:?}");
     }
 

@@ -208,11 +208,19 @@ impl<D: ContainerDriver> Reconciler<D> {
         self.permitted(assignment)?;
         let id = &assignment.id;
         let scope = self.driver.scope();
-        let desired: Vec<ContainerSpec> = assignment
+        let mut desired: Vec<ContainerSpec> = assignment
             .slots
             .iter()
             .filter_map(|slot| ContainerSpec::for_slot(assignment, slot, self.driver.scope()))
             .collect();
+        // A container made from an older image under the same reference is replaced.
+        let mut images: Vec<String> = desired.iter().map(|s| s.image.clone()).collect();
+        images.sort();
+        images.dedup();
+        let ids = self.driver.image_ids(&images).await?;
+        for spec in &mut desired {
+            spec.image_id = ids.get(&spec.image).cloned();
+        }
         let observed = self.driver.list_containers(id).await?;
         let plan = plan_containers(desired, observed.clone());
         self.check(&plan, &observed).await?;
@@ -358,10 +366,14 @@ impl<D: ContainerDriver> Reconciler<D> {
     /// The node's own policy over every service the assignment runs here, decided
     /// before anything changes, whatever the allocator sent.
     fn permitted(&self, assignment: &TopologyAssignment) -> Result<(), ReconcileError> {
+        let policy = self
+            .options
+            .policy
+            .granting(&assignment.id.tenant, &assignment.allow);
         let refusals: Vec<_> = assignment
             .services
             .iter()
-            .flat_map(|(name, service)| self.options.policy.service_refusals(name, service))
+            .flat_map(|(name, service)| policy.service_refusals(name, service))
             .collect();
         if !refusals.is_empty() {
             return Err(ReconcileError::Refused { refusals });
@@ -831,5 +843,78 @@ async fn wait_for(
         (other, _) => Err(format!(
             "not started: dependency {dep} reached {other:?}, not {condition:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use berth_protocol::assignment::{Scope, Slot, TopologyAssignment, TopologyRef};
+    use berth_protocol::topology::{LoadOptions, LocalFiles, Variables, load};
+
+    use super::*;
+    use crate::simulated::SimulatedDriver;
+
+    fn assignment(allow: &[&str]) -> TopologyAssignment {
+        let vars = Variables::from_pairs([("HOME", "/root")]);
+        let loaded = load(
+            "services:\n  web:\n    image: busybox\n    cap_add: [NET_ADMIN]\n    privileged: true\n",
+            &LoadOptions {
+                file_name: "compose.yaml",
+                dir: std::path::Path::new("/p"),
+                default_name: "app",
+                vars: &vars,
+                files: &LocalFiles,
+            },
+        )
+        .expect("loads");
+        TopologyAssignment {
+            id: TopologyRef {
+                tenant: "acme".into(),
+                topology: "app".into(),
+            },
+            revision: 1,
+            services: loaded.topology.services,
+            networks: loaded.topology.networks,
+            volumes: BTreeMap::new(),
+            slots: vec![Slot {
+                service: "web".into(),
+                replica: 1,
+                generation: 1,
+            }],
+            trace: None,
+            links: Vec::new(),
+            allow: allow.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+
+    async fn applied(allow: &[&str]) -> (Result<Outcome, ReconcileError>, usize) {
+        let driver = Arc::new(SimulatedDriver::new(Scope::unscoped()));
+        let reconciler = Reconciler::new(driver.clone(), ReconcileOptions::default());
+        let (events, _rx) = mpsc::unbounded_channel();
+        let a = assignment(allow);
+        let result = reconciler.apply(&a, events).await;
+        let created = driver.list_containers(&a.id).await.expect("list").len();
+        (result, created)
+    }
+
+    #[tokio::test]
+    async fn a_pool_node_creates_nothing_its_policy_refuses_and_honours_what_was_granted() {
+        let (refused, created) = applied(&["cap_add:NET_ADMIN"]).await;
+        match refused {
+            Err(ReconcileError::Refused { refusals }) => {
+                let keys: Vec<&str> = refusals.iter().map(|r| r.key.as_str()).collect();
+                assert_eq!(keys, ["privileged"], "{refusals:?}");
+                assert_eq!(refusals[0].policy, "pool (tenant acme)");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        assert_eq!(created, 0, "a refused assignment created a container");
+
+        let (granted, created) = applied(&["cap_add:NET_ADMIN", "privileged"]).await;
+        granted.expect("everything it uses was granted");
+        assert_eq!(created, 1);
     }
 }

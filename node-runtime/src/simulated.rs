@@ -85,6 +85,7 @@ impl SimulatedDriver {
                     generation: 1,
                     config_hash: String::new(),
                     running: true,
+                    image_id: String::new(),
                     host_ports: Vec::new(),
                 },
             },
@@ -247,6 +248,7 @@ impl ContainerDriver for SimulatedDriver {
                 generation: label(l, labels::GENERATION).parse().unwrap_or(0),
                 config_hash: label(l, labels::CONFIG_HASH).to_owned(),
                 running: false,
+                image_id: String::new(),
                 host_ports: Vec::new(),
             },
         };

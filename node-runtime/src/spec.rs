@@ -47,6 +47,11 @@ pub struct ContainerSpec {
     pub replica: u32,
     /// The image reference.
     pub image: String,
+    /// The id of the image the reference names on this engine now, when known: a
+    /// container made from another image (the tag was built or loaded anew) is
+    /// replaced, as Compose does. Not part of the config hash.
+    #[serde(skip)]
+    pub image_id: Option<String>,
     /// Command, if overridden.
     pub command: Option<Vec<String>>,
     /// Entrypoint, if overridden.
@@ -186,6 +191,7 @@ impl ContainerSpec {
             service: slot.service.clone(),
             replica: slot.replica,
             image: service.image.clone(),
+            image_id: None,
             command: service.command.clone(),
             entrypoint: service.entrypoint.clone(),
             env: service

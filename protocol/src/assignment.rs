@@ -120,6 +120,10 @@ pub struct TopologyAssignment {
     /// by name: each through a tunnel to a node that runs one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
+    /// What the admin allowed the tenant beyond the pool's default policy, for the
+    /// node's own check before it creates a container.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub allow: std::collections::BTreeSet<String>,
 }
 
 /// How a node reaches one port of a service that runs only on other nodes.

@@ -310,6 +310,17 @@ impl TenantService {
         })
     }
 
+    /// Fails with [`TenantError::UnknownTenant`] unless the tenant exists.
+    pub async fn ensure_known(&self, name: &str) -> Result<(), TenantError> {
+        match tenant::Entity::find_by_id(name.to_owned())
+            .one(&self.db)
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => Err(TenantError::UnknownTenant(name.to_owned())),
+        }
+    }
+
     /// Every tenant's name, in order.
     pub async fn tenants(&self) -> Result<Vec<String>, TenantError> {
         let rows = tenant::Entity::find()
@@ -343,8 +354,6 @@ impl TenantService {
     }
 }
 
-/// The hash checked when a user does not exist, so that a login for an unknown user
-/// costs as much as one for a known user and timing does not tell them apart.
 /// Writes to the tenant's row first, inside `txn`: SQLite then takes the write lock
 /// (waiting its turn) before any read, so concurrent changes never fail a lock
 /// upgrade, and PostgreSQL holds the row until the end, serialising the tenant's
@@ -367,6 +376,8 @@ async fn lock_tenant(
     Ok(())
 }
 
+/// The hash checked when a user does not exist, so that a login for an unknown user
+/// costs as much as one for a known user and timing does not tell them apart.
 fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DECOY.get_or_init(|| hash_password("decoy password, never a user's").unwrap_or_default())

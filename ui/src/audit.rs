@@ -19,13 +19,14 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The entry kinds, for the filter.
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 7] = [
     "minted",
     "attenuated",
     "renewed",
     "revoked",
     "decision",
     "root-key",
+    "policy",
 ];
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,7 +2,7 @@
 //! from a file: the same rules the file format enforces, so that a client cannot send
 //! the server what a file could never say.
 
-use super::model::{Condition, Constraint, Topology};
+use super::model::{Condition, Constraint, MountKind, Topology};
 use super::schema::{valid_name, valid_topology_name};
 
 impl Topology {
@@ -61,7 +61,8 @@ impl Topology {
                     "{p}.labels: labels starting with `berth.` are reserved"
                 ));
             }
-            if s.networks.is_empty() {
+            // `network_mode` (host, none, another container's) stands instead.
+            if s.networks.is_empty() && s.engine.network_mode.is_none() {
                 out.push(format!(
                     "{p}.networks: a service joins at least one network"
                 ));
@@ -83,6 +84,7 @@ impl Topology {
                     ));
                 }
                 if let Some(source) = &mount.source
+                    && mount.kind == MountKind::Volume
                     && !self.volumes.contains_key(source)
                 {
                     out.push(format!(

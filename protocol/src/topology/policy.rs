@@ -60,6 +60,16 @@ impl Policy {
         }
     }
 
+    /// This policy with `grants` (a tenant's allowances, as the control plane sent
+    /// them with an assignment) on top, for `tenant`. The user's own engine stays as
+    /// it is.
+    pub fn granting(&self, tenant: &str, grants: &BTreeSet<String>) -> Self {
+        if self.allow_all {
+            return self.clone();
+        }
+        Self::pool(tenant, self.allow.union(grants).cloned().collect())
+    }
+
     fn allows(&self, u: &Use) -> bool {
         self.allow_all
             || u.safe
@@ -125,7 +135,7 @@ impl Policy {
 }
 
 /// One setting a policy refuses.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Refusal {
     /// Where it stands, as a field path (`services.web.cap_add[0]`).
     pub path: String,
@@ -336,6 +346,64 @@ fn service_uses(name: &str, s: &Service) -> Vec<Use> {
     out
 }
 
+/// Every setting a policy governs, in the vocabulary allowances are written in.
+pub const GOVERNED: &[&str] = &[
+    "bind_mount",
+    "build",
+    "cap_add",
+    "cgroup",
+    "cgroup_parent",
+    "container_name",
+    "cpuset",
+    "device_cgroup_rules",
+    "devices",
+    "external_links",
+    "external_network",
+    "external_volume",
+    "file",
+    "fixed_address",
+    "ipc",
+    "logging",
+    "mac_address",
+    "network_driver",
+    "network_mode",
+    "network_subnet",
+    "oom_kill_disable",
+    "pid",
+    "privileged",
+    "runtime",
+    "secret_content",
+    "security_opt",
+    "storage_opt",
+    "sysctls",
+    "userns_mode",
+    "uts",
+    "volumes_from",
+];
+
+/// Reads one allowance as an admin writes it (`cap_add:NET_ADMIN`, `privileged`),
+/// trimmed, or says what is wrong with it.
+pub fn parse_allowance(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let (key, value) = match text.split_once(':') {
+        Some((k, v)) => (k.trim(), Some(v.trim())),
+        None => (text, None),
+    };
+    if !GOVERNED.contains(&key) {
+        return Err(format!(
+            "`{key}` is not a setting a policy governs; the settings are: {}",
+            GOVERNED.join(", ")
+        ));
+    }
+    match value {
+        Some("") => Err(format!(
+            "`{text}` has an empty value: write `{key}` to allow every value, or `{key}:VALUE`"
+        )),
+        Some(v) => Ok(format!("{key}:{v}")),
+        None => Ok(key.to_owned()),
+    }
+}
+
 /// Why a pool refuses a setting by default, and what to use instead.
 fn explain(key: &str) -> (&'static str, &'static str) {
     match key {
@@ -452,6 +520,11 @@ volumes:
     }
 
     #[test]
+    fn what_a_file_says_passes_the_checks_of_the_api_so_only_the_policy_refuses_it() {
+        assert_eq!(topology(HOSTILE).problems(), Vec::<String>::new());
+    }
+
+    #[test]
     fn the_pool_default_refuses_what_reaches_the_host_and_names_itself() {
         let refusals = Policy::pool("acme", BTreeSet::new()).refusals(&topology(HOSTILE));
         let paths: Vec<&str> = refusals.iter().map(|r| r.path.as_str()).collect();
@@ -490,6 +563,40 @@ volumes:
         let all = BTreeSet::from(["cap_add".to_owned()]);
         let refusals = Policy::pool("acme", all).refusals(&topology(HOSTILE));
         assert!(refusals.iter().all(|r| r.key != "cap_add"));
+    }
+
+    #[test]
+    fn every_governed_setting_is_explained_and_allowances_are_checked() {
+        for key in GOVERNED {
+            assert_ne!(explain(key).0, "the pool does not allow it", "{key}");
+        }
+        assert_eq!(
+            parse_allowance(" cap_add : NET_ADMIN ").as_deref(),
+            Ok("cap_add:NET_ADMIN")
+        );
+        assert_eq!(parse_allowance("privileged").as_deref(), Ok("privileged"));
+        let unknown = parse_allowance("cap_ad:NET_ADMIN").unwrap_err();
+        assert!(unknown.contains("`cap_ad` is not a setting"), "{unknown}");
+        assert!(
+            parse_allowance("cap_add:")
+                .unwrap_err()
+                .contains("empty value")
+        );
+    }
+
+    #[test]
+    fn a_node_adds_the_grants_it_was_sent_to_its_own_policy() {
+        let grants = BTreeSet::from(["privileged".to_owned()]);
+        let node = Policy::default().granting("acme", &grants);
+        let keys: Vec<String> = node
+            .refusals(&topology(HOSTILE))
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        assert!(!keys.contains(&"privileged".to_owned()), "{keys:?}");
+        assert!(keys.contains(&"cap_add".to_owned()), "{keys:?}");
+        assert_eq!(node.name, "pool (tenant acme)");
+        assert!(Policy::local().granting("acme", &grants).allow_all);
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub(super) fn volume_mount_of(cx: &mut Cx<'_>, node: &Node, path: &str) -> Optio
                 return None;
             }
             let (kind, source) = match source {
-                Some(s) if s.is_empty() => {
+                Some("") => {
                     cx.error(
                         node.pos,
                         path,
