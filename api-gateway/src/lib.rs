@@ -1563,7 +1563,7 @@ impl utoipa::PartialSchema for TopologyBody {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .description(Some(
-                "A topology in Berth's normalised form, as `berth config --json` prints it: `name`, `services`, `networks`, `volumes`. It is checked by the same rules as a topology file.",
+                "A topology in Berth's normalised form, as `berth config --model` prints it: `name`, `services`, `networks`, `volumes`. It is checked by the same rules as a topology file.",
             ))
             .into()
     }

@@ -127,10 +127,15 @@ enum Command {
         #[command(flatten)]
         file: FileArg,
     },
-    /// Print the topology as Berth understands it, normalised.
+    /// Print the topology as Berth understands it: a Compose file with every value
+    /// resolved and in one long form, which `docker-compose config` reads again
+    /// (JSON with --json); with --model, Berth's normalised model, as the API takes it.
     Config {
         #[command(flatten)]
         file: FileArg,
+        /// Print Berth's normalised model (the body of a deploy) instead.
+        #[arg(long)]
+        model: bool,
     },
     /// Log in to a control plane (--endpoint) and print a session token; use it as
     /// BERTH_TOKEN. The password is read from BERTH_PASSWORD, else from standard input.
@@ -294,7 +299,7 @@ impl Cli {
             | Command::Ps { file, .. }
             | Command::Validate { file }
             | Command::Build { file, .. }
-            | Command::Config { file } => file.file.as_deref(),
+            | Command::Config { file, .. } => file.file.as_deref(),
             Command::Logs { file, .. } => file.as_deref(),
             Command::Server { .. }
             | Command::Dev { .. }
@@ -692,7 +697,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Validate { .. } => validate(&cli).await,
-        Command::Config { .. } => config(&cli),
+        Command::Config { model, .. } => config(&cli, *model),
         Command::Up { detach, build, .. } => up(&cli, *detach, *build).await,
         Command::Build { services, .. } => build(&cli, services).await,
         Command::Scale { services, .. } => scale(&cli, services).await,
@@ -908,12 +913,17 @@ fn show_refusals(
     }
 }
 
-fn config(cli: &Cli) -> Result<(), Failure> {
+fn config(cli: &Cli, model: bool) -> Result<(), Failure> {
     let loaded = load(cli)?;
-    if cli.json {
+    if model {
         print_json(&loaded.topology);
+        return Ok(());
+    }
+    let compose = berth_protocol::topology::to_compose(&loaded.topology);
+    if cli.json {
+        print_json(&compose);
     } else {
-        let yaml = serde_saphyr::to_string(&loaded.topology).map_err(|e| Failure {
+        let yaml = serde_saphyr::to_string(&compose).map_err(|e| Failure {
             exit: Exit::Failure,
             message: format!("cannot render the topology: {e}"),
         })?;

@@ -102,11 +102,17 @@ fn config_prints_the_normalised_topology() {
     let dir = project(
         "name: shop\nservices:\n  web:\n    image: busybox\n    ports: [\"8080:80\"]\n    environment: [\"A=1\"]\n",
     );
-    let (code, out, err) = berth(dir.path(), &["config", "--json"]);
+    let (code, out, err) = berth(dir.path(), &["config", "--model"]);
     assert_eq!(code, 0, "{err}");
     let parsed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(parsed["name"], "shop");
     assert_eq!(parsed["services"]["web"]["ports"][0]["published"], 8080);
+    assert_eq!(parsed["services"]["web"]["environment"]["A"], "1");
+    // Without --model, the same in Compose's own keys.
+    let (code, out, err) = berth(dir.path(), &["config", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let parsed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(parsed["services"]["web"]["ports"][0], "8080:80");
     assert_eq!(parsed["services"]["web"]["environment"]["A"], "1");
 }
 

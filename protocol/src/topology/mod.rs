@@ -4,6 +4,7 @@
 //! every problem found in it, each with file, line, column and field path.
 
 mod check;
+mod compose_out;
 mod compose_tree;
 mod diagnostic;
 mod engine;
@@ -19,6 +20,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use compose_out::to_compose;
 pub use diagnostic::{Diagnostic, TopologyError};
 pub use env_file::{EnvEntry, EnvFileProblem, parse_env_file};
 pub use interpolate::{Interpolated, Variables, interpolate};

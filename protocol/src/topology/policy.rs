@@ -327,7 +327,14 @@ fn service_uses(name: &str, s: &Service) -> Vec<Use> {
             );
         }
     }
-    for (i, file) in s.files.iter().enumerate() {
+    for file in &s.files {
+        // Its place in the service's own `secrets` or `configs` list.
+        let i = s
+            .files
+            .iter()
+            .filter(|f| f.kind == file.kind)
+            .position(|f| std::ptr::eq(f, file))
+            .unwrap_or(0);
         let field = match file.kind {
             FileKind::Secret => format!("secrets[{i}]"),
             FileKind::Config => format!("configs[{i}]"),

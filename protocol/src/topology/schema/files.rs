@@ -195,6 +195,8 @@ pub(super) fn resolve(cx: &mut Cx<'_>, top: &mut TopLevel) {
                 target,
             });
         }
+        // Configs, then secrets, each in the order the service lists them.
+        service.files.sort_by_key(|f| f.kind == FileKind::Secret);
     }
 }
 
