@@ -133,6 +133,7 @@ impl LocalPlane {
             ReconcileOptions {
                 // The user's own engine: whatever Compose runs.
                 policy: berth_protocol::topology::Policy::local(),
+                files_dir: Some(dir.join("files")),
                 ..ReconcileOptions::default()
             },
         );

@@ -145,6 +145,10 @@ pub struct ReconcileOptions {
     /// What this node lets a container do: checked before any container is created,
     /// whatever the assignment asks. A pool node's default refuses what reaches the host.
     pub policy: berth_protocol::topology::Policy,
+    /// Where secrets and configs given by content (`environment:`, `content:`) are
+    /// written for their containers to mount, readable by this host's owner alone.
+    /// `None` refuses them: a pool node does not yet keep secrets encrypted at rest.
+    pub files_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ReconcileOptions {
@@ -155,6 +159,7 @@ impl Default for ReconcileOptions {
             poll_interval: Duration::from_millis(200),
             check_host_ports: true,
             policy: berth_protocol::topology::Policy::default(),
+            files_dir: None,
         }
     }
 }
@@ -208,11 +213,7 @@ impl<D: ContainerDriver> Reconciler<D> {
         self.permitted(assignment)?;
         let id = &assignment.id;
         let scope = self.driver.scope();
-        let mut desired: Vec<ContainerSpec> = assignment
-            .slots
-            .iter()
-            .filter_map(|slot| ContainerSpec::for_slot(assignment, slot, self.driver.scope()))
-            .collect();
+        let mut desired = self.desired(assignment, true)?;
         // A container made from an older image under the same reference is replaced.
         let mut images: Vec<String> = desired.iter().map(|s| s.image.clone()).collect();
         images.sort();
@@ -343,6 +344,21 @@ impl<D: ContainerDriver> Reconciler<D> {
                 });
             }
         }
+        // The files written for its containers go with them.
+        if let Some(dir) = &self.options.files_dir {
+            let written = dir.join(&id.tenant).join(&id.topology);
+            match std::fs::remove_dir_all(&written) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(DriverError::Engine {
+                        action: "removing the topology's written files".into(),
+                        message: format!("{}: {e}", written.display()),
+                    }
+                    .into());
+                }
+            }
+        }
         Ok(Outcome {
             removed,
             ..Outcome::default()
@@ -353,11 +369,7 @@ impl<D: ContainerDriver> Reconciler<D> {
     /// it needs is present and every host port a new container will publish is free.
     pub async fn preflight(&self, assignment: &TopologyAssignment) -> Result<(), ReconcileError> {
         self.permitted(assignment)?;
-        let desired: Vec<ContainerSpec> = assignment
-            .slots
-            .iter()
-            .filter_map(|slot| ContainerSpec::for_slot(assignment, slot, self.driver.scope()))
-            .collect();
+        let desired = self.desired(assignment, false)?;
         let observed = self.driver.list_containers(&assignment.id).await?;
         let plan = plan_containers(desired, observed.clone());
         self.check(&plan, &observed).await
@@ -391,10 +403,62 @@ impl<D: ContainerDriver> Reconciler<D> {
                     .map(move |f| format!("{name}: {}", f.name))
             })
             .collect();
-        if !names.is_empty() {
+        if !names.is_empty() && self.options.files_dir.is_none() {
             return Err(ReconcileError::ContentFiles { names });
         }
         Ok(())
+    }
+
+    /// The desired containers of `assignment`, with the files given by content written
+    /// under [`ReconcileOptions::files_dir`] (when `write`) and mounted.
+    fn desired(
+        &self,
+        assignment: &TopologyAssignment,
+        write: bool,
+    ) -> Result<Vec<ContainerSpec>, ReconcileError> {
+        let mut written: BTreeMap<&str, Vec<(String, String, String)>> = BTreeMap::new();
+        if let Some(dir) = &self.options.files_dir {
+            let id = &assignment.id;
+            for (name, service) in &assignment.services {
+                for file in &service.files {
+                    let berth_protocol::topology::FileSource::Content(text) = &file.source else {
+                        continue;
+                    };
+                    let kind = match file.kind {
+                        berth_protocol::topology::FileKind::Secret => "secrets",
+                        berth_protocol::topology::FileKind::Config => "configs",
+                    };
+                    let path = dir
+                        .join(&id.tenant)
+                        .join(&id.topology)
+                        .join(name)
+                        .join(kind)
+                        .join(&file.name);
+                    if write {
+                        write_private(&path, text.as_bytes()).map_err(|e| DriverError::Engine {
+                            action: format!("writing {kind} {} of {name}", file.name),
+                            message: format!("{}: {e}", path.display()),
+                        })?;
+                    }
+                    written.entry(name).or_default().push((
+                        path.display().to_string(),
+                        file.target.clone(),
+                        crate::spec::hash_of(text),
+                    ));
+                }
+            }
+        }
+        Ok(assignment
+            .slots
+            .iter()
+            .filter_map(|slot| ContainerSpec::for_slot(assignment, slot, self.driver.scope()))
+            .map(|spec| {
+                let files = written
+                    .get(spec.service.as_str())
+                    .map_or(&[][..], Vec::as_slice);
+                spec.with_written_files(files)
+            })
+            .collect())
     }
 
     /// The checks of [`Self::preflight`] on a computed plan. Ports held by this
@@ -798,6 +862,35 @@ impl<D: ContainerDriver> ServiceJob<D> {
         }
         Ok(())
     }
+}
+
+/// Writes `content` to `path` (its directories made, readable by this user alone) in
+/// a way that a reader never sees half of it.
+fn write_private(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    if std::fs::read(path).is_ok_and(|old| old == content) {
+        return Ok(());
+    }
+    let partial = path.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o444)
+            .open(&partial)?;
+        file.write_all(content)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&partial, path)
 }
 
 /// Waits for every task; all run to the end, and the first failure is returned.

@@ -240,6 +240,30 @@ impl ContainerSpec {
 }
 
 /// A short, stable hash of a value's JSON form.
+impl ContainerSpec {
+    /// Mounts files written on this host (secrets and configs given by content)
+    /// read-only at their targets; `files` holds `(host path, target, content digest)`.
+    /// The digests join the config hash, so a changed content replaces the container.
+    pub fn with_written_files(mut self, files: &[(String, String, String)]) -> Self {
+        if files.is_empty() {
+            return self;
+        }
+        for (path, target, _) in files {
+            self.mounts.push(Mount {
+                kind: MountKind::Bind,
+                volume: Some(path.clone()),
+                target: target.clone(),
+                read_only: true,
+            });
+        }
+        let digests: Vec<&String> = files.iter().map(|(_, _, d)| d).collect();
+        self.config_hash = hash_of(&(&self.config_hash, &self.mounts, digests));
+        self.labels
+            .insert(labels::CONFIG_HASH.to_owned(), self.config_hash.clone());
+        self
+    }
+}
+
 pub fn hash_of<T: Serialize>(value: &T) -> String {
     // Serialising plain data (strings, numbers, maps with string keys) cannot fail.
     let json = serde_json::to_vec(value).unwrap_or_default();

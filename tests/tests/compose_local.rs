@@ -1,7 +1,7 @@
 //! Compose files as people write them, run on the user's own engine: bind mounts
 //! relative to the project (read and written), a local `build`, a fixed container
-//! name, capabilities, a host name, `extends`, `profiles`, a secret from a file and
-//! `.env` interpolation, brought up, changed and taken down; and the same file sent to
+//! name, capabilities, a host name, `extends`, `profiles`, secrets from a file and from
+//! the environment, and `.env` interpolation, brought up, changed and taken down; and the same file sent to
 //! a pool, which refuses it with every offending line and stores nothing, until an
 //! admin allows one key for the tenant: that key then passes and the others do not.
 
@@ -22,11 +22,11 @@ services:
     container_name: NAME-the-web
     hostname: webhost
     cap_add: [NET_ADMIN]
-    command: ["sh", "-c", "cat /srv/index /run/secrets/token > /out/copy; echo \"$$GREETING\" >> /out/copy; hostname >> /out/copy; cat /baked >> /out/copy; sleep 600"]
+    command: ["sh", "-c", "cat /srv/index /run/secrets/token > /out/copy; echo \"$$GREETING\" >> /out/copy; hostname >> /out/copy; cat /baked /run/secrets/api_key >> /out/copy; sleep 600"]
     volumes:
       - ./site:/srv:ro
       - ./out:/out
-    secrets: [token]
+    secrets: [token, api_key]
   maker:
     build:
       context: ./maker
@@ -41,6 +41,8 @@ services:
 secrets:
   token:
     file: ./token.txt
+  api_key:
+    environment: API_KEY
 "#;
 
 const DOCKERFILE: &str = "FROM berth/busybox:latest
@@ -58,8 +60,9 @@ async fn a_compose_file_with_host_keys_runs_locally_and_a_pool_lists_what_it_ref
         format!("{name}-web-base:latest"),
         format!("{name}-maker"),
     ]);
-    let project = Project::new("compose-local", APP);
+    let mut project = Project::new("compose-local", APP);
     assert_eq!(project.name, name);
+    project.set_env("API_KEY", "key-from-the-environment");
     let dir = project.dir();
     std::fs::create_dir(dir.join("site")).unwrap();
     std::fs::write(dir.join("site/index"), "from-the-site\n").unwrap();
@@ -89,7 +92,7 @@ async fn a_compose_file_with_host_keys_runs_locally_and_a_pool_lists_what_it_ref
     // Up: the absent image of `maker` is built first, through the engine.
     project.berth(&["up", "-d"]).ok();
     let fixed = format!("{}-the-web", project.name);
-    let copy = wait_for_file(&dir.join("out/copy"), 5);
+    let copy = wait_for_file(&dir.join("out/copy"), 6);
     assert_eq!(
         copy.lines().collect::<Vec<_>>(),
         [
@@ -97,7 +100,8 @@ async fn a_compose_file_with_host_keys_runs_locally_and_a_pool_lists_what_it_ref
             "the-token",
             "hello-from-env",
             "webhost",
-            "baked-in"
+            "baked-in",
+            "key-from-the-environment"
         ],
         "{copy}"
     );
@@ -124,7 +128,7 @@ async fn a_compose_file_with_host_keys_runs_locally_and_a_pool_lists_what_it_ref
     assert!(rebuilt.stdout.contains("built"), "{}", rebuilt.stdout);
     std::fs::remove_file(dir.join("out/made")).unwrap();
     project.berth(&["up", "-d"]).ok();
-    let copy = wait_for_file(&dir.join("out/copy"), 5);
+    let copy = wait_for_file(&dir.join("out/copy"), 6);
     assert_eq!(copy.lines().nth(2), Some("changed"), "{copy}");
     // The image was rebuilt under the same name: the container made from the old one
     // is replaced, as Compose does.
@@ -145,6 +149,7 @@ async fn a_compose_file_with_host_keys_runs_locally_and_a_pool_lists_what_it_ref
     }
     pool.set_env("BERTH_ENDPOINT", &server.api);
     pool.set_env("BERTH_TOKEN", server.admin);
+    pool.set_env("API_KEY", "key-from-the-environment");
     pool.berth(&["tenant", "create", "acme"]).ok();
     let expected = [
         (12, "web.container_name", true),
@@ -152,6 +157,7 @@ async fn a_compose_file_with_host_keys_runs_locally_and_a_pool_lists_what_it_ref
         (17, "web.volumes[0]", true),
         (18, "web.volumes[1]", true),
         (19, "web.secrets[0]", true),
+        (19, "web.secrets[1]", true),
         (21, "maker.build", true),
         (26, "maker.volumes[0]", true),
     ];
@@ -174,6 +180,7 @@ async fn a_compose_file_with_host_keys_runs_locally_and_a_pool_lists_what_it_ref
     assert_eq!(refused.code, 3, "{}", refused.stderr);
     let mut allowed = expected;
     allowed[1].2 = false;
+    assert_eq!(allowed[1].1, "web.cap_add[0]");
     assert_refused(&refused.stderr, &allowed);
     let entries = server
         .api(reqwest::Method::GET, "/audit/entries?kind=policy")
