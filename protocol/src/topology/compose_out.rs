@@ -559,23 +559,9 @@ fn engine_of(e: &EngineSettings, out: &mut Map<String, Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{LoadOptions, LocalFiles, Variables, load};
 
     fn read(text: &str) -> Topology {
-        let vars = Variables::from_pairs([("HOME", "/home/u"), ("TOKEN", "s3cret")]);
-        match load(
-            text,
-            &LoadOptions {
-                file_name: "compose.yaml",
-                dir: std::path::Path::new("/p"),
-                default_name: "p",
-                vars: &vars,
-                files: &LocalFiles,
-            },
-        ) {
-            Ok(loaded) => loaded.topology,
-            Err(e) => panic!("{e}\n{text}"),
-        }
+        crate::topology::read_for_test(text, &[("HOME", "/home/u"), ("TOKEN", "s3cret")])
     }
 
     const RICH: &str = r#"

@@ -260,3 +260,23 @@ pub(crate) fn interpolate_tree(cx: &mut Cx<'_>, node: &mut Node, path: &str) {
 
 #[cfg(test)]
 mod tests;
+
+/// Reads `text` as `/p/compose.yaml` with `vars`, for the unit tests of the modules
+/// that work on a loaded topology; panics with the problems if it does not load.
+#[cfg(test)]
+pub(crate) fn read_for_test(text: &str, vars: &[(&str, &str)]) -> Topology {
+    let vars = Variables::from_pairs(vars.iter().copied());
+    match load(
+        text,
+        &LoadOptions {
+            file_name: "compose.yaml",
+            dir: Path::new("/p"),
+            default_name: "p",
+            vars: &vars,
+            files: &LocalFiles,
+        },
+    ) {
+        Ok(loaded) => loaded.topology,
+        Err(e) => panic!("{e}\n{text}"),
+    }
+}

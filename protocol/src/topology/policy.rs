@@ -489,22 +489,9 @@ fn explain(key: &str) -> (&'static str, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{LoadOptions, LocalFiles, Variables, load};
 
     fn topology(yaml: &str) -> Topology {
-        let vars = Variables::from_pairs([("HOME", "/home/u")]);
-        load(
-            yaml,
-            &LoadOptions {
-                file_name: "compose.yaml",
-                dir: std::path::Path::new("/p"),
-                default_name: "p",
-                vars: &vars,
-                files: &LocalFiles,
-            },
-        )
-        .expect("loads")
-        .topology
+        crate::topology::read_for_test(yaml, &[("HOME", "/home/u")])
     }
 
     const HOSTILE: &str = "services:

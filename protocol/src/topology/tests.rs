@@ -697,11 +697,12 @@ configs:
     .expect("loads");
     let files = &loaded.topology.services["a"].files;
     let targets: Vec<&str> = files.iter().map(|f| f.target.as_str()).collect();
+    // Configs, then secrets, each in the order the service lists them.
     assert_eq!(
         targets,
-        ["/run/secrets/token", "/run/secrets/app.conf", "/motd"]
+        ["/motd", "/run/secrets/token", "/run/secrets/app.conf"]
     );
-    assert_eq!(files[0].source, FileSource::File("/proj/token.txt".into()));
+    assert_eq!(files[1].source, FileSource::File("/proj/token.txt".into()));
 }
 
 #[test]
