@@ -336,6 +336,15 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(gateway))
             .app_data(json)
             .app_data(path)
+            // A person who opens the server's address finds the pages.
+            .route(
+                "/",
+                web::get().to(|| async {
+                    HttpResponse::SeeOther()
+                        .insert_header(("location", "/ui/"))
+                        .finish()
+                }),
+            )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/openapi.json", web::get().to(openapi))

@@ -1046,3 +1046,32 @@ async fn witness_gauges(server: &Server) -> (Option<String>, Option<String>) {
         server.metric("berth_ledger_witness_anchored_entry").await,
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_address_leads_to_the_sign_in_page() {
+    let server = Server::start(&[]).await;
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let root = plain
+        .get(format!("{}/", server.api))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(root.status(), reqwest::StatusCode::SEE_OTHER);
+    assert_eq!(root.headers()["location"], "/ui/");
+    // Followed, it ends at the sign-in form.
+    let page = server
+        .http
+        .get(format!("{}/", server.api))
+        .send()
+        .await
+        .expect("request");
+    assert!(page.status().is_success(), "{}", page.status());
+    let body = page.text().await.expect("body");
+    assert!(
+        body.contains("<form") && body.contains("password"),
+        "{body}"
+    );
+}

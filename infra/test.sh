@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh Debian machine with Docker running: installs what the tests
+# need (once), builds the images they run, then `cargo test --workspace`. Extra
+# arguments go to cargo test (`infra/test.sh -p berth-protocol`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! docker info >/dev/null 2>&1; then
+  echo "Docker is not running: the end-to-end tests need it (start it, for example \`systemctl start docker\`)" >&2
+  exit 1
+fi
+for tool in dpkg-deb apt-get; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing (Debian's package tools build the images)" >&2; exit 1; }
+done
+
+updated=false
+install() {
+  if [ "$updated" = false ]; then
+    apt-get update -qq
+    updated=true
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# PostgreSQL: the database tests run on it as well as on SQLite. The test harness starts
+# a throwaway server from these binaries (and stops it when the tests end).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || install postgresql
+# docker-compose: the benchmark's peer, the reference of the Compose differential test,
+# and the runner of the demo pool in infra/compose.
+command -v docker-compose >/dev/null || install docker-compose
+# Chromium and its WebDriver: the UI tests drive a real headless browser.
+command -v chromedriver >/dev/null || install chromium chromium-driver
+# biscuit-cli: the reference biscuit tooling, with which a test inspects and attenuates
+# the platform's tokens (the version built on biscuit-auth 6, as Berth is).
+command -v biscuit >/dev/null || cargo install --locked biscuit-cli --version 0.6.0
+
+# Images the examples and tests run (Berth never pulls): idempotent and fast when present.
+bash infra/build-images.sh
+
+cargo test --workspace "$@"
