@@ -185,20 +185,23 @@ async fn set_replicas(
     service: &str,
     replicas: u32,
 ) -> Result<Result<(), AllocatorError>, String> {
-    let mut topology = gw
-        .tenants
-        .current(&id.tenant, &id.topology)
+    let wanted = std::collections::BTreeMap::from([(service.to_owned(), replicas)]);
+    match gw
+        .deployments
+        .scale(&id.tenant, &id.topology, &wanted)
         .await
-        .map_err(|e| e.to_string())?
-        .topology;
-    let Some(s) = topology.services.get_mut(service) else {
-        return Ok(Ok(())); // removed meanwhile
-    };
-    s.replicas = replicas;
-    Ok(crate::store_and_place(gw, &id.tenant, &topology)
-        .await
-        .map_err(|e| e.to_string())?
-        .map(|_| ()))
+    {
+        Ok(_) => Ok(Ok(())),
+        Err(berth_deployments::DeployError::Allocator(refused)) => Ok(Err(refused)),
+        // Removed meanwhile.
+        Err(
+            berth_deployments::DeployError::UnknownService { .. }
+            | berth_deployments::DeployError::Tenant(
+                berth_tenant_service::TenantError::UnknownTopology { .. },
+            ),
+        ) => Ok(Ok(())),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]

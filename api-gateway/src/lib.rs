@@ -22,9 +22,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use berth_allocator::node_api::NodeApi;
 use berth_allocator::{Allocator, AllocatorError, Drained, Limit, NodeInfo, NodeState, Resources};
+use berth_deployments::{DeployError, Deployments, Target};
 use berth_protocol::assignment::TopologyRef;
 use berth_protocol::capability::{self, Denied, Operation, Role};
-use berth_protocol::topology::{Policy, Refusal, Topology};
+use berth_protocol::topology::{Refusal, Topology};
 use berth_tenant_service::{LoginError, TenantError, TenantService};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -122,6 +123,24 @@ impl From<TenantError> for ApiError {
     }
 }
 
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Invalid(problems) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_topology",
+                problems.join("; "),
+            ),
+            DeployError::Refused(refusals) => Self::refused(refusals),
+            e @ DeployError::UnknownService { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            DeployError::Tenant(e) => e.into(),
+            DeployError::Allocator(e) => e.into(),
+        }
+    }
+}
+
 impl From<AllocatorError> for ApiError {
     fn from(e: AllocatorError) -> Self {
         match e {
@@ -157,6 +176,8 @@ pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600
 pub struct Gateway {
     tenants: TenantService,
     allocator: Allocator,
+    /// The deploy path (shared with the local plane and the autoscaler).
+    deployments: Deployments,
     nodes: NodeApi,
     admin_token_sha256: [u8; 32],
     node_api_url: String,
@@ -197,6 +218,7 @@ impl Gateway {
         // One ledger with the node API, so a revocation reaches nodes at once.
         let ledger = nodes.ledger().clone();
         Self {
+            deployments: Deployments::new(tenants.clone(), allocator.clone(), Target::Pool),
             tenants,
             allocator,
             nodes,
@@ -860,9 +882,15 @@ async fn deploy(
         )));
     }
     if query.dry_run {
-        return dry_run(&gw, &tenant, &topology).await;
+        let answer = gw.deployments.dry_run(&tenant, &topology).await?;
+        return Ok(HttpResponse::Ok().json(DryRun {
+            policy: answer.policy,
+            current_revision: answer.current_revision,
+            changed: answer.changed,
+        }));
     }
-    apply(&gw, tenant, topology).await
+    let applied = gw.deployments.apply(&tenant, &topology).await?;
+    deployed(&gw, tenant, &topology.name, &applied).await
 }
 
 /// The query of a deploy.
@@ -885,92 +913,24 @@ pub struct DryRun {
     pub changed: bool,
 }
 
-/// The checks a deploy makes before it stores anything: the topology's rules, then the
-/// tenant's policy. Cheap, and the same for a dry run and a deploy.
-async fn admissible(gw: &Gateway, tenant: &str, topology: &Topology) -> Result<Policy, ApiError> {
-    let problems = topology.problems();
-    if !problems.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_topology",
-            problems.join("; "),
-        ));
-    }
-    let policy = gw.allocator.policy(tenant).await?;
-    let refusals = policy.refusals(topology);
-    if !refusals.is_empty() {
-        return Err(ApiError::refused(refusals));
-    }
-    Ok(policy)
-}
-
-async fn dry_run(
+/// The answer to a change that was made: the revision and where its replicas went.
+async fn deployed(
     gw: &Gateway,
-    tenant: &str,
-    topology: &Topology,
+    tenant: String,
+    name: &str,
+    applied: &berth_deployments::Applied,
 ) -> Result<HttpResponse, ApiError> {
-    gw.tenants.ensure_known(tenant).await?;
-    let policy = admissible(gw, tenant, topology).await?;
-    let current = match gw.tenants.current(tenant, &topology.name).await {
-        Ok(current) => Some(current),
-        Err(berth_tenant_service::TenantError::UnknownTopology { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    Ok(HttpResponse::Ok().json(DryRun {
-        policy: policy.name,
-        current_revision: current.as_ref().map(|c| c.revision),
-        changed: current.is_none_or(|c| &c.topology != topology),
-    }))
-}
-
-/// Checks, stores and places a topology, answering with where its replicas went.
-/// Proposes `topology` as the tenant's next revision and places it; the revision
-/// becomes current only once placed. A placement the allocator refuses (the inner
-/// error) forgets the proposal, so nothing is left half-applied and no reader ever
-/// saw it.
-pub(crate) async fn store_and_place(
-    gw: &Gateway,
-    tenant: &str,
-    topology: &Topology,
-) -> Result<Result<berth_tenant_service::StoredRevision, AllocatorError>, ApiError> {
-    let stored = gw
-        .tenants
-        .propose_revision(tenant, topology, now_ms())
-        .await?;
-    if let Err(e) = gw.allocator.deploy(tenant, stored.revision, topology).await {
-        if stored.is_new {
-            gw.tenants
-                .discard_revision(tenant, &topology.name, stored.revision)
-                .await?;
-        }
-        return Ok(Err(e));
-    }
-    if stored.is_new {
-        gw.tenants
-            .settle_revision(tenant, &topology.name, stored.revision, now_ms())
-            .await?;
-    }
-    Ok(Ok(stored))
-}
-
-async fn apply(gw: &Gateway, tenant: String, topology: Topology) -> Result<HttpResponse, ApiError> {
-    // The rules and the tenant's policy, decided before anything is stored.
-    admissible(gw, &tenant, &topology).await?;
-    let stored = match store_and_place(gw, &tenant, &topology).await? {
-        Ok(stored) => stored,
-        Err(refused) => return Err(refused.into()),
-    };
     let replicas = replica_views(
         gw,
         &TopologyRef {
             tenant,
-            topology: topology.name.clone(),
+            topology: name.to_owned(),
         },
     )
     .await?;
     Ok(HttpResponse::Ok().json(Deployed {
-        revision: stored.revision,
-        changed: stored.is_new,
+        revision: applied.revision,
+        changed: applied.changed,
         replicas,
     }))
 }
@@ -1146,15 +1106,13 @@ async fn remove(
         tenant: tenant.clone(),
         topology: name.clone(),
     };
-    let nodes = gw.allocator.remove(&id).await?;
-    let existed = gw.tenants.delete(&tenant, &name).await?;
-    if !existed && nodes.is_empty() {
+    let Some(nodes) = gw.deployments.remove(&id).await? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("topology {name:?} does not exist in tenant {tenant:?}"),
         ));
-    }
+    };
     Ok(HttpResponse::Ok().json(Removed {
         removed: name,
         nodes,
@@ -1456,10 +1414,9 @@ async fn drain(
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scale {
-    /// The service to scale.
-    pub service: String,
-    /// How many replicas it should have.
-    pub replicas: u32,
+    /// The replicas each named service should have; the services left out keep
+    /// theirs. All change in one revision.
+    pub replicas: std::collections::BTreeMap<String, u32>,
 }
 
 #[utoipa::path(
@@ -1490,21 +1447,8 @@ async fn scale(
     let (tenant, name) = path.into_inner();
     gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))
         .await?;
-    let mut topology = gw.tenants.current(&tenant, &name).await?.topology;
-    let Some(service) = topology.services.get_mut(&body.service) else {
-        let known: Vec<&str> = topology.services.keys().map(String::as_str).collect();
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!(
-                "topology {name:?} has no service {:?} (it has {})",
-                body.service,
-                known.join(", ")
-            ),
-        ));
-    };
-    service.replicas = body.replicas;
-    apply(&gw, tenant, topology).await
+    let applied = gw.deployments.scale(&tenant, &name, &body.replicas).await?;
+    deployed(&gw, tenant, &name, &applied).await
 }
 
 /// A tenant's quota and what it uses.

@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_allocator::placement::Placed;
 use berth_allocator::service::assignment_of;
-use berth_allocator::{Allocator, AllocatorError, DefaultRequest, Limit, Resources};
+use berth_allocator::{Allocator, DefaultRequest, Limit, Resources};
+use berth_deployments::{DeployError, Deployments, Target};
 use berth_node_runtime::driver::ContainerListing;
 use berth_node_runtime::{
     ContainerDriver, DockerDriver, DriverError, Outcome, Progress, ReconcileError,
@@ -45,9 +46,9 @@ pub(crate) enum LocalError {
     /// The engine is not there.
     #[error(transparent)]
     Docker(DriverError),
-    /// The allocator refused the deploy (quota or capacity); nothing was changed.
+    /// The deploy path refused the change (quota or capacity); nothing was changed.
     #[error(transparent)]
-    Refused(AllocatorError),
+    Refused(DeployError),
     /// A check before any change failed (missing image, port in use).
     #[error(transparent)]
     Preflight(ReconcileError),
@@ -90,8 +91,7 @@ pub(crate) fn data_dir() -> PathBuf {
 /// The embedded control plane.
 #[derive(Debug)]
 pub(crate) struct LocalPlane {
-    tenants: TenantService,
-    allocator: Allocator,
+    deployments: Deployments,
     node: Reconciler<DockerDriver>,
 }
 
@@ -138,8 +138,7 @@ impl LocalPlane {
             },
         );
         Ok(Self {
-            tenants,
-            allocator,
+            deployments: Deployments::new(tenants, allocator, Target::Local),
             node,
         })
     }
@@ -173,32 +172,16 @@ impl LocalPlane {
             .await
             .map_err(LocalError::Preflight)?;
 
-        let stored = self
-            .tenants
-            .propose_revision(LOCAL_TENANT, topology, now_ms())
-            .await?;
-        let deployment = match self
-            .allocator
-            .deploy(LOCAL_TENANT, stored.revision, topology)
+        let applied = self
+            .deployments
+            .apply(LOCAL_TENANT, topology)
             .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                if stored.is_new {
-                    self.tenants
-                        .discard_revision(LOCAL_TENANT, &topology.name, stored.revision)
-                        .await?;
-                }
-                return Err(LocalError::Refused(e));
-            }
-        };
-        if stored.is_new {
-            self.tenants
-                .settle_revision(LOCAL_TENANT, &topology.name, stored.revision, now_ms())
-                .await?;
-        }
+            .map_err(|e| match e {
+                DeployError::Tenant(e) => e.into(),
+                other => LocalError::Refused(other),
+            })?;
         let mut outcome = Outcome::default();
-        for (node, assignment) in &deployment.by_node {
+        for (node, assignment) in &applied.deployment.by_node {
             if node != LOCAL_NODE {
                 continue;
             }
@@ -228,11 +211,10 @@ impl LocalPlane {
             tenant: LOCAL_TENANT.to_owned(),
             topology: name.to_owned(),
         };
-        self.allocator
+        self.deployments
             .remove(&id)
             .await
             .map_err(LocalError::Refused)?;
-        self.tenants.delete(LOCAL_TENANT, name).await?;
         self.node
             .remove(&id, remove_volumes, events)
             .await

@@ -1335,44 +1335,27 @@ fn parse_scale(text: &str) -> Result<(String, u32), String> {
 
 async fn scale(cli: &Cli, services: &[(String, u32)]) -> Result<(), Failure> {
     let loaded = load(cli)?;
-    let mut topology = loaded.topology;
-    for (service, _) in services {
-        if !topology.services.contains_key(service) {
-            let known: Vec<&str> = topology.services.keys().map(String::as_str).collect();
-            return Err(Failure {
-                exit: Exit::Invalid,
-                message: format!(
-                    "topology {:?} has no service {service:?} (it has {})",
-                    topology.name,
-                    known.join(", ")
-                ),
-            });
-        }
-    }
+    let replicas: std::collections::BTreeMap<String, u32> = services.iter().cloned().collect();
+    // Every service named must be in the file, wherever it runs.
+    let topology =
+        berth_deployments::with_replicas(loaded.topology, &replicas).map_err(|e| Failure {
+            exit: Exit::Invalid,
+            message: e.to_string(),
+        })?;
     if let Some(remote) = cli.remote()? {
-        let mut deployed = None;
-        for (service, replicas) in services {
-            deployed = Some(remote.scale(&topology.name, service, *replicas).await?);
-        }
-        if let Some(deployed) = deployed {
-            if cli.json {
-                print_json(&deployed);
-            } else {
-                println!(
-                    "topology {:?} scaled in tenant {:?}: revision {}, {} replica(s) placed",
-                    topology.name,
-                    cli.tenant,
-                    deployed.revision,
-                    deployed.replicas.len()
-                );
-            }
+        let deployed = remote.scale(&topology.name, &replicas).await?;
+        if cli.json {
+            print_json(&deployed);
+        } else {
+            println!(
+                "topology {:?} scaled in tenant {:?}: revision {}, {} replica(s) placed",
+                topology.name,
+                cli.tenant,
+                deployed.revision,
+                deployed.replicas.len()
+            );
         }
         return Ok(());
-    }
-    for (service, replicas) in services {
-        if let Some(s) = topology.services.get_mut(service) {
-            s.replicas = *replicas;
-        }
     }
     let plane = LocalPlane::open(&data_dir()).await?;
     let (events, shown) = progress::show(progress::Mode::pick(cli.json));

@@ -180,18 +180,17 @@ impl Remote {
             .await
     }
 
-    /// Sets the replicas of one service of a deployed topology.
+    /// Sets the replicas of services of a deployed topology, in one revision.
     pub(crate) async fn scale(
         &self,
         name: &str,
-        service: &str,
-        replicas: u32,
+        replicas: &BTreeMap<String, u32>,
     ) -> Result<Deployed, RemoteError> {
-        self.send(
-            self.http
-                .post(self.url(&format!("/{name}/scale")))
-                .json(&serde_json::json!({ "service": service, "replicas": replicas })),
-        )
+        self.send(self.http.post(self.url(&format!("/{name}/scale"))).json(
+            &berth_api_gateway::Scale {
+                replicas: replicas.clone(),
+            },
+        ))
         .await
     }
 

@@ -506,13 +506,30 @@ async fn constraints_cordon_and_drain_decide_where_replicas_run() {
     let mut project = Project::new("placed", yaml);
     project.set_env("BERTH_ENDPOINT", &server.api);
     project.set_env("BERTH_TOKEN", server.admin);
-    project.berth(&["up", "-d"]).ok();
+    let up = project.berth(&["--json", "up", "-d"]).ok();
+    let up: serde_json::Value = serde_json::from_str(&up.stdout).expect("json");
     let seen = wait_for_spread(&[&ssd, &plain], &[&["db", "web"], &["web"]]).await;
     assert_eq!(seen, [vec!["db", "web"], vec!["web"]]);
 
-    // Cordoned, the SSD node keeps what it runs and takes nothing new.
+    // Cordoned, the SSD node keeps what it runs and takes nothing new. Scaling two
+    // services is one revision.
     project.berth(&["node", "cordon", &ssd]).ok();
-    project.berth(&["scale", "web=3"]).ok();
+    let scaled = project.berth(&["--json", "scale", "web=3", "db=1"]).ok();
+    let scaled: serde_json::Value = serde_json::from_str(&scaled.stdout).expect("json");
+    assert_eq!(
+        scaled["revision"].as_u64(),
+        up["revision"].as_u64().map(|r| r + 1),
+        "{up} then {scaled}"
+    );
+    let unknown = project.berth(&["scale", "nosuch=2"]);
+    assert_eq!(unknown.code, 3, "{unknown:?}");
+    assert!(
+        unknown
+            .stderr
+            .contains("has no service \"nosuch\" (it has db, web)"),
+        "{}",
+        unknown.stderr
+    );
     let seen = wait_for_spread(&[&ssd, &plain], &[&["db", "web"], &["web", "web"]]).await;
     assert_eq!(seen, [vec!["db", "web"], vec!["web", "web"]]);
 

@@ -348,7 +348,7 @@ async fn live(user: Signed, path: web::Path<(String, String)>) -> HttpResponse {
     }
 }
 
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize)]
 struct ScaleForm {
     service: String,
     replicas: u32,
@@ -361,7 +361,9 @@ async fn scale(
 ) -> HttpResponse {
     let (tenant, name) = path.into_inner();
     let target = format!("/v1/tenants/{tenant}/topologies/{name}/scale");
-    match user.api.post::<Deployed>(&target, &form.into_inner()).await {
+    let form = form.into_inner();
+    let body = serde_json::json!({ "replicas": { form.service: form.replicas } });
+    match user.api.post::<Deployed>(&target, &body).await {
         Ok(_) => see_other(&format!("/ui/tenants/{tenant}/topologies/{name}")),
         Err(failure) => {
             let status = StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::BAD_GATEWAY);

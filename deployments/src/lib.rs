@@ -1,0 +1,283 @@
+//! The deploy path, once, for every scale: the gateway's handlers, the autoscaler and
+//! the local plane of `berth up` all change what runs through [`Deployments`].
+//!
+//! A deploy is a small saga over two stores. The topology is checked (its rules, then
+//! the target's policy) before anything is written; it is then proposed to the tenant
+//! service as the next revision and placed by the allocator. Only once placed does the
+//! revision become current; a placement the allocator refuses (quota, room, a later
+//! revision placed meanwhile) discards the proposal, so nothing is half-applied and no
+//! reader ever saw it. Scaling is a deploy of the current revision with new replica
+//! counts, for any number of services at once: one revision, one placement.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_allocator::{Allocator, AllocatorError, Deployment};
+use berth_protocol::assignment::TopologyRef;
+use berth_protocol::topology::{Policy, Refusal, Topology};
+use berth_tenant_service::{StoredRevision, TenantError, TenantService};
+
+/// Why a change was not made. In every case nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The topology breaks a rule of the format.
+    #[error("the topology breaks a rule: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// The target's policy refuses settings of the topology.
+    #[error("{} setting(s) refused by the {} policy", .0.len(), .0.first().map_or("pool", |r| r.policy.as_str()))]
+    Refused(Vec<Refusal>),
+    /// A service named for scaling is not in the topology.
+    #[error("topology {topology:?} has no service {service:?} (it has {})", known.join(", "))]
+    UnknownService {
+        /// The topology.
+        topology: String,
+        /// The service asked for.
+        service: String,
+        /// The services it has.
+        known: Vec<String>,
+    },
+    /// The tenant service failed or does not know the tenant or topology.
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    /// The allocator refused the placement (quota, room, a later revision) or failed.
+    #[error(transparent)]
+    Allocator(#[from] AllocatorError),
+}
+
+/// Which policy a plane applies to the topologies it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The user's own engine: whatever Compose runs.
+    Local,
+    /// A pool: the default policy with the admin's allowances for the tenant.
+    Pool,
+}
+
+/// A change that was made.
+#[derive(Debug)]
+pub struct Applied {
+    /// The revision now in force.
+    pub revision: u64,
+    /// Whether this change stored a new revision (false: the spec was already current).
+    pub changed: bool,
+    /// Where the revision's replicas are, by node.
+    pub deployment: Deployment,
+    /// The policy the topology was checked against.
+    pub policy: String,
+}
+
+/// What a dry run found: the change would be accepted by the checks that come before
+/// placement (quota and room are decided by placing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admissible {
+    /// The policy it was checked against.
+    pub policy: String,
+    /// The revision in force now, if the topology is deployed.
+    pub current_revision: Option<u64>,
+    /// Whether the deploy would store a new revision.
+    pub changed: bool,
+}
+
+/// The deploy path over one tenant service and one allocator.
+#[derive(Clone, Debug)]
+pub struct Deployments {
+    tenants: TenantService,
+    allocator: Allocator,
+    target: Target,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Deployments {
+    /// The deploy path of a plane of `target` over these stores.
+    pub fn new(tenants: TenantService, allocator: Allocator, target: Target) -> Self {
+        Self {
+            tenants,
+            allocator,
+            target,
+        }
+    }
+
+    /// The tenant service underneath.
+    pub fn tenants(&self) -> &TenantService {
+        &self.tenants
+    }
+
+    /// The allocator underneath.
+    pub fn allocator(&self) -> &Allocator {
+        &self.allocator
+    }
+
+    /// The policy the plane applies to `tenant`'s topologies.
+    pub async fn policy(&self, tenant: &str) -> Result<Policy, DeployError> {
+        Ok(match self.target {
+            Target::Local => Policy::local(),
+            Target::Pool => self.allocator.policy(tenant).await?,
+        })
+    }
+
+    /// The checks a deploy makes before it writes anything, cheapest first: the
+    /// format's rules, then the policy.
+    async fn check(&self, tenant: &str, topology: &Topology) -> Result<Policy, DeployError> {
+        let problems = topology.problems();
+        if !problems.is_empty() {
+            return Err(DeployError::Invalid(problems));
+        }
+        let policy = self.policy(tenant).await?;
+        let refusals = policy.refusals(topology);
+        if !refusals.is_empty() {
+            return Err(DeployError::Refused(refusals));
+        }
+        Ok(policy)
+    }
+
+    /// What a deploy of `topology` would meet, changing nothing.
+    pub async fn dry_run(
+        &self,
+        tenant: &str,
+        topology: &Topology,
+    ) -> Result<Admissible, DeployError> {
+        self.tenants.ensure_known(tenant).await?;
+        let policy = self.check(tenant, topology).await?;
+        let current = self.current(tenant, &topology.name).await?;
+        Ok(Admissible {
+            policy: policy.name,
+            current_revision: current.as_ref().map(|c| c.revision),
+            changed: current.is_none_or(|c| &c.topology != topology),
+        })
+    }
+
+    /// The revision in force, if the topology is deployed.
+    async fn current(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<StoredRevision>, DeployError> {
+        match self.tenants.current(tenant, name).await {
+            Ok(current) => Ok(Some(current)),
+            Err(TenantError::UnknownTopology { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks, stores and places `topology` as the tenant's next revision.
+    pub async fn apply(&self, tenant: &str, topology: &Topology) -> Result<Applied, DeployError> {
+        let policy = self.check(tenant, topology).await?;
+        let stored = self
+            .tenants
+            .propose_revision(tenant, topology, now_ms())
+            .await?;
+        let deployment = match self
+            .allocator
+            .deploy(tenant, stored.revision, topology)
+            .await
+        {
+            Ok(deployment) => deployment,
+            Err(refused) => {
+                if stored.is_new {
+                    self.tenants
+                        .discard_revision(tenant, &topology.name, stored.revision)
+                        .await?;
+                }
+                return Err(refused.into());
+            }
+        };
+        if stored.is_new {
+            self.tenants
+                .settle_revision(tenant, &topology.name, stored.revision, now_ms())
+                .await?;
+        }
+        Ok(Applied {
+            revision: stored.revision,
+            changed: stored.is_new,
+            deployment,
+            policy: policy.name,
+        })
+    }
+
+    /// Sets the replica counts of services of the deployed topology `name`, all in one
+    /// revision. A service that is not in it is an error, and nothing changes.
+    pub async fn scale(
+        &self,
+        tenant: &str,
+        name: &str,
+        replicas: &BTreeMap<String, u32>,
+    ) -> Result<Applied, DeployError> {
+        let topology = self.tenants.current(tenant, name).await?.topology;
+        let scaled = with_replicas(topology, replicas)?;
+        self.apply(tenant, &scaled).await
+    }
+
+    /// Removes the topology: its placement (nodes then remove its containers) and its
+    /// record. Returns the nodes that ran some of it, or None if there was no such
+    /// topology.
+    pub async fn remove(&self, id: &TopologyRef) -> Result<Option<Vec<String>>, DeployError> {
+        let nodes = self.allocator.remove(id).await?;
+        let existed = self.tenants.delete(&id.tenant, &id.topology).await?;
+        Ok((existed || !nodes.is_empty()).then_some(nodes))
+    }
+}
+
+/// `topology` with the replica counts of `replicas`; every service named must exist.
+pub fn with_replicas(
+    mut topology: Topology,
+    replicas: &BTreeMap<String, u32>,
+) -> Result<Topology, DeployError> {
+    for (service, n) in replicas {
+        let Some(s) = topology.services.get_mut(service) else {
+            return Err(DeployError::UnknownService {
+                topology: topology.name.clone(),
+                service: service.clone(),
+                known: topology.services.keys().cloned().collect(),
+            });
+        };
+        s.replicas = *n;
+    }
+    Ok(topology)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology() -> Topology {
+        let text = "name: app\nservices:\n  a: {image: x}\n  b: {image: x}\n";
+        let vars = berth_protocol::topology::Variables::from_pairs([("HOME", "/h")]);
+        berth_protocol::topology::load(
+            text,
+            &berth_protocol::topology::LoadOptions {
+                file_name: "compose.yaml",
+                dir: std::path::Path::new("/p"),
+                default_name: "app",
+                vars: &vars,
+                files: &berth_protocol::topology::LocalFiles,
+            },
+        )
+        .expect("loads")
+        .topology
+    }
+
+    #[test]
+    fn scaling_sets_every_named_service_at_once() {
+        let scaled = with_replicas(
+            topology(),
+            &BTreeMap::from([("a".to_owned(), 3), ("b".to_owned(), 2)]),
+        )
+        .expect("scales");
+        assert_eq!(scaled.services["a"].replicas, 3);
+        assert_eq!(scaled.services["b"].replicas, 2);
+    }
+
+    #[test]
+    fn scaling_an_unknown_service_names_the_ones_there_are() {
+        let e = with_replicas(topology(), &BTreeMap::from([("c".to_owned(), 1)])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "topology \"app\" has no service \"c\" (it has a, b)"
+        );
+    }
+}
