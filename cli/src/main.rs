@@ -974,30 +974,33 @@ async fn up(cli: &Cli, detach: bool, always_build: bool) -> Result<(), Failure> 
     let loaded = load(cli)?;
     if let Some(remote) = cli.remote()? {
         let topology = &loaded.topology;
-        // Detached, `up` returns once the deploy is accepted and placed (a deploy-only
-        // token suffices); otherwise it follows the nodes' reports until all run.
-        let deployed = if detach {
-            remote.deploy(topology).await
-        } else {
-            remote
-                .up(topology, std::time::Duration::from_secs(300), cli.json)
-                .await
-        }
-        .map_err(|e| located(cli, &loaded, &file, e))?;
-        let verb = if detach { "deployed" } else { "is up" };
-        let what = if detach { "placed" } else { "running" };
+        // As on one machine: `up` returns once every replica runs (or one fails),
+        // showing each as its node reports it; without -d it then follows the logs. A
+        // token that may deploy but not read returns once the deploy is placed.
+        let deployed = remote
+            .up(topology, std::time::Duration::from_secs(300), cli.json)
+            .await
+            .map_err(|e| located(cli, &loaded, &file, e))?;
+        let running = deployed.replicas.iter().all(|r| r.state == "running");
+        let what = if running { "running" } else { "placed" };
         if cli.json {
             print_json(&deployed);
         } else {
             println!(
-                "topology {:?} {verb} in tenant {:?}: revision {}, {} replica(s) {what}",
+                "topology {:?} is up in tenant {:?}: revision {}, {} replica(s) {what}",
                 topology.name,
                 cli.tenant,
                 deployed.revision,
                 deployed.replicas.len()
             );
         }
-        return Ok(());
+        if detach || cli.json || !running {
+            return Ok(());
+        }
+        println!(
+            "following logs; Ctrl-C stops following and leaves the topology running (`berth down` removes it)"
+        );
+        return remote_logs(cli, &remote, &topology.name, true, Some(10), None).await;
     }
     let topology = loaded.topology;
     let plane = LocalPlane::open(&data_dir()).await?;
