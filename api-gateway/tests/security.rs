@@ -302,7 +302,7 @@ async fn a_tenants_token_opens_nothing_of_another_tenant() {
         (
             "POST",
             "/v1/tenants/acme/topologies/web/scale",
-            Some(serde_json::json!({ "service": "web", "replicas": 0 })),
+            Some(serde_json::json!({ "replicas": { "web": 0 } })),
         ),
         ("GET", "/v1/tenants/acme/quota", None),
         (

@@ -236,7 +236,7 @@ async fn tenants_are_isolated_and_every_token_is_checked() {
     project.set_env("BERTH_TENANT", "acme");
     let mut deployed = false;
     for _ in 0..50 {
-        if project.berth(&["up"]).code == 0 {
+        if project.berth(&["up", "-d"]).code == 0 {
             deployed = true;
             break;
         }
@@ -335,7 +335,7 @@ async fn tenants_are_isolated_and_every_token_is_checked() {
     probe.set_env("BERTH_ENDPOINT", &server.api);
     probe.set_env("BERTH_TOKEN", &globex);
     probe.set_env("BERTH_TENANT", "globex");
-    probe.berth(&["up"]).ok();
+    probe.berth(&["up", "-d"]).ok();
     let probe_container = format!("{}.globex.{}.probe.1", node.name, probe.name);
     let reach = Command::new("docker")
         .args([
