@@ -25,8 +25,8 @@ impl From<LedgerError> for ApiError {
 
 impl Gateway {
     /// Refuses a token any of whose revocation ids is revoked.
-    pub(crate) async fn check_revocation(&self, authorized: &Authorized) -> Result<(), ApiError> {
-        if self.ledger.is_revoked(&authorized.revocation_ids).await? {
+    pub(crate) async fn check_revocation(&self, revocation_ids: &[String]) -> Result<(), ApiError> {
+        if self.ledger.is_revoked(revocation_ids).await? {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",

@@ -277,6 +277,51 @@ async fn an_attenuated_ci_token_is_refused_beyond_its_scope() {
 }
 
 #[actix_web::test]
+async fn a_datalog_bomb_is_refused_before_it_runs_and_the_same_holder_keeps_working() {
+    let f = fixture().await;
+    let token = login(&f.app, "acme").await;
+    // Sixteen facts and a check joining them six ways: 16^6 combinations to evaluate.
+    let facts: String = (0..16).map(|i| format!("f({i});")).collect();
+    let bomb = attenuate(
+        &token,
+        &format!(
+            "{facts} check if f($a), f($b), f($c), f($d), f($e), f($f), $a + $b + $c + $d + $e + $f < 0"
+        ),
+    );
+    let (status, body) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&bomb),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "unauthenticated");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("joins 6 predicates"),
+        "{body}"
+    );
+    // A rule in an attenuation is refused the same way.
+    let rules = attenuate(&token, "g($x) <- f($x); f(1)");
+    let (status, body) = call(&f.app, "GET", "/v1/session", Some(&rules), None).await;
+    assert_eq!(status, 401, "{body}");
+    // The token it came from still works.
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[actix_web::test]
 async fn a_tenants_token_opens_nothing_of_another_tenant() {
     let f = fixture().await;
     let acme = login(&f.app, "acme").await;

@@ -223,6 +223,143 @@ pub enum Denied {
     },
 }
 
+/// The most bytes of a token, in base64, that are read at all.
+pub const MOST_TOKEN_BYTES: usize = 8 * 1024;
+
+/// What a block appended to a token (an attenuation) may hold, so that running its
+/// datalog is bounded whatever its holder wrote. An attenuation narrows with checks
+/// (and facts they read); rules, which derive facts that later joins multiply, are not
+/// accepted, and a check joins at most two predicates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Appended blocks.
+    pub blocks: usize,
+    /// Facts in one block.
+    pub facts: usize,
+    /// Checks in one block.
+    pub checks: usize,
+    /// Alternatives (`or`) in one check.
+    pub queries: usize,
+    /// Predicates one alternative joins.
+    pub predicates: usize,
+    /// Expressions in one alternative.
+    pub expressions: usize,
+}
+
+/// The shape every attenuation must fit.
+pub const SHAPE: Shape = Shape {
+    blocks: 4,
+    facts: 16,
+    checks: 8,
+    queries: 4,
+    predicates: 2,
+    expressions: 8,
+};
+
+/// A token whose signature verifies and whose shape is bounded: what it allows is
+/// still for [`authorize_verified`] to say, after the caller has checked its
+/// revocation ids.
+pub struct Verified {
+    biscuit: Biscuit,
+    /// The token's revocation ids, hex, one per block.
+    pub revocation_ids: Vec<String>,
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified")
+            .field("revocation_ids", &self.revocation_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `token`, verifies its signatures against the root key `root_key` picks by
+/// key id, and checks the shape of every appended block against [`SHAPE`], all
+/// without running any datalog.
+pub fn verify(
+    token: &str,
+    root_key: impl Fn(Option<u32>) -> Result<PublicKey, error::Format>,
+) -> Result<Verified, Denied> {
+    if token.len() > MOST_TOKEN_BYTES {
+        return Err(Denied::Invalid(format!(
+            "the token is {} bytes; at most {MOST_TOKEN_BYTES} are read",
+            token.len()
+        )));
+    }
+    let biscuit =
+        Biscuit::from_base64(token, root_key).map_err(|e| Denied::Invalid(e.to_string()))?;
+    check_shape(&biscuit, &SHAPE)?;
+    Ok(Verified {
+        revocation_ids: revocation_ids(&biscuit.revocation_identifiers()),
+        biscuit,
+    })
+}
+
+/// Refuses a token whose appended blocks do not fit `shape`, saying which block and
+/// what it holds. The authority block is the platform's own and is not judged.
+pub(crate) fn check_shape(biscuit: &Biscuit, shape: &Shape) -> Result<(), Denied> {
+    let appended = biscuit.block_count().saturating_sub(1);
+    let refuse = |what: String| {
+        Err(Denied::Invalid(format!(
+            "{what}: an attenuation may hold up to {} facts and {} checks of up to {} alternatives, each joining up to {} predicates with up to {} expressions, and no rules, in up to {} blocks",
+            shape.facts,
+            shape.checks,
+            shape.queries,
+            shape.predicates,
+            shape.expressions,
+            shape.blocks
+        )))
+    };
+    if appended > shape.blocks {
+        return refuse(format!("the token has {appended} appended blocks"));
+    }
+    for index in 1..biscuit.block_count() {
+        let source = biscuit
+            .print_block_source(index)
+            .map_err(|e| Denied::Invalid(e.to_string()))?;
+        let parsed = biscuit_auth::parser::parse_block_source(&source)
+            .map_err(|_| Denied::Invalid(format!("block {index} cannot be read back")))?;
+        if !parsed.rules.is_empty() {
+            return refuse(format!(
+                "block {index} holds {} rule(s)",
+                parsed.rules.len()
+            ));
+        }
+        if parsed.facts.len() > shape.facts {
+            return refuse(format!("block {index} holds {} facts", parsed.facts.len()));
+        }
+        if parsed.checks.len() > shape.checks {
+            return refuse(format!(
+                "block {index} holds {} checks",
+                parsed.checks.len()
+            ));
+        }
+        for (_, check) in &parsed.checks {
+            if check.queries.len() > shape.queries {
+                return refuse(format!(
+                    "a check of block {index} has {} alternatives",
+                    check.queries.len()
+                ));
+            }
+            for query in &check.queries {
+                if query.body.len() > shape.predicates {
+                    return refuse(format!(
+                        "a check of block {index} joins {} predicates",
+                        query.body.len()
+                    ));
+                }
+                if query.expressions.len() > shape.expressions {
+                    return refuse(format!(
+                        "a check of block {index} has {} expressions",
+                        query.expressions.len()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses and verifies `token` against the root key `root_key` picks by key id, then
 /// authorizes `request`. Returns who the session is for.
 pub fn authorize(
@@ -230,8 +367,16 @@ pub fn authorize(
     root_key: impl Fn(Option<u32>) -> Result<PublicKey, error::Format>,
     request: &Request<'_>,
 ) -> Result<Authorized, Denied> {
-    let biscuit =
-        Biscuit::from_base64(token, root_key).map_err(|e| Denied::Invalid(e.to_string()))?;
+    authorize_verified(&verify(token, root_key)?, request)
+}
+
+/// Authorizes `request` with a token [`verify`] accepted: runs its datalog (bounded by
+/// its shape and by [`limits`]). Returns who the session is for.
+pub fn authorize_verified(
+    verified: &Verified,
+    request: &Request<'_>,
+) -> Result<Authorized, Denied> {
+    let biscuit = &verified.biscuit;
     let forbidden = || Denied::Forbidden {
         operation: request.operation.as_str(),
         tenant: request.tenant.to_owned(),
@@ -253,7 +398,7 @@ pub fn authorize(
     }
     let mut authorizer = builder
         .code(POLICIES)
-        .and_then(|b| b.build(&biscuit))
+        .and_then(|b| b.build(biscuit))
         .map_err(|e| Denied::Invalid(e.to_string()))?;
     authorizer.authorize().map_err(|e| {
         // The authority block's own expiry check failed: say so, so that clients know
@@ -287,7 +432,7 @@ pub fn authorize(
                 tenant: tenant.clone(),
                 role: Role::parse(role).ok_or_else(forbidden)?,
             },
-            revocation_ids: revocation_ids(&biscuit.revocation_identifiers()),
+            revocation_ids: verified.revocation_ids.clone(),
             blocks: biscuit.block_count(),
         }),
         _ => Err(forbidden()),
@@ -300,11 +445,11 @@ pub fn session_tenant(
     token: &str,
     root_key: impl Fn(Option<u32>) -> Result<PublicKey, error::Format>,
 ) -> Result<String, Denied> {
-    let biscuit =
-        Biscuit::from_base64(token, root_key).map_err(|e| Denied::Invalid(e.to_string()))?;
+    let verified = verify(token, root_key)?;
+    let biscuit = &verified.biscuit;
     let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
         .set_limits(limits())
-        .build(&biscuit)
+        .build(biscuit)
         .map_err(|e| Denied::Invalid(e.to_string()))?;
     let tenants: Vec<(String,)> = authorizer
         .query("data($t) <- tenant($t)")
@@ -618,5 +763,89 @@ mod tests {
         // A token that names no key id, or the old id signed by the new key, is refused.
         let swapped = mint_session(&new, 1, &session(Role::Developer), expires).unwrap();
         assert!(authorize(&swapped, |id| ring.key(id), &read).is_err());
+    }
+
+    /// A developer's token with `code` appended, as its holder may write it.
+    fn attenuated(root: &KeyPair, code: &str) -> String {
+        let token = mint_session(
+            root,
+            1,
+            &session(Role::Developer),
+            SystemTime::now() + Duration::from_secs(600),
+        )
+        .unwrap();
+        Biscuit::from_base64(&token, |_| Ok(root.public()))
+            .unwrap()
+            .append(BlockBuilder::new().code(code).unwrap())
+            .unwrap()
+            .to_base64()
+            .unwrap()
+    }
+
+    fn refusal(token: &str, root: &KeyPair) -> String {
+        match verify(token, |_| Ok(root.public())) {
+            Err(Denied::Invalid(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_datalog_bomb_is_refused_by_its_shape_before_any_evaluation() {
+        let root = keys();
+        // Sixteen facts and a check that joins them six ways: 16^6 combinations.
+        let facts: String = (0..16).map(|i| format!("f({i});")).collect();
+        let bomb = attenuated(
+            &root,
+            &format!(
+                "{facts} check if f($a), f($b), f($c), f($d), f($e), f($f), $a + $b + $c + $d + $e + $f < 0;"
+            ),
+        );
+        let why = refusal(&bomb, &root);
+        assert!(
+            why.contains("a check of block 1 joins 6 predicates"),
+            "{why}"
+        );
+        // Rules derive facts that later joins multiply: none in an attenuation.
+        let rules = attenuated(&root, "g($x) <- f($x); f(1);");
+        assert!(refusal(&rules, &root).contains("block 1 holds 1 rule(s)"));
+        let many: String = (0..17).map(|i| format!("f({i});")).collect();
+        assert!(refusal(&attenuated(&root, &many), &root).contains("holds 17 facts"));
+        // A narrowing as people write it passes, and still narrows.
+        let ci = attenuated(&root, r#"check if operation("deploy"), topology("web");"#);
+        let verified = verify(&ci, |_| Ok(root.public())).expect("fits the shape");
+        let now = SystemTime::now();
+        assert!(
+            authorize_verified(
+                &verified,
+                &request(Operation::Deploy, "acme", Some("web"), now)
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            authorize_verified(
+                &verified,
+                &request(Operation::Delete, "acme", Some("web"), now)
+            ),
+            Err(Denied::Forbidden { .. })
+        ));
+        // Past the size anyone needs, a token is not even parsed.
+        let long = "A".repeat(MOST_TOKEN_BYTES + 1);
+        assert!(refusal(&long, &root).contains("at most"));
+    }
+
+    #[test]
+    fn too_many_appended_blocks_are_refused() {
+        let root = keys();
+        let mut token = attenuated(&root, "check if true;");
+        for _ in 0..SHAPE.blocks {
+            token = Biscuit::from_base64(&token, |_| Ok(root.public()))
+                .unwrap()
+                .append(BlockBuilder::new().code("check if true;").unwrap())
+                .unwrap()
+                .to_base64()
+                .unwrap();
+        }
+        let why = refusal(&token, &root);
+        assert!(why.contains("appended blocks"), "{why}");
     }
 }

@@ -197,13 +197,18 @@ pub fn authorize(
     authorize_verified(&biscuit, is_revoked, call)
 }
 
-/// Parses `token` and verifies its signatures against the root key its key id names:
-/// the costly half of [`authorize`], which a node may cache by token.
+/// Parses `token`, verifies its signatures against the root key its key id names and
+/// bounds the shape of what was appended to it (as for sessions,
+/// [`capability::SHAPE`](crate::capability::SHAPE)): the costly half of [`authorize`],
+/// which a node may cache by token.
 pub fn verify(
     token: &[u8],
     root_key: impl Fn(Option<u32>) -> Result<PublicKey, error::Format>,
 ) -> Result<Biscuit, Refused> {
-    Biscuit::from(token, root_key).map_err(|e| Refused::Invalid(e.to_string()))
+    let biscuit = Biscuit::from(token, root_key).map_err(|e| Refused::Invalid(e.to_string()))?;
+    crate::capability::check_shape(&biscuit, &crate::capability::SHAPE)
+        .map_err(|e| Refused::Invalid(e.to_string()))?;
+    Ok(biscuit)
 }
 
 /// The rest of [`authorize`] for a token already verified: revocation, expiry, and the
