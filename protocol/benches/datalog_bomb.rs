@@ -30,7 +30,7 @@ fn main() {
         .expect("parse")
         .append(
             BlockBuilder::new()
-                .code(&format!(
+                .code(format!(
                     "{facts} check if f($a), f($b), f($c), f($d), f($e), f($f), $a + $b + $c + $d + $e + $f < 0;"
                 ))
                 .expect("block"),
