@@ -293,6 +293,41 @@ impl Allocator {
         }
     }
 
+    /// What every replica of `topology` requests, summed.
+    pub fn requested(&self, topology: &Topology) -> Resources {
+        topology
+            .services
+            .iter()
+            .fold(Resources::default(), |total, (name, service)| {
+                let one = self.cost(topology, name);
+                let n = u64::from(service.replicas);
+                total.plus(Resources {
+                    cpu_millis: one.cpu_millis.saturating_mul(n),
+                    memory_bytes: one.memory_bytes.saturating_mul(n),
+                    containers: one.containers.saturating_mul(n),
+                })
+            })
+    }
+
+    /// Refuses, before any placement is computed, a topology that alone requests more
+    /// than `tenant`'s quota: one row read and a sum, so that an oversized deploy costs
+    /// the pool nothing. What others of the tenant's topologies use is decided when
+    /// placing.
+    pub async fn precheck_quota(
+        &self,
+        tenant: &str,
+        topology: &Topology,
+    ) -> Result<(), AllocatorError> {
+        let (limit, _) = self.quota(tenant).await?;
+        check_quota(
+            tenant,
+            Resources::default(),
+            self.requested(topology),
+            &limit,
+        )?;
+        Ok(())
+    }
+
     /// Places `topology` (revision `revision`) for `tenant`: keeps replicas where they
     /// are when it can, places the rest, reserves quota and capacity, and records the
     /// assignments, all or nothing.

@@ -121,7 +121,7 @@ impl Deployments {
     }
 
     /// The checks a deploy makes before it writes anything, cheapest first: the
-    /// format's rules, then the policy.
+    /// format's rules, the policy, then whether the topology alone fits the quota.
     async fn check(&self, tenant: &str, topology: &Topology) -> Result<Policy, DeployError> {
         let problems = topology.problems();
         if !problems.is_empty() {
@@ -132,6 +132,7 @@ impl Deployments {
         if !refusals.is_empty() {
             return Err(DeployError::Refused(refusals));
         }
+        self.allocator.precheck_quota(tenant, topology).await?;
         Ok(policy)
     }
 
@@ -279,5 +280,43 @@ mod tests {
             e.to_string(),
             "topology \"app\" has no service \"c\" (it has a, b)"
         );
+    }
+
+    #[tokio::test]
+    async fn a_topology_larger_than_the_quota_is_refused_before_it_is_placed_or_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let db = berth_allocator::database::connect(&url).await.unwrap();
+        let tenants = TenantService::open(db.clone()).await.unwrap();
+        let allocator = Allocator::open(db, berth_allocator::DefaultRequest::default())
+            .await
+            .unwrap();
+        tenants.ensure_tenant("acme", 0).await.unwrap();
+        let four = berth_allocator::Limit {
+            containers: Some(4),
+            ..berth_allocator::Limit::default()
+        };
+        allocator.set_quota("acme", four).await.unwrap();
+        let deployments = Deployments::new(tenants.clone(), allocator, Target::Pool);
+        // A thousand services of ten thousand replicas each, and no node at all: only
+        // the quota can answer, and it does without placing anything.
+        let mut huge = topology();
+        let template = huge.services["a"].clone();
+        huge.services.clear();
+        for i in 0..1000 {
+            let mut s = template.clone();
+            s.replicas = 10_000;
+            huge.services.insert(format!("s{i}"), s);
+        }
+        let e = deployments.apply("acme", &huge).await.unwrap_err();
+        assert!(
+            matches!(e, DeployError::Allocator(AllocatorError::Quota(_))),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("containers would be 10000000 of 4"),
+            "{e}"
+        );
+        assert!(tenants.list("acme").await.unwrap().is_empty());
     }
 }
