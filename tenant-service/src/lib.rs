@@ -441,34 +441,76 @@ impl TenantService {
         password: &str,
         now_ms: i64,
     ) -> Result<berth_protocol::capability::Role, LoginError> {
-        let Some(row) = user::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
-            .one(&self.db)
-            .await?
-        else {
+        // The attempt is counted before the password is checked, in a transaction that
+        // writes the user's row first (SQLite then serialises it, PostgreSQL holds the
+        // row): concurrent attempts each get their own number, so N guesses count N,
+        // and the one that reaches the limit locks the account before any later one
+        // is checked.
+        let txn = self.db.begin().await?;
+        let counted = user::Entity::update_many()
+            .col_expr(
+                user::Column::FailedLogins,
+                sea_orm::sea_query::ExprTrait::add(
+                    sea_orm::sea_query::Expr::col(user::Column::FailedLogins),
+                    1,
+                ),
+            )
+            .filter(user::Column::Tenant.eq(tenant_name))
+            .filter(user::Column::Name.eq(name))
+            .exec(&txn)
+            .await?;
+        let row = if counted.rows_affected == 0 {
+            None
+        } else {
+            user::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
+                .one(&txn)
+                .await?
+        };
+        let Some(row) = row else {
+            txn.commit().await?;
             let _ = password_matches(password, decoy_hash());
             return Err(LoginError::BadCredentials);
         };
-        let state = throttle::LoginState {
-            failures: u32::try_from(row.failed_logins).unwrap_or(0),
+        let before = throttle::LoginState {
+            failures: u32::try_from(row.failed_logins - 1).unwrap_or(0),
             locked_until_ms: row.locked_until_ms,
         };
-        if let throttle::Gate::Locked { retry_after_ms } = throttle::gate(state, now_ms) {
+        if let throttle::Gate::Locked { retry_after_ms } = throttle::gate(before, now_ms) {
+            txn.commit().await?;
             return Err(LoginError::Throttled { retry_after_ms });
         }
-        let ok = password_matches(password, &row.password_hash);
-        let next = if ok {
-            throttle::after_success()
-        } else {
-            throttle::after_failure(state, now_ms)
-        };
-        let mut active: user::ActiveModel = row.clone().into();
-        active.failed_logins = Set(i32::try_from(next.failures).unwrap_or(i32::MAX));
-        active.locked_until_ms = Set(next.locked_until_ms);
-        sea_orm::ActiveModelTrait::update(active, &self.db).await?;
-        if !ok {
+        // Should this attempt fail, the lock it earns holds from now on.
+        let if_failed = throttle::after_failure(before, now_ms);
+        if if_failed.locked_until_ms != row.locked_until_ms {
+            user::Entity::update_many()
+                .col_expr(
+                    user::Column::LockedUntilMs,
+                    sea_orm::sea_query::Expr::value(if_failed.locked_until_ms),
+                )
+                .filter(user::Column::Tenant.eq(tenant_name))
+                .filter(user::Column::Name.eq(name))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        if !password_matches(password, &row.password_hash) {
             tracing::info!(tenant = tenant_name, user = name, "failed login");
             return Err(LoginError::BadCredentials);
         }
+        let cleared = throttle::after_success();
+        user::Entity::update_many()
+            .col_expr(
+                user::Column::FailedLogins,
+                sea_orm::sea_query::Expr::value(i32::try_from(cleared.failures).unwrap_or(0)),
+            )
+            .col_expr(
+                user::Column::LockedUntilMs,
+                sea_orm::sea_query::Expr::value(cleared.locked_until_ms),
+            )
+            .filter(user::Column::Tenant.eq(tenant_name))
+            .filter(user::Column::Name.eq(name))
+            .exec(&self.db)
+            .await?;
         berth_protocol::capability::Role::parse(&row.role).ok_or(LoginError::BadCredentials)
     }
 }

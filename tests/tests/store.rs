@@ -43,6 +43,7 @@ on_both_databases!(
     an_anchor_kept_elsewhere_catches_a_history_rewritten_whole_or_cut_short,
     the_witness_anchors_each_new_head_and_stops_at_a_broken_chain,
     concurrent_appends_keep_one_unbroken_chain,
+    concurrent_wrong_passwords_each_count_and_the_right_one_waits,
 );
 
 async fn connect(url: &str) -> DatabaseConnection {
@@ -653,4 +654,66 @@ async fn assert_broken(ledger: &berth_allocator::ledger::Ledger, problem: &str) 
             .starts_with(problem),
         "{found:?}"
     );
+}
+
+/// The login throttle cannot be raced: concurrent wrong passwords are each counted,
+/// only those up to the limit have their password checked, and the right password
+/// hidden among them waits for the lock like any other.
+async fn concurrent_wrong_passwords_each_count_and_the_right_one_waits(db: DatabaseConnection) {
+    use berth_protocol::capability::Role;
+    use berth_tenant_service::entity::user;
+    use berth_tenant_service::throttle::{FREE_FAILURES, MAX_LOCKOUT_MS};
+    use berth_tenant_service::{LoginError, TenantService};
+    use sea_orm::EntityTrait;
+
+    const PASSWORD: &str = "the-right-password-1";
+    const GUESSES: usize = 40;
+    let tenants = TenantService::open(db.clone()).await.expect("open");
+    tenants.ensure_tenant("acme", 0).await.expect("tenant");
+    tenants
+        .create_user("acme", "dev", PASSWORD, Role::Developer, 0)
+        .await
+        .expect("user");
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..GUESSES {
+        let tenants = tenants.clone();
+        guesses.spawn(async move {
+            tenants
+                .login("acme", "dev", &format!("guess-{i:04}"), 0)
+                .await
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(outcome) = guesses.join_next().await {
+        outcomes.push(outcome.expect("task"));
+    }
+    let checked = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(LoginError::BadCredentials)))
+        .count();
+    let throttled = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(LoginError::Throttled { .. })))
+        .count();
+    assert_eq!(checked, FREE_FAILURES as usize, "{outcomes:?}");
+    assert_eq!(throttled, GUESSES - FREE_FAILURES as usize);
+    let failures = |db: DatabaseConnection| async move {
+        user::Entity::find_by_id(("acme".to_owned(), "dev".to_owned()))
+            .one(&db)
+            .await
+            .expect("read")
+            .expect("row")
+            .failed_logins
+    };
+    assert_eq!(failures(db.clone()).await, GUESSES as i32);
+    assert!(matches!(
+        tenants.login("acme", "dev", PASSWORD, 1).await,
+        Err(LoginError::Throttled { .. })
+    ));
+    let later = MAX_LOCKOUT_MS + 1;
+    assert_eq!(
+        tenants.login("acme", "dev", PASSWORD, later).await.ok(),
+        Some(Role::Developer)
+    );
+    assert_eq!(failures(db).await, 0);
 }
