@@ -731,12 +731,16 @@ async fn get_policy(
     }))
 }
 
+/// The longest a join token lives: a week, enough to join machines being set up.
+const MOST_JOIN_TOKEN_SECONDS: u32 = 7 * 24 * 3600;
+
 /// `POST /v1/join-tokens`.
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJoinToken {
-    /// How long the token is valid, in seconds (default one hour).
+    /// How long the token is valid, in seconds (default one hour, at most a week).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604800)]
     pub ttl_seconds: Option<u32>,
 }
 
@@ -761,6 +765,11 @@ async fn create_join_token(
     gw.authorize(&request, Operation::Administer, "*", None)
         .await?;
     let ttl_seconds = body.and_then(|b| b.ttl_seconds).unwrap_or(3600);
+    if !(1..=MOST_JOIN_TOKEN_SECONDS).contains(&ttl_seconds) {
+        return Err(ApiError::bad_request(format!(
+            "ttl_seconds: {ttl_seconds} is out of range; a join token lives from 1 second to {MOST_JOIN_TOKEN_SECONDS} (7 days)"
+        )));
+    }
     let token = gw
         .nodes
         .identities()

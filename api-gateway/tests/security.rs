@@ -771,3 +771,33 @@ fn attenuate(token: &str, code: &str) -> String {
         .to_base64()
         .expect("encode")
 }
+
+#[actix_web::test]
+async fn a_join_token_lives_a_week_at_most() {
+    let f = fixture().await;
+    let (status, body) = call(
+        &f.app,
+        "POST",
+        "/v1/join-tokens",
+        Some(ADMIN),
+        Some(serde_json::json!({ "ttl_seconds": u32::MAX })),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ttl_seconds"),
+        "{body}"
+    );
+    let (status, body) = call(
+        &f.app,
+        "POST",
+        "/v1/join-tokens",
+        Some(ADMIN),
+        Some(serde_json::json!({ "ttl_seconds": 7 * 24 * 3600 })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}

@@ -213,7 +213,14 @@ struct Next {
 
 /// Only a path on these pages: never another site.
 fn safe_next(next: Option<&str>) -> Option<&str> {
-    next.filter(|n| n.starts_with("/ui") && !n.starts_with("//") && !n.contains("://"))
+    // A page of this UI, and nothing that could end a header line or leave the site.
+    next.filter(|n| {
+        n.starts_with("/ui")
+            && !n.starts_with("//")
+            && !n.contains("://")
+            && !n.contains('\\')
+            && n.chars().all(|c| !c.is_control())
+    })
 }
 
 fn login_page(
@@ -305,4 +312,26 @@ async fn logout(request: HttpRequest) -> HttpResponse {
     let mut response = see_other("/ui/login");
     let _ = response.add_removal_cookie(&session_cookie(String::new(), &request));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_a_page_of_this_ui_and_no_header_can_be_smuggled_in() {
+        assert_eq!(
+            safe_next(Some("/ui/tenants/acme")),
+            Some("/ui/tenants/acme")
+        );
+        for hostile in [
+            "/ui/\r\nX-Injected: 1",
+            "//evil.example/ui",
+            "/ui/../x?u=https://evil.example",
+            "/ui\\evil",
+            "https://evil.example/ui",
+        ] {
+            assert_eq!(safe_next(Some(hostile)), None, "{hostile:?}");
+        }
+    }
 }
