@@ -256,6 +256,29 @@ impl Gateway {
         self
     }
 
+    /// Whether `token` is the admin token or a token that verifies (signature, shape);
+    /// revocation and rights are decided by [`Self::authorize`].
+    fn authenticate(&self, token: &str) -> Result<(), ApiError> {
+        if self.is_admin_token(token) {
+            return Ok(());
+        }
+        let keys = self.keys.keyring();
+        capability::verify(token, |id| keys.key(id))
+            .map(|_| ())
+            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+    }
+
+    /// Whether `token` is the bootstrap admin token (compared by digest, in constant
+    /// time).
+    fn is_admin_token(&self, token: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        presented
+            .iter()
+            .zip(&self.admin_token_sha256)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
     /// Authenticates the request's bearer token and authorizes `operation` on `tenant`
     /// (and `topology`): 401 for a missing or invalid token, 403 for a valid one that
     /// does not allow this.
@@ -267,13 +290,7 @@ impl Gateway {
         topology: Option<&str>,
     ) -> Result<capability::Authorized, ApiError> {
         let token = bearer(request)?;
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Compare digests in constant time.
-        let difference = presented
-            .iter()
-            .zip(&self.admin_token_sha256)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if difference == 0 {
+        if self.is_admin_token(token) {
             return Ok(capability::Authorized {
                 session: capability::Session {
                     user: "admin-token".to_owned(),
@@ -318,6 +335,35 @@ impl Gateway {
                 e.to_string(),
             )),
         }
+    }
+}
+
+/// Refuses a request under `/v1` (but the login) whose bearer token is missing or does
+/// not verify, before its body is read: who asks is decided before what they send is
+/// parsed. What the token allows is each handler's to decide.
+async fn authenticated(
+    request: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    let open = request.path() == "/v1/login";
+    let refused = if open {
+        None
+    } else {
+        match (
+            request.app_data::<web::Data<Gateway>>(),
+            bearer(request.request()),
+        ) {
+            (_, Err(e)) => Some(e),
+            (Some(gw), Ok(token)) => gw.authenticate(token).err(),
+            (None, Ok(_)) => None,
+        }
+    };
+    match refused {
+        Some(e) => Ok(request.error_response(e).map_into_right_body()),
+        None => Ok(next.call(request).await?.map_into_left_body()),
     }
 }
 
@@ -372,6 +418,7 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
             .configure(berth_ui::configure(own_certificate))
             .service(
                 web::scope("/v1")
+                    .wrap(actix_web::middleware::from_fn(authenticated))
                     .wrap(actix_web::middleware::from_fn(metrics::track))
                     .route("/login", web::post().to(login))
                     .route("/session", web::get().to(session))

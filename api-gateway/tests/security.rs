@@ -801,3 +801,33 @@ async fn a_join_token_lives_a_week_at_most() {
     .await;
     assert_eq!(status, 201, "{body}");
 }
+
+#[actix_web::test]
+async fn who_asks_is_decided_before_what_they_send_is_read() {
+    let f = fixture().await;
+    let garbage = serde_json::json!({ "not": "a topology" });
+    for (method, path, token) in [
+        ("PUT", "/v1/tenants/acme/topologies/web", None),
+        ("POST", "/v1/audit/revocations", None),
+        (
+            "PUT",
+            "/v1/tenants/acme/topologies/web",
+            Some("not-a-biscuit-at-all"),
+        ),
+    ] {
+        let (status, body) = call(&f.app, method, path, token, Some(garbage.clone())).await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert_eq!(body["code"], "unauthenticated", "{body}");
+    }
+    // Signed in, the same body is what is wrong.
+    let token = login(&f.app, "acme").await;
+    let (status, body) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/acme/topologies/web",
+        Some(&token),
+        Some(garbage),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+}
