@@ -58,12 +58,34 @@ pub fn ensure_images() {
     });
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago and that no other test of this process was given.
+/// Ports come from below the kernel's ephemeral range (32768 and up on Linux), so the
+/// outgoing connections other tests open meanwhile never take one before its server
+/// binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const LAST: u16 = 32_000;
+    // Where this process starts: spread by its id, so test binaries running one after
+    // another do not walk the same ports.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        FIRST + (std::process::id() % u32::from(LAST - FIRST)) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in FIRST..LAST {
+        let port = NEXT
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+                Some(if p + 1 >= LAST { FIRST } else { p + 1 })
+            })
+            .unwrap_or(FIRST);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {LAST}")
 }
 
 /// The result of one `berth` run.
