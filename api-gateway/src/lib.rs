@@ -386,6 +386,34 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// One resource of the API: its handlers by method, and a 405 that names the allowed
+/// methods for any other.
+macro_rules! resource {
+    ($path:expr, $($method:ident => $handler:expr),+ $(,)?) => {
+        web::resource($path)
+            $(.route(web::$method().to($handler)))+
+            .default_service(web::to(|| async {
+                method_not_allowed(&[$(stringify!($method)),+])
+            }))
+    };
+}
+
+/// 405, with the methods the resource answers in `Allow`.
+fn method_not_allowed(methods: &[&str]) -> HttpResponse {
+    let allowed = methods
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(", ");
+    HttpResponse::MethodNotAllowed()
+        .insert_header(("allow", allowed.clone()))
+        .json(ErrorBody {
+            code: "method_not_allowed".to_owned(),
+            message: format!("this resource answers {allowed} only"),
+            refusals: Vec::new(),
+        })
+}
+
 /// Registers every route under `/v1`, plus health checks.
 pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
@@ -420,55 +448,36 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                 web::scope("/v1")
                     .wrap(actix_web::middleware::from_fn(authenticated))
                     .wrap(actix_web::middleware::from_fn(metrics::track))
-                    .route("/login", web::post().to(login))
-                    .route("/session", web::get().to(session))
-                    .route("/tenants", web::post().to(create_tenant))
-                    .route("/tenants", web::get().to(list_tenants))
-                    .route("/tenants/{tenant}/users", web::post().to(create_user))
-                    .route("/tenants/{tenant}/quota", web::put().to(set_quota))
-                    .route("/tenants/{tenant}/quota", web::get().to(get_quota))
-                    .route("/tenants/{tenant}/policy", web::put().to(set_policy))
-                    .route("/tenants/{tenant}/policy", web::get().to(get_policy))
-                    .route("/join-tokens", web::post().to(create_join_token))
-                    .route("/nodes", web::get().to(list_nodes))
-                    .route("/audit/entries", web::get().to(audit::entries))
-                    .route("/audit/verify", web::get().to(audit::verify))
-                    .route("/audit/tokens/{id}", web::get().to(audit::explain))
-                    .route("/audit/revocations", web::post().to(audit::revoke))
-                    .route("/audit/graph", web::get().to(audit::graph))
-                    .route("/audit/decisions/{seq}", web::get().to(audit::decision))
-                    .route("/root-keys", web::get().to(audit::root_keys))
-                    .route("/root-keys", web::post().to(audit::rotate_root_key))
-                    .route("/root-keys/{id}", web::delete().to(audit::retire_root_key))
-                    .route("/nodes/{node}/cordon", web::post().to(cordon))
-                    .route("/nodes/{node}/uncordon", web::post().to(uncordon))
-                    .route("/nodes/{node}/drain", web::post().to(drain))
-                    .route(
-                        "/tenants/{tenant}/topologies/{name}/scale",
-                        web::post().to(scale),
-                    )
-                    .route(
-                        "/tenants/{tenant}/topologies/{name}/events",
-                        web::get().to(events),
-                    )
-                    .route(
-                        "/tenants/{tenant}/topologies/{name}/spec",
-                        web::get().to(spec),
-                    )
-                    .route(
-                        "/tenants/{tenant}/topologies/{name}/logs",
-                        web::get().to(logs),
-                    )
-                    .route(
-                        "/tenants/{tenant}/topologies",
-                        web::get().to(list_topologies),
-                    )
-                    .route("/tenants/{tenant}/topologies/{name}", web::put().to(deploy))
-                    .route("/tenants/{tenant}/topologies/{name}", web::get().to(status))
-                    .route(
+                    .service(resource!("/login", post => login))
+                    .service(resource!("/session", get => session))
+                    .service(resource!("/tenants", post => create_tenant, get => list_tenants))
+                    .service(resource!("/tenants/{tenant}/users", post => create_user))
+                    .service(resource!("/tenants/{tenant}/quota", put => set_quota, get => get_quota))
+                    .service(resource!("/tenants/{tenant}/policy", put => set_policy, get => get_policy))
+                    .service(resource!("/join-tokens", post => create_join_token))
+                    .service(resource!("/nodes", get => list_nodes))
+                    .service(resource!("/audit/entries", get => audit::entries))
+                    .service(resource!("/audit/verify", get => audit::verify))
+                    .service(resource!("/audit/tokens/{id}", get => audit::explain))
+                    .service(resource!("/audit/revocations", post => audit::revoke))
+                    .service(resource!("/audit/graph", get => audit::graph))
+                    .service(resource!("/audit/decisions/{seq}", get => audit::decision))
+                    .service(resource!("/root-keys", get => audit::root_keys, post => audit::rotate_root_key))
+                    .service(resource!("/root-keys/{id}", delete => audit::retire_root_key))
+                    .service(resource!("/nodes/{node}/cordon", post => cordon))
+                    .service(resource!("/nodes/{node}/uncordon", post => uncordon))
+                    .service(resource!("/nodes/{node}/drain", post => drain))
+                    .service(resource!("/tenants/{tenant}/topologies/{name}/scale", post => scale))
+                    .service(resource!("/tenants/{tenant}/topologies/{name}/events", get => events))
+                    .service(resource!("/tenants/{tenant}/topologies/{name}/spec", get => spec))
+                    .service(resource!("/tenants/{tenant}/topologies/{name}/logs", get => logs))
+                    .service(resource!("/tenants/{tenant}/topologies", get => list_topologies))
+                    .service(resource!(
                         "/tenants/{tenant}/topologies/{name}",
-                        web::delete().to(remove),
-                    ),
+                        put => deploy,
+                        get => status,
+                        delete => remove,
+                    )),
             )
             .default_service(web::to(|| async {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").error_response()
@@ -500,6 +509,26 @@ async fn healthz() -> HttpResponse {
 async fn readyz(gw: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     gw.tenants.list("-").await?;
     Ok(HttpResponse::Ok().body("ready"))
+}
+
+/// Refuses a quota the store cannot hold exactly (above 2^63 - 1), rather than
+/// clamping it silently.
+fn representable(limit: &Limit) -> Result<(), ApiError> {
+    for (field, value) in [
+        ("cpu_millis", limit.cpu_millis),
+        ("memory_bytes", limit.memory_bytes),
+        ("containers", limit.containers),
+    ] {
+        if let Some(v) = value
+            && v > i64::MAX as u64
+        {
+            return Err(ApiError::bad_request(format!(
+                "{field}: {v} is larger than a quota can be ({}); leave it out for no limit",
+                i64::MAX
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `POST /v1/tenants`.
@@ -544,6 +573,9 @@ async fn create_tenant(
     gw.authorize(&request, Operation::Administer, &body.name, None)
         .await?;
     valid_tenant(&body.name)?;
+    if let Some(quota) = &body.quota {
+        representable(quota)?;
+    }
     gw.tenants.ensure_tenant(&body.name, now_ms()).await?;
     gw.allocator
         .ensure_quota(&body.name, body.quota.unwrap_or_default())
@@ -617,8 +649,10 @@ async fn set_quota(
 ) -> Result<HttpResponse, ApiError> {
     gw.authorize(&request, Operation::Administer, &tenant, None)
         .await?;
+    let limit = body.into_inner();
+    representable(&limit)?;
     gw.allocator.quota(&tenant).await?;
-    gw.allocator.set_quota(&tenant, body.into_inner()).await?;
+    gw.allocator.set_quota(&tenant, limit).await?;
     get_quota(gw, request, tenant).await
 }
 
@@ -1017,10 +1051,14 @@ async fn replica_views(gw: &Gateway, id: &TopologyRef) -> Result<Vec<ReplicaView
     Ok(views)
 }
 
+/// The most events one request reads.
+const MOST_EVENTS: u64 = 500;
+
 /// How many events.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct EventsQuery {
     /// At most this many, newest first (default 100, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u64>,
 }
 
@@ -1053,7 +1091,13 @@ async fn events(
         tenant,
         topology: name,
     };
-    let events = gw.allocator.events(&id, query.limit.unwrap_or(100)).await?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MOST_EVENTS).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is out of range; ask for 1 to {MOST_EVENTS} events"
+        )));
+    }
+    let events = gw.allocator.events(&id, limit).await?;
     Ok(HttpResponse::Ok().json(events))
 }
 

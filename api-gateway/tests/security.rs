@@ -831,3 +831,76 @@ async fn who_asks_is_decided_before_what_they_send_is_read() {
     .await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[actix_web::test]
+async fn a_wrong_method_is_a_405_that_names_the_right_ones() {
+    let f = fixture().await;
+    let request = web_test::TestRequest::default()
+        .method(actix_web::http::Method::PATCH)
+        .uri("/v1/tenants/acme/topologies/web")
+        .insert_header(("authorization", format!("Bearer {ADMIN}")))
+        .to_request();
+    let response = web_test::call_service(&f.app, request).await;
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok()),
+        Some("PUT, GET, DELETE")
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(&web_test::read_body(response).await).expect("json");
+    assert_eq!(body["code"], "method_not_allowed");
+}
+
+#[actix_web::test]
+async fn documented_bounds_are_enforced_not_clamped() {
+    let f = fixture().await;
+    let (status, body) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/acme/quota",
+        Some(ADMIN),
+        Some(serde_json::json!({ "containers": u64::MAX })),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("containers:"),
+        "{body}"
+    );
+    let token = login(&f.app, "acme").await;
+    let (status, _) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/acme/topologies/web",
+        Some(&token),
+        Some(topology("web")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for limit in ["0", "501"] {
+        let (status, body) = call(
+            &f.app,
+            "GET",
+            &format!("/v1/tenants/acme/topologies/web/events?limit={limit}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "limit={limit}: {body}");
+    }
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies/web/events?limit=500",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
