@@ -425,10 +425,14 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
         let path = web::PathConfig::default().error_handler(|err, _| {
             ApiError::bad_request(format!("the path is not valid: {err}")).into()
         });
+        let query = web::QueryConfig::default().error_handler(|err, _| {
+            ApiError::bad_request(format!("the query is not valid: {err}")).into()
+        });
         let own_certificate = gateway.own_certificate.clone();
         cfg.app_data(web::Data::new(gateway))
             .app_data(json)
             .app_data(path)
+            .app_data(query)
             // A person who opens the server's address finds the pages.
             .route(
                 "/",

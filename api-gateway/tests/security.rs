@@ -904,3 +904,19 @@ async fn documented_bounds_are_enforced_not_clamped() {
     .await;
     assert_eq!(status, 200);
 }
+
+#[actix_web::test]
+async fn a_query_that_is_not_understood_is_a_json_400() {
+    let f = fixture().await;
+    let token = login(&f.app, "acme").await;
+    let (status, body) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies/web/logs?nonsense=1",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "bad_request", "{body}");
+}
