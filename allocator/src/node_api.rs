@@ -652,8 +652,8 @@ impl NodeControl for NodeApi {
     async fn report(&self, request: Request<SignedRequest>) -> Result<Response<ReportAck>, Status> {
         use tracing::Instrument;
         let span = tracing::info_span!("report", node = %request.get_ref().node);
-        if let Some(parent) = berth_protocol::telemetry::extract(request.metadata()) {
-            berth_protocol::telemetry::set_parent(&span, &parent);
+        if let Some(parent) = berth_telemetry::extract(request.metadata()) {
+            berth_telemetry::set_parent(&span, &parent);
         }
         let result = self
             .accept_report(request.into_inner())

@@ -506,9 +506,7 @@ impl Allocator {
             revision: Set(to_i64(revision)),
             spec: Set(spec),
             next_generation: Set(to_i64(max_generation)),
-            traceparent: Set(berth_protocol::telemetry::traceparent(
-                &tracing::Span::current(),
-            )),
+            traceparent: Set(berth_telemetry::traceparent(&tracing::Span::current())),
         };
         placement::Entity::insert(row)
             .on_conflict(

@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use berth_protocol::telemetry;
+use berth_telemetry as telemetry;
 
 use crate::{ApiError, Gateway};
 

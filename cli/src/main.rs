@@ -680,9 +680,9 @@ fn main() -> ExitCode {
         let _entered = runtime.enter();
         match cli.command {
             Command::Server { .. } | Command::Dev { .. } => {
-                berth_protocol::telemetry::init("berth-server", "info")
+                berth_telemetry::init("berth-server", "info")
             }
-            _ => berth_protocol::telemetry::init("berth", "warn"),
+            _ => berth_telemetry::init("berth", "warn"),
         }
     };
     match runtime.block_on(run(cli)) {

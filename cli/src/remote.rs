@@ -74,7 +74,7 @@ fn client(ca: Option<&std::path::Path>) -> Result<reqwest::Client, RemoteError> 
     }
     builder.build().map_err(|e| RemoteError::Trust {
         path: ca.map(|p| p.display().to_string()).unwrap_or_default(),
-        message: berth_protocol::telemetry::error_chain(&e),
+        message: berth_telemetry::error_chain(&e),
     })
 }
 
@@ -106,7 +106,7 @@ impl Remote {
     ) -> Result<T, RemoteError> {
         let unreachable = |e: reqwest::Error| RemoteError::Unreachable {
             endpoint: self.endpoint.clone(),
-            message: berth_protocol::telemetry::error_chain(&e),
+            message: berth_telemetry::error_chain(&e),
         };
         let response = request
             .bearer_auth(&self.token)
@@ -310,7 +310,7 @@ pub(crate) async fn login(
     let endpoint = endpoint.trim_end_matches('/');
     let unreachable = |e: reqwest::Error| RemoteError::Unreachable {
         endpoint: endpoint.to_owned(),
-        message: berth_protocol::telemetry::error_chain(&e),
+        message: berth_telemetry::error_chain(&e),
     };
     let body = berth_api_gateway::Login {
         tenant: tenant.to_owned(),

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use berth_protocol::telemetry;
+use berth_telemetry as telemetry;
 
 use crate::driver::ContainerDriver;
 use crate::links::Tunnels;
@@ -230,14 +230,14 @@ async fn connect(url: &str, ca: Option<&str>) -> Result<NodeControlClient<Channe
             };
             endpoint
                 .tls_config(tls)
-                .map_err(|e| failed(berth_protocol::telemetry::error_chain(&e)))?
+                .map_err(|e| failed(berth_telemetry::error_chain(&e)))?
         }
         false => endpoint,
     };
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| failed(berth_protocol::telemetry::error_chain(&e)))?;
+        .map_err(|e| failed(berth_telemetry::error_chain(&e)))?;
     Ok(NodeControlClient::new(channel))
 }
 

@@ -7,5 +7,4 @@ pub mod assignment;
 pub mod capability;
 pub mod delegation;
 pub mod node_api;
-pub mod telemetry;
 pub mod topology;

@@ -84,7 +84,7 @@ fn default_state_dir() -> PathBuf {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _telemetry = berth_protocol::telemetry::init("berth-node", "info");
+    let _telemetry = berth_telemetry::init("berth-node", "info");
     let identity = match cli.command {
         Command::Join {
             allocator,
