@@ -98,12 +98,41 @@ pub mod user {
         pub password_hash: String,
         /// `admin`, `developer` or `auditor`.
         pub role: String,
-        /// Failed logins since the last success.
+        /// Unused: failed logins are counted in `login_attempts`, for every name
+        /// asked for, so that the throttle does not tell users from strangers.
         pub failed_logins: i32,
-        /// Logins are refused until then, Unix milliseconds.
+        /// Unused, as `failed_logins`.
         pub locked_until_ms: i64,
         /// When it was created, Unix milliseconds.
         pub created_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Failed logins by the name asked for, whether or not such a user exists, so that
+/// the throttle answers a stranger's name as it answers a user's.
+pub mod login_attempt {
+    use sea_orm::entity::prelude::*;
+
+    /// The failed logins of one (tenant, name).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "login_attempts")]
+    pub struct Model {
+        /// The tenant asked for.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// The user name asked for.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// Attempts since the last success, counted before each password is checked.
+        pub attempts: i32,
+        /// Logins for this name are refused until then, Unix milliseconds.
+        pub locked_until_ms: i64,
     }
 
     /// No relations are navigated through the ORM.

@@ -15,7 +15,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use entity::{revision, tenant, topology, user};
+use entity::{login_attempt, revision, tenant, topology, user};
 
 /// Failures of the tenant service.
 #[derive(Debug, thiserror::Error)]
@@ -441,39 +441,47 @@ impl TenantService {
         password: &str,
         now_ms: i64,
     ) -> Result<berth_protocol::capability::Role, LoginError> {
-        // The attempt is counted before the password is checked, in a transaction that
-        // writes the user's row first (SQLite then serialises it, PostgreSQL holds the
-        // row): concurrent attempts each get their own number, so N guesses count N,
-        // and the one that reaches the limit locks the account before any later one
-        // is checked.
+        // The attempt is counted before the password is checked, for the name asked
+        // for whether or not such a user exists, in a transaction that writes the
+        // name's row first (SQLite then serialises it, PostgreSQL holds the row):
+        // concurrent attempts each get their own number, so N guesses count N, and
+        // the one that reaches the limit locks the name before any later one is
+        // checked. A stranger's name is throttled as a user's is.
+        use login_attempt::Column as A;
+        let name_of = || {
+            sea_orm::Condition::all()
+                .add(A::Tenant.eq(tenant_name))
+                .add(A::Name.eq(name))
+        };
         let txn = self.db.begin().await?;
-        let counted = user::Entity::update_many()
-            .col_expr(
-                user::Column::FailedLogins,
-                sea_orm::sea_query::ExprTrait::add(
-                    sea_orm::sea_query::Expr::col(user::Column::FailedLogins),
-                    1,
-                ),
-            )
-            .filter(user::Column::Tenant.eq(tenant_name))
-            .filter(user::Column::Name.eq(name))
-            .exec(&txn)
-            .await?;
-        let row = if counted.rows_affected == 0 {
-            None
-        } else {
-            user::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
-                .one(&txn)
-                .await?
-        };
-        let Some(row) = row else {
-            txn.commit().await?;
-            let _ = password_matches(password, decoy_hash());
-            return Err(LoginError::BadCredentials);
-        };
+        login_attempt::Entity::insert(login_attempt::ActiveModel {
+            tenant: Set(tenant_name.to_owned()),
+            name: Set(name.to_owned()),
+            attempts: Set(1),
+            locked_until_ms: Set(0),
+        })
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::columns([A::Tenant, A::Name])
+                .value(
+                    A::Attempts,
+                    // Qualified: in PostgreSQL's upsert a bare name is ambiguous.
+                    sea_orm::sea_query::ExprTrait::add(
+                        sea_orm::sea_query::Expr::col((login_attempt::Entity, A::Attempts)),
+                        1,
+                    ),
+                )
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        let counted = login_attempt::Entity::find()
+            .filter(name_of())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("the attempt just counted".into()))?;
         let before = throttle::LoginState {
-            failures: u32::try_from(row.failed_logins - 1).unwrap_or(0),
-            locked_until_ms: row.locked_until_ms,
+            failures: u32::try_from(counted.attempts - 1).unwrap_or(0),
+            locked_until_ms: counted.locked_until_ms,
         };
         if let throttle::Gate::Locked { retry_after_ms } = throttle::gate(before, now_ms) {
             txn.commit().await?;
@@ -481,34 +489,40 @@ impl TenantService {
         }
         // Should this attempt fail, the lock it earns holds from now on.
         let if_failed = throttle::after_failure(before, now_ms);
-        if if_failed.locked_until_ms != row.locked_until_ms {
-            user::Entity::update_many()
+        if if_failed.locked_until_ms != counted.locked_until_ms {
+            login_attempt::Entity::update_many()
                 .col_expr(
-                    user::Column::LockedUntilMs,
+                    A::LockedUntilMs,
                     sea_orm::sea_query::Expr::value(if_failed.locked_until_ms),
                 )
-                .filter(user::Column::Tenant.eq(tenant_name))
-                .filter(user::Column::Name.eq(name))
+                .filter(name_of())
                 .exec(&txn)
                 .await?;
         }
         txn.commit().await?;
-        if !password_matches(password, &row.password_hash) {
+        let user = user::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
+            .one(&self.db)
+            .await?;
+        // A name without a user costs the same hash as one with a wrong password.
+        let hash = user
+            .as_ref()
+            .map_or(decoy_hash(), |u| u.password_hash.as_str());
+        let ok = password_matches(password, hash);
+        let Some(row) = user.filter(|_| ok) else {
             tracing::info!(tenant = tenant_name, user = name, "failed login");
             return Err(LoginError::BadCredentials);
-        }
+        };
         let cleared = throttle::after_success();
-        user::Entity::update_many()
+        login_attempt::Entity::update_many()
             .col_expr(
-                user::Column::FailedLogins,
+                A::Attempts,
                 sea_orm::sea_query::Expr::value(i32::try_from(cleared.failures).unwrap_or(0)),
             )
             .col_expr(
-                user::Column::LockedUntilMs,
+                A::LockedUntilMs,
                 sea_orm::sea_query::Expr::value(cleared.locked_until_ms),
             )
-            .filter(user::Column::Tenant.eq(tenant_name))
-            .filter(user::Column::Name.eq(name))
+            .filter(name_of())
             .exec(&self.db)
             .await?;
         berth_protocol::capability::Role::parse(&row.role).ok_or(LoginError::BadCredentials)

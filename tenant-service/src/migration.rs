@@ -4,7 +4,7 @@
 use sea_orm::Schema;
 use sea_orm_migration::prelude::*;
 
-use crate::entity::{revision, tenant, topology, user};
+use crate::entity::{login_attempt, revision, tenant, topology, user};
 
 /// The tenant service's migrations.
 #[derive(Debug)]
@@ -13,7 +13,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(Users)]
+        vec![Box::new(Initial), Box::new(Users), Box::new(LoginAttempts)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -85,5 +85,30 @@ impl MigrationTrait for Users {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// Failed logins by the name asked for, known or not.
+#[derive(Debug)]
+struct LoginAttempts;
+
+impl MigrationName for LoginAttempts {
+    fn name(&self) -> &str {
+        "m20261202_000003_tenant_service_login_attempts"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for LoginAttempts {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(login_attempt::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
     }
 }

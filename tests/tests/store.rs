@@ -658,10 +658,11 @@ async fn assert_broken(ledger: &berth_allocator::ledger::Ledger, problem: &str) 
 
 /// The login throttle cannot be raced: concurrent wrong passwords are each counted,
 /// only those up to the limit have their password checked, and the right password
-/// hidden among them waits for the lock like any other.
+/// hidden among them waits for the lock like any other. A name without a user is
+/// throttled the same way.
 async fn concurrent_wrong_passwords_each_count_and_the_right_one_waits(db: DatabaseConnection) {
     use berth_protocol::capability::Role;
-    use berth_tenant_service::entity::user;
+    use berth_tenant_service::entity::login_attempt;
     use berth_tenant_service::throttle::{FREE_FAILURES, MAX_LOCKOUT_MS};
     use berth_tenant_service::{LoginError, TenantService};
     use sea_orm::EntityTrait;
@@ -698,12 +699,12 @@ async fn concurrent_wrong_passwords_each_count_and_the_right_one_waits(db: Datab
     assert_eq!(checked, FREE_FAILURES as usize, "{outcomes:?}");
     assert_eq!(throttled, GUESSES - FREE_FAILURES as usize);
     let failures = |db: DatabaseConnection| async move {
-        user::Entity::find_by_id(("acme".to_owned(), "dev".to_owned()))
+        login_attempt::Entity::find_by_id(("acme".to_owned(), "dev".to_owned()))
             .one(&db)
             .await
             .expect("read")
             .expect("row")
-            .failed_logins
+            .attempts
     };
     assert_eq!(failures(db.clone()).await, GUESSES as i32);
     assert!(matches!(
@@ -716,4 +717,20 @@ async fn concurrent_wrong_passwords_each_count_and_the_right_one_waits(db: Datab
         Some(Role::Developer)
     );
     assert_eq!(failures(db).await, 0);
+    // A name without a user is throttled as a user's is: the answers do not tell them
+    // apart.
+    let mut answers = Vec::new();
+    for _ in 0..=FREE_FAILURES {
+        answers.push(tenants.login("acme", "nobody", "guess", 0).await);
+    }
+    assert!(
+        answers[..FREE_FAILURES as usize]
+            .iter()
+            .all(|a| matches!(a, Err(LoginError::BadCredentials))),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(answers.last(), Some(Err(LoginError::Throttled { .. }))),
+        "{answers:?}"
+    );
 }
