@@ -46,6 +46,7 @@ secrets:
 "#;
 
 const DOCKERFILE: &str = "FROM berth/busybox:latest
+LABEL berth.test=NAME
 ARG FLAVOUR=unset
 RUN echo \"$FLAVOUR\" > /made
 ";
@@ -56,10 +57,7 @@ async fn a_compose_file_with_host_keys_runs_locally_and_a_pool_lists_what_it_ref
     // The images this test builds go with it, even when it fails (after its
     // containers, which the project removes first).
     let name = format!("t{}-compose-local", std::process::id());
-    let _images = Images(vec![
-        format!("{name}-web-base:latest"),
-        format!("{name}-maker"),
-    ]);
+    let _images = Images(name.clone());
     let mut project = Project::new("compose-local", APP);
     assert_eq!(project.name, name);
     project.set_env("API_KEY", "key-from-the-environment");
@@ -68,13 +66,17 @@ async fn a_compose_file_with_host_keys_runs_locally_and_a_pool_lists_what_it_ref
     std::fs::write(dir.join("site/index"), "from-the-site\n").unwrap();
     std::fs::write(dir.join("token.txt"), "the-token\n").unwrap();
     std::fs::create_dir(dir.join("maker")).unwrap();
-    std::fs::write(dir.join("maker/Dockerfile"), DOCKERFILE).unwrap();
+    std::fs::write(
+        dir.join("maker/Dockerfile"),
+        DOCKERFILE.replace("NAME", &name),
+    )
+    .unwrap();
     // `.env` values are expanded as Compose expands them.
     std::fs::write(dir.join(".env"), "GREETING=${UNSET_HERE:-hello-from-env}\n").unwrap();
     // The image `web` reads from `/baked` comes from a build of its own.
     std::fs::write(
         dir.join("baked.Dockerfile"),
-        "FROM berth/busybox:latest\nRUN echo baked-in > /baked\n",
+        format!("FROM berth/busybox:latest\nLABEL berth.test={name}\nRUN echo baked-in > /baked\n"),
     )
     .unwrap();
     let image = format!("{}-web-base:latest", project.name);
@@ -199,14 +201,16 @@ async fn a_compose_file_with_host_keys_runs_locally_and_a_pool_lists_what_it_ref
     assert!(docker_lines(&["ps", "-aq", "--filter", &format!("name={fixed}")]).is_empty());
 }
 
-/// Images removed when dropped.
-struct Images(Vec<String>);
+/// The images this test built (every one carries the label `berth.test=NAME`, the
+/// ones a rebuild left untagged too), removed when dropped.
+struct Images(String);
 
 impl Drop for Images {
     fn drop(&mut self) {
-        for image in &self.0 {
+        let filter = format!("label=berth.test={}", self.0);
+        for image in docker_lines(&["images", "-aq", "--filter", &filter]) {
             let _ = std::process::Command::new("docker")
-                .args(["rmi", "-f", image])
+                .args(["rmi", "-f", &image])
                 .output();
         }
     }
