@@ -290,13 +290,22 @@ async fn open(
             frame: Some(tunnel_frame::Frame::Open(call)),
         })
         .await;
-    let answer = client
-        .tunnel(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| format!("node {} refused the tunnel: {}", link.node, s.message()))?
-        .into_inner();
+    // A node that neither answers nor refuses in time (gone, but its connection not
+    // yet seen closed) is skipped like one that refuses, so that the connection goes
+    // on to the next node while its client still waits.
+    let answer = tokio::time::timeout(
+        OPEN_WITHIN,
+        client.tunnel(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| format!("node {} did not answer within {OPEN_WITHIN:?}", link.node))?
+    .map_err(|s| format!("node {} refused the tunnel: {}", link.node, s.message()))?
+    .into_inner();
     Ok((tx, answer))
 }
+
+/// How long a node has to open a tunnel before the next node is tried.
+const OPEN_WITHIN: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Pipes `socket` both ways through an opened tunnel until either side ends.
 async fn pipe(
