@@ -56,6 +56,39 @@ pub mod tenant_policy {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// How much of the control plane each tenant may use, where an admin set it; a
+/// `None` column takes the default.
+pub mod tenant_limit {
+    use sea_orm::entity::prelude::*;
+
+    /// One tenant's limits.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenant_limits")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// API requests per second.
+        pub requests_per_second: Option<i64>,
+        /// Deploys, scales and removals per minute.
+        pub deploys_per_minute: Option<i64>,
+        /// Attenuated tokens first seen per hour.
+        pub attenuations_per_hour: Option<i64>,
+        /// Services in one topology.
+        pub services_per_topology: Option<i64>,
+        /// Replicas of one service.
+        pub replicas_per_service: Option<i64>,
+        /// When they were last set, Unix milliseconds.
+        pub updated_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// The node pool, with capacity and what is reserved on each node.
 pub mod node {
     use sea_orm::entity::prelude::*;

@@ -6,7 +6,7 @@ use sea_orm_migration::prelude::*;
 
 use crate::entity::{
     assignment, audit_entry, join_token, lingering, node, node_identity, placement, quota,
-    replica_event, replica_status, revocation, tenant_policy,
+    replica_event, replica_status, revocation, tenant_limit, tenant_policy,
 };
 
 /// The allocator's migrations.
@@ -27,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(NodeLoadIndex),
             Box::new(LingeringSlots),
             Box::new(TenantPolicies),
+            Box::new(TenantLimits),
         ]
     }
 
@@ -403,6 +404,31 @@ impl MigrationTrait for TenantPolicies {
             .create_table(
                 schema
                     .create_table_from_entity(tenant_policy::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// How much of the control plane each tenant may use.
+#[derive(Debug)]
+struct TenantLimits;
+
+impl MigrationName for TenantLimits {
+    fn name(&self) -> &str {
+        "m20261203_000011_allocator_tenant_limits"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for TenantLimits {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(tenant_limit::Entity)
                     .if_not_exists()
                     .to_owned(),
             )

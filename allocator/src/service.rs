@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_protocol::assignment::{Slot, TopologyAssignment, TopologyRef};
+use berth_protocol::limits::TenantLimits;
 use berth_protocol::topology::Topology;
 use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 use sea_orm::{
@@ -14,7 +15,7 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 use crate::entity::{
-    assignment, node, placement, quota, replica_event, replica_status, tenant_policy,
+    assignment, node, placement, quota, replica_event, replica_status, tenant_limit, tenant_policy,
 };
 use crate::placement::{NodeView, Placed, PlacementError, Want, place};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
@@ -238,6 +239,62 @@ impl Allocator {
             tenant,
             self.allowances(tenant).await?,
         ))
+    }
+
+    /// Sets how much of the control plane `tenant` may use (already checked to be in
+    /// range); what is left out takes the default.
+    pub async fn set_limits(
+        &self,
+        tenant: &str,
+        limits: &TenantLimits,
+        now_ms: i64,
+    ) -> Result<(), AllocatorError> {
+        let column = |v: Option<u32>| Set(v.map(i64::from));
+        let row = tenant_limit::ActiveModel {
+            tenant: Set(tenant.to_owned()),
+            requests_per_second: column(limits.requests_per_second),
+            deploys_per_minute: column(limits.deploys_per_minute),
+            attenuations_per_hour: column(limits.attenuations_per_hour),
+            services_per_topology: column(limits.services_per_topology),
+            replicas_per_service: column(limits.replicas_per_service),
+            updated_at_ms: Set(now_ms),
+        };
+        use tenant_limit::Column as L;
+        tenant_limit::Entity::insert(row)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(L::Tenant)
+                    .update_columns([
+                        L::RequestsPerSecond,
+                        L::DeploysPerMinute,
+                        L::AttenuationsPerHour,
+                        L::ServicesPerTopology,
+                        L::ReplicasPerService,
+                        L::UpdatedAtMs,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// What an admin set for `tenant` (nothing set: all defaults).
+    pub async fn limits(&self, tenant: &str) -> Result<TenantLimits, AllocatorError> {
+        Ok(tenant_limit::Entity::find_by_id(tenant.to_owned())
+            .one(&self.db)
+            .await?
+            .map(|row| limits_of(&row))
+            .unwrap_or_default())
+    }
+
+    /// Every tenant's limits an admin set.
+    pub async fn all_limits(&self) -> Result<Vec<(String, TenantLimits)>, AllocatorError> {
+        Ok(tenant_limit::Entity::find()
+            .all(&self.db)
+            .await?
+            .iter()
+            .map(|row| (row.tenant.clone(), limits_of(row)))
+            .collect())
     }
 
     /// Registers a node (or updates its capacity and labels), keeping what is reserved
@@ -1146,4 +1203,15 @@ fn within<C: ColumnTrait>(used: C, limit: C, delta: i64) -> Condition {
     }
     let fits: SimpleExpr = Expr::col(used).add(delta).lte(Expr::col(limit));
     Condition::any().add(limit.is_null()).add(fits)
+}
+
+fn limits_of(row: &tenant_limit::Model) -> TenantLimits {
+    let value = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    TenantLimits {
+        requests_per_second: value(row.requests_per_second),
+        deploys_per_minute: value(row.deploys_per_minute),
+        attenuations_per_hour: value(row.attenuations_per_hour),
+        services_per_topology: value(row.services_per_topology),
+        replicas_per_service: value(row.replicas_per_service),
+    }
 }

@@ -10,6 +10,7 @@ use berth_allocator::witness::Witnessed;
 use berth_protocol::capability::{self, Authorized, Operation};
 use serde::{Deserialize, Serialize};
 
+use crate::limits::Kind;
 use crate::{ApiError, ErrorBody, Gateway, now_ms};
 
 impl From<LedgerError> for ApiError {
@@ -40,7 +41,7 @@ impl Gateway {
     /// datalog its holder added, so auditors see every narrowing of a token.
     pub(crate) async fn record_attenuation(
         &self,
-        token: &str,
+        verified: &capability::Verified,
         authorized: &Authorized,
     ) -> Result<(), ApiError> {
         let Some(last) = authorized.revocation_ids.last() else {
@@ -57,7 +58,10 @@ impl Gateway {
         if seen {
             return Ok(());
         }
-        let blocks = capability::datalog(token).unwrap_or_default();
+        // Each new attenuation costs a ledger entry: the tenant's rate bounds them.
+        self.limit(&authorized.session.tenant, Kind::Attenuation, now_ms())
+            .await?;
+        let blocks = verified.datalog();
         let added: Vec<String> = blocks
             .iter()
             .enumerate()

@@ -13,7 +13,9 @@
 //! directory is accepted as an admin session (its SHA-256 is compared in constant time).
 
 pub mod audit;
+mod auth;
 pub mod autoscale;
+mod limits;
 mod metrics;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,7 +26,7 @@ use berth_allocator::node_api::NodeApi;
 use berth_allocator::{Allocator, AllocatorError, Drained, Limit, NodeInfo, NodeState, Resources};
 use berth_deployments::{DeployError, Deployments, Target};
 use berth_protocol::assignment::TopologyRef;
-use berth_protocol::capability::{self, Denied, Operation, Role};
+use berth_protocol::capability::{self, Operation, Role};
 use berth_protocol::topology::{Refusal, Topology};
 use berth_tenant_service::{LoginError, TenantError, TenantService};
 use serde::{Deserialize, Serialize};
@@ -38,6 +40,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     refusals: Vec<Refusal>,
+    /// Seconds a client should wait before it tries again (`Retry-After`).
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -47,7 +51,14 @@ impl ApiError {
             code,
             message: message.into(),
             refusals: Vec::new(),
+            retry_after_s: None,
         }
+    }
+
+    /// This error, telling the client to try again after `seconds`.
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
     }
 
     /// 422 `refused_by_policy`: each setting the tenant's policy refuses.
@@ -97,7 +108,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after_s {
+            response.insert_header(("retry-after", seconds.to_string()));
+        }
+        response.json(ErrorBody {
             code: self.code.to_owned(),
             message: self.message.clone(),
             refusals: self.refusals.clone(),
@@ -132,6 +147,9 @@ impl From<DeployError> for ApiError {
                 problems.join("; "),
             ),
             DeployError::Refused(refusals) => Self::refused(refusals),
+            e @ DeployError::TooLarge { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "too_large", e.to_string())
+            }
             e @ DeployError::UnknownService { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
@@ -184,6 +202,10 @@ pub struct Gateway {
     keys: berth_allocator::root_keys::RootKeys,
     metrics: std::sync::Arc<metrics::Metrics>,
     ledger: berth_allocator::ledger::Ledger,
+    /// Session tokens whose signatures and shape verified, by digest.
+    sessions: std::sync::Arc<berth_protocol::token_cache::TokenCache<capability::Verified>>,
+    /// Each tenant's rates.
+    rates: std::sync::Arc<limits::Rates>,
     /// Attenuated tokens already recorded in the ledger, by last revocation id.
     attenuations_seen: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The certificate the server presents when it serves TLS.
@@ -227,6 +249,10 @@ impl Gateway {
             keys,
             metrics: metrics::Metrics::new(),
             ledger,
+            sessions: std::sync::Arc::new(berth_protocol::token_cache::TokenCache::new(
+                auth::CACHED_SESSIONS,
+            )),
+            rates: std::sync::Arc::default(),
             attenuations_seen: std::sync::Arc::default(),
             own_certificate: None,
             authority_file: None,
@@ -255,129 +281,6 @@ impl Gateway {
         self.authority_file = authority_file.map(|p| p.display().to_string());
         self
     }
-
-    /// Whether `token` is the admin token or a token that verifies (signature, shape);
-    /// revocation and rights are decided by [`Self::authorize`].
-    fn authenticate(&self, token: &str) -> Result<(), ApiError> {
-        if self.is_admin_token(token) {
-            return Ok(());
-        }
-        let keys = self.keys.keyring();
-        capability::verify(token, |id| keys.key(id))
-            .map(|_| ())
-            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
-    }
-
-    /// Whether `token` is the bootstrap admin token (compared by digest, in constant
-    /// time).
-    fn is_admin_token(&self, token: &str) -> bool {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        presented
-            .iter()
-            .zip(&self.admin_token_sha256)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-    }
-
-    /// Authenticates the request's bearer token and authorizes `operation` on `tenant`
-    /// (and `topology`): 401 for a missing or invalid token, 403 for a valid one that
-    /// does not allow this.
-    async fn authorize(
-        &self,
-        request: &HttpRequest,
-        operation: Operation,
-        tenant: &str,
-        topology: Option<&str>,
-    ) -> Result<capability::Authorized, ApiError> {
-        let token = bearer(request)?;
-        if self.is_admin_token(token) {
-            return Ok(capability::Authorized {
-                session: capability::Session {
-                    user: "admin-token".to_owned(),
-                    tenant: "*".to_owned(),
-                    role: Role::Admin,
-                },
-                revocation_ids: Vec::new(),
-                blocks: 0,
-            });
-        }
-        let unauthenticated =
-            |e: Denied| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string());
-        // What costs nothing comes first: the signature and the token's shape, then its
-        // revocation; only then its datalog, which the shape bounds, off the workers
-        // that serve requests.
-        let keys = self.keys.keyring();
-        let verified = capability::verify(token, |id| keys.key(id)).map_err(unauthenticated)?;
-        self.check_revocation(&verified.revocation_ids).await?;
-        let (tenant_owned, topology_owned) = (tenant.to_owned(), topology.map(str::to_owned));
-        let decided = web::block(move || {
-            capability::authorize_verified(
-                &verified,
-                &capability::Request {
-                    operation,
-                    tenant: &tenant_owned,
-                    topology: topology_owned.as_deref(),
-                    now: SystemTime::now(),
-                },
-            )
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("the authorization was not run: {e}")))?;
-        match decided {
-            Ok(authorized) => {
-                self.record_attenuation(token, &authorized).await?;
-                Ok(authorized)
-            }
-            Err(e @ (Denied::Invalid(_) | Denied::Expired)) => Err(unauthenticated(e)),
-            Err(e @ Denied::Forbidden { .. }) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                e.to_string(),
-            )),
-        }
-    }
-}
-
-/// Refuses a request under `/v1` (but the login) whose bearer token is missing or does
-/// not verify, before its body is read: who asks is decided before what they send is
-/// parsed. What the token allows is each handler's to decide.
-async fn authenticated(
-    request: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<
-    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
-    actix_web::Error,
-> {
-    let open = request.path() == "/v1/login";
-    let refused = if open {
-        None
-    } else {
-        match (
-            request.app_data::<web::Data<Gateway>>(),
-            bearer(request.request()),
-        ) {
-            (_, Err(e)) => Some(e),
-            (Some(gw), Ok(token)) => gw.authenticate(token).err(),
-            (None, Ok(_)) => None,
-        }
-    };
-    match refused {
-        Some(e) => Ok(request.error_response(e).map_into_right_body()),
-        None => Ok(next.call(request).await?.map_into_left_body()),
-    }
-}
-
-fn bearer(request: &HttpRequest) -> Result<&str, ApiError> {
-    let unauthenticated = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
-    let header = request.headers().get("authorization").ok_or_else(|| {
-        unauthenticated("send `Authorization: Bearer TOKEN` (from `berth login`, or the admin token `berth server` keeps)")
-    })?;
-    header
-        .to_str()
-        .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer TOKEN`"))
 }
 
 fn now_ms() -> i64 {
@@ -414,11 +317,15 @@ fn method_not_allowed(methods: &[&str]) -> HttpResponse {
         })
 }
 
+/// The largest request body read: a topology of the most services a tenant may be
+/// allowed, with room to spare (a large real Compose file is tens of KiB).
+pub const MOST_BODY_BYTES: usize = 1024 * 1024;
+
 /// Registers every route under `/v1`, plus health checks.
 pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let json = web::JsonConfig::default()
-            .limit(4 * 1024 * 1024)
+            .limit(MOST_BODY_BYTES)
             .error_handler(|err, _| {
                 ApiError::bad_request(format!("the request body is not valid: {err}")).into()
             });
@@ -450,7 +357,7 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
             .configure(berth_ui::configure(own_certificate))
             .service(
                 web::scope("/v1")
-                    .wrap(actix_web::middleware::from_fn(authenticated))
+                    .wrap(actix_web::middleware::from_fn(auth::authenticated))
                     .wrap(actix_web::middleware::from_fn(metrics::track))
                     .service(resource!("/login", post => login))
                     .service(resource!("/session", get => session))
@@ -458,6 +365,7 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                     .service(resource!("/tenants/{tenant}/users", post => create_user))
                     .service(resource!("/tenants/{tenant}/quota", put => set_quota, get => get_quota))
                     .service(resource!("/tenants/{tenant}/policy", put => set_policy, get => get_policy))
+                    .service(resource!("/tenants/{tenant}/limits", put => limits::set_limits, get => limits::get_limits))
                     .service(resource!("/join-tokens", post => create_join_token))
                     .service(resource!("/nodes", get => list_nodes))
                     .service(resource!("/audit/entries", get => audit::entries))
@@ -980,6 +888,7 @@ async fn deploy(
             changed: answer.changed,
         }));
     }
+    gw.limit(&tenant, limits::Kind::Deploy, now_ms()).await?;
     let applied = gw.deployments.apply(&tenant, &topology).await?;
     deployed(&gw, tenant, &topology.name, &applied).await
 }
@@ -1203,6 +1112,7 @@ async fn remove(
     let (tenant, name) = path.into_inner();
     gw.authorize(&request, Operation::Delete, &tenant, Some(&name))
         .await?;
+    gw.limit(&tenant, limits::Kind::Deploy, now_ms()).await?;
     let id = TopologyRef {
         tenant: tenant.clone(),
         topology: name.clone(),
@@ -1249,8 +1159,10 @@ impl From<LoginError> for ApiError {
             LoginError::BadCredentials => {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
             }
-            LoginError::Throttled { .. } => {
+            LoginError::Throttled { retry_after_ms } => {
+                let seconds = u64::try_from(retry_after_ms).unwrap_or(1).div_ceil(1_000);
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "throttled", e.to_string())
+                    .retry_after(seconds.max(1))
             }
             LoginError::WeakPassword => Self::bad_request(e.to_string()),
             LoginError::Exists(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
@@ -1320,11 +1232,11 @@ async fn login(gw: web::Data<Gateway>, body: web::Json<Login>) -> Result<HttpRes
     security(("bearer" = []))
 )]
 async fn session(gw: web::Data<Gateway>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let token = bearer(&request)?;
-    let keys = gw.keys.keyring();
     // The admin token is no biscuit; every session is, and names its tenant.
-    let tenant =
-        capability::session_tenant(token, |id| keys.key(id)).unwrap_or_else(|_| "*".to_owned());
+    let tenant = match gw.caller(auth::bearer(&request)?).await? {
+        auth::Caller::Token(verified) => verified.tenant.clone().unwrap_or_else(|| "*".to_owned()),
+        auth::Caller::AdminToken => "*".to_owned(),
+    };
     let who = gw
         .authorize(&request, Operation::Read, &tenant, None)
         .await?;
@@ -1548,6 +1460,7 @@ async fn scale(
     let (tenant, name) = path.into_inner();
     gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))
         .await?;
+    gw.limit(&tenant, limits::Kind::Deploy, now_ms()).await?;
     let applied = gw.deployments.scale(&tenant, &name, &body.replicas).await?;
     deployed(&gw, tenant, &name, &applied).await
 }
@@ -1634,7 +1547,7 @@ impl utoipa::ToSchema for TopologyBody {}
     ),
     paths(
         healthz, readyz, login, session, create_tenant, list_tenants, create_user, set_quota, get_quota,
-        set_policy, get_policy,
+        set_policy, get_policy, limits::set_limits, limits::get_limits,
         create_join_token, list_nodes, cordon, uncordon, drain, list_topologies, deploy,
         status, spec, events, remove, scale, logs, audit::entries, audit::verify, audit::explain,
         audit::revoke, audit::graph, audit::decision, audit::root_keys,

@@ -38,6 +38,14 @@ struct StateLabels {
     state: String,
 }
 
+/// A tenant's name is a label only where it comes from a verified token (tenants are
+/// made by admins), never from a path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLabels {
+    tenant: String,
+    kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
@@ -61,6 +69,7 @@ pub(crate) struct Metrics {
     leading: Gauge,
     witness_intact: Gauge,
     witness_anchored: Gauge,
+    rate_limited: Family<RateLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,7 +136,14 @@ impl Metrics {
             "The audit ledger entry the witness last anchored",
             witness_anchored.clone(),
         );
+        let rate_limited = Family::<RateLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused 429 because a tenant was over one of its rates (request, deploy, attenuation)",
+            rate_limited.clone(),
+        );
         Arc::new(Self {
+            rate_limited,
             witness_intact,
             witness_anchored,
             registry,
@@ -140,6 +156,18 @@ impl Metrics {
             liveness,
             leading,
         })
+    }
+}
+
+impl Metrics {
+    /// Counts a request of `tenant` refused for being over its `kind` rate.
+    pub(crate) fn rate_limited(&self, tenant: &str, kind: &str) {
+        self.rate_limited
+            .get_or_create(&RateLabels {
+                tenant: tenant.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 }
 

@@ -36,6 +36,22 @@ pub enum DeployError {
         /// The services it has.
         known: Vec<String>,
     },
+    /// The topology is larger than the admin lets the tenant deploy.
+    #[error(
+        "{what} is {size}, more than the {limit} tenant {tenant:?} may deploy (the admin sets `{field}` with `berth limits set`)"
+    )]
+    TooLarge {
+        /// The tenant.
+        tenant: String,
+        /// What is too large (`the topology's service count`, `service web's replicas`).
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u32,
+        /// The limit's name in the tenant's limits.
+        field: &'static str,
+    },
     /// The tenant service failed or does not know the tenant or topology.
     #[error(transparent)]
     Tenant(#[from] TenantError),
@@ -76,6 +92,44 @@ pub struct Admissible {
     pub current_revision: Option<u64>,
     /// Whether the deploy would store a new revision.
     pub changed: bool,
+}
+
+/// Refuses a topology with more services, or a service with more replicas, than
+/// `limits` allow, naming the first.
+fn within_limits(
+    tenant: &str,
+    topology: &Topology,
+    limits: &berth_protocol::limits::Effective,
+) -> Result<(), DeployError> {
+    let too_large = |what: String, size: u64, limit: u32, field| DeployError::TooLarge {
+        tenant: tenant.to_owned(),
+        what,
+        size,
+        limit,
+        field,
+    };
+    let services = topology.services.len() as u64;
+    if services > u64::from(limits.services_per_topology) {
+        return Err(too_large(
+            "the topology's service count".to_owned(),
+            services,
+            limits.services_per_topology,
+            "services_per_topology",
+        ));
+    }
+    for (name, service) in &topology.services {
+        let most = service.autoscale.as_ref().map_or(0, |a| a.max);
+        let replicas = u64::from(service.replicas.max(most));
+        if replicas > u64::from(limits.replicas_per_service) {
+            return Err(too_large(
+                format!("service {name}'s replica count"),
+                replicas,
+                limits.replicas_per_service,
+                "replicas_per_service",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The deploy path over one tenant service and one allocator.
@@ -120,9 +174,14 @@ impl Deployments {
         })
     }
 
-    /// The checks a deploy makes before it writes anything, cheapest first: the
-    /// format's rules, the policy, then whether the topology alone fits the quota.
+    /// The checks a deploy makes before it writes anything, cheapest first: its size
+    /// against the tenant's limits (in a pool), the format's rules, the policy, then
+    /// whether the topology alone fits the quota.
     async fn check(&self, tenant: &str, topology: &Topology) -> Result<Policy, DeployError> {
+        if self.target == Target::Pool {
+            let limits = self.allocator.limits(tenant).await?.effective();
+            within_limits(tenant, topology, &limits)?;
+        }
         let problems = topology.problems();
         if !problems.is_empty() {
             return Err(DeployError::Invalid(problems));
@@ -297,7 +356,7 @@ mod tests {
             ..berth_allocator::Limit::default()
         };
         allocator.set_quota("acme", four).await.unwrap();
-        let deployments = Deployments::new(tenants.clone(), allocator, Target::Pool);
+        let deployments = Deployments::new(tenants.clone(), allocator.clone(), Target::Pool);
         // A thousand services of ten thousand replicas each, and no node at all: only
         // the quota can answer, and it does without placing anything.
         let mut huge = topology();
@@ -308,6 +367,26 @@ mod tests {
             s.replicas = 10_000;
             huge.services.insert(format!("s{i}"), s);
         }
+        // The default limits on a topology's shape answer first.
+        let e = deployments.apply("acme", &huge).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                DeployError::TooLarge {
+                    field: "services_per_topology",
+                    size: 1000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // With the shape allowed, the quota answers, still before any placement.
+        let roomy = berth_protocol::limits::TenantLimits {
+            services_per_topology: Some(1000),
+            replicas_per_service: Some(10_000),
+            ..Default::default()
+        };
+        allocator.set_limits("acme", &roomy, 0).await.unwrap();
         let e = deployments.apply("acme", &huge).await.unwrap_err();
         assert!(
             matches!(e, DeployError::Allocator(AllocatorError::Quota(_))),

@@ -6,7 +6,7 @@
 //! and grant exactly this operation on exactly this resource. Each decision, allowed
 //! or refused with its reason, is kept for the node to report.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +19,7 @@ use berth_protocol::node_api::{
     HealthReply, PeerCall, PeerCallBody, ReplicaHealth, TunnelFrame, peer_signing_payload,
     tunnel_frame,
 };
+use berth_protocol::token_cache::TokenCache;
 use biscuit_auth::Biscuit;
 use prost::Message;
 use ring::signature::{ED25519, UnparsedPublicKey};
@@ -86,12 +87,9 @@ pub struct PeerApi<D> {
     trust: Arc<RwLock<Trust>>,
     nonces: Arc<Mutex<Nonces>>,
     decisions: Arc<Mutex<Vec<Decision>>>,
-    /// Tokens whose signatures verified, by SHA-256, with the root key they verified
-    /// under.
-    verified: Arc<Mutex<VerifiedTokens>>,
+    /// Tokens whose signatures verified, with the root key they verified under.
+    verified: Arc<TokenCache<Biscuit>>,
 }
-
-type VerifiedTokens = HashMap<[u8; 32], (Vec<u8>, Arc<Biscuit>)>;
 
 impl<D> Clone for PeerApi<D> {
     fn clone(&self) -> Self {
@@ -122,7 +120,7 @@ impl<D: ContainerDriver> PeerApi<D> {
             trust,
             nonces: Arc::default(),
             decisions: Arc::default(),
-            verified: Arc::default(),
+            verified: Arc::new(TokenCache::new(VERIFIED_TOKENS)),
         }
     }
 
@@ -257,31 +255,12 @@ impl<D: ContainerDriver> PeerApi<D> {
     /// this node still accepts (the same key), else parsed and verified now. Revocation,
     /// expiry and the policies are decided on every call, never cached.
     fn verified(&self, token: &[u8], trust: &Trust) -> Result<Arc<Biscuit>, Refused> {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(token).into();
-        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((key, biscuit)) = cache.get(&digest) {
-            let still = trust
-                .keys
-                .key(biscuit.root_key_id())
-                .is_ok_and(|k| k.to_bytes() == *key);
-            if still {
-                return Ok(biscuit.clone());
-            }
-            cache.remove(&digest);
-        }
-        let biscuit = delegation::verify(token, |id| trust.keys.key(id))?;
-        let key = trust
-            .keys
-            .key(biscuit.root_key_id())
-            .map(|k| k.to_bytes())
-            .map_err(|e| Refused::Invalid(e.to_string()))?;
-        if cache.len() >= VERIFIED_TOKENS {
-            cache.clear();
-        }
-        let biscuit = Arc::new(biscuit);
-        cache.insert(digest, (key, biscuit.clone()));
-        Ok(biscuit)
+        self.verified.verified(
+            token,
+            Biscuit::root_key_id,
+            |id| trust.keys.key(id).ok().map(|k| k.to_bytes().to_vec()),
+            || delegation::verify(token, |id| trust.keys.key(id)),
+        )
     }
 
     /// The running replica of a service on this node, and its address.

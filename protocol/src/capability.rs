@@ -263,6 +263,28 @@ pub struct Verified {
     biscuit: Biscuit,
     /// The token's revocation ids, hex, one per block.
     pub revocation_ids: Vec<String>,
+    /// The tenant the authority block names, when it names exactly one (a session
+    /// token); what the token may do there is still for [`authorize_verified`] to say.
+    pub tenant: Option<String>,
+}
+
+impl Verified {
+    /// The id of the root key the token was signed with.
+    pub fn root_key_id(&self) -> Option<u32> {
+        self.biscuit.root_key_id()
+    }
+
+    /// How many blocks the token has (more than one: it was attenuated).
+    pub fn blocks(&self) -> usize {
+        self.biscuit.block_count()
+    }
+
+    /// Each block's datalog, as text, the authority block first.
+    pub fn datalog(&self) -> Vec<String> {
+        (0..self.biscuit.block_count())
+            .filter_map(|i| self.biscuit.print_block_source(i).ok())
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for Verified {
@@ -291,8 +313,24 @@ pub fn verify(
     check_shape(&biscuit, &SHAPE)?;
     Ok(Verified {
         revocation_ids: revocation_ids(&biscuit.revocation_identifiers()),
+        tenant: authority_tenant(&biscuit),
         biscuit,
     })
+}
+
+/// The tenant the authority block names, if exactly one. Appended blocks hold no rules
+/// (the shape says so) and are not trusted by the query, so this costs one small
+/// evaluation.
+fn authority_tenant(biscuit: &Biscuit) -> Option<String> {
+    let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
+        .set_limits(limits())
+        .build(biscuit)
+        .ok()?;
+    let tenants: Vec<(String,)> = authorizer.query("data($t) <- tenant($t)").ok()?;
+    match tenants.as_slice() {
+        [(tenant,)] => Some(tenant.clone()),
+        _ => None,
+    }
 }
 
 /// Refuses a token whose appended blocks do not fit `shape`, saying which block and
@@ -445,21 +483,9 @@ pub fn session_tenant(
     token: &str,
     root_key: impl Fn(Option<u32>) -> Result<PublicKey, error::Format>,
 ) -> Result<String, Denied> {
-    let verified = verify(token, root_key)?;
-    let biscuit = &verified.biscuit;
-    let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
-        .set_limits(limits())
-        .build(biscuit)
-        .map_err(|e| Denied::Invalid(e.to_string()))?;
-    let tenants: Vec<(String,)> = authorizer
-        .query("data($t) <- tenant($t)")
-        .map_err(|e| Denied::Invalid(e.to_string()))?;
-    match tenants.as_slice() {
-        [(tenant,)] => Ok(tenant.clone()),
-        _ => Err(Denied::Invalid(
-            "the token names no single tenant: it is not a session".to_owned(),
-        )),
-    }
+    verify(token, root_key)?.tenant.ok_or_else(|| {
+        Denied::Invalid("the token names no single tenant: it is not a session".to_owned())
+    })
 }
 
 /// A token that passed [`authorize`]: who it speaks for, and what identifies it for

@@ -6,5 +6,7 @@
 pub mod assignment;
 pub mod capability;
 pub mod delegation;
+pub mod limits;
 pub mod node_api;
+pub mod token_cache;
 pub mod topology;

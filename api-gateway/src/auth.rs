@@ -1,0 +1,182 @@
+//! Who asks, decided before what they ask is read.
+//!
+//! Every request under `/v1` but the login passes [`authenticated`] first, in this
+//! order, cheapest first: the bearer token's size, signature and shape (cached by the
+//! token's digest, so a repeat costs a hash), its revocation (decided every time), then
+//! its tenant's request rate. Only then is the body read, and the handler asks
+//! [`Gateway::authorize`] whether the token allows its operation: the datalog, bounded
+//! by the shape, run off the workers that serve requests.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpMessage, HttpRequest, web};
+use berth_protocol::capability::{self, Denied, Operation, Role, Verified};
+use sha2::{Digest, Sha256};
+
+use crate::limits::Kind;
+use crate::{ApiError, Gateway, now_ms};
+
+/// How many verified session tokens a gateway keeps.
+pub(crate) const CACHED_SESSIONS: usize = 10_000;
+
+/// Who a request's bearer token speaks for, once it verified.
+#[derive(Clone, Debug)]
+pub(crate) enum Caller {
+    /// The bootstrap admin token.
+    AdminToken,
+    /// A biscuit whose signature and shape verified and that is not revoked.
+    Token(Arc<Verified>),
+}
+
+fn unauthenticated(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+}
+
+impl Gateway {
+    /// The caller `token` speaks for: the admin token, or a token whose signature and
+    /// shape verify (from the cache when it verified before under a key still
+    /// trusted) and that is not revoked. What it may do is [`Self::authorize`]'s.
+    pub(crate) async fn caller(&self, token: &str) -> Result<Caller, ApiError> {
+        if self.is_admin_token(token) {
+            return Ok(Caller::AdminToken);
+        }
+        let keys = self.keys.keyring();
+        let verified = self
+            .sessions
+            .verified(
+                token.as_bytes(),
+                Verified::root_key_id,
+                |id| keys.key(id).ok().map(|k| k.to_bytes().to_vec()),
+                || capability::verify(token, |id| keys.key(id)),
+            )
+            .map_err(|e| unauthenticated(e.to_string()))?;
+        self.check_revocation(&verified.revocation_ids).await?;
+        Ok(Caller::Token(verified))
+    }
+
+    /// Whether `token` is the bootstrap admin token (compared by digest, in constant
+    /// time).
+    pub(crate) fn is_admin_token(&self, token: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        presented
+            .iter()
+            .zip(&self.admin_token_sha256)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    /// Authorizes `operation` on `tenant` (and `topology`) for the request's caller
+    /// (as [`authenticated`] found it, else from its bearer token now): 401 for a
+    /// missing, invalid, revoked or expired token, 403 for a valid one that does not
+    /// allow this.
+    pub(crate) async fn authorize(
+        &self,
+        request: &HttpRequest,
+        operation: Operation,
+        tenant: &str,
+        topology: Option<&str>,
+    ) -> Result<capability::Authorized, ApiError> {
+        let known = request.extensions().get::<Caller>().cloned();
+        let caller = match known {
+            Some(caller) => caller,
+            None => self.caller(bearer(request)?).await?,
+        };
+        let verified = match caller {
+            Caller::AdminToken => {
+                return Ok(capability::Authorized {
+                    session: capability::Session {
+                        user: "admin-token".to_owned(),
+                        tenant: "*".to_owned(),
+                        role: Role::Admin,
+                    },
+                    revocation_ids: Vec::new(),
+                    blocks: 0,
+                });
+            }
+            Caller::Token(verified) => verified,
+        };
+        let (tenant_owned, topology_owned) = (tenant.to_owned(), topology.map(str::to_owned));
+        let decided = {
+            let verified = verified.clone();
+            web::block(move || {
+                capability::authorize_verified(
+                    &verified,
+                    &capability::Request {
+                        operation,
+                        tenant: &tenant_owned,
+                        topology: topology_owned.as_deref(),
+                        now: SystemTime::now(),
+                    },
+                )
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("the authorization was not run: {e}")))?
+        };
+        match decided {
+            Ok(authorized) => {
+                self.record_attenuation(&verified, &authorized).await?;
+                Ok(authorized)
+            }
+            Err(e @ (Denied::Invalid(_) | Denied::Expired)) => Err(unauthenticated(e.to_string())),
+            Err(e @ Denied::Forbidden { .. }) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                e.to_string(),
+            )),
+        }
+    }
+}
+
+/// Refuses a request under `/v1` (but the login) whose bearer token is missing, does
+/// not verify or is revoked, or whose tenant has used up its request rate, before its
+/// body is read. The caller it found is left in the request for the handler.
+pub(crate) async fn authenticated(
+    request: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    let open = request.path() == "/v1/login";
+    let gateway = request.app_data::<web::Data<Gateway>>().cloned();
+    let refused = match (open, gateway) {
+        (true, _) | (false, None) => None,
+        (false, Some(gw)) => match admit(&gw, request.request()).await {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                None
+            }
+            Err(e) => Some(e),
+        },
+    };
+    match refused {
+        Some(e) => Ok(request.error_response(e).map_into_right_body()),
+        None => Ok(next.call(request).await?.map_into_left_body()),
+    }
+}
+
+/// The caller of `request`, once its tenant's request rate allows one more.
+async fn admit(gw: &Gateway, request: &HttpRequest) -> Result<Caller, ApiError> {
+    let caller = gw.caller(bearer(request)?).await?;
+    if let Caller::Token(verified) = &caller {
+        if let Some(tenant) = &verified.tenant {
+            gw.limit(tenant, Kind::Request, now_ms()).await?;
+        }
+    }
+    Ok(caller)
+}
+
+/// The bearer token of `request`.
+pub(crate) fn bearer(request: &HttpRequest) -> Result<&str, ApiError> {
+    let header = request.headers().get("authorization").ok_or_else(|| {
+        unauthenticated("send `Authorization: Bearer TOKEN` (from `berth login`, or the admin token `berth server` keeps)")
+    })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer TOKEN`"))
+}
