@@ -206,6 +206,8 @@ pub struct Gateway {
     sessions: std::sync::Arc<berth_protocol::token_cache::TokenCache<capability::Verified>>,
     /// Each tenant's rates.
     rates: std::sync::Arc<limits::Rates>,
+    /// Login attempts per source.
+    login_sources: std::sync::Arc<limits::LoginSources>,
     /// Attenuated tokens already recorded in the ledger, by last revocation id.
     attenuations_seen: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The certificate the server presents when it serves TLS.
@@ -253,6 +255,7 @@ impl Gateway {
                 auth::CACHED_SESSIONS,
             )),
             rates: std::sync::Arc::default(),
+            login_sources: std::sync::Arc::default(),
             attenuations_seen: std::sync::Arc::default(),
             own_certificate: None,
             authority_file: None,
@@ -1130,6 +1133,32 @@ async fn remove(
     }))
 }
 
+/// The longest password a login or a new user may offer.
+const MOST_PASSWORD_BYTES: usize = 1024;
+
+/// Where a login comes from, as the throttle counts it: the peer's address, or, when
+/// the peer is this host itself (the UI, or a proxy beside the gateway), the address
+/// it forwarded in the last `X-Forwarded-For` entry.
+fn login_source(request: &HttpRequest) -> String {
+    let peer = request.peer_addr().map(|a| a.ip());
+    let local = request.app_config().local_addr().ip();
+    let forwarded = || {
+        request
+            .headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .last()
+            .and_then(|a| a.trim().parse::<std::net::IpAddr>().ok())
+    };
+    let address = match peer {
+        Some(peer) if peer.is_loopback() || peer == local => forwarded().unwrap_or(peer),
+        Some(peer) => peer,
+        None => std::net::IpAddr::from([0, 0, 0, 0]),
+    };
+    berth_tenant_service::throttle::source_of(address)
+}
+
 /// `POST /v1/login`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1164,6 +1193,9 @@ impl From<LoginError> for ApiError {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "throttled", e.to_string())
                     .retry_after(seconds.max(1))
             }
+            LoginError::Busy => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()).retry_after(1)
+            }
             LoginError::WeakPassword => Self::bad_request(e.to_string()),
             LoginError::Exists(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             other => {
@@ -1187,13 +1219,32 @@ impl From<LoginError> for ApiError {
         (status = 200, description = "A session token", body = LoggedIn),
         (status = 400, description = "The request is malformed", body = ErrorBody),
         (status = 401, description = "Wrong user or password", body = ErrorBody),
-        (status = 429, description = "Too many failed logins: wait", body = ErrorBody),
+        (status = 429, description = "Too many failed logins from this source or at this name, or too many attempts from this source: wait as `Retry-After` says", body = ErrorBody),
+        (status = 503, description = "Too many logins at once: wait as `Retry-After` says", body = ErrorBody),
     )
 )]
-async fn login(gw: web::Data<Gateway>, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+async fn login(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    body: web::Json<Login>,
+) -> Result<HttpResponse, ApiError> {
+    valid_tenant(&body.tenant)?;
+    if !berth_allocator::identity::valid_node_name(&body.user) {
+        return Err(ApiError::bad_request(format!(
+            "{:?} cannot name a user: use lower-case letters, digits and '-' (at most 63)",
+            body.user
+        )));
+    }
+    if body.password.len() > MOST_PASSWORD_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "a password has at most {MOST_PASSWORD_BYTES} bytes"
+        )));
+    }
+    let source = login_source(&request);
+    gw.login_sources.take(&source, now_ms())?;
     let role = gw
         .tenants
-        .login(&body.tenant, &body.user, &body.password, now_ms())
+        .login(&body.tenant, &body.user, &body.password, &source, now_ms())
         .await?;
     let expires = SystemTime::now() + SESSION_TTL;
     let session = capability::Session {

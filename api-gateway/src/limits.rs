@@ -113,6 +113,47 @@ impl Rates {
     }
 }
 
+/// Login attempts one source may make, before the database counts them: looser than
+/// the throttle's own rate (see `berth_tenant_service::throttle`), it only keeps a
+/// flood from one address from costing a transaction each.
+const LOGIN_SOURCE_RATE: Rate = Rate {
+    per_period: 2,
+    period_ms: 1_000,
+    burst: 40,
+};
+/// Sources remembered before the oldest are forgotten all at once.
+const LOGIN_SOURCES_KEPT: usize = 100_000;
+
+/// Login attempts per source, in memory.
+#[derive(Debug, Default)]
+pub(crate) struct LoginSources(Mutex<HashMap<String, Bucket>>);
+
+impl LoginSources {
+    /// Takes an attempt for `source` at `now_ms`, or refuses with 429 and
+    /// `Retry-After`.
+    pub(crate) fn take(&self, source: &str, now_ms: i64) -> Result<(), ApiError> {
+        let mut sources = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if sources.len() >= LOGIN_SOURCES_KEPT && !sources.contains_key(source) {
+            // Many addresses at once: what they spent is forgotten, so memory stays
+            // bounded; the database's throttle still counts every attempt.
+            sources.clear();
+        }
+        sources
+            .entry(source.to_owned())
+            .or_insert_with(|| Bucket::full(LOGIN_SOURCE_RATE, now_ms))
+            .take(LOGIN_SOURCE_RATE, now_ms)
+            .map_err(|retry_ms| {
+                let retry_s = u64::try_from(retry_ms).unwrap_or(1).div_ceil(1_000).max(1);
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    format!("too many logins from {source}; try again in {retry_s} s"),
+                )
+                .retry_after(retry_s)
+            })
+    }
+}
+
 impl Gateway {
     /// Takes one of `tenant`'s `kind` from its rate, or refuses with 429 and
     /// `Retry-After`.

@@ -88,7 +88,23 @@ async fn call(
     token: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    call_from(app, "192.0.2.1", method, path, token, body).await
+}
+
+/// [`call`] from a client at `address`.
+async fn call_from(
+    app: &impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+    address: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let mut request = web_test::TestRequest::default()
+        .peer_addr(std::net::SocketAddr::new(
+            address.parse().expect("address"),
+            40_000,
+        ))
         .method(method.parse().expect("method"))
         .uri(path);
     if let Some(token) = token {
@@ -396,10 +412,52 @@ async fn many_wrong_passwords_throttle_the_login() {
         );
     }
     assert_eq!(codes, [401, 401, 401, 401, 401, 429]);
-    // Throttled, even the right password waits.
+    // Throttled, even the right password waits at the source that failed...
     let (status, body) = call(&f.app, "POST", "/v1/login", None, Some(attempt(PASSWORD))).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["code"], "throttled");
+    // ...but the owner, from an address that has not failed, is not locked out.
+    let (status, body) = call_from(
+        &f.app,
+        "198.51.100.7",
+        "POST",
+        "/v1/login",
+        None,
+        Some(attempt(PASSWORD)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A request from this host may name the browser it forwards (the UI does).
+    let forwarded = web_test::TestRequest::post()
+        .uri("/v1/login")
+        .peer_addr("127.0.0.1:40000".parse().expect("address"))
+        .insert_header(("x-forwarded-for", "192.0.2.1"))
+        .set_json(attempt(PASSWORD))
+        .to_request();
+    let answer = web_test::call_service(&f.app, forwarded).await;
+    assert_eq!(answer.status().as_u16(), 429);
+    assert!(answer.headers().contains_key("retry-after"));
+    // One address cannot try name after name: it is held to a rate, names known or
+    // not alike.
+    let mut codes = Vec::new();
+    for i in 0..45 {
+        let guess = serde_json::json!({ "tenant": "acme", "user": format!("u{i}"), "password": "wrong-password-0000" });
+        codes.push(
+            call_from(
+                &f.app,
+                "203.0.113.9",
+                "POST",
+                "/v1/login",
+                None,
+                Some(guess),
+            )
+            .await
+            .0,
+        );
+    }
+    let tried = codes.iter().filter(|&&c| c == 401).count();
+    assert_eq!(tried, 30, "{codes:?}");
+    assert!(codes[tried..].iter().all(|&c| c == 429), "{codes:?}");
     // Another user of the same tenant is not locked out by it.
     let (status, _) = call(
         &f.app,
@@ -919,4 +977,296 @@ async fn a_query_that_is_not_understood_is_a_json_400() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "bad_request", "{body}");
+}
+
+/// Sets `limits` on `tenant` as the admin.
+async fn set_limits(
+    app: &impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+    tenant: &str,
+    limits: serde_json::Value,
+) {
+    let (status, body) = call(
+        app,
+        "PUT",
+        &format!("/v1/tenants/{tenant}/limits"),
+        Some(ADMIN),
+        Some(limits),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[actix_web::test]
+async fn a_tenant_over_its_request_rate_is_answered_429_and_another_tenant_is_not() {
+    let f = fixture().await;
+    set_limits(
+        &f.app,
+        "acme",
+        serde_json::json!({ "requests_per_second": 1 }),
+    )
+    .await;
+    let (acme, globex) = (login(&f.app, "acme").await, login(&f.app, "globex").await);
+    let mut codes = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..10 {
+        let request = web_test::TestRequest::get()
+            .uri("/v1/tenants/acme/topologies")
+            .insert_header(("authorization", format!("Bearer {acme}")))
+            .to_request();
+        let answer = web_test::call_service(&f.app, request).await;
+        codes.push(answer.status().as_u16());
+        if answer.status() == 429 {
+            retry_after = answer.headers().get("retry-after").cloned();
+            let body: serde_json::Value =
+                serde_json::from_slice(&web_test::read_body(answer).await).expect("json");
+            assert_eq!(body["code"], "rate_limited", "{body}");
+        }
+    }
+    // A burst of twice the rate, then refusals.
+    assert_eq!(&codes[..2], [200, 200], "{codes:?}");
+    assert!(codes[2..].iter().all(|&c| c == 429), "{codes:?}");
+    assert!(retry_after.is_some());
+    // The other tenant is untouched.
+    for _ in 0..10 {
+        let (status, _) = call(
+            &f.app,
+            "GET",
+            "/v1/tenants/globex/topologies",
+            Some(&globex),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // And it is counted for the admin to see.
+    let request = web_test::TestRequest::get().uri("/metrics").to_request();
+    let metrics = web_test::call_and_read_body(&f.app, request).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("berth_rate_limited_total{")
+                && l.contains(r#"tenant="acme""#)
+                && l.contains(r#"kind="request""#)),
+        "{metrics}"
+    );
+}
+
+#[actix_web::test]
+async fn attenuations_past_the_tenants_rate_are_refused_and_make_no_ledger_entry() {
+    let f = fixture().await;
+    set_limits(
+        &f.app,
+        "acme",
+        serde_json::json!({ "attenuations_per_hour": 3 }),
+    )
+    .await;
+    let token = login(&f.app, "acme").await;
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        // Each a different token, each a new entry were it let in.
+        let ci = attenuate(&token, &format!(r#"check if operation("read"), {i} >= 0"#));
+        codes.push(
+            call(
+                &f.app,
+                "GET",
+                "/v1/tenants/acme/topologies",
+                Some(&ci),
+                None,
+            )
+            .await
+            .0,
+        );
+    }
+    assert_eq!(codes, [200, 200, 200, 429, 429, 429, 429, 429, 429, 429]);
+    let (status, entries) = call(
+        &f.app,
+        "GET",
+        "/v1/audit/entries?tenant=acme",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{entries}");
+    let attenuated = entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["kind"] == "attenuated")
+        .count();
+    assert_eq!(attenuated, 3);
+    // The session itself, already in the ledger, still works.
+    let (status, _) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[actix_web::test]
+async fn a_topology_larger_than_the_tenants_limits_is_refused_before_anything_is_stored() {
+    let f = fixture().await;
+    let token = login(&f.app, "acme").await;
+    // A thousand services of ten thousand replicas: the default limits refuse it by
+    // its shape, before any quota or placement is computed.
+    let services: serde_json::Map<String, serde_json::Value> = (0..1000)
+        .map(|i| {
+            (
+                format!("s{i}"),
+                serde_json::json!({ "image": "berth/busybox:latest", "replicas": 10_000, "networks": { "default": {} } }),
+            )
+        })
+        .collect();
+    let huge =
+        serde_json::json!({ "name": "huge", "services": services, "networks": { "default": {} } });
+    let (status, body) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/acme/topologies/huge",
+        Some(&token),
+        Some(huge),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "too_large", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("services_per_topology"),
+        "{body}"
+    );
+    // Replicas beyond the admin's limit are refused the same way.
+    set_limits(
+        &f.app,
+        "acme",
+        serde_json::json!({ "replicas_per_service": 3 }),
+    )
+    .await;
+    let mut four = topology("web");
+    four["services"]["web"]["replicas"] = 4.into();
+    let (status, body) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/acme/topologies/web",
+        Some(&token),
+        Some(four),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("replicas_per_service"),
+        "{body}"
+    );
+    let (status, listed) = call(
+        &f.app,
+        "GET",
+        "/v1/tenants/acme/topologies",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed, serde_json::json!([]), "nothing was stored");
+}
+
+#[actix_web::test]
+async fn deploys_past_the_tenants_rate_are_refused() {
+    let f = fixture().await;
+    set_limits(
+        &f.app,
+        "acme",
+        serde_json::json!({ "deploys_per_minute": 2 }),
+    )
+    .await;
+    let token = login(&f.app, "acme").await;
+    let mut codes = Vec::new();
+    for name in ["a", "b", "c"] {
+        codes.push(
+            call(
+                &f.app,
+                "PUT",
+                &format!("/v1/tenants/acme/topologies/{name}"),
+                Some(&token),
+                Some(topology(name)),
+            )
+            .await
+            .0,
+        );
+    }
+    assert_eq!(codes, [200, 200, 429]);
+    let globex = login(&f.app, "globex").await;
+    let (status, body) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/globex/topologies/c",
+        Some(&globex),
+        Some(topology("c")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[actix_web::test]
+async fn limits_are_the_admins_to_set_in_range_and_the_tenants_to_read() {
+    let f = fixture().await;
+    let dev = login(&f.app, "acme").await;
+    let (status, _) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/acme/limits",
+        Some(&dev),
+        Some(serde_json::json!({ "requests_per_second": 1_000_000 })),
+    )
+    .await;
+    assert_eq!(status, 403);
+    for out_of_range in [0, 1_000_001] {
+        let (status, body) = call(
+            &f.app,
+            "PUT",
+            "/v1/tenants/acme/limits",
+            Some(ADMIN),
+            Some(serde_json::json!({ "deploys_per_minute": out_of_range })),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("deploys_per_minute"),
+            "{body}"
+        );
+    }
+    let (status, body) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/acme/limits",
+        Some(ADMIN),
+        Some(serde_json::json!({ "unknown_limit": 3 })),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    set_limits(
+        &f.app,
+        "acme",
+        serde_json::json!({ "deploys_per_minute": 7 }),
+    )
+    .await;
+    let (status, limits) = call(&f.app, "GET", "/v1/tenants/acme/limits", Some(&dev), None).await;
+    assert_eq!(status, 200, "{limits}");
+    assert_eq!(limits["deploys_per_minute"], 7);
+    assert_eq!(
+        limits["requests_per_second"],
+        berth_protocol::limits::TenantLimits::DEFAULT.requests_per_second
+    );
+    let (status, _) = call(&f.app, "GET", "/v1/tenants/globex/limits", Some(&dev), None).await;
+    assert_eq!(status, 403);
 }

@@ -116,6 +116,26 @@ impl Bucket {
         }
     }
 
+    /// A bucket holding `tokens` as of `last_ms`, as stored.
+    pub fn at(tokens: f64, last_ms: i64) -> Self {
+        Self { tokens, last_ms }
+    }
+
+    /// The tokens it held at [`Self::last_ms`].
+    pub fn tokens(&self) -> f64 {
+        self.tokens
+    }
+
+    /// When it was last filled or taken from, Unix milliseconds.
+    pub fn last_ms(&self) -> i64 {
+        self.last_ms
+    }
+
+    /// Returns a token taken for something that turned out not to count.
+    pub fn give_back(&mut self, rate: Rate) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(rate.burst.max(1)));
+    }
+
     /// Takes one token at `now_ms`, or says how many milliseconds until one is there.
     pub fn take(&mut self, rate: Rate, now_ms: i64) -> Result<(), i64> {
         let burst = f64::from(rate.burst.max(1));

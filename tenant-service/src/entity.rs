@@ -114,25 +114,30 @@ pub mod user {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// Failed logins by the name asked for, whether or not such a user exists, so that
-/// the throttle answers a stranger's name as it answers a user's.
-pub mod login_attempt {
+/// What the login throttle remembers: one row per key it counts by, the pair of a
+/// name asked for and a source, a source across names, and a name across sources
+/// (see [`crate::throttle`]). Names are counted whether or not such a user exists, so
+/// that the throttle answers a stranger's name as it answers a user's.
+pub mod login_throttle {
     use sea_orm::entity::prelude::*;
 
-    /// The failed logins of one (tenant, name).
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "login_attempts")]
+    /// What is counted for one key.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "login_throttles")]
     pub struct Model {
-        /// The tenant asked for.
+        /// What is counted: see [`crate::throttle::Key`].
         #[sea_orm(primary_key, auto_increment = false)]
-        pub tenant: String,
-        /// The user name asked for.
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub name: String,
-        /// Attempts since the last success, counted before each password is checked.
+        pub key: String,
+        /// Every attempt since the last success, refused ones too.
         pub attempts: i32,
-        /// Logins for this name are refused until then, Unix milliseconds.
+        /// Failed password checks since the last success (pairs).
+        pub failures: i32,
+        /// Attempts are refused until then, Unix milliseconds (pairs).
         pub locked_until_ms: i64,
+        /// Attempts left in the key's bucket (sources, names).
+        pub tokens: f64,
+        /// The last attempt, Unix milliseconds.
+        pub last_ms: i64,
     }
 
     /// No relations are navigated through the ORM.

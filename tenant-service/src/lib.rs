@@ -5,6 +5,7 @@
 //! a node.
 
 pub mod entity;
+pub mod hashing;
 pub mod migration;
 pub mod throttle;
 
@@ -15,7 +16,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use entity::{login_attempt, revision, tenant, topology, user};
+use entity::{login_throttle, revision, tenant, topology, user};
 
 /// Failures of the tenant service.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +57,16 @@ pub enum LoginError {
     /// Unknown user or wrong password (deliberately not told apart).
     #[error("the user name or password is wrong")]
     BadCredentials,
-    /// Too many failures in a row.
+    /// Too many failures in a row from this source, or too many attempts from it or
+    /// at this name.
     #[error("too many failed logins; try again in {} s", (retry_after_ms + 999) / 1000)]
     Throttled {
         /// Milliseconds until logins are allowed again.
         retry_after_ms: i64,
     },
+    /// Every password hasher is busy and the queue for them is full.
+    #[error("too many logins at once; try again in a second")]
+    Busy,
     /// The password is too weak to store.
     #[error("a password needs at least 12 characters")]
     WeakPassword,
@@ -88,13 +93,34 @@ pub struct StoredRevision {
 #[derive(Clone, Debug)]
 pub struct TenantService {
     db: DatabaseConnection,
+    hashing: std::sync::Arc<hashing::Hashing>,
+    /// When idle login counts were last pruned, Unix milliseconds.
+    pruned_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
+
+/// What a login's counts are stored after.
+#[derive(Clone, Copy, Debug)]
+enum Counted {
+    /// An attempt, before its password is checked.
+    Attempt,
+    /// The password was right.
+    Success,
+}
+
+/// Logins queued for each password hasher before the next is answered "busy".
+const LOGINS_WAITING_PER_HASHER: usize = 64;
+/// Login counts idle this long are forgotten.
+const LOGIN_COUNTS_KEPT_MS: i64 = 24 * 3_600_000;
 
 impl TenantService {
     /// Opens the service over `db`, migrating its tables.
     pub async fn open(db: DatabaseConnection) -> Result<Self, TenantError> {
         migration::Migrator::up(&db, None).await?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            hashing: hashing::Hashing::for_this_machine(LOGINS_WAITING_PER_HASHER),
+            pruned_ms: std::sync::Arc::default(),
+        })
     }
 
     /// Creates a tenant if it does not exist yet.
@@ -413,7 +439,12 @@ impl TenantService {
         if password.chars().count() < 12 {
             return Err(LoginError::WeakPassword);
         }
-        let hash = hash_password(password)?;
+        let password = password.to_owned();
+        let hash = self
+            .hashing
+            .run(move || hash_password(&password))
+            .await
+            .ok_or(LoginError::Hashing)??;
         let row = user::ActiveModel {
             tenant: Set(tenant_name.to_owned()),
             name: Set(name.to_owned()),
@@ -433,98 +464,204 @@ impl TenantService {
         }
     }
 
-    /// Checks a user's password, throttling repeated failures. Returns the user's role.
+    /// Checks a user's password, from `source` (see [`throttle::source_of`]),
+    /// throttling failures by name and source, by source and by name (see
+    /// [`throttle`]). Returns the user's role.
     pub async fn login(
         &self,
         tenant_name: &str,
         name: &str,
         password: &str,
+        source: &str,
         now_ms: i64,
     ) -> Result<berth_protocol::capability::Role, LoginError> {
-        // The attempt is counted before the password is checked, for the name asked
-        // for whether or not such a user exists, in a transaction that writes the
-        // name's row first (SQLite then serialises it, PostgreSQL holds the row):
-        // concurrent attempts each get their own number, so N guesses count N, and
-        // the one that reaches the limit locks the name before any later one is
-        // checked. A stranger's name is throttled as a user's is.
-        use login_attempt::Column as A;
-        let name_of = || {
-            sea_orm::Condition::all()
-                .add(A::Tenant.eq(tenant_name))
-                .add(A::Name.eq(name))
-        };
+        // A place among the hashers first: a flood is answered before it costs a query.
+        let _admitted = self.hashing.admit().ok_or(LoginError::Busy)?;
+        self.prune_login_counts(now_ms).await?;
+        let keys = [
+            throttle::Key::Source(source).stored(),
+            throttle::Key::Pair {
+                tenant: tenant_name,
+                name,
+                source,
+            }
+            .stored(),
+            throttle::Key::Name {
+                tenant: tenant_name,
+                name,
+            }
+            .stored(),
+        ];
+        // The attempt is charged before the password is checked, in a transaction
+        // that writes its rows first (SQLite then serialises it, PostgreSQL holds the
+        // rows, always taken in the same order): concurrent attempts each see the
+        // ones before, so N guesses count N, and the one that locks the pair does so
+        // before any later one is checked. A stranger's name is counted as a user's.
         let txn = self.db.begin().await?;
-        login_attempt::Entity::insert(login_attempt::ActiveModel {
-            tenant: Set(tenant_name.to_owned()),
-            name: Set(name.to_owned()),
-            attempts: Set(1),
-            locked_until_ms: Set(0),
-        })
-        .on_conflict(
-            sea_orm::sea_query::OnConflict::columns([A::Tenant, A::Name])
-                .value(
-                    A::Attempts,
-                    // Qualified: in PostgreSQL's upsert a bare name is ambiguous.
-                    sea_orm::sea_query::ExprTrait::add(
-                        sea_orm::sea_query::Expr::col((login_attempt::Entity, A::Attempts)),
-                        1,
-                    ),
-                )
-                .to_owned(),
-        )
-        .exec_without_returning(&txn)
-        .await?;
-        let counted = login_attempt::Entity::find()
-            .filter(name_of())
-            .one(&txn)
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound("the attempt just counted".into()))?;
-        let before = throttle::LoginState {
-            failures: u32::try_from(counted.attempts - 1).unwrap_or(0),
-            locked_until_ms: counted.locked_until_ms,
-        };
-        if let throttle::Gate::Locked { retry_after_ms } = throttle::gate(before, now_ms) {
-            txn.commit().await?;
+        let mut counts = self.login_counts(&txn, &keys, now_ms).await?;
+        let gate = counts.attempt(now_ms);
+        self.store_login_counts(&txn, &keys, &counts, Counted::Attempt, now_ms)
+            .await?;
+        txn.commit().await?;
+        if let throttle::Gate::Locked { retry_after_ms } = gate {
             return Err(LoginError::Throttled { retry_after_ms });
         }
-        // Should this attempt fail, the lock it earns holds from now on.
-        let if_failed = throttle::after_failure(before, now_ms);
-        if if_failed.locked_until_ms != counted.locked_until_ms {
-            login_attempt::Entity::update_many()
-                .col_expr(
-                    A::LockedUntilMs,
-                    sea_orm::sea_query::Expr::value(if_failed.locked_until_ms),
-                )
-                .filter(name_of())
-                .exec(&txn)
-                .await?;
-        }
-        txn.commit().await?;
         let user = user::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
             .one(&self.db)
             .await?;
         // A name without a user costs the same hash as one with a wrong password.
-        let hash = user
-            .as_ref()
-            .map_or(decoy_hash(), |u| u.password_hash.as_str());
-        let ok = password_matches(password, hash);
+        let (stored, offered) = (
+            user.as_ref()
+                .map_or(decoy_hash(), |u| u.password_hash.as_str())
+                .to_owned(),
+            password.to_owned(),
+        );
+        let ok = self
+            .hashing
+            .run(move || password_matches(&offered, &stored))
+            .await
+            .ok_or(LoginError::Hashing)?;
         let Some(row) = user.filter(|_| ok) else {
-            tracing::info!(tenant = tenant_name, user = name, "failed login");
+            tracing::info!(tenant = tenant_name, user = name, source, "failed login");
             return Err(LoginError::BadCredentials);
         };
-        let cleared = throttle::after_success();
-        login_attempt::Entity::update_many()
-            .col_expr(
-                A::Attempts,
-                sea_orm::sea_query::Expr::value(i32::try_from(cleared.failures).unwrap_or(0)),
+        let txn = self.db.begin().await?;
+        let mut counts = self.login_counts(&txn, &keys, now_ms).await?;
+        counts.succeeded();
+        self.store_login_counts(&txn, &keys, &counts, Counted::Success, now_ms)
+            .await?;
+        txn.commit().await?;
+        berth_protocol::capability::Role::parse(&row.role).ok_or(LoginError::BadCredentials)
+    }
+
+    /// The counts stored for `keys` (source, pair, name), each row written first so
+    /// that the transaction holds it; a key not seen before starts afresh.
+    async fn login_counts(
+        &self,
+        txn: &impl ConnectionTrait,
+        keys: &[String; 3],
+        now_ms: i64,
+    ) -> Result<throttle::Counts, DbErr> {
+        use login_throttle::Column as C;
+        let fresh = throttle::Counts::fresh(now_ms);
+        let mut ordered: Vec<&String> = keys.iter().collect();
+        ordered.sort();
+        for key in ordered {
+            let tokens = if key == &keys[1] {
+                0.0
+            } else if key == &keys[0] {
+                fresh.source.tokens()
+            } else {
+                fresh.name.tokens()
+            };
+            login_throttle::Entity::insert(login_throttle::ActiveModel {
+                key: Set(key.clone()),
+                attempts: Set(0),
+                failures: Set(0),
+                locked_until_ms: Set(0),
+                tokens: Set(tokens),
+                last_ms: Set(now_ms),
+            })
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(C::Key)
+                    // A write of the row as it is, so that the transaction holds it.
+                    // Qualified: in PostgreSQL's upsert a bare name is ambiguous.
+                    .value(
+                        C::Attempts,
+                        sea_orm::sea_query::Expr::col((login_throttle::Entity, C::Attempts)),
+                    )
+                    .to_owned(),
             )
-            .col_expr(
-                A::LockedUntilMs,
-                sea_orm::sea_query::Expr::value(cleared.locked_until_ms),
-            )
-            .filter(name_of())
+            .exec_without_returning(txn)
+            .await?;
+        }
+        let rows = login_throttle::Entity::find()
+            .filter(C::Key.is_in(keys.iter().cloned()))
+            .all(txn)
+            .await?;
+        let row = |key: &String| {
+            rows.iter()
+                .find(|r| &r.key == key)
+                .ok_or_else(|| DbErr::RecordNotFound(format!("login count {key}")))
+        };
+        let (source, pair, name) = (row(&keys[0])?, row(&keys[1])?, row(&keys[2])?);
+        Ok(throttle::Counts {
+            source: berth_protocol::limits::Bucket::at(source.tokens, source.last_ms),
+            pair: throttle::LoginState {
+                failures: u32::try_from(pair.failures).unwrap_or(0),
+                locked_until_ms: pair.locked_until_ms,
+            },
+            name: berth_protocol::limits::Bucket::at(name.tokens, name.last_ms),
+        })
+    }
+
+    /// Stores `counts` for `keys`, with one more attempt each or, after a success,
+    /// none.
+    async fn store_login_counts(
+        &self,
+        txn: &impl ConnectionTrait,
+        keys: &[String; 3],
+        counts: &throttle::Counts,
+        counted: Counted,
+        now_ms: i64,
+    ) -> Result<(), DbErr> {
+        use login_throttle::Column as C;
+        use sea_orm::sea_query::{Expr, ExprTrait};
+        let rows = [
+            (
+                &keys[0],
+                0,
+                0,
+                counts.source.tokens(),
+                counts.source.last_ms(),
+            ),
+            (
+                &keys[1],
+                i32::try_from(counts.pair.failures).unwrap_or(i32::MAX),
+                counts.pair.locked_until_ms,
+                0.0,
+                now_ms,
+            ),
+            (&keys[2], 0, 0, counts.name.tokens(), counts.name.last_ms()),
+        ];
+        for (key, failures, locked_until_ms, tokens, last_ms) in rows {
+            login_throttle::Entity::update_many()
+                .col_expr(
+                    C::Attempts,
+                    match counted {
+                        Counted::Attempt => Expr::col(C::Attempts).add(1),
+                        Counted::Success => Expr::value(0),
+                    },
+                )
+                .col_expr(C::Failures, Expr::value(failures))
+                .col_expr(C::LockedUntilMs, Expr::value(locked_until_ms))
+                .col_expr(C::Tokens, Expr::value(tokens))
+                .col_expr(C::LastMs, Expr::value(std::cmp::max(last_ms, now_ms)))
+                .filter(C::Key.eq(key.as_str()))
+                .exec(txn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets login counts idle for a day and not locked, at most once a minute.
+    async fn prune_login_counts(&self, now_ms: i64) -> Result<(), DbErr> {
+        use login_throttle::Column as C;
+        use std::sync::atomic::Ordering;
+        let last = self.pruned_ms.load(Ordering::Acquire);
+        if now_ms - last < 60_000
+            || self
+                .pruned_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return Ok(());
+        }
+        login_throttle::Entity::delete_many()
+            .filter(C::LastMs.lt(now_ms - LOGIN_COUNTS_KEPT_MS))
+            .filter(C::LockedUntilMs.lt(now_ms))
             .exec(&self.db)
             .await?;
-        berth_protocol::capability::Role::parse(&row.role).ok_or(LoginError::BadCredentials)
+        Ok(())
     }
 }

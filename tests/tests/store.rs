@@ -658,17 +658,19 @@ async fn assert_broken(ledger: &berth_allocator::ledger::Ledger, problem: &str) 
 
 /// The login throttle cannot be raced: concurrent wrong passwords are each counted,
 /// only those up to the limit have their password checked, and the right password
-/// hidden among them waits for the lock like any other. A name without a user is
-/// throttled the same way.
+/// from the same source then waits for the lock like any other. The owner still logs in from
+/// a source that has not failed; one source cannot try name after name; a name
+/// without a user is throttled as a user's is.
 async fn concurrent_wrong_passwords_each_count_and_the_right_one_waits(db: DatabaseConnection) {
     use berth_protocol::capability::Role;
-    use berth_tenant_service::entity::login_attempt;
-    use berth_tenant_service::throttle::{FREE_FAILURES, MAX_LOCKOUT_MS};
+    use berth_tenant_service::entity::login_throttle;
+    use berth_tenant_service::throttle::{FREE_FAILURES, Key, MAX_LOCKOUT_MS, SOURCE_RATE};
     use berth_tenant_service::{LoginError, TenantService};
     use sea_orm::EntityTrait;
 
     const PASSWORD: &str = "the-right-password-1";
     const GUESSES: usize = 40;
+    const ATTACKER: &str = "192.0.2.66";
     let tenants = TenantService::open(db.clone()).await.expect("open");
     tenants.ensure_tenant("acme", 0).await.expect("tenant");
     tenants
@@ -680,7 +682,7 @@ async fn concurrent_wrong_passwords_each_count_and_the_right_one_waits(db: Datab
         let tenants = tenants.clone();
         guesses.spawn(async move {
             tenants
-                .login("acme", "dev", &format!("guess-{i:04}"), 0)
+                .login("acme", "dev", &format!("guess-{i:04}"), ATTACKER, 0)
                 .await
         });
     }
@@ -698,30 +700,76 @@ async fn concurrent_wrong_passwords_each_count_and_the_right_one_waits(db: Datab
         .count();
     assert_eq!(checked, FREE_FAILURES as usize, "{outcomes:?}");
     assert_eq!(throttled, GUESSES - FREE_FAILURES as usize);
-    let failures = |db: DatabaseConnection| async move {
-        login_attempt::Entity::find_by_id(("acme".to_owned(), "dev".to_owned()))
+    let pair = |source: &'static str| Key::Pair {
+        tenant: "acme",
+        name: "dev",
+        source,
+    };
+    let counted = |db: DatabaseConnection, key: Key<'static>| async move {
+        login_throttle::Entity::find_by_id(key.stored())
             .one(&db)
             .await
             .expect("read")
-            .expect("row")
-            .attempts
+            .map_or(0, |row| row.attempts)
     };
-    assert_eq!(failures(db.clone()).await, GUESSES as i32);
+    // Every attempt was counted, the refused ones too.
+    assert_eq!(counted(db.clone(), pair(ATTACKER)).await, GUESSES as i32);
+    // The attacker's source stays locked, even for the right password...
     assert!(matches!(
-        tenants.login("acme", "dev", PASSWORD, 1).await,
+        tenants.login("acme", "dev", PASSWORD, ATTACKER, 1).await,
         Err(LoginError::Throttled { .. })
     ));
-    let later = MAX_LOCKOUT_MS + 1;
+    // ...while the owner, from an address that has not failed, logs in.
     assert_eq!(
-        tenants.login("acme", "dev", PASSWORD, later).await.ok(),
+        tenants
+            .login("acme", "dev", PASSWORD, "198.51.100.7", 1)
+            .await
+            .ok(),
         Some(Role::Developer)
     );
-    assert_eq!(failures(db).await, 0);
-    // A name without a user is throttled as a user's is: the answers do not tell them
-    // apart.
+    let later = MAX_LOCKOUT_MS + 1;
+    assert_eq!(
+        tenants
+            .login("acme", "dev", PASSWORD, ATTACKER, later)
+            .await
+            .ok(),
+        Some(Role::Developer)
+    );
+    assert_eq!(counted(db.clone(), pair(ATTACKER)).await, 0);
+    // One source trying name after name is held to its rate: a name known or not,
+    // the answers are the same.
+    let mut answers = Vec::new();
+    for i in 0..60 {
+        let name = if i == 45 {
+            "dev".to_owned()
+        } else {
+            format!("user-{i}")
+        };
+        answers.push(
+            tenants
+                .login("acme", &name, "guess", "203.0.113.9", 0)
+                .await,
+        );
+    }
+    let tried = answers
+        .iter()
+        .filter(|a| matches!(a, Err(LoginError::BadCredentials)))
+        .count();
+    assert_eq!(tried, SOURCE_RATE.burst as usize, "{answers:?}");
+    assert!(
+        answers[tried..]
+            .iter()
+            .all(|a| matches!(a, Err(LoginError::Throttled { .. }))),
+        "{answers:?}"
+    );
+    // A name without a user is throttled as a user's is.
     let mut answers = Vec::new();
     for _ in 0..=FREE_FAILURES {
-        answers.push(tenants.login("acme", "nobody", "guess", 0).await);
+        answers.push(
+            tenants
+                .login("acme", "nobody", "guess", "192.0.2.1", 0)
+                .await,
+        );
     }
     assert!(
         answers[..FREE_FAILURES as usize]

@@ -107,19 +107,24 @@ impl Api {
     }
 }
 
-/// Logs in; the session token and role on success.
+/// Logs in for a browser at `browser`; the session token and role on success. The
+/// browser's address is forwarded, so that the gateway's throttle counts it and not
+/// the UI.
 pub(crate) async fn login(
     http: &reqwest::Client,
     base: &str,
+    browser: Option<std::net::IpAddr>,
     tenant: &str,
     user: &str,
     password: &str,
 ) -> Result<LoggedIn, Failure> {
     let anonymous = Api::new(http.clone(), base.to_owned(), String::new());
     let body = serde_json::json!({ "tenant": tenant, "user": user, "password": password });
-    anonymous
-        .send(http.post(format!("{base}/v1/login")).json(&body))
-        .await
+    let mut post = http.post(format!("{base}/v1/login")).json(&body);
+    if let Some(browser) = browser {
+        post = post.header("x-forwarded-for", browser.to_string());
+    }
+    anonymous.send(post).await
 }
 
 /// The answer to a login.

@@ -277,7 +277,17 @@ async fn login(
     let form = form.into_inner();
     let next = safe_next(form.next.as_deref());
     let base = api_base(&request);
-    match api::login(&ui.http, &base, &form.tenant, &form.user, &form.password).await {
+    let browser = request.peer_addr().map(|a| a.ip());
+    match api::login(
+        &ui.http,
+        &base,
+        browser,
+        &form.tenant,
+        &form.user,
+        &form.password,
+    )
+    .await
+    {
         Ok(logged_in) => {
             let api = Api::new(ui.http.clone(), base, logged_in.token.clone());
             let target = match (next, api.get::<Session>("/v1/session").await) {
