@@ -145,8 +145,16 @@ impl std::str::FromStr for Anchor {
         let not = || {
             format!("{text:?} is not an anchor: write SEQ:HASH, as `berth audit verify` prints it")
         };
-        let (seq, hash) = text.trim().split_once(':').ok_or_else(not)?;
-        let seq = seq.parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(not)?;
+        // Exactly as printed: `^[1-9][0-9]{0,18}:[0-9a-fA-F]{64}$`.
+        let (seq, hash) = text.split_once(':').ok_or_else(not)?;
+        if seq.is_empty()
+            || seq.len() > 19
+            || seq.starts_with('0')
+            || !seq.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(not());
+        }
+        let seq = seq.parse::<u64>().map_err(|_| not())?;
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(not());
         }
@@ -165,6 +173,7 @@ impl std::fmt::Display for Anchor {
 
 /// Which entries to list.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Filter {
     /// Only this kind.
     pub kind: Option<String>,
@@ -173,6 +182,7 @@ pub struct Filter {
     /// Only entries whose subject contains this.
     pub subject: Option<String>,
     /// At most this many, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
 }
 

@@ -37,10 +37,13 @@ impl Resources {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Limit {
     /// CPU in thousandths of a core.
+    #[schema(maximum = 9_007_199_254_740_992_u64)]
     pub cpu_millis: Option<u64>,
     /// Memory in bytes.
+    #[schema(maximum = 9_007_199_254_740_992_u64)]
     pub memory_bytes: Option<u64>,
     /// Containers.
+    #[schema(maximum = 9_007_199_254_740_992_u64)]
     pub containers: Option<u64>,
 }
 

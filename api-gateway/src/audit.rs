@@ -140,6 +140,7 @@ pub(crate) async fn entries(
     request: HttpRequest,
     filter: web::Query<Filter>,
 ) -> Result<HttpResponse, ApiError> {
+    crate::contract::within("limit", filter.limit, 1, 1000)?;
     let tenant = filter.tenant.clone().unwrap_or_else(|| "*".to_owned());
     gw.authorize(&request, Operation::Audit, &tenant, None)
         .await?;
@@ -199,11 +200,13 @@ pub(crate) async fn verify(
 
 /// Whose auditor asks, and against what.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VerifyQuery {
     /// The auditor's own tenant (admins may leave it out).
     pub tenant: Option<String>,
     /// An anchor kept from an earlier verification (`SEQ:HASH`): that entry must still
     /// be there with that hash.
+    #[param(pattern = "^[1-9][0-9]{0,18}:[0-9a-fA-F]{64}$")]
     pub anchor: Option<String>,
 }
 
@@ -312,6 +315,7 @@ pub struct Revoke {
         (status = 400, description = "The request is malformed", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No token of that node or tenant may still be valid: nothing to revoke", body = ErrorBody),
         (status = 503, description = "The ledger cannot be written", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -319,7 +323,7 @@ pub struct Revoke {
 pub(crate) async fn revoke(
     gw: web::Data<Gateway>,
     request: HttpRequest,
-    body: web::Json<Revoke>,
+    body: crate::contract::Body<Revoke>,
 ) -> Result<HttpResponse, ApiError> {
     let chosen = usize::from(!body.ids.is_empty())
         + usize::from(body.node.is_some())
@@ -328,6 +332,14 @@ pub(crate) async fn revoke(
         return Err(ApiError::bad_request(
             "name exactly one of: ids (revocation ids), node, tenant",
         ));
+    }
+    if let Some(name) = body.node.as_ref().or(body.tenant.as_ref())
+        && !berth_allocator::identity::valid_node_name(name)
+    {
+        return Err(ApiError::bad_request(format!(
+            "{name:?} cannot name a node or tenant: a name matches {}",
+            crate::contract::NAME_PATTERN
+        )));
     }
     if body
         .ids
@@ -409,10 +421,12 @@ pub(crate) async fn revoke(
 
 /// Which part of the graph, in which form.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GraphQuery {
     /// Only delegations to this tenant's services (auditors must name their own).
     pub tenant: Option<String>,
     /// `json` (the default) or `dot` (Graphviz).
+    #[param(pattern = "^(json|dot)$")]
     pub format: Option<String>,
 }
 
@@ -423,7 +437,10 @@ pub struct GraphQuery {
     tag = "audit",
     params(GraphQuery),
     responses(
-        (status = 200, description = "The delegations in force: JSON, or DOT with format=dot", body = berth_allocator::reach::Reach),
+        (status = 200, description = "The delegations in force: JSON, or DOT with format=dot", content(
+            (berth_allocator::reach::Reach = "application/json"),
+            (String = "text/vnd.graphviz"),
+        )),
         (status = 400, description = "Unknown format", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "The token does not allow this (auditors: pass tenant=YOUR_TENANT)", body = ErrorBody),
@@ -645,6 +662,7 @@ pub(crate) async fn rotate_root_key(
 
 /// Whether to retire a key whose tokens may still be valid.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RetireQuery {
     /// Retire now: tokens the key signed are refused at once.
     #[serde(default)]

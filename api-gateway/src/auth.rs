@@ -129,9 +129,9 @@ impl Gateway {
     }
 }
 
-/// Refuses a request under `/v1` (but the login) whose bearer token is missing, does
-/// not verify or is revoked, or whose tenant has used up its request rate, before its
-/// body is read. The caller it found is left in the request for the handler.
+/// Refuses a request under `/v1` whose path names a tenant, node or topology no name
+/// could be, or (but the login) whose bearer token is missing, does not verify or is
+/// revoked, or whose tenant has used up its request rate, before its body is read. The caller it found is left in the request for the handler.
 pub(crate) async fn authenticated(
     request: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
@@ -142,6 +142,9 @@ pub(crate) async fn authenticated(
     let open = request.path() == "/v1/login";
     let gateway = request.app_data::<web::Data<Gateway>>().cloned();
     let refused = match (open, gateway) {
+        _ if let Err(e) = crate::contract::valid_names(request.path(), request.query_string()) => {
+            Some(e)
+        }
         (true, _) | (false, None) => None,
         (false, Some(gw)) => match admit(&gw, request.request()).await {
             Ok(caller) => {

@@ -15,6 +15,7 @@
 pub mod audit;
 mod auth;
 pub mod autoscale;
+mod contract;
 mod limits;
 mod metrics;
 
@@ -340,6 +341,7 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
         });
         let own_certificate = gateway.own_certificate.clone();
         cfg.app_data(web::Data::new(gateway))
+            .app_data(web::PayloadConfig::new(MOST_BODY_BYTES))
             .app_data(json)
             .app_data(path)
             .app_data(query)
@@ -352,10 +354,10 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                         .finish()
                 }),
             )
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/openapi.json", web::get().to(openapi))
-            .route("/metrics", web::get().to(metrics::metrics))
+            .service(resource!("/healthz", get => healthz))
+            .service(resource!("/readyz", get => readyz))
+            .service(resource!("/openapi.json", get => openapi))
+            .service(resource!("/metrics", get => metrics::metrics))
             // The pages call the API below over loopback with the user's own token.
             .configure(berth_ui::configure(own_certificate))
             .service(
@@ -426,8 +428,11 @@ async fn readyz(gw: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().body("ready"))
 }
 
-/// Refuses a quota the store cannot hold exactly (above 2^63 - 1), rather than
-/// clamping it silently.
+/// The largest quota in any dimension: 2^53, far beyond any pool, and a number every
+/// JSON client reads exactly.
+const MOST_QUOTA: u64 = 1 << 53;
+
+/// Refuses a quota above [`MOST_QUOTA`], rather than clamping it silently.
 fn representable(limit: &Limit) -> Result<(), ApiError> {
     for (field, value) in [
         ("cpu_millis", limit.cpu_millis),
@@ -435,11 +440,10 @@ fn representable(limit: &Limit) -> Result<(), ApiError> {
         ("containers", limit.containers),
     ] {
         if let Some(v) = value
-            && v > i64::MAX as u64
+            && v > MOST_QUOTA
         {
             return Err(ApiError::bad_request(format!(
-                "{field}: {v} is larger than a quota can be ({}); leave it out for no limit",
-                i64::MAX
+                "{field}: {v} is larger than a quota can be ({MOST_QUOTA}); leave it out for no limit"
             )));
         }
     }
@@ -451,6 +455,7 @@ fn representable(limit: &Limit) -> Result<(), ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     /// The tenant's name.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub name: String,
     /// Its quota; unlimited when left out.
     #[serde(default)]
@@ -483,7 +488,7 @@ fn valid_tenant(name: &str) -> Result<(), ApiError> {
 async fn create_tenant(
     gw: web::Data<Gateway>,
     request: HttpRequest,
-    body: web::Json<NewTenant>,
+    body: crate::contract::Body<NewTenant>,
 ) -> Result<HttpResponse, ApiError> {
     gw.authorize(&request, Operation::Administer, &body.name, None)
         .await?;
@@ -560,7 +565,7 @@ async fn set_quota(
     gw: web::Data<Gateway>,
     request: HttpRequest,
     tenant: web::Path<String>,
-    body: web::Json<Limit>,
+    body: crate::contract::Body<Limit>,
 ) -> Result<HttpResponse, ApiError> {
     gw.authorize(&request, Operation::Administer, &tenant, None)
         .await?;
@@ -641,7 +646,7 @@ async fn set_policy(
     gw: web::Data<Gateway>,
     request: HttpRequest,
     tenant: web::Path<String>,
-    body: web::Json<PolicyBody>,
+    body: crate::contract::Body<PolicyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let authorized = gw
         .authorize(&request, Operation::Administer, &tenant, None)
@@ -744,7 +749,7 @@ pub struct NewJoinToken {
     post,
     path = "/v1/join-tokens",
     tag = "nodes",
-    request_body = NewJoinToken,
+    request_body(content = Option<NewJoinToken>, description = "How long the token lives; left out, an hour"),
     responses(
         (status = 201, description = "A one-time token and the command that joins a machine", body = JoinToken),
         (status = 400, description = "The request is malformed", body = ErrorBody),
@@ -756,11 +761,17 @@ pub struct NewJoinToken {
 async fn create_join_token(
     gw: web::Data<Gateway>,
     request: HttpRequest,
-    body: Option<web::Json<NewJoinToken>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     gw.authorize(&request, Operation::Administer, "*", None)
         .await?;
-    let ttl_seconds = body.and_then(|b| b.ttl_seconds).unwrap_or(3600);
+    // The body may be left out: a token of an hour.
+    let asked: NewJoinToken = if body.trim_ascii().is_empty() || body.trim_ascii() == b"null" {
+        NewJoinToken::default()
+    } else {
+        contract::parse(&body)?
+    };
+    let ttl_seconds = asked.ttl_seconds.unwrap_or(3600);
     if !(1..=MOST_JOIN_TOKEN_SECONDS).contains(&ttl_seconds) {
         return Err(ApiError::bad_request(format!(
             "ttl_seconds: {ttl_seconds} is out of range; a join token lives from 1 second to {MOST_JOIN_TOKEN_SECONDS} (7 days)"
@@ -871,12 +882,19 @@ async fn deploy(
     request: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<DeployQuery>,
-    body: web::Json<Topology>,
+    body: crate::contract::Body<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, name) = path.into_inner();
     gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))
         .await?;
-    let topology = body.into_inner();
+    // The body is a JSON object; what it holds is judged as a topology file is.
+    let topology: Topology = contract::from_value(body.into_inner()).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_topology",
+            format!("the topology {e}"),
+        )
+    })?;
     if topology.name != name {
         return Err(ApiError::bad_request(format!(
             "the path names topology {name:?} but the body is {:?}",
@@ -898,6 +916,7 @@ async fn deploy(
 
 /// The query of a deploy.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeployQuery {
     /// Check the topology against the rules and the tenant's policy and change nothing.
@@ -972,6 +991,7 @@ const MOST_EVENTS: u64 = 500;
 
 /// How many events.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// At most this many, newest first (default 100, at most 500).
     #[param(minimum = 1, maximum = 500)]
@@ -1164,10 +1184,13 @@ fn login_source(request: &HttpRequest) -> String {
 #[serde(deny_unknown_fields)]
 pub struct Login {
     /// The user's tenant.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub tenant: String,
     /// The user's name.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub user: String,
     /// The password.
+    #[schema(max_length = 1024)]
     pub password: String,
 }
 
@@ -1226,7 +1249,7 @@ impl From<LoginError> for ApiError {
 async fn login(
     gw: web::Data<Gateway>,
     request: HttpRequest,
-    body: web::Json<Login>,
+    body: crate::contract::Body<Login>,
 ) -> Result<HttpResponse, ApiError> {
     valid_tenant(&body.tenant)?;
     if !berth_allocator::identity::valid_node_name(&body.user) {
@@ -1314,8 +1337,10 @@ pub struct SessionView {
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// The user's name.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub name: String,
     /// The password (at least 12 characters); only its argon2id hash is stored.
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: String,
     /// The role.
     pub role: Role,
@@ -1343,7 +1368,7 @@ async fn create_user(
     gw: web::Data<Gateway>,
     request: HttpRequest,
     tenant: web::Path<String>,
-    body: web::Json<NewUser>,
+    body: crate::contract::Body<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
     gw.authorize(&request, Operation::Administer, &tenant, None)
         .await?;
@@ -1353,7 +1378,12 @@ async fn create_user(
             body.name
         )));
     }
-    gw.tenants.list(&tenant).await?;
+    if body.password.len() > MOST_PASSWORD_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "password: at most {MOST_PASSWORD_BYTES} bytes"
+        )));
+    }
+    gw.tenants.ensure_known(&tenant).await?;
     gw.tenants
         .create_user(&tenant, &body.name, &body.password, body.role, now_ms())
         .await?;
@@ -1506,7 +1536,7 @@ async fn scale(
     gw: web::Data<Gateway>,
     request: HttpRequest,
     path: web::Path<(String, String)>,
-    body: web::Json<Scale>,
+    body: crate::contract::Body<Scale>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, name) = path.into_inner();
     gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))
@@ -1634,7 +1664,8 @@ impl utoipa::Modify for BearerAuth {
 /// `api-gateway/openapi.json`.
 pub fn openapi_json() -> String {
     use utoipa::OpenApi;
-    match ApiDoc::openapi().to_pretty_json() {
+    let generated = serde_json::to_value(ApiDoc::openapi()).map(contract::kept);
+    match generated.and_then(|document| serde_json::to_string_pretty(&document)) {
         Ok(mut text) => {
             text.push('\n');
             text
@@ -1658,6 +1689,7 @@ pub struct LogsQuery {
     pub service: Option<String>,
     /// How many lines from the end of each replica's output (default 100, at most
     /// 10000).
+    #[param(minimum = 0, maximum = 10000)]
     pub tail: Option<u64>,
     /// Only lines written after this time, Unix nanoseconds as `at_ns` gives them:
     /// what a client that follows the output asks for next.
@@ -1714,7 +1746,8 @@ async fn logs(
     let (tenant, name) = path.into_inner();
     gw.authorize(&request, Operation::Read, &tenant, Some(&name))
         .await?;
-    let tail = query.tail.unwrap_or(100).min(10_000);
+    contract::within("tail", query.tail, 0, 10_000)?;
+    let tail = query.tail.unwrap_or(100);
     let id = TopologyRef {
         tenant,
         topology: name,

@@ -209,7 +209,7 @@ pub(crate) async fn set_limits(
     gw: web::Data<Gateway>,
     request: HttpRequest,
     tenant: web::Path<String>,
-    body: web::Json<TenantLimits>,
+    body: crate::contract::Body<TenantLimits>,
 ) -> Result<HttpResponse, ApiError> {
     valid_tenant(&tenant)?;
     gw.authorize(&request, Operation::Administer, &tenant, None)

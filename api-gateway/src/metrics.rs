@@ -183,7 +183,12 @@ pub(crate) async fn track(
     let metrics = request
         .app_data::<web::Data<Gateway>>()
         .map(|gw| gw.metrics.clone());
-    let method = request.method().to_string();
+    // A label takes a bounded set of values: a method no client of this API sends is
+    // `other`, so that made-up methods cannot grow the series without bound.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "PUT" | "POST" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => m.to_owned(),
+        _ => "other".to_owned(),
+    };
     // The route template, known before the handler runs, names the span.
     let route = request
         .match_pattern()

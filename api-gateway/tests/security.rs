@@ -877,7 +877,8 @@ async fn who_asks_is_decided_before_what_they_send_is_read() {
         assert_eq!(status, 401, "{method} {path}: {body}");
         assert_eq!(body["code"], "unauthenticated", "{body}");
     }
-    // Signed in, the same body is what is wrong.
+    // Signed in, the same body is what is wrong: judged as a topology file is, with
+    // the field named; and a body that is not even an object is malformed.
     let token = login(&f.app, "acme").await;
     let (status, body) = call(
         &f.app,
@@ -885,6 +886,23 @@ async fn who_asks_is_decided_before_what_they_send_is_read() {
         "/v1/tenants/acme/topologies/web",
         Some(&token),
         Some(garbage),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "invalid_topology", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at not"),
+        "{body}"
+    );
+    let (status, body) = call(
+        &f.app,
+        "PUT",
+        "/v1/tenants/acme/topologies/web",
+        Some(&token),
+        Some(serde_json::json!([1, 2])),
     )
     .await;
     assert_eq!(status, 400, "{body}");

@@ -154,6 +154,10 @@ enum Command {
     /// (admin, with --endpoint).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Manage how much of the control plane a tenant may use: request, deploy and
+    /// token rates, and the size of a topology (admin, with --endpoint).
+    #[command(subcommand)]
+    Limits(LimitsCommand),
     /// Manage users (admin, with --endpoint).
     #[command(subcommand)]
     User(UserCommand),
@@ -306,6 +310,7 @@ impl Cli {
             | Command::Login { .. }
             | Command::Tenant(_)
             | Command::Quota(_)
+            | Command::Limits(_)
             | Command::Policy(_)
             | Command::User(_)
             | Command::Node(_)
@@ -432,6 +437,36 @@ enum QuotaCommand {
         quota: QuotaArgs,
     },
     /// Show a tenant's quota and what it uses.
+    Show {
+        /// The tenant.
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LimitsCommand {
+    /// Set a tenant's limits, replacing what it had; a limit left out takes its
+    /// default.
+    Set {
+        /// The tenant.
+        tenant: String,
+        /// API requests a second (bursts of twice as many).
+        #[arg(long)]
+        requests_per_second: Option<u32>,
+        /// Deploys, scales and removals a minute.
+        #[arg(long)]
+        deploys_per_minute: Option<u32>,
+        /// Attenuated tokens first seen an hour (each an audit ledger entry).
+        #[arg(long)]
+        attenuations_per_hour: Option<u32>,
+        /// Services in one topology.
+        #[arg(long)]
+        services_per_topology: Option<u32>,
+        /// Replicas of one service.
+        #[arg(long)]
+        replicas_per_service: Option<u32>,
+    },
+    /// Show the limits in force for a tenant, defaults filled in.
     Show {
         /// The tenant.
         tenant: String,
@@ -711,6 +746,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => logs(&cli, *follow, *tail, service.as_deref()).await,
         Command::Tenant(_)
         | Command::Quota(_)
+        | Command::Limits(_)
         | Command::Policy(_)
         | Command::User(_)
         | Command::Node(_)
@@ -1481,6 +1517,38 @@ async fn admin(cli: &Cli) -> Result<(), Failure> {
                     &format!("/tenants/{tenant}/policy"),
                     Some(serde_json::json!({ "allow": allow })),
                 )
+                .await?
+        }
+        Command::Limits(LimitsCommand::Set {
+            tenant,
+            requests_per_second,
+            deploys_per_minute,
+            attenuations_per_hour,
+            services_per_topology,
+            replicas_per_service,
+        }) => {
+            let limits = berth_protocol::limits::TenantLimits {
+                requests_per_second: *requests_per_second,
+                deploys_per_minute: *deploys_per_minute,
+                attenuations_per_hour: *attenuations_per_hour,
+                services_per_topology: *services_per_topology,
+                replicas_per_service: *replicas_per_service,
+            };
+            let body = serde_json::to_value(limits).map_err(|e| Failure {
+                exit: Exit::Failure,
+                message: format!("cannot write the limits: {e}"),
+            })?;
+            remote
+                .admin(
+                    Method::PUT,
+                    &format!("/tenants/{tenant}/limits"),
+                    Some(body),
+                )
+                .await?
+        }
+        Command::Limits(LimitsCommand::Show { tenant }) => {
+            remote
+                .admin(Method::GET, &format!("/tenants/{tenant}/limits"), None)
                 .await?
         }
         Command::Policy(PolicyCommand::Show { tenant }) => {

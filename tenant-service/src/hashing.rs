@@ -1,16 +1,18 @@
-//! Password hashing on a bounded pool: argon2 is slow on purpose, so it runs off the
-//! threads that serve requests, a few at a time, with a bounded queue. A flood of
-//! logins is answered "busy" before it costs anything, and cannot starve the rest.
+//! Password hashing on a bounded pool: argon2 is slow and memory-hard on purpose
+//! (19 MiB a hash), so it runs on a few threads of its own, off the threads that
+//! serve requests, with a bounded queue. A flood of logins is answered "busy" before
+//! it costs anything and cannot starve the rest; and the memory the hashes take is
+//! that of a few threads, not of every thread that ever hashed.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
-use tokio::sync::Semaphore;
+type Job = Box<dyn FnOnce() + Send>;
 
 /// The hashing pool.
 #[derive(Debug)]
 pub struct Hashing {
-    running: Semaphore,
+    jobs: Mutex<mpsc::Sender<Job>>,
     admitted: AtomicUsize,
     most_admitted: usize,
 }
@@ -30,11 +32,34 @@ impl Hashing {
     /// queued for each.
     pub fn for_this_machine(waiting: usize) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let running = cores.saturating_sub(1).max(1);
+        let threads = cores.saturating_sub(1).max(1);
+        let (send, receive) = mpsc::channel::<Job>();
+        let receive = Arc::new(Mutex::new(receive));
+        for i in 0..threads {
+            let receive = receive.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("berth-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        // One job at a time: the lock is held only to take it.
+                        let job = match receive.lock() {
+                            Ok(jobs) => jobs.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
         Arc::new(Self {
-            running: Semaphore::new(running),
+            jobs: Mutex::new(send),
             admitted: AtomicUsize::new(0),
-            most_admitted: running * (1 + waiting),
+            most_admitted: threads * (1 + waiting),
         })
     }
 
@@ -45,13 +70,17 @@ impl Hashing {
         (before < self.most_admitted).then_some(admitted)
     }
 
-    /// Runs `hash` on the pool when a hasher is free.
+    /// Runs `hash` on the pool; `None` if the pool is gone.
     pub async fn run<T: Send + 'static>(
         &self,
         hash: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        let _permit = self.running.acquire().await.ok()?;
-        tokio::task::spawn_blocking(hash).await.ok()
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(hash());
+        });
+        self.jobs.lock().ok()?.send(job).ok()?;
+        result.await.ok()
     }
 }
 
@@ -67,5 +96,15 @@ mod tests {
         assert!(pool.admit().is_none());
         drop(held);
         assert!(pool.admit().is_some());
+    }
+
+    #[tokio::test]
+    async fn jobs_run_on_the_pool_and_answer() {
+        let pool = Hashing::for_this_machine(2);
+        let name = pool
+            .run(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .flatten();
+        assert!(name.is_some_and(|n| n.starts_with("berth-hash-")));
     }
 }

@@ -26,7 +26,7 @@ pub use env_file::{EnvEntry, EnvFileProblem, parse_env_file};
 pub use interpolate::{Interpolated, Variables, interpolate};
 pub use model::*;
 pub use policy::{Policy, Refusal};
-pub use schema::{FileReader, LocalFiles};
+pub use schema::{FileReader, LocalFiles, valid_topology_name};
 
 use node::{Node, Value};
 use schema::{Cx, join};

@@ -481,7 +481,8 @@ pub(crate) fn top_level(cx: &mut Cx<'_>, root: &Node) -> Option<TopLevel> {
     Some(top)
 }
 
-pub(crate) fn valid_topology_name(name: &str) -> bool {
+/// Whether `name` may name a topology: a Compose project name, in lower case, without `.`.
+pub fn valid_topology_name(name: &str) -> bool {
     valid_name(name) && !name.contains('.') && !name.chars().any(|c| c.is_ascii_uppercase())
 }
 
