@@ -33,6 +33,14 @@ command -v chromedriver >/dev/null || install chromium chromium-driver
 # biscuit-cli: the reference biscuit tooling, with which a test inspects and attenuates
 # the platform's tokens (the version built on biscuit-auth 6, as Berth is).
 command -v biscuit >/dev/null || cargo install --locked biscuit-cli --version 0.6.0
+# schemathesis: generates requests from the API's OpenAPI document against a real
+# server and checks every answer against it (tests/tests/contract.rs). Pinned, from PyPI.
+SCHEMATHESIS=4.32.5
+if ! st --version 2>/dev/null | grep -q "$SCHEMATHESIS"; then
+  command -v pip3 >/dev/null || install python3-pip
+  pip3 install -q "schemathesis==$SCHEMATHESIS" 2>/dev/null \
+    || pip3 install -q --break-system-packages "schemathesis==$SCHEMATHESIS"
+fi
 
 # Images the examples and tests run (Berth never pulls): idempotent and fast when present.
 bash infra/build-images.sh
