@@ -89,6 +89,30 @@ pub mod tenant_limit {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// The pool's identity: one row, made when the pool's database is first migrated.
+/// Nodes label what they create with it, so that two pools sharing one engine never
+/// take each other's objects for their own.
+pub mod pool_identity {
+    use sea_orm::entity::prelude::*;
+
+    /// The pool.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "pool_identity")]
+    pub struct Model {
+        /// Always 1: there is one row.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        /// Random, hex, chosen once.
+        pub pool: String,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// The node pool, with capacity and what is reserved on each node.
 pub mod node {
     use sea_orm::entity::prelude::*;

@@ -5,8 +5,8 @@ use sea_orm::Schema;
 use sea_orm_migration::prelude::*;
 
 use crate::entity::{
-    assignment, audit_entry, join_token, lingering, node, node_identity, placement, quota,
-    replica_event, replica_status, revocation, tenant_limit, tenant_policy,
+    assignment, audit_entry, join_token, lingering, node, node_identity, placement, pool_identity,
+    quota, replica_event, replica_status, revocation, tenant_limit, tenant_policy,
 };
 
 /// The allocator's migrations.
@@ -28,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(LingeringSlots),
             Box::new(TenantPolicies),
             Box::new(TenantLimits),
+            Box::new(PoolIdentity),
         ]
     }
 
@@ -429,6 +430,31 @@ impl MigrationTrait for TenantLimits {
             .create_table(
                 schema
                     .create_table_from_entity(tenant_limit::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// The pool's identity, that nodes label their objects with.
+#[derive(Debug)]
+struct PoolIdentity;
+
+impl MigrationName for PoolIdentity {
+    fn name(&self) -> &str {
+        "m20261204_000012_allocator_pool_identity"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for PoolIdentity {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(pool_identity::Entity)
                     .if_not_exists()
                     .to_owned(),
             )

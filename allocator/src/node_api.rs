@@ -522,8 +522,14 @@ impl NodeControl for NodeApi {
             .map_err(|e| Status::internal(e.to_string()))?;
         self.stats.joins.fetch_add(1, Ordering::Relaxed);
         tracing::info!(node = %join.node_name, "node joined");
+        let pool = self
+            .allocator
+            .pool_id()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(JoinResponse {
             node_name: join.node_name,
+            pool,
         }))
     }
 

@@ -139,6 +139,31 @@ impl Allocator {
         })
     }
 
+    /// The pool's identity, chosen at random the first time it is asked for (by
+    /// whichever server asks first; the others read it).
+    pub async fn pool_id(&self) -> Result<String, AllocatorError> {
+        use crate::entity::pool_identity;
+        if let Some(row) = pool_identity::Entity::find_by_id(1).one(&self.db).await? {
+            return Ok(row.pool);
+        }
+        let mut bytes = [0u8; 6];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| DbErr::Custom("no randomness for the pool's identity".into()))?;
+        let chosen = pool_identity::ActiveModel {
+            id: Set(1),
+            pool: Set(berth_protocol::assignment::hex_encode(&bytes)),
+        };
+        pool_identity::Entity::insert(chosen)
+            .on_conflict_do_nothing()
+            .exec_without_returning(&self.db)
+            .await?;
+        pool_identity::Entity::find_by_id(1)
+            .one(&self.db)
+            .await?
+            .map(|row| row.pool)
+            .ok_or_else(|| DbErr::RecordNotFound("the pool's identity".into()).into())
+    }
+
     /// Sets a tenant's quota (creating its row), keeping what it uses now.
     pub async fn set_quota(&self, tenant: &str, limit: Limit) -> Result<(), AllocatorError> {
         let row = quota::ActiveModel {

@@ -24,6 +24,9 @@ impl From<LedgerError> for ApiError {
     }
 }
 
+/// Attenuated tokens a gateway remembers having recorded.
+const ATTENUATIONS_REMEMBERED: usize = 100_000;
+
 impl Gateway {
     /// Refuses a token any of whose revocation ids is revoked.
     pub(crate) async fn check_revocation(&self, revocation_ids: &[String]) -> Result<(), ApiError> {
@@ -37,7 +40,7 @@ impl Gateway {
         Ok(())
     }
 
-    /// Records an attenuated token in the ledger the first time it is shown, with the
+    /// Records an attenuated token in the ledger the first time this process sees it, with the
     /// datalog its holder added, so auditors see every narrowing of a token.
     pub(crate) async fn record_attenuation(
         &self,
@@ -82,10 +85,16 @@ impl Gateway {
                 now_ms(),
             )
             .await?;
-        self.attenuations_seen
+        let mut seen = self
+            .attenuations_seen
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(last.clone());
+            .unwrap_or_else(|p| p.into_inner());
+        // Bounded: forgotten all at once when full, as on a restart, after which a
+        // token shown again is recorded again.
+        if seen.len() >= ATTENUATIONS_REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(last.clone());
         Ok(())
     }
 

@@ -20,6 +20,30 @@ use crate::{ApiError, Gateway, now_ms};
 
 /// How many verified session tokens a gateway keeps.
 pub(crate) const CACHED_SESSIONS: usize = 10_000;
+/// How many refused tokens a gateway remembers.
+const REMEMBERED_REFUSALS: usize = 10_000;
+
+/// Tokens refused, by digest, with why: forgotten all at once when full.
+#[derive(Debug, Default)]
+pub(crate) struct Refused(std::sync::Mutex<std::collections::HashMap<[u8; 32], String>>);
+
+impl Refused {
+    fn lookup(&self, digest: &[u8; 32]) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    fn keep(&self, digest: [u8; 32], why: String) {
+        let mut refused = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.len() >= REMEMBERED_REFUSALS {
+            refused.clear();
+        }
+        refused.insert(digest, why);
+    }
+}
 
 /// Who a request's bearer token speaks for, once it verified.
 #[derive(Clone, Debug)]
@@ -42,6 +66,12 @@ impl Gateway {
         if self.is_admin_token(token) {
             return Ok(Caller::AdminToken);
         }
+        // A token refused once is refused again for a hash: its bytes cannot change,
+        // and a signature or shape that failed fails again.
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(refusal) = self.refused.lookup(&digest) {
+            return Err(unauthenticated(refusal));
+        }
         let keys = self.keys.keyring();
         let verified = self
             .sessions
@@ -51,7 +81,14 @@ impl Gateway {
                 |id| keys.key(id).ok().map(|k| k.to_bytes().to_vec()),
                 || capability::verify(token, |id| keys.key(id)),
             )
-            .map_err(|e| unauthenticated(e.to_string()))?;
+            .map_err(|e| {
+                let refusal = e.to_string();
+                // An unknown key may be one another server just made: not kept.
+                if !matches!(e, Denied::Invalid(ref why) if why.to_ascii_lowercase().contains("public key")) {
+                    self.refused.keep(digest, refusal.clone());
+                }
+                unauthenticated(refusal)
+            })?;
         self.check_revocation(&verified.revocation_ids).await?;
         Ok(Caller::Token(verified))
     }
@@ -160,15 +197,37 @@ pub(crate) async fn authenticated(
     }
 }
 
-/// The caller of `request`, once its tenant's request rate allows one more.
+/// The caller of `request`, once its tenant's request rate allows one more, and, for
+/// a deploy, a scale or a removal, its deploy rate: charged to the caller's own tenant
+/// (whatever tenant the path names, so that no one spends another's), before the body
+/// is read.
 async fn admit(gw: &Gateway, request: &HttpRequest) -> Result<Caller, ApiError> {
     let caller = gw.caller(bearer(request)?).await?;
     if let Caller::Token(verified) = &caller {
         if let Some(tenant) = &verified.tenant {
             gw.limit(tenant, Kind::Request, now_ms()).await?;
+            if changes_a_deployment(request) {
+                gw.limit(tenant, Kind::Deploy, now_ms()).await?;
+            }
         }
     }
     Ok(caller)
+}
+
+/// Whether `request` deploys, scales or removes a topology (a dry run does not).
+fn changes_a_deployment(request: &HttpRequest) -> bool {
+    use actix_web::http::Method;
+    let segments: Vec<&str> = request.path().trim_end_matches('/').split('/').collect();
+    let dry_run = request
+        .query_string()
+        .split('&')
+        .any(|p| p == "dry_run=true" || p == "dry_run=1");
+    match (request.method(), segments.as_slice()) {
+        (&Method::PUT, ["", "v1", "tenants", _, "topologies", _]) => !dry_run,
+        (&Method::DELETE, ["", "v1", "tenants", _, "topologies", _]) => true,
+        (&Method::POST, ["", "v1", "tenants", _, "topologies", _, "scale"]) => true,
+        _ => false,
+    }
 }
 
 /// The bearer token of `request`.

@@ -385,6 +385,7 @@ mod tests {
     #[serde(deny_unknown_fields)]
     struct Quota {
         containers: Option<u32>,
+        #[allow(dead_code)]
         nested: Option<Inner>,
     }
 

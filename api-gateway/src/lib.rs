@@ -209,6 +209,8 @@ pub struct Gateway {
     rates: std::sync::Arc<limits::Rates>,
     /// Login attempts per source.
     login_sources: std::sync::Arc<limits::LoginSources>,
+    /// Tokens refused, so that a repeat costs a hash.
+    refused: std::sync::Arc<auth::Refused>,
     /// Attenuated tokens already recorded in the ledger, by last revocation id.
     attenuations_seen: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The certificate the server presents when it serves TLS.
@@ -257,6 +259,7 @@ impl Gateway {
             )),
             rates: std::sync::Arc::default(),
             login_sources: std::sync::Arc::default(),
+            refused: std::sync::Arc::default(),
             attenuations_seen: std::sync::Arc::default(),
             own_certificate: None,
             authority_file: None,
@@ -909,7 +912,6 @@ async fn deploy(
             changed: answer.changed,
         }));
     }
-    gw.limit(&tenant, limits::Kind::Deploy, now_ms()).await?;
     let applied = gw.deployments.apply(&tenant, &topology).await?;
     deployed(&gw, tenant, &topology.name, &applied).await
 }
@@ -1135,7 +1137,6 @@ async fn remove(
     let (tenant, name) = path.into_inner();
     gw.authorize(&request, Operation::Delete, &tenant, Some(&name))
         .await?;
-    gw.limit(&tenant, limits::Kind::Deploy, now_ms()).await?;
     let id = TopologyRef {
         tenant: tenant.clone(),
         topology: name.clone(),
@@ -1541,7 +1542,6 @@ async fn scale(
     let (tenant, name) = path.into_inner();
     gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))
         .await?;
-    gw.limit(&tenant, limits::Kind::Deploy, now_ms()).await?;
     let applied = gw.deployments.scale(&tenant, &name, &body.replicas).await?;
     deployed(&gw, tenant, &name, &applied).await
 }

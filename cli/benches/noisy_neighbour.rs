@@ -243,8 +243,11 @@ fn attack(
             )
         })
         .collect();
-    let huge =
-        serde_json::json!({ "name": "huge", "services": services, "networks": { "default": {} } });
+    // Written once: the attacker's own costs are not the server's.
+    let huge = serde_json::to_vec(
+        &serde_json::json!({ "name": "huge", "services": services, "networks": { "default": {} } }),
+    )
+    .expect("json");
     let mut loops = Vec::new();
     for copy in 0..2u32 {
         for kind in [
@@ -268,7 +271,8 @@ fn attack(
                         "oversized deploy" => http
                             .put(format!("{api}/v1/tenants/attacker/topologies/huge"))
                             .bearer_auth(&session)
-                            .json(&huge),
+                            .header("content-type", "application/json")
+                            .body(huge.clone()),
                         "login flood" => http
                             .post(format!("{api}/v1/login"))
                             .header(

@@ -89,6 +89,10 @@ pub struct NodeIdentity {
     /// to; without it, the public authorities are trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocator_ca: Option<String>,
+    /// The pool's identity, as the allocator gave it at join (absent for a node that
+    /// joined before pools had one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// The Ed25519 key pair, PKCS#8, hex.
     key_pkcs8_hex: String,
 }
@@ -149,6 +153,7 @@ impl NodeIdentity {
             name: name.to_owned(),
             allocator: allocator.to_owned(),
             allocator_ca: None,
+            pool: None,
             key_pkcs8_hex: berth_protocol::assignment::hex_encode(pkcs8.as_ref()),
         })
     }
@@ -278,7 +283,9 @@ pub async fn join(
             }
         };
         match client.join(request.clone()).await {
-            Ok(_) => {
+            Ok(joined) => {
+                let pool = joined.into_inner().pool;
+                identity.pool = (!pool.is_empty()).then_some(pool);
                 identity.save(dir)?;
                 return Ok(identity);
             }
@@ -1108,9 +1115,13 @@ impl<D: ContainerDriver> Agent<D> {
     }
 }
 
-/// Keeps the identity's node name, for callers that build the driver's scope.
+/// The scope of the objects the node makes: its name and its pool.
 pub fn scope_of(identity: &NodeIdentity) -> berth_protocol::assignment::Scope {
-    berth_protocol::assignment::Scope::node(&identity.name)
+    use berth_protocol::assignment::Scope;
+    match &identity.pool {
+        Some(pool) => Scope::node_of(pool, &identity.name),
+        None => Scope::node(&identity.name),
+    }
 }
 
 #[cfg(test)]

@@ -101,9 +101,7 @@ fn topology_filter(id: &TopologyRef, scope: &Scope) -> HashMap<String, Vec<Strin
         format!("{}={}", labels::TENANT, id.tenant),
         format!("{}={}", labels::TOPOLOGY, id.topology),
     ];
-    if let Some(node) = scope.node_name() {
-        wanted.push(format!("{}={node}", labels::NODE));
-    }
+    wanted.extend(scope.labels().iter().map(|(k, v)| format!("{k}={v}")));
     HashMap::from([("label".to_owned(), wanted)])
 }
 
@@ -126,9 +124,12 @@ fn object_labels(
     out.insert(labels::TENANT.into(), id.tenant.clone());
     out.insert(labels::TOPOLOGY.into(), id.topology.clone());
     out.insert(labels::NAME.into(), name.into());
-    if let Some(node) = scope.node_name() {
-        out.insert(labels::NODE.into(), node.into());
-    }
+    out.extend(
+        scope
+            .labels()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
     if !hash.is_empty() {
         out.insert(labels::CONFIG_HASH.into(), hash.into());
     }
@@ -406,6 +407,15 @@ fn endpoint(attachment: &NetworkAttachment, mac_address: Option<&str>) -> Endpoi
     }
 }
 
+impl DockerDriver {
+    /// Whether an object labelled `labels` is this driver's scope's own (the engine
+    /// filters by the scope's labels; the local plane also skips what node agents made).
+    fn owns(&self, labels: &Option<HashMap<String, String>>) -> bool {
+        self.scope
+            .owns(|k| labels.as_ref().and_then(|l| l.get(k)).map(String::as_str))
+    }
+}
+
 impl ContainerDriver for DockerDriver {
     fn scope(&self) -> &Scope {
         &self.scope
@@ -426,6 +436,7 @@ impl ContainerDriver for DockerDriver {
             .map_err(engine("listing containers"))?;
         Ok(list
             .into_iter()
+            .filter(|c| self.owns(&c.labels))
             .filter_map(observed)
             .map(|(_, c, _, _)| c)
             .collect())
@@ -436,9 +447,7 @@ impl ContainerDriver for DockerDriver {
         if let Some(t) = tenant {
             wanted.push(format!("{}={t}", labels::TENANT));
         }
-        if let Some(node) = self.scope.node_name() {
-            wanted.push(format!("{}={node}", labels::NODE));
-        }
+        wanted.extend(self.scope.labels().iter().map(|(k, v)| format!("{k}={v}")));
         let filters = HashMap::from([("label".to_owned(), wanted)]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
@@ -451,6 +460,7 @@ impl ContainerDriver for DockerDriver {
             .map_err(engine("listing containers"))?;
         let mut out: Vec<ContainerListing> = list
             .into_iter()
+            .filter(|c| self.owns(&c.labels))
             .filter_map(observed)
             .map(|(topology, container, state, status)| ContainerListing {
                 topology,
@@ -480,6 +490,7 @@ impl ContainerDriver for DockerDriver {
             .map_err(engine("listing networks"))?;
         Ok(list
             .into_iter()
+            .filter(|n| self.owns(&n.labels))
             .filter_map(|n| {
                 Some(ObservedObject {
                     config_hash: label(&n.labels, labels::CONFIG_HASH).to_owned(),
@@ -502,6 +513,7 @@ impl ContainerDriver for DockerDriver {
             .volumes
             .unwrap_or_default()
             .into_iter()
+            .filter(|v| self.owns(&Some(v.labels.clone())))
             .map(|v| ObservedObject {
                 config_hash: String::new(),
                 name: v.name,

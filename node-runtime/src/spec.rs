@@ -110,9 +110,12 @@ impl ContainerSpec {
             (labels::REPLICA.to_owned(), slot.replica.to_string()),
             (labels::GENERATION.to_owned(), slot.generation.to_string()),
         ]);
-        if let Some(node) = scope.node_name() {
-            labels.insert(labels::NODE.to_owned(), node.to_owned());
-        }
+        labels.extend(
+            scope
+                .labels()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
         let mut exposed: Vec<String> = service
             .expose
             .iter()

@@ -45,27 +45,65 @@ impl std::fmt::Display for TopologyRef {
 
 /// How a node names the Docker objects it creates, and which it counts as its own.
 ///
-/// Unscoped, objects are named `tenant.topology.…` (the embedded local plane). Node
-/// agents scope by their node name: objects are named `node.tenant.topology.…` and
-/// labelled `berth.node`, so that several agents may share one engine (a development
-/// pool, or a test) and never touch each other's objects.
+/// Unscoped, objects are named `tenant.topology.…` (the embedded local plane), and
+/// objects a node agent made are not its own. Node agents scope by their node name and
+/// their pool: objects are named `node.pool.tenant.topology.…` and labelled
+/// `berth.node` and `berth.pool`, so that several agents, of one pool or of several (two
+/// `berth dev` servers, a pool beside a local `berth up`), may share one engine and
+/// never touch each other's objects.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Scope(Option<String>);
+pub struct Scope {
+    node: Option<String>,
+    pool: Option<String>,
+}
 
 impl Scope {
-    /// No scope: the engine belongs to one node alone.
+    /// No scope: the engine belongs to the local plane.
     pub fn unscoped() -> Self {
-        Scope(None)
+        Scope::default()
     }
 
-    /// Objects named and labelled for `node`.
+    /// Objects named and labelled for `node`, of a pool whose identity is not known
+    /// (a node that joined before pools had one).
     pub fn node(node: &str) -> Self {
-        Scope(Some(node.to_owned()))
+        Scope {
+            node: Some(node.to_owned()),
+            pool: None,
+        }
+    }
+
+    /// Objects named and labelled for `node` of `pool`.
+    pub fn node_of(pool: &str, node: &str) -> Self {
+        Scope {
+            node: Some(node.to_owned()),
+            pool: Some(pool.to_owned()),
+        }
     }
 
     /// The node, when scoped.
     pub fn node_name(&self) -> Option<&str> {
-        self.0.as_deref()
+        self.node.as_deref()
+    }
+
+    /// The labels, beyond the topology's, that mark an object as this scope's.
+    pub fn labels(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        if let Some(node) = &self.node {
+            out.push((labels::NODE, node.as_str()));
+        }
+        if let Some(pool) = &self.pool {
+            out.push((labels::POOL, pool.as_str()));
+        }
+        out
+    }
+
+    /// Whether an object labelled `get` is this scope's own: with the scope's labels,
+    /// or, unscoped, with no node's.
+    pub fn owns<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        match &self.node {
+            None => get(labels::NODE).is_none(),
+            Some(_) => self.labels().iter().all(|(k, v)| get(k) == Some(*v)),
+        }
     }
 
     /// The container name of one replica.
@@ -79,9 +117,10 @@ impl Scope {
     }
 
     fn prefixed(&self, name: String) -> String {
-        match &self.0 {
-            Some(node) => format!("{node}.{name}"),
-            None => name,
+        match (&self.node, &self.pool) {
+            (Some(node), Some(pool)) => format!("{node}.{pool}.{name}"),
+            (Some(node), None) => format!("{node}.{name}"),
+            (None, _) => name,
         }
     }
 }
@@ -186,6 +225,8 @@ pub mod labels {
     pub const NAME: &str = "berth.name";
     /// The node that owns the object, when the node runtime is scoped.
     pub const NODE: &str = "berth.node";
+    /// The pool of that node.
+    pub const POOL: &str = "berth.pool";
 }
 
 #[cfg(test)]
@@ -199,6 +240,29 @@ mod tests {
         assert_eq!(hex_decode("00FF10"), Some(vec![0, 255, 16]));
         assert_eq!(hex_decode("zz"), None);
         assert_eq!(hex_decode("abc"), None);
+    }
+
+    #[test]
+    fn a_scope_owns_only_what_carries_its_node_and_pool() {
+        let labelled = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(key, _)| *key == k).map(|(_, v)| *v)
+        };
+        let ours = Scope::node_of("p1", "local");
+        assert!(ours.owns(labelled(&[(labels::NODE, "local"), (labels::POOL, "p1")])));
+        assert!(!ours.owns(labelled(&[(labels::NODE, "local"), (labels::POOL, "p2")])));
+        assert!(!ours.owns(labelled(&[(labels::NODE, "local")])));
+        assert!(!ours.owns(labelled(&[])));
+        let local = Scope::unscoped();
+        assert!(local.owns(labelled(&[])));
+        assert!(!local.owns(labelled(&[(labels::NODE, "local"), (labels::POOL, "p1")])));
+        let id = TopologyRef {
+            tenant: "t".into(),
+            topology: "app".into(),
+        };
+        assert_ne!(
+            Scope::node_of("p1", "local").container_name(&id, "web", 1),
+            Scope::node_of("p2", "local").container_name(&id, "web", 1)
+        );
     }
 
     #[test]

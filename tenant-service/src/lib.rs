@@ -476,7 +476,7 @@ impl TenantService {
         now_ms: i64,
     ) -> Result<berth_protocol::capability::Role, LoginError> {
         // A place among the hashers first: a flood is answered before it costs a query.
-        let _admitted = self.hashing.admit().ok_or(LoginError::Busy)?;
+        let admitted = self.hashing.admit().ok_or(LoginError::Busy)?;
         self.prune_login_counts(now_ms).await?;
         let keys = [
             throttle::Key::Source(source).stored(),
@@ -504,6 +504,7 @@ impl TenantService {
             .await?;
         txn.commit().await?;
         if let throttle::Gate::Locked { retry_after_ms } = gate {
+            admitted.not_hashed();
             return Err(LoginError::Throttled { retry_after_ms });
         }
         let user = user::Entity::find_by_id((tenant_name.to_owned(), name.to_owned()))
