@@ -332,6 +332,23 @@ pub struct Node {
 }
 
 impl Node {
+    /// What the names of the Docker objects the node makes begin with (`NODE.POOL`),
+    /// once it has joined.
+    pub fn prefix(&self) -> String {
+        let identity = self.dir.path().join("identity.json");
+        for _ in 0..300 {
+            let pool = std::fs::read_to_string(&identity)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|v| v["pool"].as_str().map(str::to_owned));
+            if let Some(pool) = pool {
+                return format!("{}.{pool}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("node {} never joined a pool", self.name)
+    }
+
     /// Kills the agent (SIGKILL), leaving its containers running, as a crash would.
     pub fn kill(&mut self) {
         drop(self.process.take());

@@ -129,7 +129,7 @@ async fn back_and_clean(server: &Server, returned: &Node, other: &Node) {
 }
 
 fn container(node: &Node) -> String {
-    format!("{}.default.svc.web.1", node.name)
+    format!("{}.default.svc.web.1", node.prefix())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ struct Pool {
     n2_peer: String,
     /// Node 2's public key, the only one a caller accepts at the other end.
     n2_key: Vec<u8>,
-    _nodes: Vec<Node>,
+    nodes: Vec<Node>,
 }
 
 async fn pool(test: &str) -> Pool {
@@ -104,7 +104,7 @@ async fn pool(test: &str) -> Pool {
         n2_name,
         n2_peer: peers[1].clone(),
         n2_key,
-        _nodes: nodes,
+        nodes,
     }
 }
 
@@ -309,7 +309,7 @@ impl Pool {
             "networks": { "default": {} }
         });
         self.server.deploy(&topology).await;
-        let web = format!("{}.default.{name}.web.1", self.n1_name);
+        let web = format!("{}.default.{name}.web.1", self.nodes[0].prefix());
         let mut answer = String::new();
         for _ in 0..150 {
             answer = web_get(&web);
@@ -654,7 +654,10 @@ async fn a_service_reaches_a_service_on_another_node_by_name_through_a_tunnel() 
     );
     // Nothing of db is published on the host.
     let ports = std::process::Command::new("docker")
-        .args(["port", &format!("{}.default.shop.db.1", pool.n2_name)])
+        .args([
+            "port",
+            &format!("{}.default.shop.db.1", pool.nodes[1].prefix()),
+        ])
         .output()
         .expect("docker port runs");
     assert!(ports.stdout.is_empty(), "{ports:?}");
@@ -1045,7 +1048,7 @@ async fn a_link_spreads_connections_over_the_nodes_of_a_service_and_skips_one_th
         "networks": { "default": {} }
     });
     server.deploy_when_placeable("default", &topology).await;
-    let web = format!("{}.default.spread.web.1", names[0]);
+    let web = format!("{}.default.spread.web.1", nodes[0].prefix());
     let body = |answer: &str| {
         answer.starts_with("HTTP/1.1 200 OK").then(|| {
             answer
@@ -1076,7 +1079,7 @@ async fn a_link_spreads_connections_over_the_nodes_of_a_service_and_skips_one_th
     // Node 2's agent dies, its node API with it: every connection is carried to node
     // 3 at once, long before the allocator declares node 2 dead.
     nodes[1].kill();
-    let on_node_3 = docker_hostname(&format!("{}.default.spread.db", names[2]));
+    let on_node_3 = docker_hostname(&format!("{}.default.spread.db", nodes[2].prefix()));
     for attempt in 0..10 {
         let answer = web_get(&web);
         assert_eq!(

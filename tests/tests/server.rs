@@ -1098,3 +1098,67 @@ async fn the_servers_own_address_leads_to_the_sign_in_page() {
         "{body}"
     );
 }
+
+/// Two pools on one engine, each with a node of the same name, deploy the same tenant
+/// and topology: each node labels what it makes with its pool, owns only that, and
+/// neither ever removes the other's containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pools_on_one_engine_never_touch_each_others_containers() {
+    ensure_images();
+    let name = format!("twin{}", std::process::id());
+    let (first, second) = (Server::start(&[]).await, Server::start(&[]).await);
+    let _nodes = (
+        first.join(&name, &[], &[]).await,
+        second.join(&name, &[], &[]).await,
+    );
+    let topology = serde_json::json!({
+        "name": "app",
+        "services": { "web": {
+            "image": "berth/busybox:latest",
+            "command": ["sleep", "3600"],
+            "init": true,
+            "replicas": 1,
+            "networks": { "default": {} },
+        } },
+        "networks": { "default": {} },
+    });
+    first.deploy_when_placeable("default", &topology).await;
+    second.deploy_when_placeable("default", &topology).await;
+    let running = || {
+        docker_lines(&[
+            "ps",
+            "--filter",
+            &format!("label=berth.node={name}"),
+            "--format",
+            "{{.Label \"berth.pool\"}}",
+        ])
+    };
+    // Both replicas come up, one per pool.
+    let mut pools = Vec::new();
+    for _ in 0..150 {
+        pools = running();
+        pools.sort();
+        pools.dedup();
+        if pools.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pools.len(), 2, "one replica of each pool runs: {pools:?}");
+    assert!(pools.iter().all(|p| !p.is_empty()), "{pools:?}");
+    // And stay up through many reconcile passes of both nodes.
+    let ids = || {
+        let mut ids = docker_lines(&["ps", "-q", "--filter", &format!("label=berth.node={name}")]);
+        ids.sort();
+        ids
+    };
+    let before = ids();
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            ids(),
+            before,
+            "a node removed or replaced the other pool's container"
+        );
+    }
+}
