@@ -83,8 +83,13 @@ impl Gateway {
             )
             .map_err(|e| {
                 let refusal = e.to_string();
-                // An unknown key may be one another server just made: not kept.
-                if !matches!(e, Denied::Invalid(ref why) if why.to_ascii_lowercase().contains("public key")) {
+                // Kept only when the token names a key this server knows: a key it
+                // does not may be one another server has just made.
+                let known_key = biscuit_auth::UnverifiedBiscuit::from_base64(token)
+                    .ok()
+                    .and_then(|u| u.root_key_id())
+                    .is_some_and(|id| keys.key(Some(id)).is_ok());
+                if known_key {
                     self.refused.keep(digest, refusal.clone());
                 }
                 unauthenticated(refusal)

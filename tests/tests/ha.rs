@@ -66,9 +66,9 @@ async fn node_states(server: &Server) -> BTreeMap<String, String> {
 fn running_replicas(prefix: &str) -> BTreeMap<u32, Vec<String>> {
     let mut replicas: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for name in berth_tests::docker_lines(&["ps", "--format", "{{.Names}}"]) {
-        // NODE.TENANT.TOPOLOGY.SERVICE.REPLICA
+        // NODE.POOL.TENANT.TOPOLOGY.SERVICE.REPLICA
         let parts: Vec<&str> = name.split('.').collect();
-        if let [node, "default", "ha", "web", replica] = parts[..]
+        if let [node, _, "default", "ha", "web", replica] = parts[..]
             && node.starts_with(prefix)
             && let Ok(replica) = replica.parse()
         {

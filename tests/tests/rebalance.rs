@@ -173,7 +173,8 @@ fn running_per_node(prefix: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for name in berth_tests::docker_lines(&["ps", "--format", "{{.Names}}"]) {
         let parts: Vec<&str> = name.split('.').collect();
-        if let [node, "default", "spread", "web", _] = parts[..]
+        // NODE.POOL.TENANT.TOPOLOGY.SERVICE.REPLICA
+        if let [node, _, "default", "spread", "web", _] = parts[..]
             && node.starts_with(prefix)
         {
             *out.entry(node.to_owned()).or_default() += 1;

@@ -98,9 +98,17 @@ async fn a_server_and_two_nodes_run_what_berth_up_sends() {
         .send()
         .await
         .expect("request");
-    assert_eq!(bad.status(), 400);
+    // Well-formed JSON whose content is not a topology is judged as a file is.
+    assert_eq!(bad.status(), 422);
     let body: serde_json::Value = bad.json().await.expect("json");
-    assert_eq!(body["code"], "bad_request");
+    assert_eq!(body["code"], "invalid_topology");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("services.a.replicas"),
+        "{body}"
+    );
 
     // `down` through the endpoint removes the containers from both nodes.
     project.berth(&["down"]).ok();
@@ -336,7 +344,7 @@ async fn tenants_are_isolated_and_every_token_is_checked() {
     probe.set_env("BERTH_TOKEN", &globex);
     probe.set_env("BERTH_TENANT", "globex");
     probe.berth(&["up", "-d"]).ok();
-    let probe_container = format!("{}.globex.{}.probe.1", node.name, probe.name);
+    let probe_container = format!("{}.globex.{}.probe.1", node.prefix(), probe.name);
     let reach = Command::new("docker")
         .args([
             "exec",
@@ -356,7 +364,7 @@ async fn tenants_are_isolated_and_every_token_is_checked() {
         "globex reached acme's service: {}",
         String::from_utf8_lossy(&reach.stdout)
     );
-    let acme_container = format!("{}.acme.{}.secret.1", node.name, project.name);
+    let acme_container = format!("{}.acme.{}.secret.1", node.prefix(), project.name);
     let acme_networks = docker_lines(&[
         "inspect",
         "-f",
@@ -444,7 +452,8 @@ async fn wait_for_spread(nodes: &[&str], want: &[&[&str]]) -> Vec<Vec<String>> {
     let services = |node: &str| -> Vec<String> {
         let mut s: Vec<String> = running_on(node)
             .iter()
-            .filter_map(|c| c.split('.').nth(3).map(str::to_owned))
+            // NODE.POOL.TENANT.TOPOLOGY.SERVICE.REPLICA
+            .filter_map(|c| c.split('.').nth(4).map(str::to_owned))
             .collect();
         s.sort();
         s
