@@ -73,8 +73,16 @@ async fn admin_get(server: &Server, path: &str) -> serde_json::Value {
 
 /// The running containers of `tenant`'s `topology`, service `service`, on `node`.
 fn containers(node: &Node, tenant: &str, topology: &str, service: &str) -> Vec<String> {
-    let name = format!("^{}\\.{tenant}\\.{topology}\\.{service}\\.", node.name);
-    docker_lines(&["ps", "-q", "--filter", &format!("name={name}")])
+    let mut args = vec!["ps".to_owned(), "-q".to_owned()];
+    for (label, value) in [
+        ("berth.node", node.name.as_str()),
+        ("berth.tenant", tenant),
+        ("berth.topology", topology),
+        ("berth.service", service),
+    ] {
+        args.extend(["--filter".to_owned(), format!("label={label}={value}")]);
+    }
+    docker_lines(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 const BAD_TOPOLOGY: &str = "\
