@@ -334,7 +334,7 @@ fn web_get(web: &str) -> String {
             web,
             "sh",
             "-c",
-            r#"printf 'GET /rows HTTP/1.0\r\n\r\n' | nc -w 3 db 8080"#,
+            r#"printf 'GET /rows HTTP/1.0\r\n\r\n' | nc -w 10 db 8080"#,
         ])
         .output()
         .expect("docker exec runs");
