@@ -62,6 +62,12 @@ impl ApiError {
         self
     }
 
+    /// Whole seconds, at least one, for a wait of `ms` milliseconds (`Retry-After`
+    /// counts in seconds).
+    fn seconds_of(ms: i64) -> u64 {
+        u64::try_from(ms).unwrap_or(1).div_ceil(1_000).max(1)
+    }
+
     /// 422 `refused_by_policy`: each setting the tenant's policy refuses.
     fn refused(refusals: Vec<Refusal>) -> Self {
         let message = refusals
@@ -1213,9 +1219,8 @@ impl From<LoginError> for ApiError {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
             }
             LoginError::Throttled { retry_after_ms } => {
-                let seconds = u64::try_from(retry_after_ms).unwrap_or(1).div_ceil(1_000);
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "throttled", e.to_string())
-                    .retry_after(seconds.max(1))
+                    .retry_after(Self::seconds_of(retry_after_ms))
             }
             LoginError::Busy => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()).retry_after(1)

@@ -143,7 +143,7 @@ impl LoginSources {
             .or_insert_with(|| Bucket::full(LOGIN_SOURCE_RATE, now_ms))
             .take(LOGIN_SOURCE_RATE, now_ms)
             .map_err(|retry_ms| {
-                let retry_s = u64::try_from(retry_ms).unwrap_or(1).div_ceil(1_000).max(1);
+                let retry_s = ApiError::seconds_of(retry_ms);
                 ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "throttled",
@@ -173,7 +173,7 @@ impl Gateway {
         }
         self.rates.take(tenant, kind, now_ms).map_err(|retry_ms| {
             self.metrics.rate_limited(tenant, kind.as_str());
-            let retry_s = u64::try_from(retry_ms).unwrap_or(1).div_ceil(1_000).max(1);
+            let retry_s = ApiError::seconds_of(retry_ms);
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
