@@ -147,6 +147,13 @@ pub mod node {
         /// When the failure detector declared the node dead (Unix ms); unset while
         /// it is alive. A dead node takes no replicas.
         pub down_since_ms: Option<i64>,
+        /// Where the node serves its node API (`https://host:port`), as it last said
+        /// when it opened its stream; empty when it serves none.
+        #[sea_orm(default_value = "")]
+        pub address: String,
+        /// Whether it enforces its firewall: "enforced", "off", or empty (not said).
+        #[sea_orm(default_value = "")]
+        pub firewall: String,
     }
 
     /// No relations are navigated through the ORM.

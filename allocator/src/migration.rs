@@ -29,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(TenantPolicies),
             Box::new(TenantLimits),
             Box::new(PoolIdentity),
+            Box::new(NodeAddresses),
         ]
     }
 
@@ -459,5 +460,40 @@ impl MigrationTrait for PoolIdentity {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// Where each node serves its node API and whether it enforces its firewall, kept in
+/// the database so every server of the control plane knows the pool's addresses.
+#[derive(Debug)]
+struct NodeAddresses;
+
+impl MigrationName for NodeAddresses {
+    fn name(&self) -> &str {
+        "m20261204_000013_allocator_node_addresses"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NodeAddresses {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for (column, name) in [
+            (node::Column::Address, "address"),
+            (node::Column::Firewall, "firewall"),
+        ] {
+            // A new database has the columns from the entity already.
+            if manager.has_column("nodes", name).await? {
+                continue;
+            }
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(node::Entity)
+                        .add_column(ColumnDef::new(column).text().not_null().default(""))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }

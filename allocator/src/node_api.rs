@@ -559,6 +559,15 @@ impl NodeControl for NodeApi {
                 return Err(e);
             }
         };
+        // Every server of the control plane learns the pool's addresses from the
+        // database; a node whose announcement cannot be kept is not followed.
+        if let Err(e) = self
+            .allocator
+            .record_announcement(&signed.node, &body.peer_address, &body.firewall)
+            .await
+        {
+            return Err(Status::unavailable(e.to_string()));
+        }
         self.shared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -707,6 +716,13 @@ impl NodeApi {
                     return;
                 }
             };
+            let pool_addresses = match api.allocator.other_node_addresses(node).await {
+                Ok(addresses) => addresses,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                    return;
+                }
+            };
             let root_keys: std::collections::HashMap<u32, Vec<u8>> = api
                 .root_keys()
                 .map(|keys| keys.public_keys().into_iter().collect())
@@ -717,7 +733,7 @@ impl NodeApi {
             fingerprint.extend(revoked.join(",").as_bytes());
             let mut ids: Vec<_> = root_keys.iter().collect();
             ids.sort();
-            fingerprint.extend(format!("{ids:?}").as_bytes());
+            fingerprint.extend(format!("{ids:?}{pool_addresses:?}").as_bytes());
             if last_sent.as_ref() != Some(&fingerprint) {
                 let version = api.versions.fetch_add(1, Ordering::Relaxed);
                 {
@@ -733,6 +749,7 @@ impl NodeApi {
                     assignments_json: std::mem::take(&mut json),
                     root_keys,
                     revoked,
+                    pool_addresses,
                 };
                 if tx
                     .send(event(watch_event::Event::Assignments(set)))

@@ -46,6 +46,13 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// Active, cordoned or draining.
     pub state: NodeState,
+    /// Where it serves its node API, as it last said (empty: it serves none).
+    #[serde(default)]
+    pub address: String,
+    /// Whether it enforces its firewall on its host: "enforced", "off" (its admin runs
+    /// their own), or empty (it has not said).
+    #[serde(default)]
+    pub firewall: String,
 }
 
 /// The outcome of a drain.
@@ -84,9 +91,42 @@ impl Allocator {
                     (true, false) => NodeState::Active,
                 },
                 name: n.name,
+                address: n.address,
+                firewall: n.firewall,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Records what `name` said when it opened its stream: where it serves its node
+    /// API and whether it enforces its firewall.
+    pub async fn record_announcement(
+        &self,
+        name: &str,
+        address: &str,
+        firewall: &str,
+    ) -> Result<(), AllocatorError> {
+        node::Entity::update_many()
+            .col_expr(node::Column::Address, address.into())
+            .col_expr(node::Column::Firewall, firewall.into())
+            .filter(node::Column::Name.eq(name))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// The IP addresses at which the pool's nodes other than `name` serve their node
+    /// API: what `name`'s firewall treats as other nodes.
+    pub async fn other_node_addresses(&self, name: &str) -> Result<Vec<String>, AllocatorError> {
+        let rows = node::Entity::find()
+            .filter(node::Column::Name.ne(name))
+            .filter(node::Column::Address.ne(""))
+            .all(&self.db)
+            .await?;
+        let mut out: Vec<String> = rows.iter().filter_map(|n| host_of(&n.address)).collect();
+        out.sort();
+        out.dedup();
         Ok(out)
     }
 
@@ -365,5 +405,41 @@ impl Allocator {
                 },
             })
             .collect())
+    }
+}
+
+/// The IP address in a node API URL (`https://10.0.0.2:7443` → `10.0.0.2`); None for a
+/// name rather than an address, or no URL.
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| ip.to_string())
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::host_of;
+
+    #[test]
+    fn the_address_of_a_node_api_url_is_its_ip() {
+        assert_eq!(
+            host_of("https://10.0.0.2:7443").as_deref(),
+            Some("10.0.0.2")
+        );
+        assert_eq!(
+            host_of("http://[fd00::2]:7443/").as_deref(),
+            Some("fd00::2")
+        );
+        assert_eq!(host_of("10.0.0.3:1").as_deref(), Some("10.0.0.3"));
+        assert_eq!(host_of("https://node-2.example:7443"), None);
+        assert_eq!(host_of(""), None);
     }
 }

@@ -343,6 +343,8 @@ impl Allocator {
             draining: Set(false),
             labels: Set(labels),
             down_since_ms: Set(None),
+            address: Set(String::new()),
+            firewall: Set(String::new()),
         };
         node::Entity::insert(row)
             .on_conflict(

@@ -1421,8 +1421,8 @@ fn print_nodes(nodes: &serde_json::Value) {
     let none = Vec::new();
     let nodes = nodes.as_array().unwrap_or(&none);
     println!(
-        "{:<24} {:<9} {:>11} {:>13} {:>11}  LABELS",
-        "NODE", "STATE", "CONTAINERS", "CPU (millis)", "MEMORY (MiB)"
+        "{:<24} {:<9} {:>11} {:>13} {:>11}  {:<9} LABELS",
+        "NODE", "STATE", "CONTAINERS", "CPU (millis)", "MEMORY (MiB)", "FIREWALL"
     );
     let of = |used: &serde_json::Value, cap: &serde_json::Value, scale: u64| {
         let used = used.as_u64().unwrap_or(0) / scale;
@@ -1440,8 +1440,12 @@ fn print_nodes(nodes: &serde_json::Value) {
                     .collect()
             })
             .unwrap_or_default();
+        let firewall = match n["firewall"].as_str().unwrap_or_default() {
+            "" => "-",
+            said => said,
+        };
         println!(
-            "{:<24} {:<9} {:>11} {:>13} {:>11}  {}",
+            "{:<24} {:<9} {:>11} {:>13} {:>11}  {:<9} {}",
             n["name"].as_str().unwrap_or_default(),
             n["state"].as_str().unwrap_or_default(),
             of(&n["used"]["containers"], &n["capacity"]["containers"], 1),
@@ -1451,6 +1455,7 @@ fn print_nodes(nodes: &serde_json::Value) {
                 &n["capacity"]["memory_bytes"],
                 1 << 20
             ),
+            firewall,
             labels.join(",")
         );
     }

@@ -391,7 +391,8 @@ async fn dev_node(
         std::sync::Arc::new(driver),
         berth_node_runtime::reconcile::ReconcileOptions::default(),
     );
-    let agent = Agent::new(identity, reconciler)?;
+    // The development node shares this machine's network: it keeps no firewall.
+    let agent = Agent::new(identity, reconciler)?.with_firewall(None);
     Ok(agent.run())
 }
 

@@ -466,6 +466,10 @@ pub struct Agent<D> {
     peer_address: String,
     /// The calling ends of this node's links.
     tunnels: Tunnels,
+    /// The node's firewall on its host, when it enforces one.
+    firewall: Option<crate::firewall::Firewall>,
+    /// What the node tells the allocator of its firewall.
+    firewall_announced: &'static str,
     /// The lease heartbeats renew.
     lease: Lease,
     /// Which of the allocators' addresses to try next (they are tried in turn until
@@ -489,6 +493,8 @@ impl<D: ContainerDriver> Agent<D> {
         Ok(Self {
             signer: signer.clone(),
             tunnels: Tunnels::new(signer),
+            firewall: None,
+            firewall_announced: "",
             peer_address: String::new(),
             identity,
             reconciler,
@@ -636,6 +642,26 @@ impl<D: ContainerDriver> Agent<D> {
         self
     }
 
+    /// Keeps `firewall` (installed) up to date with the pool's addresses and this
+    /// node's link listeners, or, with `None`, says the node enforces none.
+    pub fn with_firewall(mut self, firewall: Option<crate::firewall::Firewall>) -> Self {
+        self.firewall_announced = match firewall {
+            Some(_) => crate::firewall::Mode::Enforce.announced(),
+            None => crate::firewall::Mode::Off.announced(),
+        };
+        self.firewall = firewall;
+        self
+    }
+
+    /// Removes the node's firewall, if it installed one (the node is stopping).
+    pub async fn remove_firewall(&mut self) {
+        if let Some(firewall) = self.firewall.take() {
+            if let Err(e) = firewall.remove().await {
+                tracing::warn!(error = %e, "cannot remove the firewall");
+            }
+        }
+    }
+
     /// Sends the peer API's decisions since the last time; on failure they are lost
     /// from the ledger but still in this node's log.
     async fn flush_decisions(&mut self) -> Result<(), AgentError> {
@@ -676,11 +702,22 @@ impl<D: ContainerDriver> Agent<D> {
     }
 
     /// Runs the pull loop until the process ends.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        self.run_until(std::future::pending()).await;
+    }
+
+    /// Runs as [`Self::run`] does until `stop` completes, then removes the node's
+    /// firewall (the node is leaving its host).
+    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
         let mut state = LoopState::Connect { attempt: 0 };
         loop {
-            state = self.step(state).await;
+            tokio::select! {
+                () = &mut stop => break,
+                next = self.step(state) => state = next,
+            }
         }
+        self.remove_firewall().await;
     }
 
     /// Advances the pull loop by one step.
@@ -840,6 +877,7 @@ impl<D: ContainerDriver> Agent<D> {
                 sequence,
                 timestamp_ms,
                 peer_address: self.peer_address.clone(),
+                firewall: self.firewall_announced.to_owned(),
             },
         );
         let client = self.client().await?;
@@ -867,6 +905,11 @@ impl<D: ContainerDriver> Agent<D> {
             let mut trust = self.trust.write().unwrap_or_else(|p| p.into_inner());
             trust.keys = keys;
             trust.revoked = set.revoked.iter().cloned().collect();
+        }
+        if let Some(firewall) = &mut self.firewall {
+            if let Err(e) = firewall.set_nodes(&set.pool_addresses).await {
+                tracing::error!(error = %e, "cannot update the firewall's node addresses");
+            }
         }
         let assignments: Vec<TopologyAssignment> =
             match serde_json::from_slice(&set.assignments_json) {
@@ -916,6 +959,11 @@ impl<D: ContainerDriver> Agent<D> {
         }
         let gateways = self.link_addresses(&assignments).await;
         self.tunnels.apply(&assignments, &gateways).await;
+        if let Some(firewall) = &mut self.firewall {
+            if let Err(e) = firewall.set_links(&self.tunnels.listeners()).await {
+                tracing::error!(error = %e, "cannot let containers reach their links");
+            }
+        }
         let wanted: BTreeSet<TopologyRef> = assignments.iter().map(|a| a.id.clone()).collect();
         if let Ok(running) = self.reconciler.driver().list_all(None).await {
             let stale: BTreeSet<TopologyRef> = running

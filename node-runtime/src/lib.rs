@@ -8,6 +8,7 @@
 pub mod build;
 pub mod docker;
 pub mod driver;
+pub mod firewall;
 pub mod plan;
 pub mod reconcile;
 pub mod simulated;

@@ -78,6 +78,14 @@ impl Tunnels {
         }
     }
 
+    /// The addresses and ports the node listens at for its links now.
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        self.listening
+            .keys()
+            .map(|(_, _, port, ip)| SocketAddr::new(*ip, *port))
+            .collect()
+    }
+
     /// Listens for every link in `assignments` at the host's addresses on that
     /// topology's networks (`gateways`), and stops listening for links no longer
     /// there. An address and port already taken is logged and skipped.

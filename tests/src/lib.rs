@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 pub mod browser;
 pub mod hollow;
+pub mod hosts;
 pub mod plane;
 pub mod postgres;
 pub mod proxy;

@@ -38,6 +38,8 @@ pub struct Server {
     pub ca: Option<std::path::PathBuf>,
     /// The node API's port.
     pub node_port: u16,
+    /// The address the node API listens at.
+    pub node_ip: String,
     /// The admin token.
     pub admin: &'static str,
     /// A client for the API.
@@ -64,6 +66,18 @@ impl Server {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Self {
+        Self::start_on("127.0.0.1", bin, state, args, envs).await
+    }
+
+    /// Starts `berth server` as [`Self::start_with`] does, its node API listening at
+    /// `node_ip` (the bridge of a set of test hosts, say) rather than on loopback.
+    pub async fn start_on(
+        node_ip: &str,
+        bin: &std::path::Path,
+        state: Option<std::sync::Arc<tempfile::TempDir>>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let state =
             state.unwrap_or_else(|| std::sync::Arc::new(tempfile::tempdir().expect("tempdir")));
         let (api_port, node_port) = (free_port(), free_port());
@@ -77,7 +91,7 @@ impl Server {
                     "--listen",
                     &format!("127.0.0.1:{api_port}"),
                     "--node-listen",
-                    &format!("127.0.0.1:{node_port}"),
+                    &format!("{node_ip}:{node_port}"),
                 ])
                 .args(args)
                 .env("BERTH_DATA_DIR", state.path())
@@ -134,6 +148,7 @@ impl Server {
             api,
             ca,
             node_port,
+            node_ip: node_ip.to_owned(),
             admin,
             http,
         }
@@ -234,10 +249,11 @@ impl Server {
 
     /// The node API's URL.
     pub fn node_url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme(), self.node_port)
+        format!("{}://{}:{}", self.scheme(), self.node_ip, self.node_port)
     }
 
-    fn scheme(&self) -> &'static str {
+    /// `http` or `https`, as the server was started.
+    pub fn scheme(&self) -> &'static str {
         match self.ca {
             Some(_) => "https",
             None => "http",
@@ -309,6 +325,8 @@ fn spawn_node(
         .args(args)
         .env("BERTH_NODE_DIR", dir.path())
         .env("BERTH_LOG", "warn")
+        // Nodes that share this machine's network keep no firewall of their own.
+        .env("BERTH_FIREWALL", "off")
         .envs(envs.iter().copied())
         .stderr(Stdio::null())
         .spawn()
@@ -335,18 +353,7 @@ impl Node {
     /// What the names of the Docker objects the node makes begin with (`NODE.POOL`),
     /// once it has joined.
     pub fn prefix(&self) -> String {
-        let identity = self.dir.path().join("identity.json");
-        for _ in 0..300 {
-            let pool = std::fs::read_to_string(&identity)
-                .ok()
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-                .and_then(|v| v["pool"].as_str().map(str::to_owned));
-            if let Some(pool) = pool {
-                return format!("{}.{pool}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("node {} never joined a pool", self.name)
+        prefix_of(&self.name, self.dir.path())
     }
 
     /// Kills the agent (SIGKILL), leaving its containers running, as a crash would.
@@ -359,6 +366,7 @@ impl Node {
         let child = Command::new(sibling("berth-node"))
             .arg("run")
             .env("BERTH_NODE_DIR", self.dir.path())
+            .env("BERTH_FIREWALL", "off")
             .env("BERTH_LOG", "warn")
             .stderr(Stdio::null())
             .spawn()
@@ -372,4 +380,21 @@ impl Drop for Node {
         drop(self.process.take());
         remove_node_objects(&self.name);
     }
+}
+
+/// What the names of the Docker objects node `name`, whose state directory is `dir`,
+/// makes begin with (`NODE.POOL`), once it has joined (waits up to 30 s for that).
+pub fn prefix_of(name: &str, dir: &std::path::Path) -> String {
+    let identity = dir.join("identity.json");
+    for _ in 0..300 {
+        let pool = std::fs::read_to_string(&identity)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|v| v["pool"].as_str().map(str::to_owned));
+        if let Some(pool) = pool {
+            return format!("{name}.{pool}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("node {name} never joined a pool")
 }

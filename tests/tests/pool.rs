@@ -111,6 +111,7 @@ fn watch_request(signer: &Signer) -> berth_protocol::node_api::SignedRequest {
             sequence,
             timestamp_ms,
             peer_address: String::new(),
+            firewall: String::new(),
         },
     )
 }

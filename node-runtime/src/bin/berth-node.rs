@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use berth_node_runtime::agent::{self, Agent, Capacity, NodeIdentity};
+use berth_node_runtime::firewall::{Firewall, Mode, Network};
 use berth_node_runtime::peer::PeerApi;
 use berth_node_runtime::{DockerDriver, ReconcileOptions, Reconciler};
 use berth_protocol::node_api::node_peer_server::NodePeerServer;
@@ -27,6 +28,21 @@ struct Cli {
     /// The node API's URL as other nodes reach it (default: from --peer-listen).
     #[arg(long, env = "BERTH_PEER_ADVERTISE", global = true, value_name = "URL")]
     peer_advertise: Option<String>,
+    /// Keep the node's own firewall on this host (an nftables table, `inet berth_node`):
+    /// the pool's other nodes and containers reach the node API port only. `off` when
+    /// you run your own firewall, or when nodes share a host.
+    #[arg(long, env = "BERTH_FIREWALL", global = true, value_enum, default_value_t = Mode::Enforce)]
+    firewall: Mode,
+    /// Where what topologies publish may be reached from (`ADDRESS/PREFIX`, repeatable;
+    /// default anywhere but the pool's other nodes, which never reach it).
+    #[arg(
+        long = "published-from",
+        env = "BERTH_PUBLISHED_FROM",
+        global = true,
+        value_delimiter = ',',
+        value_name = "NETWORK"
+    )]
+    published_from: Vec<Network>,
     #[command(subcommand)]
     command: Command,
 }
@@ -145,6 +161,16 @@ async fn main() -> anyhow::Result<()> {
     let name = identity.name.clone();
     let tls = identity.tls()?;
     let mut agent = Agent::new(identity, reconciler)?;
+    let firewall = match cli.firewall {
+        Mode::Off => None,
+        Mode::Enforce => Some(
+            Firewall::install(cli.peer_listen.map(|a| a.port()), &cli.published_from)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("installing the node's firewall")?,
+        ),
+    };
+    agent = agent.with_firewall(firewall);
     if let Some(address) = cli.peer_listen {
         let peer = PeerApi::new(&name, driver, agent.trust());
         let listener = tokio::net::TcpListener::bind(address)
@@ -165,6 +191,23 @@ async fn main() -> anyhow::Result<()> {
                 )),
         );
     }
-    agent.run().await;
+    agent.run_until(stopped()).await;
     Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (the node is being stopped).
+async fn stopped() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

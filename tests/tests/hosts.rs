@@ -1,0 +1,409 @@
+//! The pool on real hosts: three network namespaces made by `infra/hosts.sh`, each with
+//! its own address, its own Docker engine and its own `berth-node` keeping its
+//! firewall; the control plane in this machine's namespace, on the hosts' bridge.
+//!
+//! - Reachability: from each host, and from a tenant's container on it, to every port
+//!   that listens on every other host, only the node API port connects; a call to it
+//!   without a delegation is refused; with one, a link carries traffic between hosts.
+//! - A host cut off (its link down) while it runs a replica that another host reaches
+//!   through a link: its node fences the replica before a copy runs elsewhere (every
+//!   engine is sampled every 100 ms), the link moves, and the host, back, removes
+//!   what it no longer owns.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use berth_node_runtime::agent::{NodeIdentity, Signer};
+use berth_protocol::node_api::PeerCallBody;
+use berth_protocol::node_api::node_peer_client::NodePeerClient;
+use berth_tests::hosts::{HostNode, Hosts, NODE_API_PORT};
+use berth_tests::plane::Server;
+
+/// Polls `check` every 200 ms for up to `seconds`.
+async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("never happened within {seconds} s: {what}");
+}
+
+/// Three hosts, a server on their bridge with `envs`, and a node on each
+/// (`host1`, `host2`, `host3`), all of them joined and enforcing their firewall.
+async fn pool(envs: &[(&str, &str)]) -> (Hosts, Server, Vec<HostNode>) {
+    let hosts = Hosts::up(3);
+    let server = hosts.server(envs).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(hosts.join(&server, i, &format!("host{}", i + 1), &[]).await);
+    }
+    eventually(
+        "three nodes joined, each enforcing its firewall",
+        60,
+        async || {
+            let listed = server.api(reqwest::Method::GET, "/nodes").await;
+            listed.as_array().is_some_and(|nodes| {
+                nodes.len() == 3
+                    && nodes
+                        .iter()
+                        .all(|n| n["state"] == "active" && n["firewall"] == "enforced")
+            })
+        },
+    )
+    .await;
+    (hosts, server, nodes)
+}
+
+fn on(node: &str) -> serde_json::Value {
+    serde_json::json!([{ "attribute": "hostname", "equal": true, "value": node }])
+}
+
+/// One HTTP request from `container` on host `i` to `db:8080` by name.
+fn ask_db(hosts: &Hosts, i: usize, container: &str) -> String {
+    hosts.docker(
+        i,
+        &[
+            "exec",
+            container,
+            "sh",
+            "-c",
+            r#"printf 'GET /rows HTTP/1.0\r\n\r\n' | nc -w 5 db 8080"#,
+        ],
+    )
+}
+
+/// Whether `container` runs on host `i`.
+fn running(hosts: &Hosts, i: usize, container: &str) -> bool {
+    hosts
+        .docker(i, &["inspect", "--format", "{{.State.Running}}", container])
+        .trim()
+        == "true"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_reach_each_other_only_through_the_node_api_and_links_carry_traffic() {
+    let (hosts, server, nodes) = pool(&[]).await;
+    let sleeper = |node: &str| {
+        serde_json::json!({
+            "image": "berth/busybox:latest", "replicas": 1, "init": true,
+            "command": ["sleep", "3600"], "networks": { "default": {} },
+            "constraints": on(node)
+        })
+    };
+    // db serves on host2 (and publishes 18080 there); web, on host1, reaches it by
+    // name; probe2 and probe3 are tenant containers on host2 and host3.
+    let topology = serde_json::json!({
+        "name": "shop",
+        "services": {
+            "db": {
+                "image": "berth/busybox:latest", "replicas": 1, "init": true,
+                "command": ["sh", "-c", "mkdir -p /www && echo secret-rows > /www/rows && httpd -f -p 8080 -h /www"],
+                "networks": { "default": {} },
+                "expose": [{ "port": 8080 }],
+                "ports": [{ "target": 8080, "published": 18080 }],
+                "constraints": on("host2")
+            },
+            "web": sleeper("host1"),
+            "probe2": sleeper("host2"),
+            "probe3": sleeper("host3")
+        },
+        "networks": { "default": {} }
+    });
+    server.deploy_when_placeable("default", &topology).await;
+    let container =
+        |i: usize, service: &str| format!("{}.default.shop.{service}.1", nodes[i].prefix());
+    let tenants = [
+        container(0, "web"),
+        container(1, "probe2"),
+        container(2, "probe3"),
+    ];
+    eventually("every replica runs on its host", 90, async || {
+        tenants
+            .iter()
+            .enumerate()
+            .all(|(i, c)| running(&hosts, i, c))
+            && running(&hosts, 1, &container(1, "db"))
+    })
+    .await;
+
+    // With a delegation, the link carries traffic from host1 to host2.
+    eventually(
+        "web on host1 reaches db on host2 through the link",
+        90,
+        async || ask_db(&hosts, 0, &tenants[0]).contains("secret-rows"),
+    )
+    .await;
+
+    // A service of each host's own (as sshd would be), listening on every address.
+    let _own: Vec<_> = (0..3)
+        .map(|i| {
+            hosts.spawn(
+                i,
+                "python3",
+                &["-m", "http.server", "2222", "--bind", "0.0.0.0"],
+            )
+        })
+        .collect();
+    eventually("each host's own service listens", 30, async || {
+        (0..3).all(|j| hosts.listening(j).contains(&2222))
+    })
+    .await;
+
+    // Every port that listens on each host, probed from each other host and from the
+    // tenant container there.
+    let mut probes = Vec::new();
+    for j in 0..3 {
+        let ports = hosts.listening(j);
+        assert!(
+            ports.contains(&NODE_API_PORT),
+            "host{} listens on {ports:?}",
+            j + 1
+        );
+        if j == 1 {
+            assert!(ports.contains(&18080), "db's published port: {ports:?}");
+        }
+        for i in (0..3).filter(|i| *i != j) {
+            for port in &ports {
+                probes.push((i, None, j, *port));
+                probes.push((i, Some(tenants[i].clone()), j, *port));
+            }
+        }
+    }
+    let hosts_ref = &hosts;
+    let results: Vec<(usize, Option<String>, usize, u16, bool)> = std::thread::scope(|scope| {
+        let running: Vec<_> = probes
+            .into_iter()
+            .map(|(i, from, j, port)| {
+                scope.spawn(move || {
+                    let address = &hosts_ref.hosts[j].address;
+                    let connected = hosts_ref.connects(i, from.as_deref(), address, port);
+                    (i, from, j, port, connected)
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|t| t.join().expect("probe"))
+            .collect()
+    });
+    let mut matrix = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for (i, from, j, port, connected) in &results {
+        let source = match from {
+            Some(_) => format!("a container on host{}", i + 1),
+            None => format!("host{}", i + 1),
+        };
+        let verdict = if *connected { "connects" } else { "refused" };
+        matrix.insert((source.clone(), j + 1, *port), verdict);
+        if *connected != (*port == NODE_API_PORT) {
+            wrong.push(format!("{source} -> host{}:{port} {verdict}", j + 1));
+        }
+    }
+    for ((source, target, port), verdict) in &matrix {
+        eprintln!("{source} -> host{target}:{port} {verdict}");
+    }
+    assert!(
+        wrong.is_empty(),
+        "only the node API port may connect between hosts: {wrong:?}\nmatrix: {matrix:?}"
+    );
+    assert!(
+        results.iter().any(|r| r.4),
+        "the node API port answered no one"
+    );
+
+    // The hosts' own services and what db publishes are still reached from an
+    // address that is no node's (this machine, as the admin's default policy allows),
+    // so the refusals above are the firewall's doing, not dead ports.
+    let mut open = vec![format!("{}:18080", hosts.hosts[1].address)];
+    open.extend(hosts.hosts.iter().map(|h| format!("{}:2222", h.address)));
+    for address in open {
+        let reached = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(&address),
+        )
+        .await;
+        assert!(matches!(reached, Ok(Ok(_))), "{address}: {reached:?}");
+    }
+
+    // The node API itself, called without a delegation, refuses.
+    let caller = NodeIdentity::load(nodes[0].dir.path()).expect("host1's identity");
+    let signer = Signer::new(&caller).expect("signer");
+    let target_key = NodeIdentity::load(nodes[1].dir.path())
+        .and_then(|n| n.public_key())
+        .expect("host2's key");
+    let url = format!("http://{}:{NODE_API_PORT}", hosts.hosts[1].address);
+    let channel = signer.tls().channel(&url, &target_key).expect("channel");
+    let body = PeerCallBody {
+        target: "host2".into(),
+        tenant: "default".into(),
+        topology: "shop".into(),
+        service: "db".into(),
+        port: 0,
+        timestamp_ms: i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(0),
+        nonce: vec![7; 16],
+    };
+    let call = signer.peer_call("Health", Vec::new(), &body);
+    let refused = NodePeerClient::new(channel)
+        .health(call)
+        .await
+        .expect_err("a call without a delegation was answered");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // `berth node list` says which nodes enforce their firewall.
+    let listed = std::process::Command::new(berth_tests::berth_bin())
+        .args([
+            "--endpoint",
+            &server.api,
+            "--token",
+            server.admin,
+            "node",
+            "list",
+        ])
+        .output()
+        .expect("berth runs");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.lines().next().is_some_and(|h| h.contains("FIREWALL")),
+        "{text}"
+    );
+    assert_eq!(text.matches("enforced").count(), 3, "{text}");
+}
+
+/// What every host's engine runs of `topology`'s `service`, sampled every 100 ms
+/// while `sampling` holds: per sample, the time and the hosts running a copy.
+fn sample(
+    hosts: &Hosts,
+    pattern: &str,
+    sampling: &std::sync::atomic::AtomicBool,
+) -> Vec<(Instant, Vec<usize>)> {
+    let mut samples = Vec::new();
+    while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+        let at = Instant::now();
+        let live: Vec<usize> = (0..hosts.hosts.len())
+            .filter(|i| {
+                hosts
+                    .docker(*i, &["ps", "--format", "{{.Names}}"])
+                    .lines()
+                    .any(|name| name.ends_with(pattern))
+            })
+            .collect();
+        samples.push((at, live));
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(at.elapsed()));
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_fences_its_replica_before_it_runs_elsewhere_and_its_link_moves() {
+    // Suspect after 2 s, fence after 3 s, dead after 5 s.
+    let fast = [
+        ("BERTH_SUSPECT_AFTER", "2s"),
+        ("BERTH_FENCE_AFTER", "3s"),
+        ("BERTH_DEAD_AFTER", "5s"),
+    ];
+    let (hosts, server, nodes) = pool(&fast).await;
+    // db goes to host1 (the others cordoned while it is placed); web stays on host3
+    // and reaches db by name, through a link while db is on another host.
+    let post = reqwest::Method::POST;
+    server.api(post.clone(), "/nodes/host2/cordon").await;
+    server.api(post.clone(), "/nodes/host3/cordon").await;
+    let topology = serde_json::json!({
+        "name": "shop",
+        "services": {
+            "db": {
+                "image": "berth/busybox:latest", "replicas": 1, "init": true,
+                "command": ["sh", "-c", "mkdir -p /www && hostname > /www/rows && httpd -f -p 8080 -h /www"],
+                "networks": { "default": {} },
+                "expose": [{ "port": 8080 }],
+                "constraints": [{ "attribute": "hostname", "equal": false, "value": "host3" }]
+            }
+        },
+        "networks": { "default": {} }
+    });
+    server.deploy_when_placeable("default", &topology).await;
+    let db1 = format!("{}.default.shop.db.1", nodes[0].prefix());
+    eventually("db runs on host1", 90, async || running(&hosts, 0, &db1)).await;
+    server.api(post.clone(), "/nodes/host2/uncordon").await;
+    server.api(post.clone(), "/nodes/host3/uncordon").await;
+    let mut with_web = topology.clone();
+    with_web["services"]["web"] = serde_json::json!({
+        "image": "berth/busybox:latest", "replicas": 1, "init": true,
+        "command": ["sleep", "3600"], "networks": { "default": {} },
+        "constraints": on("host3")
+    });
+    server.deploy(&with_web).await;
+    let web = format!("{}.default.shop.web.1", nodes[2].prefix());
+    eventually("web on host3 reaches db on host1", 90, async || {
+        ask_db(&hosts, 2, &web).contains("200 OK")
+    })
+    .await;
+    assert!(running(&hosts, 0, &db1), "db left host1 before the cut");
+
+    let sampling = std::sync::atomic::AtomicBool::new(true);
+    let (samples, cut_at) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| sample(&hosts, ".default.shop.db.1", &sampling));
+        std::thread::sleep(Duration::from_millis(500));
+        let cut_at = Instant::now();
+        hosts.cut(0);
+        // Wait (without an async runtime in this thread) for db to run elsewhere and
+        // web to reach it again.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline && !ask_db(&hosts, 2, &web).contains("200 OK") {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        (sampler.join().expect("sampler"), cut_at)
+    });
+    let after: Vec<_> = samples.iter().filter(|(at, _)| *at >= cut_at).collect();
+    let duplicates = after.iter().filter(|(_, live)| live.len() > 1).count();
+    let moved = after
+        .iter()
+        .find(|(_, live)| live.iter().any(|h| *h != 0))
+        .map(|(at, _)| at.duration_since(cut_at));
+    let fenced = after
+        .iter()
+        .find(|(_, live)| !live.contains(&0))
+        .map(|(at, _)| at.duration_since(cut_at));
+    eprintln!(
+        "cut off: {} samples, {duplicates} with two live copies; fenced after {fenced:?}, running elsewhere after {moved:?}",
+        after.len()
+    );
+    let moved = moved.expect("db never ran on another host");
+    let fenced = fenced.expect("host1 never fenced db");
+    assert_eq!(duplicates, 0, "two live copies of db: {after:?}");
+    assert!(
+        fenced <= moved,
+        "fenced after {fenced:?}, running elsewhere after {moved:?}"
+    );
+    let answer = ask_db(&hosts, 2, &web);
+    assert!(answer.contains("200 OK"), "web does not reach db: {answer}");
+
+    // Back on the network, host1 removes the copy it no longer owns.
+    hosts.mend(0);
+    eventually("host1 removed its fenced db", 90, async || {
+        hosts
+            .docker(0, &["ps", "-a", "--format", "{{.Names}}"])
+            .lines()
+            .all(|n| !n.ends_with(".default.shop.db.1"))
+    })
+    .await;
+    eventually("host1 is active again", 60, async || {
+        let listed = server.api(reqwest::Method::GET, "/nodes").await;
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["name"] == "host1" && n["state"] == "active")
+    })
+    .await;
+}
