@@ -431,6 +431,15 @@ impl NodeApi {
             .cloned()
     }
 
+    /// Whether `node` has its assignment stream open to this server.
+    pub fn is_following(&self, node: &str) -> bool {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .streams
+            .contains_key(node)
+    }
+
     /// The service's counters.
     pub fn stats(&self) -> &NodeApiStats {
         &self.stats

@@ -263,18 +263,45 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
             .identities()
             .create_join_token(now_ms(), 3_600_000)
             .await?;
-        print_dev(
-            &format!("{scheme}://{api_addr}"),
-            &node_url,
-            &database,
-            admin_password.as_deref(),
-            &format!("--token {join_token}{ca_arg}"),
-            &ca_env,
-        );
+        // The URL is printed once the local node follows its assignments and takes
+        // work, so that a deploy made the moment it appears is placed.
+        let printed = async {
+            let deadline = std::time::Instant::now() + DEV_NODE_JOINS_WITHIN;
+            let ready = loop {
+                let active = allocator.nodes().await.is_ok_and(|listed| {
+                    listed.iter().any(|n| {
+                        n.name == DEV_NODE && n.state == berth_allocator::pool::NodeState::Active
+                    })
+                });
+                if active && nodes.is_following(DEV_NODE) {
+                    break true;
+                }
+                if std::time::Instant::now() > deadline {
+                    break false;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            };
+            if !ready {
+                eprintln!(
+                    "warning: node {DEV_NODE:?} has not joined within {} s; deploys are placed once it does",
+                    DEV_NODE_JOINS_WITHIN.as_secs()
+                );
+            }
+            print_dev(
+                &format!("{scheme}://{api_addr}"),
+                &node_url,
+                &database,
+                admin_password.as_deref(),
+                &format!("--token {join_token}{ca_arg}"),
+                &ca_env,
+            );
+            std::future::pending::<()>().await;
+        };
         tokio::select! {
             result = http => result?,
             result = grpc => result?,
             lost = leadership => return Err(lost?),
+            () = printed => {}
         }
         return Ok(());
     }
@@ -359,6 +386,9 @@ async fn dev_admin(tenants: &TenantService, path: &Path) -> anyhow::Result<Strin
     write_secret(path, password.as_bytes())?;
     Ok(password)
 }
+
+/// How long `berth dev` waits for its node before it prints its URL regardless.
+const DEV_NODE_JOINS_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The node agent of `berth dev`: joins through the node API with a one-time token
 /// the first time (its identity is kept in `dir`), then follows its assignments.

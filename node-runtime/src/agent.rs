@@ -423,6 +423,94 @@ struct Lease {
     every: Duration,
 }
 
+/// What heartbeats: the lease and a connection of its own to the allocators, so that a
+/// heartbeat is sent on time while the node reconciles a large set.
+#[derive(Debug)]
+struct Heart {
+    signer: Arc<Signer>,
+    /// The allocators' addresses, tried in turn until one leads and answers.
+    allocators: Vec<String>,
+    ca: Option<String>,
+    client: Option<NodeControlClient<Channel>>,
+    next_allocator: usize,
+    lease: Lease,
+}
+
+impl Heart {
+    /// Heartbeats if one is due: None when none was, else whether the allocator
+    /// renewed the lease.
+    async fn beat(&mut self) -> Option<bool> {
+        let now = std::time::Instant::now();
+        if now < self.lease.next {
+            return None;
+        }
+        self.lease.next = now + self.lease.every;
+        let (sequence, timestamp_ms) = self.signer.next_sequence();
+        let request = self.signer.sign(
+            methods::HEARTBEAT,
+            &HeartbeatBody {
+                sequence,
+                timestamp_ms,
+            },
+        );
+        if self.client.is_none() {
+            let url = &self.allocators[self.next_allocator % self.allocators.len()];
+            match connect(url, self.ca.as_deref()).await {
+                Ok(client) => self.client = Some(client),
+                Err(e) => {
+                    tracing::debug!(error = %e, "heartbeat: cannot connect");
+                    self.next_allocator = self.next_allocator.wrapping_add(1);
+                    return Some(false);
+                }
+            }
+        }
+        let client = self.client.as_mut()?;
+        let answer = tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(request))
+            .await
+            .map_err(|_| "no answer in time".to_owned())
+            .and_then(|r| r.map_err(|s| s.message().to_owned()));
+        match answer {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                self.lease.renewed = now;
+                if let Ok(ms) = u64::try_from(ack.fence_after_ms)
+                    && ms > 0
+                {
+                    self.lease.fence_after = Duration::from_millis(ms);
+                }
+                if let Ok(ms) = u64::try_from(ack.heartbeat_ms)
+                    && ms > 0
+                {
+                    self.lease.every = Duration::from_millis(ms);
+                }
+                Some(true)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat failed");
+                // The client may hold a dead connection, or one to an allocator that
+                // stands by: make a new one, to the next allocator, next time.
+                self.client = None;
+                self.next_allocator = self.next_allocator.wrapping_add(1);
+                Some(false)
+            }
+        }
+    }
+
+    /// Runs `work` to its end, heartbeating whenever one is due meanwhile.
+    async fn beating<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            let due = tokio::time::Instant::from_std(self.lease.next);
+            tokio::select! {
+                done = &mut work => return done,
+                () = tokio::time::sleep_until(due) => {
+                    self.beat().await;
+                }
+            }
+        }
+    }
+}
+
 /// Where the pull loop stands.
 #[derive(Debug)]
 pub enum LoopState {
@@ -470,8 +558,8 @@ pub struct Agent<D> {
     firewall: Option<crate::firewall::Firewall>,
     /// What the node tells the allocator of its firewall.
     firewall_announced: &'static str,
-    /// The lease heartbeats renew.
-    lease: Lease,
+    /// What heartbeats, and the lease it renews.
+    heart: Heart,
     /// Which of the allocators' addresses to try next (they are tried in turn until
     /// one leads and answers).
     next_allocator: usize,
@@ -490,6 +578,24 @@ impl<D: ContainerDriver> Agent<D> {
     /// An agent for `identity`, running containers through `reconciler`.
     pub fn new(identity: NodeIdentity, reconciler: Reconciler<D>) -> Result<Self, AgentError> {
         let signer = Arc::new(Signer::new(&identity)?);
+        let heart = Heart {
+            signer: signer.clone(),
+            allocators: identity
+                .allocators()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            ca: identity.allocator_ca.clone(),
+            client: None,
+            next_allocator: 0,
+            lease: Lease {
+                renewed: std::time::Instant::now(),
+                fence_after: DEFAULT_FENCE_AFTER,
+                fenced: false,
+                next: std::time::Instant::now(),
+                every: HEARTBEAT_EVERY,
+            },
+        };
         Ok(Self {
             signer: signer.clone(),
             tunnels: Tunnels::new(signer),
@@ -506,20 +612,14 @@ impl<D: ContainerDriver> Agent<D> {
             report_owed: None,
             trust: Arc::default(),
             peer: None,
-            lease: Lease {
-                renewed: std::time::Instant::now(),
-                fence_after: DEFAULT_FENCE_AFTER,
-                fenced: false,
-                next: std::time::Instant::now(),
-                every: HEARTBEAT_EVERY,
-            },
+            heart,
         })
     }
 
     /// Fences after `fence_after` without a renewed lease until the allocator says
     /// otherwise (its answer to each heartbeat carries the pool's setting).
     pub fn with_fence_after(mut self, fence_after: Duration) -> Self {
-        self.lease.fence_after = fence_after;
+        self.heart.lease.fence_after = fence_after;
         self
     }
 
@@ -527,59 +627,23 @@ impl<D: ContainerDriver> Agent<D> {
     /// lease has run out. Returns true when the lease was renewed after a fence (the
     /// watch stream should then be opened anew, for the allocator's current set).
     async fn beat(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        if now < self.lease.next {
+        let Some(renewed) = self.heart.beat().await else {
             return false;
-        }
-        self.lease.next = now + self.lease.every;
-        let (sequence, timestamp_ms) = self.signer.next_sequence();
-        let request = self.signer.sign(
-            methods::HEARTBEAT,
-            &HeartbeatBody {
-                sequence,
-                timestamp_ms,
-            },
-        );
-        let answer = match self.client().await {
-            Ok(client) => tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(request))
-                .await
-                .map_err(|_| "no answer in time".to_owned())
-                .and_then(|r| r.map_err(|s| s.message().to_owned())),
-            Err(e) => Err(e.to_string()),
         };
         let mut unfenced = false;
-        match answer {
-            Ok(ack) => {
-                let ack = ack.into_inner();
-                self.lease.renewed = now;
-                if let Ok(ms) = u64::try_from(ack.fence_after_ms)
-                    && ms > 0
-                {
-                    self.lease.fence_after = Duration::from_millis(ms);
-                }
-                if let Ok(ms) = u64::try_from(ack.heartbeat_ms)
-                    && ms > 0
-                {
-                    self.lease.every = Duration::from_millis(ms);
-                }
-                if self.lease.fenced {
-                    tracing::warn!(node = %self.identity.name, "lease renewed after a fence; asking for the current assignments");
-                    self.lease.fenced = false;
-                    unfenced = true;
-                }
-                if let Err(e) = self.flush_decisions().await {
-                    tracing::warn!(error = %e, "could not report decisions");
-                }
+        if renewed {
+            if self.heart.lease.fenced {
+                tracing::warn!(node = %self.identity.name, "lease renewed after a fence; asking for the current assignments");
+                self.heart.lease.fenced = false;
+                unfenced = true;
             }
-            Err(e) => {
-                tracing::debug!(node = %self.identity.name, error = %e, "heartbeat failed");
-                // The client may hold a dead connection, or one to an allocator that
-                // stands by: make a new one, to the next allocator, next time.
-                self.drop_client();
+            if let Err(e) = self.flush_decisions().await {
+                tracing::warn!(error = %e, "could not report decisions");
             }
         }
-        let silent = now.saturating_duration_since(self.lease.renewed);
-        if !self.lease.fenced && silent >= self.lease.fence_after {
+        let lease = &self.heart.lease;
+        let silent = std::time::Instant::now().saturating_duration_since(lease.renewed);
+        if !lease.fenced && silent >= lease.fence_after {
             self.fence(silent).await;
         }
         unfenced
@@ -588,13 +652,13 @@ impl<D: ContainerDriver> Agent<D> {
     /// Stops every replica of this node at once: it could not renew its lease, so the
     /// allocator may be placing them elsewhere.
     async fn fence(&mut self, silent: Duration) {
-        self.lease.fenced = true;
+        self.heart.lease.fenced = true;
         let driver = self.reconciler.driver();
         let listed = match driver.list_all(None).await {
             Ok(listed) => listed,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list containers to fence this node");
-                self.lease.fenced = false; // try again on the next beat
+                self.heart.lease.fenced = false; // try again on the next beat
                 return;
             }
         };
@@ -604,7 +668,7 @@ impl<D: ContainerDriver> Agent<D> {
                 Ok(()) => stopped += 1,
                 Err(e) => {
                     tracing::error!(container = %c.container.name, error = %e, "cannot fence a replica");
-                    self.lease.fenced = false;
+                    self.heart.lease.fenced = false;
                 }
             }
         }
@@ -734,6 +798,7 @@ impl<D: ContainerDriver> Agent<D> {
             },
             LoopState::Watch(mut stream) => {
                 let wait = self
+                    .heart
                     .lease
                     .next
                     .saturating_duration_since(std::time::Instant::now());
@@ -937,11 +1002,11 @@ impl<D: ContainerDriver> Agent<D> {
                 span.record("trace_id", telemetry::trace_id(parent).unwrap_or_default());
                 traced = Some(span.clone());
             }
-            let result = self
+            let work = self
                 .reconciler
                 .apply(assignment, events)
-                .instrument(span.clone())
-                .await;
+                .instrument(span.clone());
+            let result = self.heart.beating(work).await;
             match result {
                 Ok(outcome) => span.in_scope(|| {
                     tracing::info!(
@@ -973,7 +1038,8 @@ impl<D: ContainerDriver> Agent<D> {
                 .collect();
             for id in stale {
                 let (events, _) = mpsc::unbounded_channel();
-                if let Err(e) = self.reconciler.remove(&id, false, events).await {
+                let work = self.reconciler.remove(&id, false, events);
+                if let Err(e) = self.heart.beating(work).await {
                     tracing::warn!(topology = %id, error = %e, "removal failed");
                 }
             }

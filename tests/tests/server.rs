@@ -623,25 +623,20 @@ async fn berth_dev_runs_the_platform_and_a_local_node_in_one_command() {
     let password = password.expect("berth dev printed an admin password");
     let api = format!("http://127.0.0.1:{api_port}");
 
-    let yaml = "name: NAME\nservices:\n  web:\n    image: berth/busybox:latest\n    init: true\n    command: [\"sleep\", \"3600\"]\n    deploy: {replicas: 2}\n";
+    // Enough replicas that reconciling them takes longer than a lease: the node
+    // heartbeats meanwhile.
+    let yaml = "name: NAME\nservices:\n  web:\n    image: berth/busybox:latest\n    init: true\n    command: [\"sleep\", \"3600\"]\n    deploy: {replicas: 30}\n";
     let mut project = Project::new("dev", yaml);
     project.set_env("BERTH_ENDPOINT", &api);
     project.set_env("BERTH_PASSWORD", &password);
     let login = project.berth(&["login", "--user", "admin"]).ok();
     project.set_env("BERTH_TOKEN", login.stdout.trim());
-    let mut up = project.berth(&["up", "--json"]);
-    for _ in 0..50 {
-        if up.code == 0 {
-            break;
-        }
-        // The local node may still be joining.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        up = project.berth(&["up", "--json"]);
-    }
+    // Deployed the moment the URL is printed, once: the local node has joined by then.
+    let up = project.berth(&["up", "--json"]);
     assert_eq!(up.code, 0, "{up:?}");
     let placed: serde_json::Value = serde_json::from_str(&up.stdout).expect("json");
     let replicas = placed["replicas"].as_array().expect("replicas");
-    assert_eq!(replicas.len(), 2, "{placed}");
+    assert_eq!(replicas.len(), 30, "{placed}");
     assert!(
         replicas
             .iter()
@@ -660,6 +655,20 @@ async fn berth_dev_runs_the_platform_and_a_local_node_in_one_command() {
         left = docker_lines(&["ps", "-aq", "--filter", &filter]);
     }
     assert!(left.is_empty(), "containers left after down: {left:?}");
+    // Its node, alive throughout, was never suspected nor declared dead.
+    let metrics = reqwest::get(format!("{api}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for outcome in ["suspected", "declared_dead"] {
+        let series = format!("berth_failure_detector{{outcome=\"{outcome}\"}} ");
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()));
+        assert_eq!(value.map(str::trim), Some("0"), "{outcome}: {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
