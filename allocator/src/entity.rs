@@ -465,3 +465,53 @@ pub mod lingering {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// The root keys, when the control plane keeps them in its database: each private key
+/// sealed under the servers' secrets key, so a dump of the database alone yields none.
+pub mod root_key {
+    use sea_orm::entity::prelude::*;
+
+    /// One root key.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "root_keys")]
+    pub struct Model {
+        /// The id tokens carry.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
+        /// The private key, sealed (hex: nonce, then ciphertext and tag).
+        pub sealed: String,
+        /// When a newer key took over signing (Unix ms); unset for the signing key.
+        pub superseded_at_ms: Option<i64>,
+        /// When it was made (Unix ms).
+        pub introduced_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Other secrets the servers of one control plane share (the admin token), each sealed
+/// under the servers' secrets key.
+pub mod sealed_secret {
+    use sea_orm::entity::prelude::*;
+
+    /// One secret.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sealed_secrets")]
+    pub struct Model {
+        /// What it is (`admin-token`).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// The secret, sealed (hex: nonce, then ciphertext and tag).
+        pub sealed: String,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

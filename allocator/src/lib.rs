@@ -20,6 +20,7 @@ pub mod reach;
 pub mod rebalance;
 pub mod resources;
 pub mod root_keys;
+pub mod sealing;
 pub mod service;
 pub mod witness;
 

@@ -6,7 +6,8 @@ use sea_orm_migration::prelude::*;
 
 use crate::entity::{
     assignment, audit_entry, join_token, lingering, node, node_identity, placement, pool_identity,
-    quota, replica_event, replica_status, revocation, tenant_limit, tenant_policy,
+    quota, replica_event, replica_status, revocation, root_key, sealed_secret, tenant_limit,
+    tenant_policy,
 };
 
 /// The allocator's migrations.
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(TenantLimits),
             Box::new(PoolIdentity),
             Box::new(NodeAddresses),
+            Box::new(SealedSecrets),
         ]
     }
 
@@ -495,5 +497,39 @@ impl MigrationTrait for NodeAddresses {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Root keys and the admin token in the database, sealed, so servers that share only
+/// the database form one control plane.
+#[derive(Debug)]
+struct SealedSecrets;
+
+impl MigrationName for SealedSecrets {
+    fn name(&self) -> &str {
+        "m20261204_000014_allocator_sealed_secrets"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for SealedSecrets {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(root_key::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(sealed_secret::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
     }
 }

@@ -17,7 +17,13 @@ use std::time::Duration;
 
 use berth_protocol::capability::Keyring;
 use biscuit_auth::{Algorithm, KeyPair, PrivateKey};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
+};
 use serde::{Deserialize, Serialize};
+
+use crate::entity::root_key;
+use crate::sealing::SealingKey;
 
 /// How long after a rotation delegations are still signed with the previous key: a
 /// new key reaches connected nodes on their streams at once, and within two rechecks
@@ -57,6 +63,10 @@ pub enum RootKeyError {
         /// When the last token it may have signed expires.
         until_ms: i64,
     },
+    /// The database holding the keys could not be read or written, or what it holds
+    /// does not open with this server's secrets key.
+    #[error("root keys in the database: {0}")]
+    Database(String),
     /// The key file could not be read or written.
     #[error("root keys in {path}: {message}")]
     Store {
@@ -100,7 +110,10 @@ impl Ring {
 #[derive(Clone, Debug)]
 pub struct RootKeys {
     ring: Arc<RwLock<Ring>>,
+    /// The key file, when the keys are kept in one.
     path: Option<PathBuf>,
+    /// The database, when the keys are kept there, sealed under this key.
+    database: Option<(DatabaseConnection, Arc<SealingKey>)>,
 }
 
 impl RootKeys {
@@ -118,6 +131,7 @@ impl RootKeys {
         Self {
             ring: Arc::new(RwLock::new(ring)),
             path: None,
+            database: None,
         }
     }
 
@@ -153,6 +167,7 @@ impl RootKeys {
         let keys = Self {
             ring: Arc::new(RwLock::new(ring)),
             path: Some(path.to_owned()),
+            database: None,
         };
         keys.save(&keys.read())?;
         Ok(keys)
@@ -208,7 +223,7 @@ impl RootKeys {
     /// Reads the key file again, taking what another server sharing it rotated or
     /// retired; whether the keys changed. The file is the truth: a key it no longer
     /// holds is no longer accepted. A missing or unreadable file changes nothing.
-    pub fn reload(&self) -> Result<bool, RootKeyError> {
+    fn reload_file(&self) -> Result<bool, RootKeyError> {
         let Some(path) = &self.path else {
             return Ok(false);
         };
@@ -358,8 +373,8 @@ impl RootKeys {
             .collect()
     }
 
-    /// Makes a new key that signs every token from now on; the others keep verifying.
-    pub fn rotate(&self, now_ms: i64) -> Result<RootKeyInfo, RootKeyError> {
+    /// Makes a new key that signs every token from now on (in the file, or in memory).
+    fn rotate_in_file(&self, now_ms: i64) -> Result<RootKeyInfo, RootKeyError> {
         let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
         let _one_server_at_a_time = self.lock_file()?;
         self.refresh(&mut ring)?;
@@ -424,10 +439,8 @@ impl RootKeys {
         Ok(())
     }
 
-    /// Stops accepting key `id`. Refused for the signing key, and, unless `force`,
-    /// while tokens it signed may be valid: until `lifetime` (the longest a token
-    /// lives) after it stopped signing.
-    pub fn retire(
+    /// [`Self::retire`] in the file, or in memory.
+    fn retire_in_file(
         &self,
         id: u32,
         now_ms: i64,
@@ -447,6 +460,195 @@ impl RootKeys {
         }
         Ok(())
     }
+
+    /// Reads the keys again (from the key file, or the database), taking what another
+    /// server rotated or retired; whether they changed. The store is the truth: a key
+    /// it no longer holds is no longer accepted. A missing key file changes nothing.
+    pub async fn reload(&self) -> Result<bool, RootKeyError> {
+        let Some((db, seal)) = &self.database else {
+            return self.reload_file();
+        };
+        let fresh = load(db, seal).await?;
+        if fresh.keys.is_empty() {
+            return Ok(false);
+        }
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        if ring.same_as(&fresh) {
+            return Ok(false);
+        }
+        *ring = fresh;
+        Ok(true)
+    }
+
+    /// Makes a new key that signs every token from now on; the others keep verifying.
+    pub async fn rotate(&self, now_ms: i64) -> Result<RootKeyInfo, RootKeyError> {
+        let Some((db, seal)) = &self.database else {
+            return self.rotate_in_file(now_ms);
+        };
+        // Servers rotating at once: the id is the row's key, so one of two inserts of
+        // the same id fails and that server tries again on top of the other's key.
+        let mut tries = 0;
+        let next = loop {
+            tries += 1;
+            let ring = load(db, seal).await?;
+            let next = ring.keys.keys().next_back().map_or(1, |id| id + 1);
+            let pair = KeyPair::new();
+            let made = async {
+                let txn = db.begin().await?;
+                root_key::Entity::update_many()
+                    .col_expr(root_key::Column::SupersededAtMs, now_ms.into())
+                    .filter(root_key::Column::SupersededAtMs.is_null())
+                    .exec(&txn)
+                    .await?;
+                root_key::Entity::insert(row(seal, next, &pair, None, now_ms))
+                    .exec_without_returning(&txn)
+                    .await?;
+                txn.commit().await
+            }
+            .await;
+            match made {
+                Ok(()) => break next,
+                Err(_) if tries < 5 => continue,
+                Err(e) => return Err(RootKeyError::Database(e.to_string())),
+            }
+        };
+        self.reload().await?;
+        self.list()
+            .into_iter()
+            .find(|k| k.id == next)
+            .ok_or_else(|| RootKeyError::Database(format!("key {next} vanished once made")))
+    }
+
+    /// Stops accepting key `id`. Refused for the signing key, and, unless `force`,
+    /// while tokens it signed may be valid: until `lifetime` (the longest a token
+    /// lives) after it stopped signing.
+    pub async fn retire(
+        &self,
+        id: u32,
+        now_ms: i64,
+        lifetime: Duration,
+        force: bool,
+    ) -> Result<(), RootKeyError> {
+        let Some((db, seal)) = &self.database else {
+            return self.retire_in_file(id, now_ms, lifetime, force);
+        };
+        let ring = load(db, seal).await?;
+        Self::retirable(&ring, id, now_ms, lifetime, force)?;
+        root_key::Entity::delete_by_id(i64::from(id))
+            .exec(db)
+            .await
+            .map_err(|e| RootKeyError::Database(e.to_string()))?;
+        self.reload().await?;
+        Ok(())
+    }
+
+    /// The keys kept in the database `db`, sealed under `seal`, made (one key, id 1)
+    /// when it holds none: taken from the key file at `import` if there is one (a
+    /// control plane that kept its keys in its data directory before), else new.
+    pub async fn open_in_database(
+        db: DatabaseConnection,
+        seal: SealingKey,
+        import: Option<&Path>,
+    ) -> Result<Self, RootKeyError> {
+        let seal = Arc::new(seal);
+        let mut ring = load(&db, &seal).await?;
+        if ring.keys.is_empty() {
+            let imported = match import {
+                Some(path) => Self::parse(path)?,
+                None => None,
+            };
+            let first = imported.unwrap_or_else(|| {
+                let mut ring = Ring::default();
+                ring.keys.insert(
+                    1,
+                    Key {
+                        pair: Arc::new(KeyPair::new()),
+                        superseded_at_ms: None,
+                        introduced_at_ms: 0,
+                    },
+                );
+                ring
+            });
+            let rows: Vec<_> = first
+                .keys
+                .iter()
+                .map(|(id, key)| {
+                    row(
+                        &seal,
+                        *id,
+                        &key.pair,
+                        key.superseded_at_ms,
+                        key.introduced_at_ms,
+                    )
+                })
+                .collect();
+            // Another server starting at once may have made its own: the first kept
+            // wins, and both use it.
+            let _ = root_key::Entity::insert_many(rows)
+                .on_conflict(
+                    sea_orm::sea_query::OnConflict::column(root_key::Column::Id)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(&db)
+                .await
+                .map_err(|e| RootKeyError::Database(e.to_string()))?;
+            ring = load(&db, &seal).await?;
+        }
+        Ok(Self {
+            ring: Arc::new(RwLock::new(ring)),
+            path: None,
+            database: Some((db, seal)),
+        })
+    }
+}
+
+/// What a sealed root key is bound to.
+fn sealed_as(id: u32) -> String {
+    format!("root key {id}")
+}
+
+fn row(
+    seal: &SealingKey,
+    id: u32,
+    pair: &KeyPair,
+    superseded_at_ms: Option<i64>,
+    introduced_at_ms: i64,
+) -> root_key::ActiveModel {
+    let private = pair.private().to_bytes();
+    root_key::ActiveModel {
+        id: Set(i64::from(id)),
+        sealed: Set(seal.seal(&sealed_as(id), private.as_ref())),
+        superseded_at_ms: Set(superseded_at_ms),
+        introduced_at_ms: Set(introduced_at_ms),
+    }
+}
+
+/// Every key in the database, opened.
+async fn load(db: &DatabaseConnection, seal: &SealingKey) -> Result<Ring, RootKeyError> {
+    let rows = root_key::Entity::find()
+        .all(db)
+        .await
+        .map_err(|e| RootKeyError::Database(e.to_string()))?;
+    let mut ring = Ring::default();
+    for r in rows {
+        let id = u32::try_from(r.id)
+            .map_err(|_| RootKeyError::Database(format!("key id {} is out of range", r.id)))?;
+        let private = seal
+            .open(&sealed_as(id), &r.sealed)
+            .map_err(|e| RootKeyError::Database(e.to_string()))?;
+        let private = PrivateKey::from_bytes(&private, Algorithm::Ed25519)
+            .map_err(|e| RootKeyError::Database(format!("key {id}: {e}")))?;
+        ring.keys.insert(
+            id,
+            Key {
+                pair: Arc::new(KeyPair::from(&private)),
+                superseded_at_ms: r.superseded_at_ms,
+                introduced_at_ms: r.introduced_at_ms,
+            },
+        );
+    }
+    Ok(ring)
 }
 
 #[cfg(test)]
@@ -462,10 +664,10 @@ mod tests {
         assert_eq!(first, 1);
         let hour = Duration::from_secs(3600);
         assert!(matches!(
-            keys.retire(1, 0, hour, true),
+            keys.retire_in_file(1, 0, hour, true),
             Err(RootKeyError::Signing(1))
         ));
-        let added = keys.rotate(1_000).unwrap();
+        let added = keys.rotate_in_file(1_000).unwrap();
         assert_eq!((added.id, added.signing), (2, true));
         assert_eq!(keys.signing().0, 2);
         assert_eq!(keys.keyring().ids(), vec![1, 2]);
@@ -477,20 +679,20 @@ mod tests {
         assert_eq!(keys.delegating(5_999).0, 1);
         assert_eq!(keys.delegating(6_000).0, 2);
         assert!(matches!(
-            keys.retire(1, 2_000, hour, false),
+            keys.retire_in_file(1, 2_000, hour, false),
             Err(RootKeyError::TooSoon {
                 id: 1,
                 until_ms: 3_606_000
             })
         ));
-        keys.retire(1, 3_606_000, hour, false).unwrap();
+        keys.retire_in_file(1, 3_606_000, hour, false).unwrap();
         assert_eq!(keys.keyring().ids(), vec![2]);
         assert_eq!(
             RootKeys::open(&path, None).unwrap().keyring().ids(),
             vec![2]
         );
         assert!(matches!(
-            keys.retire(7, 0, hour, true),
+            keys.retire_in_file(7, 0, hour, true),
             Err(RootKeyError::Unknown(7))
         ));
     }
@@ -520,24 +722,25 @@ mod tests {
             RootKeys::open(&path, None).unwrap(),
             RootKeys::open(&path, None).unwrap(),
         );
-        assert!(!b.reload().unwrap(), "nothing changed yet");
-        a.rotate(1_000).unwrap();
-        assert!(b.reload().unwrap());
+        assert!(!b.reload_file().unwrap(), "nothing changed yet");
+        a.rotate_in_file(1_000).unwrap();
+        assert!(b.reload_file().unwrap());
         assert_eq!(b.keyring().ids(), vec![1, 2]);
         assert_eq!(b.signing().1.public(), a.signing().1.public());
-        assert!(!b.reload().unwrap(), "read once");
+        assert!(!b.reload_file().unwrap(), "read once");
         // A rotation through b builds on a's key rather than reusing its id.
-        let third = b.rotate(2_000).unwrap();
+        let third = b.rotate_in_file(2_000).unwrap();
         assert_eq!(third.id, 3);
-        assert!(a.reload().unwrap());
+        assert!(a.reload_file().unwrap());
         assert_eq!(a.keyring().ids(), vec![1, 2, 3]);
         // A retirement through one is seen by the other.
-        a.retire(1, i64::MAX, Duration::ZERO, false).unwrap();
-        assert!(b.reload().unwrap());
+        a.retire_in_file(1, i64::MAX, Duration::ZERO, false)
+            .unwrap();
+        assert!(b.reload_file().unwrap());
         assert_eq!(b.keyring().ids(), vec![2, 3]);
         // A damaged file is reported and changes nothing.
         std::fs::write(&path, "garbage\n").unwrap();
-        assert!(b.reload().is_err());
+        assert!(b.reload_file().is_err());
         assert_eq!(b.keyring().ids(), vec![2, 3]);
     }
 
@@ -553,7 +756,7 @@ mod tests {
             for keys in [&a, &b] {
                 scope.spawn(move || {
                     for i in 0..20 {
-                        keys.rotate(1_000 + i).unwrap();
+                        keys.rotate_in_file(1_000 + i).unwrap();
                     }
                 });
             }

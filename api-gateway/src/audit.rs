@@ -612,7 +612,9 @@ impl From<RootKeyError> for ApiError {
             RootKeyError::Signing(_) | RootKeyError::TooSoon { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            RootKeyError::Store { .. } => ApiError::internal(e.to_string()),
+            RootKeyError::Store { .. } | RootKeyError::Database(_) => {
+                ApiError::internal(e.to_string())
+            }
         }
     }
 }
@@ -663,7 +665,7 @@ pub(crate) async fn rotate_root_key(
     // In the ledger before it signs anything.
     gw.record_root_key(&who, next, "introduced: signs every new token from now on")
         .await?;
-    let key = gw.keys.rotate(now_ms())?;
+    let key = gw.keys.rotate(now_ms()).await?;
     gw.nodes.root_keys_changed();
     tracing::info!(key = key.id, "root key rotated");
     Ok(HttpResponse::Created().json(key))
@@ -713,7 +715,7 @@ pub(crate) async fn retire_root_key(
         "retired: every token it signed has expired"
     };
     gw.record_root_key(&who, *id, detail).await?;
-    gw.keys.retire(*id, now_ms(), lifetime, query.force)?;
+    gw.keys.retire(*id, now_ms(), lifetime, query.force).await?;
     gw.nodes.root_keys_changed();
     tracing::info!(key = *id, "root key retired");
     Ok(HttpResponse::Ok().json(gw.keys.list()))

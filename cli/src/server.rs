@@ -96,7 +96,34 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .ensure_quota(DEFAULT_TENANT, berth_allocator::Limit::default())
         .await?;
     let token_file = config.data_dir.join("admin-token");
-    let admin_token = admin_token(&token_file)?;
+    // Servers of one control plane share only their PostgreSQL database: the root keys
+    // and the admin token are kept there, sealed under the secrets key each server is
+    // given. On SQLite one server owns the data directory and keeps them there.
+    let seal = match berth_allocator::database::is_postgres(&database) {
+        true => Some(secrets_key(&config.data_dir)?),
+        false => None,
+    };
+    let admin_token = match &seal {
+        Some(seal) => {
+            let given = std::env::var("BERTH_ADMIN_TOKEN").ok();
+            let here = std::fs::read_to_string(&token_file).ok();
+            let made = format!("bat_{}", random_hex(32)?);
+            let token = berth_allocator::sealing::shared_secret(&db, seal, "admin-token", || {
+                given
+                    .clone()
+                    .or_else(|| here.map(|t| t.trim().to_owned()))
+                    .unwrap_or(made)
+            })
+            .await?;
+            // An admin token given to this server is the one it accepts.
+            let token = given.unwrap_or(token);
+            if !token_file.exists() {
+                read_or_create_secret(&token_file, || Ok(token.clone()))?;
+            }
+            token
+        }
+        None => admin_token(&token_file)?,
+    };
     let tls = match &config.tls {
         crate::tls::TlsSetting::Off => None,
         crate::tls::TlsSetting::Files { cert, key } => {
@@ -124,10 +151,20 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("{scheme}://{}", config.node_listen));
     // The keys that sign sessions and delegations; nodes verify delegation tokens
     // offline against their public halves.
-    let keys = berth_allocator::root_keys::RootKeys::open(
-        &config.data_dir.join("root-keys"),
-        Some(&config.data_dir.join("root-key")),
-    )?;
+    let keys = match seal {
+        Some(seal) => {
+            berth_allocator::root_keys::RootKeys::open_in_database(
+                db.clone(),
+                seal,
+                Some(&config.data_dir.join("root-keys")),
+            )
+            .await?
+        }
+        None => berth_allocator::root_keys::RootKeys::open(
+            &config.data_dir.join("root-keys"),
+            Some(&config.data_dir.join("root-key")),
+        )?,
+    };
     nodes.mint_delegations_with(keys.clone());
     // Servers sharing the data directory (several behind one PostgreSQL) take each
     // other's rotations and retirements from the key file, and the leader passes
@@ -138,7 +175,7 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(KEY_FILE_RECHECK);
             loop {
                 tick.tick().await;
-                match keys.reload() {
+                match keys.reload().await {
                     Ok(true) => {
                         tracing::info!("root keys changed by another server");
                         nodes.root_keys_changed();
@@ -478,6 +515,32 @@ pub(crate) fn read_or_create_secret(
         }
         Err(e) => Err(anyhow::anyhow!("writing {}: {e}", path.display())),
     }
+}
+
+/// The key this server seals and opens the control plane's secrets with:
+/// `BERTH_SECRETS_KEY` (64 hex characters), else the file `BERTH_SECRETS_KEY_FILE`
+/// names, else `secrets-key` in the data directory (made there, owner-only, the first
+/// time). Every server of one control plane must be given the same key.
+fn secrets_key(data_dir: &Path) -> anyhow::Result<berth_allocator::sealing::SealingKey> {
+    use berth_allocator::sealing::SealingKey;
+    let (text, from) = match (
+        std::env::var("BERTH_SECRETS_KEY"),
+        std::env::var_os("BERTH_SECRETS_KEY_FILE"),
+    ) {
+        (Ok(text), _) => (text, "BERTH_SECRETS_KEY".to_owned()),
+        (Err(_), Some(file)) => {
+            let path = std::path::PathBuf::from(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("reading the secrets key {}: {e}", path.display()))?;
+            (text, path.display().to_string())
+        }
+        (Err(_), None) => {
+            let path = data_dir.join("secrets-key");
+            let text = read_or_create_secret(&path, || Ok(SealingKey::generate_hex()))?;
+            (text, path.display().to_string())
+        }
+    };
+    SealingKey::from_hex(&text).map_err(|e| anyhow::anyhow!("{from}: {e}"))
 }
 
 /// The admin token: `BERTH_ADMIN_TOKEN`, else the one kept in `path`, else a new one

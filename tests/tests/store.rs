@@ -44,6 +44,7 @@ on_both_databases!(
     the_witness_anchors_each_new_head_and_stops_at_a_broken_chain,
     concurrent_appends_keep_one_unbroken_chain,
     concurrent_wrong_passwords_each_count_and_the_right_one_waits,
+    root_keys_in_the_database_are_sealed_and_shared_by_the_servers,
 );
 
 async fn connect(url: &str) -> DatabaseConnection {
@@ -781,4 +782,75 @@ async fn concurrent_wrong_passwords_each_count_and_the_right_one_waits(db: Datab
         matches!(answers.last(), Some(Err(LoginError::Throttled { .. }))),
         "{answers:?}"
     );
+}
+
+/// Servers that share only the database: the root keys and the admin token are there,
+/// sealed under the secrets key each server is given; what one rotates or retires the
+/// others take; a dump of the rows holds no private key; another key opens nothing.
+async fn root_keys_in_the_database_are_sealed_and_shared_by_the_servers(db: DatabaseConnection) {
+    use berth_allocator::entity::root_key;
+    use berth_allocator::root_keys::RootKeys;
+    use berth_allocator::sealing::{SealingKey, shared_secret};
+    use sea_orm::EntityTrait;
+    Allocator::open(db.clone(), DefaultRequest::default())
+        .await
+        .expect("migrations");
+    let hex = SealingKey::generate_hex();
+    let seal = || SealingKey::from_hex(&hex).expect("key");
+    // Two servers starting at once agree on one first key.
+    let (a, b) = tokio::join!(
+        RootKeys::open_in_database(db.clone(), seal(), None),
+        RootKeys::open_in_database(db.clone(), seal(), None)
+    );
+    let (a, b) = (a.expect("server a"), b.expect("server b"));
+    assert_eq!(a.keyring().ids(), vec![1]);
+    assert_eq!(b.keyring().ids(), vec![1]);
+    assert_eq!(a.signing().1.public(), b.signing().1.public());
+    assert!(!b.reload().await.expect("reload"), "nothing changed yet");
+
+    let second = a.rotate(1_000).await.expect("rotate");
+    assert_eq!(second.id, 2);
+    assert!(b.reload().await.expect("reload"));
+    assert_eq!(b.keyring().ids(), vec![1, 2]);
+    assert_eq!(b.signing().1.public(), a.signing().1.public());
+
+    // Rotations through both at once are both kept, under distinct ids.
+    let (x, y) = tokio::join!(a.rotate(2_000), b.rotate(2_000));
+    let mut ids = vec![x.expect("a rotates").id, y.expect("b rotates").id];
+    ids.sort_unstable();
+    assert_eq!(ids, vec![3, 4]);
+    a.reload().await.expect("reload");
+    assert_eq!(a.keyring().ids(), vec![1, 2, 3, 4]);
+
+    // A retirement through b reaches a.
+    b.retire(1, i64::MAX, std::time::Duration::ZERO, false)
+        .await
+        .expect("retire");
+    assert!(a.reload().await.expect("reload"));
+    assert_eq!(a.keyring().ids(), vec![2, 3, 4]);
+
+    // The rows hold no private key in the clear.
+    let signing = a.signing().1.private().to_bytes_hex();
+    let rows = root_key::Entity::find().all(&db).await.expect("rows");
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter().all(|r| !r.sealed.contains(&signing)),
+        "{rows:?}"
+    );
+
+    // A server given another secrets key opens nothing, and says why.
+    let other = SealingKey::from_hex(&SealingKey::generate_hex()).expect("key");
+    let refused = RootKeys::open_in_database(db.clone(), other, None)
+        .await
+        .expect_err("another key opened the root keys");
+    assert!(refused.to_string().contains("same key"), "{refused}");
+
+    // The admin token: the first stored is every server's.
+    let first = shared_secret(&db, &seal(), "admin-token", || "bat_first".to_owned())
+        .await
+        .expect("stored");
+    let again = shared_secret(&db, &seal(), "admin-token", || "bat_second".to_owned())
+        .await
+        .expect("read");
+    assert_eq!((first.as_str(), again.as_str()), ("bat_first", "bat_first"));
 }
