@@ -224,8 +224,14 @@ async fn connect(url: &str, ca: Option<&str>) -> Result<NodeControlClient<Channe
         url: url.to_owned(),
         message,
     };
+    // An allocator whose host is cut off answers nothing, not even a refusal: give up
+    // on connecting after a while, and notice a silent connection by its pings.
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(|e| failed(format!("not an address: {e}")))?;
+        .map_err(|e| failed(format!("not an address: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(CONNECT_TIMEOUT)
+        .keep_alive_timeout(CONNECT_TIMEOUT)
+        .keep_alive_while_idle(true);
     let endpoint = match url.starts_with("https://") {
         true => {
             let tls = match ca {
@@ -405,6 +411,10 @@ const REPORT_RETRY_MOST: Duration = Duration::from_secs(30);
 /// allocator says otherwise.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
+/// How long the node waits to connect to an allocator, and for an answer to its pings
+/// on a connection that has gone quiet.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long the node waits for a heartbeat's answer.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -433,6 +443,8 @@ struct Heart {
     ca: Option<String>,
     client: Option<NodeControlClient<Channel>>,
     next_allocator: usize,
+    /// Which allocator (an index into `allocators`) renewed the lease last.
+    renewed_by: Option<usize>,
     lease: Lease,
 }
 
@@ -473,6 +485,7 @@ impl Heart {
             Ok(ack) => {
                 let ack = ack.into_inner();
                 self.lease.renewed = now;
+                self.renewed_by = Some(self.next_allocator % self.allocators.len());
                 if let Ok(ms) = u64::try_from(ack.fence_after_ms)
                     && ms > 0
                 {
@@ -560,6 +573,8 @@ pub struct Agent<D> {
     firewall_announced: &'static str,
     /// What heartbeats, and the lease it renews.
     heart: Heart,
+    /// Which allocator (an index into the identity's list) the open stream is from.
+    stream_from: Option<usize>,
     /// Which of the allocators' addresses to try next (they are tried in turn until
     /// one leads and answers).
     next_allocator: usize,
@@ -588,6 +603,7 @@ impl<D: ContainerDriver> Agent<D> {
             ca: identity.allocator_ca.clone(),
             client: None,
             next_allocator: 0,
+            renewed_by: None,
             lease: Lease {
                 renewed: std::time::Instant::now(),
                 fence_after: DEFAULT_FENCE_AFTER,
@@ -613,6 +629,7 @@ impl<D: ContainerDriver> Agent<D> {
             trust: Arc::default(),
             peer: None,
             heart,
+            stream_from: None,
         })
     }
 
@@ -630,12 +647,24 @@ impl<D: ContainerDriver> Agent<D> {
         let Some(renewed) = self.heart.beat().await else {
             return false;
         };
-        let mut unfenced = false;
+        let mut reconnect = false;
         if renewed {
             if self.heart.lease.fenced {
                 tracing::warn!(node = %self.identity.name, "lease renewed after a fence; asking for the current assignments");
                 self.heart.lease.fenced = false;
-                unfenced = true;
+                reconnect = true;
+            }
+            // Another allocator renews the lease than the one the stream is from: the
+            // lead moved (the old leader may be cut off, its connection silent rather
+            // than closed), and the stream follows it.
+            if let (Some(by), Some(from)) = (self.heart.renewed_by, self.stream_from)
+                && by != from
+            {
+                tracing::warn!(node = %self.identity.name, "the lease is renewed by another allocator; following it");
+                self.client = None;
+                self.next_allocator = by;
+                self.stream_from = None;
+                reconnect = true;
             }
             if let Err(e) = self.flush_decisions().await {
                 tracing::warn!(error = %e, "could not report decisions");
@@ -646,7 +675,7 @@ impl<D: ContainerDriver> Agent<D> {
         if !lease.fenced && silent >= lease.fence_after {
             self.fence(silent).await;
         }
-        unfenced
+        reconnect
     }
 
     /// Stops every replica of this node at once: it could not renew its lease, so the
@@ -947,7 +976,10 @@ impl<D: ContainerDriver> Agent<D> {
         );
         let client = self.client().await?;
         match client.watch(request).await {
-            Ok(response) => Ok(response.into_inner()),
+            Ok(response) => {
+                self.stream_from = Some(self.next_allocator % self.heart.allocators.len());
+                Ok(response.into_inner())
+            }
             Err(status) => {
                 self.drop_client();
                 Err(AgentError::Refused(status.message().to_owned()))

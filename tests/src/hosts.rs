@@ -79,7 +79,52 @@ impl Hosts {
 
     /// Starts `berth server` with its node API on the set's bridge.
     pub async fn server(&self, envs: &[(&str, &str)]) -> Server {
-        Server::start_on(&self.gateway(), &crate::berth_bin(), None, &[], envs).await
+        Server::start_on(&self.gateway(), None, &crate::berth_bin(), None, &[], envs).await
+    }
+
+    /// Starts `berth server` on host `i` (its REST and node APIs at the host's
+    /// address), with a data directory of its own, and `args` and `envs` added.
+    pub async fn server_on(&self, i: usize, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let host = &self.hosts[i];
+        let bin = crate::berth_bin();
+        Server::start_on(&host.address, Some(&host.name), &bin, None, args, envs).await
+    }
+
+    /// Starts PostgreSQL on host `i`, listening at the host's address and trusting the
+    /// set's addresses; its URL (database `postgres`). It stops when the set is removed.
+    pub fn postgres(&self, i: usize) -> String {
+        let host = &self.hosts[i];
+        let bin = crate::postgres::bin_dir();
+        let dir = std::path::Path::new("/run/berth-hosts")
+            .join(&self.set)
+            .join(format!("pg{}", i + 1));
+        let k = self.set.trim_start_matches("bh");
+        let script = format!(
+            r#"set -e
+mkdir -p {dir}; chown postgres {dir}
+runuser -u postgres -- {bin}/initdb -D {dir}/data --auth=trust --username=postgres --no-sync >{dir}/initdb.log 2>&1
+echo "host all all 10.77.{k}.0/24 trust" >> {dir}/data/pg_hba.conf
+nsenter --net=/var/run/netns/{ns} runuser -u postgres -- {bin}/pg_ctl -D {dir}/data -l {dir}/server.log -w   -o "-p 5432 -k {dir} -c listen_addresses={address} -c fsync=off -c max_connections=200" start >/dev/null
+"#,
+            dir = dir.display(),
+            bin = bin.display(),
+            ns = host.name,
+            address = host.address,
+        );
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "PostgreSQL did not start on {}: {}{}",
+            host.name,
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+        );
+        format!("postgres://postgres@{}:5432/postgres", host.address)
     }
 
     /// Runs `program` with `args` on host `i` (its network, its engine).
@@ -179,6 +224,20 @@ impl Hosts {
     /// Joins a `berth-node` on host `i` to `server` as `name`, serving its node API on
     /// the host's address and keeping its firewall, with `args` added.
     pub async fn join(&self, server: &Server, i: usize, name: &str, args: &[&str]) -> HostNode {
+        self.join_to(server, &server.node_url(), i, name, args)
+            .await
+    }
+
+    /// [`Self::join`] with a join token from `server`, the node given `allocators`
+    /// (the node API URLs of every server of the control plane, comma-separated).
+    pub async fn join_to(
+        &self,
+        server: &Server,
+        allocators: &str,
+        i: usize,
+        name: &str,
+        args: &[&str],
+    ) -> HostNode {
         let token = server.join_token().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut node = HostNode {
@@ -187,7 +246,7 @@ impl Hosts {
             dir,
             process: None,
         };
-        let allocator = server.node_url();
+        let allocator = allocators.to_owned();
         let listen = format!("{}:{NODE_API_PORT}", self.hosts[i].address);
         let mut command = node.command();
         command

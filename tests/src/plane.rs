@@ -66,13 +66,16 @@ impl Server {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Self {
-        Self::start_on("127.0.0.1", bin, state, args, envs).await
+        Self::start_on("127.0.0.1", None, bin, state, args, envs).await
     }
 
     /// Starts `berth server` as [`Self::start_with`] does, its node API listening at
-    /// `node_ip` (the bridge of a set of test hosts, say) rather than on loopback.
+    /// `node_ip` (the bridge of a set of test hosts, say) rather than on loopback; in
+    /// the network namespace `netns` (a test host), with its REST API at `node_ip`
+    /// too, if given.
     pub async fn start_on(
         node_ip: &str,
+        netns: Option<&str>,
         bin: &std::path::Path,
         state: Option<std::sync::Arc<tempfile::TempDir>>,
         args: &[&str],
@@ -84,12 +87,26 @@ impl Server {
         let admin = "bat_test_admin_token";
         let output = state.path().join(format!("server-{api_port}.log"));
         let log = std::fs::File::create(&output).expect("server log");
+        let api_ip = match netns {
+            Some(_) => node_ip,
+            None => "127.0.0.1",
+        };
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net=/var/run/netns/{netns}"))
+                    .arg(bin);
+                command
+            }
+            None => Command::new(bin),
+        };
         let process = Process(
-            Command::new(bin)
+            command
                 .args([
                     "server",
                     "--listen",
-                    &format!("127.0.0.1:{api_port}"),
+                    &format!("{api_ip}:{api_port}"),
                     "--node-listen",
                     &format!("{node_ip}:{node_port}"),
                 ])
@@ -108,8 +125,8 @@ impl Server {
             .contains(&"--tls")
             .then(|| state.path().join("tls").join("ca.pem"));
         let api = match ca {
-            Some(_) => format!("https://127.0.0.1:{api_port}"),
-            None => format!("http://127.0.0.1:{api_port}"),
+            Some(_) => format!("https://{api_ip}:{api_port}"),
+            None => format!("http://{api_ip}:{api_port}"),
         };
         let mut http = reqwest::Client::new();
         let mut ready = false;

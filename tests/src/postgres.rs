@@ -20,7 +20,8 @@ pub fn server_url() -> String {
     .clone()
 }
 
-fn postgres_bin_dir() -> PathBuf {
+/// Where the installed PostgreSQL's programs are (the newest version's).
+pub fn bin_dir() -> PathBuf {
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|dirs| {
             dirs.filter_map(|d| d.ok())
@@ -36,7 +37,7 @@ fn postgres_bin_dir() -> PathBuf {
 }
 
 fn start_throwaway_server() -> String {
-    let bin = postgres_bin_dir();
+    let bin = bin_dir();
     let dir = tempfile::Builder::new()
         .prefix("berth-pg-")
         .tempdir()

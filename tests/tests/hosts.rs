@@ -9,6 +9,9 @@
 //!   through a link: its node fences the replica before a copy runs elsewhere (every
 //!   engine is sampled every 100 ms), the link moves, and the host, back, removes
 //!   what it no longer owns.
+//! - Two servers on two hosts with no shared directory, PostgreSQL on a third: a root
+//!   key rotated through one is used by the other, and cutting the leader's host off
+//!   hands the lead, and the node on a fourth host, to the other.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -406,4 +409,122 @@ async fn a_host_cut_off_fences_its_replica_before_it_runs_elsewhere_and_its_link
             .any(|n| n["name"] == "host1" && n["state"] == "active")
     })
     .await;
+}
+
+/// `POST /v1{path}` to `server` with `body`, as the admin.
+async fn post(server: &Server, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = server
+        .http
+        .post(format!("{}/v1{path}", server.api))
+        .bearer_auth(server.admin)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// `GET /v1{path}` on `server` with `token`: the status, or 0 when it does not answer.
+async fn status_with(server: &Server, path: &str, token: &str) -> u16 {
+    server
+        .http
+        .get(format!("{}/v1{path}", server.api))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_on_two_hosts_share_only_postgres_rotate_keys_together_and_hand_over_the_lead() {
+    let hosts = Hosts::up(4);
+    let database = hosts.postgres(0);
+    // Each server is given the secrets key; nothing else is shared but the database.
+    let secrets = berth_allocator::sealing::SealingKey::generate_hex();
+    let envs = [("BERTH_SECRETS_KEY", secrets.as_str())];
+    let args = ["--database", database.as_str()];
+    let first = hosts.server_on(1, &args, &envs).await;
+    eventually("the first server leads", 60, async || {
+        first.printed().contains("leading:")
+    })
+    .await;
+    let second = hosts.server_on(2, &args, &envs).await;
+    eventually("the second server stands by", 60, async || {
+        second.printed().contains("standing by:")
+    })
+    .await;
+    assert_ne!(first.state.path(), second.state.path());
+    for server in [&first, &second] {
+        assert!(
+            !server.state.path().join("root-keys").exists(),
+            "the root keys are in the database, not in a file"
+        );
+    }
+
+    // A node on a fourth host, given both servers.
+    let allocators = format!("{},{}", first.node_url(), second.node_url());
+    let node = hosts.join_to(&second, &allocators, 3, "host4", &[]).await;
+    eventually("the node is active", 60, async || {
+        let listed = second.api(reqwest::Method::GET, "/nodes").await;
+        listed
+            .as_array()
+            .is_some_and(|n| n.len() == 1 && n[0]["state"] == "active")
+    })
+    .await;
+
+    // A root key rotated through the server that stands by signs the other's
+    // sessions, and the session is accepted by both.
+    let (status, rotated) = post(&second, "/root-keys", serde_json::json!({})).await;
+    assert_eq!(
+        (status, rotated["id"].clone()),
+        (201, serde_json::json!(2)),
+        "{rotated}"
+    );
+    eventually("the first server signs under the new key", 30, async || {
+        let keys = first.api(reqwest::Method::GET, "/root-keys").await;
+        keys.as_array()
+            .is_some_and(|k| k.iter().any(|k| k["id"] == 2 && k["signing"] == true))
+    })
+    .await;
+    let user = serde_json::json!({ "name": "dev", "password": "a long enough password", "role": "developer" });
+    let (status, body) = post(&first, "/tenants/default/users", user).await;
+    assert_eq!(status, 201, "{body}");
+    let login = serde_json::json!({ "tenant": "default", "user": "dev", "password": "a long enough password" });
+    let (status, body) = post(&first, "/login", login).await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["token"].as_str().expect("a token").to_owned();
+    for server in [&first, &second] {
+        assert_eq!(
+            status_with(server, "/tenants/default/topologies", &session).await,
+            200
+        );
+    }
+
+    // The leader's host cut off: the other server takes the lead, the node follows
+    // it, and a deploy through it is placed and runs.
+    hosts.cut(1);
+    eventually("the second server leads", 90, async || {
+        second.printed().contains("leading:")
+    })
+    .await;
+    let topology = serde_json::json!({
+        "name": "after",
+        "services": { "web": {
+            "image": "berth/busybox:latest", "replicas": 1, "init": true,
+            "command": ["sleep", "3600"], "networks": { "default": {} }
+        } },
+        "networks": { "default": {} }
+    });
+    second.deploy_when_placeable("default", &topology).await;
+    let web = format!("{}.default.after.web.1", node.prefix());
+    eventually(
+        "the deploy runs on the node under the new leader",
+        90,
+        async || running(&hosts, 3, &web),
+    )
+    .await;
+    let listed = second.api(reqwest::Method::GET, "/nodes").await;
+    assert_eq!(listed[0]["state"], "active", "{listed}");
 }
