@@ -252,6 +252,46 @@ async fn connect(url: &str, ca: Option<&str>) -> Result<NodeControlClient<Channe
     Ok(NodeControlClient::new(channel))
 }
 
+/// What the engine shows now of `slot` of `a` among `running`: its container, if any,
+/// its state and its detail (the topology's failure when it has no container).
+fn observed<'c>(
+    a: &TopologyAssignment,
+    slot: &berth_protocol::assignment::Slot,
+    running: &'c [crate::driver::ContainerListing],
+    failures: &[(TopologyRef, String)],
+) -> (Option<&'c crate::driver::ContainerListing>, String, String) {
+    let container = running.iter().find(|c| {
+        c.topology == a.id
+            && c.container.service == slot.service
+            && c.container.replica == slot.replica
+            && c.container.generation == slot.generation
+    });
+    let failure = failures.iter().find(|(id, _)| id == &a.id);
+    let (state, detail) = match (container, failure) {
+        (Some(c), _) => (c.state.clone(), c.status.clone()),
+        (None, Some((_, why))) => ("failed".to_owned(), why.clone()),
+        (None, None) => ("missing".to_owned(), String::new()),
+    };
+    (container, state, detail)
+}
+
+/// A replica's state as a report compares it (without its changing detail).
+type StateKey = (TopologyRef, String, u32, u64, String);
+
+fn state_key(
+    a: &TopologyAssignment,
+    slot: &berth_protocol::assignment::Slot,
+    state: &str,
+) -> StateKey {
+    (
+        a.id.clone(),
+        slot.service.clone(),
+        slot.replica,
+        slot.generation,
+        state.to_owned(),
+    )
+}
+
 /// Joins the pool: makes a key pair, spends the one-time `token` to register it under
 /// `name`, and saves the identity in `dir`. An `https://` allocator's certificate must
 /// chain to `ca` (PEM) when it is given; the node keeps `ca` for later connections.
@@ -397,6 +437,10 @@ impl Signer {
 /// How long a node goes without a renewed lease before it fences itself, until the
 /// allocator tells it the pool's setting.
 pub const DEFAULT_FENCE_AFTER: Duration = Duration::from_secs(10);
+
+/// How often the node compares what its engine runs with its last set: it makes again
+/// what went missing behind its back, and reports when a replica's state changed.
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
 
 /// How often a node reports the CPU of the replicas of services that autoscale.
 const CPU_REPORT_EVERY: Duration = Duration::from_secs(5);
@@ -585,6 +629,10 @@ pub struct Agent<D> {
     cpu_seen: HashMap<String, (u64, std::time::Instant)>,
     /// When the CPU figures are next due.
     next_cpu_report: std::time::Instant,
+    /// The replicas' states as last reported.
+    reported: Vec<StateKey>,
+    /// When the engine is next compared with the last set.
+    next_resync: std::time::Instant,
     /// The last set's report failed: when to send it again, and the wait before.
     report_owed: Option<(std::time::Instant, Duration)>,
 }
@@ -626,6 +674,8 @@ impl<D: ContainerDriver> Agent<D> {
             cpu_seen: HashMap::new(),
             next_cpu_report: std::time::Instant::now(),
             report_owed: None,
+            reported: Vec::new(),
+            next_resync: std::time::Instant::now() + RESYNC_EVERY,
             trust: Arc::default(),
             peer: None,
             heart,
@@ -840,6 +890,7 @@ impl<D: ContainerDriver> Agent<D> {
                 }
                 self.report_again_if_owed().await;
                 self.report_cpu_if_due().await;
+                self.resync_if_due().await;
                 next
             }
             LoopState::Backoff { attempt } => {
@@ -1124,6 +1175,59 @@ impl<D: ContainerDriver> Agent<D> {
         self.last_set = Some((version, assignments, failures));
     }
 
+    /// Every [`RESYNC_EVERY`], unless fenced: reconciles the last set again (making
+    /// what was removed behind the node's back) and reports if the engine now shows
+    /// any replica in another state than last reported.
+    async fn resync_if_due(&mut self) {
+        let now = std::time::Instant::now();
+        if now < self.next_resync || self.heart.lease.fenced {
+            return;
+        }
+        self.next_resync = now + RESYNC_EVERY;
+        let Some((version, assignments, mut failures)) = self.last_set.take() else {
+            return;
+        };
+        for a in &assignments {
+            let (events, _) = mpsc::unbounded_channel();
+            let work = self.reconciler.apply(a, events);
+            match self.heart.beating(work).await {
+                Ok(outcome) if outcome.created > 0 || outcome.removed > 0 => {
+                    failures.retain(|(id, _)| id != &a.id);
+                    tracing::info!(topology = %a.id, created = outcome.created, removed = outcome.removed, "made again what the engine lost");
+                }
+                Ok(_) => failures.retain(|(id, _)| id != &a.id),
+                Err(e) => {
+                    failures.retain(|(id, _)| id != &a.id);
+                    failures.push((a.id.clone(), e.to_string()));
+                }
+            }
+        }
+        let states: Option<Vec<StateKey>> = match self.reconciler.driver().list_all(None).await {
+            Ok(running) => Some(
+                assignments
+                    .iter()
+                    .flat_map(|a| {
+                        a.slots.iter().map(|slot| {
+                            let (_, state, _) = observed(a, slot, &running, &failures);
+                            state_key(a, slot, &state)
+                        })
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the engine's containers");
+                None
+            }
+        };
+        if states.is_some_and(|s| s != self.reported) {
+            if let Err(e) = self.report(version, &assignments, &failures).await {
+                tracing::debug!(error = %e, "report failed; it is sent again");
+                self.report_owed = Some((now + REPORT_RETRY_FIRST, REPORT_RETRY_FIRST));
+            }
+        }
+        self.last_set = Some((version, assignments, failures));
+    }
+
     /// The host's addresses on the networks of each topology with links, where its
     /// link listeners listen (a network the engine does not know yet has none).
     async fn link_addresses(
@@ -1199,23 +1303,11 @@ impl<D: ContainerDriver> Agent<D> {
             .await
             .map_err(|e| AgentError::Refused(e.to_string()))?;
         let mut replicas = Vec::new();
+        let mut states = Vec::new();
         for a in assignments {
-            let failure = failures
-                .iter()
-                .find(|(id, _)| id == &a.id)
-                .map(|(_, why)| why.clone());
             for slot in &a.slots {
-                let container = running.iter().find(|c| {
-                    c.topology == a.id
-                        && c.container.service == slot.service
-                        && c.container.replica == slot.replica
-                        && c.container.generation == slot.generation
-                });
-                let (state, detail) = match (container, &failure) {
-                    (Some(c), _) => (c.state.clone(), c.status.clone()),
-                    (None, Some(why)) => ("failed".to_owned(), why.clone()),
-                    (None, None) => ("missing".to_owned(), String::new()),
-                };
+                let (container, state, detail) = observed(a, slot, &running, failures);
+                states.push(state_key(a, slot, &state));
                 let autoscaled = a
                     .services
                     .get(&slot.service)
@@ -1257,6 +1349,7 @@ impl<D: ContainerDriver> Agent<D> {
             .report(request)
             .await
             .map_err(|s| AgentError::Refused(s.message().to_owned()))?;
+        self.reported = states;
         Ok(())
     }
 }

@@ -415,3 +415,68 @@ pub fn prefix_of(name: &str, dir: &std::path::Path) -> String {
     }
     panic!("node {name} never joined a pool")
 }
+
+/// A running `berth dev`: the control plane and its node "local" on this machine's
+/// engine, with a data directory of its own.
+#[derive(Debug)]
+pub struct Dev {
+    _process: Process,
+    /// Its data directory.
+    pub state: tempfile::TempDir,
+    /// Its REST API, `http://127.0.0.1:PORT`.
+    pub api: String,
+    /// The admin's password it printed.
+    pub password: String,
+}
+
+impl Dev {
+    /// Starts `berth dev` on free ports and returns once it has printed its URL (and
+    /// the join command, its last line).
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        let state = tempfile::tempdir().expect("tempdir");
+        let (api_port, node_port) = (crate::free_port(), crate::free_port());
+        let mut child = Command::new(crate::berth_bin())
+            .args([
+                "dev",
+                "--listen",
+                &format!("127.0.0.1:{api_port}"),
+                "--node-listen",
+                &format!("127.0.0.1:{node_port}"),
+            ])
+            .env("BERTH_DATA_DIR", state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("berth dev starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let process = Process(child);
+        let mut password = None;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.expect("a line");
+            if let Some(rest) = line.split("password ").nth(1) {
+                password = Some(rest.trim().to_owned());
+            }
+            if line.contains("berth-node join") {
+                break;
+            }
+        }
+        Self {
+            _process: process,
+            state,
+            api: format!("http://127.0.0.1:{api_port}"),
+            password: password.expect("berth dev printed an admin password"),
+        }
+    }
+
+    /// A project of `yaml` (its name `NAME` made unique) set to deploy to this server,
+    /// logged in as the admin.
+    pub fn project(&self, test: &str, yaml: &str) -> crate::Project {
+        let mut project = crate::Project::new(test, yaml);
+        project.set_env("BERTH_ENDPOINT", &self.api);
+        project.set_env("BERTH_PASSWORD", &self.password);
+        let login = project.berth(&["login", "--user", "admin"]).ok();
+        project.set_env("BERTH_TOKEN", login.stdout.trim());
+        project
+    }
+}

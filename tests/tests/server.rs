@@ -5,8 +5,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use berth_tests::plane::{Node, Process, Server};
-use berth_tests::{Project, berth_bin, docker_lines, ensure_images, free_port};
+use berth_tests::plane::{Dev, Node, Server};
+use berth_tests::{Project, berth_bin, docker_lines, ensure_images};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_and_two_nodes_run_what_berth_up_sends() {
@@ -590,47 +590,13 @@ async fn constraints_cordon_and_drain_decide_where_replicas_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn berth_dev_runs_the_platform_and_a_local_node_in_one_command() {
-    use std::io::BufRead;
     ensure_images();
-    let state = tempfile::tempdir().expect("tempdir");
-    let (api_port, node_port) = (free_port(), free_port());
-    let mut child = Command::new(berth_bin())
-        .args([
-            "dev",
-            "--listen",
-            &format!("127.0.0.1:{api_port}"),
-            "--node-listen",
-            &format!("127.0.0.1:{node_port}"),
-        ])
-        .env("BERTH_DATA_DIR", state.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("berth dev starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let _process = Process(child);
-    // The printed login is the one to use.
-    let mut password = None;
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.expect("a line");
-        if let Some(rest) = line.split("password ").nth(1) {
-            password = Some(rest.trim().to_owned());
-        }
-        if line.contains("berth-node join") {
-            break;
-        }
-    }
-    let password = password.expect("berth dev printed an admin password");
-    let api = format!("http://127.0.0.1:{api_port}");
-
+    let dev = Dev::start();
+    let api = dev.api.clone();
     // Enough replicas that reconciling them takes longer than a lease: the node
     // heartbeats meanwhile.
     let yaml = "name: NAME\nservices:\n  web:\n    image: berth/busybox:latest\n    init: true\n    command: [\"sleep\", \"3600\"]\n    deploy: {replicas: 30}\n";
-    let mut project = Project::new("dev", yaml);
-    project.set_env("BERTH_ENDPOINT", &api);
-    project.set_env("BERTH_PASSWORD", &password);
-    let login = project.berth(&["login", "--user", "admin"]).ok();
-    project.set_env("BERTH_TOKEN", login.stdout.trim());
+    let project = dev.project("dev", yaml);
     // Deployed the moment the URL is printed, once: the local node has joined by then.
     let up = project.berth(&["up", "--json"]);
     assert_eq!(up.code, 0, "{up:?}");
@@ -1179,4 +1145,110 @@ async fn two_pools_on_one_engine_never_touch_each_others_containers() {
             "a node removed or replaced the other pool's container"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_berth_dev_servers_on_one_engine_run_side_by_side_for_a_minute() {
+    ensure_images();
+    // Two `berth dev`, each with its node "local" on this engine, each with the same
+    // topology in the same tenant.
+    let yaml = "name: NAME\nservices:\n  web:\n    image: berth/busybox:latest\n    init: true\n    command: [\"sleep\", \"3600\"]\n    deploy: {replicas: 2}\n";
+    let (a, b) = (Dev::start(), Dev::start());
+    let first = a.project("side", yaml);
+    let second = b.project("side", yaml);
+    assert_eq!(first.name, second.name);
+    first.berth(&["up", "-d"]).ok();
+    second.berth(&["up", "-d"]).ok();
+    let filter = format!("label=berth.topology={}", first.name);
+    let ids = || {
+        let mut ids = docker_lines(&["ps", "-q", "--filter", &filter]);
+        ids.sort();
+        ids
+    };
+    let mut before = ids();
+    for _ in 0..150 {
+        if before.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        before = ids();
+    }
+    assert_eq!(
+        before.len(),
+        4,
+        "two replicas of each server's topology run"
+    );
+    // A minute of both nodes reconciling: nothing of either is removed or replaced.
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            ids(),
+            before,
+            "a server's node touched the other's containers"
+        );
+    }
+    // Each server's status is what the engine shows now: one of a's containers
+    // removed behind its back is reported gone (or made again), never running as it
+    // was, and b's are untouched.
+    let a_pool = docker_lines(&[
+        "ps",
+        "--filter",
+        &filter,
+        "--format",
+        "{{.ID}} {{.Label \"berth.pool\"}}",
+    ]);
+    let pools: std::collections::BTreeSet<&str> =
+        a_pool.iter().filter_map(|l| l.split(' ').nth(1)).collect();
+    assert_eq!(
+        pools.len(),
+        2,
+        "each server labels with its own pool: {a_pool:?}"
+    );
+    let prefix = berth_tests::plane::prefix_of("local", &a.state.path().join("dev/node"));
+    let victim = format!("{prefix}.default.{}.web.1", first.name);
+    let engine_id = || {
+        let out = Command::new("docker")
+            .args(["inspect", "--format", "{{.Id}} {{.State.Running}}", &victim])
+            .output()
+            .expect("docker runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let old = engine_id();
+    assert!(old.ends_with(" true"), "{victim}: {old:?}");
+    docker_lines(&["rm", "-f", &victim]);
+    // Converges to what the engine shows: web.1 reported running only once a new
+    // container runs under its name (the node makes it again), else not running.
+    let reported_running = || {
+        let now: serde_json::Value =
+            serde_json::from_str(&first.berth(&["ps", "--json"]).stdout).unwrap_or_default();
+        now["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["service"] == "web" && r["replica"] == 1 && r["state"] == "running")
+    };
+    let mut agrees = false;
+    for _ in 0..150 {
+        let engine = engine_id();
+        let fresh = engine.ends_with(" true") && engine != old;
+        if reported_running() == fresh && fresh {
+            agrees = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        agrees,
+        "web.1 of the first server never ran again as reported: {:?}",
+        engine_id()
+    );
+    let theirs = second.berth(&["ps", "--json"]).ok();
+    let theirs: serde_json::Value = serde_json::from_str(&theirs.stdout).expect("json");
+    assert_eq!(
+        theirs["replicas"].as_array().map(Vec::len),
+        Some(2),
+        "{theirs}"
+    );
+    first.berth(&["down"]).ok();
+    second.berth(&["down"]).ok();
 }
