@@ -12,6 +12,9 @@
 #   infra/hosts.sh cut HOST         takes HOST's link down (its engine and containers
 #                                   keep running); `infra/hosts.sh mend HOST` brings it
 #                                   back
+#   infra/hosts.sh restart-engine HOST
+#                                   stops HOST's engine (its containers stop with it)
+#                                   and starts it again
 #   infra/hosts.sh images SET IMG.. copies images from this machine's engine to each
 #                                   host's engine
 #   infra/hosts.sh sweep            removes every set whose maker has exited
@@ -53,6 +56,42 @@ stop_engine() {
   grep -o " $dir/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
   done || true
+}
+
+# Starts HOST's engine in its namespace (in the background).
+start_engine() {
+  local ns=$1 host i=${1##*-}
+  host=$(host_dir "$ns")
+  nsenter --net="/var/run/netns/$ns" dockerd \
+    --config-file "$host/daemon.json" \
+    --data-root "$host/data" --exec-root "$host/exec" \
+    --pidfile "$host/docker.pid" -H "unix://$host/docker.sock" \
+    --bip "10.200.$i.1/24" >>"$host/dockerd.log" 2>&1 &
+}
+
+# Waits up to 30 s for HOST's engine to answer.
+wait_engine() {
+  local host
+  host=$(host_dir "$1")
+  for _ in $(seq 1 300); do
+    DOCKER_HOST="unix://$host/docker.sock" docker version >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  tail -20 "$host/dockerd.log" >&2
+  die "the engine of $1 never answered"
+}
+
+# Stops HOST's engine as a host's shutdown would (its containers stop with it), then
+# starts it again and waits for it.
+restart_engine() {
+  local host pid
+  host=$(host_dir "$1")
+  pid=$(cat "$host/docker.pid")
+  kill "$pid"
+  for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && die "the engine of $1 did not stop"
+  start_engine "$1"
+  wait_engine "$1"
 }
 
 down() {
@@ -124,22 +163,11 @@ up() {
 {"storage-driver": "$driver", "mtu": 1400, "log-driver": "json-file",
  "default-address-pools": [{"base": "10.$((200 + i)).0.0/16", "size": 24}]}
 JSON
-    nsenter --net="/var/run/netns/$ns" dockerd \
-      --config-file "$host/daemon.json" \
-      --data-root "$host/data" --exec-root "$host/exec" \
-      --pidfile "$host/docker.pid" -H "unix://$host/docker.sock" \
-      --bip "10.200.$i.1/24" >"$host/dockerd.log" 2>&1 &
+    start_engine "$ns"
     echo "$ns $address unix://$host/docker.sock" >> "$dir/hosts"
   done
   for i in $(seq 1 "$count"); do
-    local host=$dir/$i ready=false
-    for _ in $(seq 1 300); do
-      if DOCKER_HOST="unix://$host/docker.sock" docker version >/dev/null 2>&1; then
-        ready=true; break
-      fi
-      sleep 0.1
-    done
-    $ready || { tail -20 "$host/dockerd.log" >&2; die "the engine of $set-$i never answered"; }
+    wait_engine "$set-$i"
   done
   trap - ERR
   cat "$dir/hosts"
@@ -162,6 +190,9 @@ case "${1:-}" in
     docker_host=$(host_env "$2")
     ns=$2; shift 2
     DOCKER_HOST=$docker_host exec nsenter --net="/var/run/netns/$ns" "$@" ;;
+  restart-engine)
+    [ $# -eq 2 ] || die "usage: restart-engine HOST"; host_env "$2" >/dev/null
+    restart_engine "$2" ;;
   cut)
     [ $# -eq 2 ] || die "usage: cut HOST"; host_env "$2" >/dev/null
     ip link set "${2%-*}-h${2##*-}" down ;;
@@ -178,5 +209,5 @@ case "${1:-}" in
     while read -r _ _ docker_host; do
       DOCKER_HOST=$docker_host docker load -q -i "$archive" >/dev/null
     done < "$runs/$set/hosts" ;;
-  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

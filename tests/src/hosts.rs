@@ -207,6 +207,12 @@ nsenter --net=/var/run/netns/{ns} runuser -u postgres -- {bin}/pg_ctl -D {dir}/d
         self.script(&["cut", &self.hosts[i].name]);
     }
 
+    /// Stops host `i`'s engine, as a host's shutdown would (its containers stop with
+    /// it), and starts it again.
+    pub fn restart_engine(&self, i: usize) {
+        self.script(&["restart-engine", &self.hosts[i].name]);
+    }
+
     /// Brings host `i`'s link back.
     pub fn mend(&self, i: usize) {
         self.script(&["mend", &self.hosts[i].name]);
