@@ -42,6 +42,16 @@ if ! st --version 2>/dev/null | grep -q "$SCHEMATHESIS"; then
     || pip3 install -q --break-system-packages "schemathesis==$SCHEMATHESIS"
 fi
 
+# The test hosts (infra/hosts.sh): network namespaces, each with its own engine and
+# node, whose firewall is nftables; PostgreSQL runs on one of them in some tests.
+command -v nft >/dev/null || install nftables
+command -v ip >/dev/null && command -v ss >/dev/null || install iproute2
+command -v nsenter >/dev/null && command -v runuser >/dev/null || install util-linux
+command -v iptables >/dev/null || install iptables
+command -v python3 >/dev/null || install python3
+# A test run killed half-way leaves its hosts behind; the next one removes them.
+bash infra/hosts.sh sweep
+
 # Images the examples and tests run (Berth never pulls): idempotent and fast when present.
 bash infra/build-images.sh
 
