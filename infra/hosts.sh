@@ -111,7 +111,17 @@ down() {
   done
   while iptables -D FORWARD -i "$set" -o "$set" -j ACCEPT 2>/dev/null; do :; done
   ip link del "$set" 2>/dev/null || true
-  rm -rf "$dir"
+  grep -o " $dir/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done || true
+  rm -rf "$dir" 2>/dev/null || rm -rf "$dir" || true
+}
+
+# Sets are swept and claimed one process at a time, so that a set being made (its
+# bridge claimed, its owner not yet written) is never taken for an abandoned one.
+lock() {
+  exec 9>"$runs/.lock"
+  flock 9
 }
 
 sweep() {
@@ -129,6 +139,7 @@ up() {
   local count=$1 owner=${BERTH_HOSTS_OWNER:-$PPID}
   [[ "$count" =~ ^[0-9]+$ ]] && [ "$count" -ge 1 ] && [ "$count" -le 50 ] \
     || die "COUNT must be 1 to 50, not $count"
+  lock
   sweep
   # Claim a set: making its bridge is what takes the number.
   local k set=""
@@ -139,6 +150,7 @@ up() {
   local dir=$runs/$set
   mkdir -p "$dir"
   echo "$owner" > "$dir/owner"
+  flock -u 9
   trap 'down "$set"' ERR
   ip addr add "10.77.$k.1/24" dev "$set"
   ip link set "$set" up
@@ -184,7 +196,7 @@ host_env() {
 case "${1:-}" in
   up) [ $# -eq 2 ] || die "usage: up COUNT"; up "$2" ;;
   down) [ $# -eq 2 ] || die "usage: down SET"; down "$2" ;;
-  sweep) sweep ;;
+  sweep) lock; sweep ;;
   exec)
     [ $# -ge 3 ] || die "usage: exec HOST CMD..."
     docker_host=$(host_env "$2")

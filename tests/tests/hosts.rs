@@ -14,6 +14,7 @@
 //! - A stream of deploys, scales and a drain through one server while the leading
 //!   server and a node agent are killed (`kill -9`): the standby takes over, and every
 //!   change is applied once: no deploy lost, no replica running twice.
+//! - The output of replicas on two hosts comes through the endpoint (`berth logs`).
 //! - Two servers on two hosts with no shared directory, PostgreSQL on a third: a root
 //!   key rotated through one is used by the other, and cutting the leader's host off
 //!   hands the lead, and the node on a fourth host, to the other.
@@ -821,4 +822,45 @@ async fn changes_made_while_the_leader_and_an_agent_are_killed_are_each_applied_
         assert_eq!(running, replicas as usize, "{name}: {status}");
     }
     eprintln!("after the kills: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_replicas_on_two_hosts_come_through_the_endpoint() {
+    let (_hosts, server, _nodes) = pool(&[]).await;
+    let speaker = |service: &str, node: &str| {
+        format!(
+            "  {service}:\n    image: berth/busybox:latest\n    init: true\n    command: [\"sh\", \"-c\", \"echo hello from $$(hostname); echo second line; sleep 3600\"]\n    deploy: {{placement: {{constraints: [\"node.hostname == {node}\"]}}}}\n"
+        )
+    };
+    let yaml = format!(
+        "name: NAME\nservices:\n{}{}",
+        speaker("east", "host1"),
+        speaker("west", "host2")
+    );
+    let mut project = berth_tests::Project::new("hostlogs", &yaml);
+    project.set_env("BERTH_ENDPOINT", &server.api);
+    project.set_env("BERTH_TOKEN", server.admin);
+    project.berth(&["up", "-d"]).ok();
+    let mut logs = project.berth(&["logs"]);
+    for _ in 0..150 {
+        if logs
+            .stdout
+            .lines()
+            .filter(|l| l.contains("second line"))
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        logs = project.berth(&["logs"]);
+    }
+    let lines: Vec<&str> = logs.stdout.lines().collect();
+    assert!(lines.contains(&"east.1 | second line"), "{logs:?}");
+    assert!(lines.contains(&"west.1 | second line"), "{logs:?}");
+    let tail = project.berth(&["logs", "--tail", "1", "west"]).ok();
+    assert_eq!(
+        tail.stdout.lines().collect::<Vec<_>>(),
+        ["west.1 | second line"]
+    );
 }

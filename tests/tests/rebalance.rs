@@ -1,8 +1,8 @@
 //! Rebalancing. Over a real SQLite database: a move gives the slot to the emptier node
 //! and keeps the old copy in the old node's set until the new copy runs; the
 //! disruption budget holds; an old copy goes when its wait runs out or the topology is
-//! deployed again. End to end with real Docker: a node joins an uneven pool and the
-//! replicas spread over both, never fewer running than wanted.
+//! deployed again. End to end on two test hosts, each with its own engine: a node joins
+//! an uneven pool and the replicas spread over both, never fewer running than wanted.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,8 +14,6 @@ use berth_allocator::rebalance::LINGER;
 use berth_allocator::{Allocator, DefaultRequest, Limit};
 use berth_protocol::assignment::TopologyRef;
 use berth_protocol::topology::{LoadOptions, LocalFiles, Topology, Variables, load};
-use berth_tests::ensure_images;
-use berth_tests::plane::Server;
 use berth_tests::reports::report_running;
 
 fn topology(replicas: u32) -> Topology {
@@ -168,16 +166,24 @@ async fn a_move_starts_the_new_copy_before_the_old_one_stops_within_the_budget()
     );
 }
 
-/// Running containers of topology `spread` per node, for nodes named with `prefix`.
-fn running_per_node(prefix: &str) -> BTreeMap<String, usize> {
+/// The replicas of `spread` each host's engine runs, by the node that runs them.
+fn running_per_node(engines: &[(String, String)]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    for name in berth_tests::docker_lines(&["ps", "--format", "{{.Names}}"]) {
-        let parts: Vec<&str> = name.split('.').collect();
-        // NODE.POOL.TENANT.TOPOLOGY.SERVICE.REPLICA
-        if let [node, _, "default", "spread", "web", _] = parts[..]
-            && node.starts_with(prefix)
-        {
-            *out.entry(node.to_owned()).or_default() += 1;
+    for (node, docker_host) in engines {
+        let listed = std::process::Command::new("docker")
+            .args(["ps", "--format", "{{.Names}}"])
+            .env("DOCKER_HOST", docker_host)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for name in listed.lines() {
+            let parts: Vec<&str> = name.split('.').collect();
+            // NODE.POOL.TENANT.TOPOLOGY.SERVICE.REPLICA
+            if let [on, _, "default", "spread", "web", _] = parts[..]
+                && on == node
+            {
+                *out.entry(node.clone()).or_default() += 1;
+            }
         }
     }
     out
@@ -185,11 +191,15 @@ fn running_per_node(prefix: &str) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_spread_onto_a_node_that_joins_and_never_fewer_run() {
-    ensure_images();
-    let server = Server::start(&[("BERTH_REBALANCE_EVERY", "1s")]).await;
-    let prefix = format!("rb{}", std::process::id());
-    let n1 = server.join(&format!("{prefix}-n1"), &[], &[]).await;
-    let n2 = server.join(&format!("{prefix}-n2"), &[], &[]).await;
+    // Two test hosts, each with its own engine and node.
+    let hosts = berth_tests::hosts::Hosts::up(2);
+    let server = hosts.server(&[("BERTH_REBALANCE_EVERY", "1s")]).await;
+    let n1 = hosts.join(&server, 0, "host1", &[]).await;
+    let n2 = hosts.join(&server, 1, "host2", &[]).await;
+    let engines: Vec<(String, String)> = [&n1, &n2]
+        .iter()
+        .map(|n| (n.name.clone(), n.host.docker_host.clone()))
+        .collect();
     let post = reqwest::Method::POST;
     for _ in 0..150 {
         let nodes = server.api(reqwest::Method::GET, "/nodes").await;
@@ -220,7 +230,7 @@ async fn replicas_spread_onto_a_node_that_joins_and_never_fewer_run() {
         .await;
     let mut all_on_n1 = false;
     for _ in 0..300 {
-        if running_per_node(&prefix).get(&n1.name) == Some(&4) {
+        if running_per_node(&engines).get(&n1.name) == Some(&4) {
             all_on_n1 = true;
             break;
         }
@@ -231,12 +241,12 @@ async fn replicas_spread_onto_a_node_that_joins_and_never_fewer_run() {
     // Watch the running count while n2 opens and the load evens out.
     let fewest = Arc::new(AtomicUsize::new(usize::MAX));
     let watching = {
-        let (fewest, prefix) = (fewest.clone(), prefix.clone());
+        let (fewest, engines) = (fewest.clone(), engines.clone());
         std::thread::spawn(move || {
             for _ in 0..600 {
-                let running: usize = running_per_node(&prefix).values().sum();
+                let running: usize = running_per_node(&engines).values().sum();
                 fewest.fetch_min(running, Ordering::Relaxed);
-                let per_node = running_per_node(&prefix);
+                let per_node = running_per_node(&engines);
                 if per_node.len() == 2 && per_node.values().all(|n| *n == 2) {
                     return true;
                 }
@@ -254,7 +264,7 @@ async fn replicas_spread_onto_a_node_that_joins_and_never_fewer_run() {
     assert!(
         even,
         "the replicas never spread 2 and 2: {:?}",
-        running_per_node(&prefix)
+        running_per_node(&engines)
     );
     assert!(
         fewest.load(Ordering::Relaxed) >= 4,
@@ -279,5 +289,5 @@ async fn replicas_spread_onto_a_node_that_joins_and_never_fewer_run() {
         })
         .count();
     assert_eq!(moves, 2, "{events}");
-    drop((n1, n2));
+    drop((n1, n2, hosts));
 }

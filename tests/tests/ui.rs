@@ -19,13 +19,14 @@ const PHONE: u32 = 390;
 async fn plane(envs: &[(&str, &str)]) -> Server {
     ensure_images();
     let server = Server::start(envs).await;
+    with_users(&server).await;
+    server
+}
+
+/// Makes the tenants and users of [`plane`] on `server`.
+async fn with_users(server: &Server) {
     for tenant in ["acme", "ops", "globex"] {
-        admin_post(
-            &server,
-            "/v1/tenants",
-            serde_json::json!({ "name": tenant }),
-        )
-        .await;
+        admin_post(server, "/v1/tenants", serde_json::json!({ "name": tenant })).await;
     }
     for (tenant, user, role) in [
         ("acme", "dev", "developer"),
@@ -34,13 +35,12 @@ async fn plane(envs: &[(&str, &str)]) -> Server {
         ("globex", "gdev", "developer"),
     ] {
         admin_post(
-            &server,
+            server,
             &format!("/v1/tenants/{tenant}/users"),
             serde_json::json!({ "name": user, "password": PASSWORD, "role": role }),
         )
         .await;
     }
-    server
 }
 
 async fn admin_post(server: &Server, path: &str, body: serde_json::Value) -> serde_json::Value {
@@ -614,4 +614,86 @@ async fn no_role_reaches_another_roles_pages_or_another_tenants_data() {
         .screenshot("developer-refused-admin-page-phone")
         .await;
     drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_drains_a_host_from_the_nodes_page_and_its_replicas_move_to_the_other() {
+    // Two test hosts, each with its own engine and a node keeping its firewall.
+    let hosts = berth_tests::hosts::Hosts::up(2);
+    let server = hosts.server(&[]).await;
+    with_users(&server).await;
+    let nodes = [
+        hosts.join(&server, 0, "host1", &[]).await,
+        hosts.join(&server, 1, "host2", &[]).await,
+    ];
+    for _ in 0..150 {
+        let listed = admin_get(&server, "/v1/nodes").await;
+        if listed
+            .as_array()
+            .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["state"] == "active"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // web's two replicas go to host1 (host2 cordoned while they are placed).
+    admin_post(&server, "/v1/nodes/host2/cordon", serde_json::json!({})).await;
+    let shop = serde_json::json!({
+        "name": "shop",
+        "services": { "web": {
+            "image": "berth/busybox:latest", "replicas": 2, "init": true,
+            "command": ["sleep", "3600"], "networks": { "default": {} }
+        } },
+        "networks": { "default": {} }
+    });
+    server.deploy_when_placeable("default", &shop).await;
+    admin_post(&server, "/v1/nodes/host2/uncordon", serde_json::json!({})).await;
+    let on = |i: usize| {
+        let prefix = nodes[i].prefix();
+        hosts
+            .docker(i, &["ps", "--format", "{{.Names}}"])
+            .lines()
+            .filter(|n| n.starts_with(&format!("{prefix}.default.shop.web.")))
+            .count()
+    };
+    let mut placed = false;
+    for _ in 0..300 {
+        if on(0) == 2 {
+            placed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(placed, "web never ran on host1");
+
+    let base = server.api.clone();
+    let browser = Browser::start(DESKTOP).await;
+    browser.sign_in(&base, "ops", "boss", PASSWORD).await;
+    browser.goto(&format!("{base}/ui/admin/nodes")).await;
+    for name in ["host1", "host2"] {
+        let cell = format!(r#"#nodes tr[data-node="{name}"] td.firewall"#);
+        let firewall = browser.text(&cell).await;
+        assert_eq!(firewall.trim(), "enforced", "{name}");
+    }
+    browser
+        .click(r#"form[action="/ui/admin/nodes/host1/drain"] button"#)
+        .await;
+    assert_eq!(
+        browser
+            .wait_attr(r#"#nodes tr[data-node="host1"]"#, "data-state", "draining")
+            .await
+            .as_deref(),
+        Some("draining")
+    );
+    browser.screenshot("admin-nodes-hosts-drained").await;
+    // The replicas now run on host2's engine, and none on host1's.
+    let mut moved = false;
+    for _ in 0..300 {
+        if on(1) == 2 && on(0) == 0 {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(moved, "host1 runs {}, host2 runs {}", on(0), on(1));
 }

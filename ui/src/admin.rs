@@ -154,7 +154,7 @@ fn nodes_table(nodes: &[Node]) -> Markup {
     html! {
         div.scroll {
             table #nodes {
-                thead { tr { th { "Node" } th { "State" } th { "CPU" } th { "Memory" } th { "Containers" } th { "Labels" } th { "Actions" } } }
+                thead { tr { th { "Node" } th { "State" } th { "CPU" } th { "Memory" } th { "Containers" } th { "Firewall" } th { "Labels" } th { "Actions" } } }
                 tbody {
                     @for n in nodes {
                         tr data-node=(n.name) data-state=(n.state) {
@@ -163,6 +163,7 @@ fn nodes_table(nodes: &[Node]) -> Markup {
                             td { (page::bar(n.used.cpu_millis, n.capacity.cpu_millis, page::cores)) }
                             td { (page::bar(n.used.memory_bytes, n.capacity.memory_bytes, page::bytes)) }
                             td { (page::bar(n.used.containers, n.capacity.containers, page::count)) }
+                            td.firewall { @if n.firewall.is_empty() { "—" } @else { (n.firewall) } }
                             td { @for (k, v) in &n.labels { code { (k) "=" (v) } " " } }
                             td {
                                 @for action in actions(&n.state) {

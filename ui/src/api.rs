@@ -211,6 +211,9 @@ pub(crate) struct Node {
     pub(crate) used: Resources,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) state: String,
+    /// Whether it enforces its firewall: "enforced", "off", or empty (not said).
+    #[serde(default)]
+    pub(crate) firewall: String,
 }
 
 /// A one-time join token.
