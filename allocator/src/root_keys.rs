@@ -90,6 +90,20 @@ struct Ring {
 }
 
 impl Ring {
+    /// A ring of one key, `pair`, as id 1.
+    fn first(pair: KeyPair) -> Self {
+        let mut ring = Ring::default();
+        ring.keys.insert(
+            1,
+            Key {
+                pair: Arc::new(pair),
+                superseded_at_ms: None,
+                introduced_at_ms: 0,
+            },
+        );
+        ring
+    }
+
     fn signing(&self) -> Option<(u32, &Key)> {
         self.keys.iter().next_back().map(|(id, key)| (*id, key))
     }
@@ -119,17 +133,8 @@ pub struct RootKeys {
 impl RootKeys {
     /// Keys held in memory only, starting with `key` as id 1 (tests, benchmarks).
     pub fn in_memory(key: KeyPair) -> Self {
-        let mut ring = Ring::default();
-        ring.keys.insert(
-            1,
-            Key {
-                pair: Arc::new(key),
-                superseded_at_ms: None,
-                introduced_at_ms: 0,
-            },
-        );
         Self {
-            ring: Arc::new(RwLock::new(ring)),
+            ring: Arc::new(RwLock::new(Ring::first(key))),
             path: None,
             database: None,
         }
@@ -152,16 +157,7 @@ impl RootKeys {
                     ),
                     _ => KeyPair::new(),
                 };
-                let mut ring = Ring::default();
-                ring.keys.insert(
-                    1,
-                    Key {
-                        pair: Arc::new(pair),
-                        superseded_at_ms: None,
-                        introduced_at_ms: 0,
-                    },
-                );
-                ring
+                Ring::first(pair)
             }
         };
         let keys = Self {
@@ -557,18 +553,7 @@ impl RootKeys {
                 Some(path) => Self::parse(path)?,
                 None => None,
             };
-            let first = imported.unwrap_or_else(|| {
-                let mut ring = Ring::default();
-                ring.keys.insert(
-                    1,
-                    Key {
-                        pair: Arc::new(KeyPair::new()),
-                        superseded_at_ms: None,
-                        introduced_at_ms: 0,
-                    },
-                );
-                ring
-            });
+            let first = imported.unwrap_or_else(|| Ring::first(KeyPair::new()));
             let rows: Vec<_> = first
                 .keys
                 .iter()

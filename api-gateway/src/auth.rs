@@ -208,12 +208,12 @@ pub(crate) async fn authenticated(
 /// is read.
 async fn admit(gw: &Gateway, request: &HttpRequest) -> Result<Caller, ApiError> {
     let caller = gw.caller(bearer(request)?).await?;
-    if let Caller::Token(verified) = &caller {
-        if let Some(tenant) = &verified.tenant {
-            gw.limit(tenant, Kind::Request, now_ms()).await?;
-            if changes_a_deployment(request) {
-                gw.limit(tenant, Kind::Deploy, now_ms()).await?;
-            }
+    if let Caller::Token(verified) = &caller
+        && let Some(tenant) = &verified.tenant
+    {
+        gw.limit(tenant, Kind::Request, now_ms()).await?;
+        if changes_a_deployment(request) {
+            gw.limit(tenant, Kind::Deploy, now_ms()).await?;
         }
     }
     Ok(caller)

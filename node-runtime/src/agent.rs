@@ -798,10 +798,10 @@ impl<D: ContainerDriver> Agent<D> {
 
     /// Removes the node's firewall, if it installed one (the node is stopping).
     pub async fn remove_firewall(&mut self) {
-        if let Some(firewall) = self.firewall.take() {
-            if let Err(e) = firewall.remove().await {
-                tracing::warn!(error = %e, "cannot remove the firewall");
-            }
+        if let Some(firewall) = self.firewall.take()
+            && let Err(e) = firewall.remove().await
+        {
+            tracing::warn!(error = %e, "cannot remove the firewall");
         }
     }
 
@@ -1054,10 +1054,10 @@ impl<D: ContainerDriver> Agent<D> {
             trust.keys = keys;
             trust.revoked = set.revoked.iter().cloned().collect();
         }
-        if let Some(firewall) = &mut self.firewall {
-            if let Err(e) = firewall.set_nodes(&set.pool_addresses).await {
-                tracing::error!(error = %e, "cannot update the firewall's node addresses");
-            }
+        if let Some(firewall) = &mut self.firewall
+            && let Err(e) = firewall.set_nodes(&set.pool_addresses).await
+        {
+            tracing::error!(error = %e, "cannot update the firewall's node addresses");
         }
         let assignments: Vec<TopologyAssignment> =
             match serde_json::from_slice(&set.assignments_json) {
@@ -1107,10 +1107,10 @@ impl<D: ContainerDriver> Agent<D> {
         }
         let gateways = self.link_addresses(&assignments).await;
         self.tunnels.apply(&assignments, &gateways).await;
-        if let Some(firewall) = &mut self.firewall {
-            if let Err(e) = firewall.set_links(&self.tunnels.listeners()).await {
-                tracing::error!(error = %e, "cannot let containers reach their links");
-            }
+        if let Some(firewall) = &mut self.firewall
+            && let Err(e) = firewall.set_links(&self.tunnels.listeners()).await
+        {
+            tracing::error!(error = %e, "cannot let containers reach their links");
         }
         let wanted: BTreeSet<TopologyRef> = assignments.iter().map(|a| a.id.clone()).collect();
         if let Ok(running) = self.reconciler.driver().list_all(None).await {
@@ -1219,11 +1219,11 @@ impl<D: ContainerDriver> Agent<D> {
                 None
             }
         };
-        if states.is_some_and(|s| s != self.reported) {
-            if let Err(e) = self.report(version, &assignments, &failures).await {
-                tracing::debug!(error = %e, "report failed; it is sent again");
-                self.report_owed = Some((now + REPORT_RETRY_FIRST, REPORT_RETRY_FIRST));
-            }
+        if states.is_some_and(|s| s != self.reported)
+            && let Err(e) = self.report(version, &assignments, &failures).await
+        {
+            tracing::debug!(error = %e, "report failed; it is sent again");
+            self.report_owed = Some((now + REPORT_RETRY_FIRST, REPORT_RETRY_FIRST));
         }
         self.last_set = Some((version, assignments, failures));
     }

@@ -443,24 +443,32 @@ async fn status_with(server: &Server, path: &str, token: &str) -> u16 {
         .map_or(0, |r| r.status().as_u16())
 }
 
+/// PostgreSQL on the first host and a server on each of the next two, given the same
+/// secrets key and `envs` and nothing else in common: the one that leads, and the one
+/// that stands by.
+async fn control_plane(hosts: &Hosts, envs: &[(&str, &str)]) -> (Server, Server) {
+    let database = hosts.postgres(0);
+    let secrets = berth_allocator::sealing::SealingKey::generate_hex();
+    let mut envs = envs.to_vec();
+    envs.push(("BERTH_SECRETS_KEY", secrets.as_str()));
+    let args = ["--database", database.as_str()];
+    let leader = hosts.server_on(1, &args, &envs).await;
+    eventually("the first server leads", 60, async || {
+        leader.printed().contains("leading:")
+    })
+    .await;
+    let standby = hosts.server_on(2, &args, &envs).await;
+    eventually("the second server stands by", 60, async || {
+        standby.printed().contains("standing by:")
+    })
+    .await;
+    (leader, standby)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_on_two_hosts_share_only_postgres_rotate_keys_together_and_hand_over_the_lead() {
     let hosts = Hosts::up(4);
-    let database = hosts.postgres(0);
-    // Each server is given the secrets key; nothing else is shared but the database.
-    let secrets = berth_allocator::sealing::SealingKey::generate_hex();
-    let envs = [("BERTH_SECRETS_KEY", secrets.as_str())];
-    let args = ["--database", database.as_str()];
-    let first = hosts.server_on(1, &args, &envs).await;
-    eventually("the first server leads", 60, async || {
-        first.printed().contains("leading:")
-    })
-    .await;
-    let second = hosts.server_on(2, &args, &envs).await;
-    eventually("the second server stands by", 60, async || {
-        second.printed().contains("standing by:")
-    })
-    .await;
+    let (first, second) = control_plane(&hosts, &[]).await;
     assert_ne!(first.state.path(), second.state.path());
     for server in [&first, &second] {
         assert!(
@@ -642,25 +650,12 @@ async fn until_accepted(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_while_the_leader_and_an_agent_are_killed_are_each_applied_once() {
     let hosts = Hosts::up(5);
-    let database = hosts.postgres(0);
-    let secrets = berth_allocator::sealing::SealingKey::generate_hex();
-    let envs = [
-        ("BERTH_SECRETS_KEY", secrets.as_str()),
+    let fast = [
         ("BERTH_SUSPECT_AFTER", "2s"),
         ("BERTH_FENCE_AFTER", "3s"),
         ("BERTH_DEAD_AFTER", "5s"),
     ];
-    let args = ["--database", database.as_str()];
-    let mut leader = hosts.server_on(1, &args, &envs).await;
-    eventually("the first server leads", 60, async || {
-        leader.printed().contains("leading:")
-    })
-    .await;
-    let standby = hosts.server_on(2, &args, &envs).await;
-    eventually("the second server stands by", 60, async || {
-        standby.printed().contains("standing by:")
-    })
-    .await;
+    let (mut leader, standby) = control_plane(&hosts, &fast).await;
     let allocators = format!("{},{}", leader.node_url(), standby.node_url());
     let mut nodes = Vec::new();
     for (i, name) in [(3, "host4"), (4, "host5")] {
