@@ -49,8 +49,11 @@ command -v ip >/dev/null && command -v ss >/dev/null || install iproute2
 command -v nsenter >/dev/null && command -v runuser >/dev/null || install util-linux
 command -v iptables >/dev/null || install iptables
 command -v python3 >/dev/null || install python3
-# A test run killed half-way leaves its hosts behind; the next one removes them.
+# A test run killed half-way leaves its hosts behind; the next one removes them. The
+# tests run no node with a firewall in this machine's own namespace, so a table there
+# is one an agent killed by an earlier run left.
 bash infra/hosts.sh sweep
+nft delete table inet berth_node 2>/dev/null || true
 
 # Images the examples and tests run (Berth never pulls): idempotent and fast when present.
 bash infra/build-images.sh

@@ -13,7 +13,6 @@ use std::time::SystemTime;
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest, web};
 use berth_protocol::capability::{self, Denied, Operation, Role, Verified};
-use sha2::{Digest, Sha256};
 
 use crate::limits::Kind;
 use crate::{ApiError, Gateway, now_ms};
@@ -63,20 +62,22 @@ impl Gateway {
     /// shape verify (from the cache when it verified before under a key still
     /// trusted) and that is not revoked. What it may do is [`Self::authorize`]'s.
     pub(crate) async fn caller(&self, token: &str) -> Result<Caller, ApiError> {
-        if self.is_admin_token(token) {
+        // Hashed once: the admin token, the refusals and the verified tokens are all
+        // known by this digest.
+        let digest = berth_protocol::token_cache::digest(token.as_bytes());
+        if self.is_admin_digest(&digest) {
             return Ok(Caller::AdminToken);
         }
         // A token refused once is refused again for a hash: its bytes cannot change,
         // and a signature or shape that failed fails again.
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(refusal) = self.refused.lookup(&digest) {
             return Err(unauthenticated(refusal));
         }
         let keys = self.keys.keyring();
         let verified = self
             .sessions
-            .verified(
-                token.as_bytes(),
+            .verified_by_digest(
+                digest,
                 Verified::root_key_id,
                 |id| keys.key(id).ok().map(|k| k.to_bytes().to_vec()),
                 || capability::verify(token, |id| keys.key(id)),
@@ -98,10 +99,9 @@ impl Gateway {
         Ok(Caller::Token(verified))
     }
 
-    /// Whether `token` is the bootstrap admin token (compared by digest, in constant
-    /// time).
-    pub(crate) fn is_admin_token(&self, token: &str) -> bool {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    /// Whether the token of `presented` (its digest) is the bootstrap admin token
+    /// (compared in constant time).
+    fn is_admin_digest(&self, presented: &[u8; 32]) -> bool {
         presented
             .iter()
             .zip(&self.admin_token_sha256)

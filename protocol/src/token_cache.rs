@@ -27,6 +27,11 @@ struct Entry<T> {
     verified: Arc<T>,
 }
 
+/// The SHA-256 of a token's bytes, by which caches know it.
+pub fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
 impl<T> TokenCache<T> {
     /// An empty cache holding up to `capacity` tokens.
     pub fn new(capacity: usize) -> Self {
@@ -47,7 +52,17 @@ impl<T> TokenCache<T> {
         key_of: impl Fn(Option<u32>) -> Option<Vec<u8>>,
         verify: impl FnOnce() -> Result<T, E>,
     ) -> Result<Arc<T>, E> {
-        let digest: [u8; 32] = Sha256::digest(token).into();
+        self.verified_by_digest(digest(token), key_id, key_of, verify)
+    }
+
+    /// [`Self::verified`] for the token whose [`digest`] the caller has already taken.
+    pub fn verified_by_digest<E>(
+        &self,
+        digest: [u8; 32],
+        key_id: impl Fn(&T) -> Option<u32>,
+        key_of: impl Fn(Option<u32>) -> Option<Vec<u8>>,
+        verify: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
         {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(entry) = entries.get(&digest) {

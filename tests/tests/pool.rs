@@ -392,6 +392,8 @@ impl NodeProcess {
             ])
             .env("BERTH_NODE_DIR", state.path())
             .env("BERTH_LOG", "warn")
+            // It shares this machine's network with the other tests: no firewall.
+            .env("BERTH_FIREWALL", "off")
             .spawn()
             .expect("berth-node starts");
         NodeProcess {

@@ -86,6 +86,7 @@ async fn a_pool_served_over_tls_works_for_clients_that_trust_it_and_no_one_else(
         .args(["join", "--allocator", &server.node_url(), "--token", &token])
         .args(["--name", &format!("{prefix}-untrusting")])
         .env("BERTH_NODE_DIR", dir.path())
+        .env("BERTH_FIREWALL", "off")
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("berth-node runs");
