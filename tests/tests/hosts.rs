@@ -800,22 +800,38 @@ async fn changes_made_while_the_leader_and_an_agent_are_killed_are_each_applied_
     // Reported, not asserted: a replica that a drain moves may run on both nodes for a
     // moment, by design.
     eprintln!("kills: {samples} samples, {doubled} with two live copies of a replica");
-    for (name, replicas, revision) in expected {
-        let status = standby
-            .api(
-                reqwest::Method::GET,
-                &format!("/tenants/default/topologies/{name}"),
-            )
-            .await;
-        assert_eq!(status["revision"], revision, "{name}: {status}");
-        let running = status["replicas"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| r["state"] == "running" && r["node"] == "host5")
-            .count();
-        assert_eq!(running, replicas as usize, "{name}: {status}");
-    }
+    // What the new leader reports follows: each topology at its revision, its replicas
+    // reported running on host5 (the node's reports reach the new leader in time).
+    let mut statuses = Vec::new();
+    let reported = async || {
+        statuses.clear();
+        for (name, replicas, revision) in expected {
+            let status = standby
+                .api(
+                    reqwest::Method::GET,
+                    &format!("/tenants/default/topologies/{name}"),
+                )
+                .await;
+            let running = status["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["state"] == "running" && r["node"] == "host5")
+                .count();
+            let right = status["revision"] == revision && running == replicas as usize;
+            statuses.push(status);
+            if !right {
+                return false;
+            }
+        }
+        true
+    };
+    eventually(
+        "every topology reported at its revision, running on host5",
+        60,
+        reported,
+    )
+    .await;
     eprintln!("after the kills: {last:?}");
 }
 
