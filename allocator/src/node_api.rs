@@ -153,7 +153,16 @@ pub struct NodeApi {
     leases: Arc<crate::liveness::Leases>,
     /// Whether [`Self::lead`] started the failure detector.
     detecting: Arc<std::sync::atomic::AtomicBool>,
+    /// The pool's node addresses, as last read: one read serves every stream for
+    /// [`POOL_ADDRESSES_FRESH`], and a node's announcement empties it.
+    pool_addresses: Arc<tokio::sync::Mutex<Option<PoolAddresses>>>,
 }
+
+/// The pool's node addresses (node, IP) and when they were read.
+type PoolAddresses = (std::time::Instant, Arc<Vec<(String, String)>>);
+
+/// How long one read of the pool's node addresses serves every stream.
+const POOL_ADDRESSES_FRESH: Duration = Duration::from_secs(1);
 
 impl NodeApi {
     /// The service over `allocator`.
@@ -174,8 +183,33 @@ impl NodeApi {
                 crate::liveness::Thresholds::default(),
             )),
             detecting: Arc::default(),
+            pool_addresses: Arc::default(),
             allocator,
         }
+    }
+
+    /// The IP addresses at which the pool's nodes other than `node` serve their node
+    /// API: what `node`'s firewall treats as other nodes.
+    async fn other_node_addresses(&self, node: &str) -> Result<Vec<String>, AllocatorError> {
+        let all = {
+            let mut cached = self.pool_addresses.lock().await;
+            match &*cached {
+                Some((at, all)) if at.elapsed() < POOL_ADDRESSES_FRESH => all.clone(),
+                _ => {
+                    let all = Arc::new(self.allocator.node_addresses().await?);
+                    *cached = Some((std::time::Instant::now(), all.clone()));
+                    all
+                }
+            }
+        };
+        let mut out: Vec<String> = all
+            .iter()
+            .filter(|(name, _)| name != node)
+            .map(|(_, ip)| ip.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     /// The service with the failure detector's thresholds set.
@@ -577,6 +611,7 @@ impl NodeControl for NodeApi {
         {
             return Err(Status::unavailable(e.to_string()));
         }
+        *self.pool_addresses.lock().await = None;
         self.shared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -725,7 +760,7 @@ impl NodeApi {
                     return;
                 }
             };
-            let pool_addresses = match api.allocator.other_node_addresses(node).await {
+            let pool_addresses = match api.other_node_addresses(node).await {
                 Ok(addresses) => addresses,
                 Err(e) => {
                     let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;

@@ -116,18 +116,16 @@ impl Allocator {
         Ok(())
     }
 
-    /// The IP addresses at which the pool's nodes other than `name` serve their node
-    /// API: what `name`'s firewall treats as other nodes.
-    pub async fn other_node_addresses(&self, name: &str) -> Result<Vec<String>, AllocatorError> {
+    /// Every node that serves a node API, with the IP address it serves it at.
+    pub async fn node_addresses(&self) -> Result<Vec<(String, String)>, AllocatorError> {
         let rows = node::Entity::find()
-            .filter(node::Column::Name.ne(name))
             .filter(node::Column::Address.ne(""))
             .all(&self.db)
             .await?;
-        let mut out: Vec<String> = rows.iter().filter_map(|n| host_of(&n.address)).collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .filter_map(|n| Some((n.name, host_of(&n.address)?)))
+            .collect())
     }
 
     async fn set_node_state(

@@ -94,36 +94,12 @@ impl Hosts {
     /// set's addresses; its URL (database `postgres`). It stops when the set is removed.
     pub fn postgres(&self, i: usize) -> String {
         let host = &self.hosts[i];
-        let bin = crate::postgres::bin_dir();
         let dir = std::path::Path::new("/run/berth-hosts")
             .join(&self.set)
             .join(format!("pg{}", i + 1));
-        let k = self.set.trim_start_matches("bh");
-        let script = format!(
-            r#"set -e
-mkdir -p {dir}; chown postgres {dir}
-runuser -u postgres -- {bin}/initdb -D {dir}/data --auth=trust --username=postgres --no-sync >{dir}/initdb.log 2>&1
-echo "host all all 10.77.{k}.0/24 trust" >> {dir}/data/pg_hba.conf
-nsenter --net=/var/run/netns/{ns} runuser -u postgres -- {bin}/pg_ctl -D {dir}/data -l {dir}/server.log -w   -o "-p 5432 -k {dir} -c listen_addresses={address} -c fsync=off -c max_connections=200" start >/dev/null
-"#,
-            dir = dir.display(),
-            bin = bin.display(),
-            ns = host.name,
-            address = host.address,
-        );
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .output()
-            .expect("sh runs");
-        assert!(
-            out.status.success(),
-            "PostgreSQL did not start on {}: {}{}",
-            host.name,
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-        );
+        std::fs::create_dir_all(&dir).expect("a directory for PostgreSQL");
+        let set = format!("10.77.{}.0/24", self.set.trim_start_matches("bh"));
+        crate::postgres::start_cluster(&dir, &host.address, 5432, Some(&host.name), Some(&set));
         format!("postgres://postgres@{}:5432/postgres", host.address)
     }
 

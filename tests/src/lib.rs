@@ -265,20 +265,19 @@ impl Drop for Project {
 /// Removes every container and network a node agent named `node` made, whether the
 /// test that ran it passed or not.
 pub fn remove_node_objects(node: &str) {
-    let ids = docker_lines(&["ps", "-aq", "--filter", &format!("label=berth.node={node}")]);
+    remove_labelled(&format!("berth.node={node}"));
+}
+
+/// Removes every container and network labelled `label` (`KEY=VALUE`).
+pub fn remove_labelled(label: &str) {
+    let ids = docker_lines(&["ps", "-aq", "--filter", &format!("label={label}")]);
     if !ids.is_empty() {
         let _ = Command::new("docker")
             .args(["rm", "-f"])
             .args(&ids)
             .output();
     }
-    for network in docker_lines(&[
-        "network",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=berth.node={node}"),
-    ]) {
+    for network in docker_lines(&["network", "ls", "-q", "--filter", &format!("label={label}")]) {
         let _ = Command::new("docker")
             .args(["network", "rm", &network])
             .output();

@@ -249,6 +249,32 @@ impl Server {
         serde_json::from_str(&body).expect("json")
     }
 
+    /// `POST /v1{path}` with `body` as the admin: the status and the JSON answer.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1{path}", self.api))
+            .bearer_auth(self.admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// The status of `GET /v1{path}` with `token`, or 0 when the server does not answer
+    /// within 5 s.
+    pub async fn status_with(&self, path: &str, token: &str) -> u16 {
+        self.http
+            .get(format!("{}/v1{path}", self.api))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    }
+
     /// The server's process id, to measure it.
     pub fn pid(&self) -> u32 {
         self.process.as_ref().map_or(0, |p| p.0.id())
@@ -402,13 +428,8 @@ impl Drop for Node {
 /// What the names of the Docker objects node `name`, whose state directory is `dir`,
 /// makes begin with (`NODE.POOL`), once it has joined (waits up to 30 s for that).
 pub fn prefix_of(name: &str, dir: &std::path::Path) -> String {
-    let identity = dir.join("identity.json");
     for _ in 0..300 {
-        let pool = std::fs::read_to_string(&identity)
-            .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|v| v["pool"].as_str().map(str::to_owned));
-        if let Some(pool) = pool {
+        if let Some(pool) = pool_of(dir) {
             return format!("{name}.{pool}");
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -416,11 +437,19 @@ pub fn prefix_of(name: &str, dir: &std::path::Path) -> String {
     panic!("node {name} never joined a pool")
 }
 
+/// The pool of the node whose state directory is `dir`, once it has joined.
+fn pool_of(dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("identity.json")).ok()?;
+    let identity: serde_json::Value = serde_json::from_str(&text).ok()?;
+    identity["pool"].as_str().map(str::to_owned)
+}
+
 /// A running `berth dev`: the control plane and its node "local" on this machine's
-/// engine, with a data directory of its own.
+/// engine, with a data directory of its own. Dropping it stops the server and removes
+/// every Docker object its node made.
 #[derive(Debug)]
 pub struct Dev {
-    _process: Process,
+    process: Option<Process>,
     /// Its data directory.
     pub state: tempfile::TempDir,
     /// Its REST API, `http://127.0.0.1:PORT`.
@@ -462,11 +491,16 @@ impl Dev {
             }
         }
         Self {
-            _process: process,
+            process: Some(process),
             state,
             api: format!("http://127.0.0.1:{api_port}"),
             password: password.expect("berth dev printed an admin password"),
         }
+    }
+
+    /// The names of the Docker objects its node makes begin with (`local.POOL`).
+    pub fn prefix(&self) -> String {
+        prefix_of("local", &self.state.path().join("dev/node"))
     }
 
     /// A project of `yaml` (its name `NAME` made unique) set to deploy to this server,
@@ -478,5 +512,15 @@ impl Dev {
         let login = project.berth(&["login", "--user", "admin"]).ok();
         project.set_env("BERTH_TOKEN", login.stdout.trim());
         project
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // The server first, so that its node makes nothing again.
+        drop(self.process.take());
+        if let Some(pool) = pool_of(&self.state.path().join("dev/node")) {
+            crate::remove_labelled(&format!("berth.pool={pool}"));
+        }
     }
 }

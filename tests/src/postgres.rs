@@ -37,25 +37,62 @@ pub fn bin_dir() -> PathBuf {
 }
 
 fn start_throwaway_server() -> String {
-    let bin = bin_dir();
     let dir = tempfile::Builder::new()
         .prefix("berth-pg-")
         .tempdir()
         .expect("a temporary directory")
         .keep();
     let port = crate::free_port();
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
-    // PostgreSQL refuses to run as root; as root, run it as the `postgres` user.
-    let as_user = if is_root {
-        "runuser -u postgres --"
-    } else {
-        ""
-    };
-    if is_root {
+    start_cluster(&dir, "127.0.0.1", port, None, None);
+    // Stopped, and its data deleted, as soon as this test process exits.
+    let watcher = format!(
+        "( while kill -0 {parent} 2>/dev/null; do sleep 1; done
+  {as_user} {bin}/pg_ctl -D {dir}/data -m immediate stop >/dev/null 2>&1; rm -rf {dir} ) >/dev/null 2>&1 &",
+        parent = std::process::id(),
+        as_user = as_user(),
+        bin = bin_dir().display(),
+        dir = dir.display(),
+    );
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(&watcher)
+        .stdin(Stdio::null())
+        .status();
+    format!("postgres://postgres@127.0.0.1:{port}")
+}
+
+/// The prefix that runs a PostgreSQL program as the `postgres` user when this process
+/// is root (PostgreSQL refuses to run as root), else nothing.
+fn as_user() -> &'static str {
+    static PREFIX: OnceLock<&'static str> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
+        if is_root {
+            "runuser -u postgres --"
+        } else {
+            ""
+        }
+    })
+}
+
+/// Makes a PostgreSQL cluster in `dir` (its data in `dir/data`, handed to the
+/// `postgres` user when this process is root) trusting every local connection and
+/// those from `trust` (a network, `ADDRESS/PREFIX`), and starts it listening at
+/// `listen:port`, in the network namespace `netns` if given. Panics with its logs when
+/// it does not start.
+pub fn start_cluster(
+    dir: &std::path::Path,
+    listen: &str,
+    port: u16,
+    netns: Option<&str>,
+    trust: Option<&str>,
+) {
+    let as_user = as_user();
+    if !as_user.is_empty() {
         let status = Command::new("chown")
             .args(["-R", "postgres", dir.to_str().expect("utf-8 path")])
             .status()
@@ -66,18 +103,25 @@ fn start_throwaway_server() -> String {
             dir.display()
         );
     }
-    let data = dir.join("data");
+    let trust = trust
+        .map(|net| {
+            format!(
+                "echo 'host all all {net} trust' >> {}/data/pg_hba.conf",
+                dir.display()
+            )
+        })
+        .unwrap_or_default();
+    let enter = netns
+        .map(|ns| format!("nsenter --net=/var/run/netns/{ns}"))
+        .unwrap_or_default();
     let script = format!(
         r#"set -e
-{as_user} {bin}/initdb -D {data} --auth=trust --username=postgres --no-sync >{dir}/initdb.log 2>&1
-{as_user} {bin}/pg_ctl -D {data} -l {dir}/server.log -w -o "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
-( while kill -0 {parent} 2>/dev/null; do sleep 1; done
-  {as_user} {bin}/pg_ctl -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir} ) >/dev/null 2>&1 &
+{as_user} {bin}/initdb -D {dir}/data --auth=trust --username=postgres --no-sync >{dir}/initdb.log 2>&1
+{trust}
+{enter} {as_user} {bin}/pg_ctl -D {dir}/data -l {dir}/server.log -w -o "-p {port} -k {dir} -c listen_addresses={listen} -c fsync=off -c max_connections=200" start >/dev/null
 "#,
-        bin = bin.display(),
-        data = data.display(),
+        bin = bin_dir().display(),
         dir = dir.display(),
-        parent = std::process::id(),
     );
     let output = Command::new("sh")
         .arg("-c")
@@ -87,12 +131,12 @@ fn start_throwaway_server() -> String {
         .expect("sh runs");
     assert!(
         output.status.success(),
-        "could not start PostgreSQL ({}): {}{}",
+        "could not start PostgreSQL ({}): {}{}{}",
         dir.display(),
         String::from_utf8_lossy(&output.stderr),
-        std::fs::read_to_string(dir.join("initdb.log")).unwrap_or_default()
+        std::fs::read_to_string(dir.join("initdb.log")).unwrap_or_default(),
+        std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
     );
-    format!("postgres://postgres@127.0.0.1:{port}")
 }
 
 /// Creates an empty database for one test and returns its URL.

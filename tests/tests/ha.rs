@@ -213,36 +213,6 @@ async fn killing_the_leader_during_a_deploy_hands_over_and_the_deploy_converges(
     assert!(states.values().all(|s| s == "active"), "{states:?}");
 }
 
-/// `POST path` on `server` as the admin, or as `token`; the status and the JSON body.
-async fn post(
-    server: &Server,
-    path: &str,
-    token: Option<&str>,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let response = server
-        .http
-        .post(format!("{}/v1{path}", server.api))
-        .bearer_auth(token.unwrap_or(server.admin))
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
-}
-
-/// The status of `GET /v1/session` on `server` with `token`.
-async fn session_status(server: &Server, token: &str) -> u16 {
-    server
-        .http
-        .get(format!("{}/v1/session", server.api))
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_key_rotated_through_one_server_is_honoured_by_the_other() {
     // Sessions signed under a key made through one server are accepted by the other
@@ -253,19 +223,15 @@ async fn a_root_key_rotated_through_one_server_is_honoured_by_the_other() {
     let args = ["--database", database.as_str()];
     let first = Server::start_with(&bin, None, &args, &[]).await;
     let second = Server::start_with(&bin, Some(first.state.clone()), &args, &[]).await;
-    let (status, _) = post(
-        &first,
+    let (status, _) = first.post(
         "/tenants/default/users",
-        None,
         serde_json::json!({ "name": "dev", "password": "a long enough password", "role": "developer" }),
     )
     .await;
     assert_eq!(status, 201, "the user was not created");
     let login = async |server: &Server| {
-        let (status, body) = post(
-            server,
+        let (status, body) = server.post(
             "/login",
-            None,
             serde_json::json!({ "tenant": "default", "user": "dev", "password": "a long enough password" }),
         )
         .await;
@@ -273,15 +239,15 @@ async fn a_root_key_rotated_through_one_server_is_honoured_by_the_other() {
         body["token"].as_str().expect("a token").to_owned()
     };
     let old = login(&first).await;
-    assert_eq!(session_status(&second, &old).await, 200);
+    assert_eq!(second.status_with("/session", &old).await, 200);
 
-    let (status, rotated) = post(&first, "/root-keys", None, serde_json::json!({})).await;
+    let (status, rotated) = first.post("/root-keys", serde_json::json!({})).await;
     assert_eq!(status, 201, "{rotated}");
     assert_eq!(rotated["id"], 2, "{rotated}");
     let new = login(&first).await;
     eventually(
         "the other server accepts a session under the new key",
-        async || session_status(&second, &new).await == 200,
+        async || second.status_with("/session", &new).await == 200,
     )
     .await;
     // The other server signs under the new key too, and the old session still works.
@@ -292,7 +258,7 @@ async fn a_root_key_rotated_through_one_server_is_honoured_by_the_other() {
         })
     })
     .await;
-    assert_eq!(session_status(&second, &old).await, 200);
+    assert_eq!(second.status_with("/session", &old).await, 200);
 
     // Retired through the second server (forced: its sessions may still be valid),
     // the old key is refused by the first.
@@ -305,8 +271,8 @@ async fn a_root_key_rotated_through_one_server_is_honoured_by_the_other() {
         .expect("request");
     assert!(retired.status().is_success(), "{:?}", retired.text().await);
     eventually("the first server refuses the retired key", async || {
-        session_status(&first, &old).await == 401
+        first.status_with("/session", &old).await == 401
     })
     .await;
-    assert_eq!(session_status(&first, &new).await, 200);
+    assert_eq!(first.status_with("/session", &new).await, 200);
 }

@@ -70,6 +70,27 @@ fn on(node: &str) -> serde_json::Value {
     serde_json::json!([{ "attribute": "hostname", "equal": true, "value": node }])
 }
 
+/// `replicas` replicas that sleep, each placed by `constraints`.
+fn sleeper(replicas: u32, constraints: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "image": "berth/busybox:latest", "replicas": replicas, "init": true,
+        "command": ["sleep", "3600"], "networks": { "default": {} },
+        "constraints": constraints
+    })
+}
+
+/// `db`, one replica placed by `constraints`, serving at `/rows` on port 8080 (exposed
+/// to its topology) what the shell command `rows` prints.
+fn db(rows: &str, constraints: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "image": "berth/busybox:latest", "replicas": 1, "init": true,
+        "command": ["sh", "-c", format!("mkdir -p /www && {rows} > /www/rows && httpd -f -p 8080 -h /www")],
+        "networks": { "default": {} },
+        "expose": [{ "port": 8080 }],
+        "constraints": constraints
+    })
+}
+
 /// One HTTP request from `container` on host `i` to `db:8080` by name.
 fn ask_db(hosts: &Hosts, i: usize, container: &str) -> String {
     hosts.docker(
@@ -95,29 +116,17 @@ fn running(hosts: &Hosts, i: usize, container: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_reach_each_other_only_through_the_node_api_and_links_carry_traffic() {
     let (hosts, server, nodes) = pool(&[]).await;
-    let sleeper = |node: &str| {
-        serde_json::json!({
-            "image": "berth/busybox:latest", "replicas": 1, "init": true,
-            "command": ["sleep", "3600"], "networks": { "default": {} },
-            "constraints": on(node)
-        })
-    };
     // db serves on host2 (and publishes 18080 there); web, on host1, reaches it by
     // name; probe2 and probe3 are tenant containers on host2 and host3.
+    let mut published = db("echo secret-rows", on("host2"));
+    published["ports"] = serde_json::json!([{ "target": 8080, "published": 18080 }]);
     let topology = serde_json::json!({
         "name": "shop",
         "services": {
-            "db": {
-                "image": "berth/busybox:latest", "replicas": 1, "init": true,
-                "command": ["sh", "-c", "mkdir -p /www && echo secret-rows > /www/rows && httpd -f -p 8080 -h /www"],
-                "networks": { "default": {} },
-                "expose": [{ "port": 8080 }],
-                "ports": [{ "target": 8080, "published": 18080 }],
-                "constraints": on("host2")
-            },
-            "web": sleeper("host1"),
-            "probe2": sleeper("host2"),
-            "probe3": sleeper("host3")
+            "db": published,
+            "web": sleeper(1, on("host1")),
+            "probe2": sleeper(1, on("host2")),
+            "probe3": sleeper(1, on("host3"))
         },
         "networks": { "default": {} }
     });
@@ -287,25 +296,52 @@ async fn hosts_reach_each_other_only_through_the_node_api_and_links_carry_traffi
     assert_eq!(text.matches("enforced").count(), 3, "{text}");
 }
 
-/// What every host's engine runs of `topology`'s `service`, sampled every 100 ms
-/// while `sampling` holds: per sample, the time and the hosts running a copy.
+/// A replica of tenant `default`: its topology, service and number.
+type Replica = (String, String, u32);
+
+/// The replicas of tenant `default` that run now on each of `engines` (a host's index
+/// and its `DOCKER_HOST`): for each, the indices of the hosts running a copy.
+fn live_replicas(engines: &[(usize, String)]) -> BTreeMap<Replica, Vec<usize>> {
+    let mut live: BTreeMap<Replica, Vec<usize>> = BTreeMap::new();
+    for (i, engine) in engines {
+        let listed = std::process::Command::new("docker")
+            .args(["ps", "--format", "{{.Names}}"])
+            .env("DOCKER_HOST", engine)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for name in listed.lines() {
+            // NODE.POOL.TENANT.TOPOLOGY.SERVICE.REPLICA
+            let parts: Vec<&str> = name.split('.').collect();
+            if let [_, _, "default", topology, service, replica] = parts[..]
+                && let Ok(replica) = replica.parse()
+            {
+                let key = (topology.to_owned(), service.to_owned(), replica);
+                live.entry(key).or_default().push(*i);
+            }
+        }
+    }
+    live
+}
+
+/// The engines of `hosts` numbered `indices`, as [`live_replicas`] takes them.
+fn engines(hosts: &Hosts, indices: impl IntoIterator<Item = usize>) -> Vec<(usize, String)> {
+    indices
+        .into_iter()
+        .map(|i| (i, hosts.hosts[i].docker_host.clone()))
+        .collect()
+}
+
+/// [`live_replicas`] of `engines` every 100 ms while `sampling` holds: per sample, its
+/// time and what ran.
 fn sample(
-    hosts: &Hosts,
-    pattern: &str,
+    engines: &[(usize, String)],
     sampling: &std::sync::atomic::AtomicBool,
-) -> Vec<(Instant, Vec<usize>)> {
+) -> Vec<(Instant, BTreeMap<Replica, Vec<usize>>)> {
     let mut samples = Vec::new();
     while sampling.load(std::sync::atomic::Ordering::Relaxed) {
         let at = Instant::now();
-        let live: Vec<usize> = (0..hosts.hosts.len())
-            .filter(|i| {
-                hosts
-                    .docker(*i, &["ps", "--format", "{{.Names}}"])
-                    .lines()
-                    .any(|name| name.ends_with(pattern))
-            })
-            .collect();
-        samples.push((at, live));
+        samples.push((at, live_replicas(engines)));
         std::thread::sleep(Duration::from_millis(100).saturating_sub(at.elapsed()));
     }
     samples
@@ -328,13 +364,9 @@ async fn a_host_cut_off_fences_its_replica_before_it_runs_elsewhere_and_its_link
     let topology = serde_json::json!({
         "name": "shop",
         "services": {
-            "db": {
-                "image": "berth/busybox:latest", "replicas": 1, "init": true,
-                "command": ["sh", "-c", "mkdir -p /www && hostname > /www/rows && httpd -f -p 8080 -h /www"],
-                "networks": { "default": {} },
-                "expose": [{ "port": 8080 }],
-                "constraints": [{ "attribute": "hostname", "equal": false, "value": "host3" }]
-            }
+            "db": db("hostname", serde_json::json!([
+                { "attribute": "hostname", "equal": false, "value": "host3" }
+            ]))
         },
         "networks": { "default": {} }
     });
@@ -344,11 +376,7 @@ async fn a_host_cut_off_fences_its_replica_before_it_runs_elsewhere_and_its_link
     server.api(post.clone(), "/nodes/host2/uncordon").await;
     server.api(post.clone(), "/nodes/host3/uncordon").await;
     let mut with_web = topology.clone();
-    with_web["services"]["web"] = serde_json::json!({
-        "image": "berth/busybox:latest", "replicas": 1, "init": true,
-        "command": ["sleep", "3600"], "networks": { "default": {} },
-        "constraints": on("host3")
-    });
+    with_web["services"]["web"] = sleeper(1, on("host3"));
     server.deploy(&with_web).await;
     let web = format!("{}.default.shop.web.1", nodes[2].prefix());
     eventually("web on host3 reaches db on host1", 90, async || {
@@ -358,8 +386,9 @@ async fn a_host_cut_off_fences_its_replica_before_it_runs_elsewhere_and_its_link
     assert!(running(&hosts, 0, &db1), "db left host1 before the cut");
 
     let sampling = std::sync::atomic::AtomicBool::new(true);
+    let all = engines(&hosts, 0..3);
     let (samples, cut_at) = std::thread::scope(|scope| {
-        let sampler = scope.spawn(|| sample(&hosts, ".default.shop.db.1", &sampling));
+        let sampler = scope.spawn(|| sample(&all, &sampling));
         std::thread::sleep(Duration::from_millis(500));
         let cut_at = Instant::now();
         hosts.cut(0);
@@ -373,7 +402,12 @@ async fn a_host_cut_off_fences_its_replica_before_it_runs_elsewhere_and_its_link
         sampling.store(false, std::sync::atomic::Ordering::Relaxed);
         (sampler.join().expect("sampler"), cut_at)
     });
-    let after: Vec<_> = samples.iter().filter(|(at, _)| *at >= cut_at).collect();
+    let db = ("shop".to_owned(), "db".to_owned(), 1);
+    let after: Vec<(Instant, Vec<usize>)> = samples
+        .into_iter()
+        .filter(|(at, _)| *at >= cut_at)
+        .map(|(at, live)| (at, live.get(&db).cloned().unwrap_or_default()))
+        .collect();
     let duplicates = after.iter().filter(|(_, live)| live.len() > 1).count();
     let moved = after
         .iter()
@@ -415,32 +449,6 @@ async fn a_host_cut_off_fences_its_replica_before_it_runs_elsewhere_and_its_link
             .any(|n| n["name"] == "host1" && n["state"] == "active")
     })
     .await;
-}
-
-/// `POST /v1{path}` to `server` with `body`, as the admin.
-async fn post(server: &Server, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let response = server
-        .http
-        .post(format!("{}/v1{path}", server.api))
-        .bearer_auth(server.admin)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
-}
-
-/// `GET /v1{path}` on `server` with `token`: the status, or 0 when it does not answer.
-async fn status_with(server: &Server, path: &str, token: &str) -> u16 {
-    server
-        .http
-        .get(format!("{}/v1{path}", server.api))
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map_or(0, |r| r.status().as_u16())
 }
 
 /// PostgreSQL on the first host and a server on each of the next two, given the same
@@ -490,7 +498,7 @@ async fn servers_on_two_hosts_share_only_postgres_rotate_keys_together_and_hand_
 
     // A root key rotated through the server that stands by signs the other's
     // sessions, and the session is accepted by both.
-    let (status, rotated) = post(&second, "/root-keys", serde_json::json!({})).await;
+    let (status, rotated) = second.post("/root-keys", serde_json::json!({})).await;
     assert_eq!(
         (status, rotated["id"].clone()),
         (201, serde_json::json!(2)),
@@ -503,15 +511,17 @@ async fn servers_on_two_hosts_share_only_postgres_rotate_keys_together_and_hand_
     })
     .await;
     let user = serde_json::json!({ "name": "dev", "password": "a long enough password", "role": "developer" });
-    let (status, body) = post(&first, "/tenants/default/users", user).await;
+    let (status, body) = first.post("/tenants/default/users", user).await;
     assert_eq!(status, 201, "{body}");
     let login = serde_json::json!({ "tenant": "default", "user": "dev", "password": "a long enough password" });
-    let (status, body) = post(&first, "/login", login).await;
+    let (status, body) = first.post("/login", login).await;
     assert_eq!(status, 200, "{body}");
     let session = body["token"].as_str().expect("a token").to_owned();
     for server in [&first, &second] {
         assert_eq!(
-            status_with(server, "/tenants/default/topologies", &session).await,
+            server
+                .status_with("/tenants/default/topologies", &session)
+                .await,
             200
         );
     }
@@ -525,10 +535,7 @@ async fn servers_on_two_hosts_share_only_postgres_rotate_keys_together_and_hand_
     .await;
     let topology = serde_json::json!({
         "name": "after",
-        "services": { "web": {
-            "image": "berth/busybox:latest", "replicas": 1, "init": true,
-            "command": ["sleep", "3600"], "networks": { "default": {} }
-        } },
+        "services": { "web": sleeper(1, serde_json::json!([])) },
         "networks": { "default": {} }
     });
     second.deploy_when_placeable("default", &topology).await;
@@ -549,18 +556,8 @@ async fn a_host_whose_engine_restarts_runs_its_replicas_again_once_each() {
     let topology = serde_json::json!({
         "name": "shop",
         "services": {
-            "db": {
-                "image": "berth/busybox:latest", "replicas": 1, "init": true,
-                "command": ["sh", "-c", "mkdir -p /www && echo secret-rows > /www/rows && httpd -f -p 8080 -h /www"],
-                "networks": { "default": {} },
-                "expose": [{ "port": 8080 }],
-                "constraints": on("host2")
-            },
-            "web": {
-                "image": "berth/busybox:latest", "replicas": 2, "init": true,
-                "command": ["sleep", "3600"], "networks": { "default": {} },
-                "constraints": on("host1")
-            }
+            "db": db("echo secret-rows", on("host2")),
+            "web": sleeper(2, on("host1"))
         },
         "networks": { "default": {} }
     });
@@ -671,10 +668,7 @@ async fn changes_made_while_the_leader_and_an_agent_are_killed_are_each_applied_
     let topology = |name: &str| {
         serde_json::json!({
             "name": name,
-            "services": { "web": {
-                "image": "berth/busybox:latest", "replicas": 2, "init": true,
-                "command": ["sleep", "3600"], "networks": { "default": {} }
-            } },
+            "services": { "web": sleeper(2, serde_json::json!([])) },
             "networks": { "default": {} }
         })
     };
@@ -690,39 +684,10 @@ async fn changes_made_while_the_leader_and_an_agent_are_killed_are_each_applied_
     };
     // Every 100 ms meanwhile: the live copies of each replica on both nodes' engines.
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let nodes_engines = engines(&hosts, [3, 4]);
     let sampler = {
-        let engines: Vec<String> = [3, 4]
-            .iter()
-            .map(|i| hosts.hosts[*i].docker_host.clone())
-            .collect();
-        let sampling = sampling.clone();
-        std::thread::spawn(move || {
-            let (mut samples, mut doubled) = (0usize, 0usize);
-            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                let at = Instant::now();
-                let mut live: BTreeMap<(String, String), usize> = BTreeMap::new();
-                for engine in &engines {
-                    let out = std::process::Command::new("docker")
-                        .args(["ps", "--format", "{{.Names}}"])
-                        .env("DOCKER_HOST", engine)
-                        .output()
-                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                        .unwrap_or_default();
-                    for name in out.lines() {
-                        let parts: Vec<&str> = name.split('.').collect();
-                        if let [_, _, "default", topology, "web", replica] = parts[..] {
-                            *live
-                                .entry((topology.to_owned(), replica.to_owned()))
-                                .or_default() += 1;
-                        }
-                    }
-                }
-                samples += 1;
-                doubled += usize::from(live.values().any(|n| *n > 1));
-                std::thread::sleep(Duration::from_millis(100).saturating_sub(at.elapsed()));
-            }
-            (samples, doubled)
-        })
+        let (engines, sampling) = (nodes_engines.clone(), sampling.clone());
+        std::thread::spawn(move || sample(&engines, &sampling))
     };
     // The stream of changes, all through the server that stands by at first.
     for name in ["s1", "s2", "s3"] {
@@ -765,38 +730,26 @@ async fn changes_made_while_the_leader_and_an_agent_are_killed_are_each_applied_
         ("s5", 2, 1),
         ("s6", 2, 1),
     ];
-    let copies = || {
-        let mut seen: BTreeMap<(String, u32), Vec<usize>> = BTreeMap::new();
-        for i in [3, 4] {
-            for name in hosts.docker(i, &["ps", "--format", "{{.Names}}"]).lines() {
-                // NODE.POOL.TENANT.TOPOLOGY.SERVICE.REPLICA
-                let parts: Vec<&str> = name.split('.').collect();
-                if let [_, _, "default", topology, "web", replica] = parts[..]
-                    && let Ok(replica) = replica.parse()
-                {
-                    seen.entry((topology.to_owned(), replica))
-                        .or_default()
-                        .push(i);
-                }
-            }
-        }
-        seen
-    };
     let mut last = BTreeMap::new();
     let converged = async || {
-        let seen = copies();
+        let seen = live_replicas(&nodes_engines);
         let want: usize = expected.iter().map(|(_, r, _)| *r as usize).sum();
         let all_once = seen.len() == want
             && seen.values().all(|hosts| hosts == &vec![4])
-            && expected
-                .iter()
-                .all(|(t, r, _)| (1..=*r).all(|n| seen.contains_key(&((*t).to_owned(), n))));
+            && expected.iter().all(|(t, r, _)| {
+                (1..=*r).all(|n| seen.contains_key(&((*t).to_owned(), "web".to_owned(), n)))
+            });
         last = seen;
         all_once
     };
     eventually("every replica runs once, on host5", 120, converged).await;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let (samples, doubled) = sampler.join().expect("sampler");
+    let samples = sampler.join().expect("sampler");
+    let doubled = samples
+        .iter()
+        .filter(|(_, live)| live.values().any(|hosts| hosts.len() > 1))
+        .count();
+    let samples = samples.len();
     // Reported, not asserted: a replica that a drain moves may run on both nodes for a
     // moment, by design.
     eprintln!("kills: {samples} samples, {doubled} with two live copies of a replica");

@@ -1204,7 +1204,7 @@ async fn two_berth_dev_servers_on_one_engine_run_side_by_side_for_a_minute() {
         2,
         "each server labels with its own pool: {a_pool:?}"
     );
-    let prefix = berth_tests::plane::prefix_of("local", &a.state.path().join("dev/node"));
+    let prefix = a.prefix();
     let victim = format!("{prefix}.default.{}.web.1", first.name);
     let engine_id = || {
         let out = Command::new("docker")
