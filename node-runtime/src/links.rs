@@ -235,8 +235,15 @@ async fn carry<'l>(
     channels: &Channels,
 ) -> Result<(), String> {
     let mut failures = Vec::new();
-    for link in links {
-        match open(id, link, signer, channels).await {
+    let links: Vec<&Link> = links.collect();
+    for (n, link) in links.iter().enumerate() {
+        // The last node left is given as long as the caller waits: skipping it gains
+        // nothing, and a loaded node may take longer than OPEN_WITHIN to answer.
+        let within = match n + 1 < links.len() {
+            true => OPEN_WITHIN,
+            false => LAST_OPEN_WITHIN,
+        };
+        match open(id, link, signer, channels, within).await {
             Ok((tx, answer)) => {
                 let _counted = Counted::new(spread, &link.node);
                 return pipe(socket, tx, answer).await;
@@ -271,6 +278,7 @@ async fn open(
     link: &Link,
     signer: &Signer,
     channels: &Channels,
+    within: std::time::Duration,
 ) -> Result<Opened, String> {
     let token = biscuit_auth::UnverifiedBiscuit::from_base64(&link.token)
         .and_then(|t| t.to_vec())
@@ -302,11 +310,11 @@ async fn open(
     // yet seen closed) is skipped like one that refuses, so that the connection goes
     // on to the next node while its client still waits.
     let answer = tokio::time::timeout(
-        OPEN_WITHIN,
+        within,
         client.tunnel(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
     .await
-    .map_err(|_| format!("node {} did not answer within {OPEN_WITHIN:?}", link.node))?
+    .map_err(|_| format!("node {} did not answer within {within:?}", link.node))?
     .map_err(|s| format!("node {} refused the tunnel: {}", link.node, s.message()))?
     .into_inner();
     Ok((tx, answer))
@@ -314,6 +322,9 @@ async fn open(
 
 /// How long a node has to open a tunnel before the next node is tried.
 const OPEN_WITHIN: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// How long the last node left has to open a tunnel.
+const LAST_OPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Pipes `socket` both ways through an opened tunnel until either side ends.
 async fn pipe(
