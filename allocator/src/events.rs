@@ -8,12 +8,12 @@ use std::collections::HashMap;
 
 use berth_protocol::assignment::TopologyRef;
 use berth_protocol::node_api::ReplicaStatus;
+use berth_protocol::replica::ReplicaState;
 use berth_protocol::topology::Topology;
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::entity::replica_event;
 use crate::placement::Placed;
@@ -23,36 +23,18 @@ use crate::{Allocator, AllocatorError};
 /// How many events a topology keeps.
 pub const KEPT: u64 = 500;
 
-/// One event of one replica.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Event {
-    /// When, Unix milliseconds.
-    pub at_ms: i64,
-    /// `placed`, `rescheduled`, `removed`, `started`, `failed`, or another reported state.
-    pub kind: String,
-    /// The service.
-    pub service: String,
-    /// The replica number.
-    pub replica: u32,
-    /// The generation it speaks of.
-    pub generation: u64,
-    /// The node concerned.
-    pub node: String,
-    /// More, in words.
-    pub detail: String,
-}
+pub use berth_api::topologies::{Event, EventKind};
 
-impl Event {
-    fn new(kind: &str, slot: &Placed, detail: String) -> Self {
-        Self {
-            at_ms: 0,
-            kind: kind.to_owned(),
-            service: slot.service.clone(),
-            replica: slot.replica,
-            generation: slot.generation,
-            node: slot.node.clone(),
-            detail,
-        }
+/// An event of `slot`, its time set when it is recorded.
+fn slot_event(kind: EventKind, slot: &Placed, detail: String) -> Event {
+    Event {
+        at_ms: 0,
+        kind,
+        service: slot.service.clone(),
+        replica: slot.replica,
+        generation: slot.generation,
+        node: slot.node.clone(),
+        detail,
     }
 }
 
@@ -66,17 +48,21 @@ pub(crate) fn placement_events(before: &[Placed], after: &[Placed]) -> Vec<Event
     for slot in after {
         match old.get(&(slot.service.as_str(), slot.replica)) {
             Some(was) if was.generation == slot.generation => {}
-            Some(was) if was.node != slot.node => events.push(Event::new(
-                "rescheduled",
+            Some(was) if was.node != slot.node => events.push(slot_event(
+                EventKind::Rescheduled,
                 slot,
                 format!("moved from {} to {}", was.node, slot.node),
             )),
-            Some(_) => events.push(Event::new(
-                "placed",
+            Some(_) => events.push(slot_event(
+                EventKind::Placed,
                 slot,
                 "replaced where it was".to_owned(),
             )),
-            None => events.push(Event::new("placed", slot, format!("on {}", slot.node))),
+            None => events.push(slot_event(
+                EventKind::Placed,
+                slot,
+                format!("on {}", slot.node),
+            )),
         }
     }
     let kept: std::collections::HashSet<(&str, u32)> = after
@@ -85,23 +71,14 @@ pub(crate) fn placement_events(before: &[Placed], after: &[Placed]) -> Vec<Event
         .collect();
     for was in before {
         if !kept.contains(&(was.service.as_str(), was.replica)) {
-            events.push(Event::new(
-                "removed",
+            events.push(slot_event(
+                EventKind::Removed,
                 was,
                 format!("no longer wanted on {}", was.node),
             ));
         }
     }
     events
-}
-
-/// The word for a state a node reported.
-fn state_kind(state: &str) -> &str {
-    match state {
-        "running" => "started",
-        "failed" | "exited" | "dead" => "failed",
-        other => other,
-    }
 }
 
 /// What a report changes: each replica whose state (or generation) differs from what
@@ -130,7 +107,7 @@ pub(crate) fn state_events(
                 },
                 Event {
                     at_ms: 0,
-                    kind: state_kind(&s.state).to_owned(),
+                    kind: EventKind::of_state(ReplicaState::parse(&s.state)),
                     service: s.service.clone(),
                     replica: s.replica,
                     generation: s.generation,
@@ -160,7 +137,7 @@ pub(crate) async fn record(
             replica: Set(i64::from(e.replica)),
             generation: Set(to_i64(e.generation)),
             node: Set(e.node.clone()),
-            kind: Set(e.kind.clone()),
+            kind: Set(e.kind.as_str().to_owned()),
             detail: Set(e.detail.clone()),
             at_ms: Set(now_ms),
             ..Default::default()
@@ -198,13 +175,13 @@ impl Allocator {
         &self,
         id: &TopologyRef,
         service: &str,
-        kind: &str,
+        kind: EventKind,
         detail: &str,
         now_ms: i64,
     ) -> Result<(), AllocatorError> {
         let event = Event {
             at_ms: now_ms,
-            kind: kind.to_owned(),
+            kind,
             service: service.to_owned(),
             replica: 0,
             generation: 0,
@@ -248,7 +225,7 @@ impl Allocator {
             .into_iter()
             .map(|r| Event {
                 at_ms: r.at_ms,
-                kind: r.kind,
+                kind: EventKind::parse(&r.kind),
                 service: r.service,
                 replica: u32::try_from(r.replica).unwrap_or(0),
                 generation: u64::try_from(r.generation).unwrap_or(0),

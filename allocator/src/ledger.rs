@@ -19,48 +19,14 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use berth_api::audit::{Entry, EntryKind, Filter, Verification};
 
 use crate::entity::{audit_entry, revocation};
 
 /// How stale the revocation cache may be, for revocations made by another process.
 pub const REVOCATION_REFRESH: Duration = Duration::from_secs(1);
-
-/// What an entry records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    /// A token was made.
-    Minted,
-    /// A token was narrowed by its holder and the narrower token shown to Berth.
-    Attenuated,
-    /// A token was made anew before the old one expired.
-    Renewed,
-    /// Revocation ids were revoked.
-    Revoked,
-    /// An authorization decision (allowed or denied, with the reason).
-    Decision,
-    /// A root key was introduced or retired.
-    RootKey,
-    /// A tenant's policy was changed by an admin.
-    Policy,
-}
-
-impl EntryKind {
-    /// The word stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Minted => "minted",
-            Self::Attenuated => "attenuated",
-            Self::Renewed => "renewed",
-            Self::Revoked => "revoked",
-            Self::Decision => "decision",
-            Self::RootKey => "root-key",
-            Self::Policy => "policy",
-        }
-    }
-}
 
 /// An entry to append.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,54 +43,6 @@ pub struct NewEntry {
     pub detail: String,
     /// The token's revocation ids, hex.
     pub revocation_ids: Vec<String>,
-}
-
-/// An entry as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Entry {
-    /// Its place in the chain, from 1.
-    pub seq: u64,
-    /// When, Unix milliseconds.
-    pub at_ms: i64,
-    /// What it records (`minted`, `revoked`, ...).
-    pub kind: String,
-    /// Who acted.
-    pub actor: String,
-    /// The tenant concerned.
-    pub tenant: String,
-    /// What it is about.
-    pub subject: String,
-    /// The token's datalog or the decision's reason.
-    pub detail: String,
-    /// The token's revocation ids, hex.
-    pub revocation_ids: Vec<String>,
-    /// The hash of the entry before.
-    pub prev_hash: String,
-    /// This entry's hash.
-    pub hash: String,
-}
-
-/// What [`Ledger::verify`] found.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Verification {
-    /// Whether every entry is intact and in place.
-    pub intact: bool,
-    /// How many entries were checked.
-    pub entries: u64,
-    /// The hash of the last entry (the head of the chain).
-    pub head: String,
-    /// The first problem found, naming the entry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-    /// The anchor to keep outside the database (`SEQ:HASH` of the head), so that a
-    /// later verification can tell a rewritten or cut history (empty for an empty
-    /// ledger).
-    #[serde(default)]
-    pub anchor: String,
-    /// The witness's anchor the chain was checked against, when the server keeps a
-    /// witness and no other anchor was given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub witnessed: Option<crate::witness::Witnessed>,
 }
 
 /// A point of the chain kept outside the database (`SEQ:HASH`): entry `seq` had
@@ -171,27 +89,22 @@ impl std::fmt::Display for Anchor {
     }
 }
 
-/// Which entries to list.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct Filter {
-    /// Only this kind.
-    pub kind: Option<String>,
-    /// Only this tenant.
-    pub tenant: Option<String>,
-    /// Only entries whose subject contains this.
-    pub subject: Option<String>,
-    /// At most this many, newest first (default 100, at most 1000).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<u64>,
-}
-
 /// Failures of the ledger.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// The database failed: nothing was recorded.
     #[error("the audit ledger cannot be written: {0}")]
     Database(#[from] DbErr),
+    /// An entry holds a kind Berth never writes: the database was changed by hand.
+    #[error(
+        "ledger entry {seq} has kind {kind:?}, which Berth never writes: the ledger was changed outside Berth"
+    )]
+    Corrupt {
+        /// The entry.
+        seq: i64,
+        /// What it says.
+        kind: String,
+    },
 }
 
 #[derive(Debug)]
@@ -252,11 +165,17 @@ fn with_anchor(found: Verification) -> Verification {
     }
 }
 
-pub(crate) fn entry_of(row: audit_entry::Model) -> Entry {
-    Entry {
+/// The entry a stored row holds; a row whose kind no version of Berth writes was not
+/// written by Berth.
+pub(crate) fn entry_of(row: audit_entry::Model) -> Result<Entry, LedgerError> {
+    let kind = EntryKind::parse(&row.kind).ok_or_else(|| LedgerError::Corrupt {
+        seq: row.seq,
+        kind: row.kind.clone(),
+    })?;
+    Ok(Entry {
         seq: u64::try_from(row.seq).unwrap_or(0),
         at_ms: row.at_ms,
-        kind: row.kind,
+        kind,
         actor: row.actor,
         tenant: row.tenant,
         subject: row.subject,
@@ -269,7 +188,7 @@ pub(crate) fn entry_of(row: audit_entry::Model) -> Entry {
             .collect(),
         prev_hash: row.prev_hash,
         hash: row.hash,
-    }
+    })
 }
 
 impl Ledger {
@@ -332,7 +251,7 @@ impl Ledger {
                 .exec_without_returning(&self.db)
                 .await
             {
-                Ok(_) => return Ok(entry_of(row)),
+                Ok(_) => return entry_of(row),
                 // Another process appended this seq first: chain after it.
                 Err(_) if attempt < 20 => attempt += 1,
                 Err(e) => return Err(e.into()),
@@ -481,7 +400,7 @@ impl Ledger {
         }
         let limit = filter.limit.unwrap_or(100).min(1000);
         let rows = query.limit(limit).all(&self.db).await?;
-        Ok(rows.into_iter().map(entry_of).collect())
+        rows.into_iter().map(entry_of).collect()
     }
 
     /// The entry that minted (or renewed) the token whose first revocation id is `id`,
@@ -495,7 +414,7 @@ impl Ledger {
             .filter(audit_entry::Column::Subject.eq(id))
             .one(&self.db)
             .await?;
-        Ok(row.map(entry_of))
+        row.map(entry_of).transpose()
     }
 
     /// The first revocation ids of every token minted (or renewed) for `tenant` since
@@ -527,7 +446,7 @@ impl Ledger {
             return Ok(None);
         };
         let row = audit_entry::Entity::find_by_id(seq).one(&self.db).await?;
-        Ok(row.map(entry_of))
+        row.map(entry_of).transpose()
     }
 
     /// Revokes `ids` (a token's, or one block's and so every token attenuated from

@@ -12,58 +12,12 @@ use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::entity::{assignment, node, placement, replica_status};
 use crate::service::to_i64;
-use crate::{Allocator, AllocatorError, Limit, Resources};
+use crate::{Allocator, AllocatorError};
 
-/// Whether a node takes new replicas and keeps the ones it has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeState {
-    /// Takes new replicas.
-    Active,
-    /// Keeps its replicas, takes no new ones.
-    Cordoned,
-    /// Its replicas are moved elsewhere; takes no new ones.
-    Draining,
-    /// Declared dead by the failure detector: its replicas were placed elsewhere; it
-    /// becomes active again when it heartbeats.
-    Down,
-}
-
-/// One node of the pool.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct NodeInfo {
-    /// Its name.
-    pub name: String,
-    /// What it can hold (unset: unlimited).
-    pub capacity: Limit,
-    /// What is reserved on it.
-    pub used: Resources,
-    /// The labels it joined with.
-    pub labels: BTreeMap<String, String>,
-    /// Active, cordoned or draining.
-    pub state: NodeState,
-    /// Where it serves its node API, as it last said (empty: it serves none).
-    #[serde(default)]
-    pub address: String,
-    /// Whether it enforces its firewall on its host: "enforced", "off" (its admin runs
-    /// their own), or empty (it has not said).
-    #[serde(default)]
-    pub firewall: String,
-}
-
-/// The outcome of a drain.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Drained {
-    /// Topologies whose replicas moved off the node, as `tenant/topology`.
-    pub moved: Vec<String>,
-    /// Topologies that could not move, with the reason; their replicas stay where they
-    /// are until there is room elsewhere and the drain is run again.
-    pub stuck: Vec<String>,
-}
+pub use berth_api::nodes::{Drained, NodeInfo, NodeState};
 
 /// The latest status a node reported for one replica.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -222,9 +222,10 @@ impl Allocator {
             .iter()
             .filter(|a| !moving.contains(&a.replica))
             .filter(|a| {
-                statuses
-                    .get(&a.replica)
-                    .is_none_or(|(g, state)| *g != a.generation || state != "running")
+                statuses.get(&a.replica).is_none_or(|(g, state)| {
+                    *g != a.generation
+                        || !berth_protocol::replica::ReplicaState::parse(state).is_running()
+                })
             })
             .count();
         Ok(u32::try_from(down).unwrap_or(u32::MAX))
@@ -298,7 +299,7 @@ impl Allocator {
             };
             let event = crate::events::Event {
                 at_ms: now_ms,
-                kind: "rescheduled".to_owned(),
+                kind: crate::events::EventKind::Rescheduled,
                 service: current.service.clone(),
                 replica: u32::try_from(current.replica).unwrap_or(0),
                 generation: u64::try_from(generation).unwrap_or(0),
@@ -390,7 +391,7 @@ impl Allocator {
         // usually none), then the running new copies among them.
         let topologies: BTreeSet<(&str, &str)> = current
             .iter()
-            .filter(|s| s.state == "running")
+            .filter(|s| berth_protocol::replica::ReplicaState::parse(&s.state).is_running())
             .map(|s| (s.tenant.as_str(), s.topology.as_str()))
             .collect();
         let mut moves: HashMap<(String, String, String, i64), lingering::Model> = HashMap::new();
@@ -411,7 +412,10 @@ impl Allocator {
             }
         }
         let mut told = BTreeSet::new();
-        for s in current.iter().filter(|s| s.state == "running") {
+        for s in current
+            .iter()
+            .filter(|s| berth_protocol::replica::ReplicaState::parse(&s.state).is_running())
+        {
             let key = (
                 s.tenant.clone(),
                 s.topology.clone(),

@@ -2,50 +2,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
-/// An amount of the three resources Berth accounts for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Resources {
-    /// CPU in thousandths of a core.
-    pub cpu_millis: u64,
-    /// Memory in bytes.
-    pub memory_bytes: u64,
-    /// Containers.
-    pub containers: u64,
-}
-
-impl Resources {
-    /// The sum, saturating.
-    pub fn plus(self, other: Resources) -> Resources {
-        Resources {
-            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
-            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
-            containers: self.containers.saturating_add(other.containers),
-        }
-    }
-
-    /// Whether `self` fits within `limit` in every dimension that has a limit.
-    pub fn fits(self, limit: &Limit) -> bool {
-        limit.cpu_millis.is_none_or(|l| self.cpu_millis <= l)
-            && limit.memory_bytes.is_none_or(|l| self.memory_bytes <= l)
-            && limit.containers.is_none_or(|l| self.containers <= l)
-    }
-}
-
-/// Upper bounds per dimension; `None` is unlimited. Used for quotas and capacities.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Limit {
-    /// CPU in thousandths of a core.
-    #[schema(maximum = 9_007_199_254_740_992_u64)]
-    pub cpu_millis: Option<u64>,
-    /// Memory in bytes.
-    #[schema(maximum = 9_007_199_254_740_992_u64)]
-    pub memory_bytes: Option<u64>,
-    /// Containers.
-    #[schema(maximum = 9_007_199_254_740_992_u64)]
-    pub containers: Option<u64>,
-}
+pub use berth_api::{Limit, Resources};
 
 /// Which quota a request exceeds, and by how much.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -20,7 +20,8 @@ use biscuit_auth::{Algorithm, KeyPair, PrivateKey};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
 };
-use serde::{Deserialize, Serialize};
+
+pub use berth_api::audit::RootKeyInfo;
 
 use crate::entity::root_key;
 use crate::sealing::SealingKey;
@@ -29,20 +30,6 @@ use crate::sealing::SealingKey;
 /// new key reaches connected nodes on their streams at once, and within two rechecks
 /// of a stream at worst; this leaves room for both.
 pub const PROPAGATION: Duration = Duration::from_secs(5);
-
-/// One key, as listed (never its private half).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RootKeyInfo {
-    /// The id tokens carry.
-    pub id: u32,
-    /// The public key, as biscuit tools take it: `ed25519/HEX`.
-    pub public_key: String,
-    /// Whether new tokens are signed with it (exactly one key is).
-    pub signing: bool,
-    /// When a newer key took over signing, Unix milliseconds; absent for the signing key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub superseded_at_ms: Option<i64>,
-}
 
 /// Why a key cannot be retired.
 #[derive(Debug, thiserror::Error)]

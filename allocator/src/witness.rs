@@ -22,22 +22,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use berth_api::audit::Witnessed;
 
 use crate::ledger::{Anchor, Ledger, LedgerError, Verification};
 
 /// How much of the file's end is read for the last anchor (a line is under 100
 /// bytes).
 const TAIL: u64 = 4096;
-
-/// An anchor the witness took, and when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Witnessed {
-    /// The anchor (`SEQ:HASH`).
-    pub anchor: String,
-    /// When it was taken, in Unix milliseconds.
-    pub at_ms: i64,
-}
 
 /// Failures of the witness.
 #[derive(Debug, thiserror::Error)]

@@ -8,17 +8,22 @@ use berth_allocator::ledger::{Entry, EntryKind, Filter, LedgerError, NewEntry, V
 use berth_allocator::root_keys::{RootKeyError, RootKeyInfo};
 use berth_allocator::witness::Witnessed;
 use berth_protocol::capability::{self, Authorized, Operation};
-use serde::{Deserialize, Serialize};
 
 use crate::limits::Kind;
-use crate::{ApiError, ErrorBody, Gateway, now_ms};
+use berth_api::ErrorBody;
+use berth_api::ErrorCode;
+use berth_api::audit::{
+    DecisionExplained, Explained, GraphQuery, RetireQuery, Revoke, VerifyQuery,
+};
+
+use crate::{ApiError, Gateway, now_ms};
 
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> Self {
         tracing::error!(error = %e, "audit ledger failed");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "ledger_unavailable",
+            ErrorCode::LedgerUnavailable,
             e.to_string(),
         )
     }
@@ -33,7 +38,7 @@ impl Gateway {
         if self.ledger.is_revoked(revocation_ids).await? {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthenticated",
+                ErrorCode::Unauthenticated,
                 "the token has been revoked",
             ));
         }
@@ -192,7 +197,7 @@ pub(crate) async fn verify(
         (None, Some(witness)) => witness.last().map_err(|e| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "witness_unreadable",
+                ErrorCode::WitnessUnreadable,
                 e.to_string(),
             )
         })?,
@@ -205,29 +210,6 @@ pub(crate) async fn verify(
         at_ms,
     });
     Ok(HttpResponse::Ok().json(found))
-}
-
-/// Whose auditor asks, and against what.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct VerifyQuery {
-    /// The auditor's own tenant (admins may leave it out).
-    pub tenant: Option<String>,
-    /// An anchor kept from an earlier verification (`SEQ:HASH`): that entry must still
-    /// be there with that hash.
-    #[param(pattern = "^[1-9][0-9]{0,18}:[0-9a-fA-F]{64}$")]
-    pub anchor: Option<String>,
-}
-
-/// A token explained.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Explained {
-    /// The entry that minted it.
-    pub minted: Entry,
-    /// Whether any of its revocation ids is revoked.
-    pub revoked: bool,
-    /// Every later entry about it (attenuations, revocations), oldest first.
-    pub history: Vec<Entry>,
 }
 
 /// `GET /v1/audit/tokens/{id}`: a token by its first revocation id.
@@ -254,7 +236,7 @@ pub(crate) async fn explain(
         gw.authorize(&request, Operation::Audit, "*", None).await?;
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("no token was minted with revocation id {id}"),
         ));
     };
@@ -291,27 +273,6 @@ impl Gateway {
             history,
         })
     }
-}
-
-/// `POST /v1/audit/revocations`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Revoke {
-    /// Revocation ids, hex: a token's first id revokes it and every token attenuated
-    /// from it; a later block's id revokes only the tokens that carry that block.
-    #[serde(default)]
-    pub ids: Vec<String>,
-    /// Instead of ids: every delegation in force that this node calls with or is
-    /// called under.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// Instead of ids: every token minted for this tenant that may still be valid
-    /// (sessions and delegations).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    /// Why, for the ledger.
-    #[serde(default)]
-    pub reason: String,
 }
 
 #[utoipa::path(
@@ -415,7 +376,7 @@ pub(crate) async fn revoke(
     if ids.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             "no token of that node or tenant may still be valid: nothing to revoke",
         ));
     }
@@ -428,17 +389,6 @@ pub(crate) async fn revoke(
     Ok(HttpResponse::Ok().json(entry))
 }
 
-/// Which part of the graph, in which form.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct GraphQuery {
-    /// Only delegations to this tenant's services (auditors must name their own).
-    pub tenant: Option<String>,
-    /// `json` (the default) or `dot` (Graphviz).
-    #[param(pattern = "^(json|dot)$")]
-    pub format: Option<String>,
-}
-
 /// `GET /v1/audit/graph`: who can call what now.
 #[utoipa::path(
     get,
@@ -447,7 +397,7 @@ pub struct GraphQuery {
     params(GraphQuery),
     responses(
         (status = 200, description = "The delegations in force: JSON, or DOT with format=dot", content(
-            (berth_allocator::reach::Reach = "application/json"),
+            (berth_api::audit::Reach = "application/json"),
             (String = "text/vnd.graphviz"),
         )),
         (status = 400, description = "Unknown format", body = ErrorBody),
@@ -487,24 +437,6 @@ pub(crate) async fn graph(
     })
 }
 
-/// A decision explained.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DecisionExplained {
-    /// The decision as the deciding node reported it (`actor` is that node).
-    pub decision: Entry,
-    /// Whether the call was allowed.
-    pub allowed: bool,
-    /// The authorizer's reason.
-    pub reason: String,
-    /// The token presented, as Berth minted it, when Berth minted it; absent for a
-    /// token Berth never minted (garbage, or signed by a forged root).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<Explained>,
-    /// Revocation ids of blocks of the presented token that Berth never minted nor
-    /// saw: blocks its holder appended.
-    pub unknown_blocks: Vec<String>,
-}
-
 /// `GET /v1/audit/decisions/{seq}`: a node-API decision, with the token it was about.
 #[utoipa::path(
     get,
@@ -529,12 +461,12 @@ pub(crate) async fn decision(
         .ledger
         .entry(*seq)
         .await?
-        .filter(|e| e.kind == EntryKind::Decision.as_str());
+        .filter(|e| e.kind == EntryKind::Decision);
     let Some(decision) = found else {
         gw.authorize(&request, Operation::Audit, "*", None).await?;
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("entry {seq} is not a decision"),
         ));
     };
@@ -607,10 +539,10 @@ impl From<RootKeyError> for ApiError {
     fn from(e: RootKeyError) -> Self {
         match &e {
             RootKeyError::Unknown(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string())
             }
             RootKeyError::Signing(_) | RootKeyError::TooSoon { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
             }
             RootKeyError::Store { .. } | RootKeyError::Database(_) => {
                 ApiError::internal(e.to_string())
@@ -669,15 +601,6 @@ pub(crate) async fn rotate_root_key(
     gw.nodes.root_keys_changed();
     tracing::info!(key = key.id, "root key rotated");
     Ok(HttpResponse::Created().json(key))
-}
-
-/// Whether to retire a key whose tokens may still be valid.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct RetireQuery {
-    /// Retire now: tokens the key signed are refused at once.
-    #[serde(default)]
-    pub force: bool,
 }
 
 /// `DELETE /v1/root-keys/{id}`: tokens under this key are refused from now on, by the

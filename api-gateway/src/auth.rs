@@ -15,6 +15,8 @@ use actix_web::{HttpMessage, HttpRequest, web};
 use berth_protocol::capability::{self, Denied, Operation, Role, Verified};
 
 use crate::limits::Kind;
+use berth_api::ErrorCode;
+
 use crate::{ApiError, Gateway, now_ms};
 
 /// How many verified session tokens a gateway keeps.
@@ -54,7 +56,11 @@ pub(crate) enum Caller {
 }
 
 fn unauthenticated(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthenticated,
+        message,
+    )
 }
 
 impl Gateway {
@@ -164,7 +170,7 @@ impl Gateway {
             Err(e @ (Denied::Invalid(_) | Denied::Expired)) => Err(unauthenticated(e.to_string())),
             Err(e @ Denied::Forbidden { .. }) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 e.to_string(),
             )),
         }

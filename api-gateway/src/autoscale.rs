@@ -121,7 +121,13 @@ async fn round(
                 && said != state.last_said
             {
                 gw.allocator
-                    .record_service_event(&id, name, "autoscaled", &said, crate::now_ms())
+                    .record_service_event(
+                        &id,
+                        name,
+                        berth_allocator::events::EventKind::Autoscaled,
+                        &said,
+                        crate::now_ms(),
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::info!(topology = %id, service = %name, "{said}");

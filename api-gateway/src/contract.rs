@@ -15,6 +15,8 @@ use actix_web::{FromRequest, HttpRequest, web};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use berth_api::ErrorCode;
+
 use crate::{ApiError, MOST_BODY_BYTES};
 
 /// Tenants, users and nodes: a DNS label in lower case.
@@ -60,7 +62,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
             if !is_json {
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
+                    ErrorCode::UnsupportedMediaType,
                     "the request body must be JSON, sent as `Content-Type: application/json`",
                 )
                 .into());
@@ -69,7 +71,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
                 if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
+                        ErrorCode::TooLarge,
                         format!("the request body is larger than {MOST_BODY_BYTES} bytes"),
                     )
                 } else {

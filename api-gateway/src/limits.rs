@@ -16,7 +16,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use berth_protocol::capability::Operation;
 use berth_protocol::limits::{Bucket, Effective, Rate, TenantLimits};
 
-use crate::{ApiError, ErrorBody, Gateway, now_ms, valid_tenant};
+use berth_api::{ErrorBody, ErrorCode};
+
+use crate::tenants::valid_tenant;
+use crate::{ApiError, Gateway, now_ms};
 
 /// How often each process rereads the limits admins set.
 const REFRESH_MS: i64 = 5_000;
@@ -146,7 +149,7 @@ impl LoginSources {
                 let retry_s = ApiError::seconds_of(retry_ms);
                 ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "throttled",
+                    ErrorCode::Throttled,
                     format!("too many logins from {source}; try again in {retry_s} s"),
                 )
                 .retry_after(retry_s)
@@ -176,7 +179,7 @@ impl Gateway {
             let retry_s = ApiError::seconds_of(retry_ms);
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 format!(
                     "tenant {tenant:?} is over its {} rate; try again in {retry_s} s (an admin sets it with `berth limits set`)",
                     kind.as_str()

@@ -184,7 +184,7 @@ async fn no_request_makes_the_gateway_fail_with_a_5xx() {
             String::from_utf8_lossy(&body)
         );
         if status.is_client_error() {
-            let error: Result<berth_api_gateway::ErrorBody, _> = serde_json::from_slice(&body);
+            let error: Result<berth_api::ErrorBody, _> = serde_json::from_slice(&body);
             assert!(
                 error.is_ok(),
                 "{method} {path}: a {status} without a JSON error body: {}",

@@ -64,11 +64,7 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     // Connect to Docker first, so that `berth dev` without it fails before serving.
     let docker = if config.local_node {
-        Some(
-            berth_node_runtime::docker::DockerDriver::connect()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )
+        Some(berth_node_runtime::docker::DockerDriver::connect().await?)
     } else {
         None
     };
@@ -452,8 +448,7 @@ async fn dev_node(
     };
     let driver =
         berth_node_runtime::docker::DockerDriver::connect_scoped(agent::scope_of(&identity))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .await?;
     let reconciler = berth_node_runtime::reconcile::Reconciler::new(
         std::sync::Arc::new(driver),
         berth_node_runtime::reconcile::ReconcileOptions::default(),

@@ -8,5 +8,6 @@ pub mod capability;
 pub mod delegation;
 pub mod limits;
 pub mod node_api;
+pub mod replica;
 pub mod token_cache;
 pub mod topology;

@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, web};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use crate::api::{JoinToken, Limit, Node, Tenant};
+use crate::api::{Limit, NewJoinToken, Node, NodeState, Tenant, status_of};
 use crate::{Signed, page, see_other};
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
@@ -70,7 +70,7 @@ fn tenants_page(
 }
 
 async fn tenants(user: Signed) -> HttpResponse {
-    match user.api.get::<Vec<Tenant>>("/v1/tenants").await {
+    match user.api.tenants().await {
         Ok(tenants) => tenants_page(&user, &tenants, None, StatusCode::OK),
         Err(failure) => page::failure(Some(&user.session), &failure),
     }
@@ -124,21 +124,17 @@ async fn set_quota(
     form: web::Form<QuotaForm>,
 ) -> HttpResponse {
     let result = match parse_quota(&form) {
-        Ok(limit) => user
-            .api
-            .put::<serde_json::Value>(&format!("/v1/tenants/{tenant}/quota"), &limit)
-            .await
-            .map_err(|f| {
-                (
-                    StatusCode::from_u16(f.status()).unwrap_or(StatusCode::BAD_GATEWAY),
-                    f.message().to_owned(),
-                )
-            }),
+        Ok(limit) => user.api.set_quota(&tenant, &limit).await.map_err(|f| {
+            (
+                StatusCode::from_u16(status_of(&f)).unwrap_or(StatusCode::BAD_GATEWAY),
+                f.to_string(),
+            )
+        }),
         Err(problem) => Err((StatusCode::BAD_REQUEST, problem)),
     };
     match result {
         Ok(_) => see_other("/ui/admin/tenants"),
-        Err((status, problem)) => match user.api.get::<Vec<Tenant>>("/v1/tenants").await {
+        Err((status, problem)) => match user.api.tenants().await {
             Ok(tenants) => tenants_page(
                 &user,
                 &tenants,
@@ -159,14 +155,14 @@ fn nodes_table(nodes: &[Node]) -> Markup {
                     @for n in nodes {
                         tr data-node=(n.name) data-state=(n.state) {
                             td { (n.name) }
-                            td { (page::state(&n.state)) }
+                            td { (page::state(n.state.as_str())) }
                             td { (page::bar(n.used.cpu_millis, n.capacity.cpu_millis, page::cores)) }
                             td { (page::bar(n.used.memory_bytes, n.capacity.memory_bytes, page::bytes)) }
                             td { (page::bar(n.used.containers, n.capacity.containers, page::count)) }
                             td.firewall { @if n.firewall.is_empty() { "—" } @else { (n.firewall) } }
                             td { @for (k, v) in &n.labels { code { (k) "=" (v) } " " } }
                             td {
-                                @for action in actions(&n.state) {
+                                @for action in actions(n.state) {
                                     form.inline method="post" action={ "/ui/admin/nodes/" (n.name) "/" (action) } {
                                         button.quiet type="submit" aria-label={ (action) " " (n.name) } { (action) }
                                     }
@@ -182,12 +178,12 @@ fn nodes_table(nodes: &[Node]) -> Markup {
 }
 
 /// What may be done to a node in `state`.
-fn actions(state: &str) -> &'static [&'static str] {
+fn actions(state: NodeState) -> &'static [&'static str] {
     match state {
-        "active" => &["cordon", "drain"],
-        "cordoned" => &["uncordon", "drain"],
-        "draining" => &["uncordon"],
-        _ => &[],
+        NodeState::Active => &["cordon", "drain"],
+        NodeState::Cordoned => &["uncordon", "drain"],
+        NodeState::Draining => &["uncordon"],
+        NodeState::Down => &[],
     }
 }
 
@@ -215,14 +211,14 @@ fn nodes_page(
 }
 
 async fn nodes(user: Signed) -> HttpResponse {
-    match user.api.get::<Vec<Node>>("/v1/nodes").await {
+    match user.api.nodes().await {
         Ok(nodes) => nodes_page(&user, &nodes, None, StatusCode::OK),
         Err(failure) => page::failure(Some(&user.session), &failure),
     }
 }
 
 async fn nodes_live(user: Signed) -> HttpResponse {
-    match user.api.get::<Vec<Node>>("/v1/nodes").await {
+    match user.api.nodes().await {
         Ok(nodes) => page::fragment(&nodes_table(&nodes)),
         Err(failure) => page::failure(Some(&user.session), &failure),
     }
@@ -237,19 +233,18 @@ async fn node_action(user: Signed, path: web::Path<(String, String)>) -> HttpRes
             &format!("{action:?} is not something a node can be asked to do"),
         );
     }
-    let outcome = user
-        .api
-        .post::<serde_json::Value>(
-            &format!("/v1/nodes/{node}/{action}"),
-            &serde_json::json!({}),
-        )
-        .await;
+    let outcome = match action.as_str() {
+        "cordon" => user.api.cordon(&node).await.map(drop),
+        "uncordon" => user.api.uncordon(&node).await.map(drop),
+        _ => user.api.drain(&node).await.map(drop),
+    };
     match outcome {
         Ok(_) => see_other("/ui/admin/nodes"),
         Err(failure) => {
-            let status = StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let notice = html! { p.problem role="alert" { "Could not " (action) " " (node) ": " (failure.message()) } };
-            match user.api.get::<Vec<Node>>("/v1/nodes").await {
+            let status =
+                StatusCode::from_u16(status_of(&failure)).unwrap_or(StatusCode::BAD_GATEWAY);
+            let notice = html! { p.problem role="alert" { "Could not " (action) " " (node) ": " (failure.to_string()) } };
+            match user.api.nodes().await {
                 Ok(nodes) => nodes_page(&user, &nodes, Some(notice), status),
                 Err(failure) => page::failure(Some(&user.session), &failure),
             }
@@ -258,11 +253,7 @@ async fn node_action(user: Signed, path: web::Path<(String, String)>) -> HttpRes
 }
 
 async fn join_token(user: Signed) -> HttpResponse {
-    let token = match user
-        .api
-        .post::<JoinToken>("/v1/join-tokens", &serde_json::json!({}))
-        .await
-    {
+    let token = match user.api.join_token(&NewJoinToken::default()).await {
         Ok(token) => token,
         Err(failure) => return page::failure(Some(&user.session), &failure),
     };
@@ -272,7 +263,7 @@ async fn join_token(user: Signed) -> HttpResponse {
             pre #join-command { (token.join_command) }
         }
     };
-    match user.api.get::<Vec<Node>>("/v1/nodes").await {
+    match user.api.nodes().await {
         Ok(nodes) => nodes_page(&user, &nodes, Some(notice), StatusCode::OK),
         Err(failure) => page::failure(Some(&user.session), &failure),
     }

@@ -7,7 +7,9 @@ use actix_web::{HttpResponse, web};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use crate::api::{Decision, Entry, Explained, Reach, Session, Verification};
+use crate::api::{
+    Entry, EntryKind, Explained, Filter, Reach, Revoke, Session, Verification, VerifyQuery,
+};
 use crate::{Signed, encode, page, see_other, svg};
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
@@ -44,21 +46,6 @@ fn scope<'a>(session: &'a Session, asked: Option<&'a str>) -> Option<&'a str> {
         asked.filter(|t| !t.is_empty())
     } else {
         Some(&session.tenant)
-    }
-}
-
-fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
-    let parts: Vec<String> = pairs
-        .iter()
-        .filter_map(|(k, v)| {
-            v.filter(|v| !v.is_empty())
-                .map(|v| format!("{k}={}", encode(v)))
-        })
-        .collect();
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", parts.join("&"))
     }
 }
 
@@ -115,27 +102,21 @@ async fn ledger(user: Signed, query: web::Query<LedgerQuery>) -> HttpResponse {
         .as_deref()
         .map(str::trim)
         .filter(|a| !a.is_empty());
-    let path = format!(
-        "/v1/audit/entries{}",
-        query_string(&[
-            ("tenant", tenant),
-            ("kind", kind),
-            ("subject", subject),
-            ("limit", Some("200"))
-        ])
-    );
-    let entries: Vec<Entry> = match user.api.get(&path).await {
+    let filter = Filter {
+        kind: kind.map(str::to_owned),
+        tenant: tenant.map(str::to_owned),
+        subject: subject.map(str::to_owned),
+        limit: Some(200),
+    };
+    let entries: Vec<Entry> = match user.api.audit_entries(&filter).await {
         Ok(entries) => entries,
         Err(failure) => return page::failure(Some(&user.session), &failure),
     };
-    let verified: Verification = match user
-        .api
-        .get(&format!(
-            "/v1/audit/verify{}",
-            query_string(&[("tenant", tenant), ("anchor", anchor)])
-        ))
-        .await
-    {
+    let asked = VerifyQuery {
+        tenant: tenant.map(str::to_owned),
+        anchor: anchor.map(str::to_owned),
+    };
+    let verified: Verification = match user.api.verify(&asked).await {
         Ok(v) => v,
         Err(failure) => return page::failure(Some(&user.session), &failure),
     };
@@ -166,7 +147,7 @@ async fn ledger(user: Signed, query: web::Query<LedgerQuery>) -> HttpResponse {
                         @for e in &entries {
                             tr data-kind=(e.kind) data-seq=(e.seq) {
                                 td { (e.seq) } td { (page::when(e.at_ms)) }
-                                td { @if e.kind == "decision" { (page::state(decision_word(e))) " " } (e.kind) }
+                                td { @if e.kind == EntryKind::Decision { (page::state(decision_word(e))) " " } (e.kind) }
                                 td { (e.actor) } td { (e.tenant) } td { (e.subject) }
                                 td { (explain_link(e)) }
                             }
@@ -242,11 +223,7 @@ fn explained(x: &Explained, can_revoke: bool) -> Markup {
 }
 
 async fn token(user: Signed, id: web::Path<String>) -> HttpResponse {
-    match user
-        .api
-        .get::<Explained>(&format!("/v1/audit/tokens/{id}"))
-        .await
-    {
+    match user.api.explain_token(&id).await {
         Ok(x) => {
             let body = html! { h1 { "A token explained" } (explained(&x, user.session.audits())) };
             page::respond(
@@ -259,11 +236,7 @@ async fn token(user: Signed, id: web::Path<String>) -> HttpResponse {
 }
 
 async fn decision(user: Signed, seq: web::Path<u64>) -> HttpResponse {
-    match user
-        .api
-        .get::<Decision>(&format!("/v1/audit/decisions/{seq}"))
-        .await
-    {
+    match user.api.decision(*seq).await {
         Ok(d) => {
             let body = html! {
                 h1 { "Decision " (d.decision.seq) }
@@ -300,14 +273,7 @@ struct GraphQuery {
 
 async fn graph(user: Signed, query: web::Query<GraphQuery>) -> HttpResponse {
     let tenant = scope(&user.session, query.tenant.as_deref());
-    let reach: Reach = match user
-        .api
-        .get(&format!(
-            "/v1/audit/graph{}",
-            query_string(&[("tenant", tenant)])
-        ))
-        .await
-    {
+    let reach: Reach = match user.api.graph(tenant).await {
         Ok(reach) => reach,
         Err(failure) => return page::failure(Some(&user.session), &failure),
     };
@@ -349,8 +315,13 @@ struct RevokeForm {
 }
 
 async fn revoke(user: Signed, form: web::Form<RevokeForm>) -> HttpResponse {
-    let body = serde_json::json!({ "ids": [form.id], "reason": form.reason });
-    match user.api.post::<Entry>("/v1/audit/revocations", &body).await {
+    let asked = Revoke {
+        ids: vec![form.id.clone()],
+        node: None,
+        tenant: None,
+        reason: form.reason.clone(),
+    };
+    match user.api.revoke(&asked).await {
         Ok(_) => see_other(&format!("/ui/audit/tokens/{}", encode(&form.id))),
         Err(failure) => page::failure(Some(&user.session), &failure),
     }

@@ -12,7 +12,7 @@ use berth_protocol::topology::{
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use crate::api::{Deployed, Event, Logs, Session};
+use crate::api::{Deployed, Event, Logs, LogsQuery, Role, Scale, Session, status_of};
 use crate::{Signed, encode, page, see_other, svg};
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
@@ -125,7 +125,7 @@ fn topologies_page(
                 }
             }
         }
-        @if user.session.role != "auditor" { (form) }
+        @if user.session.role != Role::Auditor { (form) }
     };
     page::respond(
         status,
@@ -134,11 +134,7 @@ fn topologies_page(
 }
 
 async fn list(user: Signed, tenant: web::Path<String>) -> HttpResponse {
-    match user
-        .api
-        .get::<Vec<String>>(&format!("/v1/tenants/{tenant}/topologies"))
-        .await
-    {
+    match user.api.topologies(&tenant).await {
         Ok(names) => topologies_page(
             &user,
             &tenant,
@@ -167,11 +163,7 @@ async fn deploy(
         .as_deref()
         .filter(|f| !f.is_empty())
         .unwrap_or("topology.yaml");
-    let names: Vec<String> = user
-        .api
-        .get(&format!("/v1/tenants/{tenant}/topologies"))
-        .await
-        .unwrap_or_default();
+    let names: Vec<String> = user.api.topologies(&tenant).await.unwrap_or_default();
     let refuse = |status: StatusCode, problems: Problems| {
         let form_markup = deploy_form(&tenant, &form.source, Some(&problems));
         topologies_page(&user, &tenant, &names, form_markup, status)
@@ -201,16 +193,15 @@ async fn deploy(
             );
         }
     };
-    let path = format!("/v1/tenants/{tenant}/topologies/{}", topology.name);
-    match user.api.put::<Deployed>(&path, &topology).await {
+    match user.api.deploy(&tenant, &topology).await {
         Ok(_) => see_other(&format!(
             "/ui/tenants/{tenant}/topologies/{}",
             topology.name
         )),
         Err(failure) => refuse(
-            StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::BAD_GATEWAY),
+            StatusCode::from_u16(status_of(&failure)).unwrap_or(StatusCode::BAD_GATEWAY),
             Problems {
-                summary: format!("Not deployed: {}", failure.message()),
+                summary: format!("Not deployed: {failure}"),
                 diagnostics: Vec::new(),
             },
         ),
@@ -219,20 +210,19 @@ async fn deploy(
 
 /// The live part of a topology's page: its graph and its replicas.
 async fn live_part(user: &Signed, tenant: &str, name: &str) -> Result<Markup, HttpResponse> {
-    let base = format!("/v1/tenants/{tenant}/topologies/{name}");
     let deployed: Deployed = user
         .api
-        .get(&base)
+        .status(tenant, name)
         .await
         .map_err(|f| page::failure(Some(&user.session), &f))?;
     let spec: Topology = user
         .api
-        .get(&format!("{base}/spec"))
+        .spec(tenant, name)
         .await
         .map_err(|f| page::failure(Some(&user.session), &f))?;
     let events: Vec<Event> = user
         .api
-        .get(&format!("{base}/events?limit=30"))
+        .events(tenant, name, 30)
         .await
         .map_err(|f| page::failure(Some(&user.session), &f))?;
     Ok(html! {
@@ -249,7 +239,7 @@ async fn live_part(user: &Signed, tenant: &str, name: &str) -> Result<Markup, Ht
                         @for r in &deployed.replicas {
                             tr data-service=(r.service) data-state=(r.state) {
                                 td { (r.service) } td { (r.replica) } td { (r.node) } td { (r.generation) }
-                                td { (page::state(&r.state)) } td { (r.detail) }
+                                td { (page::state(r.state.as_str())) } td { (r.detail) }
                                 td { a href={ "/ui/tenants/" (tenant) "/topologies/" (name) "/logs?service=" (encode(&r.service)) } { "logs" } }
                             }
                         }
@@ -267,7 +257,7 @@ async fn live_part(user: &Signed, tenant: &str, name: &str) -> Result<Markup, Ht
                         tbody {
                             @for e in &events {
                                 tr data-kind=(e.kind) data-service=(e.service) {
-                                    td { (page::when(e.at_ms)) } td { (page::state(&e.kind)) }
+                                    td { (page::when(e.at_ms)) } td { (page::state(e.kind.as_str())) }
                                     td { (e.service) " #" (e.replica) } td { (e.node) } td { (e.generation) } td { (e.detail) }
                                 }
                             }
@@ -286,7 +276,7 @@ fn scale_form(
     spec_services: &[(String, u32)],
 ) -> Markup {
     html! {
-        @if session.role != "auditor" && !spec_services.is_empty() {
+        @if session.role != Role::Auditor && !spec_services.is_empty() {
             section {
                 h2 { "Scale" }
                 @for (service, replicas) in spec_services {
@@ -318,11 +308,7 @@ async fn render_topology(
         Ok(live) => live,
         Err(response) => return response,
     };
-    let services: Vec<(String, u32)> = match user
-        .api
-        .get::<Topology>(&format!("/v1/tenants/{tenant}/topologies/{name}/spec"))
-        .await
-    {
+    let services: Vec<(String, u32)> = match user.api.spec(tenant, name).await {
         Ok(spec) => spec
             .services
             .iter()
@@ -360,35 +346,38 @@ async fn scale(
     form: web::Form<ScaleForm>,
 ) -> HttpResponse {
     let (tenant, name) = path.into_inner();
-    let target = format!("/v1/tenants/{tenant}/topologies/{name}/scale");
     let form = form.into_inner();
-    let body = serde_json::json!({ "replicas": { form.service: form.replicas } });
-    match user.api.post::<Deployed>(&target, &body).await {
+    let asked = Scale {
+        replicas: std::collections::BTreeMap::from([(form.service, form.replicas)]),
+    };
+    match user.api.scale(&tenant, &name, &asked).await {
         Ok(_) => see_other(&format!("/ui/tenants/{tenant}/topologies/{name}")),
         Err(failure) => {
-            let status = StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let problem = format!("Not scaled: {}", failure.message());
+            let status =
+                StatusCode::from_u16(status_of(&failure)).unwrap_or(StatusCode::BAD_GATEWAY);
+            let problem = format!("Not scaled: {failure}");
             render_topology(&user, &tenant, &name, Some(&problem), status).await
         }
     }
 }
 
 #[derive(Debug, Deserialize)]
-struct LogsQuery {
+struct LogsForm {
     service: Option<String>,
 }
 
 async fn logs(
     user: Signed,
     path: web::Path<(String, String)>,
-    query: web::Query<LogsQuery>,
+    query: web::Query<LogsForm>,
 ) -> HttpResponse {
     let (tenant, name) = path.into_inner();
-    let mut target = format!("/v1/tenants/{tenant}/topologies/{name}/logs?tail=200");
-    if let Some(service) = &query.service {
-        target.push_str(&format!("&service={}", encode(service)));
-    }
-    let replicas: Vec<Logs> = match user.api.get(&target).await {
+    let asked = LogsQuery {
+        service: query.service.clone(),
+        tail: Some(200),
+        since_ns: None,
+    };
+    let replicas: Vec<Logs> = match user.api.logs(&tenant, &name, &asked).await {
         Ok(replicas) => replicas,
         Err(failure) => return page::failure(Some(&user.session), &failure),
     };

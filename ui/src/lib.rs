@@ -23,7 +23,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::html;
 use serde::Deserialize;
 
-use crate::api::{Api, Failure, Session};
+use crate::api::{Api, Failure, Login, Session};
 
 /// The cookie that holds the session token.
 const SESSION_COOKIE: &str = "berth_session";
@@ -146,8 +146,11 @@ async fn signed(request: &HttpRequest) -> Result<Signed, HttpResponse> {
         .app_data::<web::Data<Ui>>()
         .map(|ui| ui.http.clone())
         .unwrap_or_else(|| Ui::new(None).http);
-    let api = Api::new(ui, api_base(request), cookie.value().to_owned());
-    match api.get::<Session>("/v1/session").await {
+    let api = match Api::new(ui, &api_base(request), cookie.value()) {
+        Ok(api) => api,
+        Err(failure) => return Err(page::failure(None, &failure)),
+    };
+    match api.session().await {
         Ok(session) => Ok(Signed { session, api }),
         Err(Failure::Api { status: 401, .. }) => Err(to_login()),
         Err(failure) => Err(page::failure(None, &failure)),
@@ -278,19 +281,19 @@ async fn login(
     let next = safe_next(form.next.as_deref());
     let base = api_base(&request);
     let browser = request.peer_addr().map(|a| a.ip());
-    match api::login(
-        &ui.http,
-        &base,
-        browser,
-        &form.tenant,
-        &form.user,
-        &form.password,
-    )
-    .await
-    {
+    let anonymous = match Api::new(ui.http.clone(), &base, "") {
+        Ok(api) => api,
+        Err(failure) => return page::failure(None, &failure),
+    };
+    let asked = Login {
+        tenant: form.tenant.clone(),
+        user: form.user.clone(),
+        password: form.password.clone(),
+    };
+    match anonymous.login(&asked, browser).await {
         Ok(logged_in) => {
-            let api = Api::new(ui.http.clone(), base, logged_in.token.clone());
-            let target = match (next, api.get::<Session>("/v1/session").await) {
+            let api = anonymous.with_token(&logged_in.token);
+            let target = match (next, api.session().await) {
                 (Some(next), _) => next.to_owned(),
                 (None, Ok(session)) => home_of(&session),
                 (None, Err(_)) => "/ui".to_owned(),
@@ -309,11 +312,12 @@ async fn login(
             response
         }
         Err(failure) => login_page(
-            StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            StatusCode::from_u16(failure.status().unwrap_or(502))
+                .unwrap_or(StatusCode::UNAUTHORIZED),
             next,
             &form.tenant,
             &form.user,
-            Some(failure.message()),
+            Some(&failure.to_string()),
         ),
     }
 }

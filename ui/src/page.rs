@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::api::{Failure, Session};
+use crate::api::{Failure, Role, Session};
 
 /// Phone first: one column that widens; tables scroll sideways rather than squeeze.
 const STYLE: &str = r#"
@@ -94,7 +94,7 @@ pub(crate) fn layout(title: &str, session: Option<&Session>, body: Markup) -> Ma
                     @if let Some(session) = session {
                         nav aria-label="Main" {
                             ul {
-                                @if session.role != "auditor" || session.tenant != "*" {
+                                @if session.role != Role::Auditor || session.tenant != "*" {
                                     li { a href={ "/ui/tenants/" (session.home_tenant()) "/topologies" } { "Topologies" } }
                                 }
                                 @if session.is_admin() {
@@ -107,7 +107,7 @@ pub(crate) fn layout(title: &str, session: Option<&Session>, body: Markup) -> Ma
                                 }
                             }
                         }
-                        span #whoami { (session.user) " · " (session.role) " · " (session.tenant) }
+                        span #whoami { (session.user) " · " (session.role.as_str()) " · " (session.tenant) }
                         form method="post" action="/ui/logout" { button.quiet type="submit" { "Sign out" } }
                     }
                 }
@@ -151,7 +151,11 @@ pub(crate) fn error(session: Option<&Session>, status: u16, message: &str) -> Ht
 
 /// A page for a failed API call.
 pub(crate) fn failure(session: Option<&Session>, failure: &Failure) -> HttpResponse {
-    error(session, failure.status(), failure.message())
+    error(
+        session,
+        crate::api::status_of(failure),
+        &failure.to_string(),
+    )
 }
 
 /// A state as a coloured label that also says it in words.

@@ -8,19 +8,22 @@ use std::fmt::Write;
 use berth_protocol::topology::Topology;
 use maud::{Markup, html};
 
-use crate::api::{Reach, Replica};
+use crate::api::{Reach, Replica, ReplicaState};
 
 const BOX_WIDTH: u32 = 200;
 const COLUMN: u32 = 260;
 const ROW: u32 = 22;
 
 /// The colour of a replica's state; the state is also written beside it.
-fn colour(state: &str) -> &'static str {
-    match state {
-        "running" => "#2e7d32",
-        "pending" | "created" | "starting" | "restarting" => "#9a6700",
-        "failed" | "exited" | "dead" | "error" => "#c62828",
-        _ => "#6b7280",
+fn colour(state: ReplicaState) -> &'static str {
+    if state.is_running() {
+        "#2e7d32"
+    } else if state.is_starting() {
+        "#9a6700"
+    } else if state.has_failed() {
+        "#c62828"
+    } else {
+        "#6b7280"
     }
 }
 
@@ -105,7 +108,7 @@ pub(crate) fn topology(topology: &Topology, replicas: &[Replica]) -> Markup {
                     @for (i, r) in mine.iter().enumerate() {
                         @let y = top + 16 + ROW * (u32::try_from(i).unwrap_or(0) + 1);
                         g.replica data-state=(r.state) {
-                            circle cx=(x + 16) cy=(y) r="6" fill=(colour(&r.state)) {}
+                            circle cx=(x + 16) cy=(y) r="6" fill=(colour(r.state)) {}
                             text x=(x + 28) y=(y + 4) font-size="12" { "#" (r.replica) " on " (r.node) " · " (r.state) }
                             title { (r.service) " replica " (r.replica) " on node " (r.node) ": " (r.state) }
                         }
@@ -193,16 +196,17 @@ pub(crate) fn reach(reach: &Reach) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Edge;
+    use berth_api::audit::Edge;
 
-    fn replica(service: &str, replica: u32, node: &str, state: &str) -> Replica {
+    fn replica(service: &str, replica: u32, node: &str, state: ReplicaState) -> Replica {
         Replica {
             service: service.to_owned(),
             replica,
             node: node.to_owned(),
             generation: 1,
-            state: state.to_owned(),
+            state,
             detail: String::new(),
+            cpu_millis: None,
         }
     }
 
@@ -228,8 +232,8 @@ mod tests {
         let svg = topology(
             &t,
             &[
-                replica("web", 0, "n1", "running"),
-                replica("db", 0, "n2", "failed"),
+                replica("web", 0, "n1", ReplicaState::Running),
+                replica("db", 0, "n2", ReplicaState::Failed),
             ],
         )
         .into_string();
@@ -252,6 +256,7 @@ mod tests {
             service: "db".to_owned(),
             port,
             token: "00".to_owned(),
+            minted_at_ms: 0,
         };
         let graph = Reach {
             nodes: vec!["n1".to_owned(), "n2".to_owned()],

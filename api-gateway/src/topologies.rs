@@ -1,0 +1,342 @@
+//! Topologies: deploy (and dry runs), status, spec, events, scale and removal, each
+//! a thin edge over the deploy path of `berth-deployments` or a read of the allocator.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use berth_api::topologies::{
+    DeployQuery, Deployed, DryRun, Event, EventsQuery, Removed, ReplicaView, Scale,
+};
+use berth_api::{ErrorBody, ErrorCode, ReplicaState};
+use berth_protocol::assignment::TopologyRef;
+use berth_protocol::capability::Operation;
+use berth_protocol::topology::Topology;
+
+use crate::openapi::TopologyBody;
+use crate::{ApiError, Gateway, contract};
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/topologies",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+    ),
+    responses(
+        (status = 200, description = "The names of the tenant's topologies", body = Vec<String>),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_topologies(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    tenant: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&request, Operation::Read, &tenant, None)
+        .await?;
+    Ok(HttpResponse::Ok().json(gw.tenants.list(&tenant).await?))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}/topologies/{name}",
+    tag = "topologies",
+    request_body = TopologyBody,
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+        DeployQuery,
+    ),
+    responses(
+        (status = 200, description = "Placed: the revision and where each replica went (with `dry_run`: a `DryRun`, and nothing changed)", body = Deployed),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+        (status = 409, description = "Over quota or no room in the pool; nothing changed", body = ErrorBody),
+        (status = 422, description = "The topology breaks a rule; nothing changed", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn deploy(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<DeployQuery>,
+    body: crate::contract::Body<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))
+        .await?;
+    // The body is a JSON object; what it holds is judged as a topology file is.
+    let topology: Topology = contract::from_value(body.into_inner()).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidTopology,
+            format!("the topology {e}"),
+        )
+    })?;
+    if topology.name != name {
+        return Err(ApiError::bad_request(format!(
+            "the path names topology {name:?} but the body is {:?}",
+            topology.name
+        )));
+    }
+    if query.dry_run {
+        let answer = gw.deployments.dry_run(&tenant, &topology).await?;
+        return Ok(HttpResponse::Ok().json(DryRun {
+            policy: answer.policy,
+            current_revision: answer.current_revision,
+            changed: answer.changed,
+        }));
+    }
+    let applied = gw.deployments.apply(&tenant, &topology).await?;
+    deployed(&gw, tenant, &topology.name, &applied).await
+}
+
+/// The answer to a change that was made: the revision and where its replicas went.
+pub(crate) async fn deployed(
+    gw: &Gateway,
+    tenant: String,
+    name: &str,
+    applied: &berth_deployments::Applied,
+) -> Result<HttpResponse, ApiError> {
+    let replicas = replica_views(
+        gw,
+        &TopologyRef {
+            tenant,
+            topology: name.to_owned(),
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(Deployed {
+        revision: applied.revision,
+        changed: applied.changed,
+        replicas,
+    }))
+}
+
+pub(crate) async fn replica_views(
+    gw: &Gateway,
+    id: &TopologyRef,
+) -> Result<Vec<ReplicaView>, ApiError> {
+    let reported = gw.allocator.statuses(id).await?;
+    let cpu = gw.nodes.cpu_figures(id);
+    let mut views: Vec<ReplicaView> = gw
+        .allocator
+        .placed(id)
+        .await?
+        .into_iter()
+        .map(|p| {
+            let report = reported.iter().find(|r| {
+                r.status.service == p.service
+                    && r.status.replica == p.replica
+                    && r.status.generation == p.generation
+            });
+            ReplicaView {
+                state: report.map_or(ReplicaState::Pending, |r| {
+                    ReplicaState::parse(&r.status.state)
+                }),
+                detail: report.map(|r| r.status.detail.clone()).unwrap_or_default(),
+                cpu_millis: cpu.get(&(p.service.clone(), p.replica)).copied(),
+                service: p.service,
+                replica: p.replica,
+                node: p.node,
+                generation: p.generation,
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| (&a.service, a.replica).cmp(&(&b.service, b.replica)));
+    Ok(views)
+}
+
+/// The most events one request reads.
+pub(crate) const MOST_EVENTS: u64 = 500;
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/topologies/{name}/events",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+        EventsQuery,
+    ),
+    responses(
+        (status = 200, description = "What happened to its replicas, newest first", body = Vec<Event>),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn events(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Read, &tenant, Some(&name))
+        .await?;
+    let id = TopologyRef {
+        tenant,
+        topology: name,
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MOST_EVENTS).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is out of range; ask for 1 to {MOST_EVENTS} events"
+        )));
+    }
+    let events = gw.allocator.events(&id, limit).await?;
+    Ok(HttpResponse::Ok().json(events))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/topologies/{name}/spec",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+    ),
+    responses(
+        (status = 200, description = "The current revision, in the normalised form a deploy sends", body = TopologyBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant or topology", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn spec(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Read, &tenant, Some(&name))
+        .await?;
+    let current = gw.tenants.current(&tenant, &name).await?;
+    Ok(HttpResponse::Ok().json(current.topology))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/topologies/{name}",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+    ),
+    responses(
+        (status = 200, description = "Each replica, its node and what the node reports", body = Deployed),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn status(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Read, &tenant, Some(&name))
+        .await?;
+    let id = TopologyRef {
+        tenant,
+        topology: name,
+    };
+    let Some(revision) = gw.allocator.placed_revision(&id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!(
+                "topology {:?} is not deployed in tenant {:?}",
+                id.topology, id.tenant
+            ),
+        ));
+    };
+    let replicas = replica_views(&gw, &id).await?;
+    Ok(HttpResponse::Ok().json(Deployed {
+        revision,
+        changed: false,
+        replicas,
+    }))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/topologies/{name}",
+    tag = "topologies",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+    ),
+    responses(
+        (status = 200, description = "Removed, with the nodes that ran it", body = Removed),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn remove(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Delete, &tenant, Some(&name))
+        .await?;
+    let id = TopologyRef {
+        tenant: tenant.clone(),
+        topology: name.clone(),
+    };
+    let Some(nodes) = gw.deployments.remove(&id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("topology {name:?} does not exist in tenant {tenant:?}"),
+        ));
+    };
+    Ok(HttpResponse::Ok().json(Removed {
+        removed: name,
+        nodes,
+    }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/topologies/{name}/scale",
+    tag = "topologies",
+    request_body = Scale,
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("name" = String, Path, description = "The topology"),
+    ),
+    responses(
+        (status = 200, description = "Placed with the new count", body = Deployed),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
+        (status = 409, description = "Over quota or no room in the pool; nothing changed", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn scale(
+    gw: web::Data<Gateway>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: crate::contract::Body<Scale>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, name) = path.into_inner();
+    gw.authorize(&request, Operation::Deploy, &tenant, Some(&name))
+        .await?;
+    let applied = gw.deployments.scale(&tenant, &name, &body.replicas).await?;
+    deployed(&gw, tenant, &name, &applied).await
+}
