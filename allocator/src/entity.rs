@@ -113,6 +113,30 @@ pub mod pool_identity {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// Which server leads, as the other servers reach its REST API.
+pub mod leader {
+    use sea_orm::entity::prelude::*;
+
+    /// The leader.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "leader")]
+    pub struct Model {
+        /// Always 1: there is one row.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        /// Its REST API's URL.
+        pub api_url: String,
+        /// When it took the lead, Unix milliseconds.
+        pub since_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// The node pool, with capacity and what is reserved on each node.
 pub mod node {
     use sea_orm::entity::prelude::*;
@@ -315,6 +339,9 @@ pub mod replica_status {
         pub detail: String,
         /// When the report arrived, Unix milliseconds.
         pub reported_at_ms: i64,
+        /// The CPU it used lately, in thousandths of a core, when its node measures
+        /// it (services that autoscale).
+        pub cpu_millis: Option<i64>,
     }
 
     /// No relations are navigated through the ORM.

@@ -17,7 +17,7 @@ use sea_orm::{
 
 use crate::entity::replica_event;
 use crate::placement::Placed;
-use crate::service::to_i64;
+use crate::store::to_i64;
 use crate::{Allocator, AllocatorError};
 
 /// How many events a topology keeps.

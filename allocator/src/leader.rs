@@ -139,3 +139,43 @@ impl Lead {
         self.session.is_some()
     }
 }
+
+impl crate::Allocator {
+    /// Records that this process leads and serves its REST API at `api_url`, so the
+    /// other servers can forward to it what only the leader can answer.
+    pub async fn record_leader(
+        &self,
+        api_url: &str,
+        now_ms: i64,
+    ) -> Result<(), crate::AllocatorError> {
+        use sea_orm::ActiveValue::Set;
+        use sea_orm::EntityTrait;
+        use sea_orm::sea_query::OnConflict;
+        let row = crate::entity::leader::ActiveModel {
+            id: Set(1),
+            api_url: Set(api_url.to_owned()),
+            since_ms: Set(now_ms),
+        };
+        crate::entity::leader::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(crate::entity::leader::Column::Id)
+                    .update_columns([
+                        crate::entity::leader::Column::ApiUrl,
+                        crate::entity::leader::Column::SinceMs,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(self.connection())
+            .await?;
+        Ok(())
+    }
+
+    /// The REST API of the server that last took the lead, if any did.
+    pub async fn leader_api(&self) -> Result<Option<String>, crate::AllocatorError> {
+        use sea_orm::EntityTrait;
+        Ok(crate::entity::leader::Entity::find_by_id(1)
+            .one(self.connection())
+            .await?
+            .map(|row| row.api_url))
+    }
+}

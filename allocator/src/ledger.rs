@@ -403,6 +403,17 @@ impl Ledger {
         rows.into_iter().map(entry_of).collect()
     }
 
+    /// Whether an entry of `kind` about `subject` is in the ledger (subjects are
+    /// indexed: one lookup).
+    pub async fn holds(&self, kind: EntryKind, subject: &str) -> Result<bool, LedgerError> {
+        let found = audit_entry::Entity::find()
+            .filter(audit_entry::Column::Subject.eq(subject))
+            .filter(audit_entry::Column::Kind.eq(kind.as_str()))
+            .one(&self.db)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// The entry that minted (or renewed) the token whose first revocation id is `id`,
     /// if any.
     pub async fn token(&self, id: &str) -> Result<Option<Entry>, LedgerError> {

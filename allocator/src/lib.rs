@@ -4,6 +4,8 @@
 //! pure; `service` loads its inputs from the database and commits its decisions in one
 //! transaction. The allocator decides where replicas run; it never talks to Docker.
 
+pub mod autoscale;
+pub mod control;
 pub mod database;
 pub mod entity;
 pub mod events;
@@ -22,6 +24,7 @@ pub mod resources;
 pub mod root_keys;
 pub mod sealing;
 pub mod service;
+mod store;
 pub mod witness;
 
 pub use pool::{Drained, NodeInfo, NodeState, ReportedReplica};

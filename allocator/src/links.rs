@@ -11,8 +11,11 @@ use berth_protocol::assignment::{Link, TopologyAssignment, TopologyRef};
 use berth_protocol::delegation::{self, Grant, NodeOperation};
 use berth_protocol::topology::Protocol;
 
+use crate::Allocator;
+use crate::identity::Identities;
+use crate::ledger::Ledger;
 use crate::ledger::{EntryKind, NewEntry};
-use crate::node_api::NodeApi;
+use crate::root_keys::RootKeys;
 
 /// How many nodes running a service a link may reach it on: connections go to each
 /// in turn, and to the next when one cannot take them.
@@ -46,9 +49,42 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-impl NodeApi {
+/// What minting links needs of the node API that sends them: the keys, the nodes'
+/// identities and addresses, the placements, the ledger, and the tokens minted so far.
+pub(crate) trait LinkContext: Sync {
+    /// The root keys, once the server may sign.
+    fn root_keys(&self) -> Option<RootKeys>;
+    /// The nodes' identities.
+    fn identities(&self) -> &Identities;
+    /// The placements.
+    fn allocator(&self) -> &Allocator;
+    /// The address `node` serves its node API at, as it last said.
+    fn peer_address(&self, node: &str) -> Option<String>;
+    /// The audit ledger.
+    fn ledger(&self) -> &Ledger;
+    /// The tokens minted so far, by link.
+    fn link_tokens(&self) -> std::sync::MutexGuard<'_, LinkTokens>;
+}
+
+/// Adds to each of `node`'s assignments the links its services need.
+pub(crate) async fn add_links(cx: &impl LinkContext, node: &str, set: &mut [TopologyAssignment]) {
+    Links(cx).add(node, set).await;
+}
+
+/// Link minting over a context.
+struct Links<'c, C>(&'c C);
+
+impl<C: LinkContext> std::ops::Deref for Links<'_, C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        self.0
+    }
+}
+
+impl<C: LinkContext> Links<'_, C> {
     /// Adds to each of `node`'s assignments the links its services need.
-    pub(crate) async fn add_links(&self, node: &str, set: &mut [TopologyAssignment]) {
+    async fn add(&self, node: &str, set: &mut [TopologyAssignment]) {
         let Some(keys) = self.root_keys() else {
             return; // no key to mint with: no links
         };

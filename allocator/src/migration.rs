@@ -5,9 +5,9 @@ use sea_orm::Schema;
 use sea_orm_migration::prelude::*;
 
 use crate::entity::{
-    assignment, audit_entry, join_token, lingering, node, node_identity, placement, pool_identity,
-    quota, replica_event, replica_status, revocation, root_key, sealed_secret, tenant_limit,
-    tenant_policy,
+    assignment, audit_entry, join_token, leader, lingering, node, node_identity, placement,
+    pool_identity, quota, replica_event, replica_status, revocation, root_key, sealed_secret,
+    tenant_limit, tenant_policy,
 };
 
 /// The allocator's migrations.
@@ -32,6 +32,8 @@ impl MigratorTrait for Migrator {
             Box::new(PoolIdentity),
             Box::new(NodeAddresses),
             Box::new(SealedSecrets),
+            Box::new(ReplicaCpu),
+            Box::new(LeaderAddress),
         ]
     }
 
@@ -527,6 +529,65 @@ impl MigrationTrait for SealedSecrets {
             .create_table(
                 schema
                     .create_table_from_entity(sealed_secret::Entity)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// The CPU each replica's node last reported, so every server shows it, not only the
+/// leader that hears the reports.
+#[derive(Debug)]
+struct ReplicaCpu;
+
+impl MigrationName for ReplicaCpu {
+    fn name(&self) -> &str {
+        "m20261207_000015_allocator_replica_cpu"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ReplicaCpu {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // A new database has the column from the entity already.
+        if manager.has_column("replica_statuses", "cpu_millis").await? {
+            return Ok(());
+        }
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(replica_status::Entity)
+                    .add_column(
+                        ColumnDef::new(replica_status::Column::CpuMillis)
+                            .big_integer()
+                            .null(),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// The leader's REST address, so a standby server can hand it what only the leader
+/// can answer (the nodes' output, over their streams).
+#[derive(Debug)]
+struct LeaderAddress;
+
+impl MigrationName for LeaderAddress {
+    fn name(&self) -> &str {
+        "m20261207_000016_allocator_leader_address"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for LeaderAddress {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager
+            .create_table(
+                schema
+                    .create_table_from_entity(leader::Entity)
                     .if_not_exists()
                     .to_owned(),
             )

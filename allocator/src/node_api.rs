@@ -19,6 +19,7 @@ use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::control::{Controller, Next, Now};
 use crate::identity::{Identities, IdentityError};
 pub use crate::pool::ReportedReplica;
 use crate::{Allocator, AllocatorError, Limit};
@@ -235,6 +236,11 @@ impl NodeApi {
         first.then(|| self.detect_failures())
     }
 
+    /// Whether this process leads: it holds the nodes' streams.
+    pub fn is_leading(&self) -> bool {
+        self.stats.leading.load(Ordering::SeqCst)
+    }
+
     /// An interceptor for the node API that refuses every call while this process
     /// stands by.
     pub fn only_when_leading(
@@ -249,59 +255,12 @@ impl NodeApi {
         }
     }
 
-    /// Runs the failure detector until the process ends: every node known now gets
-    /// one lease to heartbeat; a node silent past its lease is suspect, then dead, and
-    /// its replicas are placed elsewhere and its delegations revoked.
+    /// Runs the failure detector until the process ends (see [`FailureDetector`]).
     pub fn detect_failures(&self) -> tokio::task::JoinHandle<()> {
-        let api = self.clone();
-        tokio::spawn(async move {
-            match api.allocator.nodes().await {
-                Ok(nodes) => {
-                    let now = std::time::Instant::now();
-                    for n in nodes {
-                        let dead = n.state == crate::pool::NodeState::Down;
-                        api.leases.track(&n.name, dead, now);
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "the failure detector cannot list nodes"),
-            }
-            let mut ticks = tokio::time::interval(crate::liveness::TICK);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut count: u64 = 0;
-            loop {
-                ticks.tick().await;
-                count += 1;
-                // What could not leave a dead or draining node is tried again now and
-                // then, since room may have freed elsewhere.
-                if count.is_multiple_of(RETRY_STUCK_TICKS) {
-                    match api.allocator.retry_stuck().await {
-                        Ok(retried) => {
-                            for (node, drained) in
-                                retried.iter().filter(|(_, d)| !d.moved.is_empty())
-                            {
-                                tracing::info!(node = %node, moved = ?drained.moved, stuck = ?drained.stuck, "replicas left a dead or draining node on a retry");
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "could not retry stuck replicas"),
-                    }
-                }
-                let verdicts = api.leases.tick(std::time::Instant::now());
-                if let Some(late) = verdicts.late_by {
-                    api.stats.detector_late.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        late_ms = late.as_millis(),
-                        "the failure detector ran late; leases extended by as much"
-                    );
-                }
-                for node in verdicts.suspect {
-                    api.stats.suspected.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(node = %node, "node is suspect: no heartbeat");
-                }
-                for node in verdicts.dead {
-                    api.node_died(&node).await;
-                }
-            }
-        })
+        crate::control::spawn(
+            FailureDetector::new(self.clone()),
+            crate::control::SystemClock,
+        )
     }
 
     /// What follows a death: the node takes and keeps nothing (its topologies are
@@ -752,7 +711,7 @@ impl NodeApi {
                     return;
                 }
             };
-            api.add_links(node, &mut set).await;
+            crate::links::add_links(api, node, &mut set).await;
             let revoked = match api.ledger.revoked_ids().await {
                 Ok(ids) => ids,
                 Err(e) => {
@@ -922,5 +881,104 @@ impl NodeApi {
             figures.insert((replica.service.clone(), replica.replica), (cpu, now));
         }
         Ok(ReportAck {})
+    }
+}
+
+impl crate::links::LinkContext for NodeApi {
+    fn root_keys(&self) -> Option<crate::root_keys::RootKeys> {
+        NodeApi::root_keys(self)
+    }
+
+    fn identities(&self) -> &Identities {
+        NodeApi::identities(self)
+    }
+
+    fn allocator(&self) -> &Allocator {
+        NodeApi::allocator(self)
+    }
+
+    fn peer_address(&self, node: &str) -> Option<String> {
+        NodeApi::peer_address(self, node)
+    }
+
+    fn ledger(&self) -> &crate::ledger::Ledger {
+        NodeApi::ledger(self)
+    }
+
+    fn link_tokens(&self) -> std::sync::MutexGuard<'_, crate::links::LinkTokens> {
+        NodeApi::link_tokens(self)
+    }
+}
+
+/// The failure detector's loop: on its first step every node known then gets one
+/// lease to heartbeat; every [`crate::liveness::TICK`] after, a node silent past its
+/// lease is suspect, then dead, and its replicas are placed elsewhere and its
+/// delegations revoked. Now and then, what could not leave a dead or draining node
+/// is tried again, since room may have freed elsewhere.
+#[derive(Debug)]
+pub struct FailureDetector {
+    api: NodeApi,
+    /// Steps taken; 0 before the first.
+    steps: u64,
+}
+
+impl FailureDetector {
+    /// The detector of `api`'s nodes.
+    pub fn new(api: NodeApi) -> Self {
+        Self { api, steps: 0 }
+    }
+
+    /// Gives every node known now a lease (dead ones stay dead until they heartbeat).
+    async fn track_known(&self, now: Now) {
+        match self.api.allocator.nodes().await {
+            Ok(nodes) => {
+                for n in nodes {
+                    let dead = n.state == crate::pool::NodeState::Down;
+                    self.api.leases.track(&n.name, dead, now.instant);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "the failure detector cannot list nodes"),
+        }
+    }
+
+    async fn retry_stuck(&self) {
+        match self.api.allocator.retry_stuck().await {
+            Ok(retried) => {
+                for (node, drained) in retried.iter().filter(|(_, d)| !d.moved.is_empty()) {
+                    tracing::info!(node = %node, moved = ?drained.moved, stuck = ?drained.stuck, "replicas left a dead or draining node on a retry");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not retry stuck replicas"),
+        }
+    }
+}
+
+impl Controller for FailureDetector {
+    const NAME: &'static str = "failure detector";
+
+    async fn step(&mut self, now: Now) -> Next {
+        if self.steps == 0 {
+            self.track_known(now).await;
+        } else if self.steps.is_multiple_of(RETRY_STUCK_TICKS) {
+            self.retry_stuck().await;
+        }
+        self.steps += 1;
+        let api = &self.api;
+        let verdicts = api.leases.tick(now.instant);
+        if let Some(late) = verdicts.late_by {
+            api.stats.detector_late.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                late_ms = late.as_millis(),
+                "the failure detector ran late; leases extended by as much"
+            );
+        }
+        for node in verdicts.suspect {
+            api.stats.suspected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node = %node, "node is suspect: no heartbeat");
+        }
+        for node in verdicts.dead {
+            api.node_died(&node).await;
+        }
+        Next::After(crate::liveness::TICK)
     }
 }

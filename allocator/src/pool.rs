@@ -14,7 +14,7 @@ use sea_orm::{
 };
 
 use crate::entity::{assignment, node, placement, replica_status};
-use crate::service::to_i64;
+use crate::store::to_i64;
 use crate::{Allocator, AllocatorError};
 
 pub use berth_api::nodes::{Drained, NodeInfo, NodeState};
@@ -35,8 +35,8 @@ impl Allocator {
         let mut out: Vec<NodeInfo> = rows
             .into_iter()
             .map(|n| NodeInfo {
-                capacity: crate::service::capacity_of(&n),
-                used: crate::service::used_on(&n),
+                capacity: crate::store::capacity_of(&n),
+                used: crate::store::used_on(&n),
                 labels: serde_json::from_str(&n.labels).unwrap_or_default(),
                 state: match (n.schedulable, n.draining) {
                     _ if n.down_since_ms.is_some() => NodeState::Down,
@@ -305,6 +305,7 @@ impl Allocator {
                 state: Set(r.state.clone()),
                 detail: Set(r.detail.clone()),
                 reported_at_ms: Set(now_ms),
+                cpu_millis: Set(r.cpu_millis.map(i64::from)),
             });
             let upsert = replica_status::Entity::insert_many(rows)
                 .on_conflict(
@@ -320,6 +321,7 @@ impl Allocator {
                         replica_status::Column::State,
                         replica_status::Column::Detail,
                         replica_status::Column::ReportedAtMs,
+                        replica_status::Column::CpuMillis,
                     ])
                     .to_owned(),
                 )
@@ -346,7 +348,7 @@ impl Allocator {
             .map(|r| ReportedReplica {
                 node: r.node,
                 status: ReplicaStatus {
-                    cpu_millis: None,
+                    cpu_millis: r.cpu_millis.and_then(|c| u32::try_from(c).ok()),
                     tenant: r.tenant,
                     topology: r.topology,
                     service: r.service,

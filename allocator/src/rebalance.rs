@@ -23,9 +23,10 @@ use berth_protocol::topology::Topology;
 use sea_orm::ActiveValue::Set;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
 
+use crate::control::{Controller, Next, Now};
 use crate::entity::{assignment, lingering, placement, replica_status};
 use crate::resources::Resources;
-use crate::service::{Delta, all_nodes, lock_tenant, shift_node, to_i64, used_of};
+use crate::store::{Delta, all_nodes, lock_tenant, shift_node, to_i64, used_of};
 use crate::{Allocator, AllocatorError};
 
 /// How long an old copy may outlive its move when the new copy does not run.
@@ -49,24 +50,40 @@ pub struct Moved {
     pub to: String,
 }
 
-/// Runs a rebalancing round every `every` until the process ends, with at most
-/// `budget` replicas of a service moving or down at once.
-pub fn run(allocator: Allocator, every: Duration, budget: u32) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            match allocator.rebalance(budget, crate::liveness::now_ms()).await {
-                Ok(moved) => {
-                    for m in moved {
-                        tracing::info!(topology = %m.id, service = %m.service, replica = m.replica, from = %m.from, to = %m.to, "moved to even the load");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "a rebalancing round failed"),
-            }
+/// The rebalancing loop: a round every `every`, with at most `budget` replicas of a
+/// service moving or down at once.
+#[derive(Debug)]
+pub struct Rebalancer {
+    allocator: Allocator,
+    budget: u32,
+    every: Duration,
+}
+
+impl Rebalancer {
+    /// A loop over `allocator`'s pool.
+    pub fn new(allocator: Allocator, every: Duration, budget: u32) -> Self {
+        Self {
+            allocator,
+            budget,
+            every,
         }
-    })
+    }
+}
+
+impl Controller for Rebalancer {
+    const NAME: &'static str = "rebalancer";
+
+    async fn step(&mut self, now: Now) -> Next {
+        match self.allocator.rebalance(self.budget, now.wall_ms).await {
+            Ok(moved) => {
+                for m in moved {
+                    tracing::info!(topology = %m.id, service = %m.service, replica = m.replica, from = %m.from, to = %m.to, "moved to even the load");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "a rebalancing round failed"),
+        }
+        Next::After(self.every)
+    }
 }
 
 impl Allocator {
@@ -438,26 +455,4 @@ impl Allocator {
         }
         Ok(current)
     }
-}
-
-/// Ends the moves of `id` (its deploy or removal decides anew where everything runs):
-/// returns the nodes whose old copies go.
-pub(crate) async fn forget_moves(
-    txn: &sea_orm::DatabaseTransaction,
-    id: &TopologyRef,
-) -> Result<Vec<String>, sea_orm::DbErr> {
-    let rows = lingering::Entity::find()
-        .filter(lingering::Column::Tenant.eq(&id.tenant))
-        .filter(lingering::Column::Topology.eq(&id.topology))
-        .all(txn)
-        .await?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    lingering::Entity::delete_many()
-        .filter(lingering::Column::Tenant.eq(&id.tenant))
-        .filter(lingering::Column::Topology.eq(&id.topology))
-        .exec(txn)
-        .await?;
-    Ok(rows.into_iter().map(|l| l.node).collect())
 }

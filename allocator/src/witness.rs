@@ -24,6 +24,8 @@ use std::time::Duration;
 
 pub use berth_api::audit::Witnessed;
 
+use crate::control::{Controller, Next, Now};
+
 use crate::ledger::{Anchor, Ledger, LedgerError, Verification};
 
 /// How much of the file's end is read for the last anchor (a line is under 100
@@ -222,30 +224,44 @@ impl Witness {
     }
 }
 
-/// Runs a round every `every` until the process ends, saying what it finds.
-pub fn run(witness: Witness, ledger: Ledger, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-            match witness.round(&ledger, now_ms).await {
-                Ok(Round::Anchored(head)) => {
-                    tracing::debug!(anchor = %head, file = %witness.path().display(), "ledger head anchored");
-                }
-                Ok(Round::Empty | Round::Unchanged(_)) => {}
-                Ok(Round::Broken(found)) => tracing::error!(
-                    problem = found.problem.as_deref().unwrap_or("broken"),
-                    file = %witness.path().display(),
-                    "the audit ledger does not hold what its witness anchored; nothing more is anchored until it does"
-                ),
-                Err(e) => tracing::warn!(error = %e, "the ledger's witness failed"),
-            }
+/// The witness's loop: a round every `every`, saying what it finds.
+#[derive(Debug)]
+pub struct Anchoring {
+    witness: Witness,
+    ledger: Ledger,
+    every: Duration,
+}
+
+impl Anchoring {
+    /// `witness` anchoring the head of `ledger`.
+    pub fn new(witness: Witness, ledger: Ledger, every: Duration) -> Self {
+        Self {
+            witness,
+            ledger,
+            every,
         }
-    })
+    }
+}
+
+impl Controller for Anchoring {
+    const NAME: &'static str = "witness";
+
+    async fn step(&mut self, now: Now) -> Next {
+        let witness = &self.witness;
+        match witness.round(&self.ledger, now.wall_ms).await {
+            Ok(Round::Anchored(head)) => {
+                tracing::debug!(anchor = %head, file = %witness.path().display(), "ledger head anchored");
+            }
+            Ok(Round::Empty | Round::Unchanged(_)) => {}
+            Ok(Round::Broken(found)) => tracing::error!(
+                problem = found.problem.as_deref().unwrap_or("broken"),
+                file = %witness.path().display(),
+                "the audit ledger does not hold what its witness anchored; nothing more is anchored until it does"
+            ),
+            Err(e) => tracing::warn!(error = %e, "the ledger's witness failed"),
+        }
+        Next::After(self.every)
+    }
 }
 
 #[cfg(test)]

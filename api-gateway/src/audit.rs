@@ -29,7 +29,8 @@ impl From<LedgerError> for ApiError {
     }
 }
 
-/// Attenuated tokens a gateway remembers having recorded.
+/// Attenuated tokens a gateway remembers finding in the ledger, so that a token
+/// shown again costs no lookup.
 const ATTENUATIONS_REMEMBERED: usize = 100_000;
 
 impl Gateway {
@@ -45,8 +46,10 @@ impl Gateway {
         Ok(())
     }
 
-    /// Records an attenuated token in the ledger the first time this process sees it, with the
-    /// datalog its holder added, so auditors see every narrowing of a token.
+    /// Records an attenuated token in the ledger the first time any gateway sees it,
+    /// with the datalog its holder added, so auditors see every narrowing of a token.
+    /// The ledger decides whether it was seen: this process only caches what it
+    /// found there, so every gateway process answers alike.
     pub(crate) async fn record_attenuation(
         &self,
         verified: &capability::Verified,
@@ -66,6 +69,31 @@ impl Gateway {
         if seen {
             return Ok(());
         }
+        let recorded = self.ledger.holds(EntryKind::Attenuated, last).await?;
+        if !recorded {
+            self.record_new_attenuation(verified, authorized, last)
+                .await?;
+        }
+        let mut seen = self
+            .attenuations_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Bounded: forgotten all at once when full, after which a token shown again
+        // costs one lookup again.
+        if seen.len() >= ATTENUATIONS_REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(last.clone());
+        Ok(())
+    }
+
+    /// Appends the entry of an attenuation no gateway has recorded.
+    async fn record_new_attenuation(
+        &self,
+        verified: &capability::Verified,
+        authorized: &Authorized,
+        last: &str,
+    ) -> Result<(), ApiError> {
         // Each new attenuation costs a ledger entry: the tenant's rate bounds them.
         self.limit(&authorized.session.tenant, Kind::Attenuation, now_ms())
             .await?;
@@ -83,23 +111,13 @@ impl Gateway {
                     kind: EntryKind::Attenuated,
                     actor: format!("{}/{}", session.tenant, session.user),
                     tenant: session.tenant.clone(),
-                    subject: last.clone(),
+                    subject: last.to_owned(),
                     detail: added.join("\n"),
                     revocation_ids: authorized.revocation_ids.clone(),
                 },
                 now_ms(),
             )
             .await?;
-        let mut seen = self
-            .attenuations_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        // Bounded: forgotten all at once when full, as on a restart, after which a
-        // token shown again is recorded again.
-        if seen.len() >= ATTENUATIONS_REMEMBERED {
-            seen.clear();
-        }
-        seen.insert(last.clone());
         Ok(())
     }
 

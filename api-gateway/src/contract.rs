@@ -379,6 +379,20 @@ fn schemas(document: &mut Value) {
     );
 }
 
+/// The longest password a login or a new user may offer.
+pub(crate) const MOST_PASSWORD_BYTES: usize = 1024;
+
+/// Refuses a name that cannot name a tenant, before anything is looked up.
+pub(crate) fn valid_tenant(name: &str) -> Result<(), ApiError> {
+    if berth_allocator::identity::valid_node_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{name:?} cannot name a tenant: use lower-case letters, digits and '-', starting with a letter or digit (at most 63)"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,9 +14,9 @@
 
 pub mod audit;
 mod auth;
-pub mod autoscale;
 mod contract;
 mod error;
+mod forward;
 mod health;
 mod limits;
 mod logs;
@@ -64,7 +64,8 @@ pub struct Gateway {
     login_sources: std::sync::Arc<limits::LoginSources>,
     /// Tokens refused, so that a repeat costs a hash.
     refused: std::sync::Arc<auth::Refused>,
-    /// Attenuated tokens already recorded in the ledger, by last revocation id.
+    /// Attenuated tokens found recorded in the ledger, by last revocation id: a cache
+    /// of the ledger, never consulted instead of it for a token not in it.
     attenuations_seen: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The certificate the server presents when it serves TLS.
     own_certificate: Option<rustls::pki_types::CertificateDer<'static>>,
@@ -73,6 +74,8 @@ pub struct Gateway {
     authority_file: Option<String>,
     /// The file the ledger's head is anchored in, when the server keeps one.
     witness: Option<berth_allocator::witness::Witness>,
+    /// The client that forwards to the leading server what only it can answer.
+    to_leader: reqwest::Client,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -117,7 +120,16 @@ impl Gateway {
             own_certificate: None,
             authority_file: None,
             witness: None,
+            to_leader: reqwest::Client::new(),
         }
+    }
+
+    /// The gateway of a server that reaches the leading server with `client` (which
+    /// trusts the certificate the servers present).
+    #[must_use]
+    pub fn with_leader_client(mut self, client: reqwest::Client) -> Self {
+        self.to_leader = client;
+        self
     }
 
     /// The gateway of a server that anchors the ledger's head in `witness`:

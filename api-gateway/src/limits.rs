@@ -18,7 +18,7 @@ use berth_protocol::limits::{Bucket, Effective, Rate, TenantLimits};
 
 use berth_api::{ErrorBody, ErrorCode};
 
-use crate::tenants::valid_tenant;
+use crate::contract::valid_tenant;
 use crate::{ApiError, Gateway, now_ms};
 
 /// How often each process rereads the limits admins set.

@@ -39,6 +39,10 @@ pub(crate) async fn logs(
     let (tenant, name) = path.into_inner();
     gw.authorize(&request, Operation::Read, &tenant, Some(&name))
         .await?;
+    // Only the leader holds the nodes' streams: any other server hands it the request.
+    if !gw.nodes.is_leading() {
+        return crate::forward::to_leader(&gw, &request).await;
+    }
     contract::within("tail", query.tail, 0, 10_000)?;
     let tail = query.tail.unwrap_or(100);
     let id = TopologyRef {

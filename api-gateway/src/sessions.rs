@@ -8,11 +8,8 @@ use berth_api::users::{LoggedIn, Login, SessionView};
 use berth_api::{ErrorBody, ErrorCode};
 use berth_protocol::capability::{self, Operation};
 
-use crate::tenants::valid_tenant;
+use crate::contract::{MOST_PASSWORD_BYTES, valid_tenant};
 use crate::{ApiError, Gateway, SESSION_TTL, auth, now_ms};
-
-/// The longest password a login or a new user may offer.
-pub(crate) const MOST_PASSWORD_BYTES: usize = 1024;
 
 /// Where a login comes from, as the throttle counts it: the peer's address, or, when
 /// the peer is this host itself (the UI, or a proxy beside the gateway), the address

@@ -9,7 +9,7 @@ use berth_api::quota::{NewTenant, PolicyBody, PolicyView, QuotaView, TenantCreat
 use berth_api::users::{NewUser, UserCreated};
 use berth_protocol::capability::Operation;
 
-use crate::sessions::MOST_PASSWORD_BYTES;
+use crate::contract::{MOST_PASSWORD_BYTES, valid_tenant};
 use crate::{ApiError, Gateway, now_ms};
 
 /// The largest quota in any dimension: 2^53, far beyond any pool, and a number every
@@ -32,16 +32,6 @@ pub(crate) fn representable(limit: &Limit) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-pub(crate) fn valid_tenant(name: &str) -> Result<(), ApiError> {
-    if berth_allocator::identity::valid_node_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "{name:?} cannot name a tenant: use lower-case letters, digits and '-', starting with a letter or digit (at most 63)"
-        )))
-    }
 }
 
 #[utoipa::path(

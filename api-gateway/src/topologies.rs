@@ -123,7 +123,6 @@ pub(crate) async fn replica_views(
     id: &TopologyRef,
 ) -> Result<Vec<ReplicaView>, ApiError> {
     let reported = gw.allocator.statuses(id).await?;
-    let cpu = gw.nodes.cpu_figures(id);
     let mut views: Vec<ReplicaView> = gw
         .allocator
         .placed(id)
@@ -140,7 +139,7 @@ pub(crate) async fn replica_views(
                     ReplicaState::parse(&r.status.state)
                 }),
                 detail: report.map(|r| r.status.detail.clone()).unwrap_or_default(),
-                cpu_millis: cpu.get(&(p.service.clone(), p.replica)).copied(),
+                cpu_millis: report.and_then(|r| r.status.cpu_millis),
                 service: p.service,
                 replica: p.replica,
                 node: p.node,

@@ -40,6 +40,8 @@ pub enum ErrorCode {
     Busy,
     /// The audit ledger cannot be written or read, so nothing was done.
     LedgerUnavailable,
+    /// The server that can answer (the leader) cannot be reached now: try again.
+    Unavailable,
     /// The server's witness file cannot be read, so the ledger cannot be checked
     /// against it.
     WitnessUnreadable,
@@ -67,6 +69,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Busy => "busy",
             Self::LedgerUnavailable => "ledger_unavailable",
+            Self::Unavailable => "unavailable",
             Self::WitnessUnreadable => "witness_unreadable",
             Self::Internal => "internal",
         }

@@ -167,6 +167,11 @@ pub(crate) enum Command {
         /// The node API's URL as other machines reach it (default: from --node-listen).
         #[arg(long, value_name = "URL")]
         advertise: Option<String>,
+        /// The REST API's URL as the other servers of the pool reach it, to forward
+        /// what only the leader answers (default: from --listen, with --advertise's
+        /// host when --listen is a wildcard).
+        #[arg(long, value_name = "URL")]
+        advertise_api: Option<String>,
         /// The database: `postgres://...` for a real pool (default: SQLite in the data
         /// directory).
         #[arg(long, env = "DATABASE_URL", value_name = "URL")]
@@ -201,6 +206,11 @@ pub(crate) enum Command {
         /// The node API's URL as other machines reach it (default: from --node-listen).
         #[arg(long, value_name = "URL")]
         advertise: Option<String>,
+        /// The REST API's URL as the other servers of the pool reach it, to forward
+        /// what only the leader answers (default: from --listen, with --advertise's
+        /// host when --listen is a wildcard).
+        #[arg(long, value_name = "URL")]
+        advertise_api: Option<String>,
         /// The database (default: SQLite in the data directory).
         #[arg(long, env = "DATABASE_URL", value_name = "URL")]
         database: Option<String>,

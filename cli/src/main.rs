@@ -13,6 +13,7 @@ mod local;
 mod progress;
 mod project;
 mod remote;
+mod secrets;
 mod server;
 mod tls;
 

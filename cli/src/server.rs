@@ -2,6 +2,11 @@
 //! It serves the REST API (the gateway) and the node API (gRPC) over one database,
 //! and prints the one command each other machine runs to join.
 
+use berth_allocator::autoscale::Autoscaler;
+use berth_allocator::control::{self, SystemClock};
+use berth_allocator::rebalance::Rebalancer;
+use berth_allocator::witness::Anchoring;
+use berth_deployments::{Deployments, Target};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +31,9 @@ pub(crate) struct ServerConfig {
     pub(crate) node_listen: SocketAddr,
     /// The node API's address as nodes reach it (default: `node_listen`).
     pub(crate) advertise: Option<String>,
+    /// The REST API's address as the other servers reach it (default: from
+    /// `listen`).
+    pub(crate) advertise_api: Option<String>,
     /// The database URL (default: SQLite in the data directory).
     pub(crate) database: Option<String>,
     /// The data directory (admin token, SQLite file).
@@ -96,14 +104,14 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     // and the admin token are kept there, sealed under the secrets key each server is
     // given. On SQLite one server owns the data directory and keeps them there.
     let seal = match berth_allocator::database::is_postgres(&database) {
-        true => Some(secrets_key(&config.data_dir)?),
+        true => Some(crate::secrets::secrets_key(&config.data_dir)?),
         false => None,
     };
     let admin_token = match &seal {
         Some(seal) => {
             let given = std::env::var("BERTH_ADMIN_TOKEN").ok();
             let here = std::fs::read_to_string(&token_file).ok();
-            let made = format!("bat_{}", random_hex(32)?);
+            let made = format!("bat_{}", crate::secrets::random_hex(32)?);
             let token = berth_allocator::sealing::shared_secret(&db, seal, "admin-token", || {
                 given
                     .clone()
@@ -114,11 +122,11 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
             // An admin token given to this server is the one it accepts.
             let token = given.unwrap_or(token);
             if !token_file.exists() {
-                read_or_create_secret(&token_file, || Ok(token.clone()))?;
+                crate::secrets::read_or_create_secret(&token_file, || Ok(token.clone()))?;
             }
             token
         }
-        None => admin_token(&token_file)?,
+        None => crate::secrets::admin_token(&token_file)?,
     };
     let tls = match &config.tls {
         crate::tls::TlsSetting::Off => None,
@@ -145,6 +153,10 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{}", config.node_listen));
+    let api_url = config
+        .advertise_api
+        .clone()
+        .unwrap_or_else(|| api_url_of(scheme, config.listen, config.advertise.as_deref()));
     // The keys that sign sessions and delegations; nodes verify delegation tokens
     // offline against their public halves.
     let keys = match seal {
@@ -188,13 +200,18 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         None
     };
     let gateway = Gateway::new(
-        tenants,
+        tenants.clone(),
         allocator.clone(),
         nodes.clone(),
         &admin_token,
         &node_url,
         keys,
     );
+    // A standby forwards to the leader what only the leader answers; the servers of
+    // one pool present one certificate, or certificates of an authority it trusts.
+    let to_leader =
+        berth_api::client::http_trusting(tls.as_ref().and_then(|tls| tls.ca_file.as_deref()))?;
+    let gateway = gateway.with_leader_client(to_leader);
     let gateway = match &tls {
         Some(tls) => gateway.with_tls(tls.leaf(), tls.ca_file.as_deref()),
         None => gateway,
@@ -203,11 +220,16 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     // lines), so the witness keeps going whichever of them leads.
     let witness = berth_allocator::witness::Witness::new(&config.witness.path);
     let gateway = gateway.with_witness(witness.clone());
-    berth_allocator::witness::run(witness, nodes.ledger().clone(), config.witness.every);
+    control::spawn(
+        Anchoring::new(witness, nodes.ledger().clone(), config.witness.every),
+        SystemClock,
+    );
 
     let leadership = {
         let (nodes, allocator, database) = (nodes.clone(), allocator.clone(), database.clone());
-        let (gateway, autoscale_every) = (gateway.clone(), config.autoscale_every);
+        let deployments = Deployments::new(tenants.clone(), allocator.clone(), Target::Pool);
+        let autoscale_every = config.autoscale_every;
+        let api_url = api_url.clone();
         let (rebalance_every, disruption_budget) =
             (config.rebalance_every, config.disruption_budget);
         async move {
@@ -216,9 +238,21 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
             })
             .await?;
             allocator.hear_others(&database).await?;
+            allocator.record_leader(&api_url, now_ms()).await?;
             nodes.lead();
-            berth_api_gateway::autoscale::run(gateway, autoscale_every);
-            berth_allocator::rebalance::run(allocator.clone(), rebalance_every, disruption_budget);
+            control::spawn(
+                Autoscaler::new(
+                    allocator.clone(),
+                    nodes.clone(),
+                    deployments,
+                    autoscale_every,
+                ),
+                SystemClock,
+            );
+            control::spawn(
+                Rebalancer::new(allocator.clone(), rebalance_every, disruption_budget),
+                SystemClock,
+            );
             if lead.is_elected() {
                 println!(
                     "leading: this allocator serves the node API and runs the failure detector"
@@ -405,7 +439,7 @@ async fn dev_admin(tenants: &TenantService, path: &Path) -> anyhow::Result<Strin
     if let Ok(password) = std::fs::read_to_string(path) {
         return Ok(password.trim().to_owned());
     }
-    let password = random_hex(12)?;
+    let password = crate::secrets::random_hex(12)?;
     tenants
         .create_user(
             DEFAULT_TENANT,
@@ -416,7 +450,7 @@ async fn dev_admin(tenants: &TenantService, path: &Path) -> anyhow::Result<Strin
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the admin user: {e}"))?;
-    write_secret(path, password.as_bytes())?;
+    crate::secrets::write_secret(path, password.as_bytes())?;
     Ok(password)
 }
 
@@ -458,96 +492,26 @@ async fn dev_node(
     Ok(agent.run())
 }
 
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
-    use ring::rand::SecureRandom;
-    let mut buffer = vec![0u8; bytes];
-    ring::rand::SystemRandom::new()
-        .fill(&mut buffer)
-        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
-    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
+/// The REST API's URL as the other servers reach it: `listen` itself, or, when it is
+/// a wildcard, the host the node API is advertised at (else loopback) with its port.
+fn api_url_of(scheme: &str, listen: SocketAddr, advertise: Option<&str>) -> String {
+    if !listen.ip().is_unspecified() {
+        return format!("{scheme}://{listen}");
+    }
+    let host = advertise
+        .and_then(|url| url.split_once("://").map(|(_, rest)| rest))
+        .and_then(|rest| rest.split('/').next())
+        .map(|authority| match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => authority,
+        })
+        .filter(|host| !host.is_empty())
+        .unwrap_or("127.0.0.1");
+    format!("{scheme}://{host}:{}", listen.port())
 }
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    std::io::Write::write_all(&mut options.open(path)?, bytes)?;
-    Ok(())
-}
-
-/// The secret kept in `path`, or one made by `make` and written there readable by its
-/// owner only. Servers sharing the data directory may start at once: the first to
-/// write wins and the others read what it wrote, never a half-written file.
-pub(crate) fn read_or_create_secret(
-    path: &Path,
-    make: impl FnOnce() -> anyhow::Result<String>,
-) -> anyhow::Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => return Ok(text),
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(anyhow::anyhow!("reading {}: {e}", path.display()));
-        }
-        Err(_) => {}
-    }
-    let made = make()?;
-    let partial = path.with_extension(format!("partial.{}", std::process::id()));
-    let _ = std::fs::remove_file(&partial);
-    write_secret(&partial, made.as_bytes())?;
-    // A link, unlike a rename, fails when the file is there already.
-    let linked = std::fs::hard_link(&partial, path);
-    let _ = std::fs::remove_file(&partial);
-    match linked {
-        Ok(()) => Ok(made),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok(std::fs::read_to_string(path)?)
-        }
-        Err(e) => Err(anyhow::anyhow!("writing {}: {e}", path.display())),
-    }
-}
-
-/// The key this server seals and opens the control plane's secrets with:
-/// `BERTH_SECRETS_KEY` (64 hex characters), else the file `BERTH_SECRETS_KEY_FILE`
-/// names, else `secrets-key` in the data directory (made there, owner-only, the first
-/// time). Every server of one control plane must be given the same key.
-fn secrets_key(data_dir: &Path) -> anyhow::Result<berth_allocator::sealing::SealingKey> {
-    use berth_allocator::sealing::SealingKey;
-    let (text, from) = match (
-        std::env::var("BERTH_SECRETS_KEY"),
-        std::env::var_os("BERTH_SECRETS_KEY_FILE"),
-    ) {
-        (Ok(text), _) => (text, "BERTH_SECRETS_KEY".to_owned()),
-        (Err(_), Some(file)) => {
-            let path = std::path::PathBuf::from(file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| anyhow::anyhow!("reading the secrets key {}: {e}", path.display()))?;
-            (text, path.display().to_string())
-        }
-        (Err(_), None) => {
-            let path = data_dir.join("secrets-key");
-            let text = read_or_create_secret(&path, || Ok(SealingKey::generate_hex()))?;
-            (text, path.display().to_string())
-        }
-    };
-    SealingKey::from_hex(&text).map_err(|e| anyhow::anyhow!("{from}: {e}"))
-}
-
-/// The admin token: `BERTH_ADMIN_TOKEN`, else the one kept in `path`, else a new one
-/// written there readable by its owner only.
-fn admin_token(path: &Path) -> anyhow::Result<String> {
-    if let Ok(token) = std::env::var("BERTH_ADMIN_TOKEN") {
-        return Ok(token);
-    }
-    if let Ok(token) = std::fs::read_to_string(path) {
-        return Ok(token.trim().to_owned());
-    }
-    let token = format!("bat_{}", random_hex(32)?);
-    write_secret(path, token.as_bytes())?;
-    Ok(token)
 }

@@ -66,7 +66,7 @@ impl ServerTls {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the TLS directory {}", dir.display()))?;
         let key_file = dir.join("ca-key.pem");
-        let ca_key_pem = crate::server::read_or_create_secret(&key_file, || {
+        let ca_key_pem = crate::secrets::read_or_create_secret(&key_file, || {
             Ok(rcgen::KeyPair::generate()?.serialize_pem())
         })?;
         let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem)

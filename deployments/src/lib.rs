@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use berth_allocator::autoscale::Scaled;
 use berth_allocator::{Allocator, AllocatorError, Deployment};
 use berth_protocol::assignment::TopologyRef;
 use berth_protocol::topology::{Policy, Refusal, Topology};
@@ -298,6 +299,35 @@ pub fn with_replicas(
         s.replicas = *n;
     }
     Ok(topology)
+}
+
+/// The autoscaler scales through the deploy path, as `berth scale` does.
+impl berth_allocator::autoscale::Scaler for Deployments {
+    type Error = DeployError;
+
+    async fn set_replicas(
+        &self,
+        id: &TopologyRef,
+        service: &str,
+        replicas: u32,
+    ) -> Result<Scaled, DeployError> {
+        let wanted = BTreeMap::from([(service.to_owned(), replicas)]);
+        match self.scale(&id.tenant, &id.topology, &wanted).await {
+            Ok(_) => Ok(Scaled::Done),
+            Err(DeployError::Allocator(AllocatorError::Quota(e))) => {
+                Ok(Scaled::Refused(e.to_string()))
+            }
+            Err(DeployError::Allocator(AllocatorError::Placement(e))) => {
+                Ok(Scaled::Refused(format!("no room: {e}")))
+            }
+            // Removed meanwhile.
+            Err(
+                DeployError::UnknownService { .. }
+                | DeployError::Tenant(TenantError::UnknownTopology { .. }),
+            ) => Ok(Scaled::Gone),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use berth_node_runtime::agent::{NodeIdentity, Signer};
+use berth_node_runtime::agent::NodeIdentity;
 use berth_node_runtime::links::Tunnels;
 use berth_node_runtime::peer::{PeerApi, Trust};
 use berth_node_runtime::simulated::SimulatedDriver;
@@ -99,7 +99,7 @@ async fn main() {
 
     // Node 1: its link to db, listening on another loopback address at db's port.
     let identity = NodeIdentity::generate("n1", "http://127.0.0.1:1").expect("identity");
-    let signer = Arc::new(Signer::new(&identity).expect("signer"));
+    let signer = Arc::new(identity.signer().expect("signer"));
     let grant = Grant {
         caller: "n1".into(),
         caller_key: signer.public_key(),

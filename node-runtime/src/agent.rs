@@ -8,18 +8,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_control_client::NodeControlClient;
 use berth_protocol::node_api::{
     AssignmentSet, DecisionsBody, HeartbeatBody, JoinRequest, LogRequest, LogsBody, PeerDecision,
-    ReplicaStatus, ReportBody, SignedRequest, WatchBody, WatchEvent, methods, signing_payload,
-    watch_event,
+    ReplicaStatus, ReportBody, WatchBody, WatchEvent, methods, watch_event,
 };
-use prost::Message;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
@@ -33,6 +30,7 @@ use crate::driver::ContainerDriver;
 use crate::links::Tunnels;
 use crate::peer::{PeerApi, Trust};
 use crate::reconcile::Reconciler;
+pub use crate::signer::Signer;
 
 /// Why the agent could not join or run.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +194,11 @@ impl NodeIdentity {
         })
     }
 
+    /// The signer of what this node sends.
+    pub fn signer(&self) -> Result<Signer, AgentError> {
+        Ok(Signer::new(&self.name, self.key_pair()?, self.tls()?))
+    }
+
     fn key_pair(&self) -> Result<Ed25519KeyPair, AgentError> {
         Ed25519KeyPair::from_pkcs8(&self.pkcs8()?).map_err(|e| AgentError::Identity {
             path: PathBuf::new(),
@@ -342,96 +345,6 @@ pub async fn join(
         }
     }
     Err(last.unwrap_or_else(|| AgentError::Refused("no allocator address given".into())))
-}
-
-/// Signs requests in the node's name with numbers that always grow, across restarts
-/// too (they start from the clock, in microseconds).
-#[derive(Debug)]
-pub struct Signer {
-    node: String,
-    key: Ed25519KeyPair,
-    tls: crate::node_tls::NodeTls,
-    last: AtomicU64,
-}
-
-impl Signer {
-    /// A signer for `identity`.
-    pub fn new(identity: &NodeIdentity) -> Result<Self, AgentError> {
-        Ok(Self {
-            node: identity.name.clone(),
-            key: identity.key_pair()?,
-            tls: identity.tls()?,
-            last: AtomicU64::new(0),
-        })
-    }
-
-    /// The same key, for connections to other nodes.
-    pub fn tls(&self) -> &crate::node_tls::NodeTls {
-        &self.tls
-    }
-
-    /// The next sequence number and the current time in milliseconds.
-    pub fn next_sequence(&self) -> (u64, i64) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let micros = u64::try_from(now.as_micros()).unwrap_or(u64::MAX);
-        let mut previous = self.last.load(Ordering::Relaxed);
-        loop {
-            let next = micros.max(previous + 1);
-            match self
-                .last
-                .compare_exchange(previous, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return (next, i64::try_from(now.as_millis()).unwrap_or(i64::MAX)),
-                Err(actual) => previous = actual,
-            }
-        }
-    }
-
-    /// The node's public key.
-    pub fn public_key(&self) -> Vec<u8> {
-        self.key.public_key().as_ref().to_vec()
-    }
-
-    /// A call on another node's API (`method`), carrying `token` and signed with this
-    /// node's key.
-    pub fn peer_call(
-        &self,
-        method: &str,
-        token: Vec<u8>,
-        body: &berth_protocol::node_api::PeerCallBody,
-    ) -> berth_protocol::node_api::PeerCall {
-        let body = body.encode_to_vec();
-        let signature = self
-            .key
-            .sign(&berth_protocol::node_api::peer_signing_payload(
-                method, &body,
-            ))
-            .as_ref()
-            .to_vec();
-        berth_protocol::node_api::PeerCall {
-            token,
-            caller_key: self.public_key(),
-            body,
-            signature,
-        }
-    }
-
-    /// Wraps `body` for `method`, signed.
-    pub fn sign<B: Message>(&self, method: &str, body: &B) -> SignedRequest {
-        let body = body.encode_to_vec();
-        let signature = self
-            .key
-            .sign(&signing_payload(method, &body))
-            .as_ref()
-            .to_vec();
-        SignedRequest {
-            node: self.node.clone(),
-            body,
-            signature,
-        }
-    }
 }
 
 /// How long a node goes without a renewed lease before it fences itself, until the
@@ -640,7 +553,7 @@ pub struct Agent<D> {
 impl<D: ContainerDriver> Agent<D> {
     /// An agent for `identity`, running containers through `reconciler`.
     pub fn new(identity: NodeIdentity, reconciler: Reconciler<D>) -> Result<Self, AgentError> {
-        let signer = Arc::new(Signer::new(&identity)?);
+        let signer = Arc::new(identity.signer()?);
         let heart = Heart {
             signer: signer.clone(),
             allocators: identity
@@ -1389,7 +1302,7 @@ mod tests {
     #[test]
     fn sequences_always_grow() {
         let identity = NodeIdentity::generate("n", "http://x").unwrap();
-        let signer = Signer::new(&identity).unwrap();
+        let signer = identity.signer().unwrap();
         let mut last = 0;
         for _ in 0..1000 {
             let (n, _) = signer.next_sequence();

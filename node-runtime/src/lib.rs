@@ -21,3 +21,4 @@ pub mod agent;
 pub mod links;
 pub mod node_tls;
 pub mod peer;
+pub mod signer;

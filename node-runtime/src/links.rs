@@ -21,8 +21,8 @@ use ring::rand::SecureRandom;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use crate::agent::Signer;
 use crate::peer::{frames_from, methods};
+use crate::signer::Signer;
 
 /// A listener: the topology, the remote service, its port, and the host address
 /// (on one of the topology's networks) it listens at.

@@ -98,7 +98,7 @@ impl NodeTls {
     }
 
     /// A channel to the node API at `peer` (`http://host:port`) of the node whose key
-    /// is `peer_key`, over TLS, set as [`crate::peer::server`] is; it connects on first
+    /// is `peer_key`, over TLS, set as the node API's server is; it connects on first
     /// use and again after a failure.
     pub fn channel(
         &self,
@@ -106,7 +106,7 @@ impl NodeTls {
         peer_key: &[u8],
     ) -> Result<tonic::transport::Channel, String> {
         let connector = self.connector(peer_key)?;
-        let endpoint = crate::peer::endpoint(peer)?;
+        let endpoint = endpoint(peer)?;
         let connect = tower::service_fn(move |uri: tonic::transport::Uri| {
             let connector = connector.clone();
             async move {
@@ -300,6 +300,22 @@ fn verify_raw(
         dss,
         &provider.signature_verification_algorithms,
     )
+}
+
+/// HTTP/2 flow-control windows of node-API connections, per stream and per
+/// connection: the 64 KiB default would hold one tunnel to a window's worth per round
+/// trip.
+pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Another node's API at `peer` (`http://host:port`), set as the node API's server is
+/// (large windows, no Nagle delay); the connection itself is [`NodeTls::channel`]'s.
+pub(crate) fn endpoint(peer: &str) -> Result<tonic::transport::Endpoint, String> {
+    Ok(tonic::transport::Endpoint::from_shared(peer.to_owned())
+        .map_err(|e| format!("{peer:?} is not a node API address: {e}"))?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW))
 }
 
 #[cfg(test)]

@@ -287,28 +287,13 @@ impl<D: ContainerDriver> PeerApi<D> {
     }
 }
 
-/// HTTP/2 flow-control windows of node-API connections, per stream and per
-/// connection: the 64 KiB default would hold one tunnel to a window's worth per round
-/// trip.
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
-
 /// A server for the node API, set for tunnels: large windows, no Nagle delay.
 pub fn server() -> tonic::transport::Server {
+    use crate::node_tls::{CONNECTION_WINDOW, STREAM_WINDOW};
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true)
-}
-
-/// Another node's API at `peer` (`http://host:port`), set as [`server`] is; the
-/// connection itself is [`crate::node_tls::NodeTls::channel`]'s.
-pub(crate) fn endpoint(peer: &str) -> Result<tonic::transport::Endpoint, String> {
-    Ok(tonic::transport::Endpoint::from_shared(peer.to_owned())
-        .map_err(|e| format!("{peer:?} is not a node API address: {e}"))?
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW))
 }
 
 /// Reads `read` until it ends, sending what it reads as data frames (each wrapped by

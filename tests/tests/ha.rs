@@ -276,3 +276,114 @@ async fn a_root_key_rotated_through_one_server_is_honoured_by_the_other() {
     .await;
     assert_eq!(first.status_with("/session", &new).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_ps_through_the_standby_give_the_leaders_answer() {
+    // Only the leader holds the nodes' streams; a standby forwards what needs them
+    // (logs) to the address the leader recorded, and answers the rest (ps) from the
+    // database they share. A client sees the same whichever server it asks.
+    ensure_images();
+    let database = berth_tests::postgres::fresh_database("hastandby").await;
+    let bin = berth_tests::berth_bin();
+    let args = ["--database", database.as_str()];
+    let leader = Server::start_with(&bin, None, &args, &[]).await;
+    eventually("the first server leads", async || {
+        leader.printed().contains("leading:")
+    })
+    .await;
+    let standby = Server::start_with(&bin, Some(leader.state.clone()), &args, &[]).await;
+    eventually("the second server stands by", async || {
+        standby.printed().contains("standing by:")
+    })
+    .await;
+    let prefix = format!("hs{}", std::process::id());
+    let _node = leader
+        .join_at(&leader.node_url(), &format!("{prefix}-n1"))
+        .await;
+    eventually("the node is active", async || {
+        node_states(&leader).await.values().any(|s| s == "active")
+    })
+    .await;
+
+    let mut project = berth_tests::Project::new(
+        "standby",
+        "name: NAME\nservices:\n  echo:\n    image: berth/busybox:latest\n    init: true\n    deploy: { replicas: 2 }\n    command: [\"sh\", \"-c\", \"echo said-by-$$HOSTNAME; sleep 3600\"]\n",
+    );
+    project.set_env("BERTH_TOKEN", leader.admin);
+    let through = |server: &Server| {
+        let mut args = vec!["--endpoint".to_owned(), server.api.clone()];
+        args.extend(["--json".to_owned()]);
+        args
+    };
+    let run = |server: &Server, command: &[&str]| {
+        let mut args = through(server);
+        args.extend(command.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        project.berth(&args).ok().stdout
+    };
+    run(&standby, &["up", "-d"]);
+
+    // Both replicas have said their line.
+    let said = |stdout: &str| -> Vec<(String, u64, Vec<String>)> {
+        let replicas: serde_json::Value = serde_json::from_str(stdout).expect("logs as JSON");
+        let mut said: Vec<(String, u64, Vec<String>)> = replicas
+            .as_array()
+            .expect("a list of replicas")
+            .iter()
+            .map(|r| {
+                let lines = r["lines"]
+                    .as_array()
+                    .expect("lines")
+                    .iter()
+                    .map(|l| l.as_str().unwrap_or_default().to_owned())
+                    .collect();
+                (
+                    r["service"].as_str().unwrap_or_default().to_owned(),
+                    r["replica"].as_u64().unwrap_or(0),
+                    lines,
+                )
+            })
+            .collect();
+        said.sort();
+        said
+    };
+    eventually("both replicas' lines reach the leader", async || {
+        let logs = said(&run(&leader, &["logs"]));
+        logs.len() == 2
+            && logs
+                .iter()
+                .all(|(_, _, lines)| lines.iter().any(|l| l.starts_with("said-by-")))
+    })
+    .await;
+    let from_leader = said(&run(&leader, &["logs"]));
+    let from_standby = said(&run(&standby, &["logs"]));
+    assert_eq!(from_standby, from_leader, "logs through the standby differ");
+    assert!(
+        from_standby
+            .iter()
+            .all(|(_, _, lines)| lines.iter().any(|l| l.starts_with("said-by-"))),
+        "{from_standby:?}"
+    );
+
+    let ps = |server: &Server| {
+        let status: serde_json::Value =
+            serde_json::from_str(&run(server, &["ps"])).expect("ps as JSON");
+        status["replicas"].clone()
+    };
+    let (leaders, standbys) = (ps(&leader), ps(&standby));
+    assert_eq!(standbys, leaders, "ps through the standby differs");
+    assert_eq!(
+        leaders.as_array().map(Vec::len),
+        Some(2),
+        "two replicas: {leaders}"
+    );
+    assert!(
+        leaders
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|r| r["state"] == "running"),
+        "{leaders}"
+    );
+    run(&leader, &["down"]);
+}

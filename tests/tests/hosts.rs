@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use berth_node_runtime::agent::{NodeIdentity, Signer};
+use berth_node_runtime::agent::NodeIdentity;
 use berth_protocol::node_api::PeerCallBody;
 use berth_protocol::node_api::node_peer_client::NodePeerClient;
 use berth_tests::hosts::{HostNode, Hosts, NODE_API_PORT};
@@ -248,7 +248,7 @@ async fn hosts_reach_each_other_only_through_the_node_api_and_links_carry_traffi
 
     // The node API itself, called without a delegation, refuses.
     let caller = NodeIdentity::load(nodes[0].dir.path()).expect("host1's identity");
-    let signer = Signer::new(&caller).expect("signer");
+    let signer = caller.signer().expect("signer");
     let target_key = NodeIdentity::load(nodes[1].dir.path())
         .and_then(|n| n.public_key())
         .expect("host2's key");

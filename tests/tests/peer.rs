@@ -113,7 +113,7 @@ impl Pool {
     fn grant(&self, operation: NodeOperation) -> Grant {
         Grant {
             caller: self.n1_name.clone(),
-            caller_key: Signer::new(&self.n1).expect("signer").public_key(),
+            caller_key: self.n1.signer().expect("signer").public_key(),
             target: self.n2_name.clone(),
             operation,
             tenant: "default".into(),
@@ -322,7 +322,7 @@ impl Pool {
     }
 
     fn n1_signer(&self) -> Signer {
-        Signer::new(&self.n1).expect("signer")
+        self.n1.signer().expect("signer")
     }
 }
 
@@ -402,7 +402,7 @@ async fn a_call_relayed_over_another_nodes_connection_is_refused() {
     // Node 1's call and token are good; the connection they arrive on was made with
     // another node's key.
     let stranger = NodeIdentity::generate("stranger", "http://127.0.0.1:1").expect("identity");
-    let stranger = Signer::new(&stranger).expect("signer");
+    let stranger = stranger.signer().expect("signer");
     let token = pool.mint(&pool.grant(NodeOperation::Tunnel));
     refused(
         pool.tunnel_get_over(&stranger, &pool.n1_signer(), token)
@@ -418,10 +418,11 @@ async fn a_node_api_that_is_not_the_expected_node_is_not_called() {
     // Node 1 expects node 2's key; the node API at that address presents it, so a
     // caller told another key (an impostor's, say) refuses the connection before
     // sending anything.
-    let impostor_key =
-        Signer::new(&NodeIdentity::generate("impostor", "http://127.0.0.1:1").expect("identity"))
-            .expect("signer")
-            .public_key();
+    let impostor_key = NodeIdentity::generate("impostor", "http://127.0.0.1:1")
+        .expect("identity")
+        .signer()
+        .expect("signer")
+        .public_key();
     let signer = pool.n1_signer();
     let call = signer.peer_call(
         "Health",
@@ -794,10 +795,10 @@ async fn tokens_are_standard_biscuits_the_reference_tooling_reads_and_narrows() 
     );
     // A thief (same name, its own key) appends its key as the caller's: policies read
     // the authority block only, so the token stays node 1's.
-    let thief = Signer::new(
-        &NodeIdentity::generate(&pool.n1_name, "http://127.0.0.1:1").expect("identity"),
-    )
-    .expect("signer");
+    let thief = NodeIdentity::generate(&pool.n1_name, "http://127.0.0.1:1")
+        .expect("identity")
+        .signer()
+        .expect("signer");
     let stolen = biscuit(
         &[
             "attenuate",

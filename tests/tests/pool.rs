@@ -222,7 +222,7 @@ async fn a_node_sees_only_its_own_assignments_and_cannot_ask_for_another_nodes()
         .await
         .expect("deploy");
 
-    let (_, mine) = first_set(&plane, &Signer::new(&n1).expect("signer")).await;
+    let (_, mine) = first_set(&plane, &n1.signer().expect("signer")).await;
     assert_eq!(mine.len(), 1);
     assert_eq!(
         mine[0].slots.len(),
@@ -232,7 +232,7 @@ async fn a_node_sees_only_its_own_assignments_and_cannot_ask_for_another_nodes()
     );
 
     // n2's key cannot open n1's stream: identity comes from the signature, not the name.
-    let mut forged = watch_request(&Signer::new(&n2).expect("signer"));
+    let mut forged = watch_request(&n2.signer().expect("signer"));
     forged.node = "n1".into();
     let err = plane
         .client()
@@ -248,7 +248,7 @@ async fn a_node_sees_only_its_own_assignments_and_cannot_ask_for_another_nodes()
     );
 
     // An unsigned request is refused too.
-    let mut unsigned = watch_request(&Signer::new(&n1).expect("signer"));
+    let mut unsigned = watch_request(&n1.signer().expect("signer"));
     unsigned.signature.clear();
     assert_eq!(
         plane
@@ -266,7 +266,7 @@ async fn a_node_sees_only_its_own_assignments_and_cannot_ask_for_another_nodes()
 async fn a_replayed_request_is_refused() {
     let plane = control_plane().await;
     let n1 = plane.join("n1").await;
-    let request = watch_request(&Signer::new(&n1).expect("signer"));
+    let request = watch_request(&n1.signer().expect("signer"));
     plane
         .client()
         .await
@@ -302,9 +302,9 @@ async fn a_node_cannot_report_on_containers_it_does_not_own() {
         )
         .await
         .expect("deploy");
-    let s1 = Signer::new(&n1).expect("signer");
+    let s1 = n1.signer().expect("signer");
     let (version, mine) = first_set(&plane, &s1).await;
-    let s2 = Signer::new(&n2).expect("signer");
+    let s2 = n2.signer().expect("signer");
     let (_, theirs) = first_set(&plane, &s2).await;
     let status = |a: &TopologyAssignment| ReplicaStatus {
         cpu_millis: None,
@@ -526,10 +526,7 @@ async fn only_the_node_asked_can_answer_a_request_for_logs() {
     let plane = control_plane().await;
     let n1 = plane.join("n1").await;
     let n2 = plane.join("n2").await;
-    let (s1, s2) = (
-        Signer::new(&n1).expect("signer"),
-        Signer::new(&n2).expect("signer"),
-    );
+    let (s1, s2) = (n1.signer().expect("signer"), n2.signer().expect("signer"));
     let mut stream = plane
         .client()
         .await

@@ -1,0 +1,327 @@
+//! The allocator's rows, read and changed: the SQL helpers the deploy path, the
+//! pool's views, rebalancing and events share (conversions between the database's
+//! signed integers and amounts, node views, the quota and capacity shifts made with
+//! conditional updates, the end of moves). No decision is made here.
+
+use berth_protocol::assignment::TopologyRef;
+use berth_protocol::limits::TenantLimits;
+use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
+use sea_orm::{ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::entity::{assignment, lingering, node, quota, tenant_limit};
+use crate::placement::{NodeView, Placed};
+use crate::resources::{Limit, Resources};
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn limit_of(v: Option<i64>) -> Option<u64> {
+    v.map(|x| u64::try_from(x).unwrap_or(0))
+}
+
+pub(crate) fn used_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(crate) async fn load_placed<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    id: &TopologyRef,
+) -> Result<Vec<Placed>, DbErr> {
+    Ok(assignment::Entity::find()
+        .filter(assignment::Column::Tenant.eq(&id.tenant))
+        .filter(assignment::Column::Topology.eq(&id.topology))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|a| Placed {
+            service: a.service,
+            replica: u32::try_from(a.replica).unwrap_or(0),
+            node: a.node,
+            generation: u64::try_from(a.generation).unwrap_or(0),
+            cost: Resources {
+                cpu_millis: used_of(a.cpu_millis),
+                memory_bytes: used_of(a.memory_bytes),
+                containers: 1,
+            },
+        })
+        .collect())
+}
+
+pub(crate) fn quota_parts(row: &quota::Model) -> (Limit, Resources) {
+    (
+        Limit {
+            cpu_millis: limit_of(row.cpu_millis_limit),
+            memory_bytes: limit_of(row.memory_bytes_limit),
+            containers: limit_of(row.containers_limit),
+        },
+        Resources {
+            cpu_millis: used_of(row.cpu_millis_used),
+            memory_bytes: used_of(row.memory_bytes_used),
+            containers: used_of(row.containers_used),
+        },
+    )
+}
+
+pub(crate) fn sum(slots: &[Placed]) -> Resources {
+    slots
+        .iter()
+        .fold(Resources::default(), |acc, s| acc.plus(s.cost))
+}
+
+/// The growth from `before` to `after`, per dimension (zero where it shrinks).
+pub(crate) fn grow(before: Resources, after: Resources) -> Resources {
+    Resources {
+        cpu_millis: after.cpu_millis.saturating_sub(before.cpu_millis),
+        memory_bytes: after.memory_bytes.saturating_sub(before.memory_bytes),
+        containers: after.containers.saturating_sub(before.containers),
+    }
+}
+
+/// A signed change of reserved resources.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Delta {
+    cpu: i64,
+    memory: i64,
+    containers: i64,
+}
+
+impl Delta {
+    pub(crate) fn between(before: Resources, after: Resources) -> Self {
+        let d = |b: u64, a: u64| to_i64(a).saturating_sub(to_i64(b));
+        Self {
+            cpu: d(before.cpu_millis, after.cpu_millis),
+            memory: d(before.memory_bytes, after.memory_bytes),
+            containers: d(before.containers, after.containers),
+        }
+    }
+
+    pub(crate) fn is_zero(&self) -> bool {
+        self.cpu == 0 && self.memory == 0 && self.containers == 0
+    }
+}
+
+/// How many of the least-loaded nodes a deploy of `wants` replicas looks at: enough to
+/// give every replica a node of its own twice over.
+pub(crate) fn candidates_for(wants: usize) -> u64 {
+    u64::try_from(wants.saturating_mul(2))
+        .unwrap_or(u64::MAX)
+        .clamp(64, 4096)
+}
+
+/// What a node's row says it can hold.
+pub(crate) fn capacity_of(n: &node::Model) -> Limit {
+    Limit {
+        cpu_millis: limit_of(n.cpu_millis_capacity),
+        memory_bytes: limit_of(n.memory_bytes_capacity),
+        containers: limit_of(n.containers_capacity),
+    }
+}
+
+/// What a node's row says is reserved on it.
+pub(crate) fn used_on(n: &node::Model) -> Resources {
+    Resources {
+        cpu_millis: used_of(n.cpu_millis_used),
+        memory_bytes: used_of(n.memory_bytes_used),
+        containers: used_of(n.containers_used),
+    }
+}
+
+pub(crate) fn node_view(n: node::Model) -> NodeView {
+    NodeView {
+        capacity: capacity_of(&n),
+        used: used_on(&n),
+        // A dead node takes nothing and keeps nothing.
+        schedulable: n.schedulable && n.down_since_ms.is_none(),
+        draining: n.draining || n.down_since_ms.is_some(),
+        labels: serde_json::from_str(&n.labels).unwrap_or_default(),
+        name: n.name,
+    }
+}
+
+/// Every node of the pool.
+pub(crate) async fn all_nodes<C: sea_orm::ConnectionTrait>(db: &C) -> Result<Vec<NodeView>, DbErr> {
+    Ok(node::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(node_view)
+        .collect())
+}
+
+/// The nodes `placed` is on, and the `limit` open nodes with the fewest containers
+/// (through the index on `containers_used`, not a scan).
+pub(crate) async fn candidate_nodes<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    placed: &[Placed],
+    limit: u64,
+) -> Result<Vec<NodeView>, DbErr> {
+    let mut nodes: BTreeMap<String, node::Model> = BTreeMap::new();
+    let on: BTreeSet<&str> = placed.iter().map(|p| p.node.as_str()).collect();
+    for chunk in on.into_iter().collect::<Vec<_>>().chunks(500) {
+        for n in node::Entity::find()
+            .filter(node::Column::Name.is_in(chunk.iter().copied()))
+            .all(db)
+            .await?
+        {
+            nodes.insert(n.name.clone(), n);
+        }
+    }
+    let open = node::Entity::find()
+        .filter(node::Column::Schedulable.eq(true))
+        .filter(node::Column::Draining.eq(false))
+        .filter(node::Column::DownSinceMs.is_null())
+        .order_by_asc(node::Column::ContainersUsed)
+        .order_by_asc(node::Column::Name)
+        .limit(limit)
+        .all(db)
+        .await?;
+    for n in open {
+        nodes.entry(n.name.clone()).or_insert(n);
+    }
+    Ok(nodes.into_values().map(node_view).collect())
+}
+
+/// Writes the tenant's quota row without changing it: a row lock on PostgreSQL, the
+/// write lock on SQLite, so that a transaction that starts with it serialises with the
+/// tenant's other writers and never has to upgrade a read lock. False if no such row.
+pub(crate) async fn lock_tenant(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant: &str,
+) -> Result<bool, DbErr> {
+    let touched = quota::Entity::update_many()
+        .col_expr(
+            quota::Column::ContainersUsed,
+            Expr::col(quota::Column::ContainersUsed),
+        )
+        .filter(quota::Column::Tenant.eq(tenant))
+        .exec(txn)
+        .await?;
+    Ok(touched.rows_affected == 1)
+}
+
+/// Shifts a tenant's reserved usage by `delta`, atomically: a dimension that grows must
+/// stay within its limit, one that shrinks always applies. Returns whether it applied.
+pub(crate) async fn shift_quota(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant: &str,
+    delta: Delta,
+) -> Result<bool, DbErr> {
+    let updated = quota::Entity::update_many()
+        .col_expr(
+            quota::Column::CpuMillisUsed,
+            Expr::col(quota::Column::CpuMillisUsed).add(delta.cpu),
+        )
+        .col_expr(
+            quota::Column::MemoryBytesUsed,
+            Expr::col(quota::Column::MemoryBytesUsed).add(delta.memory),
+        )
+        .col_expr(
+            quota::Column::ContainersUsed,
+            Expr::col(quota::Column::ContainersUsed).add(delta.containers),
+        )
+        .filter(quota::Column::Tenant.eq(tenant))
+        .filter(within(
+            quota::Column::CpuMillisUsed,
+            quota::Column::CpuMillisLimit,
+            delta.cpu,
+        ))
+        .filter(within(
+            quota::Column::MemoryBytesUsed,
+            quota::Column::MemoryBytesLimit,
+            delta.memory,
+        ))
+        .filter(within(
+            quota::Column::ContainersUsed,
+            quota::Column::ContainersLimit,
+            delta.containers,
+        ))
+        .exec(txn)
+        .await?;
+    Ok(updated.rows_affected == 1)
+}
+
+/// Shifts what is reserved on a node by `delta`, as [`shift_quota`] does against its
+/// capacity.
+pub(crate) async fn shift_node(
+    txn: &sea_orm::DatabaseTransaction,
+    node_name: &str,
+    delta: Delta,
+) -> Result<bool, DbErr> {
+    let updated = node::Entity::update_many()
+        .col_expr(
+            node::Column::CpuMillisUsed,
+            Expr::col(node::Column::CpuMillisUsed).add(delta.cpu),
+        )
+        .col_expr(
+            node::Column::MemoryBytesUsed,
+            Expr::col(node::Column::MemoryBytesUsed).add(delta.memory),
+        )
+        .col_expr(
+            node::Column::ContainersUsed,
+            Expr::col(node::Column::ContainersUsed).add(delta.containers),
+        )
+        .filter(node::Column::Name.eq(node_name))
+        .filter(within(
+            node::Column::CpuMillisUsed,
+            node::Column::CpuMillisCapacity,
+            delta.cpu,
+        ))
+        .filter(within(
+            node::Column::MemoryBytesUsed,
+            node::Column::MemoryBytesCapacity,
+            delta.memory,
+        ))
+        .filter(within(
+            node::Column::ContainersUsed,
+            node::Column::ContainersCapacity,
+            delta.containers,
+        ))
+        .exec(txn)
+        .await?;
+    Ok(updated.rows_affected == 1)
+}
+
+/// `used + delta <= limit`, or no limit, or a change that does not grow.
+pub(crate) fn within<C: ColumnTrait>(used: C, limit: C, delta: i64) -> Condition {
+    if delta <= 0 {
+        return Condition::all();
+    }
+    let fits: SimpleExpr = Expr::col(used).add(delta).lte(Expr::col(limit));
+    Condition::any().add(limit.is_null()).add(fits)
+}
+
+pub(crate) fn limits_of(row: &tenant_limit::Model) -> TenantLimits {
+    let value = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    TenantLimits {
+        requests_per_second: value(row.requests_per_second),
+        deploys_per_minute: value(row.deploys_per_minute),
+        attenuations_per_hour: value(row.attenuations_per_hour),
+        services_per_topology: value(row.services_per_topology),
+        replicas_per_service: value(row.replicas_per_service),
+    }
+}
+
+/// Ends the moves of `id` (its deploy or removal decides anew where everything runs):
+/// returns the nodes whose old copies go.
+pub(crate) async fn forget_moves(
+    txn: &sea_orm::DatabaseTransaction,
+    id: &TopologyRef,
+) -> Result<Vec<String>, sea_orm::DbErr> {
+    let rows = lingering::Entity::find()
+        .filter(lingering::Column::Tenant.eq(&id.tenant))
+        .filter(lingering::Column::Topology.eq(&id.topology))
+        .all(txn)
+        .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    lingering::Entity::delete_many()
+        .filter(lingering::Column::Tenant.eq(&id.tenant))
+        .filter(lingering::Column::Topology.eq(&id.topology))
+        .exec(txn)
+        .await?;
+    Ok(rows.into_iter().map(|l| l.node).collect())
+}
