@@ -210,6 +210,9 @@ pub mod placement {
         pub next_generation: i64,
         /// The trace context of the deploy that placed it (W3C `traceparent`).
         pub traceparent: Option<String>,
+        /// Whether a service of the spec autoscales (the autoscaler reads these
+        /// placements only).
+        pub autoscaled: bool,
     }
 
     /// No relations are navigated through the ORM.

@@ -194,7 +194,7 @@ impl Allocator {
     /// The placed topologies with a service that autoscales, with the spec placed.
     pub async fn autoscaled(&self) -> Result<Vec<(TopologyRef, Topology)>, AllocatorError> {
         let rows = crate::entity::placement::Entity::find()
-            .filter(crate::entity::placement::Column::Spec.contains("\"autoscale\""))
+            .filter(crate::entity::placement::Column::Autoscaled.eq(true))
             .all(self.connection())
             .await?;
         let mut out = Vec::new();

@@ -36,8 +36,17 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
     /// The database could not be reached or refused.
-    #[error("the leadership session failed: {0}")]
-    Database(String),
+    #[error("the leadership session failed")]
+    Database(#[from] sea_orm::sqlx::Error),
+    /// The session answers but no longer holds the lock (the database ended it).
+    #[error("session {pid} no longer holds the leadership lock")]
+    LockLost {
+        /// The session's backend process.
+        pid: i32,
+    },
+    /// The session did not answer a check in time.
+    #[error("the leadership session did not answer within {0:?}")]
+    Unresponsive(Duration),
 }
 
 /// The lead, held until this value is dropped or its session is lost.
@@ -57,15 +66,11 @@ pub async fn campaign(
     if db.get_database_backend() != DatabaseBackend::Postgres {
         return Ok(Lead { session: None });
     }
-    let options: PgConnectOptions = url
-        .parse()
-        .map_err(|e| LeaderError::Database(format!("{e}")))?;
+    let options: PgConnectOptions = url.parse()?;
     let options = options
         .application_name("berth-allocator-leadership")
         .disable_statement_logging();
-    let mut conn = PgConnection::connect_with(&options)
-        .await
-        .map_err(|e| LeaderError::Database(e.to_string()))?;
+    let mut conn = PgConnection::connect_with(&options).await?;
     // Let the server notice a vanished leader host within about ten seconds, and so
     // free the lock for another.
     for setting in [
@@ -73,22 +78,17 @@ pub async fn campaign(
         "SET tcp_keepalives_interval = 2",
         "SET tcp_keepalives_count = 3",
     ] {
-        sea_orm::sqlx::query(setting)
-            .execute(&mut conn)
-            .await
-            .map_err(|e| LeaderError::Database(e.to_string()))?;
+        sea_orm::sqlx::query(setting).execute(&mut conn).await?;
     }
     let pid: i32 = sea_orm::sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut conn)
-        .await
-        .map_err(|e| LeaderError::Database(e.to_string()))?;
+        .await?;
     let mut waiting = Some(waiting);
     loop {
         let taken: bool = sea_orm::sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(LOCK_KEY)
             .fetch_one(&mut conn)
-            .await
-            .map_err(|e| LeaderError::Database(e.to_string()))?;
+            .await?;
         if taken {
             return Ok(Lead {
                 session: Some((conn, pid)),
@@ -120,15 +120,11 @@ impl Lead {
             match tokio::time::timeout(CHECK_TIMEOUT, held).await {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => {
-                    return LeaderError::Database(format!(
-                        "session {pid} no longer holds the leadership lock"
-                    ));
+                    return LeaderError::LockLost { pid: *pid };
                 }
-                Ok(Err(e)) => return LeaderError::Database(e.to_string()),
+                Ok(Err(e)) => return LeaderError::Database(e),
                 Err(_) => {
-                    return LeaderError::Database(format!(
-                        "the leadership session did not answer within {CHECK_TIMEOUT:?}"
-                    ));
+                    return LeaderError::Unresponsive(CHECK_TIMEOUT);
                 }
             }
         }

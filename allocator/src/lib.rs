@@ -7,6 +7,7 @@
 pub mod autoscale;
 pub mod control;
 pub mod database;
+mod decision;
 pub mod entity;
 pub mod events;
 pub mod identity;

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use berth_protocol::assignment::{Link, TopologyAssignment, TopologyRef};
 use berth_protocol::delegation::{self, Grant, NodeOperation};
+use berth_protocol::time::now_ms;
 use berth_protocol::topology::Protocol;
 
 use crate::Allocator;
@@ -42,12 +43,6 @@ pub(crate) struct LinkToken {
 
 /// Tokens minted, by link.
 pub(crate) type LinkTokens = HashMap<LinkKey, LinkToken>;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// What minting links needs of the node API that sends them: the keys, the nodes'
 /// identities and addresses, the placements, the ledger, and the tokens minted so far.

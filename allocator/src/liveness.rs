@@ -14,7 +14,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
+
+/// Unix milliseconds now.
+pub use berth_protocol::time::now_ms;
 
 /// How often the detector looks at the leases.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -220,13 +223,6 @@ impl Leases {
     pub fn suspects(&self) -> usize {
         self.state().suspect.len()
     }
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

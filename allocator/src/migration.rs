@@ -34,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(SealedSecrets),
             Box::new(ReplicaCpu),
             Box::new(LeaderAddress),
+            Box::new(AutoscaledPlacements),
         ]
     }
 
@@ -589,6 +590,50 @@ impl MigrationTrait for LeaderAddress {
                 schema
                     .create_table_from_entity(leader::Entity)
                     .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Which placements autoscale, as a column the autoscaler filters on, rather than a
+/// search through every spec's text each round.
+#[derive(Debug)]
+struct AutoscaledPlacements;
+
+impl MigrationName for AutoscaledPlacements {
+    fn name(&self) -> &str {
+        "m20261207_000017_allocator_autoscaled_placements"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AutoscaledPlacements {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // A new database has the column from the entity already.
+        if manager.has_column("placements", "autoscaled").await? {
+            return Ok(());
+        }
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(placement::Entity)
+                    .add_column(
+                        ColumnDef::new(placement::Column::Autoscaled)
+                            .boolean()
+                            .not_null()
+                            .default(false),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        // Placements made before: their specs say, once, here.
+        manager
+            .exec_stmt(
+                Query::update()
+                    .table(placement::Entity)
+                    .value(placement::Column::Autoscaled, true)
+                    .and_where(Expr::col(placement::Column::Spec).like("%\"autoscale\"%"))
                     .to_owned(),
             )
             .await

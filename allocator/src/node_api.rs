@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_control_server::NodeControl;
@@ -15,6 +15,7 @@ use berth_protocol::node_api::{
     LogRequest, LogsAck, LogsBody, ReportAck, ReportBody, SignedRequest, WatchBody, WatchEvent,
     methods, signing_payload, watch_event,
 };
+use berth_protocol::time::now_ms;
 use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -42,12 +43,6 @@ fn recheck_for(node: &str) -> Duration {
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
         % 200;
     RECHECK.mul_f64(0.9 + f64::from(spread) / 1000.0)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn refused(e: IdentityError) -> Status {

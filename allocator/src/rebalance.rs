@@ -86,6 +86,23 @@ impl Controller for Rebalancer {
     }
 }
 
+/// The open node with the most containers and the one with the fewest, when they
+/// differ by two or more (moving one replica then evens them out); ties go to the
+/// name first in order, so a round is the same whatever order the nodes were read in.
+pub(crate) fn uneven_pair(load: &BTreeMap<String, u64>) -> Option<(String, String)> {
+    let (busiest, most) = load
+        .iter()
+        .max_by_key(|(n, c)| (**c, std::cmp::Reverse(*n)))?;
+    let (idlest, fewest) = load.iter().min_by_key(|(n, c)| (**c, *n))?;
+    (*most >= fewest + 2).then(|| (busiest.clone(), idlest.clone()))
+}
+
+/// Whether one more replica of a service may move, with `in_flight` of its replicas
+/// moving already and `down` not running: the disruption budget counts both.
+pub(crate) fn within_budget(in_flight: u32, down: u32, budget: u32) -> bool {
+    in_flight.saturating_add(down) < budget
+}
+
 impl Allocator {
     /// One rebalancing round: old copies whose wait ran out go, then replicas move
     /// from the fullest open node to the emptiest while they differ by two or more.
@@ -123,19 +140,9 @@ impl Allocator {
         let mut specs: HashMap<TopologyRef, Topology> = HashMap::new();
         let mut moved = Vec::new();
         'round: while moved.len() < MOST_MOVES_PER_ROUND {
-            let Some((busiest, most)) = load
-                .iter()
-                .max_by_key(|(n, c)| (**c, std::cmp::Reverse(*n)))
-            else {
+            let Some((busiest, idlest)) = uneven_pair(&load) else {
                 break;
             };
-            let Some((idlest, fewest)) = load.iter().min_by_key(|(n, c)| (**c, *n)) else {
-                break;
-            };
-            if *most < fewest + 2 {
-                break;
-            }
-            let (busiest, idlest) = (busiest.clone(), idlest.clone());
             let target = open
                 .iter()
                 .find(|n| n.name == idlest)
@@ -155,14 +162,15 @@ impl Allocator {
                     slot.service.clone(),
                 );
                 let in_flight = moving.get(&key).copied().unwrap_or(0);
-                if in_flight >= budget {
+                if !within_budget(in_flight, 0, budget) {
                     continue;
                 }
                 let id = TopologyRef {
                     tenant: slot.tenant.clone(),
                     topology: slot.topology.clone(),
                 };
-                if in_flight + self.not_running(&id, &slot.service).await? >= budget {
+                let down = self.not_running(&id, &slot.service).await?;
+                if !within_budget(in_flight, down, budget) {
                     continue;
                 }
                 if !specs.contains_key(&id) {
@@ -454,5 +462,42 @@ impl Allocator {
             self.touch(&told.into_iter().collect::<Vec<_>>());
         }
         Ok(current)
+    }
+}
+
+#[cfg(test)]
+mod pure_tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect()
+    }
+
+    #[test]
+    fn the_fullest_gives_to_the_emptiest_only_when_they_differ_by_two() {
+        assert_eq!(
+            uneven_pair(&load(&[("a", 5), ("b", 1), ("c", 3)])),
+            Some(("a".to_owned(), "b".to_owned()))
+        );
+        assert_eq!(uneven_pair(&load(&[("a", 2), ("b", 1)])), None);
+        assert_eq!(uneven_pair(&load(&[("a", 4)])), None);
+        assert_eq!(uneven_pair(&load(&[])), None);
+    }
+
+    #[test]
+    fn ties_are_broken_by_name_whatever_the_order() {
+        assert_eq!(
+            uneven_pair(&load(&[("z", 4), ("a", 4), ("m", 0), ("b", 0)])),
+            Some(("a".to_owned(), "b".to_owned()))
+        );
+    }
+
+    #[test]
+    fn the_budget_counts_moving_and_down_replicas_alike() {
+        assert!(within_budget(0, 0, 1));
+        assert!(!within_budget(1, 0, 1));
+        assert!(!within_budget(0, 1, 1));
+        assert!(within_budget(1, 0, 2));
+        assert!(!within_budget(0, 0, 0), "a budget of zero moves nothing");
     }
 }

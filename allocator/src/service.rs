@@ -13,14 +13,15 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
+use crate::decision::{DecideError, Decision, Inputs, decide, growth};
 use crate::entity::{
     assignment, node, placement, quota, replica_event, replica_status, tenant_limit, tenant_policy,
 };
-use crate::placement::{Placed, PlacementError, Want, place};
+use crate::placement::{Placed, PlacementError, Want};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 use crate::store::{
-    Delta, all_nodes, candidate_nodes, candidates_for, grow, limits_of, load_placed, lock_tenant,
-    quota_parts, shift_node, shift_quota, sum, to_i64, used_of,
+    Delta, all_nodes, candidate_nodes, candidates_for, limits_of, load_placed, lock_tenant,
+    placed_of, quota_parts, shift_node, shift_quota, to_i64,
 };
 
 /// Failures of the allocator.
@@ -60,6 +61,15 @@ pub enum AllocatorError {
     /// A stored spec could not be read back.
     #[error("stored placement of {0} is unreadable: {1}")]
     Corrupt(TopologyRef, serde_json::Error),
+}
+
+impl From<DecideError> for AllocatorError {
+    fn from(e: DecideError) -> Self {
+        match e {
+            DecideError::Placement(e) => Self::Placement(e),
+            DecideError::Quota(e) => Self::Quota(e),
+        }
+    }
 }
 
 /// What a replica reserves when its service declares no limits.
@@ -448,6 +458,38 @@ impl Allocator {
         topology: &Topology,
         id: &TopologyRef,
     ) -> Result<(crate::placement::Placement, Vec<String>), AllocatorError> {
+        let inputs = self
+            .load_deploy(txn, tenant, revision, topology, id)
+            .await?;
+        // Placement looks at the least-loaded nodes only (and those the topology is on),
+        // so a deploy costs the same in a pool of ten nodes or ten thousand. Constraints
+        // may rule those out, so a constrained topology looks at every node; and a
+        // deploy is refused only after every node was looked at.
+        let decision = match inputs.constrained() {
+            true => decide(&inputs, &all_nodes(txn).await?)?,
+            false => {
+                let wanted = candidates_for(inputs.wants.len());
+                let nodes = candidate_nodes(txn, &inputs.placed, wanted).await?;
+                match decide(&inputs, &nodes) {
+                    Err(DecideError::Placement(_)) => decide(&inputs, &all_nodes(txn).await?)?,
+                    decided => decided?,
+                }
+            }
+        };
+        let nodes = commit_deploy(txn, &inputs, &decision, revision, topology, id).await?;
+        Ok((decision.plan, nodes))
+    }
+
+    /// What a deploy of `topology` at `revision` decides from, read in `txn` after
+    /// locking the tenant's quota row (which serialises the tenant's deploys).
+    async fn load_deploy(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        tenant: &str,
+        revision: u64,
+        topology: &Topology,
+        id: &TopologyRef,
+    ) -> Result<Inputs, AllocatorError> {
         // Write to the tenant's quota row first: it serialises this tenant's deploys
         // (a row lock on PostgreSQL, the write lock on SQLite, taken before any read so
         // SQLite never has to upgrade a read lock and fail), and everything read below
@@ -472,7 +514,6 @@ impl Allocator {
                 offered: revision,
             });
         }
-        let placed = load_placed(txn, id).await?;
         let wants: Vec<Want> = topology
             .services
             .iter()
@@ -484,126 +525,17 @@ impl Allocator {
                 constraints: topology.services[name].constraints.clone(),
             })
             .collect();
-        let next_generation = counter
-            .as_ref()
-            .map_or(1, |c| Ord::max(c.next_generation, 1) as u64);
-        // Placement looks at the least-loaded nodes only (and those the topology is on),
-        // so a deploy costs the same in a pool of ten nodes or ten thousand. Constraints
-        // may rule those out, so a constrained topology looks at every node; and a
-        // deploy is refused only after every node was looked at.
-        let constrained = wants.iter().any(|w| !w.constraints.is_empty());
-        let plan = match constrained {
-            true => place(&wants, &placed, &all_nodes(txn).await?, next_generation)?,
-            false => {
-                let nodes = candidate_nodes(txn, &placed, candidates_for(wants.len())).await?;
-                match place(&wants, &placed, &nodes, next_generation) {
-                    Ok(plan) => plan,
-                    Err(_) => place(&wants, &placed, &all_nodes(txn).await?, next_generation)?,
-                }
-            }
-        };
-
-        // Reserve the difference against the quota, atomically.
-        let before = sum(&placed);
-        let after = sum(&plan.slots);
         let (limit, used) = quota_parts(&quota_row);
-        check_quota(tenant, used, grow(before, after), &limit)?;
-        let delta = Delta::between(before, after);
-        let reserved = shift_quota(txn, tenant, delta).await?;
-        if !reserved {
-            // Someone else reserved in between: report against what is used now.
-            let row = quota::Entity::find_by_id(tenant.to_owned())
-                .one(txn)
-                .await?;
-            let (limit, used) = row.as_ref().map(quota_parts).unwrap_or_default();
-            check_quota(tenant, used, grow(before, after), &limit)?;
-            return Err(AllocatorError::Contended(format!("quota of {tenant}")));
-        }
-
-        // Reserve node capacity the same way, node by node, in name order so that
-        // concurrent deploys lock node rows in one order and never deadlock.
-        let mut per_node: BTreeMap<&str, (Resources, Resources)> = BTreeMap::new();
-        for p in &placed {
-            per_node.entry(p.node.as_str()).or_default().0 = per_node
-                .get(p.node.as_str())
-                .map(|e| e.0)
-                .unwrap_or_default()
-                .plus(p.cost);
-        }
-        for p in &plan.slots {
-            let entry = per_node.entry(p.node.as_str()).or_default();
-            entry.1 = entry.1.plus(p.cost);
-        }
-        for (name, (before, after)) in &per_node {
-            let delta = Delta::between(*before, *after);
-            if delta.is_zero() {
-                continue;
-            }
-            let reserved = shift_node(txn, name, delta).await?;
-            if !reserved {
-                return Err(AllocatorError::Contended((*name).to_owned()));
-            }
-        }
-
-        // Record the slots and the spec placed.
-        assignment::Entity::delete_many()
-            .filter(assignment::Column::Tenant.eq(tenant))
-            .filter(assignment::Column::Topology.eq(&topology.name))
-            .exec(txn)
-            .await?;
-        for chunk in plan.slots.chunks(500) {
-            let rows = chunk.iter().map(|p| assignment::ActiveModel {
-                tenant: Set(tenant.to_owned()),
-                topology: Set(topology.name.clone()),
-                service: Set(p.service.clone()),
-                replica: Set(i64::from(p.replica)),
-                node: Set(p.node.clone()),
-                generation: Set(to_i64(p.generation)),
-                cpu_millis: Set(to_i64(p.cost.cpu_millis)),
-                memory_bytes: Set(to_i64(p.cost.memory_bytes)),
-            });
-            assignment::Entity::insert_many(rows)
-                .exec_without_returning(txn)
-                .await?;
-        }
-        let max_generation = plan
-            .slots
-            .iter()
-            .map(|s| s.generation + 1)
-            .max()
-            .unwrap_or(next_generation);
-        let max_generation = Ord::max(max_generation, next_generation);
-        let spec =
-            serde_json::to_string(topology).map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
-        let row = placement::ActiveModel {
-            tenant: Set(tenant.to_owned()),
-            topology: Set(topology.name.clone()),
-            revision: Set(to_i64(revision)),
-            spec: Set(spec),
-            next_generation: Set(to_i64(max_generation)),
-            traceparent: Set(berth_telemetry::traceparent(&tracing::Span::current())),
-        };
-        placement::Entity::insert(row)
-            .on_conflict(
-                sea_orm::sea_query::OnConflict::columns([
-                    placement::Column::Tenant,
-                    placement::Column::Topology,
-                ])
-                .update_columns([
-                    placement::Column::Revision,
-                    placement::Column::Spec,
-                    placement::Column::NextGeneration,
-                    placement::Column::Traceparent,
-                ])
-                .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
-        let events = crate::events::placement_events(&placed, &plan.slots);
-        crate::events::record(txn, id, &events, crate::liveness::now_ms()).await?;
-        let mut nodes: Vec<String> = per_node.keys().map(|n| (*n).to_owned()).collect();
-        nodes.extend(crate::store::forget_moves(txn, id).await?);
-        Ok((plan, nodes))
+        Ok(Inputs {
+            tenant: tenant.to_owned(),
+            wants,
+            placed: load_placed(txn, id).await?,
+            next_generation: counter
+                .as_ref()
+                .map_or(1, |c| Ord::max(c.next_generation, 1) as u64),
+            limit,
+            used,
+        })
     }
 
     /// Removes a topology's placement, releasing its quota and capacity. Returns the
@@ -633,7 +565,7 @@ impl Allocator {
         // turn) before any read, and never has to fail a lock upgrade.
         lock_tenant(txn, &id.tenant).await?;
         let placed = load_placed(txn, id).await?;
-        let total = sum(&placed);
+        let total = crate::decision::total(&placed);
         let release = Delta::between(total, Resources::default());
         // Releasing never exceeds a limit, so this always applies.
         shift_quota(txn, &id.tenant, release).await?;
@@ -828,17 +760,7 @@ impl Allocator {
                 tenant: a.tenant.clone(),
                 topology: a.topology.clone(),
             };
-            by_topology.entry(id).or_default().push(Placed {
-                service: a.service,
-                replica: u32::try_from(a.replica).unwrap_or(0),
-                node: a.node,
-                generation: u64::try_from(a.generation).unwrap_or(0),
-                cost: Resources {
-                    cpu_millis: used_of(a.cpu_millis),
-                    memory_bytes: used_of(a.memory_bytes),
-                    containers: 1,
-                },
-            });
+            by_topology.entry(id).or_default().push(placed_of(a));
         }
         // Old copies of replicas moved off this node run on until the new ones do.
         for (id, old) in self
@@ -954,4 +876,107 @@ pub fn assignment_of(
         volumes,
         slots,
     }
+}
+
+/// Commits `decision` in `txn`: reserves the quota and each node's capacity with
+/// conditional updates (refused if another deploy took them meanwhile), records the
+/// slots, the spec placed and the events, and ends the topology's moves. Returns the
+/// nodes whose assignments changed.
+async fn commit_deploy(
+    txn: &sea_orm::DatabaseTransaction,
+    inputs: &Inputs,
+    decision: &Decision,
+    revision: u64,
+    topology: &Topology,
+    id: &TopologyRef,
+) -> Result<Vec<String>, AllocatorError> {
+    let tenant = inputs.tenant.as_str();
+    let reserved =
+        shift_quota(txn, tenant, Delta::between(decision.before, decision.after)).await?;
+    if !reserved {
+        // Someone else reserved in between: report against what is used now.
+        let row = quota::Entity::find_by_id(tenant.to_owned())
+            .one(txn)
+            .await?;
+        let (limit, used) = row.as_ref().map(quota_parts).unwrap_or_default();
+        check_quota(
+            tenant,
+            used,
+            growth(decision.before, decision.after),
+            &limit,
+        )?;
+        return Err(AllocatorError::Contended(format!("quota of {tenant}")));
+    }
+    // Node capacity the same way, node by node, in name order so that concurrent
+    // deploys lock node rows in one order and never deadlock.
+    for (name, (before, after)) in &decision.nodes {
+        let delta = Delta::between(*before, *after);
+        if delta.is_zero() {
+            continue;
+        }
+        if !shift_node(txn, name, delta).await? {
+            return Err(AllocatorError::Contended(name.clone()));
+        }
+    }
+
+    assignment::Entity::delete_many()
+        .filter(assignment::Column::Tenant.eq(tenant))
+        .filter(assignment::Column::Topology.eq(&topology.name))
+        .exec(txn)
+        .await?;
+    for chunk in decision.plan.slots.chunks(500) {
+        let rows = chunk.iter().map(|p| assignment::ActiveModel {
+            tenant: Set(tenant.to_owned()),
+            topology: Set(topology.name.clone()),
+            service: Set(p.service.clone()),
+            replica: Set(i64::from(p.replica)),
+            node: Set(p.node.clone()),
+            generation: Set(to_i64(p.generation)),
+            cpu_millis: Set(to_i64(p.cost.cpu_millis)),
+            memory_bytes: Set(to_i64(p.cost.memory_bytes)),
+        });
+        assignment::Entity::insert_many(rows)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    let next_generation = decision
+        .plan
+        .slots
+        .iter()
+        .map(|s| s.generation + 1)
+        .max()
+        .unwrap_or(inputs.next_generation)
+        .max(inputs.next_generation);
+    let spec =
+        serde_json::to_string(topology).map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
+    let row = placement::ActiveModel {
+        tenant: Set(tenant.to_owned()),
+        topology: Set(topology.name.clone()),
+        revision: Set(to_i64(revision)),
+        spec: Set(spec),
+        next_generation: Set(to_i64(next_generation)),
+        traceparent: Set(berth_telemetry::traceparent(&tracing::Span::current())),
+        autoscaled: Set(topology.services.values().any(|s| s.autoscale.is_some())),
+    };
+    placement::Entity::insert(row)
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::columns([
+                placement::Column::Tenant,
+                placement::Column::Topology,
+            ])
+            .update_columns([
+                placement::Column::Revision,
+                placement::Column::Spec,
+                placement::Column::NextGeneration,
+                placement::Column::Traceparent,
+                placement::Column::Autoscaled,
+            ])
+            .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    crate::events::record(txn, id, &decision.events, crate::liveness::now_ms()).await?;
+    let mut nodes: Vec<String> = decision.nodes.keys().cloned().collect();
+    nodes.extend(crate::store::forget_moves(txn, id).await?);
+    Ok(nodes)
 }

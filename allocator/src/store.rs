@@ -36,18 +36,23 @@ pub(crate) async fn load_placed<C: sea_orm::ConnectionTrait>(
         .all(db)
         .await?
         .into_iter()
-        .map(|a| Placed {
-            service: a.service,
-            replica: u32::try_from(a.replica).unwrap_or(0),
-            node: a.node,
-            generation: u64::try_from(a.generation).unwrap_or(0),
-            cost: Resources {
-                cpu_millis: used_of(a.cpu_millis),
-                memory_bytes: used_of(a.memory_bytes),
-                containers: 1,
-            },
-        })
+        .map(placed_of)
         .collect())
+}
+
+/// The slot an assignment row holds.
+pub(crate) fn placed_of(a: assignment::Model) -> Placed {
+    Placed {
+        service: a.service,
+        replica: u32::try_from(a.replica).unwrap_or(0),
+        node: a.node,
+        generation: u64::try_from(a.generation).unwrap_or(0),
+        cost: Resources {
+            cpu_millis: used_of(a.cpu_millis),
+            memory_bytes: used_of(a.memory_bytes),
+            containers: 1,
+        },
+    }
 }
 
 pub(crate) fn quota_parts(row: &quota::Model) -> (Limit, Resources) {
@@ -63,21 +68,6 @@ pub(crate) fn quota_parts(row: &quota::Model) -> (Limit, Resources) {
             containers: used_of(row.containers_used),
         },
     )
-}
-
-pub(crate) fn sum(slots: &[Placed]) -> Resources {
-    slots
-        .iter()
-        .fold(Resources::default(), |acc, s| acc.plus(s.cost))
-}
-
-/// The growth from `before` to `after`, per dimension (zero where it shrinks).
-pub(crate) fn grow(before: Resources, after: Resources) -> Resources {
-    Resources {
-        cpu_millis: after.cpu_millis.saturating_sub(before.cpu_millis),
-        memory_bytes: after.memory_bytes.saturating_sub(before.memory_bytes),
-        containers: after.containers.saturating_sub(before.containers),
-    }
 }
 
 /// A signed change of reserved resources.

@@ -397,6 +397,17 @@ pub(crate) fn valid_tenant(name: &str) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn tenant_names_are_checked_before_anything_is_looked_up() {
+        for good in ["acme", "a", "team-7", &"x".repeat(63)] {
+            assert!(valid_tenant(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Acme", "-acme", "a.b", "a/b", "a b", &"x".repeat(64)] {
+            let e = valid_tenant(bad).expect_err("refused");
+            assert!(e.to_string().contains("cannot name a tenant"), "{bad}: {e}");
+        }
+    }
+
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Quota {

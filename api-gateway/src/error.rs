@@ -213,3 +213,103 @@ impl From<LoginError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+    use berth_allocator::resources::QuotaExceeded;
+
+    use super::*;
+
+    /// The status, the `Retry-After` header and the body a client would read.
+    fn answer(e: impl Into<ApiError>) -> (u16, Option<String>, ErrorBody) {
+        let response = e.into().error_response();
+        let status = response.status().as_u16();
+        let retry = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response
+            .into_body()
+            .try_into_bytes()
+            .expect("a body in one piece");
+        let body: ErrorBody = serde_json::from_slice(&bytes).expect("a JSON error body");
+        (status, retry, body)
+    }
+
+    #[test]
+    fn a_topology_that_breaks_a_rule_is_a_422_naming_each_problem() {
+        let (status, _, body) = answer(DeployError::Invalid(vec![
+            "services.web.image: missing".into(),
+            "services.db.ports[0]: not a port".into(),
+        ]));
+        assert_eq!(status, 422);
+        assert_eq!(body.code, ErrorCode::InvalidTopology);
+        assert!(body.message.contains("services.web.image") && body.message.contains("ports[0]"));
+    }
+
+    #[test]
+    fn a_policy_refusal_carries_every_refused_setting_by_path() {
+        let refusal = Refusal {
+            path: "services.web.privileged".into(),
+            key: "privileged".into(),
+            allow: "privileged".into(),
+            policy: "pool (tenant acme)".into(),
+            reason: "it gives the container the host".into(),
+            instead: "drop it".into(),
+        };
+        let (status, _, body) = answer(DeployError::Refused(vec![refusal.clone()]));
+        assert_eq!(status, 422);
+        assert_eq!(body.code, ErrorCode::RefusedByPolicy);
+        assert_eq!(body.refusals, vec![refusal]);
+    }
+
+    #[test]
+    fn over_quota_and_no_room_are_conflicts_a_client_can_tell_apart() {
+        let over = QuotaExceeded {
+            tenant: "acme".into(),
+            over: vec![("containers", 2, 3)],
+        };
+        let (status, _, body) = answer(AllocatorError::Quota(over));
+        assert_eq!((status, body.code), (409, ErrorCode::QuotaExceeded));
+        let (status, _, body) = answer(DeployError::Allocator(AllocatorError::UnknownNode(
+            "n9".into(),
+        )));
+        assert_eq!((status, body.code), (404, ErrorCode::NotFound));
+    }
+
+    #[test]
+    fn a_throttled_login_says_when_to_try_again_in_whole_seconds() {
+        let (status, retry, body) = answer(LoginError::Throttled {
+            retry_after_ms: 1_500,
+        });
+        assert_eq!(status, 429);
+        assert_eq!(body.code, ErrorCode::Throttled);
+        assert_eq!(retry.as_deref(), Some("2"));
+        let (status, _, body) = answer(LoginError::BadCredentials);
+        assert_eq!((status, body.code), (401, ErrorCode::Unauthenticated));
+    }
+
+    #[test]
+    fn a_wrong_method_names_the_ones_allowed() {
+        let response = method_not_allowed(&["get", "put"]);
+        assert_eq!(response.status().as_u16(), 405);
+        assert_eq!(
+            response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok()),
+            Some("GET, PUT")
+        );
+    }
+
+    #[test]
+    fn waits_round_up_to_whole_seconds_of_at_least_one() {
+        assert_eq!(ApiError::seconds_of(0), 1);
+        assert_eq!(ApiError::seconds_of(1), 1);
+        assert_eq!(ApiError::seconds_of(1_000), 1);
+        assert_eq!(ApiError::seconds_of(1_001), 2);
+        assert_eq!(ApiError::seconds_of(-5), 1);
+    }
+}

@@ -27,13 +27,12 @@ mod sessions;
 mod tenants;
 mod topologies;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use actix_web::{HttpResponse, ResponseError, web};
 use berth_allocator::Allocator;
 use berth_allocator::node_api::NodeApi;
 use berth_deployments::{Deployments, Target};
 use berth_protocol::capability;
+use berth_protocol::time::now_ms;
 use berth_tenant_service::TenantService;
 use sha2::{Digest, Sha256};
 
@@ -153,13 +152,6 @@ impl Gateway {
         self.authority_file = authority_file.map(|p| p.display().to_string());
         self
     }
-}
-
-/// Now, in Unix milliseconds.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// One resource of the API: its handlers by method, and a 405 that names the allowed

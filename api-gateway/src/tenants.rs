@@ -311,3 +311,24 @@ pub(crate) async fn create_user(
         role: body.role,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_past_what_json_holds_exactly_is_refused_not_clamped() {
+        let fits = Limit {
+            containers: Some(MOST_QUOTA),
+            ..Limit::default()
+        };
+        assert!(representable(&fits).is_ok());
+        let past = Limit {
+            memory_bytes: Some(MOST_QUOTA + 1),
+            ..Limit::default()
+        };
+        let e = representable(&past).expect_err("refused");
+        assert!(e.to_string().starts_with("memory_bytes:"), "{e}");
+        assert!(representable(&Limit::default()).is_ok(), "unlimited");
+    }
+}

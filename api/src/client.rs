@@ -27,8 +27,9 @@ use berth_protocol::limits::{Effective, TenantLimits};
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The endpoint cannot be reached, or its answer cannot be read.
-    #[error("cannot reach the control plane at {endpoint}: {source}")]
+    /// The endpoint cannot be reached, or its answer cannot be read; the source says
+    /// why (a refused certificate, a connection refused, ...), so show the chain.
+    #[error("cannot reach the control plane at {endpoint}")]
     Unreachable {
         /// The endpoint.
         endpoint: String,
@@ -67,6 +68,22 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// What went wrong with every cause, for people: `cannot reach the control plane
+    /// at URL: error sending request: invalid peer certificate: UnknownIssuer`.
+    pub fn described(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            let said = e.to_string();
+            if !text.contains(&said) {
+                text.push_str(": ");
+                text.push_str(&said);
+            }
+            cause = e.source();
+        }
+        text
+    }
+
     /// The HTTP status of an answered error.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -78,7 +78,7 @@ impl From<ClientError> for Failure {
         };
         Failure {
             exit,
-            message: e.to_string(),
+            message: e.described(),
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_allocator::placement::Placed;
 use berth_allocator::service::assignment_of;
@@ -16,6 +15,7 @@ use berth_node_runtime::{
     ReconcileOptions, Reconciler,
 };
 use berth_protocol::assignment::TopologyRef;
+use berth_protocol::time::now_ms;
 use berth_protocol::topology::Topology;
 use berth_tenant_service::{TenantError, TenantService};
 use tokio::sync::mpsc;
@@ -67,12 +67,6 @@ impl From<TenantError> for LocalError {
             message: e.to_string(),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Where Berth keeps its local state: `$BERTH_DATA_DIR`, else `$XDG_DATA_HOME/berth`,

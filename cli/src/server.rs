@@ -2,18 +2,19 @@
 //! It serves the REST API (the gateway) and the node API (gRPC) over one database,
 //! and prints the one command each other machine runs to join.
 
-use berth_allocator::autoscale::Autoscaler;
-use berth_allocator::control::{self, SystemClock};
-use berth_allocator::rebalance::Rebalancer;
-use berth_allocator::witness::Anchoring;
-use berth_deployments::{Deployments, Target};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use berth_allocator::autoscale::Autoscaler;
+use berth_allocator::control::{self, SystemClock};
 use berth_allocator::node_api::NodeApi;
+use berth_allocator::rebalance::Rebalancer;
+use berth_allocator::witness::Anchoring;
 use berth_allocator::{Allocator, DefaultRequest};
 use berth_api_gateway::Gateway;
+use berth_deployments::{Deployments, Target};
 use berth_protocol::node_api::node_control_server::NodeControlServer;
+use berth_protocol::time::now_ms;
 use berth_tenant_service::TenantService;
 
 /// The tenant created at start.
@@ -107,44 +108,8 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         true => Some(crate::secrets::secrets_key(&config.data_dir)?),
         false => None,
     };
-    let admin_token = match &seal {
-        Some(seal) => {
-            let given = std::env::var("BERTH_ADMIN_TOKEN").ok();
-            let here = std::fs::read_to_string(&token_file).ok();
-            let made = format!("bat_{}", crate::secrets::random_hex(32)?);
-            let token = berth_allocator::sealing::shared_secret(&db, seal, "admin-token", || {
-                given
-                    .clone()
-                    .or_else(|| here.map(|t| t.trim().to_owned()))
-                    .unwrap_or(made)
-            })
-            .await?;
-            // An admin token given to this server is the one it accepts.
-            let token = given.unwrap_or(token);
-            if !token_file.exists() {
-                crate::secrets::read_or_create_secret(&token_file, || Ok(token.clone()))?;
-            }
-            token
-        }
-        None => crate::secrets::admin_token(&token_file)?,
-    };
-    let tls = match &config.tls {
-        crate::tls::TlsSetting::Off => None,
-        crate::tls::TlsSetting::Files { cert, key } => {
-            Some(crate::tls::ServerTls::from_files(cert, key)?)
-        }
-        crate::tls::TlsSetting::Made { names } => {
-            let names = crate::tls::names_for(
-                &[config.listen, config.node_listen],
-                config.advertise.as_deref(),
-                names,
-            );
-            Some(crate::tls::ServerTls::made_in(
-                &config.data_dir.join("tls"),
-                &names,
-            )?)
-        }
-    };
+    let admin_token = admin_token_of(seal.as_ref(), &db, &token_file).await?;
+    let tls = tls_of(&config)?;
     let scheme = match tls {
         Some(_) => "https",
         None => "http",
@@ -159,41 +124,9 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .unwrap_or_else(|| api_url_of(scheme, config.listen, config.advertise.as_deref()));
     // The keys that sign sessions and delegations; nodes verify delegation tokens
     // offline against their public halves.
-    let keys = match seal {
-        Some(seal) => {
-            berth_allocator::root_keys::RootKeys::open_in_database(
-                db.clone(),
-                seal,
-                Some(&config.data_dir.join("root-keys")),
-            )
-            .await?
-        }
-        None => berth_allocator::root_keys::RootKeys::open(
-            &config.data_dir.join("root-keys"),
-            Some(&config.data_dir.join("root-key")),
-        )?,
-    };
+    let keys = root_keys_of(seal, &db, &config.data_dir).await?;
     nodes.mint_delegations_with(keys.clone());
-    // Servers sharing the data directory (several behind one PostgreSQL) take each
-    // other's rotations and retirements from the key file, and the leader passes
-    // them on to the nodes at once.
-    tokio::spawn({
-        let (keys, nodes) = (keys.clone(), nodes.clone());
-        async move {
-            let mut tick = tokio::time::interval(KEY_FILE_RECHECK);
-            loop {
-                tick.tick().await;
-                match keys.reload().await {
-                    Ok(true) => {
-                        tracing::info!("root keys changed by another server");
-                        nodes.root_keys_changed();
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot read the root keys again"),
-                }
-            }
-        }
-    });
+    follow_root_keys(keys.clone(), nodes.clone());
     let admin_password = if config.local_node {
         Some(dev_admin(&tenants, &config.data_dir.join("admin-password")).await?)
     } else {
@@ -225,45 +158,17 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         SystemClock,
     );
 
-    let leadership = {
-        let (nodes, allocator, database) = (nodes.clone(), allocator.clone(), database.clone());
-        let deployments = Deployments::new(tenants.clone(), allocator.clone(), Target::Pool);
-        let autoscale_every = config.autoscale_every;
-        let api_url = api_url.clone();
-        let (rebalance_every, disruption_budget) =
-            (config.rebalance_every, config.disruption_budget);
-        async move {
-            let mut lead = berth_allocator::leader::campaign(&db, &database, || {
-                println!("standing by: another allocator leads; this one serves the REST API and takes the lead when it is free");
-            })
-            .await?;
-            allocator.hear_others(&database).await?;
-            allocator.record_leader(&api_url, now_ms()).await?;
-            nodes.lead();
-            control::spawn(
-                Autoscaler::new(
-                    allocator.clone(),
-                    nodes.clone(),
-                    deployments,
-                    autoscale_every,
-                ),
-                SystemClock,
-            );
-            control::spawn(
-                Rebalancer::new(allocator.clone(), rebalance_every, disruption_budget),
-                SystemClock,
-            );
-            if lead.is_elected() {
-                println!(
-                    "leading: this allocator serves the node API and runs the failure detector"
-                );
-            }
-            let lost = lead.lost().await;
-            anyhow::Ok(anyhow::anyhow!(
-                "this allocator lost the lead ({lost}); it stops so that it can never act as a second leader"
-            ))
-        }
-    };
+    let leadership = lead_when_elected(
+        Leading {
+            db,
+            database: database.clone(),
+            allocator: allocator.clone(),
+            nodes: nodes.clone(),
+            deployments: Deployments::new(tenants.clone(), allocator.clone(), Target::Pool),
+            api_url,
+        },
+        &config,
+    );
 
     let http = actix_web::HttpServer::new(move || {
         actix_web::App::new().configure(berth_api_gateway::configure(gateway.clone()))
@@ -492,6 +397,158 @@ async fn dev_node(
     Ok(agent.run())
 }
 
+/// The admin token this server accepts: on PostgreSQL the one every server of the pool
+/// shares (sealed in the database; one given in `BERTH_ADMIN_TOKEN` wins here), on
+/// SQLite the one kept in `token_file`.
+async fn admin_token_of(
+    seal: Option<&berth_allocator::sealing::SealingKey>,
+    db: &berth_allocator::database::DatabaseConnection,
+    token_file: &Path,
+) -> anyhow::Result<String> {
+    let Some(seal) = seal else {
+        return crate::secrets::admin_token(token_file);
+    };
+    let given = std::env::var("BERTH_ADMIN_TOKEN").ok();
+    let here = std::fs::read_to_string(token_file).ok();
+    let made = format!("bat_{}", crate::secrets::random_hex(32)?);
+    let token = berth_allocator::sealing::shared_secret(db, seal, "admin-token", || {
+        given
+            .clone()
+            .or_else(|| here.map(|t| t.trim().to_owned()))
+            .unwrap_or(made)
+    })
+    .await?;
+    // An admin token given to this server is the one it accepts.
+    let token = given.unwrap_or(token);
+    if !token_file.exists() {
+        crate::secrets::read_or_create_secret(token_file, || Ok(token.clone()))?;
+    }
+    Ok(token)
+}
+
+/// The certificate both APIs are served with, if any.
+fn tls_of(config: &ServerConfig) -> anyhow::Result<Option<crate::tls::ServerTls>> {
+    Ok(match &config.tls {
+        crate::tls::TlsSetting::Off => None,
+        crate::tls::TlsSetting::Files { cert, key } => {
+            Some(crate::tls::ServerTls::from_files(cert, key)?)
+        }
+        crate::tls::TlsSetting::Made { names } => {
+            let names = crate::tls::names_for(
+                &[config.listen, config.node_listen],
+                config.advertise.as_deref(),
+                names,
+            );
+            Some(crate::tls::ServerTls::made_in(
+                &config.data_dir.join("tls"),
+                &names,
+            )?)
+        }
+    })
+}
+
+/// The root keys: sealed in the database on PostgreSQL (a key file from before is
+/// imported), in the data directory's key file on SQLite.
+async fn root_keys_of(
+    seal: Option<berth_allocator::sealing::SealingKey>,
+    db: &berth_allocator::database::DatabaseConnection,
+    data_dir: &Path,
+) -> anyhow::Result<berth_allocator::root_keys::RootKeys> {
+    Ok(match seal {
+        Some(seal) => {
+            berth_allocator::root_keys::RootKeys::open_in_database(
+                db.clone(),
+                seal,
+                Some(&data_dir.join("root-keys")),
+            )
+            .await?
+        }
+        None => berth_allocator::root_keys::RootKeys::open(
+            &data_dir.join("root-keys"),
+            Some(&data_dir.join("root-key")),
+        )?,
+    })
+}
+
+/// Takes, until the process ends, the root key rotations and retirements other
+/// servers make, and has the leader pass them on to the nodes at once.
+fn follow_root_keys(keys: berth_allocator::root_keys::RootKeys, nodes: NodeApi) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEY_FILE_RECHECK);
+        loop {
+            tick.tick().await;
+            match keys.reload().await {
+                Ok(true) => {
+                    tracing::info!("root keys changed by another server");
+                    nodes.root_keys_changed();
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the root keys again"),
+            }
+        }
+    });
+}
+
+/// What a server needs to lead.
+struct Leading {
+    db: berth_allocator::database::DatabaseConnection,
+    database: String,
+    allocator: Allocator,
+    nodes: NodeApi,
+    deployments: Deployments,
+    api_url: String,
+}
+
+/// Waits to be elected, then leads: serves the node API, runs the control loops, and
+/// records where its REST API is. Ends (with the reason) only if the lead is lost, so
+/// the process can stop rather than act as a second leader.
+async fn lead_when_elected(
+    leading: Leading,
+    config: &ServerConfig,
+) -> anyhow::Result<anyhow::Error> {
+    let Leading {
+        db,
+        database,
+        allocator,
+        nodes,
+        deployments,
+        api_url,
+    } = leading;
+    let (autoscale_every, rebalance_every, disruption_budget) = (
+        config.autoscale_every,
+        config.rebalance_every,
+        config.disruption_budget,
+    );
+    let mut lead = berth_allocator::leader::campaign(&db, &database, || {
+        println!("standing by: another allocator leads; this one serves the REST API and takes the lead when it is free");
+    })
+    .await?;
+    allocator.hear_others(&database).await?;
+    allocator.record_leader(&api_url, now_ms()).await?;
+    nodes.lead();
+    control::spawn(
+        Autoscaler::new(
+            allocator.clone(),
+            nodes.clone(),
+            deployments,
+            autoscale_every,
+        ),
+        SystemClock,
+    );
+    control::spawn(
+        Rebalancer::new(allocator.clone(), rebalance_every, disruption_budget),
+        SystemClock,
+    );
+    if lead.is_elected() {
+        println!("leading: this allocator serves the node API and runs the failure detector");
+    }
+    let lost = lead.lost().await;
+    Ok(anyhow::anyhow!(
+        "this allocator lost the lead ({}); it stops so that it can never act as a second leader",
+        berth_telemetry::error_chain(&lost)
+    ))
+}
+
 /// The REST API's URL as the other servers reach it: `listen` itself, or, when it is
 /// a wildcard, the host the node API is advertised at (else loopback) with its port.
 fn api_url_of(scheme: &str, listen: SocketAddr, advertise: Option<&str>) -> String {
@@ -508,10 +565,4 @@ fn api_url_of(scheme: &str, listen: SocketAddr, advertise: Option<&str>) -> Stri
         .filter(|host| !host.is_empty())
         .unwrap_or("127.0.0.1");
     format!("{scheme}://{host}:{}", listen.port())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -10,11 +10,11 @@
 //! counts, for any number of services at once: one revision, one placement.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_allocator::autoscale::Scaled;
 use berth_allocator::{Allocator, AllocatorError, Deployment};
 use berth_protocol::assignment::TopologyRef;
+use berth_protocol::time::now_ms;
 use berth_protocol::topology::{Policy, Refusal, Topology};
 use berth_tenant_service::{StoredRevision, TenantError, TenantService};
 
@@ -139,12 +139,6 @@ pub struct Deployments {
     tenants: TenantService,
     allocator: Allocator,
     target: Target,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Deployments {
@@ -349,6 +343,63 @@ mod tests {
         )
         .expect("loads")
         .topology
+    }
+
+    fn limits(services: u32, replicas: u32) -> berth_protocol::limits::Effective {
+        berth_protocol::limits::Effective {
+            services_per_topology: services,
+            replicas_per_service: replicas,
+            ..berth_protocol::limits::TenantLimits::DEFAULT
+        }
+    }
+
+    #[test]
+    fn a_topology_within_the_tenants_limits_passes() {
+        assert!(within_limits("acme", &topology(), &limits(2, 1)).is_ok());
+    }
+
+    #[test]
+    fn too_many_services_is_refused_naming_the_limit_to_raise() {
+        let refused = within_limits("acme", &topology(), &limits(1, 10)).expect_err("refused");
+        assert!(
+            matches!(
+                refused,
+                DeployError::TooLarge {
+                    size: 2,
+                    limit: 1,
+                    field: "services_per_topology",
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused.to_string().contains("berth limits set"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn an_autoscaled_service_is_judged_by_its_maximum_not_its_start() {
+        let mut topology = topology();
+        let a = topology.services.get_mut("a").expect("service a");
+        a.autoscale = Some(berth_protocol::topology::Autoscale {
+            min: 1,
+            max: 50,
+            cpu_percent: 60,
+        });
+        let refused = within_limits("acme", &topology, &limits(10, 20)).expect_err("refused");
+        assert!(
+            matches!(
+                refused,
+                DeployError::TooLarge {
+                    size: 50,
+                    field: "replicas_per_service",
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
     }
 
     #[test]

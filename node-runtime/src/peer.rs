@@ -9,7 +9,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use berth_protocol::assignment::TopologyRef;
 use berth_protocol::capability::Keyring;
@@ -19,6 +19,7 @@ use berth_protocol::node_api::{
     HealthReply, PeerCall, PeerCallBody, ReplicaHealth, TunnelFrame, peer_signing_payload,
     tunnel_frame,
 };
+use berth_protocol::time::now_ms;
 use berth_protocol::token_cache::TokenCache;
 use biscuit_auth::Biscuit;
 use prost::Message;
@@ -102,12 +103,6 @@ impl<D> Clone for PeerApi<D> {
             verified: self.verified.clone(),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl<D: ContainerDriver> PeerApi<D> {

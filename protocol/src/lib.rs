@@ -9,5 +9,6 @@ pub mod delegation;
 pub mod limits;
 pub mod node_api;
 pub mod replica;
+pub mod time;
 pub mod token_cache;
 pub mod topology;

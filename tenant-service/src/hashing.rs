@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use berth_protocol::limits::{Bucket, Rate};
+use berth_protocol::time::now_ms;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -113,12 +114,6 @@ impl Hashing {
         self.jobs.lock().ok()?.send(job).ok()?;
         result.await.ok()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ async fn set_quota(
         Ok(limit) => user.api.set_quota(&tenant, &limit).await.map_err(|f| {
             (
                 StatusCode::from_u16(status_of(&f)).unwrap_or(StatusCode::BAD_GATEWAY),
-                f.to_string(),
+                f.described(),
             )
         }),
         Err(problem) => Err((StatusCode::BAD_REQUEST, problem)),
@@ -243,7 +243,7 @@ async fn node_action(user: Signed, path: web::Path<(String, String)>) -> HttpRes
         Err(failure) => {
             let status =
                 StatusCode::from_u16(status_of(&failure)).unwrap_or(StatusCode::BAD_GATEWAY);
-            let notice = html! { p.problem role="alert" { "Could not " (action) " " (node) ": " (failure.to_string()) } };
+            let notice = html! { p.problem role="alert" { "Could not " (action) " " (node) ": " (failure.described()) } };
             match user.api.nodes().await {
                 Ok(nodes) => nodes_page(&user, &nodes, Some(notice), status),
                 Err(failure) => page::failure(Some(&user.session), &failure),

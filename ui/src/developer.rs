@@ -201,7 +201,7 @@ async fn deploy(
         Err(failure) => refuse(
             StatusCode::from_u16(status_of(&failure)).unwrap_or(StatusCode::BAD_GATEWAY),
             Problems {
-                summary: format!("Not deployed: {failure}"),
+                summary: format!("Not deployed: {}", failure.described()),
                 diagnostics: Vec::new(),
             },
         ),
@@ -355,7 +355,7 @@ async fn scale(
         Err(failure) => {
             let status =
                 StatusCode::from_u16(status_of(&failure)).unwrap_or(StatusCode::BAD_GATEWAY);
-            let problem = format!("Not scaled: {failure}");
+            let problem = format!("Not scaled: {}", failure.described());
             render_topology(&user, &tenant, &name, Some(&problem), status).await
         }
     }

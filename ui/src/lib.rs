@@ -317,7 +317,7 @@ async fn login(
             next,
             &form.tenant,
             &form.user,
-            Some(&failure.to_string()),
+            Some(&failure.described()),
         ),
     }
 }

@@ -154,7 +154,7 @@ pub(crate) fn failure(session: Option<&Session>, failure: &Failure) -> HttpRespo
     error(
         session,
         crate::api::status_of(failure),
-        &failure.to_string(),
+        &failure.described(),
     )
 }
 
