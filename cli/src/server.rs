@@ -78,28 +78,13 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         None
     };
     drop(docker);
-    let database = config.database.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rwc",
-            config.data_dir.join("server.db").display()
-        )
-    });
-    let db = berth_allocator::database::connect(&database).await?;
-    let tenants = TenantService::open(db.clone()).await?;
-    let allocator = Allocator::open(db.clone(), DefaultRequest::default()).await?;
-    let nodes = NodeApi::new(allocator.clone()).with_thresholds(config.thresholds);
-    // On PostgreSQL, until this process leads it serves the REST API only; on SQLite
-    // it is the only process and leads from the start.
-    match berth_allocator::database::is_postgres(&database) {
-        true => nodes.stand_by(),
-        false => drop(nodes.lead()),
-    }
-    // The tenant `berth up --endpoint` uses unless told otherwise, so the printed
-    // commands work as they are.
-    tenants.ensure_tenant(DEFAULT_TENANT, now_ms()).await?;
-    allocator
-        .ensure_quota(DEFAULT_TENANT, berth_allocator::Limit::default())
-        .await?;
+    let Stores {
+        database,
+        db,
+        tenants,
+        allocator,
+        nodes,
+    } = open_stores(&config).await?;
     let token_file = config.data_dir.join("admin-token");
     // Servers of one control plane share only their PostgreSQL database: the root keys
     // and the admin token are kept there, sealed under the secrets key each server is
@@ -238,22 +223,7 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         // The URL is printed once the local node follows its assignments and takes
         // work, so that a deploy made the moment it appears is placed.
         let printed = async {
-            let deadline = std::time::Instant::now() + DEV_NODE_JOINS_WITHIN;
-            let ready = loop {
-                let active = allocator.nodes().await.is_ok_and(|listed| {
-                    listed.iter().any(|n| {
-                        n.name == DEV_NODE && n.state == berth_allocator::pool::NodeState::Active
-                    })
-                });
-                if active && nodes.is_following(DEV_NODE) {
-                    break true;
-                }
-                if std::time::Instant::now() > deadline {
-                    break false;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-            };
-            if !ready {
+            if !dev_node_takes_work(&allocator, &nodes).await {
                 eprintln!(
                     "warning: node {DEV_NODE:?} has not joined within {} s; deploys are placed once it does",
                     DEV_NODE_JOINS_WITHIN.as_secs()
@@ -277,14 +247,67 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    print_server(&Printed {
+        api: format!("{scheme}://{api_addr}"),
+        node_url: &node_url,
+        database: &database,
+        token_file: &token_file,
+        ca_file: ca_file.as_deref(),
+        join: format!("--token {join_token}{ca_arg}"),
+        ca_env: &ca_env,
+    });
+    tokio::select! {
+        result = http => result?,
+        result = grpc => result?,
+        lost = leadership => return Err(lost?),
+    }
+    Ok(())
+}
+
+/// Whether the `berth dev` node joins, follows its assignments and takes work within
+/// [`DEV_NODE_JOINS_WITHIN`].
+async fn dev_node_takes_work(allocator: &Allocator, nodes: &NodeApi) -> bool {
+    let deadline = std::time::Instant::now() + DEV_NODE_JOINS_WITHIN;
+    loop {
+        let active = allocator.nodes().await.is_ok_and(|listed| {
+            listed
+                .iter()
+                .any(|n| n.name == DEV_NODE && n.state == berth_allocator::pool::NodeState::Active)
+        });
+        if active && nodes.is_following(DEV_NODE) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// What `berth server` prints once it serves.
+struct Printed<'a> {
+    api: String,
+    node_url: &'a str,
+    database: &'a str,
+    token_file: &'a Path,
+    ca_file: Option<&'a Path>,
+    /// The join command's arguments after the allocator's address.
+    join: String,
+    ca_env: &'a str,
+}
+
+/// Prints where the control plane serves and the commands that join a node and
+/// deploy to it.
+fn print_server(p: &Printed<'_>) {
     println!("berth control plane");
     println!(
-        "  API       {scheme}://{api_addr}  (admin token in {})",
-        token_file.display()
+        "  API       {}  (admin token in {})",
+        p.api,
+        p.token_file.display()
     );
-    println!("  node API  {node_url}");
-    println!("  state     {database}");
-    if let Some(ca) = &ca_file {
+    println!("  node API  {}", p.node_url);
+    println!("  state     {}", p.database);
+    if let Some(ca) = p.ca_file {
         println!(
             "  TLS       certificates signed by the authority in {} (copy it to clients)",
             ca.display()
@@ -295,20 +318,17 @@ pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
         "Join a machine as a node (the token works once, for an hour; more with POST /v1/join-tokens):"
     );
     println!(
-        "  berth-node join --allocator {node_url} --token {join_token}{ca_arg} --name NODE_NAME"
+        "  berth-node join --allocator {} {} --name NODE_NAME",
+        p.node_url, p.join
     );
     println!("Deploy to the pool:");
     println!(
-        "  export BERTH_ENDPOINT={scheme}://{api_addr}{ca_env} BERTH_TOKEN=$(cat {})",
-        token_file.display()
+        "  export BERTH_ENDPOINT={}{} BERTH_TOKEN=$(cat {})",
+        p.api,
+        p.ca_env,
+        p.token_file.display()
     );
     println!("  berth up -f compose.yaml");
-    tokio::select! {
-        result = http => result?,
-        result = grpc => result?,
-        lost = leadership => return Err(lost?),
-    }
-    Ok(())
 }
 
 fn print_dev(
@@ -395,6 +415,51 @@ async fn dev_node(
     // The development node shares this machine's network: it keeps no firewall.
     let agent = Agent::new(identity, reconciler)?.with_firewall(None);
     Ok(agent.run())
+}
+
+/// The services of a server over its database.
+struct Stores {
+    /// The database's URL.
+    database: String,
+    db: berth_allocator::database::DatabaseConnection,
+    tenants: TenantService,
+    allocator: Allocator,
+    nodes: NodeApi,
+}
+
+/// Opens the database (SQLite in the data directory unless one is given) and the
+/// services over it, standing by on PostgreSQL until elected, with the default
+/// tenant ready.
+async fn open_stores(config: &ServerConfig) -> anyhow::Result<Stores> {
+    let database = config.database.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            config.data_dir.join("server.db").display()
+        )
+    });
+    let db = berth_allocator::database::connect(&database).await?;
+    let tenants = TenantService::open(db.clone()).await?;
+    let allocator = Allocator::open(db.clone(), DefaultRequest::default()).await?;
+    let nodes = NodeApi::new(allocator.clone()).with_thresholds(config.thresholds);
+    // On PostgreSQL, until this process leads it serves the REST API only; on SQLite
+    // it is the only process and leads from the start.
+    match berth_allocator::database::is_postgres(&database) {
+        true => nodes.stand_by(),
+        false => drop(nodes.lead()),
+    }
+    // The tenant `berth up --endpoint` uses unless told otherwise, so the printed
+    // commands work as they are.
+    tenants.ensure_tenant(DEFAULT_TENANT, now_ms()).await?;
+    allocator
+        .ensure_quota(DEFAULT_TENANT, berth_allocator::Limit::default())
+        .await?;
+    Ok(Stores {
+        database,
+        db,
+        tenants,
+        allocator,
+        nodes,
+    })
 }
 
 /// The admin token this server accepts: on PostgreSQL the one every server of the pool
