@@ -219,7 +219,7 @@ impl Allocator {
     }
 
     /// Records what `node` reported, replica by replica (the caller has checked that
-    /// every replica is assigned to it).
+    /// every replica is assigned to it), with an event for each change of state.
     pub async fn record_statuses(
         &self,
         node_name: &str,
@@ -230,110 +230,13 @@ impl Allocator {
             return Ok(());
         }
         let txn = self.db.begin().await?;
-        // What was reported before, to say what changed.
-        let topologies: BTreeSet<(&str, &str)> = statuses
-            .iter()
-            .map(|s| (s.tenant.as_str(), s.topology.as_str()))
-            .collect();
-        // Write before reading on SQLite: a transaction that reads and then writes
-        // fails at once there, busy timeout or not, when another writer committed in
-        // between; one that starts with a write (this one changes nothing) waits its
-        // turn for the database's one write lock.
-        if let (sea_orm::DatabaseBackend::Sqlite, Some((tenant, topology))) =
-            (txn.get_database_backend(), topologies.first())
-        {
-            let locked = replica_status::Entity::update_many()
-                .col_expr(
-                    replica_status::Column::State,
-                    Expr::col(replica_status::Column::State),
-                )
-                .filter(replica_status::Column::Tenant.eq(*tenant))
-                .filter(replica_status::Column::Topology.eq(*topology))
-                .exec(&txn)
-                .await;
-            if let Err(e) = locked {
+        match record_in(&txn, node_name, statuses, now_ms).await {
+            Ok(()) => Ok(txn.commit().await?),
+            Err(e) => {
                 let _ = txn.rollback().await;
-                return Err(e.into());
+                Err(e)
             }
         }
-        let mut previous = std::collections::HashMap::new();
-        for (tenant, topology) in &topologies {
-            let rows = replica_status::Entity::find()
-                .filter(replica_status::Column::Tenant.eq(*tenant))
-                .filter(replica_status::Column::Topology.eq(*topology))
-                .all(&txn)
-                .await;
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    let _ = txn.rollback().await;
-                    return Err(e.into());
-                }
-            };
-            for r in rows {
-                let replica = u32::try_from(r.replica).unwrap_or(0);
-                let generation = u64::try_from(r.generation).unwrap_or(0);
-                previous.insert(
-                    (r.tenant, r.topology, r.service, replica),
-                    (generation, r.state),
-                );
-            }
-        }
-        let mut changes: BTreeMap<(String, String), (TopologyRef, Vec<crate::events::Event>)> =
-            BTreeMap::new();
-        for (id, event) in crate::events::state_events(node_name, &previous, statuses) {
-            changes
-                .entry((id.tenant.clone(), id.topology.clone()))
-                .or_insert_with(|| (id, Vec::new()))
-                .1
-                .push(event);
-        }
-        for (id, events) in changes.values() {
-            if let Err(e) = crate::events::record(&txn, id, events, now_ms).await {
-                let _ = txn.rollback().await;
-                return Err(e.into());
-            }
-        }
-        for chunk in statuses.chunks(500) {
-            let rows = chunk.iter().map(|r| replica_status::ActiveModel {
-                tenant: Set(r.tenant.clone()),
-                topology: Set(r.topology.clone()),
-                service: Set(r.service.clone()),
-                replica: Set(i64::from(r.replica)),
-                node: Set(node_name.to_owned()),
-                generation: Set(to_i64(r.generation)),
-                state: Set(r.state.clone()),
-                detail: Set(r.detail.clone()),
-                reported_at_ms: Set(now_ms),
-                cpu_millis: Set(r.cpu_millis.map(i64::from)),
-            });
-            let upsert = replica_status::Entity::insert_many(rows)
-                .on_conflict(
-                    OnConflict::columns([
-                        replica_status::Column::Tenant,
-                        replica_status::Column::Topology,
-                        replica_status::Column::Service,
-                        replica_status::Column::Replica,
-                    ])
-                    .update_columns([
-                        replica_status::Column::Node,
-                        replica_status::Column::Generation,
-                        replica_status::Column::State,
-                        replica_status::Column::Detail,
-                        replica_status::Column::ReportedAtMs,
-                        replica_status::Column::CpuMillis,
-                    ])
-                    .to_owned(),
-                )
-                .exec_without_returning(&txn)
-                .await;
-            if let Err(e) = upsert {
-                let _ = txn.rollback().await;
-                return Err(e.into());
-            }
-        }
-        txn.commit().await?;
-        Ok(())
     }
 
     /// The latest report for each replica of a topology that nodes have reported on.
@@ -360,6 +263,129 @@ impl Allocator {
             })
             .collect())
     }
+}
+
+/// Records `statuses` in `txn`: what changed since the last report becomes events,
+/// and each replica's row is written anew.
+async fn record_in(
+    txn: &sea_orm::DatabaseTransaction,
+    node_name: &str,
+    statuses: &[ReplicaStatus],
+    now_ms: i64,
+) -> Result<(), AllocatorError> {
+    let topologies: BTreeSet<(&str, &str)> = statuses
+        .iter()
+        .map(|s| (s.tenant.as_str(), s.topology.as_str()))
+        .collect();
+    if let Some(first) = topologies.first() {
+        write_first(txn, *first).await?;
+    }
+    let previous = previous_states(txn, &topologies).await?;
+    let mut changes: BTreeMap<(String, String), (TopologyRef, Vec<crate::events::Event>)> =
+        BTreeMap::new();
+    for (id, event) in crate::events::state_events(node_name, &previous, statuses) {
+        changes
+            .entry((id.tenant.clone(), id.topology.clone()))
+            .or_insert_with(|| (id, Vec::new()))
+            .1
+            .push(event);
+    }
+    for (id, events) in changes.values() {
+        crate::events::record(txn, id, events, now_ms).await?;
+    }
+    upsert_statuses(txn, node_name, statuses, now_ms).await
+}
+
+/// On SQLite, writes before reading: a transaction that reads and then writes fails
+/// at once there, busy timeout or not, when another writer committed in between; one
+/// that starts with a write (this one changes nothing) waits its turn for the
+/// database's one write lock.
+async fn write_first(
+    txn: &sea_orm::DatabaseTransaction,
+    (tenant, topology): (&str, &str),
+) -> Result<(), AllocatorError> {
+    if txn.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
+        return Ok(());
+    }
+    replica_status::Entity::update_many()
+        .col_expr(
+            replica_status::Column::State,
+            Expr::col(replica_status::Column::State),
+        )
+        .filter(replica_status::Column::Tenant.eq(tenant))
+        .filter(replica_status::Column::Topology.eq(topology))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// What was last reported of each replica of `topologies`: its generation and state.
+async fn previous_states(
+    txn: &sea_orm::DatabaseTransaction,
+    topologies: &BTreeSet<(&str, &str)>,
+) -> Result<std::collections::HashMap<(String, String, String, u32), (u64, String)>, AllocatorError>
+{
+    let mut previous = std::collections::HashMap::new();
+    for (tenant, topology) in topologies {
+        let rows = replica_status::Entity::find()
+            .filter(replica_status::Column::Tenant.eq(*tenant))
+            .filter(replica_status::Column::Topology.eq(*topology))
+            .all(txn)
+            .await?;
+        for r in rows {
+            let replica = u32::try_from(r.replica).unwrap_or(0);
+            let generation = u64::try_from(r.generation).unwrap_or(0);
+            previous.insert(
+                (r.tenant, r.topology, r.service, replica),
+                (generation, r.state),
+            );
+        }
+    }
+    Ok(previous)
+}
+
+/// Writes each replica's latest report, replacing the one before.
+async fn upsert_statuses(
+    txn: &sea_orm::DatabaseTransaction,
+    node_name: &str,
+    statuses: &[ReplicaStatus],
+    now_ms: i64,
+) -> Result<(), AllocatorError> {
+    for chunk in statuses.chunks(500) {
+        let rows = chunk.iter().map(|r| replica_status::ActiveModel {
+            tenant: Set(r.tenant.clone()),
+            topology: Set(r.topology.clone()),
+            service: Set(r.service.clone()),
+            replica: Set(i64::from(r.replica)),
+            node: Set(node_name.to_owned()),
+            generation: Set(to_i64(r.generation)),
+            state: Set(r.state.clone()),
+            detail: Set(r.detail.clone()),
+            reported_at_ms: Set(now_ms),
+            cpu_millis: Set(r.cpu_millis.map(i64::from)),
+        });
+        replica_status::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::columns([
+                    replica_status::Column::Tenant,
+                    replica_status::Column::Topology,
+                    replica_status::Column::Service,
+                    replica_status::Column::Replica,
+                ])
+                .update_columns([
+                    replica_status::Column::Node,
+                    replica_status::Column::Generation,
+                    replica_status::Column::State,
+                    replica_status::Column::Detail,
+                    replica_status::Column::ReportedAtMs,
+                    replica_status::Column::CpuMillis,
+                ])
+                .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The IP address in a node API URL (`https://10.0.0.2:7443` → `10.0.0.2`); None for a

@@ -108,18 +108,7 @@ impl Allocator {
     /// from the fullest open node to the emptiest while they differ by two or more.
     pub async fn rebalance(&self, budget: u32, now_ms: i64) -> Result<Vec<Moved>, AllocatorError> {
         let db = self.connection();
-        let expired = lingering::Entity::find()
-            .filter(lingering::Column::UntilMs.lte(now_ms))
-            .all(db)
-            .await?;
-        if !expired.is_empty() {
-            lingering::Entity::delete_many()
-                .filter(lingering::Column::UntilMs.lte(now_ms))
-                .exec(db)
-                .await?;
-            let nodes: BTreeSet<String> = expired.into_iter().map(|l| l.node).collect();
-            self.touch(&nodes.into_iter().collect::<Vec<_>>());
-        }
+        self.end_expired_moves(now_ms).await?;
 
         let open: Vec<_> = all_nodes(db)
             .await?
@@ -174,15 +163,9 @@ impl Allocator {
                     continue;
                 }
                 if !specs.contains_key(&id) {
-                    let Some(row) =
-                        placement::Entity::find_by_id((id.tenant.clone(), id.topology.clone()))
-                            .one(db)
-                            .await?
-                    else {
+                    let Some(spec) = self.placed_spec(&id).await? else {
                         continue;
                     };
-                    let spec: Topology = serde_json::from_str(&row.spec)
-                        .map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
                     specs.insert(id.clone(), spec);
                 }
                 let allowed = specs[&id].services.get(&slot.service).is_some_and(|s| {
@@ -212,6 +195,26 @@ impl Allocator {
             break;
         }
         Ok(moved)
+    }
+
+    /// Ends the moves whose old copies waited [`LINGER`] for their new ones: the old
+    /// copies go, and their nodes are told.
+    async fn end_expired_moves(&self, now_ms: i64) -> Result<(), AllocatorError> {
+        let db = self.connection();
+        let expired = lingering::Entity::find()
+            .filter(lingering::Column::UntilMs.lte(now_ms))
+            .all(db)
+            .await?;
+        if expired.is_empty() {
+            return Ok(());
+        }
+        lingering::Entity::delete_many()
+            .filter(lingering::Column::UntilMs.lte(now_ms))
+            .exec(db)
+            .await?;
+        let nodes: BTreeSet<String> = expired.into_iter().map(|l| l.node).collect();
+        self.touch(&nodes.into_iter().collect::<Vec<_>>());
+        Ok(())
     }
 
     /// How many of `service`'s replicas in `id` are not reported running under the

@@ -27,6 +27,7 @@ pub(crate) const LOGS_TIMEOUT: std::time::Duration = std::time::Duration::from_s
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "The token does not allow this", body = ErrorBody),
         (status = 404, description = "No such tenant, topology or service", body = ErrorBody),
+        (status = 503, description = "This server stands by and the leader, which reads the nodes' output, cannot be reached now: wait as `Retry-After` says", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
