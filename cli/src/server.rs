@@ -390,7 +390,7 @@ async fn dev_node(
     join_token: &str,
     dir: &Path,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
-    use berth_node_runtime::agent::{self, Agent, Capacity, NodeIdentity};
+    use berth_node_runtime::agent::{self, Capacity, NodeIdentity};
     std::fs::create_dir_all(dir)?;
     let identity = match NodeIdentity::load(dir) {
         // The node of an earlier start: it reaches the control plane where, and as,
@@ -405,15 +405,10 @@ async fn dev_node(
             agent::join(node_url, ca, join_token, DEV_NODE, capacity, dir).await?
         }
     };
-    let driver =
-        berth_node_runtime::docker::DockerDriver::connect_scoped(agent::scope_of(&identity))
-            .await?;
-    let reconciler = berth_node_runtime::reconcile::Reconciler::new(
-        std::sync::Arc::new(driver),
-        berth_node_runtime::reconcile::ReconcileOptions::default(),
-    );
-    // The development node shares this machine's network: it keeps no firewall.
-    let agent = Agent::new(identity, reconciler)?.with_firewall(None);
+    // The development node shares this machine's network: it keeps no firewall, and
+    // serves no node API (it is the only node).
+    let settings = berth_node_runtime::node::NodeSettings::default();
+    let agent = berth_node_runtime::node::assemble(identity, settings).await?;
     Ok(agent.run())
 }
 

@@ -19,6 +19,7 @@ pub use driver::{ContainerDriver, DriverError};
 pub use reconcile::{Outcome, Progress, ReconcileError, ReconcileOptions, Reconciler, Step};
 pub mod agent;
 pub mod links;
+pub mod node;
 pub mod node_tls;
 pub mod peer;
 pub mod signer;

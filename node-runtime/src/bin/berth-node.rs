@@ -5,14 +5,11 @@
 //! joined before. The node's identity (its name and key) lives in `--state-dir`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
-use berth_node_runtime::agent::{self, Agent, Capacity, NodeIdentity};
+use berth_node_runtime::agent::{self, Capacity, NodeIdentity};
 use berth_node_runtime::firewall::{Firewall, Mode, Network};
-use berth_node_runtime::peer::PeerApi;
-use berth_node_runtime::{DockerDriver, ReconcileOptions, Reconciler};
-use berth_protocol::node_api::node_peer_server::NodePeerServer;
+use berth_node_runtime::node::{self, NodeApiListener, NodeSettings};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -149,18 +146,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run => NodeIdentity::load(&cli.state_dir)?,
     };
-    let driver = DockerDriver::connect_scoped(agent::scope_of(&identity))
-        .await
-        .context("connecting to Docker")?;
-    let driver = Arc::new(driver);
-    let reconciler = Reconciler::new(driver.clone(), ReconcileOptions::default());
     eprintln!(
         "node {} watching its assignments at {}",
         identity.name, identity.allocator
     );
-    let name = identity.name.clone();
-    let tls = identity.tls()?;
-    let mut agent = Agent::new(identity, reconciler)?;
     let firewall = match cli.firewall {
         Mode::Off => None,
         Mode::Enforce => Some(
@@ -170,27 +159,22 @@ async fn main() -> anyhow::Result<()> {
                 .context("installing the node's firewall")?,
         ),
     };
-    agent = agent.with_firewall(firewall);
-    if let Some(address) = cli.peer_listen {
-        let peer = PeerApi::new(&name, driver, agent.trust());
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("listening on {address} for the node API"))?;
-        let advertised = cli
-            .peer_advertise
-            .clone()
-            .unwrap_or(format!("http://{}", listener.local_addr()?));
-        agent = agent.with_peer(peer.clone(), &advertised);
-        eprintln!("node API on {}", listener.local_addr()?);
-        tokio::spawn(
-            berth_node_runtime::peer::server()
-                .add_service(NodePeerServer::new(peer))
-                .serve_with_incoming(berth_node_runtime::node_tls::incoming(
-                    listener,
-                    tls.acceptor().map_err(anyhow::Error::msg)?,
-                )),
-        );
-    }
+    let node_api = match cli.peer_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening on {address} for the node API"))?;
+            eprintln!("node API on {}", listener.local_addr()?);
+            Some(NodeApiListener {
+                listener,
+                advertised: cli.peer_advertise.clone(),
+            })
+        }
+        None => None,
+    };
+    let agent = node::assemble(identity, NodeSettings { firewall, node_api })
+        .await
+        .context("starting the node")?;
     agent.run_until(stopped()).await;
     Ok(())
 }
