@@ -63,207 +63,188 @@ pub(crate) trait LinkContext: Sync {
 
 /// Adds to each of `node`'s assignments the links its services need.
 pub(crate) async fn add_links(cx: &impl LinkContext, node: &str, set: &mut [TopologyAssignment]) {
-    Links(cx).add(node, set).await;
-}
-
-/// Link minting over a context.
-struct Links<'c, C>(&'c C);
-
-impl<C: LinkContext> std::ops::Deref for Links<'_, C> {
-    type Target = C;
-
-    fn deref(&self) -> &C {
-        self.0
-    }
-}
-
-impl<C: LinkContext> Links<'_, C> {
-    /// Adds to each of `node`'s assignments the links its services need.
-    async fn add(&self, node: &str, set: &mut [TopologyAssignment]) {
-        let Some(keys) = self.root_keys() else {
-            return; // no key to mint with: no links
+    let Some(keys) = cx.root_keys() else {
+        return; // no key to mint with: no links
+    };
+    let (key_id, root) = keys.delegating(now_ms());
+    let caller_key = match cx.identities().public_key(node).await {
+        Ok(Some(key)) => key,
+        _ => return,
+    };
+    // Targets' keys, read once for the whole set.
+    let mut peer_keys: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+    for assignment in set.iter_mut() {
+        let (Ok(Some(spec)), Ok(placed)) = (
+            cx.allocator().placed_spec(&assignment.id).await,
+            cx.allocator().placed(&assignment.id).await,
+        ) else {
+            continue;
         };
-        let (key_id, root) = keys.delegating(now_ms());
-        let caller_key = match self.identities().public_key(node).await {
-            Ok(Some(key)) => key,
-            _ => return,
-        };
-        // Targets' keys, read once for the whole set.
-        let mut peer_keys: HashMap<String, Option<Vec<u8>>> = HashMap::new();
-        for assignment in set.iter_mut() {
-            let (Ok(Some(spec)), Ok(placed)) = (
-                self.allocator().placed_spec(&assignment.id).await,
-                self.allocator().placed(&assignment.id).await,
-            ) else {
-                continue;
-            };
-            let here: BTreeSet<&str> = placed
+        let here: BTreeSet<&str> = placed
+            .iter()
+            .filter(|p| p.node == node)
+            .map(|p| p.service.as_str())
+            .collect();
+        let mut links = Vec::new();
+        for (name, service) in &spec.services {
+            if here.contains(name.as_str()) {
+                continue; // a local replica answers by name already
+            }
+            // The nodes of its lowest replicas, a few, each reachable over TLS.
+            let mut replicas: Vec<_> = placed.iter().filter(|p| &p.service == name).collect();
+            replicas.sort_by_key(|p| p.replica);
+            let mut targets = Vec::new();
+            for replica in replicas {
+                if targets.len() == LINK_TARGETS
+                    || targets.iter().any(|(n, _, _)| n == &replica.node)
+                {
+                    continue;
+                }
+                let Some(peer) = cx.peer_address(&replica.node) else {
+                    continue; // that node serves no node API
+                };
+                if !peer_keys.contains_key(&replica.node) {
+                    let key = cx.identities().public_key(&replica.node).await;
+                    peer_keys.insert(replica.node.clone(), key.ok().flatten());
+                }
+                let Some(Some(peer_key)) = peer_keys.get(&replica.node) else {
+                    continue; // a node with no key cannot be reached over TLS
+                };
+                let peer_key = berth_protocol::assignment::hex_encode(peer_key);
+                targets.push((replica.node.clone(), peer, peer_key));
+            }
+            let ports: BTreeSet<u16> = service
+                .expose
                 .iter()
-                .filter(|p| p.node == node)
-                .map(|p| p.service.as_str())
+                .filter(|e| e.protocol == Protocol::Tcp)
+                .map(|e| e.port)
+                .chain(
+                    service
+                        .ports
+                        .iter()
+                        .filter(|p| p.protocol == Protocol::Tcp)
+                        .map(|p| p.target),
+                )
                 .collect();
-            let mut links = Vec::new();
-            for (name, service) in &spec.services {
-                if here.contains(name.as_str()) {
-                    continue; // a local replica answers by name already
+            let mut each = Vec::new();
+            for port in &ports {
+                for target in &targets {
+                    each.push((*port, target.clone()));
                 }
-                // The nodes of its lowest replicas, a few, each reachable over TLS.
-                let mut replicas: Vec<_> = placed.iter().filter(|p| &p.service == name).collect();
-                replicas.sort_by_key(|p| p.replica);
-                let mut targets = Vec::new();
-                for replica in replicas {
-                    if targets.len() == LINK_TARGETS
-                        || targets.iter().any(|(n, _, _)| n == &replica.node)
-                    {
-                        continue;
-                    }
-                    let Some(peer) = self.peer_address(&replica.node) else {
-                        continue; // that node serves no node API
-                    };
-                    if !peer_keys.contains_key(&replica.node) {
-                        let key = self.identities().public_key(&replica.node).await;
-                        peer_keys.insert(replica.node.clone(), key.ok().flatten());
-                    }
-                    let Some(Some(peer_key)) = peer_keys.get(&replica.node) else {
-                        continue; // a node with no key cannot be reached over TLS
-                    };
-                    let peer_key = berth_protocol::assignment::hex_encode(peer_key);
-                    targets.push((replica.node.clone(), peer, peer_key));
-                }
-                let ports: BTreeSet<u16> = service
-                    .expose
-                    .iter()
-                    .filter(|e| e.protocol == Protocol::Tcp)
-                    .map(|e| e.port)
-                    .chain(
-                        service
-                            .ports
-                            .iter()
-                            .filter(|p| p.protocol == Protocol::Tcp)
-                            .map(|p| p.target),
-                    )
-                    .collect();
-                let mut each = Vec::new();
-                for port in &ports {
-                    for target in &targets {
-                        each.push((*port, target.clone()));
-                    }
-                }
-                for (port, (target, peer, peer_key)) in each {
-                    let grant = Grant {
-                        caller: node.to_owned(),
-                        caller_key: caller_key.clone(),
-                        target: target.clone(),
-                        operation: NodeOperation::Tunnel,
-                        tenant: assignment.id.tenant.clone(),
-                        topology: assignment.id.topology.clone(),
+            }
+            for (port, (target, peer, peer_key)) in each {
+                let grant = Grant {
+                    caller: node.to_owned(),
+                    caller_key: caller_key.clone(),
+                    target: target.clone(),
+                    operation: NodeOperation::Tunnel,
+                    tenant: assignment.id.tenant.clone(),
+                    topology: assignment.id.topology.clone(),
+                    service: name.clone(),
+                    port,
+                    expires: SystemTime::now() + LINK_TOKEN_LIFETIME,
+                };
+                if let Some(token) =
+                    link_token(cx, &grant, key_id, &root, assignment.revision).await
+                {
+                    links.push(Link {
                         service: name.clone(),
                         port,
-                        expires: SystemTime::now() + LINK_TOKEN_LIFETIME,
-                    };
-                    if let Some(token) = self
-                        .link_token(&grant, key_id, &root, assignment.revision)
-                        .await
-                    {
-                        links.push(Link {
-                            service: name.clone(),
-                            port,
-                            node: target,
-                            peer,
-                            peer_key,
-                            token,
-                        });
-                    }
+                        node: target,
+                        peer,
+                        peer_key,
+                        token,
+                    });
                 }
             }
-            assignment.links = links;
         }
+        assignment.links = links;
     }
+}
 
-    /// The token for `grant`'s link: the one minted before while it has more than half
-    /// its life left and its key still signs, else a new one, recorded in the ledger
-    /// before it is handed out. After a rotation every link is renewed under the new
-    /// key, so the old key can be retired without cutting a link.
-    ///
-    /// A link whose token was revoked is withheld (no token, so no listener) until a
-    /// new revision of the topology is placed: revoking cuts the link, and the topology
-    /// is what says again who may reach whom.
-    async fn link_token(
-        &self,
-        grant: &Grant,
-        key_id: u32,
-        root: &biscuit_auth::KeyPair,
-        revision: u64,
-    ) -> Option<String> {
-        let key: LinkKey = (
-            grant.caller.clone(),
-            grant.target.clone(),
-            TopologyRef {
-                tenant: grant.tenant.clone(),
-                topology: grant.topology.clone(),
-            },
-            grant.service.clone(),
-            grant.port,
-        );
-        let renew_after = SystemTime::now() + LINK_TOKEN_LIFETIME / 2;
-        let previous = self.link_tokens().get(&key).cloned();
-        if let Some(last) = &previous {
-            if last.revision == revision
-                && self
-                    .ledger()
-                    .is_revoked(std::slice::from_ref(&last.first_id))
-                    .await
-                    .unwrap_or(true)
-            {
-                return None; // revoked: withheld until the topology changes
-            }
-            if last.expires > renew_after && last.key_id == key_id {
-                return Some(last.token.clone());
-            }
+/// The token for `grant`'s link: the one minted before while it has more than half
+/// its life left and its key still signs, else a new one, recorded in the ledger
+/// before it is handed out. After a rotation every link is renewed under the new
+/// key, so the old key can be retired without cutting a link.
+///
+/// A link whose token was revoked is withheld (no token, so no listener) until a
+/// new revision of the topology is placed: revoking cuts the link, and the topology
+/// is what says again who may reach whom.
+async fn link_token(
+    cx: &impl LinkContext,
+    grant: &Grant,
+    key_id: u32,
+    root: &biscuit_auth::KeyPair,
+    revision: u64,
+) -> Option<String> {
+    let key: LinkKey = (
+        grant.caller.clone(),
+        grant.target.clone(),
+        TopologyRef {
+            tenant: grant.tenant.clone(),
+            topology: grant.topology.clone(),
+        },
+        grant.service.clone(),
+        grant.port,
+    );
+    let renew_after = SystemTime::now() + LINK_TOKEN_LIFETIME / 2;
+    let previous = cx.link_tokens().get(&key).cloned();
+    if let Some(last) = &previous {
+        if last.revision == revision
+            && cx
+                .ledger()
+                .is_revoked(std::slice::from_ref(&last.first_id))
+                .await
+                .unwrap_or(true)
+        {
+            return None; // revoked: withheld until the topology changes
         }
-        let token = delegation::mint(root, key_id, grant).ok()?;
-        // Which key signed it, for auditors and for rotation.
-        let datalog = format!(
-            "// root key {key_id}\n{}",
-            token.print_block_source(0).unwrap_or_default()
-        );
-        let ids = berth_protocol::capability::revocation_ids(&token.revocation_identifiers());
-        let first_id = ids.first().cloned().unwrap_or_default();
-        let kind = if previous.is_some() {
-            EntryKind::Renewed
-        } else {
-            EntryKind::Minted
-        };
-        let recorded = self
-            .ledger()
-            .append(
-                NewEntry {
-                    kind,
-                    actor: "platform".to_owned(),
-                    tenant: grant.tenant.clone(),
-                    subject: ids.first().cloned().unwrap_or_default(),
-                    detail: datalog,
-                    revocation_ids: ids,
-                },
-                now_ms(),
-            )
-            .await;
-        if let Err(e) = recorded {
-            // No token leaves without its entry.
-            tracing::error!(error = %e, "a link token was not minted");
-            return None;
+        if last.expires > renew_after && last.key_id == key_id {
+            return Some(last.token.clone());
         }
-        let encoded = token.to_base64().ok()?;
-        self.link_tokens().insert(
-            key,
-            LinkToken {
-                token: encoded.clone(),
-                expires: grant.expires,
-                key_id,
-                first_id,
-                revision,
-            },
-        );
-        Some(encoded)
     }
+    let token = delegation::mint(root, key_id, grant).ok()?;
+    // Which key signed it, for auditors and for rotation.
+    let datalog = format!(
+        "// root key {key_id}\n{}",
+        token.print_block_source(0).unwrap_or_default()
+    );
+    let ids = berth_protocol::capability::revocation_ids(&token.revocation_identifiers());
+    let first_id = ids.first().cloned().unwrap_or_default();
+    let kind = if previous.is_some() {
+        EntryKind::Renewed
+    } else {
+        EntryKind::Minted
+    };
+    let recorded = cx
+        .ledger()
+        .append(
+            NewEntry {
+                kind,
+                actor: "platform".to_owned(),
+                tenant: grant.tenant.clone(),
+                subject: ids.first().cloned().unwrap_or_default(),
+                detail: datalog,
+                revocation_ids: ids,
+            },
+            now_ms(),
+        )
+        .await;
+    if let Err(e) = recorded {
+        // No token leaves without its entry.
+        tracing::error!(error = %e, "a link token was not minted");
+        return None;
+    }
+    let encoded = token.to_base64().ok()?;
+    cx.link_tokens().insert(
+        key,
+        LinkToken {
+            token: encoded.clone(),
+            expires: grant.expires,
+            key_id,
+            first_id,
+            revision,
+        },
+    );
+    Some(encoded)
 }
