@@ -110,11 +110,13 @@ down() {
     ip link del "$link" 2>/dev/null || true
   done
   while iptables -D FORWARD -i "$set" -o "$set" -j ACCEPT 2>/dev/null; do :; done
-  ip link del "$set" 2>/dev/null || true
   grep -o " $dir/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
   done || true
   rm -rf "$dir" 2>/dev/null || rm -rf "$dir" || true
+  # The bridge is the claim on the set's number: released last, so that an `up`
+  # running meanwhile cannot take the number and have its directory removed here.
+  ip link del "$set" 2>/dev/null || true
 }
 
 # Sets are swept and claimed one process at a time, so that a set being made (its
