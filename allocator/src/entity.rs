@@ -385,6 +385,10 @@ pub mod audit_entry {
         pub prev_hash: String,
         /// SHA-256 over this entry's fields and `prev_hash`, hex.
         pub hash: String,
+        /// Whether its token is a node-to-node delegation: an index for "who can call
+        /// what", outside the hash (the detail it stands for is hashed, and read again
+        /// by whoever uses it).
+        pub delegation: bool,
     }
 
     /// No relations are navigated through the ORM.

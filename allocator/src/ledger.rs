@@ -212,6 +212,27 @@ impl Ledger {
     /// and whoever asked must not go on with what it wanted to record (the platform
     /// refuses to mint a token it cannot account for).
     pub async fn append(&self, entry: NewEntry, now_ms: i64) -> Result<Entry, LedgerError> {
+        self.append_marked(entry, false, now_ms).await
+    }
+
+    /// Appends the minting or renewal of a node-to-node delegation, as [`append`]
+    /// does, marked so that "who can call what" finds it without reading every token.
+    ///
+    /// [`append`]: Ledger::append
+    pub async fn append_delegation(
+        &self,
+        entry: NewEntry,
+        now_ms: i64,
+    ) -> Result<Entry, LedgerError> {
+        self.append_marked(entry, true, now_ms).await
+    }
+
+    async fn append_marked(
+        &self,
+        entry: NewEntry,
+        delegation: bool,
+        now_ms: i64,
+    ) -> Result<Entry, LedgerError> {
         let _one_at_a_time = self.append_lock.lock().await;
         let revocation_ids = entry.revocation_ids.join(",");
         let mut attempt = 0;
@@ -233,6 +254,7 @@ impl Ledger {
                 revocation_ids: revocation_ids.clone(),
                 prev_hash,
                 hash: String::new(),
+                delegation,
             };
             row.hash = entry_hash(&row);
             let active = audit_entry::ActiveModel {
@@ -246,6 +268,7 @@ impl Ledger {
                 revocation_ids: Set(row.revocation_ids.clone()),
                 prev_hash: Set(row.prev_hash.clone()),
                 hash: Set(row.hash.clone()),
+                delegation: Set(row.delegation),
             };
             match audit_entry::Entity::insert(active)
                 .exec_without_returning(&self.db)
@@ -562,6 +585,7 @@ mod tests {
             revocation_ids: "r".into(),
             prev_hash: String::new(),
             hash: String::new(),
+            delegation: false,
         };
         let h = entry_hash(&base);
         let variants = [

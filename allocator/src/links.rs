@@ -218,7 +218,7 @@ async fn link_token(
     };
     let recorded = cx
         .ledger()
-        .append(
+        .append_delegation(
             NewEntry {
                 kind,
                 actor: "platform".to_owned(),

@@ -1,7 +1,7 @@
 //! The allocator's schema, one migration set for SQLite and PostgreSQL, tracked in its
 //! own migration table.
 
-use sea_orm::Schema;
+use sea_orm::{ColumnTrait, EntityTrait, Schema};
 use sea_orm_migration::prelude::*;
 
 use crate::entity::{
@@ -35,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(ReplicaCpu),
             Box::new(LeaderAddress),
             Box::new(AutoscaledPlacements),
+            Box::new(AuditDelegations),
         ]
     }
 
@@ -610,32 +611,71 @@ impl MigrationName for AutoscaledPlacements {
 #[async_trait::async_trait]
 impl MigrationTrait for AutoscaledPlacements {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        // A new database has the column from the entity already.
-        if manager.has_column("placements", "autoscaled").await? {
-            return Ok(());
-        }
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(placement::Entity)
-                    .add_column(
-                        ColumnDef::new(placement::Column::Autoscaled)
-                            .boolean()
-                            .not_null()
-                            .default(false),
-                    )
-                    .to_owned(),
-            )
-            .await?;
         // Placements made before: their specs say, once, here.
-        manager
-            .exec_stmt(
-                Query::update()
-                    .table(placement::Entity)
-                    .value(placement::Column::Autoscaled, true)
-                    .and_where(Expr::col(placement::Column::Spec).like("%\"autoscale\"%"))
-                    .to_owned(),
-            )
-            .await
+        add_flag(
+            manager,
+            placement::Entity,
+            placement::Column::Autoscaled,
+            Expr::col(placement::Column::Spec).like("%\"autoscale\"%"),
+        )
+        .await
+    }
+}
+
+/// Adds the boolean `column` to `table`, false but where `set` holds for the rows
+/// already there. A new database has the column from its entity already.
+async fn add_flag<E: EntityTrait, C: ColumnTrait>(
+    manager: &SchemaManager<'_>,
+    table: E,
+    column: C,
+    set: SimpleExpr,
+) -> Result<(), DbErr> {
+    if manager
+        .has_column(table.table_name(), column.as_str())
+        .await?
+    {
+        return Ok(());
+    }
+    manager
+        .alter_table(
+            Table::alter()
+                .table(table)
+                .add_column(ColumnDef::new(column).boolean().not_null().default(false))
+                .to_owned(),
+        )
+        .await?;
+    manager
+        .exec_stmt(
+            Query::update()
+                .table(table)
+                .value(column, true)
+                .and_where(set)
+                .to_owned(),
+        )
+        .await
+}
+
+#[derive(Debug)]
+struct AuditDelegations;
+
+impl MigrationName for AuditDelegations {
+    fn name(&self) -> &str {
+        "m20261207_000018_allocator_audit_delegations"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AuditDelegations {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // Delegations recorded before: their datalog says, once, here.
+        add_flag(
+            manager,
+            audit_entry::Entity,
+            audit_entry::Column::Delegation,
+            Expr::col(audit_entry::Column::Kind)
+                .is_in(["minted", "renewed"])
+                .and(Expr::col(audit_entry::Column::Detail).like("%caller(%")),
+        )
+        .await
     }
 }

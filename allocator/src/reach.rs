@@ -29,7 +29,7 @@ impl Ledger {
                     .is_in([EntryKind::Minted.as_str(), EntryKind::Renewed.as_str()]),
             )
             .filter(audit_entry::Column::AtMs.gte(oldest))
-            .filter(audit_entry::Column::Detail.contains("caller("))
+            .filter(audit_entry::Column::Delegation.eq(true))
             .order_by_asc(audit_entry::Column::Seq);
         if let Some(tenant) = tenant {
             query = query.filter(audit_entry::Column::Tenant.eq(tenant));

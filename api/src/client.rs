@@ -71,17 +71,7 @@ impl ClientError {
     /// What went wrong with every cause, for people: `cannot reach the control plane
     /// at URL: error sending request: invalid peer certificate: UnknownIssuer`.
     pub fn described(&self) -> String {
-        let mut text = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(e) = cause {
-            let said = e.to_string();
-            if !text.contains(&said) {
-                text.push_str(": ");
-                text.push_str(&said);
-            }
-            cause = e.source();
-        }
-        text
+        describe(self)
     }
 
     /// The HTTP status of an answered error.
@@ -531,4 +521,20 @@ mod tests {
             );
         }
     }
+}
+
+/// An error and each of its causes, joined by `: `, leaving out a cause whose words
+/// the text says already (an error that prints its source).
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = e.source();
+    }
+    text
 }

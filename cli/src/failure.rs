@@ -2,9 +2,12 @@
 //! can act on, from every error the commands meet.
 
 use berth_api::ErrorCode;
-use berth_api::client::ClientError;
+use berth_api::client::{ClientError, describe};
+
+use berth_deployments::DeployError;
 
 use crate::local::LocalError;
+use crate::plane::PlaneError;
 use crate::project::ProjectError;
 use crate::remote::RemoteError;
 
@@ -45,7 +48,7 @@ impl From<LocalError> for Failure {
             LocalError::Docker(berth_node_runtime::DriverError::Unavailable { .. }) => {
                 Exit::DockerUnavailable
             }
-            LocalError::Refused(_) => Exit::Refused,
+            LocalError::Deploy(e) => exit_of_refusal(e),
             LocalError::Preflight(_) | LocalError::Build(_) => Exit::Preflight,
             LocalError::State { .. } | LocalError::Docker(_) | LocalError::Apply(_) => {
                 Exit::Failure
@@ -53,7 +56,31 @@ impl From<LocalError> for Failure {
         };
         Failure {
             exit,
-            message: e.to_string(),
+            message: describe(&e),
+        }
+    }
+}
+
+/// A refused change: a broken rule is the file's fault, a lack of room the pool's.
+fn exit_of_refusal(e: &DeployError) -> Exit {
+    use berth_allocator::AllocatorError;
+    match e {
+        DeployError::Invalid(_)
+        | DeployError::Refused(_)
+        | DeployError::TooLarge { .. }
+        | DeployError::UnknownService { .. } => Exit::Invalid,
+        DeployError::Allocator(
+            AllocatorError::Quota(_) | AllocatorError::Placement(_) | AllocatorError::Contended(_),
+        ) => Exit::Refused,
+        DeployError::Tenant(_) | DeployError::Allocator(_) => Exit::Failure,
+    }
+}
+
+impl From<PlaneError> for Failure {
+    fn from(e: PlaneError) -> Self {
+        match e {
+            PlaneError::Local(e) => e.into(),
+            PlaneError::Remote(e) => e.into(),
         }
     }
 }
@@ -78,7 +105,7 @@ impl From<ClientError> for Failure {
         };
         Failure {
             exit,
-            message: e.described(),
+            message: describe(&e),
         }
     }
 }
@@ -89,7 +116,7 @@ impl From<RemoteError> for Failure {
             RemoteError::Client(e) => e.into(),
             other => Failure {
                 exit: Exit::Failure,
-                message: other.to_string(),
+                message: describe(&other),
             },
         }
     }

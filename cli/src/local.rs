@@ -2,13 +2,14 @@
 //! in this process, over SQLite in the user's data directory. `berth up` goes through
 //! exactly the services a pool runs; only the transport differs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_allocator::placement::Placed;
 use berth_allocator::service::assignment_of;
 use berth_allocator::{Allocator, DefaultRequest, Limit, Resources};
-use berth_deployments::{DeployError, Deployments, Target};
+use berth_deployments::{Applied, DeployError, Deployments, Target};
 use berth_node_runtime::driver::ContainerListing;
 use berth_node_runtime::{
     ContainerDriver, DockerDriver, DriverError, Outcome, Progress, ReconcileError,
@@ -35,20 +36,22 @@ pub(crate) const LOCAL_QUOTA: Limit = Limit {
 /// Why a local operation failed; each maps to its own exit code.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LocalError {
-    /// The state database failed.
-    #[error("state database {path}: {message}")]
+    /// The state database could not be opened, read or written.
+    #[error("state database {}", path.display())]
     State {
         /// The database file.
         path: PathBuf,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: StateError,
     },
-    /// The engine is not there.
+    /// The engine is not there, or failed.
     #[error(transparent)]
     Docker(DriverError),
-    /// The deploy path refused the change (quota or capacity); nothing was changed.
+    /// The deploy path refused the change (rules, policy, quota, capacity, an unknown
+    /// topology or service); nothing was changed.
     #[error(transparent)]
-    Refused(DeployError),
+    Deploy(DeployError),
     /// A check before any change failed (missing image, port in use).
     #[error(transparent)]
     Preflight(ReconcileError),
@@ -60,12 +63,23 @@ pub(crate) enum LocalError {
     Build(berth_node_runtime::build::BuildError),
 }
 
-impl From<TenantError> for LocalError {
-    fn from(e: TenantError) -> Self {
-        LocalError::State {
-            path: PathBuf::new(),
-            message: e.to_string(),
-        }
+/// What failed in the local state.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StateError {
+    /// Its directory.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The tenant service's tables.
+    #[error(transparent)]
+    Tenants(#[from] TenantError),
+    /// The allocator's tables.
+    #[error(transparent)]
+    Allocator(#[from] berth_allocator::AllocatorError),
+}
+
+impl From<DeployError> for LocalError {
+    fn from(e: DeployError) -> Self {
+        LocalError::Deploy(e)
     }
 }
 
@@ -95,33 +109,11 @@ impl LocalPlane {
     pub(crate) async fn open(dir: &Path) -> Result<Self, LocalError> {
         let driver = DockerDriver::connect().await.map_err(LocalError::Docker)?;
         let path = dir.join("berth.db");
-        let state = |message: String| LocalError::State {
+        let state = |source: StateError| LocalError::State {
             path: path.clone(),
-            message,
+            source,
         };
-        std::fs::create_dir_all(dir).map_err(|e| state(e.to_string()))?;
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        let db = berth_allocator::database::connect(&url)
-            .await
-            .map_err(|e| state(e.to_string()))?;
-        let tenants = TenantService::open(db.clone())
-            .await
-            .map_err(|e| state(e.to_string()))?;
-        let allocator = Allocator::open(db, DefaultRequest::default())
-            .await
-            .map_err(|e| state(e.to_string()))?;
-        tenants
-            .ensure_tenant(LOCAL_TENANT, now_ms())
-            .await
-            .map_err(|e| state(e.to_string()))?;
-        allocator
-            .ensure_quota(LOCAL_TENANT, LOCAL_QUOTA)
-            .await
-            .map_err(|e| state(e.to_string()))?;
-        allocator
-            .upsert_node(LOCAL_NODE, local_capacity(), &Default::default())
-            .await
-            .map_err(|e| state(e.to_string()))?;
+        let (tenants, allocator) = Self::open_state(dir, &path).await.map_err(state)?;
         let node = Reconciler::new(
             Arc::new(driver),
             ReconcileOptions {
@@ -137,13 +129,34 @@ impl LocalPlane {
         })
     }
 
+    /// Opens the tenant service and the allocator over the database at `path`, with
+    /// the local tenant and its one node in place.
+    async fn open_state(
+        dir: &Path,
+        path: &Path,
+    ) -> Result<(TenantService, Allocator), StateError> {
+        std::fs::create_dir_all(dir)?;
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let db = berth_allocator::database::connect(&url)
+            .await
+            .map_err(berth_allocator::AllocatorError::from)?;
+        let tenants = TenantService::open(db.clone()).await?;
+        let allocator = Allocator::open(db, DefaultRequest::default()).await?;
+        tenants.ensure_tenant(LOCAL_TENANT, now_ms()).await?;
+        allocator.ensure_quota(LOCAL_TENANT, LOCAL_QUOTA).await?;
+        allocator
+            .upsert_node(LOCAL_NODE, local_capacity(), &Default::default())
+            .await?;
+        Ok((tenants, allocator))
+    }
+
     /// Deploys `topology` on this machine. Checks images and ports before anything is
     /// stored, so that a failed check leaves no trace.
     pub(crate) async fn up(
         &self,
         topology: &Topology,
         events: mpsc::UnboundedSender<Progress>,
-    ) -> Result<Outcome, LocalError> {
+    ) -> Result<(Applied, Outcome), LocalError> {
         let id = TopologyRef {
             tenant: LOCAL_TENANT.to_owned(),
             topology: topology.name.clone(),
@@ -169,11 +182,7 @@ impl LocalPlane {
         let applied = self
             .deployments
             .apply(LOCAL_TENANT, topology)
-            .await
-            .map_err(|e| match e {
-                DeployError::Tenant(e) => e.into(),
-                other => LocalError::Refused(other),
-            })?;
+            .await?;
         let mut outcome = Outcome::default();
         for (node, assignment) in &applied.deployment.by_node {
             if node != LOCAL_NODE {
@@ -189,7 +198,39 @@ impl LocalPlane {
                         other => LocalError::Apply(other),
                     })?;
         }
-        Ok(outcome)
+        Ok((applied, outcome))
+    }
+
+    /// Sets the replicas of services of the deployed topology `name`, in one revision,
+    /// checked and applied as `up` does.
+    pub(crate) async fn scale(
+        &self,
+        name: &str,
+        replicas: &BTreeMap<String, u32>,
+        events: mpsc::UnboundedSender<Progress>,
+    ) -> Result<(Applied, Outcome), LocalError> {
+        let current = self
+            .deployments
+            .tenants()
+            .current(LOCAL_TENANT, name)
+            .await
+            .map_err(DeployError::Tenant)?
+            .topology;
+        let scaled = berth_deployments::with_replicas(current, replicas)?;
+        self.up(&scaled, events).await
+    }
+
+    /// The revision of `name` in force here, if it is deployed.
+    pub(crate) async fn revision(&self, name: &str) -> Result<Option<u64>, LocalError> {
+        let id = TopologyRef {
+            tenant: LOCAL_TENANT.to_owned(),
+            topology: name.to_owned(),
+        };
+        self.deployments
+            .allocator()
+            .placed_revision(&id)
+            .await
+            .map_err(|e| LocalError::Deploy(e.into()))
     }
 
     /// Removes a topology: its placement, its record, and its containers and networks
@@ -205,10 +246,7 @@ impl LocalPlane {
             tenant: LOCAL_TENANT.to_owned(),
             topology: name.to_owned(),
         };
-        self.deployments
-            .remove(&id)
-            .await
-            .map_err(LocalError::Refused)?;
+        self.deployments.remove(&id).await?;
         self.node
             .remove(&id, remove_volumes, events)
             .await

@@ -12,6 +12,7 @@ mod failure;
 mod local;
 mod progress;
 mod project;
+mod plane;
 mod remote;
 mod secrets;
 mod server;

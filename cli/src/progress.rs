@@ -117,5 +117,7 @@ fn step_text(step: &Step) -> (String, bool) {
         Step::Removing => ("removing".into(), false),
         Step::Removed => ("removed".into(), true),
         Step::Failed(why) => (format!("failed: {why}"), true),
+        Step::Placed { node } => (format!("placed on {node}"), false),
+        Step::Reported(state) => (state.clone(), false),
     }
 }

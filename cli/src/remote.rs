@@ -1,17 +1,17 @@
-//! The CLI against a remote control plane (`--endpoint URL`): the same commands as
-//! locally, through the typed client of `berth-api`, acting for one tenant.
+//! A remote control plane (`--endpoint URL`), through the typed client of `berth-api`,
+//! acting for one tenant.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth_api::client::{Client, ClientError, http_trusting};
 use berth_api::topologies::{
-    Deployed, DryRun, LogsQuery, Removed, ReplicaLogs, ReplicaView, Scale,
+    Deployed, DryRun, LogsQuery, Removed, ReplicaLogs, Scale,
 };
 use berth_api::users::{LoggedIn, Login};
 use berth_protocol::topology::Topology;
 
-/// Why a remote deploy did not end with every replica running.
+/// Why a remote command failed, or a deploy did not end with every replica running.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RemoteError {
     /// The control plane refused or could not be reached.
@@ -61,6 +61,16 @@ impl Remote {
             client: Client::new(http_trusting(ca)?, endpoint, token)?,
             tenant: tenant.to_owned(),
         })
+    }
+
+    /// The tenant it acts for.
+    pub(crate) fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The tenant's deployed topologies, by name.
+    pub(crate) async fn topologies(&self) -> Result<Vec<String>, ClientError> {
+        self.client.topologies(&self.tenant).await
     }
 
     /// The typed client, for calls that are not the tenant's own topologies.
@@ -115,72 +125,6 @@ impl Remote {
     pub(crate) async fn remove(&self, name: &str) -> Result<Removed, ClientError> {
         self.client.remove(&self.tenant, name).await
     }
-
-    /// Deploys, then follows the nodes' reports until every replica runs, one fails,
-    /// or `timeout` passes. Prints each replica's state as it changes unless `quiet`.
-    pub(crate) async fn up(
-        &self,
-        topology: &Topology,
-        timeout: Duration,
-        quiet: bool,
-    ) -> Result<Deployed, RemoteError> {
-        let deployed = self.deploy(topology).await?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut seen: BTreeMap<(String, u32), berth_api::ReplicaState> = BTreeMap::new();
-        loop {
-            let status = match self.status(&topology.name).await {
-                Ok(status) => status,
-                // A deploy-only token cannot watch: the deploy is placed, and that is
-                // what it learns.
-                Err(e) if e.status() == Some(403) => return Ok(deployed),
-                Err(e) => return Err(e.into()),
-            };
-            for r in &status.replicas {
-                let key = (r.service.clone(), r.replica);
-                if seen.get(&key) != Some(&r.state) {
-                    if !quiet {
-                        eprintln!(
-                            "{:<24} {} on {}",
-                            format!("{}.{}", r.service, r.replica),
-                            r.state,
-                            r.node
-                        );
-                    }
-                    seen.insert(key, r.state);
-                }
-            }
-            if let Some(failed) = status.replicas.iter().find(|r| r.state.has_failed()) {
-                return Err(RemoteError::ReplicaFailed {
-                    service: failed.service.clone(),
-                    replica: failed.replica,
-                    node: failed.node.clone(),
-                    state: failed.state,
-                    detail: failed.detail.clone(),
-                });
-            }
-            if status.replicas.iter().all(|r| r.state.is_running()) {
-                return Ok(Deployed {
-                    revision: deployed.revision,
-                    changed: deployed.changed,
-                    replicas: status.replicas,
-                });
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let waiting: Vec<String> = status
-                    .replicas
-                    .iter()
-                    .filter(|r| !r.state.is_running())
-                    .map(|r| format!("{}.{} ({})", r.service, r.replica, r.state))
-                    .collect();
-                return Err(RemoteError::Timeout {
-                    revision: deployed.revision,
-                    waited: timeout,
-                    waiting: waiting.join(", "),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
 }
 
 /// Logs in and returns the session.
@@ -198,18 +142,4 @@ pub(crate) async fn login(
         password: password.to_owned(),
     };
     anonymous.login(&asked, None).await
-}
-
-/// Prints replicas as a table.
-pub(crate) fn print_replicas(replicas: &[ReplicaView]) {
-    println!("{:<24} {:<20} {:<10} DETAIL", "REPLICA", "NODE", "STATE");
-    for r in replicas {
-        println!(
-            "{:<24} {:<20} {:<10} {}",
-            format!("{}.{}", r.service, r.replica),
-            r.node,
-            r.state.as_str(),
-            r.detail
-        );
-    }
 }

@@ -21,6 +21,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
@@ -30,6 +31,7 @@ use crate::driver::ContainerDriver;
 use crate::links::Tunnels;
 use crate::peer::{PeerApi, Trust};
 use crate::reconcile::Reconciler;
+use crate::timing::{Every, Lease, Owed};
 pub use crate::signer::Signer;
 
 /// Why the agent could not join or run.
@@ -375,21 +377,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the node waits for a heartbeat's answer.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The node's lease, as far as the node knows it.
-#[derive(Debug)]
-struct Lease {
-    /// When the last heartbeat the allocator accepted was sent.
-    renewed: std::time::Instant,
-    /// How long the node may go without renewing before it fences itself.
-    fence_after: Duration,
-    /// Whether it has fenced itself (stopped its replicas) since it last renewed.
-    fenced: bool,
-    /// When the next heartbeat is due.
-    next: std::time::Instant,
-    /// How often to heartbeat, as the allocator last said.
-    every: Duration,
-}
-
 /// What heartbeats: the lease and a connection of its own to the allocators, so that a
 /// heartbeat is sent on time while the node reconciles a large set.
 #[derive(Debug)]
@@ -403,17 +390,19 @@ struct Heart {
     /// Which allocator (an index into `allocators`) renewed the lease last.
     renewed_by: Option<usize>,
     lease: Lease,
+    /// A renewal came after the node had fenced itself, and the agent has not yet
+    /// asked for its assignments anew.
+    was_fenced: bool,
 }
 
 impl Heart {
     /// Heartbeats if one is due: None when none was, else whether the allocator
     /// renewed the lease.
     async fn beat(&mut self) -> Option<bool> {
-        let now = std::time::Instant::now();
-        if now < self.lease.next {
+        let now = Instant::now();
+        if !self.lease.heartbeat_due(now) {
             return None;
         }
-        self.lease.next = now + self.lease.every;
         let (sequence, timestamp_ms) = self.signer.next_sequence();
         let request = self.signer.sign(
             methods::HEARTBEAT,
@@ -441,18 +430,13 @@ impl Heart {
         match answer {
             Ok(ack) => {
                 let ack = ack.into_inner();
-                self.lease.renewed = now;
+                let millis = |ms: i64| u64::try_from(ms).ok().map(Duration::from_millis);
+                self.was_fenced |= self.lease.renewed(
+                    now,
+                    millis(ack.fence_after_ms),
+                    millis(ack.heartbeat_ms),
+                );
                 self.renewed_by = Some(self.next_allocator % self.allocators.len());
-                if let Ok(ms) = u64::try_from(ack.fence_after_ms)
-                    && ms > 0
-                {
-                    self.lease.fence_after = Duration::from_millis(ms);
-                }
-                if let Ok(ms) = u64::try_from(ack.heartbeat_ms)
-                    && ms > 0
-                {
-                    self.lease.every = Duration::from_millis(ms);
-                }
                 Some(true)
             }
             Err(e) => {
@@ -470,7 +454,7 @@ impl Heart {
     async fn beating<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
         tokio::pin!(work);
         loop {
-            let due = tokio::time::Instant::from_std(self.lease.next);
+            let due = self.lease.next_heartbeat();
             tokio::select! {
                 done = &mut work => return done,
                 () = tokio::time::sleep_until(due) => {
@@ -539,15 +523,15 @@ pub struct Agent<D> {
     /// every [`CPU_REPORT_EVERY`] while it holds a service that autoscales.
     last_set: Option<AppliedSet>,
     /// The previous CPU time sample of each container, by container id.
-    cpu_seen: HashMap<String, (u64, std::time::Instant)>,
+    cpu_seen: HashMap<String, (u64, Instant)>,
     /// When the CPU figures are next due.
-    next_cpu_report: std::time::Instant,
+    cpu_report: Every,
     /// The replicas' states as last reported.
     reported: Vec<StateKey>,
     /// When the engine is next compared with the last set.
-    next_resync: std::time::Instant,
-    /// The last set's report failed: when to send it again, and the wait before.
-    report_owed: Option<(std::time::Instant, Duration)>,
+    resync: Every,
+    /// The last set's report failed: when to send it again.
+    report_owed: Option<Owed>,
 }
 
 impl<D: ContainerDriver> Agent<D> {
@@ -565,13 +549,8 @@ impl<D: ContainerDriver> Agent<D> {
             client: None,
             next_allocator: 0,
             renewed_by: None,
-            lease: Lease {
-                renewed: std::time::Instant::now(),
-                fence_after: DEFAULT_FENCE_AFTER,
-                fenced: false,
-                next: std::time::Instant::now(),
-                every: HEARTBEAT_EVERY,
-            },
+            lease: Lease::new(Instant::now(), DEFAULT_FENCE_AFTER, HEARTBEAT_EVERY),
+            was_fenced: false,
         };
         Ok(Self {
             signer: signer.clone(),
@@ -585,10 +564,10 @@ impl<D: ContainerDriver> Agent<D> {
             next_allocator: 0,
             last_set: None,
             cpu_seen: HashMap::new(),
-            next_cpu_report: std::time::Instant::now(),
+            cpu_report: Every::starting(Instant::now(), CPU_REPORT_EVERY),
             report_owed: None,
             reported: Vec::new(),
-            next_resync: std::time::Instant::now() + RESYNC_EVERY,
+            resync: Every::starting(Instant::now() + RESYNC_EVERY, RESYNC_EVERY),
             trust: Arc::default(),
             peer: None,
             heart,
@@ -599,7 +578,7 @@ impl<D: ContainerDriver> Agent<D> {
     /// Fences after `fence_after` without a renewed lease until the allocator says
     /// otherwise (its answer to each heartbeat carries the pool's setting).
     pub fn with_fence_after(mut self, fence_after: Duration) -> Self {
-        self.heart.lease.fence_after = fence_after;
+        self.heart.lease.fence_after(fence_after);
         self
     }
 
@@ -612,9 +591,8 @@ impl<D: ContainerDriver> Agent<D> {
         };
         let mut reconnect = false;
         if renewed {
-            if self.heart.lease.fenced {
+            if std::mem::take(&mut self.heart.was_fenced) {
                 tracing::warn!(node = %self.identity.name, "lease renewed after a fence; asking for the current assignments");
-                self.heart.lease.fenced = false;
                 reconnect = true;
             }
             // Another allocator renews the lease than the one the stream is from: the
@@ -633,9 +611,7 @@ impl<D: ContainerDriver> Agent<D> {
                 tracing::warn!(error = %e, "could not report decisions");
             }
         }
-        let lease = &self.heart.lease;
-        let silent = std::time::Instant::now().saturating_duration_since(lease.renewed);
-        if !lease.fenced && silent >= lease.fence_after {
+        if let Some(silent) = self.heart.lease.must_fence(Instant::now()) {
             self.fence(silent).await;
         }
         reconnect
@@ -644,13 +620,13 @@ impl<D: ContainerDriver> Agent<D> {
     /// Stops every replica of this node at once: it could not renew its lease, so the
     /// allocator may be placing them elsewhere.
     async fn fence(&mut self, silent: Duration) {
-        self.heart.lease.fenced = true;
+        self.heart.lease.set_fenced(true);
         let driver = self.reconciler.driver();
         let listed = match driver.list_all(None).await {
             Ok(listed) => listed,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list containers to fence this node");
-                self.heart.lease.fenced = false; // try again on the next beat
+                self.heart.lease.set_fenced(false); // try again on the next beat
                 return;
             }
         };
@@ -660,7 +636,7 @@ impl<D: ContainerDriver> Agent<D> {
                 Ok(()) => stopped += 1,
                 Err(e) => {
                     tracing::error!(container = %c.container.name, error = %e, "cannot fence a replica");
-                    self.heart.lease.fenced = false;
+                    self.heart.lease.set_fenced(false);
                 }
             }
         }
@@ -674,9 +650,9 @@ impl<D: ContainerDriver> Agent<D> {
 
     /// Waits `total`, heartbeating (and fencing if need be) meanwhile.
     async fn pause(&mut self, total: Duration) {
-        let until = std::time::Instant::now() + total;
+        let until = Instant::now() + total;
         loop {
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             if now >= until {
                 return;
             }
@@ -792,8 +768,8 @@ impl<D: ContainerDriver> Agent<D> {
                 let wait = self
                     .heart
                     .lease
-                    .next
-                    .saturating_duration_since(std::time::Instant::now());
+                    .next_heartbeat()
+                    .saturating_duration_since(Instant::now());
                 let next = match tokio::time::timeout(wait, stream.message()).await {
                     Err(_) => LoopState::Watch(stream),
                     Ok(message) => self.on_message(message, stream).await,
@@ -1054,10 +1030,7 @@ impl<D: ContainerDriver> Agent<D> {
             Ok(()) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "report failed; it is sent again");
-                Some((
-                    std::time::Instant::now() + REPORT_RETRY_FIRST,
-                    REPORT_RETRY_FIRST,
-                ))
+                Some(Owed::first(Instant::now(), REPORT_RETRY_FIRST))
             }
         };
         self.last_set = Some((set.version, assignments, failures));
@@ -1067,10 +1040,10 @@ impl<D: ContainerDriver> Agent<D> {
     /// connection): nothing else would, until the set changes, and the replicas
     /// would show as pending meanwhile. Reports are idempotent; retries back off.
     async fn report_again_if_owed(&mut self) {
-        let Some((due, wait)) = self.report_owed else {
+        let Some(owed) = self.report_owed else {
             return;
         };
-        if std::time::Instant::now() < due {
+        if !owed.due(Instant::now()) {
             return;
         }
         let Some((version, assignments, failures)) = self.last_set.take() else {
@@ -1080,9 +1053,8 @@ impl<D: ContainerDriver> Agent<D> {
         self.report_owed = match self.report(version, &assignments, &failures).await {
             Ok(()) => None,
             Err(e) => {
-                let wait = (wait * 2).min(REPORT_RETRY_MOST);
                 tracing::debug!(error = %e, "report failed again");
-                Some((std::time::Instant::now() + wait, wait))
+                Some(owed.failed_again(Instant::now(), REPORT_RETRY_MOST))
             }
         };
         self.last_set = Some((version, assignments, failures));
@@ -1092,11 +1064,10 @@ impl<D: ContainerDriver> Agent<D> {
     /// what was removed behind the node's back) and reports if the engine now shows
     /// any replica in another state than last reported.
     async fn resync_if_due(&mut self) {
-        let now = std::time::Instant::now();
-        if now < self.next_resync || self.heart.lease.fenced {
+        let now = Instant::now();
+        if self.heart.lease.is_fenced() || !self.resync.due(now) {
             return;
         }
-        self.next_resync = now + RESYNC_EVERY;
         let Some((version, assignments, mut failures)) = self.last_set.take() else {
             return;
         };
@@ -1136,7 +1107,7 @@ impl<D: ContainerDriver> Agent<D> {
             && let Err(e) = self.report(version, &assignments, &failures).await
         {
             tracing::debug!(error = %e, "report failed; it is sent again");
-            self.report_owed = Some((now + REPORT_RETRY_FIRST, REPORT_RETRY_FIRST));
+            self.report_owed = Some(Owed::first(now, REPORT_RETRY_FIRST));
         }
         self.last_set = Some((version, assignments, failures));
     }
@@ -1167,11 +1138,9 @@ impl<D: ContainerDriver> Agent<D> {
     /// Reports the last set again, with fresh CPU figures, when they are due and a
     /// service of it autoscales.
     async fn report_cpu_if_due(&mut self) {
-        let now = std::time::Instant::now();
-        if now < self.next_cpu_report {
+        if !self.cpu_report.due(Instant::now()) {
             return;
         }
-        self.next_cpu_report = now + CPU_REPORT_EVERY;
         let Some((version, assignments, failures)) = self.last_set.take() else {
             return;
         };
@@ -1189,7 +1158,7 @@ impl<D: ContainerDriver> Agent<D> {
 
     /// The CPU `container` used since its previous sample, in thousandths of a core.
     async fn cpu_millis(&mut self, container: &str) -> Option<u32> {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let used = match self.reconciler.driver().cpu_time(container).await {
             Ok(Some(used)) => used,
             _ => return None,

@@ -23,3 +23,4 @@ pub mod node;
 pub mod node_tls;
 pub mod peer;
 pub mod signer;
+mod timing;

@@ -74,6 +74,13 @@ pub enum Step {
     Removed,
     /// Failed, and why.
     Failed(String),
+    /// Placed on a node of a pool, which has not reported it yet.
+    Placed {
+        /// The node.
+        node: String,
+    },
+    /// Reported by its node in a state that is none of the above (`paused`, ...).
+    Reported(String),
 }
 
 /// Why a reconcile did not converge.

@@ -206,7 +206,12 @@ impl Project {
     /// `berth ps --json`, parsed.
     pub fn ps(&self) -> Vec<serde_json::Value> {
         let run = self.berth(&["ps", "--json"]).ok();
-        serde_json::from_str(&run.stdout).expect("ps --json prints JSON")
+        let status: serde_json::Value =
+            serde_json::from_str(&run.stdout).expect("ps --json prints JSON");
+        status["replicas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("ps --json has no replicas: {status}"))
     }
 
     /// Container name → container id, from the engine.

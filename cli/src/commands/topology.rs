@@ -1,16 +1,20 @@
 //! The commands on one topology: validate, config, build, up, down, ps and scale, on
 //! this machine or against a pool.
 
-use berth_node_runtime::driver::ContainerListing;
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use berth_api::client::ClientError;
+use berth_deployments::DeployError;
 
 use crate::args::Cli;
-use crate::commands::logs::{follow_logs, remote_logs};
+use crate::commands::logs::follow;
 use crate::commands::print_json;
 use crate::failure::{Exit, Failure};
-use crate::local::{LocalPlane, data_dir};
+use crate::local::{LocalError, LocalPlane, data_dir};
+use crate::plane::{Plane, PlaneError, Replica, Status};
+use crate::progress;
 use crate::project::{ProjectError, find_file, load_project};
-use crate::{progress, remote};
+use crate::remote::RemoteError;
 
 pub(crate) fn load(cli: &Cli) -> Result<berth_protocol::topology::Loaded, Failure> {
     let file = find_file(cli.file())?;
@@ -95,29 +99,31 @@ pub(crate) async fn validate(cli: &Cli) -> Result<(), Failure> {
     }
 }
 
-/// A remote failure; refusals by the pool's policy are shown at their lines of `file`.
+/// A failure; settings refused by the plane's policy are shown at their lines of
+/// `file`.
 pub(crate) fn located(
     cli: &Cli,
     loaded: &berth_protocol::topology::Loaded,
     file: &std::path::Path,
-    e: impl Into<remote::RemoteError>,
+    e: impl Into<PlaneError>,
 ) -> Failure {
-    match e.into() {
-        remote::RemoteError::Client(berth_api::client::ClientError::Api {
+    let e = e.into();
+    let refusals = match &e {
+        PlaneError::Remote(RemoteError::Client(ClientError::Api {
             code: Some(berth_api::ErrorCode::RefusedByPolicy),
             refusals,
             ..
-        }) if !refusals.is_empty() => {
-            let name = file.display().to_string();
-            let policy = refusals
-                .first()
-                .map_or_else(|| "pool".to_owned(), |r| r.policy.clone());
-            let mut located: Vec<_> = refusals.iter().map(|r| loaded.locate(&name, r)).collect();
-            located.sort_by_key(|d| (d.line, d.column));
-            show_refusals(cli, file, &policy, located)
-        }
-        other => other.into(),
-    }
+        })) => refusals,
+        PlaneError::Local(LocalError::Deploy(DeployError::Refused(refusals))) => refusals,
+        _ => return e.into(),
+    };
+    let Some(first) = refusals.first() else {
+        return e.into();
+    };
+    let name = file.display().to_string();
+    let mut located: Vec<_> = refusals.iter().map(|r| loaded.locate(&name, r)).collect();
+    located.sort_by_key(|d| (d.line, d.column));
+    show_refusals(cli, file, &first.policy, located)
 }
 
 /// Prints refusals (as JSON with --json) and the failure that sums them up.
@@ -203,243 +209,157 @@ pub(crate) async fn build(cli: &Cli, services: &[String]) -> Result<(), Failure>
 pub(crate) async fn up(cli: &Cli, detach: bool, always_build: bool) -> Result<(), Failure> {
     let file = find_file(cli.file())?;
     let loaded = load(cli)?;
-    if let Some(remote) = cli.remote()? {
-        let topology = &loaded.topology;
-        // As on one machine: `up` returns once every replica runs (or one fails),
-        // showing each as its node reports it; without -d it then follows the logs. A
-        // token that may deploy but not read returns once the deploy is placed.
-        let deployed = remote
-            .up(topology, std::time::Duration::from_secs(300), cli.json)
-            .await
-            .map_err(|e| located(cli, &loaded, &file, e))?;
-        let running = deployed.replicas.iter().all(|r| r.state.is_running());
-        let what = if running { "running" } else { "placed" };
-        if cli.json {
-            print_json(&deployed);
-        } else {
-            println!(
-                "topology {:?} is up in tenant {:?}: revision {}, {} replica(s) {what}",
-                topology.name,
-                cli.tenant,
-                deployed.revision,
-                deployed.replicas.len()
-            );
-        }
-        if detach || cli.json || !running {
-            return Ok(());
-        }
-        println!(
-            "following logs; Ctrl-C stops following and leaves the topology running (`berth down` removes it)"
-        );
-        return remote_logs(cli, &remote, &topology.name, true, Some(10), None).await;
+    let topology = &loaded.topology;
+    let plane = Plane::open(cli.remote()?).await?;
+    if let Plane::Local(local) = &plane {
+        // Images a service builds: absent ones (all of them with --build), before any
+        // check or change, as Compose does.
+        local
+            .build(topology, &[], always_build, |service, line| {
+                if !cli.json {
+                    eprintln!("{service}  | {line}");
+                }
+            })
+            .await?;
     }
-    let topology = loaded.topology;
-    let plane = LocalPlane::open(&data_dir()).await?;
-    // Images a service builds: absent ones (all of them with --build), before any
-    // check or change, as Compose does.
-    plane
-        .build(&topology, &[], always_build, |service, line| {
-            if !cli.json {
-                eprintln!("{service}  | {line}");
-            }
-        })
-        .await?;
     let (events, shown) = progress::show(progress::Mode::pick(cli.json));
-    let result = plane.up(&topology, events).await;
+    let result = plane.up(topology, events).await;
     let _ = shown.await;
-    let outcome = result?;
-    let containers = plane.ps(Some(&topology.name)).await?;
-    if cli.json {
-        print_json(&serde_json::json!({
-            "topology": topology.name,
-            "created": outcome.created,
-            "unchanged": outcome.unchanged,
-            "removed": outcome.removed,
-            "containers": containers.iter().map(ContainerJson::from).collect::<Vec<_>>(),
-        }));
-    } else {
-        println!(
-            "topology {:?} is up: {} created, {} unchanged, {} removed",
-            topology.name, outcome.created, outcome.unchanged, outcome.removed
-        );
-        print_reachable(&containers);
-    }
-    if detach || cli.json {
+    let status = result.map_err(|e| located(cli, &loaded, &file, e))?;
+    print_status(cli, &status, "is up");
+    // A token that may deploy but not read learns only that the deploy is placed.
+    let running = status.replicas.iter().all(|r| r.state.is_running());
+    if detach || cli.json || !running {
         return Ok(());
     }
     println!(
         "following logs; Ctrl-C stops following and leaves the topology running (`berth down` removes it)"
     );
-    follow_logs(&plane, &containers, true, Some(10)).await
+    let width = status
+        .replicas
+        .iter()
+        .map(|r| format!("{}.{}", r.service, r.replica).len())
+        .max()
+        .unwrap_or(0);
+    follow(cli, &plane, &topology.name, None, 10, width).await
 }
 
-pub(crate) fn print_reachable(containers: &[ContainerListing]) {
-    for c in containers {
-        for (ip, port) in &c.container.host_ports {
+/// What `up` and `scale` say when they are done: the revision, the replicas and where
+/// this machine reaches them.
+fn print_status(cli: &Cli, status: &Status, done: &str) {
+    if cli.json {
+        print_json(status);
+        return;
+    }
+    let running = status.replicas.iter().all(|r| r.state.is_running());
+    let mut said = format!(
+        "topology {:?} {done} in tenant {:?}: revision {}, {} replica(s) {}",
+        status.topology,
+        status.tenant,
+        status.revision.unwrap_or_default(),
+        status.replicas.len(),
+        if running { "running" } else { "placed" },
+    );
+    if let Some(c) = status.containers {
+        said.push_str(&format!(
+            " ({} created, {} unchanged, {} removed)",
+            c.created, c.unchanged, c.removed
+        ));
+    }
+    println!("{said}");
+    print_reachable(&status.replicas);
+}
+
+/// Where this machine reaches each published port.
+fn print_reachable(replicas: &[Replica]) {
+    for r in replicas {
+        let published: Vec<(&str, &str)> = r.ports.iter().filter_map(|p| p.rsplit_once(':')).collect();
+        for &(ip, port) in &published {
+            // One line per port: `::` repeats what `0.0.0.0` says.
+            if ip == "::" && published.contains(&("0.0.0.0", port)) {
+                continue;
+            }
             let host = if ip.is_empty() || ip == "0.0.0.0" || ip == "::" {
                 "localhost"
             } else {
-                ip.as_str()
+                ip
             };
-            if ip == "::"
-                && c.container
-                    .host_ports
-                    .iter()
-                    .any(|(i, p)| i == "0.0.0.0" && p == port)
-            {
-                continue;
-            }
-            println!(
-                "  {}.{} reachable at {host}:{port}",
-                c.container.service, c.container.replica
-            );
+            println!("  {}.{} reachable at {host}:{port}", r.service, r.replica);
         }
     }
 }
 
 pub(crate) async fn down(cli: &Cli, volumes: bool) -> Result<(), Failure> {
     let name = topology_name(cli)?;
-    if let Some(remote) = cli.remote()? {
-        let removed = remote.remove(&name).await?;
-        if cli.json {
-            print_json(&removed);
-        } else {
-            println!("topology {name:?} is down in tenant {:?}", cli.tenant);
-        }
-        return Ok(());
-    }
-    let plane = LocalPlane::open(&data_dir()).await?;
+    let plane = Plane::open(cli.remote()?).await?;
     let (events, shown) = progress::show(progress::Mode::pick(cli.json));
     let result = plane.down(&name, volumes, events).await;
     let _ = shown.await;
-    let outcome = result?;
+    let down = result?;
     if cli.json {
-        print_json(&serde_json::json!({ "topology": name, "removed": outcome.removed }));
-    } else {
-        println!(
-            "topology {name:?} is down: {} container{} removed",
-            outcome.removed,
-            if outcome.removed == 1 { "" } else { "s" }
-        );
+        print_json(&down);
+        return Ok(());
     }
-    Ok(())
-}
-
-#[derive(Serialize)]
-pub(crate) struct ContainerJson<'a> {
-    topology: &'a str,
-    service: &'a str,
-    replica: u32,
-    name: &'a str,
-    state: &'a str,
-    status: &'a str,
-    ports: Vec<String>,
-}
-
-impl<'a> From<&'a ContainerListing> for ContainerJson<'a> {
-    fn from(c: &'a ContainerListing) -> Self {
-        ContainerJson {
-            topology: &c.topology.topology,
-            service: &c.container.service,
-            replica: c.container.replica,
-            name: &c.container.name,
-            state: &c.state,
-            status: &c.status,
-            ports: c
-                .container
-                .host_ports
-                .iter()
-                .map(|(ip, p)| format!("{ip}:{p}"))
-                .collect(),
+    let mut said = format!("topology {name:?} is down in tenant {:?}", down.tenant);
+    match down.removed {
+        Some(n) => said.push_str(&format!(": {n} container{} removed", if n == 1 { "" } else { "s" })),
+        None if !down.nodes.is_empty() => {
+            said.push_str(&format!(": its nodes ({}) remove its containers", down.nodes.join(", ")));
         }
+        None => {}
     }
+    println!("{said}");
+    Ok(())
 }
 
 pub(crate) async fn ps(cli: &Cli, all: bool) -> Result<(), Failure> {
     let name = if all { None } else { Some(topology_name(cli)?) };
-    if let Some(remote) = cli.remote()? {
-        let name = name.ok_or_else(|| Failure {
-            exit: Exit::Invalid,
-            message: "--all is not available with --endpoint yet".into(),
-        })?;
-        let status = remote.status(&name).await?;
-        if cli.json {
-            print_json(&status);
-        } else {
-            remote::print_replicas(&status.replicas);
+    let plane = Plane::open(cli.remote()?).await?;
+    let statuses = match &name {
+        Some(name) => {
+            let status = plane.status(name).await?;
+            if cli.json {
+                print_json(&status);
+                return Ok(());
+            }
+            vec![status]
         }
-        return Ok(());
-    }
-    let plane = LocalPlane::open(&data_dir()).await?;
-    let containers = plane.ps(name.as_deref()).await?;
-    if cli.json {
-        print_json(
-            &containers
-                .iter()
-                .map(ContainerJson::from)
-                .collect::<Vec<_>>(),
-        );
-        return Ok(());
-    }
+        None => {
+            let statuses = plane.statuses().await?;
+            if cli.json {
+                print_json(&statuses);
+                return Ok(());
+            }
+            statuses
+        }
+    };
     println!(
-        "{:<16} {:<28} {:<10} {:<28} PORTS",
-        "TOPOLOGY", "NAME", "STATE", "STATUS"
+        "{:<16} {:<24} {:<16} {:<10} {:<28} PORTS",
+        "TOPOLOGY", "REPLICA", "NODE", "STATE", "DETAIL"
     );
-    for c in &containers {
-        let json = ContainerJson::from(c);
-        println!(
-            "{:<16} {:<28} {:<10} {:<28} {}",
-            json.topology,
-            json.name,
-            json.state,
-            json.status,
-            json.ports.join(", ")
-        );
+    for status in &statuses {
+        for r in &status.replicas {
+            println!(
+                "{:<16} {:<24} {:<16} {:<10} {:<28} {}",
+                status.topology,
+                format!("{}.{}", r.service, r.replica),
+                r.node,
+                r.state.as_str(),
+                r.detail,
+                r.ports.join(", ")
+            );
+        }
     }
     Ok(())
 }
 
 pub(crate) async fn scale(cli: &Cli, services: &[(String, u32)]) -> Result<(), Failure> {
-    let loaded = load(cli)?;
-    let replicas: std::collections::BTreeMap<String, u32> = services.iter().cloned().collect();
-    // Every service named must be in the file, wherever it runs.
-    let topology =
-        berth_deployments::with_replicas(loaded.topology, &replicas).map_err(|e| Failure {
-            exit: Exit::Invalid,
-            message: e.to_string(),
-        })?;
-    if let Some(remote) = cli.remote()? {
-        let deployed = remote.scale(&topology.name, &replicas).await?;
-        if cli.json {
-            print_json(&deployed);
-        } else {
-            println!(
-                "topology {:?} scaled in tenant {:?}: revision {}, {} replica(s) placed",
-                topology.name,
-                cli.tenant,
-                deployed.revision,
-                deployed.replicas.len()
-            );
-        }
-        return Ok(());
-    }
-    let plane = LocalPlane::open(&data_dir()).await?;
+    let name = topology_name(cli)?;
+    let replicas: BTreeMap<String, u32> = services.iter().cloned().collect();
+    let plane = Plane::open(cli.remote()?).await?;
     let (events, shown) = progress::show(progress::Mode::pick(cli.json));
-    let result = plane.up(&topology, events).await;
+    let result = plane.scale(&name, &replicas, events).await;
     let _ = shown.await;
-    let outcome = result?;
-    if cli.json {
-        print_json(&serde_json::json!({
-            "topology": topology.name,
-            "created": outcome.created,
-            "unchanged": outcome.unchanged,
-            "removed": outcome.removed,
-        }));
-    } else {
-        println!(
-            "topology {:?} scaled: {} created, {} unchanged, {} removed",
-            topology.name, outcome.created, outcome.unchanged, outcome.removed
-        );
-    }
+    print_status(cli, &result?, "scaled");
     Ok(())
 }
