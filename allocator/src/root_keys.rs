@@ -50,16 +50,36 @@ pub enum RootKeyError {
         /// When the last token it may have signed expires.
         until_ms: i64,
     },
-    /// The database holding the keys could not be read or written, or what it holds
-    /// does not open with this server's secrets key.
+    /// The database holding the keys could not be read or written.
+    #[error("root keys in the database")]
+    Database(#[from] sea_orm::DbErr),
+    /// A key in the database does not open with this server's secrets key.
+    #[error("root key {id} in the database")]
+    Sealed {
+        /// The key.
+        id: u32,
+        /// Why it does not open.
+        #[source]
+        source: crate::sealing::SealingError,
+    },
+    /// What the database holds is not a key.
     #[error("root keys in the database: {0}")]
-    Database(String),
+    Corrupt(String),
     /// The key file could not be read or written.
-    #[error("root keys in {path}: {message}")]
-    Store {
+    #[error("root keys in {}", path.display())]
+    Io {
         /// The file.
         path: PathBuf,
         /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file holds something else than keys.
+    #[error("root keys in {}: {message}", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
         message: String,
     },
 }
@@ -130,7 +150,7 @@ impl RootKeys {
     /// The keys kept in `path`, made (one key, id 1) when the file does not exist.
     /// `legacy`, a single private key in hex from before keys had ids, becomes key 1.
     pub fn open(path: &Path, legacy: Option<&Path>) -> Result<Self, RootKeyError> {
-        let store = |message: String| RootKeyError::Store {
+        let store = |message: String| RootKeyError::Malformed {
             path: path.to_owned(),
             message,
         };
@@ -158,14 +178,19 @@ impl RootKeys {
 
     /// The keys in the file at `path`; `None` when there is no file.
     fn parse(path: &Path) -> Result<Option<Ring>, RootKeyError> {
-        let store = |message: String| RootKeyError::Store {
+        let store = |message: String| RootKeyError::Malformed {
             path: path.to_owned(),
             message,
         };
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(store(e.to_string())),
+            Err(source) => {
+                return Err(RootKeyError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
         let mut ring = Ring::default();
         for (n, line) in text
@@ -241,9 +266,9 @@ impl RootKeys {
             return Ok(None);
         };
         let lock = path.with_extension("lock");
-        let store = |e: std::io::Error| RootKeyError::Store {
+        let store = |source: std::io::Error| RootKeyError::Io {
             path: lock.clone(),
-            message: e.to_string(),
+            source,
         };
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -263,9 +288,9 @@ impl RootKeys {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let store = |e: std::io::Error| RootKeyError::Store {
+        let store = |source: std::io::Error| RootKeyError::Io {
             path: path.clone(),
-            message: e.to_string(),
+            source,
         };
         let text: String = ring
             .keys
@@ -492,14 +517,14 @@ impl RootKeys {
             match made {
                 Ok(()) => break next,
                 Err(_) if tries < 5 => continue,
-                Err(e) => return Err(RootKeyError::Database(e.to_string())),
+                Err(e) => return Err(e.into()),
             }
         };
         self.reload().await?;
         self.list()
             .into_iter()
             .find(|k| k.id == next)
-            .ok_or_else(|| RootKeyError::Database(format!("key {next} vanished once made")))
+            .ok_or_else(|| RootKeyError::Corrupt(format!("key {next} vanished once made")))
     }
 
     /// Stops accepting key `id`. Refused for the signing key, and, unless `force`,
@@ -519,8 +544,7 @@ impl RootKeys {
         Self::retirable(&ring, id, now_ms, lifetime, force)?;
         root_key::Entity::delete_by_id(i64::from(id))
             .exec(db)
-            .await
-            .map_err(|e| RootKeyError::Database(e.to_string()))?;
+            .await?;
         self.reload().await?;
         Ok(())
     }
@@ -563,8 +587,7 @@ impl RootKeys {
                         .to_owned(),
                 )
                 .exec_without_returning(&db)
-                .await
-                .map_err(|e| RootKeyError::Database(e.to_string()))?;
+                .await?;
             ring = load(&db, &seal).await?;
         }
         Ok(Self {
@@ -598,19 +621,16 @@ fn row(
 
 /// Every key in the database, opened.
 async fn load(db: &DatabaseConnection, seal: &SealingKey) -> Result<Ring, RootKeyError> {
-    let rows = root_key::Entity::find()
-        .all(db)
-        .await
-        .map_err(|e| RootKeyError::Database(e.to_string()))?;
+    let rows = root_key::Entity::find().all(db).await?;
     let mut ring = Ring::default();
     for r in rows {
         let id = u32::try_from(r.id)
-            .map_err(|_| RootKeyError::Database(format!("key id {} is out of range", r.id)))?;
+            .map_err(|_| RootKeyError::Corrupt(format!("key id {} is out of range", r.id)))?;
         let private = seal
             .open(&sealed_as(id), &r.sealed)
-            .map_err(|e| RootKeyError::Database(e.to_string()))?;
+            .map_err(|source| RootKeyError::Sealed { id, source })?;
         let private = PrivateKey::from_bytes(&private, Algorithm::Ed25519)
-            .map_err(|e| RootKeyError::Database(format!("key {id}: {e}")))?;
+            .map_err(|e| RootKeyError::Corrupt(format!("key {id}: {e}")))?;
         ring.keys.insert(
             id,
             Key {

@@ -187,8 +187,7 @@ pub(crate) async fn entries(
     params(VerifyQuery),
     responses(
         (status = 200, description = "Whether the chain is intact, and the first entry that is not", body = Verification),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 503, description = "The ledger cannot be read", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -238,8 +237,7 @@ pub(crate) async fn verify(
     params(("id" = String, Path, description = "The token's first revocation id, hex")),
     responses(
         (status = 200, description = "The token's datalog, revocation state and history", body = Explained),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No token was minted with this id", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -301,8 +299,7 @@ impl Gateway {
     responses(
         (status = 200, description = "Revoked, with the ledger entry that records it", body = Entry),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No token of that node or tenant may still be valid: nothing to revoke", body = ErrorBody),
         (status = 503, description = "The ledger cannot be written", body = ErrorBody),
     ),
@@ -463,8 +460,7 @@ pub(crate) async fn graph(
     params(("seq" = u64, Path, description = "The decision's place in the ledger")),
     responses(
         (status = 200, description = "The decision, its reason, and the token presented", body = DecisionExplained),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No decision at this place", body = ErrorBody),
         (status = 503, description = "The ledger cannot be read", body = ErrorBody),
     ),
@@ -562,9 +558,11 @@ impl From<RootKeyError> for ApiError {
             RootKeyError::Signing(_) | RootKeyError::TooSoon { .. } => {
                 ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
             }
-            RootKeyError::Store { .. } | RootKeyError::Database(_) => {
-                ApiError::internal(e.to_string())
-            }
+            RootKeyError::Database(_)
+            | RootKeyError::Sealed { .. }
+            | RootKeyError::Corrupt(_)
+            | RootKeyError::Io { .. }
+            | RootKeyError::Malformed { .. } => ApiError::internal(berth_protocol::error_chain(&e)),
         }
     }
 }
@@ -576,8 +574,7 @@ impl From<RootKeyError> for ApiError {
     tag = "audit",
     responses(
         (status = 200, description = "The root keys (public halves only)", body = Vec<RootKeyInfo>),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -598,8 +595,7 @@ pub(crate) async fn root_keys(
     tag = "audit",
     responses(
         (status = 201, description = "The new signing key", body = RootKeyInfo),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 503, description = "The ledger cannot be written: no key was made", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -630,8 +626,7 @@ pub(crate) async fn rotate_root_key(
     params(("id" = u32, Path, description = "The key's id"), RetireQuery),
     responses(
         (status = 200, description = "The keys left", body = Vec<RootKeyInfo>),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No key has this id", body = ErrorBody),
         (status = 409, description = "The key signs new tokens, or tokens it signed may still be valid (force=true to retire anyway)", body = ErrorBody),
         (status = 503, description = "The ledger cannot be written: the key was not retired", body = ErrorBody),

@@ -24,8 +24,7 @@ pub(crate) const LOGS_TIMEOUT: std::time::Duration = std::time::Duration::from_s
     responses(
         (status = 200, description = "The last lines of each replica, asked of the node that runs it", body = Vec<ReplicaLogs>),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or service", body = ErrorBody),
         (status = 503, description = "This server stands by and the leader, which reads the nodes' output, cannot be reached now: wait as `Retry-After` says", body = ErrorBody),
     ),

@@ -19,8 +19,7 @@ pub(crate) const MOST_JOIN_TOKEN_SECONDS: u32 = 7 * 24 * 3600;
     responses(
         (status = 201, description = "A one-time token and the command that joins a machine", body = JoinToken),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -77,8 +76,7 @@ pub(crate) async fn create_join_token(
     tag = "nodes",
     responses(
         (status = 200, description = "Every node", body = Vec<NodeInfo>),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -100,8 +98,7 @@ pub(crate) async fn list_nodes(
     ),
     responses(
         (status = 200, description = "The node is cordoned", body = NodeStateChanged),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -123,8 +120,7 @@ pub(crate) async fn cordon(
     ),
     responses(
         (status = 200, description = "The node is active", body = NodeStateChanged),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -164,8 +160,7 @@ pub(crate) async fn set_cordoned(
     ),
     responses(
         (status = 200, description = "The node is draining; what moved and what could not", body = Drained),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))

@@ -42,8 +42,7 @@ pub(crate) fn representable(limit: &Limit) -> Result<(), ApiError> {
     responses(
         (status = 201, description = "The tenant exists", body = TenantCreated),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -76,8 +75,7 @@ pub(crate) async fn create_tenant(
     tag = "tenants",
     responses(
         (status = 200, description = "Every tenant with its quota and usage", body = Vec<TenantView>),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -106,8 +104,7 @@ pub(crate) async fn list_tenants(
     responses(
         (status = 200, description = "The quota now", body = QuotaView),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -136,8 +133,7 @@ pub(crate) async fn set_quota(
     ),
     responses(
         (status = 200, description = "The quota and what is used of it", body = QuotaView),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -167,8 +163,7 @@ pub(crate) const MOST_ALLOWANCES: usize = 256;
     responses(
         (status = 200, description = "The policy now in force; the change is in the audit ledger", body = PolicyView),
         (status = 400, description = "An allowance names no setting a policy governs", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -238,8 +233,7 @@ pub(crate) async fn set_policy(
     ),
     responses(
         (status = 200, description = "The tenant's policy", body = PolicyView),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -274,8 +268,7 @@ pub(crate) async fn get_policy(
     responses(
         (status = 201, description = "The user exists", body = UserCreated),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
         (status = 409, description = "The user exists already", body = ErrorBody),
     ),

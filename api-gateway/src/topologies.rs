@@ -23,8 +23,7 @@ use crate::{ApiError, Gateway, contract};
     ),
     responses(
         (status = 200, description = "The names of the tenant's topologies", body = Vec<String>),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -52,8 +51,7 @@ pub(crate) async fn list_topologies(
     responses(
         (status = 200, description = "Placed: the revision and where each replica went (with `dry_run`: a `DryRun`, and nothing changed)", body = Deployed),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
         (status = 409, description = "Over quota or no room in the pool; nothing changed", body = ErrorBody),
         (status = 422, description = "The topology breaks a rule; nothing changed", body = ErrorBody),
@@ -165,8 +163,7 @@ pub(crate) const MOST_EVENTS: u64 = 500;
     ),
     responses(
         (status = 200, description = "What happened to its replicas, newest first", body = Vec<Event>),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -203,8 +200,7 @@ pub(crate) async fn events(
     ),
     responses(
         (status = 200, description = "The current revision, in the normalised form a deploy sends", body = TopologyBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant or topology", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -231,8 +227,7 @@ pub(crate) async fn spec(
     ),
     responses(
         (status = 200, description = "Each replica, its node and what the node reports", body = Deployed),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -277,8 +272,7 @@ pub(crate) async fn status(
     ),
     responses(
         (status = 200, description = "Removed, with the nodes that ran it", body = Removed),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -320,8 +314,7 @@ pub(crate) async fn remove(
     responses(
         (status = 200, description = "Placed with the new count", body = Deployed),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token does not allow this", body = ErrorBody),
+        crate::error::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
         (status = 409, description = "Over quota or no room in the pool; nothing changed", body = ErrorBody),
     ),

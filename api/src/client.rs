@@ -71,7 +71,7 @@ impl ClientError {
     /// What went wrong with every cause, for people: `cannot reach the control plane
     /// at URL: error sending request: invalid peer certificate: UnknownIssuer`.
     pub fn described(&self) -> String {
-        describe(self)
+        berth_protocol::error_chain(self)
     }
 
     /// The HTTP status of an answered error.
@@ -521,20 +521,4 @@ mod tests {
             );
         }
     }
-}
-
-/// An error and each of its causes, joined by `: `, leaving out a cause whose words
-/// the text says already (an error that prints its source).
-pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(e) = cause {
-        let said = e.to_string();
-        if !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        cause = e.source();
-    }
-    text
 }

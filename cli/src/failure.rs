@@ -2,7 +2,8 @@
 //! can act on, from every error the commands meet.
 
 use berth_api::ErrorCode;
-use berth_api::client::{ClientError, describe};
+use berth_api::client::ClientError;
+use berth_protocol::error_chain;
 
 use berth_deployments::DeployError;
 
@@ -56,19 +57,23 @@ impl From<LocalError> for Failure {
         };
         Failure {
             exit,
-            message: describe(&e),
+            message: error_chain(&e),
         }
     }
 }
 
-/// A refused change: a broken rule is the file's fault, a lack of room the pool's.
+/// A refused change: a broken rule or a name that is not there is the command's fault,
+/// a lack of room the pool's (as a pool's answers say, in `From<ClientError>`).
 fn exit_of_refusal(e: &DeployError) -> Exit {
     use berth_allocator::AllocatorError;
     match e {
         DeployError::Invalid(_)
         | DeployError::Refused(_)
         | DeployError::TooLarge { .. }
-        | DeployError::UnknownService { .. } => Exit::Invalid,
+        | DeployError::UnknownService { .. }
+        | DeployError::Tenant(berth_tenant_service::TenantError::UnknownTopology { .. }) => {
+            Exit::Invalid
+        }
         DeployError::Allocator(
             AllocatorError::Quota(_) | AllocatorError::Placement(_) | AllocatorError::Contended(_),
         ) => Exit::Refused,
@@ -96,7 +101,8 @@ impl From<ClientError> for Failure {
                     ErrorCode::InvalidTopology
                     | ErrorCode::BadRequest
                     | ErrorCode::RefusedByPolicy
-                    | ErrorCode::TooLarge,
+                    | ErrorCode::TooLarge
+                    | ErrorCode::NotFound,
                 ) => Exit::Invalid,
                 Some(ErrorCode::QuotaExceeded | ErrorCode::NoCapacity) => Exit::Refused,
                 Some(ErrorCode::Unauthenticated) => Exit::Unreachable,
@@ -105,7 +111,7 @@ impl From<ClientError> for Failure {
         };
         Failure {
             exit,
-            message: describe(&e),
+            message: error_chain(&e),
         }
     }
 }
@@ -116,7 +122,7 @@ impl From<RemoteError> for Failure {
             RemoteError::Client(e) => e.into(),
             other => Failure {
                 exit: Exit::Failure,
-                message: describe(&other),
+                message: error_chain(&other),
             },
         }
     }

@@ -131,10 +131,7 @@ impl LocalPlane {
 
     /// Opens the tenant service and the allocator over the database at `path`, with
     /// the local tenant and its one node in place.
-    async fn open_state(
-        dir: &Path,
-        path: &Path,
-    ) -> Result<(TenantService, Allocator), StateError> {
+    async fn open_state(dir: &Path, path: &Path) -> Result<(TenantService, Allocator), StateError> {
         std::fs::create_dir_all(dir)?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let db = berth_allocator::database::connect(&url)
@@ -179,10 +176,7 @@ impl LocalPlane {
             .await
             .map_err(LocalError::Preflight)?;
 
-        let applied = self
-            .deployments
-            .apply(LOCAL_TENANT, topology)
-            .await?;
+        let applied = self.deployments.apply(LOCAL_TENANT, topology).await?;
         let mut outcome = Outcome::default();
         for (node, assignment) in &applied.deployment.by_node {
             if node != LOCAL_NODE {

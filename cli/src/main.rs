@@ -1,18 +1,18 @@
 //! `berth`: run a topology file on this machine, inspect it and take it down.
 //!
 //! Exit codes: 0 success; 1 failed part way (what is running is said); 2 bad usage;
-//! 3 the topology file is invalid; 4 Docker is not reachable; 5 refused by quota or
-//! capacity (nothing changed); 6 a check before any change failed: a missing image or
-//! a host port in use (nothing changed); 7 the control plane is unreachable or refused
-//! the credentials.
+//! 3 the topology file is invalid, or a topology or service named is not there; 4
+//! Docker is not reachable; 5 refused by quota or capacity (nothing changed); 6 a check
+//! before any change failed: a missing image or a host port in use (nothing changed);
+//! 7 the control plane is unreachable or refused the credentials.
 
 mod args;
 mod commands;
 mod failure;
 mod local;
+mod plane;
 mod progress;
 mod project;
-mod plane;
 mod remote;
 mod secrets;
 mod server;

@@ -286,7 +286,12 @@ impl Plane {
     pub(crate) async fn status(&self, name: &str) -> Result<Status, PlaneError> {
         let (revision, replicas) = match self {
             Plane::Local(local) => {
-                let replicas = local.ps(Some(name)).await?.iter().map(Replica::from).collect();
+                let replicas = local
+                    .ps(Some(name))
+                    .await?
+                    .iter()
+                    .map(Replica::from)
+                    .collect();
                 (local.revision(name).await?, replicas)
             }
             Plane::Remote(remote) => match remote.status(name).await {
@@ -354,10 +359,9 @@ impl Plane {
                         at_ns: Vec::new(),
                         error: None,
                     };
-                    let mut lines =
-                        local
-                            .driver()
-                            .logs(&c.container.name, false, Some(tail), None);
+                    let mut lines = local
+                        .driver()
+                        .logs(&c.container.name, false, Some(tail), None);
                     while let Some(line) = lines.next().await {
                         match line {
                             Ok(line) => {
@@ -400,9 +404,11 @@ impl Plane {
                     .iter()
                     .map(|c| (c.container.name.as_str(), c))
                     .collect();
-                let streams = containers
-                    .iter()
-                    .map(|c| local.driver().logs(&c.container.name, true, Some(tail), None));
+                let streams = containers.iter().map(|c| {
+                    local
+                        .driver()
+                        .logs(&c.container.name, true, Some(tail), None)
+                });
                 let mut merged = futures_util::stream::select_all(streams);
                 while let Some(next) = merged.next().await {
                     let next = next.map_err(LocalError::Docker)?;

@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth_api::client::{Client, ClientError, http_trusting};
-use berth_api::topologies::{
-    Deployed, DryRun, LogsQuery, Removed, ReplicaLogs, Scale,
-};
+use berth_api::topologies::{Deployed, DryRun, LogsQuery, Removed, ReplicaLogs, Scale};
 use berth_api::users::{LoggedIn, Login};
 use berth_protocol::topology::Topology;
 

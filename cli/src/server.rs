@@ -68,199 +68,265 @@ pub(crate) struct WitnessSetting {
 /// The name of the node `berth dev` runs.
 const DEV_NODE: &str = "local";
 
-/// Runs until the process is stopped.
+/// Runs until the process is stopped: opens the stores and the secrets, serves both
+/// APIs, campaigns for the lead, and says how to use it (`berth dev` first starts its
+/// node).
 pub(crate) async fn run(config: ServerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
-    // Connect to Docker first, so that `berth dev` without it fails before serving.
-    let docker = if config.local_node {
-        Some(berth_node_runtime::docker::DockerDriver::connect().await?)
-    } else {
-        None
+    if config.local_node {
+        // Docker first, so that `berth dev` without it fails before serving.
+        berth_node_runtime::docker::DockerDriver::connect().await?;
+    }
+    let stores = open_stores(&config).await?;
+    let tls = tls_of(&config)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let secrets = open_secrets(&config, &stores).await?;
+    let gateway = gateway_of(&config, &stores, &secrets, tls.as_ref(), scheme)?;
+    let leadership = lead_when_elected(
+        Leading {
+            db: stores.db.clone(),
+            database: stores.database.clone(),
+            allocator: stores.allocator.clone(),
+            nodes: stores.nodes.clone(),
+            deployments: Deployments::new(
+                stores.tenants.clone(),
+                stores.allocator.clone(),
+                Target::Pool,
+            ),
+            api_url: config
+                .advertise_api
+                .clone()
+                .unwrap_or_else(|| api_url_of(scheme, config.listen, config.advertise.as_deref())),
+        },
+        &config,
+    );
+    let (http, api_addr) = serve_api(gateway, config.listen, tls.as_ref())?;
+    let (grpc, node_addr) = serve_node_api(&stores.nodes, config.node_listen, tls.as_ref()).await?;
+    let served = Served {
+        api: format!("{scheme}://{api_addr}"),
+        node_url: config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{node_addr}")),
+        ca_file: tls.as_ref().and_then(|tls| tls.ca_file.clone()),
     };
-    drop(docker);
-    let Stores {
-        database,
-        db,
-        tenants,
-        allocator,
-        nodes,
-    } = open_stores(&config).await?;
-    let token_file = config.data_dir.join("admin-token");
-    // Servers of one control plane share only their PostgreSQL database: the root keys
-    // and the admin token are kept there, sealed under the secrets key each server is
-    // given. On SQLite one server owns the data directory and keeps them there.
-    let seal = match berth_allocator::database::is_postgres(&database) {
+    let announced = announce(&config, &stores, &secrets, &served);
+    tokio::select! {
+        result = http => result?,
+        result = grpc => result?,
+        lost = leadership => return Err(lost?),
+        result = announced => result?,
+    }
+    Ok(())
+}
+
+/// What the servers of a pool share, sealed: the admin token, and the root keys that
+/// sign sessions and delegations.
+struct Secrets {
+    /// The admin token this server accepts.
+    admin_token: String,
+    /// Where a copy of it is kept for the admin.
+    token_file: PathBuf,
+    /// The root keys.
+    keys: berth_allocator::root_keys::RootKeys,
+    /// `berth dev`'s admin password.
+    admin_password: Option<String>,
+}
+
+/// Opens the secrets: sealed in the database under this server's secrets key on
+/// PostgreSQL (servers of one control plane share only their database), in the data
+/// directory on SQLite (one server owns it). The node API mints delegations with the
+/// root keys from now on, and follows the rotations other servers make.
+async fn open_secrets(config: &ServerConfig, stores: &Stores) -> anyhow::Result<Secrets> {
+    let seal = match berth_allocator::database::is_postgres(&stores.database) {
         true => Some(crate::secrets::secrets_key(&config.data_dir)?),
         false => None,
     };
-    let admin_token = admin_token_of(seal.as_ref(), &db, &token_file).await?;
-    let tls = tls_of(&config)?;
-    let scheme = match tls {
-        Some(_) => "https",
-        None => "http",
+    let token_file = config.data_dir.join("admin-token");
+    let admin_token = admin_token_of(seal.as_ref(), &stores.db, &token_file).await?;
+    // Nodes verify delegation tokens offline against the keys' public halves.
+    let keys = root_keys_of(seal, &stores.db, &config.data_dir).await?;
+    stores.nodes.mint_delegations_with(keys.clone());
+    follow_root_keys(keys.clone(), stores.nodes.clone());
+    let admin_password = match config.local_node {
+        true => Some(dev_admin(&stores.tenants, &config.data_dir.join("admin-password")).await?),
+        false => None,
     };
+    Ok(Secrets {
+        admin_token,
+        token_file,
+        keys,
+        admin_password,
+    })
+}
+
+/// The gateway of this server: over the stores, minting with the root keys, forwarding
+/// to the leader what only it answers, anchoring the ledger's head.
+fn gateway_of(
+    config: &ServerConfig,
+    stores: &Stores,
+    secrets: &Secrets,
+    tls: Option<&crate::tls::ServerTls>,
+    scheme: &str,
+) -> anyhow::Result<Gateway> {
     let node_url = config
         .advertise
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{}", config.node_listen));
-    let api_url = config
-        .advertise_api
-        .clone()
-        .unwrap_or_else(|| api_url_of(scheme, config.listen, config.advertise.as_deref()));
-    // The keys that sign sessions and delegations; nodes verify delegation tokens
-    // offline against their public halves.
-    let keys = root_keys_of(seal, &db, &config.data_dir).await?;
-    nodes.mint_delegations_with(keys.clone());
-    follow_root_keys(keys.clone(), nodes.clone());
-    let admin_password = if config.local_node {
-        Some(dev_admin(&tenants, &config.data_dir.join("admin-password")).await?)
-    } else {
-        None
-    };
     let gateway = Gateway::new(
-        tenants.clone(),
-        allocator.clone(),
-        nodes.clone(),
-        &admin_token,
+        stores.tenants.clone(),
+        stores.allocator.clone(),
+        stores.nodes.clone(),
+        &secrets.admin_token,
         &node_url,
-        keys,
+        secrets.keys.clone(),
     );
-    // A standby forwards to the leader what only the leader answers; the servers of
-    // one pool present one certificate, or certificates of an authority it trusts.
-    let to_leader =
-        berth_api::client::http_trusting(tls.as_ref().and_then(|tls| tls.ca_file.as_deref()))?;
+    // The servers of one pool present one certificate, or certificates of an
+    // authority it trusts.
+    let to_leader = berth_api::client::http_trusting(tls.and_then(|tls| tls.ca_file.as_deref()))?;
     let gateway = gateway.with_leader_client(to_leader);
-    let gateway = match &tls {
+    let gateway = match tls {
         Some(tls) => gateway.with_tls(tls.leaf(), tls.ca_file.as_deref()),
         None => gateway,
     };
     // Every server anchors the ledger's head (several sharing one file append whole
     // lines), so the witness keeps going whichever of them leads.
     let witness = berth_allocator::witness::Witness::new(&config.witness.path);
-    let gateway = gateway.with_witness(witness.clone());
     control::spawn(
-        Anchoring::new(witness, nodes.ledger().clone(), config.witness.every),
+        Anchoring::new(
+            witness.clone(),
+            stores.nodes.ledger().clone(),
+            config.witness.every,
+        ),
         SystemClock,
     );
+    Ok(gateway.with_witness(witness))
+}
 
-    let leadership = lead_when_elected(
-        Leading {
-            db,
-            database: database.clone(),
-            allocator: allocator.clone(),
-            nodes: nodes.clone(),
-            deployments: Deployments::new(tenants.clone(), allocator.clone(), Target::Pool),
-            api_url,
-        },
-        &config,
-    );
-
+/// Serves the REST API at `listen`; returns the server and the address it is bound to.
+fn serve_api(
+    gateway: Gateway,
+    listen: SocketAddr,
+    tls: Option<&crate::tls::ServerTls>,
+) -> anyhow::Result<(actix_web::dev::Server, SocketAddr)> {
     let http = actix_web::HttpServer::new(move || {
         actix_web::App::new().configure(berth_api_gateway::configure(gateway.clone()))
     })
     .workers(2);
-    let http = match &tls {
-        Some(tls) => http.bind_rustls_0_23(config.listen, tls.rustls()?)?,
-        None => http.bind(config.listen)?,
+    let http = match tls {
+        Some(tls) => http.bind_rustls_0_23(listen, tls.rustls()?)?,
+        None => http.bind(listen)?,
     };
-    let api_addr = http.addrs().first().copied().unwrap_or(config.listen);
-    let http = http.run();
-    let grpc_listener = tokio::net::TcpListener::bind(config.node_listen).await?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let mut grpc = match &tls {
+    let bound = http.addrs().first().copied().unwrap_or(listen);
+    Ok((http.run(), bound))
+}
+
+/// Serves the node API at `listen` (answering only while this server leads); returns
+/// the server and the address it is bound to.
+async fn serve_node_api(
+    nodes: &NodeApi,
+    listen: SocketAddr,
+    tls: Option<&crate::tls::ServerTls>,
+) -> anyhow::Result<(
+    impl std::future::Future<Output = Result<(), tonic::transport::Error>> + use<>,
+    SocketAddr,
+)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let bound = listener.local_addr()?;
+    let mut grpc = match tls {
         Some(tls) => tonic::transport::Server::builder().tls_config(tls.tonic())?,
         None => tonic::transport::Server::builder(),
     };
-    let grpc = grpc
+    let served = grpc
         .add_service(NodeControlServer::with_interceptor(
             nodes.clone(),
             nodes.only_when_leading(),
         ))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-            grpc_listener,
-        ));
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    Ok((served, bound))
+}
 
-    let join_token = nodes
-        .identities()
-        .create_join_token(now_ms(), 3_600_000)
-        .await?;
-    let node_url = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("{scheme}://{grpc_addr}"));
-    let ca_file = tls.as_ref().and_then(|tls| tls.ca_file.clone());
+/// Where a server serves, as its users reach it.
+struct Served {
+    /// The REST API's URL.
+    api: String,
+    /// The node API's URL.
+    node_url: String,
+    /// The authority clients add to trust it, with TLS.
+    ca_file: Option<PathBuf>,
+}
+
+/// Prints how to use the server, then waits forever: at once for `berth server`;
+/// for `berth dev`, once its node follows its assignments and takes work, so that a
+/// deploy made the moment the URL appears is placed.
+async fn announce(
+    config: &ServerConfig,
+    stores: &Stores,
+    secrets: &Secrets,
+    served: &Served,
+) -> anyhow::Result<()> {
     // What a client adds to trust this server: the authority the server made, or
     // (with the admin's own certificate) whatever the admin's clients already trust.
-    let ca_arg = ca_file
+    let ca_arg = served
+        .ca_file
         .as_ref()
         .map(|ca| format!(" --ca {}", ca.display()))
         .unwrap_or_default();
-    let ca_env = ca_file
+    let ca_env = served
+        .ca_file
         .as_ref()
         .map(|ca| format!(" BERTH_CA={}", ca.display()))
         .unwrap_or_default();
-    if config.local_node {
-        // The node joins through the node API served below, so it runs beside it.
-        let (url, token, dir) = (
-            node_url.clone(),
-            join_token.clone(),
-            config.data_dir.join("node"),
-        );
-        let ca = match &ca_file {
-            Some(path) => Some(std::fs::read_to_string(path)?),
-            None => None,
-        };
-        tokio::spawn(async move {
-            match dev_node(&url, ca.as_deref(), &token, &dir).await {
-                Ok(node) => node.await,
-                Err(e) => eprintln!("error: node {DEV_NODE:?} could not start: {e:#}"),
-            }
-        });
-        let join_token = nodes
+    let join_token = || {
+        stores
+            .nodes
             .identities()
             .create_join_token(now_ms(), 3_600_000)
-            .await?;
-        // The URL is printed once the local node follows its assignments and takes
-        // work, so that a deploy made the moment it appears is placed.
-        let printed = async {
-            if !dev_node_takes_work(&allocator, &nodes).await {
-                eprintln!(
-                    "warning: node {DEV_NODE:?} has not joined within {} s; deploys are placed once it does",
-                    DEV_NODE_JOINS_WITHIN.as_secs()
-                );
-            }
-            print_dev(
-                &format!("{scheme}://{api_addr}"),
-                &node_url,
-                &database,
-                admin_password.as_deref(),
-                &format!("--token {join_token}{ca_arg}"),
-                &ca_env,
+    };
+    if config.local_node {
+        start_dev_node(served, join_token().await?, config.data_dir.join("node"))?;
+        if !dev_node_takes_work(&stores.allocator, &stores.nodes).await {
+            eprintln!(
+                "warning: node {DEV_NODE:?} has not joined within {} s; deploys are placed once it does",
+                DEV_NODE_JOINS_WITHIN.as_secs()
             );
-            std::future::pending::<()>().await;
-        };
-        tokio::select! {
-            result = http => result?,
-            result = grpc => result?,
-            lost = leadership => return Err(lost?),
-            () = printed => {}
         }
-        return Ok(());
+        print_dev(
+            &served.api,
+            &served.node_url,
+            &stores.database,
+            secrets.admin_password.as_deref(),
+            &format!("--token {}{ca_arg}", join_token().await?),
+            &ca_env,
+        );
+    } else {
+        print_server(&Printed {
+            api: served.api.clone(),
+            node_url: &served.node_url,
+            database: &stores.database,
+            token_file: &secrets.token_file,
+            ca_file: served.ca_file.as_deref(),
+            join: format!("--token {}{ca_arg}", join_token().await?),
+            ca_env: &ca_env,
+        });
     }
-    print_server(&Printed {
-        api: format!("{scheme}://{api_addr}"),
-        node_url: &node_url,
-        database: &database,
-        token_file: &token_file,
-        ca_file: ca_file.as_deref(),
-        join: format!("--token {join_token}{ca_arg}"),
-        ca_env: &ca_env,
+    std::future::pending().await
+}
+
+/// Starts `berth dev`'s node beside the server: it joins through the node API being
+/// served, with `join_token` the first time.
+fn start_dev_node(served: &Served, join_token: String, dir: PathBuf) -> anyhow::Result<()> {
+    let url = served.node_url.clone();
+    let ca = match &served.ca_file {
+        Some(path) => Some(std::fs::read_to_string(path)?),
+        None => None,
+    };
+    tokio::spawn(async move {
+        match dev_node(&url, ca.as_deref(), &join_token, &dir).await {
+            Ok(node) => node.await,
+            Err(e) => eprintln!("error: node {DEV_NODE:?} could not start: {e:#}"),
+        }
     });
-    tokio::select! {
-        result = http => result?,
-        result = grpc => result?,
-        lost = leadership => return Err(lost?),
-    }
     Ok(())
 }
 
@@ -605,7 +671,7 @@ async fn lead_when_elected(
     let lost = lead.lost().await;
     Ok(anyhow::anyhow!(
         "this allocator lost the lead ({}); it stops so that it can never act as a second leader",
-        berth_telemetry::error_chain(&lost)
+        berth_protocol::error_chain(&lost)
     ))
 }
 

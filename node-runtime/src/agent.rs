@@ -31,20 +31,39 @@ use crate::driver::ContainerDriver;
 use crate::links::Tunnels;
 use crate::peer::{PeerApi, Trust};
 use crate::reconcile::Reconciler;
-use crate::timing::{Every, Lease, Owed};
 pub use crate::signer::Signer;
+use crate::timing::{Every, Lease, Owed};
 
 /// Why the agent could not join or run.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The identity file is missing or unreadable.
-    #[error("node identity {path}: {message}")]
-    Identity {
+    /// There is no identity file: the node has not joined.
+    #[error("no node identity in {}: join first with `berth-node join`", path.display())]
+    NotJoined {
+        /// The file looked for.
+        path: PathBuf,
+    },
+    /// The identity file could not be read or written.
+    #[error("node identity {}", path.display())]
+    IdentityFile {
         /// The file.
         path: PathBuf,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
+    /// The identity file holds something else than an identity.
+    #[error("node identity {}", path.display())]
+    IdentityUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The node's key is not a usable Ed25519 key, or none could be made.
+    #[error("the node's key: {0}")]
+    Key(String),
     /// The allocator cannot be reached.
     #[error("cannot reach the allocator at {url}: {message}")]
     Connect {
@@ -115,40 +134,42 @@ impl NodeIdentity {
     /// Reads the identity from a state directory.
     pub fn load(dir: &Path) -> Result<Self, AgentError> {
         let path = Self::path(dir);
-        let err = |message: String| AgentError::Identity {
-            path: path.clone(),
-            message,
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(AgentError::NotJoined { path });
+            }
+            Err(source) => return Err(AgentError::IdentityFile { path, source }),
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| err(format!("{e}; join first with `berth-node join`")))?;
-        serde_json::from_str(&text).map_err(|e| err(e.to_string()))
+        serde_json::from_str(&text)
+            .map_err(|source| AgentError::IdentityUnreadable { path, source })
     }
 
     fn save(&self, dir: &Path) -> Result<(), AgentError> {
         let path = Self::path(dir);
-        let err = |message: String| AgentError::Identity {
-            path: path.clone(),
-            message,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
-        // The key is the node's credential: readable by its owner only.
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&path).map_err(|e| err(e.to_string()))?;
-        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| err(e.to_string()))
+        let text = serde_json::to_string_pretty(self).map_err(|source| {
+            AgentError::IdentityUnreadable {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        let written = (|| {
+            std::fs::create_dir_all(dir)?;
+            // The key is the node's credential: readable by its owner only.
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&path)?;
+            std::io::Write::write_all(&mut file, text.as_bytes())
+        })();
+        written.map_err(|source| AgentError::IdentityFile { path, source })
     }
 
     /// A new identity with a fresh key pair (not yet registered anywhere).
     pub fn generate(name: &str, allocator: &str) -> Result<Self, AgentError> {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| {
-            AgentError::Identity {
-                path: PathBuf::new(),
-                message: "the system random source failed".into(),
-            }
-        })?;
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|_| AgentError::Key("the system random source failed".into()))?;
         Ok(NodeIdentity {
             name: name.to_owned(),
             allocator: allocator.to_owned(),
@@ -179,21 +200,12 @@ impl NodeIdentity {
 
     /// The node's key as it presents itself to other nodes over TLS.
     pub fn tls(&self) -> Result<crate::node_tls::NodeTls, AgentError> {
-        crate::node_tls::NodeTls::from_pkcs8(&self.pkcs8()?).map_err(|message| {
-            AgentError::Identity {
-                path: PathBuf::new(),
-                message,
-            }
-        })
+        crate::node_tls::NodeTls::from_pkcs8(&self.pkcs8()?).map_err(AgentError::Key)
     }
 
     fn pkcs8(&self) -> Result<Vec<u8>, AgentError> {
-        berth_protocol::assignment::hex_decode(&self.key_pkcs8_hex).ok_or_else(|| {
-            AgentError::Identity {
-                path: PathBuf::new(),
-                message: "the key is not hex".into(),
-            }
-        })
+        berth_protocol::assignment::hex_decode(&self.key_pkcs8_hex)
+            .ok_or_else(|| AgentError::Key("it is not hex".into()))
     }
 
     /// The signer of what this node sends.
@@ -202,10 +214,8 @@ impl NodeIdentity {
     }
 
     fn key_pair(&self) -> Result<Ed25519KeyPair, AgentError> {
-        Ed25519KeyPair::from_pkcs8(&self.pkcs8()?).map_err(|e| AgentError::Identity {
-            path: PathBuf::new(),
-            message: format!("the key is not Ed25519 PKCS#8: {e}"),
-        })
+        Ed25519KeyPair::from_pkcs8(&self.pkcs8()?)
+            .map_err(|e| AgentError::Key(format!("it is not Ed25519 PKCS#8: {e}")))
     }
 }
 
@@ -246,14 +256,14 @@ async fn connect(url: &str, ca: Option<&str>) -> Result<NodeControlClient<Channe
             };
             endpoint
                 .tls_config(tls)
-                .map_err(|e| failed(berth_telemetry::error_chain(&e)))?
+                .map_err(|e| failed(berth_protocol::error_chain(&e)))?
         }
         false => endpoint,
     };
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| failed(berth_telemetry::error_chain(&e)))?;
+        .map_err(|e| failed(berth_protocol::error_chain(&e)))?;
     Ok(NodeControlClient::new(channel))
 }
 
@@ -431,11 +441,9 @@ impl Heart {
             Ok(ack) => {
                 let ack = ack.into_inner();
                 let millis = |ms: i64| u64::try_from(ms).ok().map(Duration::from_millis);
-                self.was_fenced |= self.lease.renewed(
-                    now,
-                    millis(ack.fence_after_ms),
-                    millis(ack.heartbeat_ms),
-                );
+                self.was_fenced |=
+                    self.lease
+                        .renewed(now, millis(ack.fence_after_ms), millis(ack.heartbeat_ms));
                 self.renewed_by = Some(self.next_allocator % self.allocators.len());
                 Some(true)
             }

@@ -203,7 +203,10 @@ mod tests {
         assert!(resync.due(Instant::now()));
         assert!(!resync.due(Instant::now()));
         tokio::time::advance(4 * SECOND).await;
-        assert!(!resync.due(Instant::now()), "five seconds after it was done");
+        assert!(
+            !resync.due(Instant::now()),
+            "five seconds after it was done"
+        );
         tokio::time::advance(SECOND).await;
         assert!(resync.due(Instant::now()));
     }

@@ -107,22 +107,6 @@ pub fn extract(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// An error and its causes, each once: transport errors' own text ("transport
-/// error", "error sending request") leaves out why a connection failed, such as a
-/// certificate that is not trusted.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        let said = e.to_string();
-        if !text.ends_with(&said) {
-            text = format!("{text}: {said}");
-        }
-        cause = e.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -273,7 +273,8 @@ fn print_status(cli: &Cli, status: &Status, done: &str) {
 /// Where this machine reaches each published port.
 fn print_reachable(replicas: &[Replica]) {
     for r in replicas {
-        let published: Vec<(&str, &str)> = r.ports.iter().filter_map(|p| p.rsplit_once(':')).collect();
+        let published: Vec<(&str, &str)> =
+            r.ports.iter().filter_map(|p| p.rsplit_once(':')).collect();
         for &(ip, port) in &published {
             // One line per port: `::` repeats what `0.0.0.0` says.
             if ip == "::" && published.contains(&("0.0.0.0", port)) {
@@ -302,9 +303,15 @@ pub(crate) async fn down(cli: &Cli, volumes: bool) -> Result<(), Failure> {
     }
     let mut said = format!("topology {name:?} is down in tenant {:?}", down.tenant);
     match down.removed {
-        Some(n) => said.push_str(&format!(": {n} container{} removed", if n == 1 { "" } else { "s" })),
+        Some(n) => said.push_str(&format!(
+            ": {n} container{} removed",
+            if n == 1 { "" } else { "s" }
+        )),
         None if !down.nodes.is_empty() => {
-            said.push_str(&format!(": its nodes ({}) remove its containers", down.nodes.join(", ")));
+            said.push_str(&format!(
+                ": its nodes ({}) remove its containers",
+                down.nodes.join(", ")
+            ));
         }
         None => {}
     }
