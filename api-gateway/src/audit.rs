@@ -187,7 +187,7 @@ pub(crate) async fn entries(
     params(VerifyQuery),
     responses(
         (status = 200, description = "Whether the chain is intact, and the first entry that is not", body = Verification),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 503, description = "The ledger cannot be read", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -237,7 +237,7 @@ pub(crate) async fn verify(
     params(("id" = String, Path, description = "The token's first revocation id, hex")),
     responses(
         (status = 200, description = "The token's datalog, revocation state and history", body = Explained),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No token was minted with this id", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -299,7 +299,7 @@ impl Gateway {
     responses(
         (status = 200, description = "Revoked, with the ledger entry that records it", body = Entry),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No token of that node or tenant may still be valid: nothing to revoke", body = ErrorBody),
         (status = 503, description = "The ledger cannot be written", body = ErrorBody),
     ),
@@ -460,7 +460,7 @@ pub(crate) async fn graph(
     params(("seq" = u64, Path, description = "The decision's place in the ledger")),
     responses(
         (status = 200, description = "The decision, its reason, and the token presented", body = DecisionExplained),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No decision at this place", body = ErrorBody),
         (status = 503, description = "The ledger cannot be read", body = ErrorBody),
     ),
@@ -574,7 +574,7 @@ impl From<RootKeyError> for ApiError {
     tag = "audit",
     responses(
         (status = 200, description = "The root keys (public halves only)", body = Vec<RootKeyInfo>),
-        crate::error::Denied,
+        crate::docs::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -595,7 +595,7 @@ pub(crate) async fn root_keys(
     tag = "audit",
     responses(
         (status = 201, description = "The new signing key", body = RootKeyInfo),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 503, description = "The ledger cannot be written: no key was made", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -626,7 +626,7 @@ pub(crate) async fn rotate_root_key(
     params(("id" = u32, Path, description = "The key's id"), RetireQuery),
     responses(
         (status = 200, description = "The keys left", body = Vec<RootKeyInfo>),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No key has this id", body = ErrorBody),
         (status = 409, description = "The key signs new tokens, or tokens it signed may still be valid (force=true to retire anyway)", body = ErrorBody),
         (status = 503, description = "The ledger cannot be written: the key was not retired", body = ErrorBody),

@@ -214,20 +214,6 @@ impl From<LoginError> for ApiError {
     }
 }
 
-/// What every route that needs a token may answer besides its own: no valid token
-/// (401), or one that does not allow the call (403). Named once in each route's
-/// `responses`.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // a description of answers, never built
-pub(crate) enum Denied {
-    /// No valid token.
-    #[response(status = 401, description = "No valid token")]
-    Unauthenticated(ErrorBody),
-    /// The token does not allow this.
-    #[response(status = 403, description = "The token does not allow this")]
-    Forbidden(ErrorBody),
-}
-
 #[cfg(test)]
 mod tests {
     use actix_web::body::MessageBody;

@@ -15,6 +15,7 @@
 pub mod audit;
 mod auth;
 mod contract;
+mod docs;
 mod error;
 mod forward;
 mod health;

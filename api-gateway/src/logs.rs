@@ -17,14 +17,13 @@ pub(crate) const LOGS_TIMEOUT: std::time::Duration = std::time::Duration::from_s
     path = "/v1/tenants/{tenant}/topologies/{name}/logs",
     tag = "topologies",
     params(
-        ("tenant" = String, Path, description = "The tenant"),
-        ("name" = String, Path, description = "The topology"),
+        crate::docs::TopologyPath,
         LogsQuery,
     ),
     responses(
         (status = 200, description = "The last lines of each replica, asked of the node that runs it", body = Vec<ReplicaLogs>),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or service", body = ErrorBody),
         (status = 503, description = "This server stands by and the leader, which reads the nodes' output, cannot be reached now: wait as `Retry-After` says", body = ErrorBody),
     ),

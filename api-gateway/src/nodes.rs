@@ -19,7 +19,7 @@ pub(crate) const MOST_JOIN_TOKEN_SECONDS: u32 = 7 * 24 * 3600;
     responses(
         (status = 201, description = "A one-time token and the command that joins a machine", body = JoinToken),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        crate::error::Denied,
+        crate::docs::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -76,7 +76,7 @@ pub(crate) async fn create_join_token(
     tag = "nodes",
     responses(
         (status = 200, description = "Every node", body = Vec<NodeInfo>),
-        crate::error::Denied,
+        crate::docs::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -94,11 +94,11 @@ pub(crate) async fn list_nodes(
     path = "/v1/nodes/{node}/cordon",
     tag = "nodes",
     params(
-        ("node" = String, Path, description = "The node"),
+        crate::docs::NodePath,
     ),
     responses(
         (status = 200, description = "The node is cordoned", body = NodeStateChanged),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -116,11 +116,11 @@ pub(crate) async fn cordon(
     path = "/v1/nodes/{node}/uncordon",
     tag = "nodes",
     params(
-        ("node" = String, Path, description = "The node"),
+        crate::docs::NodePath,
     ),
     responses(
         (status = 200, description = "The node is active", body = NodeStateChanged),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -156,11 +156,11 @@ pub(crate) async fn set_cordoned(
     path = "/v1/nodes/{node}/drain",
     tag = "nodes",
     params(
-        ("node" = String, Path, description = "The node"),
+        crate::docs::NodePath,
     ),
     responses(
         (status = 200, description = "The node is draining; what moved and what could not", body = Drained),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))

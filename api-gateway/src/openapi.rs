@@ -6,23 +6,6 @@ use berth_api::topologies::DryRun;
 
 use crate::{audit, contract, health, limits, logs, nodes, sessions, tenants, topologies};
 
-/// The body of a deploy: a topology in Berth's normalised form, as `berth config
-/// --json` prints it (the CLI sends it after reading and checking the file).
-#[derive(Debug)]
-pub(crate) struct TopologyBody;
-
-impl utoipa::PartialSchema for TopologyBody {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .description(Some(
-                "A topology in Berth's normalised form, as `berth config --model` prints it: `name`, `services`, `networks`, `volumes`. It is checked by the same rules as a topology file.",
-            ))
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for TopologyBody {}
-
 /// The OpenAPI document of the REST API, generated from the handlers.
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
@@ -41,7 +24,7 @@ impl utoipa::ToSchema for TopologyBody {}
         audit::revoke, audit::graph, audit::decision, audit::root_keys,
         audit::rotate_root_key, audit::retire_root_key,
     ),
-    components(schemas(TopologyBody, NodeInfo, Drained, DryRun)),
+    components(schemas(topologies::TopologyBody, NodeInfo, Drained, DryRun)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -42,7 +42,7 @@ pub(crate) fn representable(limit: &Limit) -> Result<(), ApiError> {
     responses(
         (status = 201, description = "The tenant exists", body = TenantCreated),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        crate::error::Denied,
+        crate::docs::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -75,7 +75,7 @@ pub(crate) async fn create_tenant(
     tag = "tenants",
     responses(
         (status = 200, description = "Every tenant with its quota and usage", body = Vec<TenantView>),
-        crate::error::Denied,
+        crate::docs::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -99,12 +99,12 @@ pub(crate) async fn list_tenants(
     tag = "tenants",
     request_body = Limit,
     params(
-        ("tenant" = String, Path, description = "The tenant"),
+        crate::docs::TenantPath,
     ),
     responses(
         (status = 200, description = "The quota now", body = QuotaView),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -129,11 +129,11 @@ pub(crate) async fn set_quota(
     path = "/v1/tenants/{tenant}/quota",
     tag = "tenants",
     params(
-        ("tenant" = String, Path, description = "The tenant"),
+        crate::docs::TenantPath,
     ),
     responses(
         (status = 200, description = "The quota and what is used of it", body = QuotaView),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -158,12 +158,12 @@ pub(crate) const MOST_ALLOWANCES: usize = 256;
     tag = "tenants",
     request_body = PolicyBody,
     params(
-        ("tenant" = String, Path, description = "The tenant"),
+        crate::docs::TenantPath,
     ),
     responses(
         (status = 200, description = "The policy now in force; the change is in the audit ledger", body = PolicyView),
         (status = 400, description = "An allowance names no setting a policy governs", body = ErrorBody),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -229,11 +229,11 @@ pub(crate) async fn set_policy(
     path = "/v1/tenants/{tenant}/policy",
     tag = "tenants",
     params(
-        ("tenant" = String, Path, description = "The tenant"),
+        crate::docs::TenantPath,
     ),
     responses(
         (status = 200, description = "The tenant's policy", body = PolicyView),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -263,12 +263,12 @@ pub(crate) async fn get_policy(
     tag = "users",
     request_body = NewUser,
     params(
-        ("tenant" = String, Path, description = "The tenant"),
+        crate::docs::TenantPath,
     ),
     responses(
         (status = 201, description = "The user exists", body = UserCreated),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
         (status = 409, description = "The user exists already", body = ErrorBody),
     ),

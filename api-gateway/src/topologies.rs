@@ -11,19 +11,35 @@ use berth_protocol::assignment::TopologyRef;
 use berth_protocol::capability::Operation;
 use berth_protocol::topology::Topology;
 
-use crate::openapi::TopologyBody;
 use crate::{ApiError, Gateway, contract};
+
+/// The body of a deploy: a topology in Berth's normalised form, as `berth config
+/// --json` prints it (the CLI sends it after reading and checking the file).
+#[derive(Debug)]
+pub(crate) struct TopologyBody;
+
+impl utoipa::PartialSchema for TopologyBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .description(Some(
+                "A topology in Berth's normalised form, as `berth config --model` prints it: `name`, `services`, `networks`, `volumes`. It is checked by the same rules as a topology file.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TopologyBody {}
 
 #[utoipa::path(
     get,
     path = "/v1/tenants/{tenant}/topologies",
     tag = "topologies",
     params(
-        ("tenant" = String, Path, description = "The tenant"),
+        crate::docs::TenantPath,
     ),
     responses(
         (status = 200, description = "The names of the tenant's topologies", body = Vec<String>),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -44,14 +60,13 @@ pub(crate) async fn list_topologies(
     tag = "topologies",
     request_body = TopologyBody,
     params(
-        ("tenant" = String, Path, description = "The tenant"),
-        ("name" = String, Path, description = "The topology"),
+        crate::docs::TopologyPath,
         DeployQuery,
     ),
     responses(
         (status = 200, description = "Placed: the revision and where each replica went (with `dry_run`: a `DryRun`, and nothing changed)", body = Deployed),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
         (status = 409, description = "Over quota or no room in the pool; nothing changed", body = ErrorBody),
         (status = 422, description = "The topology breaks a rule; nothing changed", body = ErrorBody),
@@ -157,13 +172,12 @@ pub(crate) const MOST_EVENTS: u64 = 500;
     path = "/v1/tenants/{tenant}/topologies/{name}/events",
     tag = "topologies",
     params(
-        ("tenant" = String, Path, description = "The tenant"),
-        ("name" = String, Path, description = "The topology"),
+        crate::docs::TopologyPath,
         EventsQuery,
     ),
     responses(
         (status = 200, description = "What happened to its replicas, newest first", body = Vec<Event>),
-        crate::error::Denied,
+        crate::docs::Denied,
     ),
     security(("bearer" = []))
 )]
@@ -195,12 +209,11 @@ pub(crate) async fn events(
     path = "/v1/tenants/{tenant}/topologies/{name}/spec",
     tag = "topologies",
     params(
-        ("tenant" = String, Path, description = "The tenant"),
-        ("name" = String, Path, description = "The topology"),
+        crate::docs::TopologyPath,
     ),
     responses(
         (status = 200, description = "The current revision, in the normalised form a deploy sends", body = TopologyBody),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant or topology", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -222,12 +235,11 @@ pub(crate) async fn spec(
     path = "/v1/tenants/{tenant}/topologies/{name}",
     tag = "topologies",
     params(
-        ("tenant" = String, Path, description = "The tenant"),
-        ("name" = String, Path, description = "The topology"),
+        crate::docs::TopologyPath,
     ),
     responses(
         (status = 200, description = "Each replica, its node and what the node reports", body = Deployed),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -267,12 +279,11 @@ pub(crate) async fn status(
     path = "/v1/tenants/{tenant}/topologies/{name}",
     tag = "topologies",
     params(
-        ("tenant" = String, Path, description = "The tenant"),
-        ("name" = String, Path, description = "The topology"),
+        crate::docs::TopologyPath,
     ),
     responses(
         (status = 200, description = "Removed, with the nodes that ran it", body = Removed),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -308,13 +319,12 @@ pub(crate) async fn remove(
     tag = "topologies",
     request_body = Scale,
     params(
-        ("tenant" = String, Path, description = "The tenant"),
-        ("name" = String, Path, description = "The topology"),
+        crate::docs::TopologyPath,
     ),
     responses(
         (status = 200, description = "Placed with the new count", body = Deployed),
         (status = 400, description = "The request is malformed", body = ErrorBody),
-        crate::error::Denied,
+        crate::docs::Denied,
         (status = 404, description = "No such tenant, topology or node", body = ErrorBody),
         (status = 409, description = "Over quota or no room in the pool; nothing changed", body = ErrorBody),
     ),
