@@ -17,11 +17,11 @@ use crate::decision::{DecideError, Decision, Inputs, decide, growth};
 use crate::entity::{
     assignment, node, placement, quota, replica_event, replica_status, tenant_limit, tenant_policy,
 };
-use crate::placement::{Placed, PlacementError, Want};
+use crate::placement::{NodeView, Placed, PlacementError, Want};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 use crate::store::{
     Delta, all_nodes, candidate_nodes, candidates_for, limits_of, load_placed, lock_tenant,
-    placed_of, quota_parts, shift_node, shift_quota, to_i64,
+    node_view, placed_of, quota_parts, shift_node, shift_quota, to_i64,
 };
 
 /// Failures of the allocator.
@@ -514,7 +514,22 @@ impl Allocator {
                 offered: revision,
             });
         }
-        let wants: Vec<Want> = topology
+        let (limit, used) = quota_parts(&quota_row);
+        Ok(Inputs {
+            tenant: tenant.to_owned(),
+            wants: self.wants(topology),
+            placed: load_placed(txn, id).await?,
+            next_generation: counter
+                .as_ref()
+                .map_or(1, |c| Ord::max(c.next_generation, 1) as u64),
+            limit,
+            used,
+        })
+    }
+
+    /// Every replica `topology` wants, with its cost and constraints.
+    fn wants(&self, topology: &Topology) -> Vec<Want> {
+        topology
             .services
             .iter()
             .flat_map(|(name, s)| (1..=s.replicas).map(move |r| (name, r)))
@@ -524,18 +539,44 @@ impl Allocator {
                 cost: self.cost(topology, name),
                 constraints: topology.services[name].constraints.clone(),
             })
+            .collect()
+    }
+
+    /// Where `topology`'s replicas are, when `revision` is the one placed and a deploy
+    /// of it would keep every replica where it is (each node neither drains nor is
+    /// down, and still allows and holds it): read without a transaction or a lock.
+    /// None: a deploy must decide, in its transaction.
+    pub async fn placed_as_is(
+        &self,
+        id: &TopologyRef,
+        revision: u64,
+        topology: &Topology,
+    ) -> Result<Option<Vec<Placed>>, AllocatorError> {
+        if self.placed_revision(id).await? != Some(revision) {
+            return Ok(None);
+        }
+        let placed = load_placed(&self.db, id).await?;
+        let hosts: BTreeSet<&str> = placed.iter().map(|p| p.node.as_str()).collect();
+        let nodes: Vec<NodeView> = node::Entity::find()
+            .filter(node::Column::Name.is_in(hosts))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(node_view)
             .collect();
-        let (limit, used) = quota_parts(&quota_row);
-        Ok(Inputs {
-            tenant: tenant.to_owned(),
-            wants,
-            placed: load_placed(txn, id).await?,
-            next_generation: counter
-                .as_ref()
-                .map_or(1, |c| Ord::max(c.next_generation, 1) as u64),
-            limit,
-            used,
-        })
+        // The placement's own rule, over the nodes that hold the replicas only: a
+        // replica it would move or place anew (under a generation no slot has), or a
+        // cost that changed, needs the deploy path.
+        let fresh = u64::MAX / 2;
+        let kept = match crate::placement::place(&self.wants(topology), &placed, &nodes, fresh) {
+            Ok(plan) => {
+                plan.released.is_empty()
+                    && plan.slots.len() == placed.len()
+                    && plan.slots.iter().all(|slot| placed.contains(slot))
+            }
+            Err(_) => false,
+        };
+        Ok(kept.then_some(placed))
     }
 
     /// Removes a topology's placement, releasing its quota and capacity. Returns the

@@ -5,7 +5,10 @@
 //! token's digest, so a repeat costs a hash), its revocation (decided every time), then
 //! its tenant's request rate. Only then is the body read, and the handler asks
 //! [`Gateway::authorize`] whether the token allows its operation: the datalog, bounded
-//! by the shape, run off the workers that serve requests.
+//! by the shape, run off the workers that serve requests, once per session and request
+//! until the token expires (a session not attenuated cannot be allowed one moment and
+//! refused the next but by its expiry or its revocation, and revocation is decided on
+//! every request).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -145,19 +148,33 @@ impl Gateway {
             }
             Caller::Token(verified) => verified,
         };
+        // A request this session was allowed before is allowed again until the token
+        // expires (its revocation was checked above, as on every request).
+        let now = SystemTime::now();
+        let asked = capability::Request {
+            operation,
+            tenant,
+            topology,
+            now,
+        };
+        if let Some(authorized) = verified.allowed_before(&asked) {
+            return Ok(authorized);
+        }
         let (tenant_owned, topology_owned) = (tenant.to_owned(), topology.map(str::to_owned));
         let decided = {
             let verified = verified.clone();
             web::block(move || {
-                capability::authorize_verified(
-                    &verified,
-                    &capability::Request {
-                        operation,
-                        tenant: &tenant_owned,
-                        topology: topology_owned.as_deref(),
-                        now: SystemTime::now(),
-                    },
-                )
+                let asked = capability::Request {
+                    operation,
+                    tenant: &tenant_owned,
+                    topology: topology_owned.as_deref(),
+                    now,
+                };
+                let decided = capability::authorize_verified(&verified, &asked);
+                if let Ok(authorized) = &decided {
+                    verified.remember_allowed(&asked, authorized);
+                }
+                decided
             })
             .await
             .map_err(|e| ApiError::internal(format!("the authorization was not run: {e}")))?

@@ -7,6 +7,11 @@
 //! authorize, re-check, store or recognise the revision, the allocator's transaction)
 //! rather than Docker; its topology has no replicas, so no node is needed.
 //!
+//! The peer, measured first in the same run by the same clients: a bare actix-web
+//! route on the same machine (two workers, as the server has), answering a fixed JSON
+//! body of the status read's size without authentication or storage. It is the
+//! ceiling: what the HTTP stack and these clients allow on this machine.
+//!
 //! Run: `cargo bench -p berth-cli --bench gateway`. `BENCH_SECONDS`, `BENCH_CLIENTS`.
 
 use std::process::{Command, Stdio};
@@ -103,23 +108,52 @@ async fn main() {
         first.text().await.unwrap_or_default()
     );
 
+    let status = http
+        .get(format!("{api}/v1/tenants/bench/topologies/app"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("status")
+        .bytes()
+        .await
+        .expect("status body");
+    let ceiling = bare_route(status.to_vec());
+
     println!(
         "gateway on this machine: {clients} clients, {seconds} s per scenario, developer biscuit on every request"
     );
     println!(
-        "{:<14} {:>10} {:>10} {:>10} {:>10}",
-        "scenario", "req/s", "p50", "p99", "errors"
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "scenario", "req/s", "p50", "p99", "errors", "of ceiling"
     );
-    for (name, method, body) in [
-        ("status read", reqwest::Method::GET, None),
-        ("deploy", reqwest::Method::PUT, Some(topology)),
+    let topology_url = format!("{api}/v1/tenants/bench/topologies/app");
+    let mut ceiling_rate = None;
+    for (name, url, method, body) in [
+        (
+            "bare actix-web",
+            ceiling.clone(),
+            reqwest::Method::GET,
+            None,
+        ),
+        (
+            "status read",
+            topology_url.clone(),
+            reqwest::Method::GET,
+            None,
+        ),
+        (
+            "deploy",
+            topology_url.clone(),
+            reqwest::Method::PUT,
+            Some(topology),
+        ),
     ] {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..clients {
             let (http, url, token, method, body) = (
                 http.clone(),
-                format!("{api}/v1/tenants/bench/topologies/app"),
+                url.clone(),
                 token.clone(),
                 method.clone(),
                 body.clone(),
@@ -155,14 +189,48 @@ async fn main() {
                 .copied()
                 .unwrap_or_default()
         };
+        let rate = all.len() as f64 / seconds as f64;
+        let ceiling = *ceiling_rate.get_or_insert(rate);
         println!(
-            "{name:<14} {:>10.0} {:>9.2}ms {:>9.2}ms {:>10}",
-            all.len() as f64 / seconds as f64,
+            "{name:<16} {rate:>10.0} {:>9.2}ms {:>9.2}ms {errors:>10} {:>11.2}x",
             pct(0.50).as_secs_f64() * 1000.0,
             pct(0.99).as_secs_f64() * 1000.0,
-            errors
+            rate / ceiling,
         );
     }
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// Serves `body` at a bare actix-web route on loopback, from a thread of its own with
+/// two workers; returns its URL.
+fn bare_route(body: Vec<u8>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let url = format!("http://{}/ok", listener.local_addr().expect("bound"));
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let body = actix_web::web::Bytes::from(body);
+            actix_web::HttpServer::new(move || {
+                let body = body.clone();
+                actix_web::App::new().route(
+                    "/ok",
+                    actix_web::web::get().to(move || {
+                        let body = body.clone();
+                        async move {
+                            actix_web::HttpResponse::Ok()
+                                .content_type("application/json")
+                                .body(body)
+                        }
+                    }),
+                )
+            })
+            .workers(2)
+            .listen(listener)
+            .expect("listens")
+            .run()
+            .await
+            .expect("serves");
+        });
+    });
+    url
 }

@@ -9,7 +9,15 @@
 //! - `heartbeat`: `BENCH_NODES` hollow nodes heartbeat for `BENCH_SECONDS` (60): the
 //!   server's CPU and memory, and how many nodes the detector ever suspected.
 //!
-//! Run: `BENCH=recovery cargo bench -p berth-cli --bench hollow` (or `BENCH=heartbeat`).
+//! - `leader`: how many nodes one leader holds before its p99 heartbeat handling
+//!   passes 100 ms. Hollow nodes are added in steps up to `BENCH_NODES` (12,000), each
+//!   heartbeating every second (the server's heartbeat budget lifted, so heartbeats do
+//!   not stretch); at each step 8 probe nodes send signed heartbeats for
+//!   `BENCH_SECONDS` (10) and time each answer. The hollow agents run in this process,
+//!   on the same cores as the server: the figures are a floor for a dedicated leader.
+//!
+//! Run: `BENCH=recovery cargo bench -p berth-cli --bench hollow` (or `BENCH=heartbeat`,
+//! `BENCH=leader`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -30,10 +38,20 @@ async fn main() {
     let which = std::env::var("BENCH").unwrap_or_else(|_| "recovery".to_owned());
     let nodes = usize::try_from(env(
         "BENCH_NODES",
-        if which == "heartbeat" { 10_000 } else { 1_000 },
+        match which.as_str() {
+            "heartbeat" => 10_000,
+            "leader" => 12_000,
+            _ => 1_000,
+        },
     ))
     .unwrap_or(1_000);
-    let server = Server::start_bin(std::path::Path::new(env!("CARGO_BIN_EXE_berth")), &[]).await;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));
+    if which == "leader" {
+        let server =
+            Server::start_with(bin, None, &["--heartbeats-per-second", "1000000"], &[]).await;
+        return leader(&server, nodes).await;
+    }
+    let server = Server::start_bin(bin, &[]).await;
     let capacity = Capacity {
         cpu_millis: Some(4_000),
         memory_bytes: None,
@@ -114,6 +132,147 @@ async fn heartbeat(server: &Server, pool: &HollowPool) {
         "  nodes suspected     {:>9} (before the run: {suspected_before}); late detector ticks {late}",
         suspected
     );
+}
+
+/// Adds hollow nodes in steps and, at each, times heartbeats of probe nodes; stops
+/// after the step whose p99 passes 100 ms, or at `most` nodes.
+async fn leader(server: &Server, most: usize) {
+    let seconds = env("BENCH_SECONDS", 10);
+    let capacity = Capacity {
+        cpu_millis: Some(4_000),
+        memory_bytes: None,
+        containers: Some(100),
+        labels: BTreeMap::new(),
+    };
+    let probes = Probes::join(server, 8).await;
+    println!(
+        "one leader (berth server on SQLite), every node heartbeating each second; {} probe nodes, {seconds} s per step",
+        probes.nodes.len()
+    );
+    println!(
+        "{:>7} {:>13} {:>9} {:>9} {:>9} {:>11} {:>9}",
+        "nodes", "heartbeats/s", "p50", "p99", "max", "server CPU", "suspected"
+    );
+    let mut pools = Vec::new();
+    let mut held = 0;
+    for step in [
+        500, 1_000, 2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 16_000, 20_000,
+    ] {
+        let step = step.min(most);
+        if step <= held {
+            break;
+        }
+        pools.push(HollowPool::join(server, &format!("h{step}"), step - held, &capacity, 32).await);
+        held = step;
+        // Every new node's first set and first heartbeats.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let beats_before = detector(server, "heartbeats").await;
+        let (cpu_before, _) = usage(server.pid());
+        let started = Instant::now();
+        let mut times = probes.heartbeat_for(Duration::from_secs(seconds)).await;
+        let wall = started.elapsed();
+        let (cpu_after, _) = usage(server.pid());
+        let beats = detector(server, "heartbeats").await - beats_before;
+        times.sort();
+        let at = |q: f64| {
+            times
+                .get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        let ms = |d: Duration| format!("{:.1}ms", d.as_secs_f64() * 1000.0);
+        println!(
+            "{held:>7} {:>13.0} {:>9} {:>9} {:>9} {:>10.0}% {:>9}",
+            beats as f64 / wall.as_secs_f64(),
+            ms(at(0.50)),
+            ms(at(0.99)),
+            ms(times.last().copied().unwrap_or_default()),
+            (cpu_after - cpu_before).as_secs_f64() / wall.as_secs_f64() * 100.0,
+            detector(server, "suspected").await,
+        );
+        if at(0.99) > Duration::from_millis(100) || held >= most {
+            break;
+        }
+    }
+}
+
+/// Nodes that only heartbeat, timing each answer.
+struct Probes {
+    nodes: Vec<(
+        std::sync::Arc<berth_node_runtime::agent::Signer>,
+        berth_protocol::node_api::node_control_client::NodeControlClient<tonic::transport::Channel>,
+    )>,
+    _state: tempfile::TempDir,
+}
+
+impl Probes {
+    async fn join(server: &Server, count: usize) -> Self {
+        let state = tempfile::tempdir().expect("tempdir");
+        let url = format!("http://127.0.0.1:{}", server.node_port);
+        let mut nodes = Vec::new();
+        for i in 0..count {
+            let name = format!("probe-{i}");
+            let dir = state.path().join(&name);
+            let identity = berth_node_runtime::agent::join(
+                &url,
+                None,
+                &server.join_token().await,
+                &name,
+                Capacity::default(),
+                &dir,
+            )
+            .await
+            .expect("a probe joins");
+            let client = berth_protocol::node_api::node_control_client::NodeControlClient::connect(
+                url.clone(),
+            )
+            .await
+            .expect("a probe connects");
+            nodes.push((
+                std::sync::Arc::new(identity.signer().expect("signer")),
+                client,
+            ));
+        }
+        Self {
+            nodes,
+            _state: state,
+        }
+    }
+
+    /// Each probe heartbeats every 100 ms for `run`; the time of every answer.
+    async fn heartbeat_for(&self, run: Duration) -> Vec<Duration> {
+        use berth_protocol::node_api::{HeartbeatBody, methods};
+        let deadline = Instant::now() + run;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (signer, client) in &self.nodes {
+            let (signer, mut client) = (signer.clone(), client.clone());
+            tasks.spawn(async move {
+                let mut times = Vec::new();
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                while Instant::now() < deadline {
+                    tick.tick().await;
+                    let (sequence, timestamp_ms) = signer.next_sequence();
+                    let request = signer.sign(
+                        methods::HEARTBEAT,
+                        &HeartbeatBody {
+                            sequence,
+                            timestamp_ms,
+                        },
+                    );
+                    let started = Instant::now();
+                    if client.heartbeat(request).await.is_ok() {
+                        times.push(started.elapsed());
+                    }
+                }
+                times
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(times) = tasks.join_next().await {
+            all.extend(times.expect("a probe"));
+        }
+        all
+    }
 }
 
 async fn recovery(server: &Server, pool: &mut HollowPool) {

@@ -222,6 +222,14 @@ impl Deployments {
     /// Checks, stores and places `topology` as the tenant's next revision.
     pub async fn apply(&self, tenant: &str, topology: &Topology) -> Result<Applied, DeployError> {
         let policy = self.check(tenant, topology).await?;
+        if let Some(deployment) = self.placed_as_is(tenant, topology).await? {
+            return Ok(Applied {
+                revision: deployment.0,
+                changed: false,
+                deployment: deployment.1,
+                policy: policy.name,
+            });
+        }
         let stored = self
             .tenants
             .propose_revision(tenant, topology, now_ms())
@@ -252,6 +260,54 @@ impl Deployments {
             deployment,
             policy: policy.name,
         })
+    }
+
+    /// When `topology` is the current revision, placed, and a deploy would keep every
+    /// replica where it is: the revision and where its replicas are, read without a
+    /// transaction. A deploy of an unchanged spec (a client retrying, a pipeline
+    /// deploying on every push) then writes nothing and waits behind no other deploy of
+    /// the tenant; one that would move a replica (off a draining or dead node) takes
+    /// the deploy path as before.
+    async fn placed_as_is(
+        &self,
+        tenant: &str,
+        topology: &Topology,
+    ) -> Result<Option<(u64, Deployment)>, DeployError> {
+        let Some(current) = self.current(tenant, &topology.name).await? else {
+            return Ok(None);
+        };
+        if &current.topology != topology {
+            return Ok(None);
+        }
+        let id = TopologyRef {
+            tenant: tenant.to_owned(),
+            topology: topology.name.clone(),
+        };
+        let Some(placed) = self
+            .allocator
+            .placed_as_is(&id, current.revision, topology)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut by_node: BTreeMap<String, Vec<&berth_allocator::placement::Placed>> =
+            BTreeMap::new();
+        for slot in &placed {
+            by_node.entry(slot.node.clone()).or_default().push(slot);
+        }
+        let by_node = by_node
+            .into_iter()
+            .map(|(node, slots)| {
+                let assignment = berth_allocator::service::assignment_of(
+                    &id,
+                    current.revision,
+                    topology,
+                    &slots,
+                );
+                (node, assignment)
+            })
+            .collect();
+        Ok(Some((current.revision, Deployment { by_node })))
     }
 
     /// Sets the replica counts of services of the deployed topology `name`, all in one
@@ -422,8 +478,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_topology_larger_than_the_quota_is_refused_before_it_is_placed_or_stored() {
+    /// Both stores over a new SQLite database, with the tenant `acme`.
+    async fn stores() -> (tempfile::TempDir, TenantService, Allocator) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
         let db = berth_allocator::database::connect(&url).await.unwrap();
@@ -432,6 +488,12 @@ mod tests {
             .await
             .unwrap();
         tenants.ensure_tenant("acme", 0).await.unwrap();
+        (dir, tenants, allocator)
+    }
+
+    #[tokio::test]
+    async fn a_topology_larger_than_the_quota_is_refused_before_it_is_placed_or_stored() {
+        let (_dir, tenants, allocator) = stores().await;
         let four = berth_allocator::Limit {
             containers: Some(4),
             ..berth_allocator::Limit::default()
@@ -478,5 +540,65 @@ mod tests {
             "{e}"
         );
         assert!(tenants.list("acme").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_spec_is_recognised_unless_a_replica_would_move() {
+        let (_dir, tenants, allocator) = stores().await;
+        allocator
+            .set_quota("acme", berth_allocator::Limit::default())
+            .await
+            .unwrap();
+        let room = berth_allocator::Limit {
+            containers: Some(10),
+            ..berth_allocator::Limit::default()
+        };
+        allocator
+            .upsert_node("n1", room, &BTreeMap::new())
+            .await
+            .unwrap();
+        let deployments = Deployments::new(tenants.clone(), allocator.clone(), Target::Pool);
+        let first = deployments.apply("acme", &topology()).await.unwrap();
+        assert!(first.changed);
+        let again = deployments.apply("acme", &topology()).await.unwrap();
+        assert!(!again.changed);
+        assert_eq!(again.revision, first.revision);
+        assert_eq!(again.deployment.by_node, first.deployment.by_node);
+        let id = TopologyRef {
+            tenant: "acme".into(),
+            topology: "app".into(),
+        };
+        assert!(
+            allocator
+                .placed_as_is(&id, first.revision, &topology())
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        // n1 drains with nowhere to go: its replicas stay, stuck. Once n2 joins, the
+        // same spec deployed again must move them: it takes the deploy path.
+        allocator.drain("n1").await.unwrap();
+        assert!(
+            allocator
+                .placed_as_is(&id, first.revision, &topology())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        allocator
+            .upsert_node("n2", room, &BTreeMap::new())
+            .await
+            .unwrap();
+        let moved = deployments.apply("acme", &topology()).await.unwrap();
+        assert!(!moved.changed, "the spec did not change");
+        let nodes: Vec<&String> = moved
+            .deployment
+            .by_node
+            .iter()
+            .filter(|(_, a)| !a.slots.is_empty())
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(nodes, ["n2"], "{:?}", moved.deployment.by_node);
     }
 }

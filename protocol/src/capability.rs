@@ -20,6 +20,7 @@
 //! `operation`, `resource_tenant`, and `topology` when one is named) and applies
 //! [`POLICIES`]; every check in every block must pass as well.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use biscuit_auth::builder::{Fact, Term, date, fact, string};
@@ -62,7 +63,7 @@ impl Role {
 }
 
 /// An operation on the API, as tokens name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Operation {
     /// Create or update a topology.
     Deploy,
@@ -179,6 +180,9 @@ pub fn session_builder(
         .fact(fact("user", &[string(&session.user)]))?
         .fact(fact("tenant", &[string(&session.tenant)]))?
         .fact(fact("role", &[string(session.role.as_str())]))?
+        // The expiry as a fact too: whoever holds the verified token can tell how
+        // long a decision about it holds without reading its checks.
+        .fact(fact("expires", &[date(&expires)]))?
         .code_with_params(
             "check if time($t), $t < {expires}",
             std::collections::HashMap::from([("expires".to_owned(), Term::from(expires))]),
@@ -266,6 +270,30 @@ pub struct Verified {
     /// The tenant the authority block names, when it names exactly one (a session
     /// token); what the token may do there is still for [`authorize_verified`] to say.
     pub tenant: Option<String>,
+    /// Until when a decision about this token holds: the expiry its authority block
+    /// states, when no block was appended (an appended block may hold checks of its
+    /// own on the time). None: every request is decided anew.
+    holds_until: Option<SystemTime>,
+    /// The requests it was allowed, with the answer, while `holds_until` has not
+    /// passed.
+    allowed: std::sync::Mutex<HashMap<AllowedKey, Authorized>>,
+}
+
+/// A request a token was allowed: operation, tenant, topology.
+type AllowedKey = (Operation, String, Option<String>);
+
+/// How many allowed requests a verified token remembers (forgotten all at once when
+/// full: a session touches few resources).
+const REMEMBERED_DECISIONS: usize = 64;
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified")
+            .field("revocation_ids", &self.revocation_ids)
+            .field("tenant", &self.tenant)
+            .field("holds_until", &self.holds_until)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Verified {
@@ -287,14 +315,6 @@ impl Verified {
     }
 }
 
-impl std::fmt::Debug for Verified {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verified")
-            .field("revocation_ids", &self.revocation_ids)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Parses `token`, verifies its signatures against the root key `root_key` picks by
 /// key id, and checks the shape of every appended block against [`SHAPE`], all
 /// without running any datalog.
@@ -311,26 +331,41 @@ pub fn verify(
     let biscuit =
         Biscuit::from_base64(token, root_key).map_err(|e| Denied::Invalid(e.to_string()))?;
     check_shape(&biscuit, &SHAPE)?;
+    let (tenant, expires) = authority_facts(&biscuit);
     Ok(Verified {
         revocation_ids: revocation_ids(&biscuit.revocation_identifiers()),
-        tenant: authority_tenant(&biscuit),
+        tenant,
+        holds_until: expires.filter(|_| biscuit.block_count() == 1),
+        allowed: std::sync::Mutex::default(),
         biscuit,
     })
 }
 
-/// The tenant the authority block names, if exactly one. Appended blocks hold no rules
-/// (the shape says so) and are not trusted by the query, so this costs one small
-/// evaluation.
-fn authority_tenant(biscuit: &Biscuit) -> Option<String> {
-    let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
+/// The tenant the authority block names and the expiry it states, each if exactly
+/// one. Appended blocks hold no rules (the shape says so) and are not trusted by the
+/// queries, so this costs one small evaluation.
+fn authority_facts(biscuit: &Biscuit) -> (Option<String>, Option<SystemTime>) {
+    let Ok(mut authorizer) = biscuit_auth::AuthorizerBuilder::new()
         .set_limits(limits())
         .build(biscuit)
-        .ok()?;
-    let tenants: Vec<(String,)> = authorizer.query("data($t) <- tenant($t)").ok()?;
-    match tenants.as_slice() {
+    else {
+        return (None, None);
+    };
+    let tenants: Vec<(String,)> = authorizer
+        .query("data($t) <- tenant($t)")
+        .unwrap_or_default();
+    let expiries: Vec<(SystemTime,)> = authorizer
+        .query("data($d) <- expires($d)")
+        .unwrap_or_default();
+    let tenant = match tenants.as_slice() {
         [(tenant,)] => Some(tenant.clone()),
         _ => None,
-    }
+    };
+    let expires = match expiries.as_slice() {
+        [(at,)] => Some(*at),
+        _ => None,
+    };
+    (tenant, expires)
 }
 
 /// Refuses a token whose appended blocks do not fit `shape`, saying which block and
@@ -406,6 +441,48 @@ pub fn authorize(
     request: &Request<'_>,
 ) -> Result<Authorized, Denied> {
     authorize_verified(&verify(token, root_key)?, request)
+}
+
+impl Verified {
+    /// The answer this token was given for the same request before, while it holds:
+    /// an allowed request stays allowed until the token's expiry, since the policies
+    /// and the authority block depend on nothing else that changes (revocation is
+    /// the caller's to check on every request).
+    pub fn allowed_before(&self, request: &Request<'_>) -> Option<Authorized> {
+        if !self.holds_at(request.now) {
+            return None;
+        }
+        self.allowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&Self::key(request))
+            .cloned()
+    }
+
+    /// Remembers that `request` was allowed, when answers about this token hold.
+    pub fn remember_allowed(&self, request: &Request<'_>, authorized: &Authorized) {
+        if !self.holds_at(request.now) {
+            return;
+        }
+        let mut allowed = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
+        if allowed.len() >= REMEMBERED_DECISIONS {
+            allowed.clear();
+        }
+        allowed.insert(Self::key(request), authorized.clone());
+    }
+
+    /// Whether answers about this token given before still hold at `now`.
+    fn holds_at(&self, now: SystemTime) -> bool {
+        self.holds_until.is_some_and(|until| now < until)
+    }
+
+    fn key(request: &Request<'_>) -> AllowedKey {
+        (
+            request.operation,
+            request.tenant.to_owned(),
+            request.topology.map(str::to_owned),
+        )
+    }
 }
 
 /// Authorizes `request` with a token [`verify`] accepted: runs its datalog (bounded by
@@ -789,6 +866,49 @@ mod tests {
         // A token that names no key id, or the old id signed by the new key, is refused.
         let swapped = mint_session(&new, 1, &session(Role::Developer), expires).unwrap();
         assert!(authorize(&swapped, |id| ring.key(id), &read).is_err());
+    }
+
+    #[test]
+    fn an_allowed_request_is_remembered_until_the_token_expires() {
+        let root = keys();
+        let now = SystemTime::now();
+        let expires = now + Duration::from_secs(60);
+        let token = mint_session(&root, 1, &session(Role::Developer), expires).unwrap();
+        let verified = verify(&token, |_| Ok(root.public())).unwrap();
+        let read = request(Operation::Read, "acme", Some("shop"), now);
+        assert_eq!(verified.allowed_before(&read), None, "nothing decided yet");
+        let allowed = authorize_verified(&verified, &read).unwrap();
+        verified.remember_allowed(&read, &allowed);
+        assert_eq!(verified.allowed_before(&read), Some(allowed.clone()));
+        // Only the same request: another topology, tenant or operation is decided.
+        for other in [
+            request(Operation::Read, "acme", Some("blog"), now),
+            request(Operation::Read, "globex", Some("shop"), now),
+            request(Operation::Delete, "acme", Some("shop"), now),
+        ] {
+            assert_eq!(verified.allowed_before(&other), None, "{other:?}");
+        }
+        // At the expiry and after, every request is decided anew, and refused.
+        let at_expiry = request(Operation::Read, "acme", Some("shop"), expires);
+        assert_eq!(verified.allowed_before(&at_expiry), None);
+        assert!(matches!(
+            authorize_verified(&verified, &at_expiry),
+            Err(Denied::Expired)
+        ));
+        verified.remember_allowed(&at_expiry, &allowed);
+        assert_eq!(verified.allowed_before(&at_expiry), None);
+    }
+
+    #[test]
+    fn an_attenuated_token_is_decided_on_every_request() {
+        // An appended block may hold checks on the time of its own: nothing is kept.
+        let root = keys();
+        let token = attenuated(&root, r#"check if operation("read");"#);
+        let verified = verify(&token, |_| Ok(root.public())).unwrap();
+        let read = request(Operation::Read, "acme", None, SystemTime::now());
+        let allowed = authorize_verified(&verified, &read).unwrap();
+        verified.remember_allowed(&read, &allowed);
+        assert_eq!(verified.allowed_before(&read), None);
     }
 
     /// A developer's token with `code` appended, as its holder may write it.
