@@ -233,6 +233,26 @@ impl Server {
         panic!("the topology was never placed: {last}");
     }
 
+    /// Waits until every node of `names` is in the pool and active (joined nodes take
+    /// a moment to report their engine), so that a deploy made next may use each.
+    pub async fn wait_active(&self, names: &[String]) {
+        for _ in 0..300 {
+            let nodes = self.api(reqwest::Method::GET, "/nodes").await;
+            let active = |name: &String| {
+                nodes.as_array().is_some_and(|listed| {
+                    listed
+                        .iter()
+                        .any(|n| n["name"] == name.as_str() && n["state"] == "active")
+                })
+            };
+            if names.iter().all(active) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("not every node of {names:?} became active");
+    }
+
     /// Calls `path` under `/v1` as the admin; panics with the API's answer unless it
     /// succeeds.
     pub async fn api(&self, method: reqwest::Method, path: &str) -> serde_json::Value {

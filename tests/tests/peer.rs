@@ -1027,6 +1027,9 @@ async fn a_link_spreads_connections_over_the_nodes_of_a_service_and_skips_one_th
         let listen = format!("127.0.0.1:{}", free_port());
         nodes.push(server.join(name, &["--peer-listen", &listen], &[]).await);
     }
+    // Every node in the pool before the deploy, or both replicas of db could land on
+    // node 2 alone.
+    server.wait_active(&names).await;
     // web on node 1; two replicas of db, kept off node 1, so on nodes 2 and 3, each
     // answering with its own container's name.
     let topology = serde_json::json!({
