@@ -147,7 +147,7 @@ async fn leader(server: &Server, most: usize) {
     let probes = Probes::join(server, 8).await;
     println!(
         "one leader (berth server on SQLite), every node heartbeating each second; {} probe nodes, {seconds} s per step",
-        probes.nodes.len()
+        probes.count
     );
     println!(
         "{:>7} {:>13} {:>9} {:>9} {:>9} {:>11} {:>9}",
@@ -196,20 +196,25 @@ async fn leader(server: &Server, most: usize) {
     }
 }
 
-/// Nodes that only heartbeat, timing each answer.
+/// Nodes that only heartbeat, every 100 ms from when they join (so that the detector
+/// never suspects them), timing each answer while a measurement runs.
 struct Probes {
-    nodes: Vec<(
-        std::sync::Arc<berth_node_runtime::agent::Signer>,
-        berth_protocol::node_api::node_control_client::NodeControlClient<tonic::transport::Channel>,
-    )>,
+    count: usize,
+    /// The answers' times, while `measuring` is set.
+    times: std::sync::Arc<std::sync::Mutex<Vec<Duration>>>,
+    measuring: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _beating: tokio::task::JoinSet<()>,
     _state: tempfile::TempDir,
 }
 
 impl Probes {
     async fn join(server: &Server, count: usize) -> Self {
+        use berth_protocol::node_api::{HeartbeatBody, methods};
         let state = tempfile::tempdir().expect("tempdir");
         let url = format!("http://127.0.0.1:{}", server.node_port);
-        let mut nodes = Vec::new();
+        let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let measuring = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut beating = tokio::task::JoinSet::new();
         for i in 0..count {
             let name = format!("probe-{i}");
             let dir = state.path().join(&name);
@@ -223,33 +228,17 @@ impl Probes {
             )
             .await
             .expect("a probe joins");
-            let client = berth_protocol::node_api::node_control_client::NodeControlClient::connect(
-                url.clone(),
-            )
-            .await
-            .expect("a probe connects");
-            nodes.push((
-                std::sync::Arc::new(identity.signer().expect("signer")),
-                client,
-            ));
-        }
-        Self {
-            nodes,
-            _state: state,
-        }
-    }
-
-    /// Each probe heartbeats every 100 ms for `run`; the time of every answer.
-    async fn heartbeat_for(&self, run: Duration) -> Vec<Duration> {
-        use berth_protocol::node_api::{HeartbeatBody, methods};
-        let deadline = Instant::now() + run;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (signer, client) in &self.nodes {
-            let (signer, mut client) = (signer.clone(), client.clone());
-            tasks.spawn(async move {
-                let mut times = Vec::new();
+            let mut client =
+                berth_protocol::node_api::node_control_client::NodeControlClient::connect(
+                    url.clone(),
+                )
+                .await
+                .expect("a probe connects");
+            let signer = identity.signer().expect("signer");
+            let (times, measuring) = (times.clone(), measuring.clone());
+            beating.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(100));
-                while Instant::now() < deadline {
+                loop {
                     tick.tick().await;
                     let (sequence, timestamp_ms) = signer.next_sequence();
                     let request = signer.sign(
@@ -260,18 +249,32 @@ impl Probes {
                         },
                     );
                     let started = Instant::now();
-                    if client.heartbeat(request).await.is_ok() {
-                        times.push(started.elapsed());
+                    let answered = client.heartbeat(request).await.is_ok();
+                    if answered && measuring.load(std::sync::atomic::Ordering::Relaxed) {
+                        let took = started.elapsed();
+                        times.lock().unwrap_or_else(|p| p.into_inner()).push(took);
                     }
                 }
-                times
             });
         }
-        let mut all = Vec::new();
-        while let Some(times) = tasks.join_next().await {
-            all.extend(times.expect("a probe"));
+        Self {
+            count,
+            times,
+            measuring,
+            _beating: beating,
+            _state: state,
         }
-        all
+    }
+
+    /// The time of every answer the probes had during `run`.
+    async fn heartbeat_for(&self, run: Duration) -> Vec<Duration> {
+        self.times.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.measuring
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(run).await;
+        self.measuring
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        std::mem::take(&mut *self.times.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

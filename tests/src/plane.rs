@@ -323,10 +323,28 @@ impl Server {
         }
     }
 
-    /// A one-time join token.
+    /// A one-time join token. A busy server (thousands of nodes joining in a bench)
+    /// may drop a pooled connection: asked again, up to three times.
     pub async fn join_token(&self) -> String {
-        let token = self.api(reqwest::Method::POST, "/join-tokens").await;
-        token["token"].as_str().expect("token").to_owned()
+        let mut last = None;
+        for _ in 0..3 {
+            let sent = self
+                .http
+                .post(format!("{}/v1/join-tokens", self.api))
+                .bearer_auth(self.admin)
+                .send()
+                .await;
+            match sent {
+                Ok(answer) if answer.status().is_success() => {
+                    let token: serde_json::Value = answer.json().await.expect("json");
+                    return token["token"].as_str().expect("token").to_owned();
+                }
+                Ok(answer) => panic!("join token: {}", answer.status()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("no join token: {last:?}");
     }
 
     /// Joins a `berth-node` process under `name`, with `args` added to its command
