@@ -25,6 +25,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrai
 
 use crate::control::{Controller, Next, Now};
 use crate::entity::{assignment, lingering, placement, replica_status};
+use crate::placement::NodeView;
 use crate::resources::Resources;
 use crate::store::{Delta, all_nodes, lock_tenant, shift_node, to_i64, used_of};
 use crate::{Allocator, AllocatorError};
@@ -103,6 +104,16 @@ pub(crate) fn within_budget(in_flight: u32, down: u32, budget: u32) -> bool {
     in_flight.saturating_add(down) < budget
 }
 
+/// What one rebalancing round carries from move to move.
+struct Round {
+    /// The most replicas of a service moving or down at once.
+    budget: u32,
+    /// Moves in flight, by tenant, topology and service.
+    moving: HashMap<(String, String, String), u32>,
+    /// The placed specs read so far.
+    specs: HashMap<TopologyRef, Topology>,
+}
+
 impl Allocator {
     /// One rebalancing round: old copies whose wait ran out go, then replicas move
     /// from the fullest open node to the emptiest while they differ by two or more.
@@ -126,9 +137,13 @@ impl Allocator {
         for l in lingering::Entity::find().all(db).await? {
             *moving.entry((l.tenant, l.topology, l.service)).or_default() += 1;
         }
-        let mut specs: HashMap<TopologyRef, Topology> = HashMap::new();
+        let mut round = Round {
+            budget,
+            moving,
+            specs: HashMap::new(),
+        };
         let mut moved = Vec::new();
-        'round: while moved.len() < MOST_MOVES_PER_ROUND {
+        while moved.len() < MOST_MOVES_PER_ROUND {
             let Some((busiest, idlest)) = uneven_pair(&load) else {
                 break;
             };
@@ -136,65 +151,79 @@ impl Allocator {
                 .iter()
                 .find(|n| n.name == idlest)
                 .expect("the idlest node is open");
-            let slots = assignment::Entity::find()
-                .filter(assignment::Column::Node.eq(&busiest))
-                .order_by_asc(assignment::Column::Tenant)
-                .order_by_asc(assignment::Column::Topology)
-                .order_by_asc(assignment::Column::Service)
-                .order_by_asc(assignment::Column::Replica)
-                .all(db)
-                .await?;
-            for slot in slots {
-                let key = (
-                    slot.tenant.clone(),
-                    slot.topology.clone(),
-                    slot.service.clone(),
-                );
-                let in_flight = moving.get(&key).copied().unwrap_or(0);
-                if !within_budget(in_flight, 0, budget) {
+            let Some(one) = self.move_one(&busiest, target, &mut round, now_ms).await? else {
+                break; // nothing on the fullest node may move now
+            };
+            *load.entry(busiest.clone()).or_default() -= 1;
+            *load.entry(idlest.clone()).or_default() += 1;
+            self.touch(&[busiest, idlest]);
+            moved.push(one);
+        }
+        Ok(moved)
+    }
+
+    /// Moves the first replica on `busiest` that may go to `target`: its service
+    /// within the disruption budget (counting its moves in flight and its replicas
+    /// not running) and its constraints allowing `target`. None when none may.
+    async fn move_one(
+        &self,
+        busiest: &str,
+        target: &NodeView,
+        round: &mut Round,
+        now_ms: i64,
+    ) -> Result<Option<Moved>, AllocatorError> {
+        let slots = assignment::Entity::find()
+            .filter(assignment::Column::Node.eq(busiest))
+            .order_by_asc(assignment::Column::Tenant)
+            .order_by_asc(assignment::Column::Topology)
+            .order_by_asc(assignment::Column::Service)
+            .order_by_asc(assignment::Column::Replica)
+            .all(self.connection())
+            .await?;
+        for slot in slots {
+            let key = (
+                slot.tenant.clone(),
+                slot.topology.clone(),
+                slot.service.clone(),
+            );
+            let in_flight = round.moving.get(&key).copied().unwrap_or(0);
+            if !within_budget(in_flight, 0, round.budget) {
+                continue;
+            }
+            let id = TopologyRef {
+                tenant: slot.tenant.clone(),
+                topology: slot.topology.clone(),
+            };
+            let down = self.not_running(&id, &slot.service).await?;
+            if !within_budget(in_flight, down, round.budget) {
+                continue;
+            }
+            if !round.specs.contains_key(&id) {
+                let Some(spec) = self.placed_spec(&id).await? else {
                     continue;
-                }
-                let id = TopologyRef {
-                    tenant: slot.tenant.clone(),
-                    topology: slot.topology.clone(),
                 };
-                let down = self.not_running(&id, &slot.service).await?;
-                if !within_budget(in_flight, down, budget) {
-                    continue;
-                }
-                if !specs.contains_key(&id) {
-                    let Some(spec) = self.placed_spec(&id).await? else {
-                        continue;
-                    };
-                    specs.insert(id.clone(), spec);
-                }
-                let allowed = specs[&id].services.get(&slot.service).is_some_and(|s| {
+                round.specs.insert(id.clone(), spec);
+            }
+            let allowed = round.specs[&id]
+                .services
+                .get(&slot.service)
+                .is_some_and(|s| {
                     s.constraints
                         .iter()
                         .all(|c| c.allows(&target.name, &target.labels))
                 });
-                if !allowed {
-                    continue;
-                }
-                if self.move_slot(&slot, &idlest, now_ms).await? {
-                    *moving.entry(key).or_default() += 1;
-                    *load.entry(busiest.clone()).or_default() -= 1;
-                    *load.entry(idlest.clone()).or_default() += 1;
-                    self.touch(&[busiest.clone(), idlest.clone()]);
-                    moved.push(Moved {
-                        replica: u32::try_from(slot.replica).unwrap_or(0),
-                        service: slot.service,
-                        id,
-                        from: busiest,
-                        to: idlest,
-                    });
-                    continue 'round;
-                }
+            if allowed && self.move_slot(&slot, &target.name, now_ms).await? {
+                *round.moving.entry(key).or_default() += 1;
+                return Ok(Some(Moved {
+                    replica: u32::try_from(slot.replica).unwrap_or(0),
+                    service: slot.service,
+                    id,
+                    from: busiest.to_owned(),
+                    to: target.name.clone(),
+                }));
             }
-            // Nothing on the fullest node may move now.
-            break;
         }
-        Ok(moved)
+        Ok(None)
     }
 
     /// Ends the moves whose old copies waited [`LINGER`] for their new ones: the old
