@@ -88,6 +88,30 @@ fn a_session_token_is_what_it_always_was() {
 }
 
 #[test]
+fn a_session_token_minted_before_its_expiry_was_a_fact_still_authorizes() {
+    // Sessions minted before the authority block stated `expires(...)`: still valid,
+    // decided on every request (nothing tells how long an answer about them holds).
+    let old = stored_token("session-without-expires-fact");
+    let verified = capability::verify(&old, |_| Ok(key(1).public())).expect("verifies");
+    let request = capability::Request {
+        operation: capability::Operation::Read,
+        tenant: "acme",
+        topology: Some("web"),
+        now: UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+    };
+    let allowed = capability::authorize_verified(&verified, &request).expect("authorized");
+    assert_eq!(allowed.session.user, "dev");
+    verified.remember_allowed(&request, &allowed);
+    assert_eq!(verified.allowed_before(&request), None);
+    // The token minted now is remembered until its expiry.
+    let new =
+        capability::verify(&stored_token("session"), |_| Ok(key(1).public())).expect("verifies");
+    let allowed = capability::authorize_verified(&new, &request).expect("authorized");
+    new.remember_allowed(&request, &allowed);
+    assert_eq!(new.allowed_before(&request), Some(allowed));
+}
+
+#[test]
 fn a_delegation_token_and_its_attenuation_are_what_they_always_were() {
     let grant = Grant {
         caller: "n1".into(),
