@@ -323,13 +323,30 @@ impl Server {
         }
     }
 
+    /// A client of this server with no pooled connection yet, trusting what
+    /// [`Self::http`] trusts.
+    fn fresh_client(&self) -> reqwest::Client {
+        let Some(pem) = self.ca.as_ref().and_then(|ca| std::fs::read(ca).ok()) else {
+            return reqwest::Client::new();
+        };
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
+            .build()
+            .expect("client")
+    }
+
     /// A one-time join token. A busy server (thousands of nodes joining in a bench)
-    /// may drop a pooled connection: asked again, up to three times.
+    /// may drop pooled connections: asked again, up to three times, on a connection
+    /// of its own.
     pub async fn join_token(&self) -> String {
         let mut last = None;
-        for _ in 0..3 {
-            let sent = self
-                .http
+        for attempt in 0..3 {
+            let http = match attempt {
+                0 => self.http.clone(),
+                _ => self.fresh_client(),
+            };
+            let sent = http
                 .post(format!("{}/v1/join-tokens", self.api))
                 .bearer_auth(self.admin)
                 .send()
