@@ -315,25 +315,37 @@ impl Plane {
 
     /// Every topology of the tenant, by name.
     pub(crate) async fn statuses(&self) -> Result<Vec<Status>, PlaneError> {
-        let names: Vec<String> = match self {
+        match self {
             Plane::Local(local) => {
-                let mut names: Vec<String> = local
-                    .ps(None)
-                    .await?
-                    .into_iter()
-                    .map(|c| c.topology.topology)
-                    .collect();
-                names.sort();
-                names.dedup();
-                names
+                // One listing of the engine, shared out by topology.
+                let mut by_topology: BTreeMap<String, Vec<Replica>> = BTreeMap::new();
+                for c in local.ps(None).await? {
+                    by_topology
+                        .entry(c.topology.topology.clone())
+                        .or_default()
+                        .push(Replica::from(&c));
+                }
+                let mut all = Vec::with_capacity(by_topology.len());
+                for (name, replicas) in by_topology {
+                    all.push(Status {
+                        revision: local.revision(&name).await?,
+                        topology: name,
+                        tenant: LOCAL_TENANT.to_owned(),
+                        changed: false,
+                        containers: None,
+                        replicas,
+                    });
+                }
+                Ok(all)
             }
-            Plane::Remote(remote) => remote.topologies().await?,
-        };
-        let mut all = Vec::with_capacity(names.len());
-        for name in names {
-            all.push(self.status(&name).await?);
+            Plane::Remote(remote) => {
+                let mut all = Vec::new();
+                for name in remote.topologies().await? {
+                    all.push(self.status(&name).await?);
+                }
+                Ok(all)
+            }
         }
-        Ok(all)
     }
 
     /// The last `tail` lines of each replica of `name` (of `service`, or all).

@@ -75,6 +75,16 @@ fn a_reaches_b_by_name_and_a_second_up_changes_nothing() {
         before,
         "a second `up` recreated containers"
     );
+    // `ps --all` lists every local topology, this one with its three replicas.
+    let all: serde_json::Value =
+        serde_json::from_str(&project.berth(&["ps", "--all", "--json"]).ok().stdout)
+            .expect("ps --all --json prints JSON");
+    let ours = all
+        .as_array()
+        .and_then(|all| all.iter().find(|t| t["topology"] == project.name.as_str()))
+        .unwrap_or_else(|| panic!("{} not in {all}", project.name));
+    assert_eq!(ours["replicas"].as_array().map(Vec::len), Some(3), "{ours}");
+    assert_eq!(ours["revision"], 1, "{ours}");
 }
 
 #[test]
