@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Blob chunks are handed on as they are, not copied into vectors.
+    tonic_prost_build::configure()
+        .bytes(".berth.node.v1.BlobChunk.data")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -78,6 +78,8 @@ pub mod tenant_limit {
         pub services_per_topology: Option<i64>,
         /// Replicas of one service.
         pub replicas_per_service: Option<i64>,
+        /// Pushed images kept, MiB.
+        pub image_mebibytes: Option<i64>,
         /// When they were last set, Unix milliseconds.
         pub updated_at_ms: i64,
     }
@@ -541,6 +543,65 @@ pub mod sealed_secret {
         pub name: String,
         /// The secret, sealed (hex: nonce, then ciphertext and tag).
         pub sealed: String,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The blobs (image configs and layers) each tenant pushed: a tenant may use a blob
+/// only once it sent its bytes itself, whoever else sent the same.
+pub mod image_blob {
+    use sea_orm::entity::prelude::*;
+
+    /// One blob of one tenant.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "image_blobs")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// `sha256:…` of its bytes.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub digest: String,
+        /// Its size, bytes.
+        pub size: i64,
+        /// When it was received, Unix milliseconds.
+        pub stored_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The images each tenant pushed, by the reference its topologies name them by.
+pub mod pushed_image {
+    use sea_orm::entity::prelude::*;
+
+    /// One image of one tenant.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "pushed_images")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// `name:tag`.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub reference: String,
+        /// The config's digest: the image's id.
+        pub config: String,
+        /// The layers' digests, in order, one a line.
+        pub layers: String,
+        /// Config and layers, bytes.
+        pub size: i64,
+        /// When it was pushed, Unix milliseconds.
+        pub pushed_at_ms: i64,
     }
 
     /// No relations are navigated through the ORM.

@@ -11,6 +11,7 @@ mod decision;
 pub mod entity;
 pub mod events;
 pub mod identity;
+pub mod images;
 pub mod leader;
 pub mod ledger;
 pub mod links;

@@ -248,3 +248,92 @@ async fn link_token(
     );
     Some(encoded)
 }
+
+/// How many other nodes a node may fetch one pushed image from.
+pub const IMAGE_SOURCES: usize = 3;
+
+/// Adds to each of `node`'s assignments the nodes it may fetch its pushed images
+/// from: nodes running a replica of the same service revision's image (so holding
+/// its blobs), each with a delegation for `image.fetch` of exactly that image of
+/// exactly that tenant, minted, recorded and renewed as link tokens are. Sources are
+/// listed from a different one first for each node, so fetches spread over them.
+pub(crate) async fn add_image_sources(
+    cx: &impl LinkContext,
+    node: &str,
+    set: &mut [TopologyAssignment],
+) {
+    let Some(keys) = cx.root_keys() else {
+        return;
+    };
+    let (key_id, root) = keys.delegating(now_ms());
+    let caller_key = match cx.identities().public_key(node).await {
+        Ok(Some(key)) => key,
+        _ => return,
+    };
+    for assignment in set.iter_mut() {
+        let images: BTreeSet<berth_protocol::image::Digest> = assignment
+            .services
+            .values()
+            .filter_map(|s| s.digest.clone())
+            .collect();
+        if images.is_empty() {
+            continue;
+        }
+        let Ok(reported) = cx.allocator().statuses(&assignment.id).await else {
+            continue;
+        };
+        let mut sources = Vec::new();
+        for image in images {
+            let services: BTreeSet<&str> = assignment
+                .services
+                .iter()
+                .filter(|(_, s)| s.digest.as_ref() == Some(&image))
+                .map(|(name, _)| name.as_str())
+                .collect();
+            let mut holders: Vec<String> = reported
+                .iter()
+                .filter(|r| {
+                    r.node != node
+                        && r.status.state == "running"
+                        && services.contains(r.status.service.as_str())
+                })
+                .map(|r| r.node.clone())
+                .collect();
+            holders.sort();
+            holders.dedup();
+            if holders.is_empty() {
+                continue;
+            }
+            let turn = node.bytes().map(usize::from).sum::<usize>() % holders.len();
+            holders.rotate_left(turn);
+            for holder in holders.into_iter().take(IMAGE_SOURCES) {
+                let Some(peer) = cx.peer_address(&holder) else {
+                    continue;
+                };
+                let Ok(Some(peer_key)) = cx.identities().public_key(&holder).await else {
+                    continue;
+                };
+                let grant = Grant::image_fetch(
+                    node,
+                    caller_key.clone(),
+                    &holder,
+                    &assignment.id.tenant,
+                    &image,
+                    SystemTime::now() + LINK_TOKEN_LIFETIME,
+                );
+                if let Some(token) =
+                    link_token(cx, &grant, key_id, &root, assignment.revision).await
+                {
+                    sources.push(berth_protocol::assignment::ImageSource {
+                        image: image.clone(),
+                        node: holder,
+                        peer,
+                        peer_key: berth_protocol::assignment::hex_encode(&peer_key),
+                        token,
+                    });
+                }
+            }
+        }
+        assignment.image_sources = sources;
+    }
+}

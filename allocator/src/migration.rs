@@ -5,9 +5,9 @@ use sea_orm::{ColumnTrait, EntityTrait, Schema};
 use sea_orm_migration::prelude::*;
 
 use crate::entity::{
-    assignment, audit_entry, join_token, leader, lingering, node, node_identity, placement,
-    pool_identity, quota, replica_event, replica_status, revocation, root_key, sealed_secret,
-    tenant_limit, tenant_policy,
+    assignment, audit_entry, image_blob, join_token, leader, lingering, node, node_identity,
+    placement, pool_identity, pushed_image, quota, replica_event, replica_status, revocation,
+    root_key, sealed_secret, tenant_limit, tenant_policy,
 };
 
 /// The allocator's migrations.
@@ -36,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(LeaderAddress),
             Box::new(AutoscaledPlacements),
             Box::new(AuditDelegations),
+            Box::new(PushedImages),
         ]
     }
 
@@ -677,5 +678,49 @@ impl MigrationTrait for AuditDelegations {
                 .and(Expr::col(audit_entry::Column::Detail).like("%caller(%")),
         )
         .await
+    }
+}
+
+/// Images tenants push, and the size of what each may keep.
+#[derive(Debug)]
+struct PushedImages;
+
+impl MigrationName for PushedImages {
+    fn name(&self) -> &str {
+        "m20261207_000019_allocator_pushed_images"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for PushedImages {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        for mut table in [
+            schema.create_table_from_entity(image_blob::Entity),
+            schema.create_table_from_entity(pushed_image::Entity),
+        ] {
+            manager
+                .create_table(table.if_not_exists().to_owned())
+                .await?;
+        }
+        // As with the node columns: a new database has it from its first migration.
+        if !manager
+            .has_column("tenant_limits", "image_mebibytes")
+            .await?
+        {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(tenant_limit::Entity)
+                        .add_column(
+                            ColumnDef::new(tenant_limit::Column::ImageMebibytes)
+                                .big_integer()
+                                .null(),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
 use berth_protocol::node_api::node_control_server::NodeControl;
 use berth_protocol::node_api::{
-    AssignmentSet, DecisionsBody, HeartbeatAck, HeartbeatBody, JoinRequest, JoinResponse,
-    LogRequest, LogsAck, LogsBody, ReportAck, ReportBody, SignedRequest, WatchBody, WatchEvent,
-    methods, signing_payload, watch_event,
+    AssignmentSet, BlobChunk, DecisionsBody, FetchBlobBody, HeartbeatAck, HeartbeatBody,
+    JoinRequest, JoinResponse, LogRequest, LogsAck, LogsBody, ReportAck, ReportBody, SignedRequest,
+    WatchBody, WatchEvent, methods, signing_payload, watch_event,
 };
 use berth_protocol::time::now_ms;
 use prost::Message;
@@ -114,7 +114,15 @@ struct Shared {
     /// The CPU figures nodes report for replicas of services that autoscale, by
     /// topology, then by service and replica: thousandths of a core, and when.
     cpu: HashMap<TopologyRef, CpuFigures>,
+    /// Nonces of recent blob fetches, oldest first (fetches older than
+    /// [`FETCH_FRESHNESS`] are refused by their timestamp).
+    fetch_nonces: (std::collections::HashSet<Vec<u8>>, VecDeque<Vec<u8>>),
 }
+
+/// How far a blob fetch's timestamp may be from this server's clock.
+const FETCH_FRESHNESS: Duration = Duration::from_secs(60);
+/// How many recent fetch nonces are remembered.
+const FETCH_NONCES: usize = 100_000;
 
 /// One topology's CPU figures: by service and replica, thousandths of a core and when
 /// they were reported.
@@ -152,6 +160,8 @@ pub struct NodeApi {
     /// The pool's node addresses, as last read: one read serves every stream for
     /// [`POOL_ADDRESSES_FRESH`], and a node's announcement empties it.
     pool_addresses: Arc<tokio::sync::Mutex<Option<PoolAddresses>>>,
+    /// The tenants' pushed images, when this server keeps them.
+    images: Option<crate::images::ImageStore>,
 }
 
 /// The pool's node addresses (node, IP) and when they were read.
@@ -180,7 +190,115 @@ impl NodeApi {
             )),
             detecting: Arc::default(),
             pool_addresses: Arc::default(),
+            images: None,
             allocator,
+        }
+    }
+
+    /// Serves the blobs of the tenants' pushed images from `images` to the nodes that
+    /// run them.
+    pub fn with_images(mut self, images: crate::images::ImageStore) -> Self {
+        self.images = Some(images);
+        self
+    }
+
+    /// The tenants' pushed images, when this server keeps them.
+    pub fn images(&self) -> Option<&crate::images::ImageStore> {
+        self.images.as_ref()
+    }
+
+    /// Checks a blob fetch (`node`'s signature, freshness, and that the node runs a
+    /// replica of the tenant's image) and opens the blob.
+    async fn open_blob(
+        &self,
+        signed: &SignedRequest,
+    ) -> Result<(FetchBlobBody, tokio::fs::File), Status> {
+        use berth_protocol::image::Digest;
+        let body = FetchBlobBody::decode(signed.body.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("malformed body: {e}")))?;
+        let key = self
+            .identities
+            .public_key(&signed.node)
+            .await
+            .map_err(refused)?
+            .ok_or_else(|| refused(IdentityError::UnknownNode(signed.node.clone())))?;
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key)
+            .verify(
+                &signing_payload(methods::FETCH_BLOB, &signed.body),
+                &signed.signature,
+            )
+            .map_err(|_| refused(IdentityError::BadSignature(signed.node.clone())))?;
+        let skew = (now_ms() - body.timestamp_ms).unsigned_abs();
+        if Duration::from_millis(skew) > FETCH_FRESHNESS || body.nonce.len() < 16 {
+            return Err(Status::unauthenticated(
+                "the fetch is stale or carries no nonce",
+            ));
+        }
+        {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            let (seen, order) = &mut shared.fetch_nonces;
+            if !seen.insert(body.nonce.clone()) {
+                return Err(Status::unauthenticated("the fetch was replayed"));
+            }
+            order.push_back(body.nonce.clone());
+            if order.len() > FETCH_NONCES
+                && let Some(old) = order.pop_front()
+            {
+                seen.remove(&old);
+            }
+        }
+        let digest =
+            |text: &str| Digest::parse(text).map_err(|e| Status::invalid_argument(e.to_string()));
+        let (image, blob) = (digest(&body.image)?, digest(&body.digest)?);
+        let store = self
+            .images
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this server keeps no images"))?;
+        let runs_it = self
+            .allocator
+            .assignments_for_node(&signed.node)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .iter()
+            .any(|a| {
+                a.id.tenant == body.tenant
+                    && a.services
+                        .values()
+                        .any(|s| s.digest.as_ref() == Some(&image))
+            });
+        let subject = format!("image.fetch {}/{image}", body.tenant);
+        let decided = if runs_it {
+            store
+                .open(&body.tenant, &image, &blob)
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "node {:?} runs no replica of tenant {:?}'s image {image}",
+                signed.node, body.tenant
+            ))
+        };
+        let detail = match &decided {
+            Ok(_) => format!("allowed: blob {blob} served to node {:?}", signed.node),
+            Err(reason) => format!("refused: blob {blob} to node {:?}: {reason}", signed.node),
+        };
+        self.ledger
+            .append(
+                crate::ledger::NewEntry {
+                    kind: crate::ledger::EntryKind::Decision,
+                    actor: "control-plane".to_owned(),
+                    tenant: body.tenant.clone(),
+                    subject,
+                    detail,
+                    revocation_ids: Vec::new(),
+                },
+                now_ms(),
+            )
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        match decided {
+            Ok((file, _)) => Ok((body, file)),
+            Err(reason) => Err(Status::permission_denied(reason)),
         }
     }
 
@@ -466,6 +584,7 @@ impl NodeApi {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+type BlobStream = Pin<Box<dyn Stream<Item = Result<BlobChunk, Status>> + Send>>;
 
 impl NodeApi {
     /// Asks `node` for the output of one replica; the answer arrives in parts on the
@@ -498,6 +617,16 @@ impl NodeApi {
 
 #[tonic::async_trait]
 impl NodeControl for NodeApi {
+    type FetchBlobStream = BlobStream;
+
+    async fn fetch_blob(
+        &self,
+        request: Request<SignedRequest>,
+    ) -> Result<Response<BlobStream>, Status> {
+        let (_, file) = self.open_blob(&request.into_inner()).await?;
+        Ok(Response::new(Box::pin(crate::images::chunks(file))))
+    }
+
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let join = request.into_inner();
         self.identities
@@ -707,6 +836,7 @@ impl NodeApi {
                 }
             };
             crate::links::add_links(api, node, &mut set).await;
+            crate::links::add_image_sources(api, node, &mut set).await;
             let revoked = match api.ledger.revoked_ids().await {
                 Ok(ids) => ids,
                 Err(e) => {

@@ -283,6 +283,7 @@ impl Allocator {
             attenuations_per_hour: column(limits.attenuations_per_hour),
             services_per_topology: column(limits.services_per_topology),
             replicas_per_service: column(limits.replicas_per_service),
+            image_mebibytes: column(limits.image_mebibytes),
             updated_at_ms: Set(now_ms),
         };
         use tenant_limit::Column as L;
@@ -295,6 +296,7 @@ impl Allocator {
                         L::AttenuationsPerHour,
                         L::ServicesPerTopology,
                         L::ReplicasPerService,
+                        L::ImageMebibytes,
                         L::UpdatedAtMs,
                     ])
                     .to_owned(),
@@ -910,6 +912,7 @@ pub fn assignment_of(
         trace: None,
         links: Vec::new(),
         allow: BTreeSet::new(),
+        image_sources: Vec::new(),
         id: id.clone(),
         revision,
         services,

@@ -291,6 +291,7 @@ pub(crate) fn limits_of(row: &tenant_limit::Model) -> TenantLimits {
         attenuations_per_hour: value(row.attenuations_per_hour),
         services_per_topology: value(row.services_per_topology),
         replicas_per_service: value(row.replicas_per_service),
+        image_mebibytes: value(row.image_mebibytes),
     }
 }
 

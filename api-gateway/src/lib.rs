@@ -19,6 +19,7 @@ mod docs;
 mod error;
 mod forward;
 mod health;
+mod images;
 mod limits;
 mod logs;
 mod metrics;
@@ -217,6 +218,9 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                     .service(resource!("/tenants/{tenant}/quota", put => tenants::set_quota, get => tenants::get_quota))
                     .service(resource!("/tenants/{tenant}/policy", put => tenants::set_policy, get => tenants::get_policy))
                     .service(resource!("/tenants/{tenant}/limits", put => limits::set_limits, get => limits::get_limits))
+                    .service(resource!("/tenants/{tenant}/blobs/missing", post => images::missing))
+                    .service(resource!("/tenants/{tenant}/blobs/{digest}", put => images::put_blob))
+                    .service(resource!("/tenants/{tenant}/images", post => images::record, get => images::list))
                     .service(resource!("/join-tokens", post => nodes::create_join_token))
                     .service(resource!("/nodes", get => nodes::list_nodes))
                     .service(resource!("/audit/entries", get => audit::entries))

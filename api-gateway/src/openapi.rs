@@ -4,7 +4,7 @@ use actix_web::HttpResponse;
 use berth_api::nodes::{Drained, NodeInfo};
 use berth_api::topologies::DryRun;
 
-use crate::{audit, contract, health, limits, logs, nodes, sessions, tenants, topologies};
+use crate::{audit, contract, health, images, limits, logs, nodes, sessions, tenants, topologies};
 
 /// The OpenAPI document of the REST API, generated from the handlers.
 #[derive(Debug, utoipa::OpenApi)]
@@ -22,7 +22,8 @@ use crate::{audit, contract, health, limits, logs, nodes, sessions, tenants, top
         topologies::deploy, topologies::status, topologies::spec, topologies::events,
         topologies::remove, topologies::scale, logs::logs, audit::entries, audit::verify, audit::explain,
         audit::revoke, audit::graph, audit::decision, audit::root_keys,
-        audit::rotate_root_key, audit::retire_root_key,
+        audit::rotate_root_key, audit::retire_root_key, images::missing, images::put_blob,
+        images::record, images::list,
     ),
     components(schemas(topologies::TopologyBody, NodeInfo, Drained, DryRun)),
     modifiers(&BearerAuth),

@@ -97,6 +97,7 @@ pub(crate) async fn deploy(
             topology.name
         )));
     }
+    let topology = crate::images::resolve(&gw, &tenant, topology).await?;
     if query.dry_run {
         let answer = gw.deployments.dry_run(&tenant, &topology).await?;
         return Ok(HttpResponse::Ok().json(DryRun {

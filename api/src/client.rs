@@ -16,12 +16,14 @@ use crate::audit::{
     VerifyQuery,
 };
 use crate::error::{ErrorBody, ErrorCode};
+use crate::images::{BlobStored, BlobsAsked, BlobsMissing, ImageList, ImageView, NewImage};
 use crate::nodes::{Drained, JoinToken, NewJoinToken, NodeInfo, NodeStateChanged};
 use crate::quota::{
     Limit, NewTenant, PolicyBody, PolicyView, QuotaView, TenantCreated, TenantView,
 };
 use crate::topologies::{Deployed, DryRun, Event, LogsQuery, Removed, ReplicaLogs, Scale};
 use crate::users::{LoggedIn, Login, NewUser, SessionView, UserCreated};
+use berth_protocol::image::Digest;
 use berth_protocol::limits::{Effective, TenantLimits};
 
 /// Why a call failed.
@@ -297,6 +299,59 @@ impl Client {
     /// `GET /v1/tenants/{tenant}/limits`.
     pub async fn limits(&self, tenant: &str) -> Result<Effective, ClientError> {
         self.get(&["tenants", tenant, "limits"], &()).await
+    }
+
+    /// `POST /v1/tenants/{tenant}/blobs/missing`.
+    pub async fn missing_blobs(
+        &self,
+        tenant: &str,
+        digests: &[Digest],
+    ) -> Result<Vec<Digest>, ClientError> {
+        let asked = BlobsAsked {
+            digests: digests.to_vec(),
+        };
+        let answer: BlobsMissing = self
+            .change(
+                Method::POST,
+                &["tenants", tenant, "blobs", "missing"],
+                Some(&asked),
+            )
+            .await?;
+        Ok(answer.missing)
+    }
+
+    /// `PUT /v1/tenants/{tenant}/blobs/{digest}`, sending `size` bytes from `parts`.
+    pub async fn push_blob<S>(
+        &self,
+        tenant: &str,
+        digest: &Digest,
+        size: u64,
+        parts: S,
+    ) -> Result<BlobStored, ClientError>
+    where
+        S: futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + Sync + 'static,
+    {
+        let request = self
+            .request(Method::PUT, &["tenants", tenant, "blobs", digest.as_str()])
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(parts));
+        self.send(request).await
+    }
+
+    /// `POST /v1/tenants/{tenant}/images`.
+    pub async fn record_image(
+        &self,
+        tenant: &str,
+        image: &NewImage,
+    ) -> Result<ImageView, ClientError> {
+        self.change(Method::POST, &["tenants", tenant, "images"], Some(image))
+            .await
+    }
+
+    /// `GET /v1/tenants/{tenant}/images`.
+    pub async fn images(&self, tenant: &str) -> Result<ImageList, ClientError> {
+        self.get(&["tenants", tenant, "images"], &()).await
     }
 
     /// `POST /v1/tenants/{tenant}/users`.

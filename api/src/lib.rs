@@ -11,6 +11,7 @@ pub mod audit;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod error;
+pub mod images;
 pub mod nodes;
 pub mod quota;
 pub mod topologies;

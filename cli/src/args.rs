@@ -57,6 +57,17 @@ pub(crate) enum Command {
         /// there (without it, only absent images are built).
         #[arg(long)]
         build: bool,
+        /// Against a pool: push each service's image from this machine's engine
+        /// first (`berth push`), so that the pool runs what was built here.
+        #[arg(long)]
+        push: bool,
+    },
+    /// Send images from this machine's engine to the pool (--endpoint), layer by
+    /// layer, skipping the layers the pool has; topologies then name them as usual.
+    Push {
+        /// The images, as the engine names them (`name:tag`).
+        #[arg(required = true)]
+        images: Vec<String>,
     },
     /// Build the images of the services with a `build` section (the named services,
     /// or all), through the engine's build API.
@@ -300,6 +311,7 @@ impl Cli {
             | Command::Config { file, .. } => file.file.as_deref(),
             Command::Logs { file, .. } => file.as_deref(),
             Command::Server { .. }
+            | Command::Push { .. }
             | Command::Dev { .. }
             | Command::Login { .. }
             | Command::Tenant(_)
@@ -462,6 +474,9 @@ pub(crate) enum LimitsCommand {
         /// Replicas of one service.
         #[arg(long)]
         replicas_per_service: Option<u32>,
+        /// Pushed images kept for the tenant, in MiB.
+        #[arg(long)]
+        image_mebibytes: Option<u32>,
     },
     /// Show the limits in force for a tenant, defaults filled in.
     Show {

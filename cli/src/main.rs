@@ -59,7 +59,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Validate { .. } => topology::validate(&cli).await,
         Command::Config { model, .. } => topology::config(&cli, *model),
-        Command::Up { detach, build, .. } => topology::up(&cli, *detach, *build).await,
+        Command::Up {
+            detach,
+            build,
+            push,
+            ..
+        } => topology::up(&cli, *detach, *build, *push).await,
+        Command::Push { images } => topology::push(&cli, images).await,
         Command::Build { services, .. } => topology::build(&cli, services).await,
         Command::Scale { services, .. } => topology::scale(&cli, services).await,
         Command::Down { volumes, .. } => topology::down(&cli, *volumes).await,

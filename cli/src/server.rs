@@ -473,7 +473,10 @@ async fn dev_node(
     };
     // The development node shares this machine's network: it keeps no firewall, and
     // serves no node API (it is the only node).
-    let settings = berth_node_runtime::node::NodeSettings::default();
+    let settings = berth_node_runtime::node::NodeSettings {
+        image_dir: Some(dir.join("images")),
+        ..Default::default()
+    };
     let agent = berth_node_runtime::node::assemble(identity, settings).await?;
     Ok(agent.run())
 }
@@ -501,7 +504,14 @@ async fn open_stores(config: &ServerConfig) -> anyhow::Result<Stores> {
     let db = berth_allocator::database::connect(&database).await?;
     let tenants = TenantService::open(db.clone()).await?;
     let allocator = Allocator::open(db.clone(), DefaultRequest::default()).await?;
-    let nodes = NodeApi::new(allocator.clone()).with_thresholds(config.thresholds);
+    // Pushed images are kept beside the database. Servers sharing one PostgreSQL
+    // serve each its own directory: a pool of several servers keeps it on storage
+    // they share.
+    let images =
+        berth_allocator::images::ImageStore::new(db.clone(), config.data_dir.join("images"))?;
+    let nodes = NodeApi::new(allocator.clone())
+        .with_thresholds(config.thresholds)
+        .with_images(images);
     // On PostgreSQL, until this process leads it serves the REST API only; on SQLite
     // it is the only process and leads from the start.
     match berth_allocator::database::is_postgres(&database) {

@@ -124,6 +124,7 @@ async fn main() {
         slots: Vec::new(),
         trace: None,
         allow: Default::default(),
+        image_sources: Vec::new(),
         links: vec![Link {
             service: "db".into(),
             port,

@@ -540,6 +540,8 @@ pub struct Agent<D> {
     resync: Every,
     /// The last set's report failed: when to send it again.
     report_owed: Option<Owed>,
+    /// Where pushed images are fetched to, when the node runs them.
+    images: Option<Arc<crate::images::ImageCache>>,
 }
 
 impl<D: ContainerDriver> Agent<D> {
@@ -580,6 +582,7 @@ impl<D: ContainerDriver> Agent<D> {
             peer: None,
             heart,
             stream_from: None,
+            images: None,
         })
     }
 
@@ -667,6 +670,17 @@ impl<D: ContainerDriver> Agent<D> {
             tokio::time::sleep((until - now).min(HEARTBEAT_EVERY)).await;
             self.beat().await;
         }
+    }
+
+    /// The key this node signs with, for what else speaks in its name.
+    pub fn signer(&self) -> Arc<Signer> {
+        self.signer.clone()
+    }
+
+    /// Fetches the pushed images its replicas run into `images` before they start.
+    pub fn with_images(mut self, images: Arc<crate::images::ImageCache>) -> Self {
+        self.images = Some(images);
+        self
     }
 
     /// What the node trusts, as the allocator last said; share it with a [`PeerApi`].
@@ -981,6 +995,18 @@ impl<D: ContainerDriver> Agent<D> {
                 telemetry::set_parent(&span, parent);
                 span.record("trace_id", telemetry::trace_id(parent).unwrap_or_default());
                 traced = Some(span.clone());
+            }
+            if let Some(images) = self.images.clone() {
+                let control = self.client().await.ok().cloned();
+                let driver = self.reconciler.driver();
+                let fetch = images
+                    .ensure(driver.as_ref(), control, assignment)
+                    .instrument(span.clone());
+                if let Err(e) = self.heart.beating(fetch).await {
+                    span.in_scope(|| tracing::warn!(error = %e, "images could not be fetched"));
+                    failures.push((assignment.id.clone(), e.to_string()));
+                    continue;
+                }
             }
             let work = self
                 .reconciler

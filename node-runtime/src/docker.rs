@@ -535,6 +535,35 @@ impl ContainerDriver for DockerDriver {
         Ok(missing)
     }
 
+    async fn load_image(&self, archive: &std::path::Path) -> Result<(), DriverError> {
+        let action = || format!("loading the image archive {}", archive.display());
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|e| DriverError::Engine {
+                action: action(),
+                message: e.to_string(),
+            })?;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024);
+        let mut answers = self.docker.import_image_stream(
+            bollard::query_parameters::ImportImageOptions {
+                quiet: true,
+                ..Default::default()
+            },
+            body,
+            None,
+        );
+        while let Some(answer) = answers.next().await {
+            let answer = answer.map_err(engine(action()))?;
+            if let Some(error) = answer.error_detail.and_then(|d| d.message) {
+                return Err(DriverError::Engine {
+                    action: action(),
+                    message: error,
+                });
+            }
+        }
+        Ok(())
+    }
+
     async fn image_ids(&self, images: &[String]) -> Result<BTreeMap<String, String>, DriverError> {
         let mut ids = BTreeMap::new();
         for image in images {

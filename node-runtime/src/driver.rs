@@ -128,6 +128,20 @@ pub trait ContainerDriver: Send + Sync + 'static {
         let _ = images;
         async { Ok(BTreeMap::new()) }
     }
+    /// Loads the images in `archive` (the format `docker save` writes). An engine
+    /// that cannot load images refuses.
+    fn load_image(
+        &self,
+        archive: &std::path::Path,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send {
+        let shown = archive.display().to_string();
+        async move {
+            Err(DriverError::Engine {
+                action: format!("loading {shown}"),
+                message: "this engine cannot load images".into(),
+            })
+        }
+    }
     /// Creates a network.
     fn create_network(
         &self,

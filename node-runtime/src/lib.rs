@@ -18,6 +18,7 @@ pub use docker::DockerDriver;
 pub use driver::{ContainerDriver, DriverError};
 pub use reconcile::{Outcome, Progress, ReconcileError, ReconcileOptions, Reconciler, Step};
 pub mod agent;
+pub mod images;
 pub mod links;
 pub mod node;
 pub mod node_tls;

@@ -29,7 +29,8 @@ use crate::signer::Signer;
 type Key = (TopologyRef, String, u16, IpAddr);
 
 /// Channels by the peer's address and key.
-type Channels = Arc<std::sync::Mutex<HashMap<(String, String), tonic::transport::Channel>>>;
+pub(crate) type Channels =
+    Arc<std::sync::Mutex<HashMap<(String, String), tonic::transport::Channel>>>;
 
 /// The channel to `link`'s node, made on first use, over TLS to exactly the key the
 /// allocator gave for that node.
@@ -297,6 +298,7 @@ async fn open(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         nonce,
+        digest: String::new(),
     };
     let call = signer.peer_call(methods::TUNNEL, token, &body);
     let mut client = NodePeerClient::new(channel_to(channels, signer, link)?);

@@ -30,6 +30,9 @@ pub struct NodeSettings {
     pub firewall: Option<Firewall>,
     /// The node API, if the node serves one (links reach it there).
     pub node_api: Option<NodeApiListener>,
+    /// Where the node keeps the blobs of pushed images it fetched (and serves them
+    /// from), if it runs pushed images.
+    pub image_dir: Option<std::path::PathBuf>,
 }
 
 /// Why a node could not be assembled.
@@ -47,6 +50,9 @@ pub enum NodeError {
     /// The node's identity key cannot make a TLS acceptor.
     #[error("the node API's TLS: {0}")]
     Tls(String),
+    /// The image cache cannot be made.
+    #[error(transparent)]
+    Images(#[from] crate::images::FetchError),
 }
 
 /// The agent of `identity`, with everything `settings` asks for, ready to run; its
@@ -60,13 +66,26 @@ pub async fn assemble(
     let name = identity.name.clone();
     let tls = identity.tls()?;
     let mut agent = Agent::new(identity, reconciler)?.with_firewall(settings.firewall);
+    let images = match settings.image_dir {
+        Some(dir) => Some(Arc::new(crate::images::ImageCache::new(
+            dir,
+            agent.signer(),
+        )?)),
+        None => None,
+    };
+    if let Some(images) = &images {
+        agent = agent.with_images(images.clone());
+    }
     if let Some(NodeApiListener {
         listener,
         advertised,
     }) = settings.node_api
     {
         let local = listener.local_addr().map_err(NodeError::Listener)?;
-        let peer = PeerApi::new(&name, driver, agent.trust());
+        let mut peer = PeerApi::new(&name, driver, agent.trust());
+        if let Some(images) = images {
+            peer = peer.with_images(images);
+        }
         let advertised = advertised.unwrap_or(format!("http://{local}"));
         agent = agent.with_peer(peer.clone(), &advertised);
         tracing::info!(address = %local, "node API served");

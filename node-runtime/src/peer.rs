@@ -16,8 +16,8 @@ use berth_protocol::capability::Keyring;
 use berth_protocol::delegation::{self, Call, NodeOperation, Refused};
 use berth_protocol::node_api::node_peer_server::NodePeer;
 use berth_protocol::node_api::{
-    HealthReply, PeerCall, PeerCallBody, ReplicaHealth, TunnelFrame, peer_signing_payload,
-    tunnel_frame,
+    BlobChunk, HealthReply, PeerCall, PeerCallBody, ReplicaHealth, TunnelFrame,
+    peer_signing_payload, tunnel_frame,
 };
 use berth_protocol::time::now_ms;
 use berth_protocol::token_cache::TokenCache;
@@ -36,6 +36,8 @@ pub mod methods {
     pub const TUNNEL: &str = "Tunnel";
     /// `Health`.
     pub const HEALTH: &str = "Health";
+    /// `FetchBlob`.
+    pub const FETCH_BLOB: &str = "FetchBlob";
 }
 
 /// How far a call's timestamp may be from this node's clock.
@@ -90,6 +92,9 @@ pub struct PeerApi<D> {
     decisions: Arc<Mutex<Vec<Decision>>>,
     /// Tokens whose signatures verified, with the root key they verified under.
     verified: Arc<TokenCache<Biscuit>>,
+    /// The blobs of pushed images this node holds, served to the nodes the allocator
+    /// lets fetch them.
+    images: Option<Arc<crate::images::ImageCache>>,
 }
 
 impl<D> Clone for PeerApi<D> {
@@ -101,6 +106,7 @@ impl<D> Clone for PeerApi<D> {
             nonces: self.nonces.clone(),
             decisions: self.decisions.clone(),
             verified: self.verified.clone(),
+            images: self.images.clone(),
         }
     }
 }
@@ -116,7 +122,14 @@ impl<D: ContainerDriver> PeerApi<D> {
             nonces: Arc::default(),
             decisions: Arc::default(),
             verified: Arc::new(TokenCache::new(VERIFIED_TOKENS)),
+            images: None,
         }
+    }
+
+    /// Serves the blobs `images` holds to nodes with an `image.fetch` delegation.
+    pub fn with_images(mut self, images: Arc<crate::images::ImageCache>) -> Self {
+        self.images = Some(images);
+        self
     }
 
     /// The decisions made since the last call, oldest first.
@@ -135,10 +148,15 @@ impl<D: ContainerDriver> PeerApi<D> {
         connection_key: Option<&[u8]>,
     ) -> Result<PeerCallBody, Status> {
         let body = PeerCallBody::decode(call.body.as_slice()).unwrap_or_default();
-        let resource = format!(
-            "{}/{}/{}:{}",
-            body.tenant, body.topology, body.service, body.port
-        );
+        let resource = match operation {
+            NodeOperation::ImageFetch => {
+                format!("{}/{} blob {}", body.tenant, body.service, body.digest)
+            }
+            _ => format!(
+                "{}/{}/{}:{}",
+                body.tenant, body.topology, body.service, body.port
+            ),
+        };
         let outcome = self.check(method, operation, call, &body, connection_key);
         let mut decision = Decision {
             allowed: outcome.is_ok(),
@@ -230,7 +248,7 @@ impl<D: ContainerDriver> PeerApi<D> {
         })?;
         let trust = self.trust.read().unwrap_or_else(|p| p.into_inner());
         let biscuit = self.verified(&call.token, &trust)?;
-        delegation::authorize_verified(
+        let allowed = delegation::authorize_verified(
             &biscuit,
             |ids| ids.iter().any(|id| trust.revoked.contains(id)),
             &Call {
@@ -243,7 +261,36 @@ impl<D: ContainerDriver> PeerApi<D> {
                 port,
                 now: SystemTime::now(),
             },
-        )
+        )?;
+        if operation == NodeOperation::ImageFetch {
+            self.blob_of_image(body)?;
+        }
+        Ok(allowed)
+    }
+
+    /// For a fetch the token allowed: the blob asked must be the image granted or one
+    /// of its layers (a delegation for one image is no key to another's blobs).
+    fn blob_of_image(&self, body: &PeerCallBody) -> Result<(), Refused> {
+        use berth_protocol::image::Digest;
+        let not_granted = || Refused::NotGranted {
+            operation: NodeOperation::ImageFetch.as_str(),
+            resource: format!("blob {} (not part of image {})", body.digest, body.service),
+        };
+        let image = Digest::parse(&body.service).map_err(|_| not_granted())?;
+        let blob = Digest::parse(&body.digest).map_err(|_| not_granted())?;
+        if blob == image {
+            return Ok(());
+        }
+        let layers = self
+            .images
+            .as_ref()
+            .and_then(|images| images.layers_of(&image))
+            .unwrap_or_default();
+        if layers.contains(&blob) {
+            Ok(())
+        } else {
+            Err(not_granted())
+        }
     }
 
     /// The token, verified: from the cache when it was verified before under a root key
@@ -315,10 +362,38 @@ pub(crate) async fn frames_from<T>(
 }
 
 type TunnelStream = Pin<Box<dyn Stream<Item = Result<TunnelFrame, Status>> + Send>>;
+type BlobStream = Pin<Box<dyn Stream<Item = Result<BlobChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<D: ContainerDriver> NodePeer for PeerApi<D> {
     type TunnelStream = TunnelStream;
+    type FetchBlobStream = BlobStream;
+
+    async fn fetch_blob(&self, request: Request<PeerCall>) -> Result<Response<BlobStream>, Status> {
+        let connection_key = crate::node_tls::connection_key(&request);
+        let call = request.into_inner();
+        let body = self.decide(
+            methods::FETCH_BLOB,
+            NodeOperation::ImageFetch,
+            &call,
+            connection_key.as_deref(),
+        )?;
+        let blob = berth_protocol::image::Digest::parse(&body.digest)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let path = self
+            .images
+            .as_ref()
+            .and_then(|images| images.held(&blob))
+            .ok_or_else(|| Status::not_found(format!("this node does not hold {blob}")))?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading {blob}: {e}")))?;
+        let chunks = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024).map(|part| {
+            part.map(|data| BlobChunk { data })
+                .map_err(|e| Status::unavailable(format!("reading the blob: {e}")))
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
 
     async fn tunnel(
         &self,

@@ -169,6 +169,7 @@ mod tests {
             trace: None,
             links: Vec::new(),
             allow: Default::default(),
+            image_sources: Vec::new(),
             id: TopologyRef {
                 tenant: "t".into(),
                 topology: "app".into(),

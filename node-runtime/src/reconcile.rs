@@ -987,6 +987,7 @@ mod tests {
             trace: None,
             links: Vec::new(),
             allow: allow.iter().map(|a| (*a).to_owned()).collect(),
+            image_sources: Vec::new(),
         }
     }
 

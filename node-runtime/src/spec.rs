@@ -193,7 +193,11 @@ impl ContainerSpec {
             },
             service: slot.service.clone(),
             replica: slot.replica,
-            image: service.image.clone(),
+            // A pushed image runs by its id: the bits the revision names.
+            image: service
+                .digest
+                .as_ref()
+                .map_or_else(|| service.image.clone(), ToString::to_string),
             image_id: None,
             command: service.command.clone(),
             entrypoint: service.entrypoint.clone(),

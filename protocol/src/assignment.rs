@@ -163,6 +163,26 @@ pub struct TopologyAssignment {
     /// node's own check before it creates a container.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub allow: std::collections::BTreeSet<String>,
+    /// Other nodes that hold the pushed images this topology's services run here,
+    /// each with a delegation to fetch that one image from it; the control plane
+    /// serves what none of them can.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_sources: Vec<ImageSource>,
+}
+
+/// A node that holds one of a tenant's pushed images, and the right to fetch it there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    /// The image's id.
+    pub image: crate::image::Digest,
+    /// The node that holds it.
+    pub node: String,
+    /// That node's API (`http://host:port`).
+    pub peer: String,
+    /// That node's Ed25519 public key (hex).
+    pub peer_key: String,
+    /// The delegation token (biscuit, base64) for `image.fetch` of this image there.
+    pub token: String,
 }
 
 /// How a node reaches one port of a service that runs only on other nodes.

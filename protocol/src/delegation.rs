@@ -26,7 +26,9 @@
 //! The call is allowed only when the key that signed the call is the key the token
 //! names (possession: a token stolen from node 1 is useless from any other node), the
 //! token is for this node, and it grants exactly this operation on exactly this
-//! resource. Policies read the authority block and the authorizer only, so a block a
+//! resource. For `image.fetch` the resource is the tenant and the image's id, in the
+//! service's place (`right("image.fetch", "acme", "", "sha256:…", 0)`): the called node
+//! serves only that image's blobs, and only for that tenant. Policies read the authority block and the authorizer only, so a block a
 //! holder appends can narrow a token (`check if …`) but never widen it: a `right` fact
 //! in an appended block is not seen. `health` rights carry port 0.
 //!
@@ -48,6 +50,9 @@ pub enum NodeOperation {
     Tunnel,
     /// Read the health of one service's replicas on the node.
     Health,
+    /// Read the blobs (config and layers) of one of a tenant's pushed images that
+    /// the node holds. The resource is `(tenant, "", image id, 0)`.
+    ImageFetch,
 }
 
 impl NodeOperation {
@@ -56,6 +61,7 @@ impl NodeOperation {
         match self {
             Self::Tunnel => "tunnel",
             Self::Health => "health",
+            Self::ImageFetch => "image.fetch",
         }
     }
 }
@@ -111,6 +117,31 @@ pub fn builder(grant: &Grant, root_key_id: u32) -> Result<BiscuitBuilder, error:
             HashMap::new(),
         )
         .map(|b| b.root_key_id(root_key_id))
+}
+
+impl Grant {
+    /// The grant that lets `caller` (whose key is `caller_key`) fetch the blobs of
+    /// `tenant`'s image `image` from `target`, until `expires`.
+    pub fn image_fetch(
+        caller: &str,
+        caller_key: Vec<u8>,
+        target: &str,
+        tenant: &str,
+        image: &crate::image::Digest,
+        expires: SystemTime,
+    ) -> Self {
+        Self {
+            caller: caller.to_owned(),
+            caller_key,
+            target: target.to_owned(),
+            operation: NodeOperation::ImageFetch,
+            tenant: tenant.to_owned(),
+            topology: String::new(),
+            service: image.as_str().to_owned(),
+            port: 0,
+            expires,
+        }
+    }
 }
 
 /// Mints a delegation token for `grant`, signed by `root` (id `root_key_id`).

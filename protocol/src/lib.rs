@@ -6,6 +6,7 @@
 pub mod assignment;
 pub mod capability;
 pub mod delegation;
+pub mod image;
 pub mod limits;
 pub mod node_api;
 pub mod replica;

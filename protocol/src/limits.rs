@@ -29,6 +29,11 @@ pub struct TenantLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub replicas_per_service: Option<u32>,
+    /// Pushed images the control plane keeps for the tenant, in MiB (each blob counted
+    /// once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub image_mebibytes: Option<u32>,
 }
 
 /// The largest value any limit takes.
@@ -47,6 +52,8 @@ pub struct Effective {
     pub services_per_topology: u32,
     /// Replicas of one service.
     pub replicas_per_service: u32,
+    /// Pushed images kept for the tenant, MiB.
+    pub image_mebibytes: u32,
 }
 
 impl TenantLimits {
@@ -57,6 +64,7 @@ impl TenantLimits {
         attenuations_per_hour: 100,
         services_per_topology: 200,
         replicas_per_service: 1_000,
+        image_mebibytes: 10 * 1024,
     };
 
     /// These limits with the defaults filled in.
@@ -72,6 +80,7 @@ impl TenantLimits {
                 .services_per_topology
                 .unwrap_or(d.services_per_topology),
             replicas_per_service: self.replicas_per_service.unwrap_or(d.replicas_per_service),
+            image_mebibytes: self.image_mebibytes.unwrap_or(d.image_mebibytes),
         }
     }
 
@@ -83,6 +92,7 @@ impl TenantLimits {
             ("attenuations_per_hour", self.attenuations_per_hour),
             ("services_per_topology", self.services_per_topology),
             ("replicas_per_service", self.replicas_per_service),
+            ("image_mebibytes", self.image_mebibytes),
         ]
         .into_iter()
         .find_map(|(name, v)| v.filter(|v| !(1..=MOST).contains(v)).map(|v| (name, v)))

@@ -37,4 +37,6 @@ pub mod methods {
     pub const DECISIONS: &str = "Decisions";
     /// `Heartbeat`.
     pub const HEARTBEAT: &str = "Heartbeat";
+    /// `FetchBlob`.
+    pub const FETCH_BLOB: &str = "FetchBlob";
 }

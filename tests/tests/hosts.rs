@@ -268,6 +268,7 @@ async fn hosts_reach_each_other_only_through_the_node_api_and_links_carry_traffi
         )
         .unwrap_or(0),
         nonce: vec![7; 16],
+        digest: String::new(),
     };
     let call = signer.peer_call("Health", Vec::new(), &body);
     let refused = NodePeerClient::new(channel)
@@ -827,4 +828,229 @@ async fn logs_of_replicas_on_two_hosts_come_through_the_endpoint() {
         tail.stdout.lines().collect::<Vec<_>>(),
         ["west.1 | second line"]
     );
+}
+
+/// Builds, in this machine's engine only, an image `name` on top of the test image
+/// with a layer of `mebibytes` MiB of random bytes; its id.
+fn build_local_image(name: &str, mebibytes: usize) -> String {
+    let dir = tempfile::tempdir().expect("a build context");
+    let mut payload = vec![0u8; mebibytes * 1024 * 1024];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut payload)
+        .expect("random bytes");
+    std::fs::write(dir.path().join("payload"), &payload).expect("payload");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM berth/busybox:latest\nCOPY payload /payload\n",
+    )
+    .expect("Dockerfile");
+    let built = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", name])
+        .arg(dir.path())
+        .output()
+        .expect("docker runs");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let id = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", name])
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&id.stdout).trim().to_owned()
+}
+
+/// `berth ARGS` against `server` as its admin; status, stdout and stderr.
+fn berth(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(berth_tests::berth_bin())
+        .args(["--endpoint", &server.api, "--token", server.admin])
+        .args(args)
+        .output()
+        .expect("berth runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The audit entries of `kind` whose subject or detail holds `text`.
+async fn ledger_with(server: &Server, kind: &str, text: &str) -> Vec<serde_json::Value> {
+    server
+        .api(
+            reqwest::Method::GET,
+            &format!("/audit/entries?kind={kind}&limit=1000"),
+        )
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e["subject"].as_str().is_some_and(|s| s.contains(text))
+                || e["detail"].as_str().is_some_and(|s| s.contains(text))
+        })
+        .collect()
+}
+
+/// The image `id` is in host `i`'s engine.
+fn host_has_image(hosts: &Hosts, i: usize, id: &str) -> bool {
+    hosts
+        .docker(i, &["image", "inspect", "--format", "{{.Id}}", id])
+        .trim()
+        == id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_image_runs_on_every_host_fetched_from_a_peer_under_delegations() {
+    let (hosts, server, nodes) = pool(&[]).await;
+    let name = format!("berth-test/pushed:{}", std::process::id());
+    let id = build_local_image(&name, 4);
+    for i in 0..3 {
+        assert!(
+            !host_has_image(&hosts, i, &id),
+            "host{} has the image already",
+            i + 1
+        );
+    }
+
+    // Pushed: the config and the new layer are sent; the base layer too, once.
+    let (ok, _, err) = berth(&server, &["push", &name]);
+    assert!(ok, "push failed: {err}");
+    assert!(err.contains(&format!("pushed {name} as {id}")), "{err}");
+    // Again: the pool has every blob, nothing is sent.
+    let (ok, out, err) = berth(&server, &["--json", "push", &name]);
+    assert!(ok, "{err}");
+    let again: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(again[0]["sent"], 0, "{out}");
+    assert_eq!(again[0]["id"], id.as_str());
+
+    // One replica first, then three: the two new ones fetch from the first's host.
+    let topology = |replicas: u32| {
+        serde_json::json!({
+            "name": "pushed",
+            "services": { "app": {
+                "image": name, "replicas": replicas, "init": true,
+                "command": ["sh", "-c", "test -s /payload && sleep 3600"],
+                "networks": { "default": {} }
+            } },
+            "networks": { "default": {} }
+        })
+    };
+    let deploy = |replicas: u32| {
+        let body = topology(replicas);
+        let server = &server;
+        async move {
+            let response = server
+                .http
+                .put(format!(
+                    "{}/v1/tenants/default/topologies/pushed",
+                    server.api
+                ))
+                .bearer_auth(server.admin)
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            assert!(
+                response.status().is_success(),
+                "{}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+    };
+    let running = async |count: usize| {
+        let status = server
+            .api(reqwest::Method::GET, "/tenants/default/topologies/pushed")
+            .await;
+        status["replicas"]
+            .as_array()
+            .is_some_and(|r| r.len() == count && r.iter().all(|r| r["state"] == "running"))
+    };
+    deploy(1).await;
+    eventually("the first replica runs", 120, async || running(1).await).await;
+    deploy(3).await;
+    eventually("three replicas run", 180, async || running(3).await).await;
+    let status = server
+        .api(reqwest::Method::GET, "/tenants/default/topologies/pushed")
+        .await;
+    let mut on: Vec<String> = status["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|r| r["node"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    on.sort();
+    assert_eq!(
+        on,
+        ["host1", "host2", "host3"],
+        "one replica per host: {status}"
+    );
+    for i in 0..3 {
+        assert!(
+            host_has_image(&hosts, i, &id),
+            "host{} lacks the image",
+            i + 1
+        );
+    }
+    // Each replica runs the pushed bits, by id.
+    for node in &nodes {
+        let i = hosts
+            .hosts
+            .iter()
+            .position(|h| h.name == node.host.name)
+            .expect("host");
+        let containers = hosts.docker(
+            i,
+            &[
+                "ps",
+                "--filter",
+                "label=berth.service=app",
+                "--format",
+                "{{.Image}}",
+            ],
+        );
+        // The engine shows an image named by id as its short id.
+        let shown = containers.trim();
+        assert!(
+            shown.len() >= 12 && id.trim_start_matches("sha256:").starts_with(shown),
+            "host{}: {containers}",
+            i + 1
+        );
+    }
+
+    // The ledger: the control plane served the first host; each of the two others
+    // was given an `image.fetch` delegation for exactly this image, and the host it
+    // fetched from recorded the calls it allowed.
+    let minted = ledger_with(&server, "minted", "image.fetch").await;
+    assert!(minted.len() >= 2, "image.fetch delegations: {minted:?}");
+    assert!(
+        minted
+            .iter()
+            .all(|e| e["detail"].as_str().is_some_and(|d| d.contains(&id))),
+        "{minted:?}"
+    );
+    let served = ledger_with(&server, "decision", &format!("image.fetch default/{id}")).await;
+    assert!(
+        served.iter().any(|e| e["actor"] == "control-plane"
+            && e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("allowed"))),
+        "the control plane's fetches: {served:?}"
+    );
+    let by_peers: Vec<_> = served
+        .iter()
+        .filter(|e| e["actor"] != "control-plane")
+        .collect();
+    assert!(
+        by_peers
+            .iter()
+            .filter(|e| e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("allowed")))
+            .count()
+            >= 2,
+        "the peers' fetches: {served:?}"
+    );
+    drop(nodes);
 }

@@ -158,6 +158,7 @@ impl Pool {
             )
             .unwrap_or(0),
             nonce,
+            digest: String::new(),
         }
     }
 

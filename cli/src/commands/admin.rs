@@ -80,6 +80,7 @@ async fn limits(api: &Client, command: &LimitsCommand) -> Result<(), Failure> {
             attenuations_per_hour,
             services_per_topology,
             replicas_per_service,
+            image_mebibytes,
         } => {
             let limits = berth_api::TenantLimits {
                 requests_per_second: *requests_per_second,
@@ -87,6 +88,7 @@ async fn limits(api: &Client, command: &LimitsCommand) -> Result<(), Failure> {
                 attenuations_per_hour: *attenuations_per_hour,
                 services_per_topology: *services_per_topology,
                 replicas_per_service: *replicas_per_service,
+                image_mebibytes: *image_mebibytes,
             };
             api.set_limits(tenant, &limits).await?
         }

@@ -3,6 +3,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod logs;
+pub(crate) mod push;
 pub(crate) mod serve;
 pub(crate) mod topology;
 

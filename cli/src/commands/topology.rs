@@ -206,11 +206,32 @@ pub(crate) async fn build(cli: &Cli, services: &[String]) -> Result<(), Failure>
     Ok(())
 }
 
-pub(crate) async fn up(cli: &Cli, detach: bool, always_build: bool) -> Result<(), Failure> {
+pub(crate) async fn up(
+    cli: &Cli,
+    detach: bool,
+    always_build: bool,
+    push_images: bool,
+) -> Result<(), Failure> {
     let file = find_file(cli.file())?;
     let loaded = load(cli)?;
     let topology = &loaded.topology;
-    let plane = Plane::open(cli.remote()?).await?;
+    let remote = cli.remote()?;
+    if push_images {
+        let Some(remote) = &remote else {
+            return Err(Failure {
+                exit: Exit::Invalid,
+                message: "--push sends images to a pool: give --endpoint (locally the engine has them already)".into(),
+            });
+        };
+        let images: std::collections::BTreeSet<String> = topology
+            .services
+            .values()
+            .map(|s| s.image.clone())
+            .collect();
+        let images: Vec<String> = images.into_iter().collect();
+        super::push::push(remote, &images, cli.json).await?;
+    }
+    let plane = Plane::open(remote).await?;
     if let Plane::Local(local) = &plane {
         // Images a service builds: absent ones (all of them with --build), before any
         // check or change, as Compose does.
@@ -368,5 +389,19 @@ pub(crate) async fn scale(cli: &Cli, services: &[(String, u32)]) -> Result<(), F
     let result = plane.scale(&name, &replicas, events).await;
     let _ = shown.await;
     print_status(cli, &result?, "scaled");
+    Ok(())
+}
+
+/// `berth push IMAGE...`.
+pub(crate) async fn push(cli: &Cli, images: &[String]) -> Result<(), Failure> {
+    let remote = cli.remote()?.ok_or_else(|| Failure {
+        exit: Exit::Invalid,
+        message: "push sends images to a pool: give --endpoint (or BERTH_ENDPOINT) and a token"
+            .into(),
+    })?;
+    let pushed = super::push::push(&remote, images, cli.json).await?;
+    if cli.json {
+        crate::commands::print_json(&pushed);
+    }
     Ok(())
 }

@@ -172,7 +172,12 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let agent = node::assemble(identity, NodeSettings { firewall, node_api })
+    let settings = NodeSettings {
+        firewall,
+        node_api,
+        image_dir: Some(cli.state_dir.join("images")),
+    };
+    let agent = node::assemble(identity, settings)
         .await
         .context("starting the node")?;
     agent.run_until(stopped()).await;

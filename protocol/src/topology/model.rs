@@ -31,6 +31,10 @@ pub struct Topology {
 pub struct Service {
     /// The image reference, for example `berth/busybox:latest`.
     pub image: String,
+    /// The image's id, resolved when a pool deploys the topology from the tenant's
+    /// pushed images: what every node runs, whatever the reference names later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<crate::image::Digest>,
     /// Overrides the image's command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,

@@ -279,6 +279,7 @@ fn service_of(
     let mut image = None;
     let mut service = Service {
         image: String::new(),
+        digest: None,
         command: None,
         entrypoint: None,
         environment: BTreeMap::new(),
