@@ -35,7 +35,7 @@ pub enum ImageError {
     Mismatch(#[from] Mismatch),
     /// Keeping the blob would pass the tenant's limit.
     #[error(
-        "tenant {tenant:?} keeps {used} bytes of images and may keep {limit}: {digest} ({size} bytes) does not fit; remove images or ask an admin to raise image_mebibytes"
+        "tenant {tenant:?} keeps {used} bytes of images and may keep {limit}: {digest} ({size} bytes) does not fit; an admin may raise the tenant's image_mebibytes"
     )]
     QuotaFull {
         /// The tenant.

@@ -716,14 +716,19 @@ impl<D: ContainerDriver> Agent<D> {
         }
     }
 
-    /// Sends the peer API's decisions since the last time; on failure they are lost
+    /// Sends the peer API's decisions since the last time, and the blobs the image
+    /// cache refused; on failure they are lost
     /// from the ledger but still in this node's log.
     async fn flush_decisions(&mut self) -> Result<(), AgentError> {
-        let Some(peer) = &self.peer else {
-            return Ok(());
-        };
-        let decisions: Vec<PeerDecision> = peer
-            .take_decisions()
+        let mut taken = self
+            .peer
+            .as_ref()
+            .map(|peer| peer.take_decisions())
+            .unwrap_or_default();
+        if let Some(images) = &self.images {
+            taken.extend(images.take_decisions());
+        }
+        let decisions: Vec<PeerDecision> = taken
             .into_iter()
             .map(|d| PeerDecision {
                 allowed: d.allowed,

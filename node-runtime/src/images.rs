@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::driver::{ContainerDriver, DriverError};
+use crate::peer::Decision;
 use crate::signer::Signer;
 
 /// Why an image could not be brought to this node.
@@ -92,6 +93,24 @@ pub struct ImageCache {
     dir: PathBuf,
     signer: Arc<Signer>,
     channels: crate::links::Channels,
+    /// Blobs refused because their bytes were not their digest, for the ledger.
+    decisions: std::sync::Mutex<Vec<Decision>>,
+}
+
+/// Why a fetched blob was not kept.
+enum NotKept {
+    /// Its bytes hash to another digest: the source served something else.
+    Mismatch(String),
+    /// The transfer or the disk failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for NotKept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Mismatch(reason) | Self::Failed(reason) => f.write_str(reason),
+        }
+    }
 }
 
 fn random_nonce() -> Vec<u8> {
@@ -117,7 +136,13 @@ impl ImageCache {
             dir,
             signer,
             channels: Arc::default(),
+            decisions: std::sync::Mutex::default(),
         })
+    }
+
+    /// The blobs refused since the last call, as decisions for the ledger, oldest first.
+    pub fn take_decisions(&self) -> Vec<Decision> {
+        std::mem::take(&mut *self.decisions.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Where the verified blob `digest` is kept, if this node holds it.
@@ -259,9 +284,12 @@ impl ImageCache {
                     }
                     return Ok(path);
                 }
-                Err(reason) => {
-                    tracing::warn!(blob = %blob, source = %where_, reason = %reason, "a blob fetch failed");
-                    reasons.push(format!("{where_}: {reason}"));
+                Err(not_kept) => {
+                    tracing::warn!(blob = %blob, source = %where_, reason = %not_kept, "a blob fetch failed");
+                    if let NotKept::Mismatch(reason) = &not_kept {
+                        self.refused(tenant, image, blob, &from, reason);
+                    }
+                    reasons.push(format!("{where_}: {not_kept}"));
                 }
             }
         }
@@ -270,6 +298,26 @@ impl ImageCache {
             blob: blob.clone(),
             reasons: reasons.join("; "),
         })
+    }
+
+    /// Records that the bytes `from` served as `blob` were not `blob`.
+    fn refused(&self, tenant: &str, image: &Digest, blob: &Digest, from: &From<'_>, reason: &str) {
+        let source = match from {
+            From::Peer(s) => s.node.clone(),
+            From::ControlPlane => "control-plane".to_owned(),
+        };
+        self.decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Decision {
+                allowed: false,
+                operation: berth_protocol::delegation::NodeOperation::ImageFetch.as_str(),
+                resource: format!("{tenant}/{image} blob {blob}"),
+                caller: source.clone(),
+                reason: format!("the bytes {source} served are not the blob: {reason}; not kept"),
+                revocation_ids: Vec::new(),
+                at_ms: now_ms(),
+            });
     }
 
     async fn fetch_from_peer(
@@ -339,7 +387,7 @@ impl ImageCache {
 
     /// Writes what `stream` carries, and keeps it as `blob` only if its bytes hash to
     /// `blob`.
-    async fn keep<S>(&self, blob: &Digest, mut stream: S) -> Result<PathBuf, String>
+    async fn keep<S>(&self, blob: &Digest, mut stream: S) -> Result<PathBuf, NotKept>
     where
         S: tokio_stream::Stream<Item = Result<BlobChunk, tonic::Status>> + Unpin,
     {
@@ -348,22 +396,20 @@ impl ImageCache {
             blob.hex(),
             berth_protocol::assignment::hex_encode(&random_nonce())
         ));
-        let mut file = tokio::fs::File::create(&incoming)
-            .await
-            .map_err(|e| format!("{}: {e}", incoming.display()))?;
+        let failed = |e: std::io::Error| NotKept::Failed(format!("{}: {e}", incoming.display()));
+        let mut file = tokio::fs::File::create(&incoming).await.map_err(failed)?;
         let written = async {
             let mut hasher = Hasher::default();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|s| format!("cut short: {}", s.message()))?;
+                let chunk =
+                    chunk.map_err(|s| NotKept::Failed(format!("cut short: {}", s.message())))?;
                 hasher.update(&chunk.data);
-                file.write_all(&chunk.data)
-                    .await
-                    .map_err(|e| format!("{}: {e}", incoming.display()))?;
+                file.write_all(&chunk.data).await.map_err(failed)?;
             }
-            file.flush()
-                .await
-                .map_err(|e| format!("{}: {e}", incoming.display()))?;
-            hasher.verify(blob).map_err(|e| e.to_string())
+            file.flush().await.map_err(failed)?;
+            hasher
+                .verify(blob)
+                .map_err(|e| NotKept::Mismatch(e.to_string()))
         }
         .await;
         drop(file);
@@ -374,7 +420,7 @@ impl ImageCache {
         let kept = self.dir.join("sha256").join(blob.hex());
         tokio::fs::rename(&incoming, &kept)
             .await
-            .map_err(|e| format!("{}: {e}", kept.display()))?;
+            .map_err(|e| NotKept::Failed(format!("{}: {e}", kept.display())))?;
         Ok(kept)
     }
 
@@ -477,16 +523,15 @@ mod tests {
             .await
             .expect_err("bytes that are not the layer are refused");
         assert!(
-            refused.contains("corrupt or was tampered with"),
+            matches!(&refused, NotKept::Mismatch(r) if r.contains("corrupt or was tampered with")),
             "{refused}"
         );
         assert!(cache.held(&layer).is_none(), "nothing kept under its name");
         let incoming = std::fs::read_dir(dir.path().join("images/incoming")).expect("dir");
         assert_eq!(incoming.count(), 0, "the refused bytes were removed");
-        let kept = cache
-            .keep(&layer, chunks(&[b"the ", b"layer"]))
-            .await
-            .expect("the layer is kept");
+        let Ok(kept) = cache.keep(&layer, chunks(&[b"the ", b"layer"])).await else {
+            panic!("the layer was not kept");
+        };
         assert_eq!(std::fs::read(kept).expect("read"), b"the layer");
         assert!(cache.held(&layer).is_some());
     }
@@ -502,7 +547,10 @@ mod tests {
             Err(tonic::Status::unavailable("gone")),
         ]);
         let refused = cache.keep(&layer, cut).await.expect_err("refused");
-        assert!(refused.contains("cut short"), "{refused}");
+        assert!(
+            matches!(&refused, NotKept::Failed(r) if r.contains("cut short")),
+            "{refused}"
+        );
         assert!(cache.held(&layer).is_none());
     }
 }

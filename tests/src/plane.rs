@@ -47,6 +47,22 @@ pub struct Server {
 }
 
 impl Server {
+    /// The control plane's first root key, as its data directory keeps it (`ID
+    /// PRIVATE_HEX SUPERSEDED_AT` a line): what an attacker holding it could mint with.
+    pub fn root_key(&self) -> biscuit_auth::KeyPair {
+        let keys = std::fs::read_to_string(self.state.path().join("root-keys")).expect("root keys");
+        let hex = keys
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("1 "))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("root key 1");
+        biscuit_auth::KeyPair::from(
+            &biscuit_auth::PrivateKey::from_bytes_hex(hex.trim(), biscuit_auth::Algorithm::Ed25519)
+                .expect("key"),
+        )
+    }
+
     /// Starts `berth server` with `envs` set and waits until it is ready.
     pub async fn start(envs: &[(&str, &str)]) -> Self {
         Self::start_bin(&berth_bin(), envs).await

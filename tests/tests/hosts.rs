@@ -15,6 +15,12 @@
 //!   server and a node agent are killed (`kill -9`): the standby takes over, and every
 //!   change is applied once: no deploy lost, no replica running twice.
 //! - The output of replicas on two hosts comes through the endpoint (`berth logs`).
+//! - An image only this machine's engine has is pushed and runs on every host, each
+//!   fetching it from the control plane or, under an `image.fetch` delegation, from a
+//!   host that runs it; a host speaking out of turn (no token, another tenant's image,
+//!   another image than its delegation's, a blob not of the image) is refused and the
+//!   refusal is in the ledger; bytes served corrupt are refused and fetched elsewhere;
+//!   another tenant naming the image by id, or pushing past its quota, is refused.
 //! - Two servers on two hosts with no shared directory, PostgreSQL on a third: a root
 //!   key rotated through one is used by the other, and cutting the leader's host off
 //!   hands the lead, and the node on a fourth host, to the other.
@@ -23,6 +29,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use berth_node_runtime::agent::NodeIdentity;
+use berth_protocol::delegation::{self, Grant};
+use berth_protocol::image::Digest;
 use berth_protocol::node_api::PeerCallBody;
 use berth_protocol::node_api::node_peer_client::NodePeerClient;
 use berth_tests::hosts::{HostNode, Hosts, NODE_API_PORT};
@@ -830,6 +838,18 @@ async fn logs_of_replicas_on_two_hosts_come_through_the_endpoint() {
     );
 }
 
+/// Images built in this machine's engine by a test, removed when it ends.
+struct LocalImages(Vec<String>);
+
+impl Drop for LocalImages {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["image", "rm", "-f"])
+            .args(&self.0)
+            .output();
+    }
+}
+
 /// Builds, in this machine's engine only, an image `name` on top of the test image
 /// with a layer of `mebibytes` MiB of random bytes; its id.
 fn build_local_image(name: &str, mebibytes: usize) -> String {
@@ -902,9 +922,15 @@ fn host_has_image(hosts: &Hosts, i: usize, id: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pushed_image_runs_on_every_host_fetched_from_a_peer_under_delegations() {
+async fn a_pushed_image_runs_on_every_host_fetched_only_under_delegations() {
     let (hosts, server, nodes) = pool(&[]).await;
-    let name = format!("berth-test/pushed:{}", std::process::id());
+    let pid = std::process::id();
+    let _built = LocalImages(
+        ["pushed", "theirs", "big"]
+            .map(|n| format!("berth-test/{n}:{pid}"))
+            .to_vec(),
+    );
+    let name = format!("berth-test/pushed:{pid}");
     let id = build_local_image(&name, 4);
     for i in 0..3 {
         assert!(
@@ -1052,5 +1078,341 @@ async fn a_pushed_image_runs_on_every_host_fetched_from_a_peer_under_delegations
             >= 2,
         "the peers' fetches: {served:?}"
     );
+
+    attacks_on_fetches_are_refused_and_recorded(&hosts, &server, &nodes, &id).await;
+    a_blob_served_corrupt_is_refused_and_fetched_elsewhere(&hosts, &server, &nodes, &name, &id)
+        .await;
     drop(nodes);
+}
+
+/// The layers of the local image `name`, bottom first.
+fn local_layers(name: &str) -> Vec<Digest> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RootFS.Layers}}",
+            name,
+        ])
+        .output()
+        .expect("docker runs");
+    serde_json::from_slice::<Vec<String>>(&out.stdout)
+        .expect("layers")
+        .iter()
+        .map(|l| Digest::parse(l).expect("a layer digest"))
+        .collect()
+}
+
+/// A `FetchBlob` body from host2 to host1 for `tenant`'s blob `blob` of `image`.
+fn fetch_body(tenant: &str, image: &str, blob: &Digest) -> PeerCallBody {
+    PeerCallBody {
+        target: "host1".into(),
+        tenant: tenant.into(),
+        topology: String::new(),
+        service: image.into(),
+        port: 0,
+        timestamp_ms: i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(0),
+        nonce: (0..16).map(|_| rand_byte()).collect(),
+        digest: blob.to_string(),
+    }
+}
+
+fn rand_byte() -> u8 {
+    let mut b = [0u8; 1];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
+    b[0]
+}
+
+/// Host2, speaking with its own identity to host1's node API, tries to take blobs it
+/// was not given: each call is refused, and host1's refusals reach the ledger. A
+/// fetch its delegation does cover is served, so the refusals are the policy's.
+async fn attacks_on_fetches_are_refused_and_recorded(
+    hosts: &Hosts,
+    server: &Server,
+    nodes: &[HostNode],
+    id: &str,
+) {
+    // Another tenant's image, running on host1 only.
+    let (ok, _, err) = berth(server, &["tenant", "create", "other"]);
+    assert!(ok, "{err}");
+    let theirs = format!("berth-test/theirs:{}", std::process::id());
+    let their_id = build_local_image(&theirs, 1);
+    let (ok, _, err) = berth(server, &["--tenant", "other", "push", &theirs]);
+    assert!(ok, "{err}");
+    let their_layer = local_layers(&theirs).pop().expect("their layer");
+    // Their image quota, once full, stops a push with a message naming the image
+    // and the limit; what they pushed before stays.
+    let (ok, _, err) = berth(
+        server,
+        &["limits", "set", "other", "--image-mebibytes", "2"],
+    );
+    assert!(ok, "{err}");
+    let big = format!("berth-test/big:{}", std::process::id());
+    build_local_image(&big, 3);
+    let (ok, _, err) = berth(server, &["--tenant", "other", "push", &big]);
+    assert!(!ok, "a push past the quota succeeded");
+    assert!(
+        err.contains(&format!("pushing {big}")) && err.contains("does not fit"),
+        "{err}"
+    );
+    let mine = Digest::parse(id).expect("an id");
+    let my_layer = {
+        let ours: Vec<_> = local_layers(id);
+        ours.last().cloned().expect("a layer")
+    };
+    // Naming another tenant's image by id, in a topology, gives nothing.
+    let response = server
+        .http
+        .put(format!("{}/v1/tenants/other/topologies/stolen", server.api))
+        .bearer_auth(server.admin)
+        .json(&serde_json::json!({
+            "name": "stolen",
+            "services": { "app": { "image": id, "replicas": 1, "command": ["sleep", "3600"],
+                                   "networks": { "default": {} } } },
+            "networks": { "default": {} }
+        }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    let refusal: serde_json::Value = response.json().await.expect("json");
+    let message = refusal["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(id) && message.contains("not one of tenant \"other\"'s pushed images"),
+        "{refusal}"
+    );
+    let response = server
+        .http
+        .put(format!("{}/v1/tenants/other/topologies/theirs", server.api))
+        .bearer_auth(server.admin)
+        .json(&serde_json::json!({
+            "name": "theirs",
+            "services": { "app": { "image": theirs, "replicas": 1, "init": true,
+                                   "command": ["sleep", "3600"],
+                                   "networks": { "default": {} }, "constraints": on("host1") } },
+            "networks": { "default": {} }
+        }))
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+    eventually("the other tenant's image runs on host1", 120, async || {
+        host_has_image(hosts, 0, &their_id)
+    })
+    .await;
+
+    let host2 = NodeIdentity::load(nodes[1].dir.path()).expect("host2's identity");
+    let signer = host2.signer().expect("signer");
+    let host1_key = NodeIdentity::load(nodes[0].dir.path())
+        .and_then(|n| n.public_key())
+        .expect("host1's key");
+    let url = format!("http://{}:{NODE_API_PORT}", hosts.hosts[0].address);
+    let client = NodePeerClient::new(signer.tls().channel(&url, &host1_key).expect("channel"))
+        .max_decoding_message_size(8 * 1024 * 1024);
+    // What the allocator would mint host2 to fetch its own tenant's image from host1.
+    let mine_token = delegation::mint(
+        &server.root_key(),
+        1,
+        &Grant::image_fetch(
+            "host2",
+            signer.public_key(),
+            "host1",
+            "default",
+            &mine,
+            std::time::SystemTime::now() + Duration::from_secs(60),
+        ),
+    )
+    .expect("mint")
+    .to_vec()
+    .expect("encode");
+    let fetch = async |token: Vec<u8>, body: PeerCallBody| {
+        let call = signer.peer_call("FetchBlob", token, &body);
+        let mut stream = client.clone().fetch_blob(call).await?.into_inner();
+        let mut hasher = berth_protocol::image::Hasher::default();
+        while let Some(chunk) = stream.message().await? {
+            hasher.update(&chunk.data);
+        }
+        Ok::<_, tonic::Status>(hasher.finish())
+    };
+
+    // Allowed: a layer of the image the delegation names comes back, whole.
+    let got = fetch(mine_token.clone(), fetch_body("default", id, &my_layer))
+        .await
+        .expect("the delegated fetch is served");
+    assert_eq!(got, my_layer);
+
+    let attacks = [
+        ("no token", Vec::new(), fetch_body("default", id, &my_layer)),
+        (
+            "another tenant's image with a delegation for one's own",
+            mine_token.clone(),
+            fetch_body("other", &their_id, &their_layer),
+        ),
+        (
+            "a delegation for one image used for another",
+            mine_token.clone(),
+            fetch_body("default", &their_id, &their_layer),
+        ),
+        (
+            "a blob that is not part of the delegated image",
+            mine_token.clone(),
+            fetch_body("default", id, &their_layer),
+        ),
+    ];
+    for (attack, token, body) in attacks {
+        let refused = fetch(token, body).await.expect_err(attack);
+        assert_eq!(
+            refused.code(),
+            tonic::Code::PermissionDenied,
+            "{attack}: {refused:?}"
+        );
+    }
+    // Host1 recorded each refusal; the ledger names host1 as the one who decided.
+    eventually("host1's refusals in the ledger", 60, async || {
+        let refusals: Vec<_> = ledger_with(server, "decision", "image.fetch")
+            .await
+            .into_iter()
+            .filter(|e| {
+                e["actor"] == "host1"
+                    && e["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("refused"))
+            })
+            .collect();
+        let about = |text: &str| {
+            refusals
+                .iter()
+                .any(|e| e["subject"].as_str().is_some_and(|s| s.contains(text)))
+        };
+        refusals.len() >= 4
+            && about(&format!("other/{their_id} blob {their_layer}"))
+            && about(&format!("default/{their_id} blob {their_layer}"))
+            && about(&format!("default/{id} blob {their_layer}"))
+            && about(&format!("default/{id} blob {my_layer}"))
+    })
+    .await;
+}
+
+/// Host1's and host2's copies of the pushed layer are overwritten (what a compromised
+/// host would serve); host3, made to fetch the image again, refuses their bytes,
+/// records the refusals, and takes the layer from the control plane.
+async fn a_blob_served_corrupt_is_refused_and_fetched_elsewhere(
+    hosts: &Hosts,
+    server: &Server,
+    nodes: &[HostNode],
+    name: &str,
+    id: &str,
+) {
+    let layer = local_layers(name).pop().expect("the pushed layer");
+    let deploy = async |replicas: u32, constraints: serde_json::Value| {
+        let response = server
+            .http
+            .put(format!(
+                "{}/v1/tenants/default/topologies/pushed",
+                server.api
+            ))
+            .bearer_auth(server.admin)
+            .json(&serde_json::json!({
+                "name": "pushed",
+                "services": { "app": {
+                    "image": name, "replicas": replicas, "init": true,
+                    "command": ["sh", "-c", "test -s /payload && sleep 3600"],
+                    "networks": { "default": {} }, "constraints": constraints
+                } },
+                "networks": { "default": {} }
+            }))
+            .send()
+            .await
+            .expect("request");
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+    };
+    let replicas_on = async || -> Vec<String> {
+        let status = server
+            .api(reqwest::Method::GET, "/tenants/default/topologies/pushed")
+            .await;
+        status["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["state"] == "running")
+            .map(|r| r["node"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    deploy(
+        2,
+        serde_json::json!([{ "attribute": "hostname", "equal": false, "value": "host3" }]),
+    )
+    .await;
+    eventually("host3 runs no replica", 120, async || {
+        let on = replicas_on().await;
+        on.len() == 2
+            && !on.iter().any(|n| n == "host3")
+            && hosts
+                .docker(2, &["ps", "-q", "--filter", "label=berth.service=app"])
+                .trim()
+                .is_empty()
+    })
+    .await;
+    hosts.docker(2, &["image", "rm", "-f", id]);
+    assert!(!host_has_image(hosts, 2, id), "host3 still has the image");
+    let cache = |i: usize| nodes[i].dir.path().join("images/sha256");
+    for entry in std::fs::read_dir(cache(2)).expect("host3's cache") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("emptied");
+    }
+    for i in [0, 1] {
+        let held = cache(i).join(layer.hex());
+        let size = std::fs::metadata(&held).expect("held").len();
+        std::fs::write(&held, vec![0u8; usize::try_from(size).expect("size")])
+            .expect("overwritten");
+    }
+
+    deploy(3, serde_json::json!([])).await;
+    eventually("a replica runs on host3 again", 180, async || {
+        replicas_on().await.iter().any(|n| n == "host3")
+    })
+    .await;
+    assert!(host_has_image(hosts, 2, id), "host3 lacks the image");
+    // Host3 refused both copies it was served, and said so.
+    eventually(
+        "host3's refusals of the corrupt copies in the ledger",
+        60,
+        async || {
+            let decisions =
+                ledger_with(server, "decision", &format!("default/{id} blob {layer}")).await;
+            let refused_from = |source: &str| {
+                let said = format!("refused: the bytes {source} served are not the blob");
+                decisions.iter().any(|e| {
+                    e["actor"] == "host3"
+                        && e["detail"].as_str().is_some_and(|d| d.starts_with(&said))
+                })
+            };
+            refused_from("host1") && refused_from("host2")
+        },
+    )
+    .await;
+    let served = ledger_with(
+        server,
+        "decision",
+        &format!("blob {layer} served to node \"host3\""),
+    )
+    .await;
+    assert!(
+        served.iter().any(|e| e["actor"] == "control-plane"),
+        "the control plane served host3: {served:?}"
+    );
 }

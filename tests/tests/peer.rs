@@ -13,7 +13,7 @@ use berth_protocol::node_api::node_peer_client::NodePeerClient;
 use berth_protocol::node_api::{PeerCallBody, TunnelFrame, tunnel_frame};
 use berth_tests::plane::{Node, Server};
 use berth_tests::{ensure_images, free_port};
-use biscuit_auth::{Algorithm, KeyPair, PrivateKey};
+use biscuit_auth::KeyPair;
 
 /// A server and two nodes serving their node API; node 2 runs `db`.
 struct Pool {
@@ -80,18 +80,7 @@ async fn pool(test: &str) -> Pool {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(running, "db never ran on node 2");
-    // `ID PRIVATE_HEX SUPERSEDED_AT` a line; one key, id 1, on a new server.
-    let keys = std::fs::read_to_string(server.state.path().join("root-keys")).expect("root keys");
-    let root_hex = keys
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("1 "))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("root key 1")
-        .to_owned();
-    let root = KeyPair::from(
-        &PrivateKey::from_bytes_hex(root_hex.trim(), Algorithm::Ed25519).expect("key"),
-    );
+    let root = server.root_key();
     let n1 = NodeIdentity::load(nodes[0].dir.path()).expect("node 1's identity");
     let n2_key = NodeIdentity::load(nodes[1].dir.path())
         .and_then(|n2| n2.public_key())

@@ -120,7 +120,12 @@ async fn push_one(
                 exit: Exit::Failure,
                 message: format!("the engine's export of {image} holds no blob {digest}"),
             })?;
-            sent_bytes += send(client, remote.tenant(), digest, &path, size, multi).await?;
+            sent_bytes += send(client, remote.tenant(), digest, &path, size, multi)
+                .await
+                .map_err(|f| Failure {
+                    exit: f.exit,
+                    message: format!("pushing {image}: {}", f.message),
+                })?;
         }
     }
     let reference = normalized(image);
