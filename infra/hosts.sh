@@ -175,7 +175,8 @@ up() {
     ip -n "$ns" route add default via "10.77.$k.1"
     cat > "$host/daemon.json" <<JSON
 {"storage-driver": "$driver", "mtu": 1400, "log-driver": "json-file",
- "default-address-pools": [{"base": "10.$((200 + i)).0.0/16", "size": 24}]}
+ "default-address-pools": [{"base": "10.$((200 + i)).0.0/16", "size": 24}],
+ "insecure-registries": ["10.77.0.0/16"]}
 JSON
     start_engine "$ns"
     echo "$ns $address unix://$host/docker.sock" >> "$dir/hosts"

@@ -28,6 +28,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || install postgresql
 # docker-compose: the benchmark's peer, the reference of the Compose differential test,
 # and the runner of the demo pool in infra/compose.
 command -v docker-compose >/dev/null || install docker-compose
+# A real registry (the CNCF distribution registry) and htpasswd for its logins: the
+# image tests run one on a test host.
+command -v docker-registry >/dev/null || install docker-registry
+command -v htpasswd >/dev/null || install apache2-utils
 # Chromium and its WebDriver: the UI tests drive a real headless browser.
 command -v chromedriver >/dev/null || install chromium chromium-driver
 # biscuit-cli: the reference biscuit tooling, with which a test inspects and attenuates
@@ -55,7 +59,7 @@ command -v python3 >/dev/null || install python3
 bash infra/hosts.sh sweep
 nft delete table inet berth_node 2>/dev/null || true
 
-# Images the examples and tests run (Berth never pulls): idempotent and fast when present.
+# Images the examples and tests run (no registry is reachable here): idempotent and fast when present.
 bash infra/build-images.sh
 
 cargo test --workspace "$@"

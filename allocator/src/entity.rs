@@ -610,3 +610,31 @@ pub mod pushed_image {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod registry_credential {
+    use sea_orm::entity::prelude::*;
+
+    /// One tenant's login to one registry, its password sealed.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "registry_credentials")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant: String,
+        /// The registry, `host[:port]`.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub registry: String,
+        /// The user name.
+        pub username: String,
+        /// The password, sealed under the secrets key (hex).
+        pub sealed: String,
+        /// When it was set, Unix milliseconds.
+        pub updated_at_ms: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

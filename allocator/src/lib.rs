@@ -22,6 +22,7 @@ pub mod placement;
 pub mod pool;
 pub mod reach;
 pub mod rebalance;
+pub mod registries;
 pub mod resources;
 pub mod root_keys;
 pub mod sealing;

@@ -6,8 +6,8 @@ use sea_orm_migration::prelude::*;
 
 use crate::entity::{
     assignment, audit_entry, image_blob, join_token, leader, lingering, node, node_identity,
-    placement, pool_identity, pushed_image, quota, replica_event, replica_status, revocation,
-    root_key, sealed_secret, tenant_limit, tenant_policy,
+    placement, pool_identity, pushed_image, quota, registry_credential, replica_event,
+    replica_status, revocation, root_key, sealed_secret, tenant_limit, tenant_policy,
 };
 
 /// The allocator's migrations.
@@ -687,7 +687,7 @@ struct PushedImages;
 
 impl MigrationName for PushedImages {
     fn name(&self) -> &str {
-        "m20261207_000019_allocator_pushed_images"
+        "m20261207_000019_allocator_images"
     }
 }
 
@@ -698,6 +698,7 @@ impl MigrationTrait for PushedImages {
         for mut table in [
             schema.create_table_from_entity(image_blob::Entity),
             schema.create_table_from_entity(pushed_image::Entity),
+            schema.create_table_from_entity(registry_credential::Entity),
         ] {
             manager
                 .create_table(table.if_not_exists().to_owned())

@@ -162,6 +162,7 @@ pub struct NodeApi {
     pool_addresses: Arc<tokio::sync::Mutex<Option<PoolAddresses>>>,
     /// The tenants' pushed images, when this server keeps them.
     images: Option<crate::images::ImageStore>,
+    registries: Option<crate::registries::RegistryLogins>,
 }
 
 /// The pool's node addresses (node, IP) and when they were read.
@@ -191,6 +192,7 @@ impl NodeApi {
             detecting: Arc::default(),
             pool_addresses: Arc::default(),
             images: None,
+            registries: None,
             allocator,
         }
     }
@@ -200,6 +202,17 @@ impl NodeApi {
     pub fn with_images(mut self, images: crate::images::ImageStore) -> Self {
         self.images = Some(images);
         self
+    }
+
+    /// Hands nodes the tenants' registry logins their assignments need.
+    pub fn with_registries(mut self, logins: crate::registries::RegistryLogins) -> Self {
+        self.registries = Some(logins);
+        self
+    }
+
+    /// The tenants' registry logins, when this server keeps them.
+    pub fn registries(&self) -> Option<&crate::registries::RegistryLogins> {
+        self.registries.as_ref()
     }
 
     /// The tenants' pushed images, when this server keeps them.
@@ -837,6 +850,9 @@ impl NodeApi {
             };
             crate::links::add_links(api, node, &mut set).await;
             crate::links::add_image_sources(api, node, &mut set).await;
+            if let Some(logins) = &api.registries {
+                logins.add_to(&mut set).await;
+            }
             let revoked = match api.ledger.revoked_ids().await {
                 Ok(ids) => ids,
                 Err(e) => {

@@ -913,6 +913,7 @@ pub fn assignment_of(
         links: Vec::new(),
         allow: BTreeSet::new(),
         image_sources: Vec::new(),
+        registry_credentials: Vec::new(),
         id: id.clone(),
         revision,
         services,

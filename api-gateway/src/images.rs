@@ -273,5 +273,6 @@ pub(crate) async fn resolve(
             service.digest = Some(image.config);
         }
     }
+    crate::registries::pin_tags(gw, tenant, &mut topology).await?;
     Ok(topology)
 }

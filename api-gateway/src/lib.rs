@@ -25,6 +25,7 @@ mod logs;
 mod metrics;
 mod nodes;
 mod openapi;
+mod registries;
 mod sessions;
 mod tenants;
 mod topologies;
@@ -221,6 +222,8 @@ pub fn configure(gateway: Gateway) -> impl FnOnce(&mut web::ServiceConfig) {
                     .service(resource!("/tenants/{tenant}/blobs/missing", post => images::missing))
                     .service(resource!("/tenants/{tenant}/blobs/{digest}", put => images::put_blob))
                     .service(resource!("/tenants/{tenant}/images", post => images::record, get => images::list))
+                    .service(resource!("/tenants/{tenant}/registries", get => registries::list))
+                    .service(resource!("/tenants/{tenant}/registries/{registry}", put => registries::login, delete => registries::logout))
                     .service(resource!("/join-tokens", post => nodes::create_join_token))
                     .service(resource!("/nodes", get => nodes::list_nodes))
                     .service(resource!("/audit/entries", get => audit::entries))

@@ -4,7 +4,9 @@ use actix_web::HttpResponse;
 use berth_api::nodes::{Drained, NodeInfo};
 use berth_api::topologies::DryRun;
 
-use crate::{audit, contract, health, images, limits, logs, nodes, sessions, tenants, topologies};
+use crate::{
+    audit, contract, health, images, limits, logs, nodes, registries, sessions, tenants, topologies,
+};
 
 /// The OpenAPI document of the REST API, generated from the handlers.
 #[derive(Debug, utoipa::OpenApi)]
@@ -23,7 +25,7 @@ use crate::{audit, contract, health, images, limits, logs, nodes, sessions, tena
         topologies::remove, topologies::scale, logs::logs, audit::entries, audit::verify, audit::explain,
         audit::revoke, audit::graph, audit::decision, audit::root_keys,
         audit::rotate_root_key, audit::retire_root_key, images::missing, images::put_blob,
-        images::record, images::list,
+        images::record, images::list, registries::login, registries::list, registries::logout,
     ),
     components(schemas(topologies::TopologyBody, NodeInfo, Drained, DryRun)),
     modifiers(&BearerAuth),

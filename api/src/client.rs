@@ -354,6 +354,43 @@ impl Client {
         self.get(&["tenants", tenant, "images"], &()).await
     }
 
+    /// `PUT /v1/tenants/{tenant}/registries/{registry}`.
+    pub async fn registry_login(
+        &self,
+        tenant: &str,
+        registry: &str,
+        login: &crate::registries::RegistryLogin,
+    ) -> Result<crate::registries::RegistryView, ClientError> {
+        self.change(
+            Method::PUT,
+            &["tenants", tenant, "registries", registry],
+            Some(login),
+        )
+        .await
+    }
+
+    /// `GET /v1/tenants/{tenant}/registries`.
+    pub async fn registries(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<crate::registries::RegistryView>, ClientError> {
+        self.get(&["tenants", tenant, "registries"], &()).await
+    }
+
+    /// `DELETE /v1/tenants/{tenant}/registries/{registry}`; the logins left.
+    pub async fn registry_logout(
+        &self,
+        tenant: &str,
+        registry: &str,
+    ) -> Result<Vec<crate::registries::RegistryView>, ClientError> {
+        self.change(
+            Method::DELETE,
+            &["tenants", tenant, "registries", registry],
+            None::<&()>,
+        )
+        .await
+    }
+
     /// `POST /v1/tenants/{tenant}/users`.
     pub async fn create_user(
         &self,

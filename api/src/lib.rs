@@ -14,6 +14,7 @@ pub mod error;
 pub mod images;
 pub mod nodes;
 pub mod quota;
+pub mod registries;
 pub mod topologies;
 pub mod users;
 

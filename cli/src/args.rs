@@ -69,6 +69,10 @@ pub(crate) enum Command {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Manage the tenant's registry logins in the pool (with --endpoint): nodes pull
+    /// the tenant's images with them; locally, `docker login` is used as Compose uses it.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Build the images of the services with a `build` section (the named services,
     /// or all), through the engine's build API.
     Build {
@@ -312,6 +316,7 @@ impl Cli {
             Command::Logs { file, .. } => file.as_deref(),
             Command::Server { .. }
             | Command::Push { .. }
+            | Command::Registry(_)
             | Command::Dev { .. }
             | Command::Login { .. }
             | Command::Tenant(_)
@@ -423,6 +428,26 @@ impl QuotaArgs {
             containers: self.containers,
         })
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RegistryCommand {
+    /// Keep a login to a registry for the tenant (the password is read from standard
+    /// input, or BERTH_REGISTRY_PASSWORD; it is sealed and never shown again).
+    Login {
+        /// The registry, `host[:port]`.
+        registry: String,
+        /// The user name.
+        #[arg(long, short)]
+        username: String,
+    },
+    /// List the registries the tenant has a login for.
+    List,
+    /// Forget the tenant's login to a registry.
+    Logout {
+        /// The registry, `host[:port]`.
+        registry: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -182,15 +182,19 @@ impl LocalPlane {
             if node != LOCAL_NODE {
                 continue;
             }
-            outcome =
-                self.node
-                    .apply(assignment, events.clone())
-                    .await
-                    .map_err(|e| match e {
-                        ReconcileError::MissingImages { .. }
-                        | ReconcileError::PortsInUse { .. } => LocalError::Preflight(e),
-                        other => LocalError::Apply(other),
-                    })?;
+            outcome = self
+                .node
+                .apply(
+                    &crate::docker_auth::with_user_credentials(assignment.clone()),
+                    events.clone(),
+                )
+                .await
+                .map_err(|e| match e {
+                    ReconcileError::MissingImages { .. }
+                    | ReconcileError::Pull { .. }
+                    | ReconcileError::PortsInUse { .. } => LocalError::Preflight(e),
+                    other => LocalError::Apply(other),
+                })?;
         }
         Ok((applied, outcome))
     }

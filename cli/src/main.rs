@@ -8,6 +8,7 @@
 
 mod args;
 mod commands;
+mod docker_auth;
 mod failure;
 mod local;
 mod plane;
@@ -66,6 +67,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             ..
         } => topology::up(&cli, *detach, *build, *push).await,
         Command::Push { images } => topology::push(&cli, images).await,
+        Command::Registry(command) => topology::registry(&cli, command).await,
         Command::Build { services, .. } => topology::build(&cli, services).await,
         Command::Scale { services, .. } => topology::scale(&cli, services).await,
         Command::Down { volumes, .. } => topology::down(&cli, *volumes).await,

@@ -98,6 +98,12 @@ fn describe(event: &Progress) -> (String, String, bool) {
                 false,
             )
         }
+        Progress::Pull {
+            image,
+            layer,
+            text,
+            done,
+        } => (format!("pull {image} {layer}"), text.clone(), *done),
         Progress::Object { kind, name, step } => {
             let (text, done) = step_text(step);
             (format!("{kind} {name}"), text, done)

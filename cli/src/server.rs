@@ -509,9 +509,16 @@ async fn open_stores(config: &ServerConfig) -> anyhow::Result<Stores> {
     // they share.
     let images =
         berth_allocator::images::ImageStore::new(db.clone(), config.data_dir.join("images"))?;
+    // Registry logins are sealed under the secrets key, which every server of one
+    // control plane is given.
+    let logins = berth_allocator::registries::RegistryLogins::new(
+        db.clone(),
+        crate::secrets::secrets_key(&config.data_dir)?,
+    );
     let nodes = NodeApi::new(allocator.clone())
         .with_thresholds(config.thresholds)
-        .with_images(images);
+        .with_images(images)
+        .with_registries(logins);
     // On PostgreSQL, until this process leads it serves the REST API only; on SQLite
     // it is the only process and leads from the start.
     match berth_allocator::database::is_postgres(&database) {

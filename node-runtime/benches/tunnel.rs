@@ -125,6 +125,7 @@ async fn main() {
         trace: None,
         allow: Default::default(),
         image_sources: Vec::new(),
+        registry_credentials: Vec::new(),
         links: vec![Link {
             service: "db".into(),
             port,

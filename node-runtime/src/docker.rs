@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use berth_protocol::assignment::{Scope, TopologyRef, labels};
+use berth_protocol::assignment::{RegistryCredential, Scope, TopologyRef, labels};
 use berth_protocol::topology::{MountKind, Network, RestartPolicy};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
@@ -560,6 +560,57 @@ impl ContainerDriver for DockerDriver {
                     message: error,
                 });
             }
+        }
+        Ok(())
+    }
+
+    async fn pull_image(
+        &self,
+        reference: &str,
+        credential: Option<&RegistryCredential>,
+        progress: &(dyn Fn(&str, &str, bool) + Send + Sync),
+    ) -> Result<(), DriverError> {
+        let action = || format!("pulling {reference}");
+        let credentials = credential.map(|c| bollard::auth::DockerCredentials {
+            username: Some(c.username.clone()),
+            password: Some(c.password.clone()),
+            serveraddress: Some(c.registry.clone()),
+            ..Default::default()
+        });
+        let mut answers = self.docker.create_image(
+            Some(bollard::query_parameters::CreateImageOptions {
+                from_image: Some(reference.to_owned()),
+                ..Default::default()
+            }),
+            None,
+            credentials,
+        );
+        while let Some(answer) = answers.next().await {
+            let answer = answer.map_err(engine(action()))?;
+            if let Some(error) = answer.error_detail.and_then(|d| d.message) {
+                return Err(DriverError::Engine {
+                    action: action(),
+                    message: error,
+                });
+            }
+            let (Some(layer), Some(status)) = (answer.id, answer.status) else {
+                continue;
+            };
+            let done = matches!(status.as_str(), "Pull complete" | "Already exists");
+            let text = match answer
+                .progress_detail
+                .and_then(|d| Some((d.current?, d.total?)))
+            {
+                Some((current, total)) if total > 0 => {
+                    format!(
+                        "{status} {:.1}/{:.1} MB",
+                        current as f64 / 1e6,
+                        total as f64 / 1e6
+                    )
+                }
+                _ => status,
+            };
+            progress(&layer, &text, done);
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use berth_protocol::assignment::{Scope, TopologyRef};
+use berth_protocol::assignment::{RegistryCredential, Scope, TopologyRef};
 use berth_protocol::topology::Network;
 use futures_util::Stream;
 
@@ -34,7 +34,7 @@ pub enum DriverError {
     },
     /// An image is not present on the node.
     #[error(
-        "image {image:?} is not on this machine and Berth never pulls; build it first (for the examples: `infra/build-images.sh`)"
+        "image {image:?} is not on this machine; build, pull or load it first (for the examples: `infra/build-images.sh`)"
     )]
     ImageMissing {
         /// The image reference.
@@ -139,6 +139,24 @@ pub trait ContainerDriver: Send + Sync + 'static {
             Err(DriverError::Engine {
                 action: format!("loading {shown}"),
                 message: "this engine cannot load images".into(),
+            })
+        }
+    }
+    /// Pulls `reference` from its registry, logging in with `credential` when given;
+    /// `progress` hears of each layer as it moves (`layer`, what it is doing, done).
+    /// An engine that cannot pull refuses.
+    fn pull_image(
+        &self,
+        reference: &str,
+        credential: Option<&RegistryCredential>,
+        progress: &(dyn Fn(&str, &str, bool) + Send + Sync),
+    ) -> impl Future<Output = Result<(), DriverError>> + Send {
+        let _ = (credential, progress);
+        let shown = reference.to_owned();
+        async move {
+            Err(DriverError::Engine {
+                action: format!("pulling {shown}"),
+                message: "this engine cannot pull images".into(),
             })
         }
     }

@@ -170,6 +170,7 @@ mod tests {
             links: Vec::new(),
             allow: Default::default(),
             image_sources: Vec::new(),
+            registry_credentials: Vec::new(),
             id: TopologyRef {
                 tenant: "t".into(),
                 topology: "app".into(),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_protocol::assignment::{TopologyAssignment, TopologyRef};
+use berth_protocol::image::registry_of;
 use berth_protocol::topology::Condition;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -39,6 +40,17 @@ pub enum Progress {
         dependency: String,
         /// The condition it waits for.
         condition: Condition,
+    },
+    /// A layer of an image being pulled moved.
+    Pull {
+        /// The image.
+        image: String,
+        /// The layer (its short id, as the engine names it).
+        layer: String,
+        /// What it is doing (`Downloading 1.2/5.0 MB`).
+        text: String,
+        /// Whether it is done.
+        done: bool,
     },
     /// A network or volume was created or removed.
     Object {
@@ -83,17 +95,51 @@ pub enum Step {
     Reported(String),
 }
 
+/// When a service's image is pulled (Compose's `pull_policy`; `build` counts as
+/// `missing` here, the build having happened before, where there is one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PullPolicy {
+    Never,
+    Missing,
+    Always,
+}
+
+impl PullPolicy {
+    fn of(service: &berth_protocol::topology::Service) -> Self {
+        if service.digest.is_some() {
+            // A pushed image comes from the pool, never from a registry.
+            return Self::Never;
+        }
+        match service.engine.pull_policy.as_deref() {
+            Some("never") => Self::Never,
+            Some("always") => Self::Always,
+            _ => Self::Missing,
+        }
+    }
+}
+
 /// Why a reconcile did not converge.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    /// Checked before any change: some images are absent.
-    #[error("{} not on this machine and Berth never pulls: {}; build {} first (for the examples: `infra/build-images.sh`). Nothing was changed.",
+    /// Checked before any change: some images are absent and their pull policy is
+    /// `never`.
+    #[error("{} not on this machine and pull_policy is never: {}; build or load {} first (for the examples: `infra/build-images.sh`). Nothing was changed.",
         if images.len() == 1 { "an image is" } else { "images are" },
         images.join(", "),
         if images.len() == 1 { "it" } else { "them" })]
     MissingImages {
         /// The absent images.
         images: Vec<String>,
+    },
+    /// An image could not be pulled.
+    #[error("image {image} could not be pulled{hint}: {reason}. Nothing was changed.")]
+    Pull {
+        /// The image.
+        image: String,
+        /// What the engine said.
+        reason: String,
+        /// With which credentials, or the lack of them.
+        hint: String,
     },
     /// Checked before any change: host ports are taken by something else.
     #[error("host port{} {} already in use on this machine: stop what uses {} or publish other ports. Nothing was changed.",
@@ -231,7 +277,8 @@ impl<D: ContainerDriver> Reconciler<D> {
         }
         let observed = self.driver.list_containers(id).await?;
         let plan = plan_containers(desired, observed.clone());
-        self.check(&plan, &observed).await?;
+        self.check(&plan, &observed, assignment, Some(&events))
+            .await?;
 
         let mut outcome = Outcome::default();
         // Containers nobody wants any more go first, freeing their ports and names.
@@ -379,7 +426,7 @@ impl<D: ContainerDriver> Reconciler<D> {
         let desired = self.desired(assignment, false)?;
         let observed = self.driver.list_containers(&assignment.id).await?;
         let plan = plan_containers(desired, observed.clone());
-        self.check(&plan, &observed).await
+        self.check(&plan, &observed, assignment, None).await
     }
 
     /// The node's own policy over every service the assignment runs here, decided
@@ -470,21 +517,80 @@ impl<D: ContainerDriver> Reconciler<D> {
 
     /// The checks of [`Self::preflight`] on a computed plan. Ports held by this
     /// topology's own containers, which the plan replaces or removes, count as free.
+    /// With `events` (an apply, not a preflight), the images the pull policies say to
+    /// pull are pulled, telling `events` of each layer.
     async fn check(
         &self,
         plan: &Plan,
         observed: &[ObservedContainer],
+        assignment: &TopologyAssignment,
+        events: Option<&Events>,
     ) -> Result<(), ReconcileError> {
-        let images: BTreeSet<String> = plan
+        // Each image a container is made from, with the pull policy of its services
+        // (`always` wins over `missing`, `missing` over `never`).
+        let mut images: BTreeMap<String, PullPolicy> = BTreeMap::new();
+        for (spec, _) in plan
             .slots
             .iter()
             .filter(|(_, a)| !matches!(a, SlotAction::Keep { .. }))
-            .map(|(s, _)| s.image.clone())
-            .collect();
-        let missing = self
+        {
+            let policy = assignment
+                .services
+                .get(&spec.service)
+                .map_or(PullPolicy::Missing, PullPolicy::of);
+            let entry = images.entry(spec.image.clone()).or_insert(policy);
+            *entry = (*entry).max(policy);
+        }
+        let mut missing = self
             .driver
-            .missing_images(&images.into_iter().collect::<Vec<_>>())
+            .missing_images(&images.keys().cloned().collect::<Vec<_>>())
             .await?;
+        for (image, policy) in &images {
+            let absent = missing.contains(image);
+            let pull = match policy {
+                PullPolicy::Never => false,
+                PullPolicy::Missing => absent,
+                PullPolicy::Always => true,
+            };
+            if !pull {
+                continue;
+            }
+            // A preflight only asks whether the images can be had; the apply pulls.
+            let Some(events) = events else {
+                missing.retain(|m| m != image);
+                continue;
+            };
+            let credential = registry_of(image).and_then(|registry| {
+                assignment
+                    .registry_credentials
+                    .iter()
+                    .find(|c| c.registry == registry)
+            });
+            let shown = image.clone();
+            let tell = |layer: &str, text: &str, done: bool| {
+                let _ = events.send(Progress::Pull {
+                    image: shown.clone(),
+                    layer: layer.to_owned(),
+                    text: text.to_owned(),
+                    done,
+                });
+            };
+            self.driver
+                .pull_image(image, credential, &tell)
+                .await
+                .map_err(|e| ReconcileError::Pull {
+                    image: image.clone(),
+                    reason: e.to_string(),
+                    hint: match (registry_of(image), credential) {
+                        (Some(registry), Some(_)) => format!(" with the credentials for {registry}"),
+                        (Some(registry), None) => {
+                            format!(" (no credentials for {registry}: `berth registry login {registry}`)")
+                        }
+                        (None, _) => String::new(),
+                    },
+                })?;
+            missing.retain(|m| m != image);
+        }
         if !missing.is_empty() {
             return Err(ReconcileError::MissingImages { images: missing });
         }
@@ -988,6 +1094,7 @@ mod tests {
             links: Vec::new(),
             allow: allow.iter().map(|a| (*a).to_owned()).collect(),
             image_sources: Vec::new(),
+            registry_credentials: Vec::new(),
         }
     }
 

@@ -168,6 +168,32 @@ pub struct TopologyAssignment {
     /// serves what none of them can.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_sources: Vec<ImageSource>,
+    /// The tenant's credentials for the registries this topology's images here come
+    /// from, and only those; sent with the assignment, never stored with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_credentials: Vec<RegistryCredential>,
+}
+
+/// A tenant's login to one registry. Its `Debug` leaves the password out, so that no
+/// log line carries it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredential {
+    /// The registry (`host[:port]`), as image references name it.
+    pub registry: String,
+    /// The user name.
+    pub username: String,
+    /// The password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A node that holds one of a tenant's pushed images, and the right to fetch it there.

@@ -127,6 +127,18 @@ impl Hasher {
     }
 }
 
+/// The registry an image reference names explicitly (`host[:port]` or `localhost`
+/// before the first `/`), or none for a Docker Hub short name (`busybox`, `org/app`).
+pub fn registry_of(reference: &str) -> Option<&str> {
+    let (first, _) = reference.split_once('/')?;
+    (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
+}
+
+/// Whether a reference names its bits by digest (`name@sha256:...`).
+pub fn is_pinned(reference: &str) -> bool {
+    reference.contains("@sha256:")
+}
+
 /// The most bytes an image config may have (they are a few KiB).
 pub const MOST_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -182,6 +194,16 @@ impl Image {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_registry_is_what_precedes_the_first_slash_when_it_looks_like_a_host() {
+        use super::registry_of;
+        assert_eq!(registry_of("10.0.0.2:5000/app:v1"), Some("10.0.0.2:5000"));
+        assert_eq!(registry_of("ghcr.io/org/app"), Some("ghcr.io"));
+        assert_eq!(registry_of("localhost/app"), Some("localhost"));
+        assert_eq!(registry_of("org/app:1"), None);
+        assert_eq!(registry_of("busybox"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -52,6 +52,13 @@ async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bo
 /// (`host1`, `host2`, `host3`), all of them joined and enforcing their firewall.
 async fn pool(envs: &[(&str, &str)]) -> (Hosts, Server, Vec<HostNode>) {
     let hosts = Hosts::up(3);
+    let (server, nodes) = joined(&hosts, envs).await;
+    (hosts, server, nodes)
+}
+
+/// A server on `hosts`' bridge with `envs`, and a node on each of the first three
+/// hosts (`host1`, `host2`, `host3`), all joined and enforcing their firewall.
+async fn joined(hosts: &Hosts, envs: &[(&str, &str)]) -> (Server, Vec<HostNode>) {
     let server = hosts.server(envs).await;
     let mut nodes = Vec::new();
     for i in 0..3 {
@@ -71,7 +78,7 @@ async fn pool(envs: &[(&str, &str)]) -> (Hosts, Server, Vec<HostNode>) {
         },
     )
     .await;
-    (hosts, server, nodes)
+    (server, nodes)
 }
 
 fn on(node: &str) -> serde_json::Value {
@@ -1415,4 +1422,240 @@ async fn a_blob_served_corrupt_is_refused_and_fetched_elsewhere(
         served.iter().any(|e| e["actor"] == "control-plane"),
         "the control plane served host3: {served:?}"
     );
+}
+
+/// A registry (Debian's `docker-registry`) with one htpasswd login on host `i`,
+/// listening at `address:5000`; stopped when the process is dropped.
+fn start_registry(
+    hosts: &Hosts,
+    i: usize,
+    dir: &std::path::Path,
+    user: &str,
+    password: &str,
+) -> berth_tests::plane::Process {
+    let htpasswd = std::process::Command::new("htpasswd")
+        .args(["-Bbn", user, password])
+        .output()
+        .expect("htpasswd runs");
+    assert!(htpasswd.status.success());
+    std::fs::write(dir.join("htpasswd"), &htpasswd.stdout).expect("htpasswd file");
+    let address = &hosts.hosts[i].address;
+    std::fs::write(
+        dir.join("config.yml"),
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: {address}:5000\nauth:\n  htpasswd:\n    realm: berth-test\n    path: {auth}\n",
+            root = dir.join("data").display(),
+            auth = dir.join("htpasswd").display(),
+        ),
+    )
+    .expect("registry config");
+    hosts.spawn(
+        i,
+        "docker-registry",
+        &["serve", &dir.join("config.yml").display().to_string()],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_images_run_with_the_tenants_login_which_is_shown_nowhere() {
+    let pid = std::process::id();
+    let _built = LocalImages(vec![format!("berth-test/registered:{pid}")]);
+    let password = format!(
+        "pw-{pid}-{}",
+        (0..8)
+            .map(|_| format!("{:02x}", rand_byte()))
+            .collect::<String>()
+    );
+    // Three pool hosts and a fourth, outside the pool, for the registry.
+    let hosts = Hosts::up(4);
+    let registry_dir = tempfile::tempdir().expect("registry dir");
+    let _registry = start_registry(&hosts, 3, registry_dir.path(), "tester", &password);
+    let registry = format!("{}:5000", hosts.hosts[3].address);
+    let (server, nodes) = joined(
+        &hosts,
+        &[
+            ("BERTH_INSECURE_REGISTRIES", &registry),
+            ("BERTH_REGISTRIES", &registry),
+        ],
+    )
+    .await;
+
+    // An image built here, pushed to the registry through the fourth host's engine.
+    let local = format!("berth-test/registered:{pid}");
+    let id = build_local_image(&local, 1);
+    let image = format!("{registry}/app:v1");
+    let docker_config = tempfile::tempdir().expect("docker config");
+    let on_host4 = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut child = std::process::Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", &hosts.hosts[3].docker_host)
+            .env("DOCKER_CONFIG", docker_config.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker runs");
+        if let Some(bytes) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(bytes)
+                .expect("written");
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("docker ends");
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let saved = std::process::Command::new("docker")
+        .args(["save", &local])
+        .output()
+        .expect("docker save");
+    on_host4(&["load", "-q"], Some(&saved.stdout));
+    on_host4(&["tag", &local, &image], None);
+    let mut registry_up = false;
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(&registry).is_ok() {
+            registry_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(registry_up, "the registry never listened at {registry}");
+    on_host4(
+        &["login", &registry, "-u", "tester", "--password-stdin"],
+        Some(password.as_bytes()),
+    );
+    on_host4(&["push", "-q", &image], None);
+    for i in 0..3 {
+        assert!(
+            !host_has_image(&hosts, i, &id),
+            "host{} has the image",
+            i + 1
+        );
+    }
+
+    // The tenant keeps its login in the pool; the API shows the user name only.
+    let login = std::process::Command::new(berth_tests::berth_bin())
+        .args(["--endpoint", &server.api, "--token", server.admin])
+        .args(["registry", "login", &registry, "--username", "tester"])
+        .env("BERTH_REGISTRY_PASSWORD", &password)
+        .output()
+        .expect("berth runs");
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let listed = server
+        .api(reqwest::Method::GET, "/tenants/default/registries")
+        .await;
+    assert_eq!(listed[0]["registry"], registry.as_str(), "{listed}");
+    assert_eq!(listed[0]["username"], "tester");
+
+    let topology = serde_json::json!({
+        "name": "registered",
+        "services": { "app": {
+            "image": image, "replicas": 3, "init": true,
+            "command": ["sh", "-c", "test -s /payload && sleep 3600"],
+            "networks": { "default": {} }
+        } },
+        "networks": { "default": {} }
+    });
+    let deploy = async |tenant: &str| {
+        server
+            .http
+            .put(format!(
+                "{}/v1/tenants/{tenant}/topologies/registered",
+                server.api
+            ))
+            .bearer_auth(server.admin)
+            .json(&topology)
+            .send()
+            .await
+            .expect("request")
+    };
+    let accepted = deploy("default").await;
+    assert!(
+        accepted.status().is_success(),
+        "{}",
+        accepted.text().await.unwrap_or_default()
+    );
+    eventually(
+        "three replicas of the registry image run",
+        180,
+        async || {
+            let status = server
+                .api(
+                    reqwest::Method::GET,
+                    "/tenants/default/topologies/registered",
+                )
+                .await;
+            status["replicas"]
+                .as_array()
+                .is_some_and(|r| r.len() == 3 && r.iter().all(|r| r["state"] == "running"))
+        },
+    )
+    .await;
+    // Every host runs the bits the tag named at deploy, by digest.
+    for i in 0..3 {
+        assert!(
+            host_has_image(&hosts, i, &id),
+            "host{} lacks the image",
+            i + 1
+        );
+        let container = hosts.docker(i, &["ps", "-q", "--filter", "label=berth.service=app"]);
+        let created_from = hosts.docker(
+            i,
+            &["inspect", "--format", "{{.Config.Image}}", container.trim()],
+        );
+        assert!(
+            created_from.trim().starts_with(&format!("{image}@sha256:")),
+            "host{} runs {created_from:?}",
+            i + 1
+        );
+    }
+
+    // Another tenant, without a login, is refused at deploy, clearly.
+    let (ok, _, err) = berth(&server, &["tenant", "create", "other"]);
+    assert!(ok, "{err}");
+    let refused = deploy("other").await;
+    assert_eq!(refused.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    let body: serde_json::Value = refused.json().await.expect("json");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&image) && message.contains("without a login"),
+        "{body}"
+    );
+
+    // The password is in no log, no API answer, no ledger entry.
+    let mut seen = Vec::new();
+    let log = std::fs::read_to_string(&server.output).unwrap_or_default();
+    assert!(!log.is_empty(), "the server's log is read");
+    seen.push(("the server's log", log));
+    for path in [
+        "/audit/entries?limit=1000",
+        "/tenants/default/registries",
+        "/tenants/default/topologies/registered",
+        "/tenants/default/topologies",
+    ] {
+        seen.push((
+            path,
+            server.api(reqwest::Method::GET, path).await.to_string(),
+        ));
+    }
+    seen.push((
+        "berth registry login",
+        String::from_utf8_lossy(&login.stdout).into_owned()
+            + &String::from_utf8_lossy(&login.stderr),
+    ));
+    for (place, text) in &seen {
+        assert!(!text.contains(&password), "the password is in {place}");
+    }
+    drop(nodes);
 }

@@ -393,6 +393,50 @@ pub(crate) async fn scale(cli: &Cli, services: &[(String, u32)]) -> Result<(), F
 }
 
 /// `berth push IMAGE...`.
+/// `berth registry`: the tenant's registry logins in the pool.
+pub(crate) async fn registry(
+    cli: &Cli,
+    command: &crate::args::RegistryCommand,
+) -> Result<(), Failure> {
+    use crate::args::RegistryCommand;
+    let remote = cli.remote()?.ok_or_else(|| Failure {
+        exit: Exit::Invalid,
+        message: "registry logins are kept by a pool: give --endpoint (or BERTH_ENDPOINT) and a token; locally, `docker login` is used".into(),
+    })?;
+    let client = remote.client();
+    let tenant = remote.tenant();
+    let shown = match command {
+        RegistryCommand::Login { registry, username } => {
+            let password = match std::env::var("BERTH_REGISTRY_PASSWORD") {
+                Ok(password) => password,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).map_err(|e| Failure {
+                        exit: Exit::Invalid,
+                        message: format!("reading the password from standard input: {e}"),
+                    })?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let login = berth_api::registries::RegistryLogin {
+                username: username.clone(),
+                password,
+            };
+            vec![client.registry_login(tenant, registry, &login).await?]
+        }
+        RegistryCommand::List => client.registries(tenant).await?,
+        RegistryCommand::Logout { registry } => client.registry_logout(tenant, registry).await?,
+    };
+    if cli.json {
+        crate::commands::print_json(&shown);
+    } else {
+        for view in &shown {
+            println!("{}\t{}", view.registry, view.username);
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn push(cli: &Cli, images: &[String]) -> Result<(), Failure> {
     let remote = cli.remote()?.ok_or_else(|| Failure {
         exit: Exit::Invalid,
