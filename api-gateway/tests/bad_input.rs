@@ -122,7 +122,7 @@ async fn no_request_makes_the_gateway_fail_with_a_5xx() {
     );
     let db = berth_allocator::database::connect(&url).await.expect("db");
     let tenants = TenantService::open(db.clone()).await.expect("tenants");
-    let allocator = Allocator::open(db, DefaultRequest::default())
+    let allocator = Allocator::open(db.clone(), DefaultRequest::default())
         .await
         .expect("allocator");
     tenants.ensure_tenant("acme", 0).await.expect("tenant");
@@ -130,7 +130,17 @@ async fn no_request_makes_the_gateway_fail_with_a_5xx() {
         .ensure_quota("acme", berth_allocator::Limit::default())
         .await
         .expect("quota");
-    let nodes = NodeApi::new(allocator.clone());
+    // With the stores a server has, so the image and registry routes are exercised.
+    let seal = berth_allocator::sealing::SealingKey::from_hex(
+        &berth_allocator::sealing::SealingKey::generate_hex(),
+    )
+    .expect("key");
+    let nodes = NodeApi::new(allocator.clone())
+        .with_images(
+            berth_allocator::images::ImageStore::new(db.clone(), dir.path().join("images"))
+                .expect("image store"),
+        )
+        .with_registries(berth_allocator::registries::RegistryLogins::new(db, seal));
     let gateway = Gateway::new(
         tenants,
         allocator,
