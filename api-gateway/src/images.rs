@@ -102,7 +102,7 @@ pub(crate) async fn missing(
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The blob's bytes: an image config or an uncompressed layer tar"),
     params(
         crate::docs::TenantPath,
-        ("digest" = String, Path, description = "`sha256:` and the 64 hex digits of the bytes' SHA-256"),
+        ("digest" = String, Path, description = "`sha256:` and the 64 hex digits of the bytes' SHA-256", pattern = "^sha256:[0-9a-f]{64}$"),
     ),
     responses(
         (status = 201, description = "The blob is kept for the tenant", body = BlobStored),

@@ -82,7 +82,7 @@ async fn views(gw: &Gateway, tenant: &str) -> Result<Vec<RegistryView>, ApiError
     path = "/v1/tenants/{tenant}/registries/{registry}",
     tag = "images",
     request_body = RegistryLogin,
-    params(crate::docs::TenantPath, ("registry" = String, Path, description = "`host[:port]`")),
+    params(crate::docs::TenantPath, ("registry" = String, Path, description = "`host[:port]`", pattern = "^[A-Za-z0-9.:\\[\\]-]{1,255}$")),
     responses(
         (status = 200, description = "The login is kept, sealed; the password is not shown again", body = RegistryView),
         (status = 400, description = "The request is malformed", body = berth_api::ErrorBody),
@@ -143,7 +143,7 @@ pub(crate) async fn list(
     delete,
     path = "/v1/tenants/{tenant}/registries/{registry}",
     tag = "images",
-    params(crate::docs::TenantPath, ("registry" = String, Path, description = "`host[:port]`")),
+    params(crate::docs::TenantPath, ("registry" = String, Path, description = "`host[:port]`", pattern = "^[A-Za-z0-9.:\\[\\]-]{1,255}$")),
     responses(
         (status = 200, description = "The login is forgotten; the logins left", body = Vec<RegistryView>),
         crate::docs::Denied,

@@ -3,6 +3,19 @@
 use berth_protocol::image::Digest;
 use serde::{Deserialize, Serialize};
 
+/// `sha256:` digests, at most [`MOST_DIGESTS`] of them.
+fn digest_list() -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^sha256:[0-9a-f]{64}$")),
+        )
+        .max_items(Some(MOST_DIGESTS))
+        .build()
+}
+
 /// The most digests one question about missing blobs may name.
 pub const MOST_DIGESTS: usize = 1024;
 
@@ -12,7 +25,7 @@ pub const MOST_DIGESTS: usize = 1024;
 #[serde(deny_unknown_fields)]
 pub struct BlobsAsked {
     /// Digests, `sha256:…`.
-    #[schema(value_type = Vec<String>, max_items = 1024)]
+    #[schema(schema_with = digest_list)]
     pub digests: Vec<Digest>,
 }
 
@@ -39,10 +52,14 @@ pub struct BlobStored {
 #[serde(deny_unknown_fields)]
 pub struct NewImage {
     /// The reference topologies name it by, `name:tag`.
-    #[schema(max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[a-z0-9][a-z0-9._/-]*(:[a-zA-Z0-9._-]+)?$"
+    )]
     pub reference: String,
     /// Its config's digest: the image's id.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^sha256:[0-9a-f]{64}$")]
     pub config: Digest,
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct RegistryLogin {
     /// The user name.
-    #[schema(max_length = 255)]
+    #[schema(min_length = 1, max_length = 255)]
     pub username: String,
     /// The password or access token; kept sealed, never shown again.
     #[schema(max_length = 4096)]
