@@ -24,7 +24,12 @@ use crate::{ApiError, Gateway};
 impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> Self {
         match e {
-            ImageError::Mismatch(_) | ImageError::NotAConfig { .. } | ImageError::Cut { .. } => {
+            ImageError::Mismatch(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::DigestMismatch,
+                e.to_string(),
+            ),
+            ImageError::NotAConfig { .. } | ImageError::Cut { .. } => {
                 ApiError::bad_request(e.to_string())
             }
             ImageError::QuotaFull { .. } => ApiError::new(
@@ -106,9 +111,10 @@ pub(crate) async fn missing(
     ),
     responses(
         (status = 201, description = "The blob is kept for the tenant", body = BlobStored),
-        (status = 400, description = "The bytes do not hash to the digest, or the digest is malformed", body = berth_api::ErrorBody),
+        (status = 400, description = "The digest is malformed, or the upload was cut short", body = berth_api::ErrorBody),
         crate::docs::Denied,
         (status = 409, description = "The tenant's images would pass its image_mebibytes limit", body = berth_api::ErrorBody),
+        (status = 422, description = "The bytes do not hash to the digest: nothing was kept", body = berth_api::ErrorBody),
     ),
     security(("bearer" = []))
 )]

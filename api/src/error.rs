@@ -45,6 +45,8 @@ pub enum ErrorCode {
     /// The server's witness file cannot be read, so the ledger cannot be checked
     /// against it.
     WitnessUnreadable,
+    /// The bytes sent are not the digest they were sent as (corrupt or tampered with).
+    DigestMismatch,
     /// The server failed; the message says where.
     Internal,
 }
@@ -71,6 +73,7 @@ impl ErrorCode {
             Self::LedgerUnavailable => "ledger_unavailable",
             Self::Unavailable => "unavailable",
             Self::WitnessUnreadable => "witness_unreadable",
+            Self::DigestMismatch => "digest_mismatch",
             Self::Internal => "internal",
         }
     }
@@ -106,6 +109,7 @@ mod tests {
             ErrorCode::RefusedByPolicy,
             ErrorCode::MethodNotAllowed,
             ErrorCode::LedgerUnavailable,
+            ErrorCode::DigestMismatch,
         ] {
             let json = serde_json::to_string(&code).expect("a code serialises");
             assert_eq!(json, format!("\"{}\"", code.as_str()));
