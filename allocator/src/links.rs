@@ -249,8 +249,22 @@ async fn link_token(
     Some(encoded)
 }
 
-/// How many other nodes a node may fetch one pushed image from.
+/// How many other nodes a node may fetch one pushed image from, unless the server
+/// is told otherwise.
 pub const IMAGE_SOURCES: usize = 3;
+
+/// How many other nodes a node may fetch one pushed image from:
+/// `BERTH_IMAGE_PEER_SOURCES`, else [`IMAGE_SOURCES`]; 0 has every node fetch from
+/// the control plane alone.
+fn image_sources() -> usize {
+    static SOURCES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SOURCES.get_or_init(|| {
+        std::env::var("BERTH_IMAGE_PEER_SOURCES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(IMAGE_SOURCES)
+    })
+}
 
 /// Adds to each of `node`'s assignments the nodes it may fetch its pushed images
 /// from: nodes running a replica of the same service revision's image (so holding
@@ -306,7 +320,7 @@ pub(crate) async fn add_image_sources(
             }
             let turn = node.bytes().map(usize::from).sum::<usize>() % holders.len();
             holders.rotate_left(turn);
-            for holder in holders.into_iter().take(IMAGE_SOURCES) {
+            for holder in holders.into_iter().take(image_sources()) {
                 let Some(peer) = cx.peer_address(&holder) else {
                     continue;
                 };

@@ -171,8 +171,12 @@ impl LocalPlane {
             })
             .collect();
         let refs: Vec<&Placed> = provisional.iter().collect();
+        // Images are pulled here, before anything is stored, with the user's logins.
         self.node
-            .preflight(&assignment_of(&id, 0, topology, &refs))
+            .preflight(
+                &crate::docker_auth::with_user_credentials(assignment_of(&id, 0, topology, &refs)),
+                Some(&events),
+            )
             .await
             .map_err(LocalError::Preflight)?;
 

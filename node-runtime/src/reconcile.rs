@@ -132,7 +132,7 @@ pub enum ReconcileError {
         images: Vec<String>,
     },
     /// An image could not be pulled.
-    #[error("image {image} could not be pulled{hint}: {reason}. Nothing was changed.")]
+    #[error("image {image} could not be pulled: {reason}. {hint}Nothing was changed.")]
     Pull {
         /// The image.
         image: String,
@@ -244,7 +244,8 @@ pub struct Reconciler<D> {
     options: ReconcileOptions,
 }
 
-type Events = mpsc::UnboundedSender<Progress>;
+/// Where a reconcile tells of its progress.
+pub type Events = mpsc::UnboundedSender<Progress>;
 
 impl<D: ContainerDriver> Reconciler<D> {
     /// A reconciler over `driver`.
@@ -419,14 +420,20 @@ impl<D: ContainerDriver> Reconciler<D> {
         })
     }
 
-    /// Checks, without changing anything, that `assignment` could be applied: every image
-    /// it needs is present and every host port a new container will publish is free.
-    pub async fn preflight(&self, assignment: &TopologyAssignment) -> Result<(), ReconcileError> {
+    /// Checks, without changing any container, that `assignment` could be applied:
+    /// every image it needs is present (with `pull`, pulled as the pull policies say,
+    /// each layer told to `pull`; without, pullable counts as present) and every host
+    /// port a new container will publish is free.
+    pub async fn preflight(
+        &self,
+        assignment: &TopologyAssignment,
+        pull: Option<&Events>,
+    ) -> Result<(), ReconcileError> {
         self.permitted(assignment)?;
         let desired = self.desired(assignment, false)?;
         let observed = self.driver.list_containers(&assignment.id).await?;
         let plan = plan_containers(desired, observed.clone());
-        self.check(&plan, &observed, assignment, None).await
+        self.check(&plan, &observed, assignment, pull).await
     }
 
     /// The node's own policy over every service the assignment runs here, decided
@@ -582,11 +589,13 @@ impl<D: ContainerDriver> Reconciler<D> {
                     image: image.clone(),
                     reason: e.to_string(),
                     hint: match (registry_of(image), credential) {
-                        (Some(registry), Some(_)) => format!(" with the credentials for {registry}"),
-                        (Some(registry), None) => {
-                            format!(" (no credentials for {registry}: `berth registry login {registry}`)")
+                        (Some(registry), Some(_)) => {
+                            format!("The login for {registry} was used; check it and the image's name. ")
                         }
-                        (None, _) => String::new(),
+                        (Some(registry), None) => {
+                            format!("No login for {registry} was given (`berth registry login {registry}`, or `docker login` locally). ")
+                        }
+                        (None, _) => "Build or load it first (for the examples: `infra/build-images.sh`), or set pull_policy. ".to_owned(),
                     },
                 })?;
             missing.retain(|m| m != image);

@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 pub mod browser;
 pub mod hollow;
 pub mod hosts;
+pub mod images;
 pub mod plane;
 pub mod postgres;
 pub mod proxy;

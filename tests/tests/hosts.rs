@@ -34,6 +34,7 @@ use berth_protocol::image::Digest;
 use berth_protocol::node_api::PeerCallBody;
 use berth_protocol::node_api::node_peer_client::NodePeerClient;
 use berth_tests::hosts::{HostNode, Hosts, NODE_API_PORT};
+use berth_tests::images::{LocalImages, build_local_image};
 use berth_tests::plane::Server;
 
 /// Polls `check` every 200 ms for up to `seconds`.
@@ -843,48 +844,6 @@ async fn logs_of_replicas_on_two_hosts_come_through_the_endpoint() {
         tail.stdout.lines().collect::<Vec<_>>(),
         ["west.1 | second line"]
     );
-}
-
-/// Images built in this machine's engine by a test, removed when it ends.
-struct LocalImages(Vec<String>);
-
-impl Drop for LocalImages {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["image", "rm", "-f"])
-            .args(&self.0)
-            .output();
-    }
-}
-
-/// Builds, in this machine's engine only, an image `name` on top of the test image
-/// with a layer of `mebibytes` MiB of random bytes; its id.
-fn build_local_image(name: &str, mebibytes: usize) -> String {
-    let dir = tempfile::tempdir().expect("a build context");
-    let mut payload = vec![0u8; mebibytes * 1024 * 1024];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut payload)
-        .expect("random bytes");
-    std::fs::write(dir.path().join("payload"), &payload).expect("payload");
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM berth/busybox:latest\nCOPY payload /payload\n",
-    )
-    .expect("Dockerfile");
-    let built = std::process::Command::new("docker")
-        .args(["build", "-q", "-t", name])
-        .arg(dir.path())
-        .output()
-        .expect("docker runs");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let id = std::process::Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", name])
-        .output()
-        .expect("docker runs");
-    String::from_utf8_lossy(&id.stdout).trim().to_owned()
 }
 
 /// `berth ARGS` against `server` as its admin; status, stdout and stderr.
