@@ -657,6 +657,31 @@ impl Allocator {
         Ok(row.map(|r| u64::try_from(r.revision).unwrap_or(0)))
     }
 
+    /// The image each service of the placed revision runs, by service: the id of a
+    /// pushed image, else the reference as deployed (a registry tag pinned to its
+    /// digest then).
+    pub async fn placed_images(
+        &self,
+        id: &TopologyRef,
+    ) -> Result<BTreeMap<String, String>, AllocatorError> {
+        let Some(row) = placement::Entity::find_by_id((id.tenant.clone(), id.topology.clone()))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(BTreeMap::new());
+        };
+        let topology: Topology =
+            serde_json::from_str(&row.spec).map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
+        Ok(topology
+            .services
+            .into_iter()
+            .map(|(name, s)| {
+                let image = s.digest.map_or(s.image, |d| d.to_string());
+                (name, image)
+            })
+            .collect())
+    }
+
     /// Wakes every subscriber, for a change of what nodes are sent that is not in
     /// the assignments (their trusted keys, their links' tokens).
     pub fn changed(&self) {

@@ -137,6 +137,7 @@ pub(crate) async fn replica_views(
     id: &TopologyRef,
 ) -> Result<Vec<ReplicaView>, ApiError> {
     let reported = gw.allocator.statuses(id).await?;
+    let images = gw.allocator.placed_images(id).await?;
     let mut views: Vec<ReplicaView> = gw
         .allocator
         .placed(id)
@@ -154,6 +155,7 @@ pub(crate) async fn replica_views(
                 }),
                 detail: report.map(|r| r.status.detail.clone()).unwrap_or_default(),
                 cpu_millis: report.and_then(|r| r.status.cpu_millis),
+                image: images.get(&p.service).cloned().unwrap_or_default(),
                 service: p.service,
                 replica: p.replica,
                 node: p.node,

@@ -32,6 +32,10 @@ pub struct ReplicaView {
     pub state: ReplicaState,
     /// The node's detail (status sentence or error).
     pub detail: String,
+    /// The image its revision runs: a pushed image's id, or the reference as deployed
+    /// (a registry tag pinned to its digest, `name:tag@sha256:…`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image: String,
     /// The CPU it used lately, in thousandths of a core, as its node reported (only
     /// for services that autoscale).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -76,6 +76,10 @@ pub(crate) struct Replica {
     /// The CPU it used lately, thousandths of a core (services that autoscale).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cpu_millis: Option<u32>,
+    /// The image it runs: in a pool, as its revision names it (a pushed image's id, a
+    /// registry tag pinned to its digest); locally, the engine's id of its image.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub(crate) image: String,
 }
 
 impl From<ReplicaView> for Replica {
@@ -89,6 +93,7 @@ impl From<ReplicaView> for Replica {
             container: None,
             ports: Vec::new(),
             cpu_millis: r.cpu_millis,
+            image: r.image,
         }
     }
 }
@@ -109,6 +114,7 @@ impl From<&ContainerListing> for Replica {
                 .map(|(ip, port)| format!("{ip}:{port}"))
                 .collect(),
             cpu_millis: None,
+            image: c.container.image_id.clone(),
         }
     }
 }
@@ -582,6 +588,7 @@ mod tests {
             state,
             detail: "exit 3".into(),
             cpu_millis: None,
+            image: String::new(),
         }
     }
 

@@ -978,6 +978,15 @@ async fn a_pushed_image_runs_on_every_host_fetched_only_under_delegations() {
         ["host1", "host2", "host3"],
         "one replica per host: {status}"
     );
+    // The status names the image each replica runs by its id.
+    assert!(
+        status["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|r| r["image"] == id.as_str()),
+        "{status}"
+    );
     for i in 0..3 {
         assert!(
             host_has_image(&hosts, i, &id),
@@ -1579,6 +1588,23 @@ async fn registry_images_run_with_the_tenants_login_which_is_shown_nowhere() {
             i + 1
         );
     }
+
+    // The status and `berth ps` show the digest the tag was pinned to.
+    let status = server
+        .api(
+            reqwest::Method::GET,
+            "/tenants/default/topologies/registered",
+        )
+        .await;
+    let pinned = status["replicas"][0]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(pinned.starts_with(&format!("{image}@sha256:")), "{status}");
+    let (ok, listed, err) = berth(&server, &["ps", "--all"]);
+    assert!(ok, "{err}");
+    let short = &pinned[..pinned.find("sha256:").expect("a digest") + "sha256:".len() + 12];
+    assert!(listed.contains(short), "berth ps: {listed}");
 
     // Another tenant, without a login, is refused at deploy, clearly.
     let (ok, _, err) = berth(&server, &["tenant", "create", "other"]);

@@ -207,6 +207,7 @@ mod tests {
             state,
             detail: String::new(),
             cpu_millis: None,
+            image: String::new(),
         }
     }
 

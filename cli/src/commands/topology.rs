@@ -340,6 +340,15 @@ pub(crate) async fn down(cli: &Cli, volumes: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// An image as `ps` shows it: digests cut to their first 12 hex digits, as the
+/// engine shows ids (`--json` has them whole).
+fn short_image(image: &str) -> String {
+    match image.split_once("sha256:") {
+        Some((before, hex)) => format!("{before}sha256:{}", &hex[..hex.len().min(12)]),
+        None => image.to_owned(),
+    }
+}
+
 pub(crate) async fn ps(cli: &Cli, all: bool) -> Result<(), Failure> {
     let name = if all { None } else { Some(topology_name(cli)?) };
     let plane = Plane::open(cli.remote()?).await?;
@@ -362,18 +371,19 @@ pub(crate) async fn ps(cli: &Cli, all: bool) -> Result<(), Failure> {
         }
     };
     println!(
-        "{:<16} {:<24} {:<16} {:<10} {:<28} PORTS",
-        "TOPOLOGY", "REPLICA", "NODE", "STATE", "DETAIL"
+        "{:<16} {:<24} {:<16} {:<10} {:<28} {:<32} PORTS",
+        "TOPOLOGY", "REPLICA", "NODE", "STATE", "DETAIL", "IMAGE"
     );
     for status in &statuses {
         for r in &status.replicas {
             println!(
-                "{:<16} {:<24} {:<16} {:<10} {:<28} {}",
+                "{:<16} {:<24} {:<16} {:<10} {:<28} {:<32} {}",
                 status.topology,
                 format!("{}.{}", r.service, r.replica),
                 r.node,
                 r.state.as_str(),
                 r.detail,
+                short_image(&r.image),
                 r.ports.join(", ")
             );
         }
