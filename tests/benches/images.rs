@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use berth_tests::hosts::{HostNode, Hosts};
-use berth_tests::images::{LocalImages, build_local_image, build_on};
+use berth_tests::images::{LocalImages, build_local_image, build_on, payload_app};
 use berth_tests::plane::Server;
 
 fn setting(name: &str, default: usize) -> usize {
@@ -71,31 +71,14 @@ async fn pool(hosts: &Hosts, envs: &[(&str, &str)]) -> (Server, Vec<HostNode>) {
 }
 
 async fn deploy(server: &Server, image: &str, replicas: usize) {
-    let body = serde_json::json!({
-        "name": "spread",
-        "services": { "app": {
-            "image": image, "replicas": replicas, "init": true,
-            "command": ["sh", "-c", "test -s /payload && sleep 3600"],
-            "networks": { "default": {} }
-        } },
-        "networks": { "default": {} }
-    });
-    let response = server
-        .http
-        .put(format!(
-            "{}/v1/tenants/default/topologies/spread",
-            server.api
+    server
+        .deploy(&payload_app(
+            "spread",
+            image,
+            replicas,
+            serde_json::json!([]),
         ))
-        .bearer_auth(server.admin)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    assert!(
-        response.status().is_success(),
-        "{}",
-        response.text().await.unwrap_or_default()
-    );
+        .await;
 }
 
 async fn running(server: &Server, count: usize) -> bool {

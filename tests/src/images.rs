@@ -49,3 +49,23 @@ pub fn build_on(base: &str, name: &str, kibibytes: usize) -> String {
         .expect("docker runs");
     String::from_utf8_lossy(&id.stdout).trim().to_owned()
 }
+
+/// A topology `name` whose one service `app` runs `replicas` of `image` under
+/// `constraints`, each replica checking that the image's `/payload` is there, then
+/// sleeping.
+pub fn payload_app(
+    name: &str,
+    image: &str,
+    replicas: usize,
+    constraints: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "services": { "app": {
+            "image": image, "replicas": replicas, "init": true,
+            "command": ["sh", "-c", "test -s /payload && sleep 3600"],
+            "networks": { "default": {} }, "constraints": constraints
+        } },
+        "networks": { "default": {} }
+    })
+}

@@ -34,7 +34,7 @@ use berth_protocol::image::Digest;
 use berth_protocol::node_api::PeerCallBody;
 use berth_protocol::node_api::node_peer_client::NodePeerClient;
 use berth_tests::hosts::{HostNode, Hosts, NODE_API_PORT};
-use berth_tests::images::{LocalImages, build_local_image};
+use berth_tests::images::{LocalImages, build_local_image, payload_app};
 use berth_tests::plane::Server;
 
 /// Polls `check` every 200 ms for up to `seconds`.
@@ -918,38 +918,15 @@ async fn a_pushed_image_runs_on_every_host_fetched_only_under_delegations() {
     assert_eq!(again[0]["id"], id.as_str());
 
     // One replica first, then three: the two new ones fetch from the first's host.
-    let topology = |replicas: u32| {
-        serde_json::json!({
-            "name": "pushed",
-            "services": { "app": {
-                "image": name, "replicas": replicas, "init": true,
-                "command": ["sh", "-c", "test -s /payload && sleep 3600"],
-                "networks": { "default": {} }
-            } },
-            "networks": { "default": {} }
-        })
-    };
-    let deploy = |replicas: u32| {
-        let body = topology(replicas);
-        let server = &server;
-        async move {
-            let response = server
-                .http
-                .put(format!(
-                    "{}/v1/tenants/default/topologies/pushed",
-                    server.api
-                ))
-                .bearer_auth(server.admin)
-                .json(&body)
-                .send()
-                .await
-                .expect("request");
-            assert!(
-                response.status().is_success(),
-                "{}",
-                response.text().await.unwrap_or_default()
-            );
-        }
+    let deploy = async |replicas: usize| {
+        server
+            .deploy(&payload_app(
+                "pushed",
+                &name,
+                replicas,
+                serde_json::json!([]),
+            ))
+            .await;
     };
     let running = async |count: usize| {
         let status = server
@@ -1290,31 +1267,10 @@ async fn a_blob_served_corrupt_is_refused_and_fetched_elsewhere(
     id: &str,
 ) {
     let layer = local_layers(name).pop().expect("the pushed layer");
-    let deploy = async |replicas: u32, constraints: serde_json::Value| {
-        let response = server
-            .http
-            .put(format!(
-                "{}/v1/tenants/default/topologies/pushed",
-                server.api
-            ))
-            .bearer_auth(server.admin)
-            .json(&serde_json::json!({
-                "name": "pushed",
-                "services": { "app": {
-                    "image": name, "replicas": replicas, "init": true,
-                    "command": ["sh", "-c", "test -s /payload && sleep 3600"],
-                    "networks": { "default": {} }, "constraints": constraints
-                } },
-                "networks": { "default": {} }
-            }))
-            .send()
-            .await
-            .expect("request");
-        assert!(
-            response.status().is_success(),
-            "{}",
-            response.text().await.unwrap_or_default()
-        );
+    let deploy = async |replicas: usize, constraints: serde_json::Value| {
+        server
+            .deploy(&payload_app("pushed", name, replicas, constraints))
+            .await;
     };
     let replicas_on = async || -> Vec<String> {
         let status = server
@@ -1526,15 +1482,7 @@ async fn registry_images_run_with_the_tenants_login_which_is_shown_nowhere() {
     assert_eq!(listed[0]["registry"], registry.as_str(), "{listed}");
     assert_eq!(listed[0]["username"], "tester");
 
-    let topology = serde_json::json!({
-        "name": "registered",
-        "services": { "app": {
-            "image": image, "replicas": 3, "init": true,
-            "command": ["sh", "-c", "test -s /payload && sleep 3600"],
-            "networks": { "default": {} }
-        } },
-        "networks": { "default": {} }
-    });
+    let topology = payload_app("registered", &image, 3, serde_json::json!([]));
     let deploy = async |tenant: &str| {
         server
             .http
