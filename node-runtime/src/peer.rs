@@ -21,7 +21,6 @@ use berth_protocol::node_api::{
 };
 use berth_protocol::time::now_ms;
 use berth_protocol::token_cache::TokenCache;
-use biscuit_auth::Biscuit;
 use prost::Message;
 use ring::signature::{ED25519, UnparsedPublicKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,7 +90,7 @@ pub struct PeerApi<D> {
     nonces: Arc<Mutex<Nonces>>,
     decisions: Arc<Mutex<Vec<Decision>>>,
     /// Tokens whose signatures verified, with the root key they verified under.
-    verified: Arc<TokenCache<Biscuit>>,
+    verified: Arc<TokenCache<delegation::Verified>>,
     /// The blobs of pushed images this node holds, served to the nodes the allocator
     /// lets fetch them.
     images: Option<Arc<crate::images::ImageCache>>,
@@ -294,12 +293,13 @@ impl<D: ContainerDriver> PeerApi<D> {
     }
 
     /// The token, verified: from the cache when it was verified before under a root key
-    /// this node still accepts (the same key), else parsed and verified now. Revocation,
-    /// expiry and the policies are decided on every call, never cached.
-    fn verified(&self, token: &[u8], trust: &Trust) -> Result<Arc<Biscuit>, Refused> {
+    /// this node still accepts (the same key), else parsed and verified now. Revocation
+    /// is decided on every call; expiry and the policies as
+    /// [`delegation::authorize_verified`] says.
+    fn verified(&self, token: &[u8], trust: &Trust) -> Result<Arc<delegation::Verified>, Refused> {
         self.verified.verified(
             token,
-            Biscuit::root_key_id,
+            delegation::Verified::root_key_id,
             |id| trust.keys.key(id).ok().map(|k| k.to_bytes().to_vec()),
             || delegation::verify(token, |id| trust.keys.key(id)),
         )

@@ -12,7 +12,8 @@
 //! caller_key(hex:…);                             // that node's Ed25519 public key
 //! target("n2");                                  // the node it may call
 //! right("tunnel", "acme", "shop", "db", 5432);   // operation, tenant, topology, service, port
-//! check if time($t), $t < 2026-11-23T10:05:00Z;  // a short expiry
+//! expires(2026-11-23T10:05:00Z);                // when it stops working, stated
+//! check if time($t), $t < 2026-11-23T10:05:00Z;  // and enforced: a short expiry
 //! ```
 //!
 //! The called node authorizes each call with these facts of its own, and
@@ -33,8 +34,20 @@
 //! in an appended block is not seen. `health` rights carry port 0.
 //!
 //! Adding an operation is adding a [`NodeOperation`]; the policy does not change.
+//!
+//! ## Deciding a repeat
+//!
+//! A node verifies a token's signatures once ([`verify`], cached by the node by the
+//! token's digest) and decides every call with [`authorize_verified`]. Revocation is
+//! checked on every call. The datalog runs once per distinct call (who presents the
+//! token, what it asks, of which resource) of a token whose only block is its authority
+//! block and which states its expiry: for such a token the policies depend on nothing
+//! else that changes, so an allowed call stays allowed until that expiry. A token a
+//! holder attenuated, or one minted before the expiry was stated, is decided anew every
+//! time (an appended check may name any time).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use biscuit_auth::builder::{Fact, Term, date, fact, int, string};
@@ -111,6 +124,7 @@ pub fn builder(grant: &Grant, root_key_id: u32) -> Result<BiscuitBuilder, error:
                 int(i64::from(grant.port)),
             ],
         ))?
+        .fact(fact("expires", &[date(&grant.expires)]))?
         .code_with_params(
             "check if time($t), $t < {expires}",
             HashMap::from([("expires".to_owned(), Term::from(grant.expires))]),
@@ -224,8 +238,82 @@ pub fn authorize(
     is_revoked: impl Fn(&[String]) -> bool,
     call: &Call<'_>,
 ) -> Result<Allowed, Refused> {
-    let biscuit = verify(token, root_key)?;
-    authorize_verified(&biscuit, is_revoked, call)
+    let verified = verify(token, root_key)?;
+    authorize_verified(&verified, is_revoked, call)
+}
+
+/// A delegation token whose signatures and shape verified: what a node may cache by
+/// the token's digest, with the calls it was allowed while the answers hold.
+pub struct Verified {
+    biscuit: Biscuit,
+    /// Its revocation ids, hex.
+    revocation_ids: Vec<String>,
+    /// Until when an allowed call stays allowed: the expiry the authority block states,
+    /// for a token that has no other block; `None` when every call is decided anew.
+    holds_until: Option<SystemTime>,
+    allowed: Mutex<HashMap<CallKey, Allowed>>,
+}
+
+/// A call a token was allowed, without its time: presenter, node, operation, resource.
+type CallKey = (Vec<u8>, String, NodeOperation, String, String, String, u16);
+
+/// How many allowed calls a verified token remembers (forgotten all at once when
+/// full: a delegation grants one resource).
+const REMEMBERED_CALLS: usize = 16;
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified")
+            .field("revocation_ids", &self.revocation_ids)
+            .field("holds_until", &self.holds_until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verified {
+    /// The id of the root key the token was signed with.
+    pub fn root_key_id(&self) -> Option<u32> {
+        self.biscuit.root_key_id()
+    }
+
+    /// The answer given to the same call before, if it was allowed and still holds.
+    fn allowed_before(&self, call: &Call<'_>) -> Option<Allowed> {
+        if !self.holds_at(call.now) {
+            return None;
+        }
+        self.allowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&Self::key(call))
+            .cloned()
+    }
+
+    fn remember_allowed(&self, call: &Call<'_>, allowed: &Allowed) {
+        if !self.holds_at(call.now) {
+            return;
+        }
+        let mut remembered = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
+        if remembered.len() >= REMEMBERED_CALLS {
+            remembered.clear();
+        }
+        remembered.insert(Self::key(call), allowed.clone());
+    }
+
+    fn holds_at(&self, now: SystemTime) -> bool {
+        self.holds_until.is_some_and(|until| now < until)
+    }
+
+    fn key(call: &Call<'_>) -> CallKey {
+        (
+            call.presenter_key.to_vec(),
+            call.node.to_owned(),
+            call.operation,
+            call.tenant.to_owned(),
+            call.topology.to_owned(),
+            call.service.to_owned(),
+            call.port,
+        )
+    }
 }
 
 /// Parses `token`, verifies its signatures against the root key its key id names and
@@ -235,24 +323,59 @@ pub fn authorize(
 pub fn verify(
     token: &[u8],
     root_key: impl Fn(Option<u32>) -> Result<PublicKey, error::Format>,
-) -> Result<Biscuit, Refused> {
+) -> Result<Verified, Refused> {
     let biscuit = Biscuit::from(token, root_key).map_err(|e| Refused::Invalid(e.to_string()))?;
     crate::capability::check_shape(&biscuit, &crate::capability::SHAPE)
         .map_err(|e| Refused::Invalid(e.to_string()))?;
-    Ok(biscuit)
+    let holds_until = if biscuit.block_count() == 1 {
+        stated_expiry(&biscuit)
+    } else {
+        None
+    };
+    Ok(Verified {
+        revocation_ids: revocation_ids(&biscuit.revocation_identifiers()),
+        holds_until,
+        allowed: Mutex::default(),
+        biscuit,
+    })
 }
 
-/// The rest of [`authorize`] for a token already verified: revocation, expiry, and the
-/// policies, all decided anew on every call.
+/// The expiry the authority block states, if exactly one.
+fn stated_expiry(biscuit: &Biscuit) -> Option<SystemTime> {
+    let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
+        .set_limits(limits())
+        .build(biscuit)
+        .ok()?;
+    let expiries: Vec<(SystemTime,)> = authorizer.query("data($d) <- expires($d)").ok()?;
+    match expiries.as_slice() {
+        [(at,)] => Some(*at),
+        _ => None,
+    }
+}
+
+/// The rest of [`authorize`] for a token already verified: revocation on every call;
+/// expiry and the policies decided anew unless this same call was allowed before
+/// and the answer holds (see "Deciding a repeat" above).
 pub fn authorize_verified(
-    biscuit: &Biscuit,
+    verified: &Verified,
     is_revoked: impl Fn(&[String]) -> bool,
     call: &Call<'_>,
 ) -> Result<Allowed, Refused> {
-    let ids = revocation_ids(&biscuit.revocation_identifiers());
-    if is_revoked(&ids) {
+    if is_revoked(&verified.revocation_ids) {
         return Err(Refused::Revoked);
     }
+    if let Some(allowed) = verified.allowed_before(call) {
+        return Ok(allowed);
+    }
+    let allowed = decide(verified, call)?;
+    verified.remember_allowed(call, &allowed);
+    Ok(allowed)
+}
+
+/// Runs [`NODE_POLICIES`] for `call`, with the facts of the node and the call.
+fn decide(verified: &Verified, call: &Call<'_>) -> Result<Allowed, Refused> {
+    let biscuit = &verified.biscuit;
+    let ids = verified.revocation_ids.clone();
     let facts: Vec<Fact> = vec![
         fact("time", &[date(&call.now)]),
         fact("node", &[string(call.node)]),
@@ -492,6 +615,77 @@ mod tests {
             authorize(&token, |_| Ok(forged.public()), never, &call(&n1, now)),
             Err(Refused::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_repeat_is_answered_as_before_only_while_that_answer_holds() {
+        let root = KeyPair::new();
+        // Whole seconds, as biscuit dates are.
+        let now = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+            );
+        let n1 = [1u8; 32];
+        let minted = mint(&root, 1, &grant(&n1, now)).unwrap();
+        let verified = verify(&minted.to_vec().unwrap(), |_| Ok(root.public())).unwrap();
+        assert_eq!(verified.holds_until, Some(now + Duration::from_secs(60)));
+        let never = |_: &[String]| false;
+        let allowed = authorize_verified(&verified, never, &call(&n1, now)).unwrap();
+        assert_eq!(
+            verified.allowed_before(&call(&n1, now + Duration::from_secs(1))),
+            Some(allowed.clone()),
+            "the same call a second later is answered as before"
+        );
+        // Revocation is asked every time, though the call was allowed before.
+        assert_eq!(
+            authorize_verified(&verified, |_| true, &call(&n1, now)),
+            Err(Refused::Revoked)
+        );
+        // Another presenter, another port, the expiry: decided, and refused.
+        let n3 = [3u8; 32];
+        assert!(matches!(
+            authorize_verified(&verified, never, &call(&n3, now)),
+            Err(Refused::NotTheHolder { .. })
+        ));
+        let other_port = Call {
+            port: 22,
+            ..call(&n1, now)
+        };
+        assert!(matches!(
+            authorize_verified(&verified, never, &other_port),
+            Err(Refused::NotGranted { .. })
+        ));
+        let at_expiry = call(&n1, now + Duration::from_secs(60));
+        assert_eq!(verified.allowed_before(&at_expiry), None);
+        assert_eq!(
+            authorize_verified(&verified, never, &at_expiry),
+            Err(Refused::Expired)
+        );
+
+        // A holder's block may name any time: nothing is remembered for it.
+        let soon = now + Duration::from_secs(5);
+        let narrowed = minted
+            .append(
+                biscuit_auth::BlockBuilder::new()
+                    .code_with_params(
+                        "check if time($t), $t < {soon}",
+                        HashMap::from([("soon".to_owned(), Term::from(soon))]),
+                        HashMap::new(),
+                    )
+                    .unwrap(),
+            )
+            .unwrap();
+        let verified = verify(&narrowed.to_vec().unwrap(), |_| Ok(root.public())).unwrap();
+        assert_eq!(verified.holds_until, None);
+        authorize_verified(&verified, never, &call(&n1, now)).unwrap();
+        assert_eq!(verified.allowed_before(&call(&n1, now)), None);
+        assert!(
+            authorize_verified(&verified, never, &call(&n1, soon)).is_err(),
+            "the holder's check decides past its time"
+        );
     }
 
     #[test]

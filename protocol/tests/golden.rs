@@ -139,3 +139,31 @@ fn a_delegation_token_and_its_attenuation_are_what_they_always_were() {
         .expect("append");
     check("delegation-attenuated", &narrowed);
 }
+
+#[test]
+fn a_delegation_minted_before_its_expiry_was_a_fact_still_authorizes() {
+    // Minted before the authority block stated `expires(...)`: still valid, decided
+    // on every call. The one minted now is remembered until its expiry.
+    let now = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    let holder = key(3).public().to_bytes();
+    let call = delegation::Call {
+        presenter_key: &holder,
+        node: "n2",
+        operation: NodeOperation::Tunnel,
+        tenant: "acme",
+        topology: "shop",
+        service: "db",
+        port: 5432,
+        now,
+    };
+    for name in ["delegation-without-expires-fact", "delegation"] {
+        let token = biscuit_auth::Biscuit::from_base64(stored_token(name), |_| Ok(key(1).public()))
+            .expect("verifies")
+            .to_vec()
+            .expect("encode");
+        let verified = delegation::verify(&token, |_| Ok(key(1).public())).expect("verifies");
+        let allowed =
+            delegation::authorize_verified(&verified, |_| false, &call).expect("authorized");
+        assert_eq!(allowed.caller, "n1", "{name}");
+    }
+}
