@@ -6,7 +6,7 @@
 //! judgement or holds the nodes' streams: the failure detector (it alone may declare
 //! a node dead) and the node API. That is the leader's, and PostgreSQL chooses it: the
 //! leader holds a session-level advisory lock on a connection of its own, and the
-//! others try to take the lock every second. No consensus of our own: the database
+//! others try to take the lock every 250 ms. No consensus of our own: the database
 //! the pool cannot work without already decides who holds a lock, and it frees the
 //! lock the moment the leader's session ends (its process killed, its connection
 //! cut, or a vanished host noticed through the TCP keepalives set here).
@@ -27,7 +27,7 @@ use sea_orm::{DatabaseBackend, DatabaseConnection};
 pub const LOCK_KEY: i64 = 0x6265_7274_6820_6c64;
 
 /// How often a follower tries to take the lead, and a leader checks it still holds it.
-pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How long a check may take before the leader counts its session as lost.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 pub use berth_protocol::time::now_ms;
 
 /// How often the detector looks at the leases.
-pub const TICK: Duration = Duration::from_millis(500);
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// The detector's thresholds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,14 +39,14 @@ pub struct Thresholds {
 }
 
 impl Default for Thresholds {
-    /// One heartbeat a second; suspect after 5 s (five missed), fenced after 10 s,
-    /// dead after 15 s. See ARCHITECTURE.md for why.
+    /// Two heartbeats a second; suspect after 1.5 s (three missed), fenced after
+    /// 1.5 s, dead after 2.5 s. See ARCHITECTURE.md for why.
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_secs(1),
-            suspect_after: Duration::from_secs(5),
-            dead_after: Duration::from_secs(15),
-            fence_after: Duration::from_secs(10),
+            heartbeat: Duration::from_millis(500),
+            suspect_after: Duration::from_millis(1_500),
+            dead_after: Duration::from_millis(2_500),
+            fence_after: Duration::from_millis(1_500),
             heartbeats_per_second: 2_000,
         }
     }
@@ -247,22 +247,23 @@ mod tests {
         leases.track("n2", false, start);
         let mut at = start;
         let mut seen = Vec::new();
-        // n2 heartbeats every second; n1 says nothing. Ticks every 500 ms.
-        for step in 1..=14u32 {
+        // n2 heartbeats every second; n1 says nothing. The detector ticks every TICK.
+        let per_second = (Duration::from_secs(1).as_millis() / TICK.as_millis()) as u32;
+        for step in 1..=7 * per_second {
             at = start + TICK * step;
-            if step % 2 == 0 {
+            if step % per_second == 0 {
                 leases.renew("n2", at);
             }
             let v = leases.tick(at);
             assert_eq!(v.late_by, None);
             for n in v.suspect {
-                seen.push(format!("{step}: {n} suspect"));
+                seen.push(format!("{:.1} s: {n} suspect", (at - start).as_secs_f64()));
             }
             for n in v.dead {
-                seen.push(format!("{step}: {n} dead"));
+                seen.push(format!("{:.1} s: {n} dead", (at - start).as_secs_f64()));
             }
         }
-        assert_eq!(seen, ["6: n1 suspect", "12: n1 dead"]);
+        assert_eq!(seen, ["3.0 s: n1 suspect", "6.0 s: n1 dead"]);
         assert!(leases.renew("n1", at), "n1 came back from the dead");
         assert!(!leases.renew("n1", at));
         assert!(leases.tick(at + TICK).dead.is_empty());
@@ -294,9 +295,9 @@ mod tests {
         assert_eq!(
             (big.suspect_after, big.fence_after, big.dead_after),
             (
-                Duration::from_secs(25),
-                Duration::from_secs(50),
-                Duration::from_secs(75)
+                Duration::from_secs(15),
+                Duration::from_secs(15),
+                Duration::from_secs(25)
             )
         );
     }

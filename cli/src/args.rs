@@ -335,17 +335,18 @@ impl Cli {
 /// The failure detector's thresholds, as flags.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct LivenessArgs {
-    /// Silence after which a node is suspect (for example 5s or 500ms).
-    #[arg(long, env = "BERTH_SUSPECT_AFTER", default_value = "5s", value_parser = parse_duration)]
+    /// Silence after which a node is suspect (for example 5s or 500ms). Nodes
+    /// heartbeat every 500 ms.
+    #[arg(long, env = "BERTH_SUSPECT_AFTER", default_value = "1500ms", value_parser = parse_duration)]
     pub(crate) suspect_after: std::time::Duration,
     /// Silence after which a node is dead and its replicas are placed elsewhere.
-    #[arg(long, env = "BERTH_DEAD_AFTER", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "BERTH_DEAD_AFTER", default_value = "2500ms", value_parser = parse_duration)]
     pub(crate) dead_after: std::time::Duration,
     /// Silence after which a node stops its own replicas (shorter than --dead-after).
-    #[arg(long, env = "BERTH_FENCE_AFTER", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "BERTH_FENCE_AFTER", default_value = "1500ms", value_parser = parse_duration)]
     pub(crate) fence_after: std::time::Duration,
     /// The most heartbeats a second the pool sends: larger pools heartbeat less often,
-    /// and every threshold stretches to at least 5, 10 and 15 intervals.
+    /// and every threshold stretches as much (3, 3 and 5 intervals by default).
     #[arg(long, env = "BERTH_HEARTBEATS_PER_SECOND", default_value_t = 2_000)]
     pub(crate) heartbeats_per_second: u32,
 }

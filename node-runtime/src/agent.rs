@@ -384,8 +384,16 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// on a connection that has gone quiet.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How long the node waits for a heartbeat's answer.
+/// How long the node waits for a heartbeat's answer, at most (and no later than its
+/// fence deadline).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The least the agent sleeps between two looks at its lease (a fence that failed,
+/// its deadline past, is tried again after this rather than in a busy loop).
+const WAKE_LEAST: Duration = Duration::from_millis(20);
+
+/// How long a heartbeat may wait for its answer however near the fence deadline is.
+const HEARTBEAT_LEAST: Duration = Duration::from_millis(100);
 
 /// What heartbeats: the lease and a connection of its own to the allocators, so that a
 /// heartbeat is sent on time while the node reconciles a large set.
@@ -421,9 +429,22 @@ impl Heart {
                 timestamp_ms,
             },
         );
+        // A heartbeat waits for its answer no later than the fence deadline: a node
+        // cut off fences on time, however its packets are lost.
+        let give_up = self
+            .lease
+            .fence_deadline()
+            .map_or(now + HEARTBEAT_TIMEOUT, |deadline| {
+                deadline
+                    .max(now + HEARTBEAT_LEAST)
+                    .min(now + HEARTBEAT_TIMEOUT)
+            });
         if self.client.is_none() {
             let url = &self.allocators[self.next_allocator % self.allocators.len()];
-            match connect(url, self.ca.as_deref()).await {
+            let connected = tokio::time::timeout_at(give_up, connect(url, self.ca.as_deref()))
+                .await
+                .unwrap_or_else(|_| Err(AgentError::Refused("no connection in time".into())));
+            match connected {
                 Ok(client) => self.client = Some(client),
                 Err(e) => {
                     tracing::debug!(error = %e, "heartbeat: cannot connect");
@@ -433,7 +454,7 @@ impl Heart {
             }
         }
         let client = self.client.as_mut()?;
-        let answer = tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(request))
+        let answer = tokio::time::timeout_at(give_up, client.heartbeat(request))
             .await
             .map_err(|_| "no answer in time".to_owned())
             .and_then(|r| r.map_err(|s| s.message().to_owned()));
@@ -641,9 +662,17 @@ impl<D: ContainerDriver> Agent<D> {
                 return;
             }
         };
+        // Every replica at once: the fence must end before the allocator's lease does.
+        let running: Vec<_> = listed.iter().filter(|c| c.container.running).collect();
+        let kills = futures_util::future::join_all(
+            running
+                .iter()
+                .map(|c| driver.kill_container(&c.container.id)),
+        )
+        .await;
         let mut stopped = 0;
-        for c in listed.iter().filter(|c| c.container.running) {
-            match driver.kill_container(&c.container.id).await {
+        for (c, killed) in running.iter().zip(kills) {
+            match killed {
                 Ok(()) => stopped += 1,
                 Err(e) => {
                     tracing::error!(container = %c.container.name, error = %e, "cannot fence a replica");
@@ -667,7 +696,8 @@ impl<D: ContainerDriver> Agent<D> {
             if now >= until {
                 return;
             }
-            tokio::time::sleep((until - now).min(HEARTBEAT_EVERY)).await;
+            let wake = self.heart.lease.next_wake().max(now + WAKE_LEAST);
+            tokio::time::sleep_until(until.min(wake)).await;
             self.beat().await;
         }
     }
@@ -782,7 +812,7 @@ impl<D: ContainerDriver> Agent<D> {
     /// Advances the pull loop by one step.
     pub async fn step(&mut self, state: LoopState) -> LoopState {
         match state {
-            LoopState::Connect { attempt } => match self.open_watch().await {
+            LoopState::Connect { attempt } => match self.open_watch_before_fence().await {
                 Ok(stream) => LoopState::Watch(Box::new(stream)),
                 Err(e) => {
                     tracing::warn!(node = %self.identity.name, error = %e, "watch failed");
@@ -795,8 +825,9 @@ impl<D: ContainerDriver> Agent<D> {
                 let wait = self
                     .heart
                     .lease
-                    .next_heartbeat()
-                    .saturating_duration_since(Instant::now());
+                    .next_wake()
+                    .saturating_duration_since(Instant::now())
+                    .max(WAKE_LEAST);
                 let next = match tokio::time::timeout(wait, stream.message()).await {
                     Err(_) => LoopState::Watch(stream),
                     Ok(message) => self.on_message(message, stream).await,
@@ -814,6 +845,23 @@ impl<D: ContainerDriver> Agent<D> {
                 LoopState::Connect { attempt }
             }
         }
+    }
+
+    /// Opens the assignment stream, giving up at the fence deadline so that the
+    /// fence is not late for a connection that hangs (the back-off that follows
+    /// heartbeats and fences).
+    async fn open_watch_before_fence(&mut self) -> Result<Streaming<WatchEvent>, AgentError> {
+        let Some(deadline) = self.heart.lease.fence_deadline() else {
+            return self.open_watch().await;
+        };
+        let deadline = deadline.max(Instant::now() + HEARTBEAT_LEAST);
+        tokio::time::timeout_at(deadline, self.open_watch())
+            .await
+            .unwrap_or_else(|_| {
+                Err(AgentError::Refused(
+                    "no assignment stream before the fence deadline".into(),
+                ))
+            })
     }
 
     async fn on_message(

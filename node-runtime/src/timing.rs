@@ -72,6 +72,18 @@ impl Lease {
         std::mem::replace(&mut self.fenced, false)
     }
 
+    /// When the node must fence itself if it renews nothing before: none once it has.
+    pub(crate) fn fence_deadline(&self) -> Option<Instant> {
+        (!self.fenced).then(|| self.renewed + self.fence_after)
+    }
+
+    /// When the agent must next look at its lease: the next heartbeat, or the fence
+    /// deadline if that comes first (so a fence is not a heartbeat late).
+    pub(crate) fn next_wake(&self) -> Instant {
+        self.fence_deadline()
+            .map_or(self.next, |deadline| deadline.min(self.next))
+    }
+
     /// How long the node has gone without renewing, when that is long enough that it
     /// must fence itself now (and has not yet).
     pub(crate) fn must_fence(&self, now: Instant) -> Option<Duration> {
@@ -169,6 +181,25 @@ mod tests {
         assert!(!lease.is_fenced());
         tokio::time::advance(9 * SECOND).await;
         assert_eq!(lease.must_fence(Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_agent_wakes_for_its_fence_deadline_before_a_later_heartbeat() {
+        let start = Instant::now();
+        let mut lease = Lease::new(start, Duration::from_millis(1_500), Duration::from_secs(1));
+        assert!(lease.heartbeat_due(start));
+        assert_eq!(lease.next_wake(), start + Duration::from_secs(1));
+        assert!(lease.heartbeat_due(start + Duration::from_secs(1)));
+        // The heartbeat at 1 s was not answered: the fence is due at 1.5 s, before the
+        // next heartbeat at 2 s.
+        assert_eq!(
+            lease.fence_deadline(),
+            Some(start + Duration::from_millis(1_500))
+        );
+        assert_eq!(lease.next_wake(), start + Duration::from_millis(1_500));
+        lease.set_fenced(true);
+        assert_eq!(lease.fence_deadline(), None);
+        assert_eq!(lease.next_wake(), start + Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]

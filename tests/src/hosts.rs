@@ -79,7 +79,8 @@ impl Hosts {
 
     /// Starts `berth server` with its node API on the set's bridge.
     pub async fn server(&self, envs: &[(&str, &str)]) -> Server {
-        Server::start_on(&self.gateway(), None, &crate::berth_bin(), None, &[], envs).await
+        let envs = crate::plane::patient(envs);
+        Server::start_on(&self.gateway(), None, &crate::berth_bin(), None, &[], &envs).await
     }
 
     /// Starts `berth server` on host `i` (its REST and node APIs at the host's
@@ -87,7 +88,8 @@ impl Hosts {
     pub async fn server_on(&self, i: usize, args: &[&str], envs: &[(&str, &str)]) -> Server {
         let host = &self.hosts[i];
         let bin = crate::berth_bin();
-        Server::start_on(&host.address, Some(&host.name), &bin, None, args, envs).await
+        let envs = crate::plane::patient(envs);
+        Server::start_on(&host.address, Some(&host.name), &bin, None, args, &envs).await
     }
 
     /// Starts PostgreSQL on host `i`, listening at the host's address and trusting the

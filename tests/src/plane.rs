@@ -46,6 +46,22 @@ pub struct Server {
     pub http: reqwest::Client,
 }
 
+/// The failure detector's thresholds of a test's server unless the test sets its own:
+/// 5 s to suspicion, 10 s to a fence, 15 s to death. The pool's defaults are seconds
+/// (the recovery bench measures them); tests assert where replicas run while sharing
+/// two cores with several engines, and a node whose heartbeat that load delays by a
+/// second and a half must not move their replicas. The tests of failure set theirs.
+pub const PATIENT_DETECTOR: [(&str, &str); 3] = [
+    ("BERTH_SUSPECT_AFTER", "5s"),
+    ("BERTH_FENCE_AFTER", "10s"),
+    ("BERTH_DEAD_AFTER", "15s"),
+];
+
+/// [`PATIENT_DETECTOR`], then `envs` (which win where they set the same).
+pub fn patient<'a>(envs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    PATIENT_DETECTOR.iter().chain(envs).copied().collect()
+}
+
 impl Server {
     /// The control plane's first root key, as its data directory keeps it (`ID
     /// PRIVATE_HEX SUPERSEDED_AT` a line): what an attacker holding it could mint with.
@@ -63,9 +79,10 @@ impl Server {
         )
     }
 
-    /// Starts `berth server` with `envs` set and waits until it is ready.
+    /// Starts `berth server` with `envs` set and waits until it is ready, with the
+    /// failure detector's [`PATIENT_DETECTOR`] thresholds unless `envs` sets others.
     pub async fn start(envs: &[(&str, &str)]) -> Self {
-        Self::start_bin(&berth_bin(), envs).await
+        Self::start_bin(&berth_bin(), &patient(envs)).await
     }
 
     /// Starts the `berth` at `bin` (a benchmark's own build) as [`Self::start`] does.
