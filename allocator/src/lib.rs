@@ -32,4 +32,4 @@ pub mod witness;
 
 pub use pool::{Drained, NodeInfo, NodeState, ReportedReplica};
 pub use resources::{Limit, QuotaExceeded, Resources};
-pub use service::{Allocator, AllocatorError, DefaultRequest, Deployment};
+pub use service::{Allocator, AllocatorError, DefaultRequest, Deployment, ViewStamp};

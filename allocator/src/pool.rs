@@ -231,7 +231,18 @@ impl Allocator {
         }
         let txn = self.db.begin().await?;
         match record_in(&txn, node_name, statuses, now_ms).await {
-            Ok(()) => Ok(txn.commit().await?),
+            Ok(()) => {
+                txn.commit().await?;
+                let topologies: BTreeSet<TopologyRef> = statuses
+                    .iter()
+                    .map(|s| TopologyRef {
+                        tenant: s.tenant.clone(),
+                        topology: s.topology.clone(),
+                    })
+                    .collect();
+                self.reported(&topologies.into_iter().collect::<Vec<_>>());
+                Ok(())
+            }
             Err(e) => {
                 let _ = txn.rollback().await;
                 Err(e)

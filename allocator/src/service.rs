@@ -99,16 +99,43 @@ pub struct Allocator {
     /// Which change concerns which node, so a node's stream does its work only for
     /// changes that concern it (a deploy touches a few nodes, not thousands).
     touched: std::sync::Arc<std::sync::Mutex<Touched>>,
+    /// Which topologies' replica reports changed, so that answers built from them
+    /// (a topology's status) know when they are out of date.
+    reported: std::sync::Arc<std::sync::Mutex<Reported>>,
     /// This process among the allocators sharing the database, so that it can tell its
     /// own change notices from others'.
     origin: u64,
 }
 
+/// What a topology's status was built from, as far as this process knows: the
+/// version of the last change of assignments anywhere (placements, moves, removals)
+/// and of the last report about this topology's replicas. An answer built after
+/// reading [`Allocator::view_stamp`] is current while the stamp is unchanged: every
+/// change bumps it after its commit (in this process at once, in the others when the
+/// notice arrives).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViewStamp {
+    assignments: u64,
+    reports: u64,
+}
+
 /// The PostgreSQL channel on which allocators tell each other what changed.
 const CHANGES_CHANNEL: &str = "berth_changes";
+/// The PostgreSQL channel on which the leader tells the other servers which
+/// topologies' replica reports changed.
+const REPORTS_CHANNEL: &str = "berth_reports";
 /// PostgreSQL refuses notice payloads of 8,000 bytes or more; a longer list of nodes
 /// is sent as "every node".
 const MOST_NOTICE: usize = 7_900;
+
+/// The report version that last concerned every topology, and each topology's own
+/// (by `tenant/topology`).
+#[derive(Debug, Default)]
+struct Reported {
+    version: u64,
+    everyone: u64,
+    topologies: std::collections::HashMap<String, u64>,
+}
 
 /// The change version that last concerned every node, and each node's own.
 #[derive(Debug, Default)]
@@ -131,6 +158,7 @@ impl Allocator {
             default_request,
             changes: std::sync::Arc::new(changes),
             touched: std::sync::Arc::default(),
+            reported: std::sync::Arc::default(),
             origin: {
                 let mut bytes = [0u8; 8];
                 ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
@@ -716,25 +744,75 @@ impl Allocator {
         self.changes.send_modify(|n| *n += 1);
     }
 
+    /// Records that reports about `topologies`' replicas were committed, here and,
+    /// by a notice, in the other servers on the same PostgreSQL database.
+    pub(crate) fn reported(&self, topologies: &[TopologyRef]) {
+        let keys: Vec<String> = topologies
+            .iter()
+            .map(|t| format!("{}/{}", t.tenant, t.topology))
+            .collect();
+        self.reported_here(&keys);
+        self.notify(REPORTS_CHANNEL, keys.join(","));
+    }
+
+    fn reported_here(&self, keys: &[String]) {
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        reported.version += 1;
+        let version = reported.version;
+        for key in keys {
+            if key == "*" {
+                reported.everyone = version;
+            } else {
+                reported.topologies.insert(key.clone(), version);
+            }
+        }
+    }
+
+    /// The stamp of what `id`'s status is built from now; read it before reading
+    /// the database, and keep an answer only while it stays the same.
+    pub fn view_stamp(&self, id: &TopologyRef) -> ViewStamp {
+        let assignments = self
+            .touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .version;
+        let reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let key = format!("{}/{}", id.tenant, id.topology);
+        let reports = std::cmp::Ord::max(
+            reported.topologies.get(&key).copied().unwrap_or(0),
+            reported.everyone,
+        );
+        ViewStamp {
+            assignments,
+            reports,
+        }
+    }
+
     /// Tells the other allocator processes on the same PostgreSQL database that
     /// `nodes` (comma-separated, or `*` for all) have something new, so that the
     /// leader's streams to those nodes look again at once. The notice is sent after
     /// the commit and may be lost with this process; the streams' periodic recheck
     /// covers that.
-    fn tell_others(&self, mut nodes: String) {
+    fn tell_others(&self, nodes: String) {
+        self.notify(CHANGES_CHANNEL, nodes);
+    }
+
+    /// Sends `what` (comma-separated, `*` for everything) on `channel` to the other
+    /// processes on the same PostgreSQL database, after the commit.
+    fn notify(&self, channel: &'static str, mut what: String) {
         if self.db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
             return;
         }
-        if nodes.len() > MOST_NOTICE {
-            nodes = "*".to_owned();
+        if what.len() > MOST_NOTICE {
+            what = "*".to_owned();
         }
         let db = self.db.clone();
-        let payload = format!("{:x}|{nodes}", self.origin);
+        let payload = format!("{:x}|{what}", self.origin);
         tokio::spawn(async move {
             let statement = sea_orm::Statement::from_sql_and_values(
                 sea_orm::DatabaseBackend::Postgres,
                 "SELECT pg_notify($1, $2)",
-                [CHANGES_CHANNEL.into(), payload.into()],
+                [channel.into(), payload.into()],
             );
             if let Err(e) = sea_orm::ConnectionTrait::execute_raw(&db, statement).await {
                 tracing::warn!(error = %e, "could not tell the other allocators of a change");
@@ -752,7 +830,9 @@ impl Allocator {
         }
         let listen = async {
             let mut listener = PgListener::connect(url).await?;
-            listener.listen(CHANGES_CHANNEL).await?;
+            listener
+                .listen_all([CHANGES_CHANNEL, REPORTS_CHANNEL])
+                .await?;
             Ok::<_, sea_orm::sqlx::Error>(listener)
         };
         let mut listener = listen
@@ -765,13 +845,19 @@ impl Allocator {
                 loop {
                     match listener.try_recv().await {
                         Ok(Some(notice)) => {
-                            let Some((origin, nodes)) = notice.payload().split_once('|') else {
+                            let Some((origin, what)) = notice.payload().split_once('|') else {
                                 continue;
                             };
                             if origin == own {
                                 continue;
                             }
-                            match nodes {
+                            if notice.channel() == REPORTS_CHANNEL {
+                                allocator.reported_here(
+                                    &what.split(',').map(str::to_owned).collect::<Vec<_>>(),
+                                );
+                                continue;
+                            }
+                            match what {
                                 "*" => allocator.changed_here(),
                                 list => allocator.touch_here(
                                     &list.split(',').map(str::to_owned).collect::<Vec<_>>(),
@@ -779,12 +865,17 @@ impl Allocator {
                             }
                         }
                         // The connection was lost and is made again: notices may have
-                        // been missed meanwhile, so every stream looks again.
-                        Ok(None) => allocator.changed_here(),
+                        // been missed meanwhile, so every stream looks again and every
+                        // status is read anew.
+                        Ok(None) => {
+                            allocator.changed_here();
+                            allocator.reported_here(&["*".to_owned()]);
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "listening for changes failed; retrying");
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                             allocator.changed_here();
+                            allocator.reported_here(&["*".to_owned()]);
                         }
                     }
                 }

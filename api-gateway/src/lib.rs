@@ -66,6 +66,8 @@ pub struct Gateway {
     login_sources: std::sync::Arc<limits::LoginSources>,
     /// Tokens refused, so that a repeat costs a hash.
     refused: std::sync::Arc<auth::Refused>,
+    /// Topologies' statuses as last answered, while what they were built from holds.
+    statuses: std::sync::Arc<topologies::StatusCache>,
     /// Attenuated tokens found recorded in the ledger, by last revocation id: a cache
     /// of the ledger, never consulted instead of it for a token not in it.
     attenuations_seen: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -119,6 +121,7 @@ impl Gateway {
             login_sources: std::sync::Arc::default(),
             refused: std::sync::Arc::default(),
             attenuations_seen: std::sync::Arc::default(),
+            statuses: std::sync::Arc::default(),
             own_certificate: None,
             authority_file: None,
             witness: None,

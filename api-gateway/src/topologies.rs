@@ -2,7 +2,9 @@
 //! a thin edge over the deploy path of `berth-deployments` or a read of the allocator.
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
+use berth_allocator::ViewStamp;
 use berth_api::topologies::{
     DeployQuery, Deployed, DryRun, Event, EventsQuery, Removed, ReplicaView, Scale,
 };
@@ -259,6 +261,14 @@ pub(crate) async fn status(
         tenant,
         topology: name,
     };
+    // Stamped before anything is read: a change committed meanwhile makes the answer
+    // built now out of date at once.
+    let stamp = gw.allocator.view_stamp(&id);
+    if let Some(body) = gw.statuses.get(&id, stamp) {
+        return Ok(HttpResponse::Ok()
+            .content_type(ContentType::json())
+            .body(body));
+    }
     let Some(revision) = gw.allocator.placed_revision(&id).await? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -270,11 +280,59 @@ pub(crate) async fn status(
         ));
     };
     let replicas = replica_views(&gw, &id).await?;
-    Ok(HttpResponse::Ok().json(Deployed {
+    let body = serde_json::to_vec(&Deployed {
         revision,
         changed: false,
         replicas,
-    }))
+    })
+    .map_err(|e| ApiError::internal(format!("the status was not written: {e}")))?;
+    let body = web::Bytes::from(body);
+    gw.statuses.put(id, stamp, body.clone());
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body))
+}
+
+/// Topologies' statuses as last answered, each with the [`ViewStamp`] of what it was
+/// built from: a read finding the same stamp is answered from memory, with no
+/// database read. Every change of assignments or of a topology's replica reports
+/// moves the stamp after its commit, in every server (see
+/// [`berth_allocator::Allocator::view_stamp`]).
+#[derive(Debug, Default)]
+pub(crate) struct StatusCache {
+    answers: std::sync::Mutex<Answers>,
+}
+
+#[derive(Debug, Default)]
+struct Answers {
+    by_topology: std::collections::HashMap<TopologyRef, (ViewStamp, web::Bytes)>,
+    bytes: usize,
+}
+
+/// The most bytes of answers kept; past it the cache starts over.
+const MOST_STATUS_BYTES: usize = 64 << 20;
+
+impl StatusCache {
+    fn get(&self, id: &TopologyRef, stamp: ViewStamp) -> Option<web::Bytes> {
+        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        answers
+            .by_topology
+            .get(id)
+            .filter(|(kept, _)| *kept == stamp)
+            .map(|(_, body)| body.clone())
+    }
+
+    fn put(&self, id: TopologyRef, stamp: ViewStamp, body: web::Bytes) {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if answers.bytes + body.len() > MOST_STATUS_BYTES {
+            answers.by_topology.clear();
+            answers.bytes = 0;
+        }
+        answers.bytes += body.len();
+        if let Some((_, old)) = answers.by_topology.insert(id, (stamp, body)) {
+            answers.bytes -= old.len();
+        }
+    }
 }
 
 #[utoipa::path(

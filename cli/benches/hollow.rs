@@ -320,6 +320,10 @@ async fn recovery(server: &Server, pool: &mut HollowPool) {
     };
     let mut samples = Vec::new();
     let mut next = 0;
+    let (suspected_before, dead_before) = (
+        detector(server, "suspected").await,
+        detector(server, "declared_dead").await,
+    );
     for round in 0..rounds {
         // Kill `kills` live nodes that run something.
         let mut victims = Vec::new();
@@ -394,10 +398,17 @@ async fn recovery(server: &Server, pool: &mut HollowPool) {
     }
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    let killed = samples.len() as u64;
+    let suspected = detector(server, "suspected").await - suspected_before;
+    let dead = detector(server, "declared_dead").await - dead_before;
     println!(
-        "recovery of a dead node's replicas at {} hollow nodes ({} kills, detection after 15 s of silence):",
+        "recovery of a dead node's replicas at {} hollow nodes ({killed} kills, the server's default thresholds):",
         pool.nodes.len(),
-        samples.len()
+    );
+    println!(
+        "  live nodes suspected {}   live nodes declared dead {}",
+        suspected.saturating_sub(killed),
+        dead.saturating_sub(killed)
     );
     println!(
         "  median {:.2} s   p99 {:.2} s",

@@ -662,11 +662,13 @@ async fn lead_when_elected(
         config.rebalance_every,
         config.disruption_budget,
     );
+    // Standing by too: the REST API answers statuses from memory, and hears here
+    // what the leader changed.
+    allocator.hear_others(&database).await?;
     let mut lead = berth_allocator::leader::campaign(&db, &database, || {
         println!("standing by: another allocator leads; this one serves the REST API and takes the lead when it is free");
     })
     .await?;
-    allocator.hear_others(&database).await?;
     allocator.record_leader(&api_url, now_ms()).await?;
     nodes.lead();
     control::spawn(

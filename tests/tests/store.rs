@@ -45,6 +45,7 @@ on_both_databases!(
     concurrent_appends_keep_one_unbroken_chain,
     concurrent_wrong_passwords_each_count_and_the_right_one_waits,
     root_keys_in_the_database_are_sealed_and_shared_by_the_servers,
+    a_status_is_stamped_anew_by_every_change_it_is_built_from,
 );
 
 async fn connect(url: &str) -> DatabaseConnection {
@@ -854,4 +855,72 @@ async fn root_keys_in_the_database_are_sealed_and_shared_by_the_servers(db: Data
         .await
         .expect("read");
     assert_eq!((first.as_str(), again.as_str()), ("bat_first", "bat_first"));
+}
+
+/// A replica of `id`'s service `web`, reported in `state`.
+fn reported(id: &TopologyRef, state: &str) -> berth_protocol::node_api::ReplicaStatus {
+    berth_protocol::node_api::ReplicaStatus {
+        cpu_millis: None,
+        tenant: id.tenant.clone(),
+        topology: id.topology.clone(),
+        service: "web".into(),
+        replica: 1,
+        generation: 1,
+        state: state.into(),
+        detail: String::new(),
+    }
+}
+
+async fn a_status_is_stamped_anew_by_every_change_it_is_built_from(db: DatabaseConnection) {
+    let allocator = allocator(db).await;
+    let (shop, other) = (id("shop"), id("other"));
+    allocator
+        .set_quota("acme", Limit::default())
+        .await
+        .expect("tenant");
+    let before = allocator.view_stamp(&shop);
+    allocator
+        .deploy("acme", 1, &app("shop", 1))
+        .await
+        .expect("fits");
+    let placed = allocator.view_stamp(&shop);
+    assert_ne!(placed, before, "a placement restamps");
+    assert_eq!(allocator.view_stamp(&shop), placed, "nothing changed since");
+
+    let others = allocator.view_stamp(&other);
+    allocator
+        .record_statuses("n1", &[reported(&shop, "running")], 1)
+        .await
+        .expect("report");
+    let running = allocator.view_stamp(&shop);
+    assert_ne!(running, placed, "a report about its replicas restamps");
+    assert_eq!(
+        allocator.view_stamp(&other),
+        others,
+        "a report about another topology does not"
+    );
+    allocator.remove(&shop).await.expect("remove");
+    assert_ne!(allocator.view_stamp(&shop), running, "a removal restamps");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_committed_by_one_server_restamps_the_status_in_another() {
+    let url = fresh_database("status_stamps_across_servers").await;
+    let leader = allocator(connect(&url).await).await;
+    let other = allocator(connect(&url).await).await;
+    other.hear_others(&url).await.expect("listen");
+    let app = id("app");
+    let before = other.view_stamp(&app);
+    leader
+        .record_statuses("n1", &[reported(&app, "running")], 1)
+        .await
+        .expect("report");
+    let started = std::time::Instant::now();
+    while other.view_stamp(&app) == before {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the other server never heard of the report"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
