@@ -1,7 +1,7 @@
 //! Placement: which node runs each replica of a topology. Pure; the allocator's
 //! service loads the inputs and commits the result.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use berth_protocol::topology::Constraint;
 
@@ -107,16 +107,28 @@ pub fn place(
     nodes: &[NodeView],
     next_generation: u64,
 ) -> Result<Placement, PlacementError> {
-    let mut nodes: BTreeMap<String, NodeView> =
-        nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
+    // The nodes in name order (a name given twice: the last), looked up by index: a
+    // new replica's choice looks at every candidate, so it compares numbers, not names.
+    let mut nodes: Vec<NodeView> = nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n))
+        .collect::<BTreeMap<_, _>>()
+        .into_values()
+        .cloned()
+        .collect();
+    let index: HashMap<String, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.clone(), i))
+        .collect();
     let current: BTreeMap<(&str, u32), &Placed> = placed
         .iter()
         .map(|p| ((p.service.as_str(), p.replica), p))
         .collect();
     // Start from usage without this topology's current slots; add back what is kept.
     for p in placed {
-        if let Some(node) = nodes.get_mut(&p.node) {
-            node.used = subtract(node.used, p.cost);
+        if let Some(&i) = index.get(&p.node) {
+            nodes[i].used = subtract(nodes[i].used, p.cost);
         }
     }
     let wanted: BTreeSet<(&str, u32)> = wants
@@ -130,54 +142,55 @@ pub fn place(
         .collect();
 
     let mut slots = Vec::with_capacity(wants.len());
-    let mut per_service: BTreeMap<(String, String), u32> = BTreeMap::new();
+    // How many replicas of each service each node holds, by node index.
+    let mut per_service: HashMap<&str, Vec<u32>> = HashMap::new();
     let mut homeless = Vec::new();
     for want in wants {
         let kept = current
             .get(&(want.service.as_str(), want.replica))
             .and_then(|p| {
-                let node = nodes.get_mut(&p.node)?;
+                let i = *index.get(&p.node)?;
+                let node = &mut nodes[i];
                 let after = node.used.plus(want.cost);
                 let stays = !node.draining && node.allows(want) && after.fits(&node.capacity);
                 stays.then(|| {
                     node.used = after;
-                    Placed {
-                        cost: want.cost,
-                        ..(*p).clone()
-                    }
+                    (
+                        i,
+                        Placed {
+                            cost: want.cost,
+                            ..(*p).clone()
+                        },
+                    )
                 })
             });
         match kept {
-            Some(slot) => {
-                *per_service
-                    .entry((slot.service.clone(), slot.node.clone()))
-                    .or_default() += 1;
+            Some((i, slot)) => {
+                count(&mut per_service, &want.service, i, nodes.len());
                 slots.push(slot);
             }
             None => homeless.push(want),
         }
     }
     let open = |n: &NodeView| n.schedulable && !n.draining;
-    let schedulable_nodes = nodes.values().filter(|n| open(n)).count();
+    let schedulable_nodes = nodes.iter().filter(|n| open(n)).count();
     for (generation, want) in (next_generation..).zip(homeless) {
-        let spread = |n: &NodeView| {
-            per_service
-                .get(&(want.service.clone(), n.name.clone()))
-                .copied()
-                .unwrap_or(0)
-        };
+        let spread = per_service.get(want.service.as_str());
+        // Fewest replicas of the service, then the least load, then the name (the
+        // index, since the nodes are in name order).
         let best = nodes
-            .values()
-            .filter(|n| open(n) && n.allows(want) && n.used.plus(want.cost).fits(&n.capacity))
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| open(n) && n.allows(want) && n.used.plus(want.cost).fits(&n.capacity))
+            .map(|(i, n)| (spread.map_or(0, |s| s[i]), load(n), i))
             .min_by(|a, b| {
-                spread(a)
-                    .cmp(&spread(b))
-                    .then_with(|| load(a).total_cmp(&load(b)))
-                    .then_with(|| a.name.cmp(&b.name))
+                a.0.cmp(&b.0)
+                    .then_with(|| a.1.total_cmp(&b.1))
+                    .then_with(|| a.2.cmp(&b.2))
             })
-            .map(|n| n.name.clone());
-        let Some(node) = best.and_then(|name| nodes.get_mut(&name)) else {
-            if !nodes.values().any(|n| open(n) && n.allows(want)) {
+            .map(|(_, _, i)| i);
+        let Some(i) = best else {
+            if !nodes.iter().any(|n| open(n) && n.allows(want)) {
                 let constraints: Vec<String> =
                     want.constraints.iter().map(ToString::to_string).collect();
                 return Err(PlacementError::NoMatch {
@@ -193,10 +206,8 @@ pub fn place(
                 schedulable_nodes,
             });
         };
+        let node = &mut nodes[i];
         node.used = node.used.plus(want.cost);
-        *per_service
-            .entry((want.service.clone(), node.name.clone()))
-            .or_default() += 1;
         slots.push(Placed {
             service: want.service.clone(),
             replica: want.replica,
@@ -204,8 +215,14 @@ pub fn place(
             generation,
             cost: want.cost,
         });
+        count(&mut per_service, &want.service, i, nodes.len());
     }
     Ok(Placement { slots, released })
+}
+
+/// Counts one more replica of `service` on the node at index `i` of `len` nodes.
+fn count<'a>(per_service: &mut HashMap<&'a str, Vec<u32>>, service: &'a str, i: usize, len: usize) {
+    per_service.entry(service).or_insert_with(|| vec![0; len])[i] += 1;
 }
 
 fn subtract(a: Resources, b: Resources) -> Resources {

@@ -21,7 +21,7 @@ use crate::placement::{NodeView, Placed, PlacementError, Want};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 use crate::store::{
     Delta, all_nodes, candidate_nodes, candidates_for, limits_of, load_placed, lock_tenant,
-    node_view, placed_of, quota_parts, shift_node, shift_quota, to_i64,
+    node_view, placed_of, quota_parts, shift_nodes, shift_quota, to_i64,
 };
 
 /// Failures of the allocator.
@@ -645,10 +645,12 @@ impl Allocator {
             let e = per_node.entry(p.node.clone()).or_default();
             *e = e.plus(p.cost);
         }
-        for (name, amount) in &per_node {
-            let release = Delta::between(*amount, Resources::default());
-            shift_node(txn, name, release).await?;
-        }
+        let releases: BTreeMap<String, Delta> = per_node
+            .iter()
+            .map(|(name, amount)| (name.clone(), Delta::between(*amount, Resources::default())))
+            .collect();
+        // Releasing never lacks room.
+        shift_nodes(txn, &releases).await?;
         assignment::Entity::delete_many()
             .filter(assignment::Column::Tenant.eq(&id.tenant))
             .filter(assignment::Column::Topology.eq(&id.topology))
@@ -1068,16 +1070,15 @@ async fn commit_deploy(
         )?;
         return Err(AllocatorError::Contended(format!("quota of {tenant}")));
     }
-    // Node capacity the same way, node by node, in name order so that concurrent
-    // deploys lock node rows in one order and never deadlock.
-    for (name, (before, after)) in &decision.nodes {
-        let delta = Delta::between(*before, *after);
-        if delta.is_zero() {
-            continue;
-        }
-        if !shift_node(txn, name, delta).await? {
-            return Err(AllocatorError::Contended(name.clone()));
-        }
+    // Node capacity the same way, all or nothing (in name order, so that concurrent
+    // deploys lock node rows in one order and never deadlock).
+    let shifts: BTreeMap<String, Delta> = decision
+        .nodes
+        .iter()
+        .map(|(name, (before, after))| (name.clone(), Delta::between(*before, *after)))
+        .collect();
+    if let Some(full) = shift_nodes(txn, &shifts).await? {
+        return Err(AllocatorError::Contended(full));
     }
 
     assignment::Entity::delete_many()

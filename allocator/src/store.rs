@@ -71,7 +71,7 @@ pub(crate) fn quota_parts(row: &quota::Model) -> (Limit, Resources) {
 }
 
 /// A signed change of reserved resources.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Delta {
     cpu: i64,
     memory: i64,
@@ -272,6 +272,110 @@ pub(crate) async fn shift_node(
         .exec(txn)
         .await?;
     Ok(updated.rows_affected == 1)
+}
+
+/// Moves the reserved usage of several nodes, each by its delta, all or nothing as
+/// [`shift_node`] does for one, in a statement per distinct delta rather than one per
+/// node (a deploy of a hundred replicas spreads over a hundred nodes, mostly by the
+/// same delta). On PostgreSQL the rows are first locked in name order with one
+/// `SELECT ... FOR UPDATE`, so concurrent deploys still take node rows in one order
+/// and never deadlock. Returns the name of a node that lacks the room, if one does
+/// (the caller rolls the transaction back).
+pub(crate) async fn shift_nodes(
+    txn: &sea_orm::DatabaseTransaction,
+    shifts: &BTreeMap<String, Delta>,
+) -> Result<Option<String>, DbErr> {
+    const CHUNK: usize = 500;
+    let shifts: BTreeMap<&str, Delta> = shifts
+        .iter()
+        .filter(|(_, d)| !d.is_zero())
+        .map(|(n, d)| (n.as_str(), *d))
+        .collect();
+    if sea_orm::ConnectionTrait::get_database_backend(txn) == sea_orm::DatabaseBackend::Postgres {
+        let names: Vec<&str> = shifts.keys().copied().collect();
+        for chunk in names.chunks(CHUNK) {
+            node::Entity::find()
+                .select_only()
+                .column(node::Column::Name)
+                .filter(node::Column::Name.is_in(chunk.iter().copied()))
+                .order_by_asc(node::Column::Name)
+                .lock_exclusive()
+                .into_tuple::<String>()
+                .all(txn)
+                .await?;
+        }
+    }
+    let mut by_delta: std::collections::HashMap<Delta, Vec<&str>> =
+        std::collections::HashMap::new();
+    for (name, delta) in &shifts {
+        by_delta.entry(*delta).or_default().push(name);
+    }
+    for (delta, names) in &by_delta {
+        for chunk in names.chunks(CHUNK) {
+            let updated = node::Entity::update_many()
+                .col_expr(
+                    node::Column::CpuMillisUsed,
+                    Expr::col(node::Column::CpuMillisUsed).add(delta.cpu),
+                )
+                .col_expr(
+                    node::Column::MemoryBytesUsed,
+                    Expr::col(node::Column::MemoryBytesUsed).add(delta.memory),
+                )
+                .col_expr(
+                    node::Column::ContainersUsed,
+                    Expr::col(node::Column::ContainersUsed).add(delta.containers),
+                )
+                .filter(node::Column::Name.is_in(chunk.iter().copied()))
+                .filter(within(
+                    node::Column::CpuMillisUsed,
+                    node::Column::CpuMillisCapacity,
+                    delta.cpu,
+                ))
+                .filter(within(
+                    node::Column::MemoryBytesUsed,
+                    node::Column::MemoryBytesCapacity,
+                    delta.memory,
+                ))
+                .filter(within(
+                    node::Column::ContainersUsed,
+                    node::Column::ContainersCapacity,
+                    delta.containers,
+                ))
+                .exec(txn)
+                .await?;
+            if updated.rows_affected != chunk.len() as u64 {
+                return Ok(Some(lacking_room(txn, chunk, *delta).await?));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Which of `names` lacks the room for `delta` (or is gone): read only once a shift
+/// of them failed, to name it.
+async fn lacking_room(
+    txn: &sea_orm::DatabaseTransaction,
+    names: &[&str],
+    delta: Delta,
+) -> Result<String, DbErr> {
+    let rows = node::Entity::find()
+        .filter(node::Column::Name.is_in(names.iter().copied()))
+        .all(txn)
+        .await?;
+    let fits = |used: i64, limit: Option<i64>, by: i64| {
+        by <= 0 || limit.is_none_or(|limit| used.saturating_add(by) <= limit)
+    };
+    let lacking = names.iter().find(|name| {
+        rows.iter().find(|r| r.name == **name).is_none_or(|r| {
+            !(fits(r.cpu_millis_used, r.cpu_millis_capacity, delta.cpu)
+                && fits(r.memory_bytes_used, r.memory_bytes_capacity, delta.memory)
+                && fits(r.containers_used, r.containers_capacity, delta.containers))
+        })
+    });
+    Ok(lacking
+        .or(names.first())
+        .map(|n| (*n).to_owned())
+        .unwrap_or_default())
 }
 
 /// `used + delta <= limit`, or no limit, or a change that does not grow.
