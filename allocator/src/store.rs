@@ -240,38 +240,8 @@ pub(crate) async fn shift_node(
     node_name: &str,
     delta: Delta,
 ) -> Result<bool, DbErr> {
-    let updated = node::Entity::update_many()
-        .col_expr(
-            node::Column::CpuMillisUsed,
-            Expr::col(node::Column::CpuMillisUsed).add(delta.cpu),
-        )
-        .col_expr(
-            node::Column::MemoryBytesUsed,
-            Expr::col(node::Column::MemoryBytesUsed).add(delta.memory),
-        )
-        .col_expr(
-            node::Column::ContainersUsed,
-            Expr::col(node::Column::ContainersUsed).add(delta.containers),
-        )
-        .filter(node::Column::Name.eq(node_name))
-        .filter(within(
-            node::Column::CpuMillisUsed,
-            node::Column::CpuMillisCapacity,
-            delta.cpu,
-        ))
-        .filter(within(
-            node::Column::MemoryBytesUsed,
-            node::Column::MemoryBytesCapacity,
-            delta.memory,
-        ))
-        .filter(within(
-            node::Column::ContainersUsed,
-            node::Column::ContainersCapacity,
-            delta.containers,
-        ))
-        .exec(txn)
-        .await?;
-    Ok(updated.rows_affected == 1)
+    let one = BTreeMap::from([(node_name.to_owned(), delta)]);
+    Ok(shift_nodes(txn, &one).await?.is_none())
 }
 
 /// Moves the reserved usage of several nodes, each by its delta, all or nothing as

@@ -5,6 +5,11 @@
 //! from nothing, then again with nothing to change, then takes it down; the median of
 //! several rounds is reported with the ratio compose / berth (above 1: Berth is faster).
 //!
+//! The floor, measured in the same run: the same containers (same image, command and
+//! network) created and started all at once straight through the engine's API
+//! (bollard), with no dependency order, then stopped and removed the same way. What
+//! Berth takes above it is what Berth adds; `berth / floor` is printed.
+//!
 //! Run: `cargo bench -p berth-cli --bench up_vs_compose` (needs Docker and the
 //! `docker-compose` command; builds the images itself). `BENCH_ROUNDS` sets the rounds.
 
@@ -47,8 +52,8 @@ fn main() {
         compose.join(" ")
     );
     println!(
-        "{:<10} {:<12} {:>10} {:>10} {:>8}",
-        "services", "phase", "berth", "compose", "ratio"
+        "{:<10} {:<12} {:>10} {:>10} {:>10} {:>15} {:>13}",
+        "services", "phase", "berth", "compose", "floor", "compose/berth", "berth/floor"
     );
     for services in [10, 50] {
         bench(&compose, services, rounds);
@@ -119,7 +124,12 @@ fn bench(compose: &[String], services: usize, rounds: usize) {
 
     let (mut b_up, mut b_noop, mut b_down, mut c_up, mut c_noop, mut c_down) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut f_up, mut f_down) = (vec![], vec![]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
     for _ in 0..rounds {
+        let (up, down) = runtime.block_on(floor(services));
+        f_up.push(up);
+        f_down.push(down);
         b_up.push(timed(berth, &["up", "-d"], &berth_dir, &env));
         b_noop.push(timed(berth, &["up", "-d"], &berth_dir, &env));
         b_down.push(timed(berth, &["down"], &berth_dir, &env));
@@ -127,17 +137,88 @@ fn bench(compose: &[String], services: usize, rounds: usize) {
         c_noop.push(timed(c0, &compose_args(&["up", "-d"]), &compose_dir, &[]));
         c_down.push(timed(c0, &compose_args(&["down"]), &compose_dir, &[]));
     }
-    for (phase, b, c) in [
-        ("up", b_up, c_up),
-        ("up again", b_noop, c_noop),
-        ("down", b_down, c_down),
+    for (phase, b, c, f) in [
+        ("up", b_up, c_up, Some(f_up)),
+        ("up again", b_noop, c_noop, None),
+        ("down", b_down, c_down, Some(f_down)),
     ] {
         let (b, c) = (median(b), median(c));
+        let f = f.map(median);
         println!(
-            "{services:<10} {phase:<12} {:>9.2}s {:>9.2}s {:>7.2}x",
+            "{services:<10} {phase:<12} {:>9.2}s {:>9.2}s {:>10} {:>14.2}x {:>13}",
             b.as_secs_f64(),
             c.as_secs_f64(),
-            c.as_secs_f64() / b.as_secs_f64()
+            f.map_or("-".to_owned(), |f| format!("{:.2}s", f.as_secs_f64())),
+            c.as_secs_f64() / b.as_secs_f64(),
+            f.map_or("-".to_owned(), |f| format!(
+                "{:.2}x",
+                b.as_secs_f64() / f.as_secs_f64()
+            )),
         );
     }
+}
+
+/// The engine's floor for `services` containers: a network, then every container
+/// created and started at once; then every one stopped and removed at once, and the
+/// network. Returns the two wall times.
+async fn floor(services: usize) -> (Duration, Duration) {
+    use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+    use bollard::query_parameters::{
+        CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+    };
+    let docker = bollard::Docker::connect_with_local_defaults().expect("docker");
+    let network = format!("benchfloor{services}_default");
+    let start = Instant::now();
+    docker
+        .create_network(NetworkCreateRequest {
+            name: network.clone(),
+            driver: Some("bridge".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("network");
+    let names: Vec<String> = (0..services)
+        .map(|i| format!("benchfloor{services}-s{i}-1"))
+        .collect();
+    futures_util::future::join_all(names.iter().map(|name| {
+        let (docker, network) = (&docker, &network);
+        async move {
+            let body = ContainerCreateBody {
+                image: Some("berth/busybox:latest".into()),
+                cmd: Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "trap 'exit 0' TERM; sleep 3600 & wait".into(),
+                ]),
+                host_config: Some(HostConfig {
+                    network_mode: Some(network.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let options = CreateContainerOptionsBuilder::default().name(name).build();
+            docker
+                .create_container(Some(options), body)
+                .await
+                .expect("create");
+            docker.start_container(name, None).await.expect("start");
+        }
+    }))
+    .await;
+    let up = start.elapsed();
+    let start = Instant::now();
+    futures_util::future::join_all(names.iter().map(|name| {
+        let docker = &docker;
+        async move {
+            docker.stop_container(name, None).await.expect("stop");
+            let options = RemoveContainerOptionsBuilder::default().force(true).build();
+            docker
+                .remove_container(name, Some(options))
+                .await
+                .expect("remove");
+        }
+    }))
+    .await;
+    docker.remove_network(&network).await.expect("network removed");
+    (up, start.elapsed())
 }
