@@ -45,6 +45,17 @@ async fn main() {
         },
     ))
     .unwrap_or(1_000);
+    // Each hollow node holds two connections (its stream and its heartbeat), and
+    // the server as many: a limit on open files below that fails joins with bare
+    // transport errors, so say it first.
+    if let Some(limit) = open_files_limit()
+        && nodes * 2 + 1_000 > limit
+    {
+        panic!(
+            "{nodes} hollow nodes need about {} open files in this process and in the server; the limit here is {limit} (raise it with `ulimit -n`, or set BENCH_NODES)",
+            nodes * 2 + 1_000
+        );
+    }
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));
     if which == "leader" {
         let server =
@@ -68,6 +79,13 @@ async fn main() {
         "heartbeat" => heartbeat(&server, &pool).await,
         _ => recovery(&server, &mut pool).await,
     }
+}
+
+/// This process's soft limit on open files, from `/proc/self/limits`.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// The server's CPU time so far (user + system) and resident memory.
