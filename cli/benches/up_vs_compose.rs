@@ -163,9 +163,7 @@ fn bench(compose: &[String], services: usize, rounds: usize) {
 /// network. Returns the two wall times.
 async fn floor(services: usize) -> (Duration, Duration) {
     use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
-    use bollard::query_parameters::{
-        CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
-    };
+    use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
     let docker = bollard::Docker::connect_with_local_defaults().expect("docker");
     let network = format!("benchfloor{services}_default");
     let start = Instant::now();
@@ -219,6 +217,9 @@ async fn floor(services: usize) -> (Duration, Duration) {
         }
     }))
     .await;
-    docker.remove_network(&network).await.expect("network removed");
+    docker
+        .remove_network(&network)
+        .await
+        .expect("network removed");
     (up, start.elapsed())
 }
