@@ -403,3 +403,85 @@ pub(crate) async fn scale(
     let applied = gw.deployments.scale(&tenant, &name, &body.replicas).await?;
     deployed(&gw, tenant, &name, &applied).await
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_allocator::{Allocator, DefaultRequest};
+    use berth_protocol::node_api::ReplicaStatus;
+
+    use super::*;
+
+    fn shop() -> TopologyRef {
+        TopologyRef {
+            tenant: "acme".into(),
+            topology: "shop".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_status_is_answered_only_under_the_stamp_it_was_built_at() {
+        let db = berth_allocator::database::connect("sqlite::memory:")
+            .await
+            .expect("database");
+        let allocator = Allocator::open(db, DefaultRequest::default())
+            .await
+            .expect("allocator");
+        let cache = StatusCache::default();
+        let built_at = allocator.view_stamp(&shop());
+        cache.put(
+            shop(),
+            built_at,
+            web::Bytes::from_static(b"{\"revision\":1}"),
+        );
+        assert_eq!(
+            cache.get(&shop(), built_at).as_deref(),
+            Some(&b"{\"revision\":1}"[..])
+        );
+        // A report about one of its replicas is committed: the kept answer is out of
+        // date, and is not given again.
+        let report = ReplicaStatus {
+            cpu_millis: None,
+            tenant: "acme".into(),
+            topology: "shop".into(),
+            service: "web".into(),
+            replica: 1,
+            generation: 1,
+            state: "running".into(),
+            detail: String::new(),
+        };
+        allocator
+            .record_statuses("n1", &[report], 1)
+            .await
+            .expect("report");
+        let now = allocator.view_stamp(&shop());
+        assert_ne!(now, built_at);
+        assert_eq!(cache.get(&shop(), now), None);
+    }
+
+    #[tokio::test]
+    async fn the_kept_answers_are_bounded_in_bytes() {
+        let db = berth_allocator::database::connect("sqlite::memory:")
+            .await
+            .expect("database");
+        let allocator = Allocator::open(db, DefaultRequest::default())
+            .await
+            .expect("allocator");
+        let stamp = allocator.view_stamp(&shop());
+        let other = TopologyRef {
+            tenant: "acme".into(),
+            topology: "other".into(),
+        };
+        let big = web::Bytes::from(vec![b' '; MOST_STATUS_BYTES / 2 + 1]);
+        // Two answers that do not fit together: the cache starts over for the second.
+        let cache = StatusCache::default();
+        cache.put(shop(), stamp, big.clone());
+        cache.put(other.clone(), stamp, big);
+        assert!(
+            cache.get(&shop(), stamp).is_none(),
+            "the cache started over"
+        );
+        assert!(cache.get(&other, stamp).is_some());
+        let answers = cache.answers.lock().expect("lock");
+        assert!(answers.bytes <= MOST_STATUS_BYTES);
+    }
+}
