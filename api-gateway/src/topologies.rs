@@ -418,14 +418,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_kept_status_is_answered_only_under_the_stamp_it_was_built_at() {
+    async fn allocator() -> Allocator {
         let db = berth_allocator::database::connect("sqlite::memory:")
             .await
             .expect("database");
-        let allocator = Allocator::open(db, DefaultRequest::default())
+        Allocator::open(db, DefaultRequest::default())
             .await
-            .expect("allocator");
+            .expect("allocator")
+    }
+
+    #[tokio::test]
+    async fn a_kept_status_is_answered_only_under_the_stamp_it_was_built_at() {
+        let allocator = allocator().await;
         let cache = StatusCache::default();
         let built_at = allocator.view_stamp(&shop());
         cache.put(
@@ -460,12 +464,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_kept_answers_are_bounded_in_bytes() {
-        let db = berth_allocator::database::connect("sqlite::memory:")
-            .await
-            .expect("database");
-        let allocator = Allocator::open(db, DefaultRequest::default())
-            .await
-            .expect("allocator");
+        let allocator = allocator().await;
         let stamp = allocator.view_stamp(&shop());
         let other = TopologyRef {
             tenant: "acme".into(),

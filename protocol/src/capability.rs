@@ -20,7 +20,6 @@
 //! `operation`, `resource_tenant`, and `topology` when one is named) and applies
 //! [`POLICIES`]; every check in every block must pass as well.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use biscuit_auth::builder::{Fact, Term, date, fact, string};
@@ -270,13 +269,8 @@ pub struct Verified {
     /// The tenant the authority block names, when it names exactly one (a session
     /// token); what the token may do there is still for [`authorize_verified`] to say.
     pub tenant: Option<String>,
-    /// Until when a decision about this token holds: the expiry its authority block
-    /// states, when no block was appended (an appended block may hold checks of its
-    /// own on the time). None: every request is decided anew.
-    holds_until: Option<SystemTime>,
-    /// The requests it was allowed, with the answer, while `holds_until` has not
-    /// passed.
-    allowed: std::sync::Mutex<HashMap<AllowedKey, Authorized>>,
+    /// The requests it was allowed, with the answer, while they hold.
+    allowed: crate::token_cache::Remembered<AllowedKey, Authorized>,
 }
 
 /// A request a token was allowed: operation, tenant, topology.
@@ -291,7 +285,7 @@ impl std::fmt::Debug for Verified {
         f.debug_struct("Verified")
             .field("revocation_ids", &self.revocation_ids)
             .field("tenant", &self.tenant)
-            .field("holds_until", &self.holds_until)
+            .field("holds_until", &self.allowed.until())
             .finish_non_exhaustive()
     }
 }
@@ -335,8 +329,10 @@ pub fn verify(
     Ok(Verified {
         revocation_ids: revocation_ids(&biscuit.revocation_identifiers()),
         tenant,
-        holds_until: expires.filter(|_| biscuit.block_count() == 1),
-        allowed: std::sync::Mutex::default(),
+        allowed: crate::token_cache::Remembered::new(
+            expires.filter(|_| biscuit.block_count() == 1),
+            REMEMBERED_DECISIONS,
+        ),
         biscuit,
     })
 }
@@ -344,7 +340,7 @@ pub fn verify(
 /// The tenant the authority block names and the expiry it states, each if exactly
 /// one. Appended blocks hold no rules (the shape says so) and are not trusted by the
 /// queries, so this costs one small evaluation.
-fn authority_facts(biscuit: &Biscuit) -> (Option<String>, Option<SystemTime>) {
+pub(crate) fn authority_facts(biscuit: &Biscuit) -> (Option<String>, Option<SystemTime>) {
     let Ok(mut authorizer) = biscuit_auth::AuthorizerBuilder::new()
         .set_limits(limits())
         .build(biscuit)
@@ -449,31 +445,13 @@ impl Verified {
     /// and the authority block depend on nothing else that changes (revocation is
     /// the caller's to check on every request).
     pub fn allowed_before(&self, request: &Request<'_>) -> Option<Authorized> {
-        if !self.holds_at(request.now) {
-            return None;
-        }
-        self.allowed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&Self::key(request))
-            .cloned()
+        self.allowed.get(&Self::key(request), request.now)
     }
 
     /// Remembers that `request` was allowed, when answers about this token hold.
     pub fn remember_allowed(&self, request: &Request<'_>, authorized: &Authorized) {
-        if !self.holds_at(request.now) {
-            return;
-        }
-        let mut allowed = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
-        if allowed.len() >= REMEMBERED_DECISIONS {
-            allowed.clear();
-        }
-        allowed.insert(Self::key(request), authorized.clone());
-    }
-
-    /// Whether answers about this token given before still hold at `now`.
-    fn holds_at(&self, now: SystemTime) -> bool {
-        self.holds_until.is_some_and(|until| now < until)
+        self.allowed
+            .keep(Self::key(request), authorized, request.now);
     }
 
     fn key(request: &Request<'_>) -> AllowedKey {

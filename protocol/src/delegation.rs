@@ -47,7 +47,6 @@
 //! time (an appended check may name any time).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use biscuit_auth::builder::{Fact, Term, date, fact, int, string};
@@ -248,10 +247,8 @@ pub struct Verified {
     biscuit: Biscuit,
     /// Its revocation ids, hex.
     revocation_ids: Vec<String>,
-    /// Until when an allowed call stays allowed: the expiry the authority block states,
-    /// for a token that has no other block; `None` when every call is decided anew.
-    holds_until: Option<SystemTime>,
-    allowed: Mutex<HashMap<CallKey, Allowed>>,
+    /// The calls it was allowed, while they stay allowed.
+    allowed: crate::token_cache::Remembered<CallKey, Allowed>,
 }
 
 /// A call a token was allowed, without its time: presenter, node, operation, resource.
@@ -265,7 +262,7 @@ impl std::fmt::Debug for Verified {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verified")
             .field("revocation_ids", &self.revocation_ids)
-            .field("holds_until", &self.holds_until)
+            .field("holds_until", &self.allowed.until())
             .finish_non_exhaustive()
     }
 }
@@ -278,29 +275,11 @@ impl Verified {
 
     /// The answer given to the same call before, if it was allowed and still holds.
     fn allowed_before(&self, call: &Call<'_>) -> Option<Allowed> {
-        if !self.holds_at(call.now) {
-            return None;
-        }
-        self.allowed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&Self::key(call))
-            .cloned()
+        self.allowed.get(&Self::key(call), call.now)
     }
 
     fn remember_allowed(&self, call: &Call<'_>, allowed: &Allowed) {
-        if !self.holds_at(call.now) {
-            return;
-        }
-        let mut remembered = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
-        if remembered.len() >= REMEMBERED_CALLS {
-            remembered.clear();
-        }
-        remembered.insert(Self::key(call), allowed.clone());
-    }
-
-    fn holds_at(&self, now: SystemTime) -> bool {
-        self.holds_until.is_some_and(|until| now < until)
+        self.allowed.keep(Self::key(call), allowed, call.now);
     }
 
     fn key(call: &Call<'_>) -> CallKey {
@@ -327,30 +306,16 @@ pub fn verify(
     let biscuit = Biscuit::from(token, root_key).map_err(|e| Refused::Invalid(e.to_string()))?;
     crate::capability::check_shape(&biscuit, &crate::capability::SHAPE)
         .map_err(|e| Refused::Invalid(e.to_string()))?;
-    let holds_until = if biscuit.block_count() == 1 {
-        stated_expiry(&biscuit)
-    } else {
-        None
+    // Answers hold until the stated expiry, for a token with no appended block.
+    let holds_until = match biscuit.block_count() {
+        1 => crate::capability::authority_facts(&biscuit).1,
+        _ => None,
     };
     Ok(Verified {
         revocation_ids: revocation_ids(&biscuit.revocation_identifiers()),
-        holds_until,
-        allowed: Mutex::default(),
+        allowed: crate::token_cache::Remembered::new(holds_until, REMEMBERED_CALLS),
         biscuit,
     })
-}
-
-/// The expiry the authority block states, if exactly one.
-fn stated_expiry(biscuit: &Biscuit) -> Option<SystemTime> {
-    let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
-        .set_limits(limits())
-        .build(biscuit)
-        .ok()?;
-    let expiries: Vec<(SystemTime,)> = authorizer.query("data($d) <- expires($d)").ok()?;
-    match expiries.as_slice() {
-        [(at,)] => Some(*at),
-        _ => None,
-    }
 }
 
 /// The rest of [`authorize`] for a token already verified: revocation on every call;
@@ -631,7 +596,10 @@ mod tests {
         let n1 = [1u8; 32];
         let minted = mint(&root, 1, &grant(&n1, now)).unwrap();
         let verified = verify(&minted.to_vec().unwrap(), |_| Ok(root.public())).unwrap();
-        assert_eq!(verified.holds_until, Some(now + Duration::from_secs(60)));
+        assert_eq!(
+            verified.allowed.until(),
+            Some(now + Duration::from_secs(60))
+        );
         let never = |_: &[String]| false;
         let allowed = authorize_verified(&verified, never, &call(&n1, now)).unwrap();
         assert_eq!(
@@ -679,7 +647,7 @@ mod tests {
             )
             .unwrap();
         let verified = verify(&narrowed.to_vec().unwrap(), |_| Ok(root.public())).unwrap();
-        assert_eq!(verified.holds_until, None);
+        assert_eq!(verified.allowed.until(), None);
         authorize_verified(&verified, never, &call(&n1, now)).unwrap();
         assert_eq!(verified.allowed_before(&call(&n1, now)), None);
         assert!(

@@ -100,6 +100,59 @@ impl<T> TokenCache<T> {
     }
 }
 
+/// The answers a verified token was given, kept while they hold: until the expiry
+/// its authority block states, for a token with no appended block (an appended block
+/// may check the time its own way, so for such a token, or one that states no expiry,
+/// nothing is kept and every request is decided anew). Forgotten all at once when
+/// `most` are kept. Revocation is never decided here: callers check it every time.
+#[derive(Debug)]
+pub(crate) struct Remembered<K, V> {
+    until: Option<std::time::SystemTime>,
+    answers: Mutex<HashMap<K, V>>,
+    most: usize,
+}
+
+impl<K: Eq + std::hash::Hash, V: Clone> Remembered<K, V> {
+    /// Nothing kept yet; answers hold until `until`, if any.
+    pub(crate) fn new(until: Option<std::time::SystemTime>, most: usize) -> Self {
+        Self {
+            until,
+            answers: Mutex::default(),
+            most: most.max(1),
+        }
+    }
+
+    /// Until when answers hold.
+    pub(crate) fn until(&self) -> Option<std::time::SystemTime> {
+        self.until
+    }
+
+    /// The answer kept for `key`, if answers still hold at `now`.
+    pub(crate) fn get(&self, key: &K, now: std::time::SystemTime) -> Option<V> {
+        if !self.holds_at(now) {
+            return None;
+        }
+        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        answers.get(key).cloned()
+    }
+
+    /// Keeps `answer` for `key`, if answers hold at `now`.
+    pub(crate) fn keep(&self, key: K, answer: &V, now: std::time::SystemTime) {
+        if !self.holds_at(now) {
+            return;
+        }
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if answers.len() >= self.most {
+            answers.clear();
+        }
+        answers.insert(key, answer.clone());
+    }
+
+    fn holds_at(&self, now: std::time::SystemTime) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
