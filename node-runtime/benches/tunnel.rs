@@ -1,9 +1,9 @@
 //! What a cross-node link costs: the same TCP server reached directly over loopback
-//! and through a link (node 1's listener, a token-guarded gRPC tunnel to node 2's node
-//! API, which authorizes the call and connects to the service), in the same run.
+//! and through a link (node 1's listener, a token-guarded tunnel over TLS to node 2's node
+//! API port, which authorizes the call and connects to the service), in the same run.
 //!
-//! Both nodes are the real node-runtime code (`Tunnels` and `PeerApi`) speaking real
-//! gRPC over loopback; only the container engine is simulated, so that the service is
+//! Both nodes are the real node-runtime code (`Tunnels` and `PeerApi`) speaking over
+//! real TLS on loopback; only the container engine is simulated, so that the service is
 //! a server in this process rather than a container.
 //!
 //! Run: `cargo bench -p berth-node-runtime --bench tunnel`.
@@ -78,14 +78,16 @@ async fn main() {
     let peer_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let peer = format!("http://{}", peer_listener.local_addr().expect("address"));
     {
-        let served = api.clone();
+        let (served, tunnels) = (api.clone(), api.clone());
+        let incoming =
+            berth_node_runtime::node_tls::incoming(peer_listener, acceptor, move |connection| {
+                let tunnels = tunnels.clone();
+                tokio::spawn(async move { tunnels.serve_tunnel(connection).await });
+            });
         tokio::spawn(async move {
             berth_node_runtime::peer::server()
                 .add_service(NodePeerServer::new(served))
-                .serve_with_incoming(berth_node_runtime::node_tls::incoming(
-                    peer_listener,
-                    acceptor,
-                ))
+                .serve_with_incoming(incoming)
                 .await
         });
         // What the agent does with decisions: takes them away every second.

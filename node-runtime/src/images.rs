@@ -87,12 +87,15 @@ pub struct Fetched {
     pub held: usize,
 }
 
+type Channels = Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Channel>>>;
+
 /// The node's image cache and the means to fill it.
 #[derive(Debug)]
 pub struct ImageCache {
     dir: PathBuf,
     signer: Arc<Signer>,
-    channels: crate::links::Channels,
+    /// gRPC channels by the peer's address and key, shared by every fetch from it.
+    channels: Channels,
     /// Blobs refused because their bytes were not their digest, for the ledger.
     decisions: std::sync::Mutex<Vec<Decision>>,
 }

@@ -25,3 +25,4 @@ pub mod node_tls;
 pub mod peer;
 pub mod signer;
 mod timing;
+pub mod tunnel;

@@ -15,49 +15,25 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_protocol::assignment::{Link, TopologyAssignment, TopologyRef};
-use berth_protocol::node_api::node_peer_client::NodePeerClient;
-use berth_protocol::node_api::{PeerCallBody, TunnelFrame, tunnel_frame};
+use berth_protocol::node_api::{PeerCall, PeerCallBody};
 use ring::rand::SecureRandom;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use crate::peer::{frames_from, methods};
+use crate::peer::methods;
 use crate::signer::Signer;
+use crate::tunnel::{self, Spares};
 
 /// A listener: the topology, the remote service, its port, and the host address
 /// (on one of the topology's networks) it listens at.
 type Key = (TopologyRef, String, u16, IpAddr);
-
-/// Channels by the peer's address and key.
-pub(crate) type Channels =
-    Arc<std::sync::Mutex<HashMap<(String, String), tonic::transport::Channel>>>;
-
-/// The channel to `link`'s node, made on first use, over TLS to exactly the key the
-/// allocator gave for that node.
-fn channel_to(
-    channels: &Channels,
-    signer: &Signer,
-    link: &Link,
-) -> Result<tonic::transport::Channel, String> {
-    let key = (link.peer.clone(), link.peer_key.clone());
-    let mut channels = channels.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(channel) = channels.get(&key) {
-        return Ok(channel.clone());
-    }
-    let peer_key = berth_protocol::assignment::hex_decode(&link.peer_key)
-        .ok_or_else(|| format!("node {}'s key is not hex", link.node))?;
-    let channel = signer.tls().channel(&link.peer, &peer_key)?;
-    channels.insert(key, channel.clone());
-    Ok(channel)
-}
 
 /// The listeners of this node's links, each with the links to the nodes that run
 /// the service (the same service and port, one per node).
 #[derive(Debug)]
 pub struct Tunnels {
     signer: Arc<Signer>,
-    /// One channel per peer node, shared by every tunnel to it.
-    channels: Channels,
+    /// A connection ready per peer node, for its next tunnel.
+    spares: Spares,
     listening: HashMap<Key, (tokio::task::JoinHandle<()>, watch::Sender<Vec<Link>>)>,
 }
 
@@ -74,7 +50,7 @@ impl Tunnels {
     pub fn new(signer: Arc<Signer>) -> Self {
         Self {
             signer,
-            channels: Arc::default(),
+            spares: Spares::default(),
             listening: HashMap::new(),
         }
     }
@@ -130,7 +106,7 @@ impl Tunnels {
             let nodes: Vec<&str> = links.iter().map(|l| l.node.as_str()).collect();
             tracing::info!(%address, %service, ?nodes, "link listening");
             let (tx, rx) = watch::channel(links);
-            let (signer, channels) = (self.signer.clone(), self.channels.clone());
+            let (signer, spares) = (self.signer.clone(), self.spares.clone());
             let id = key.0.clone();
             let spread = Arc::new(std::sync::Mutex::new(Spread::default()));
             let task = tokio::spawn(async move {
@@ -150,12 +126,11 @@ impl Tunnels {
                         let spread = spread.lock().unwrap_or_else(|p| p.into_inner());
                         order(&links, &spread, turn, std::time::Instant::now())
                     };
-                    let (signer, id, channels) = (signer.clone(), id.clone(), channels.clone());
+                    let (signer, id, spares) = (signer.clone(), id.clone(), spares.clone());
                     let (service, spread) = (service.clone(), spread.clone());
                     tokio::spawn(async move {
                         let tried = order.iter().map(|i| &links[*i]);
-                        if let Err(e) = carry(socket, &id, tried, &spread, &signer, &channels).await
-                        {
+                        if let Err(e) = carry(socket, &id, tried, &spread, &signer, &spares).await {
                             tracing::warn!(%service, error = %e, "tunnel failed");
                         }
                     });
@@ -233,7 +208,7 @@ async fn carry<'l>(
     links: impl Iterator<Item = &'l Link>,
     spread: &std::sync::Mutex<Spread>,
     signer: &Signer,
-    channels: &Channels,
+    spares: &Spares,
 ) -> Result<(), String> {
     let mut failures = Vec::new();
     let links: Vec<&Link> = links.collect();
@@ -244,10 +219,10 @@ async fn carry<'l>(
             true => OPEN_WITHIN,
             false => LAST_OPEN_WITHIN,
         };
-        match open(id, link, signer, channels, within).await {
-            Ok((tx, answer)) => {
+        match open(id, link, signer, spares, within).await {
+            Ok(tunnel) => {
                 let _counted = Counted::new(spread, &link.node);
-                return pipe(socket, tx, answer).await;
+                return pipe(socket, tunnel).await;
             }
             Err(e) => {
                 tracing::info!(service = %link.service, node = %link.node, error = %e, "tunnel not opened; trying the next node");
@@ -266,24 +241,55 @@ async fn carry<'l>(
     })
 }
 
-type Opened = (
-    tokio::sync::mpsc::Sender<TunnelFrame>,
-    tonic::Streaming<TunnelFrame>,
-);
-
 /// Opens a tunnel to `link.node`: the call is sent and answered before any of the
 /// connection's bytes are read, so a refusal costs nothing and the next node can be
-/// tried.
+/// tried. A spare connection the node closed meanwhile is replaced by a new one.
 async fn open(
     id: &TopologyRef,
     link: &Link,
     signer: &Signer,
-    channels: &Channels,
+    spares: &Spares,
     within: std::time::Duration,
-) -> Result<Opened, String> {
+) -> Result<tunnel::Connection, String> {
     let token = biscuit_auth::UnverifiedBiscuit::from_base64(&link.token)
         .and_then(|t| t.to_vec())
         .map_err(|e| format!("unreadable token: {e}"))?;
+    let peer_key = berth_protocol::assignment::hex_decode(&link.peer_key)
+        .ok_or_else(|| format!("node {}'s key is not hex", link.node))?;
+    // A node that neither answers nor refuses in time (gone, but its connection not
+    // yet seen closed) is skipped like one that refuses, so that the connection goes
+    // on to the next node while its client still waits.
+    let opening = async {
+        let (connection, spare) = spares
+            .take(signer.tls(), &link.peer, &peer_key)
+            .await
+            .map_err(|e| format!("cannot reach node {}: {e}", link.node))?;
+        let opened = tunnel::open(connection, &call(id, link, signer, token.clone())?).await;
+        match opened {
+            Err(tunnel::NotOpened::Connection(_)) if spare => {
+                let fresh = signer
+                    .tls()
+                    .dial_tunnel(&link.peer, &peer_key)
+                    .await
+                    .map_err(|e| format!("cannot reach node {}: {e}", link.node))?;
+                tunnel::open(fresh, &call(id, link, signer, token)?).await
+            }
+            opened => opened,
+        }
+        .map_err(|e| format!("node {} did not open the tunnel: {e}", link.node))
+    };
+    tokio::time::timeout(within, opening)
+        .await
+        .map_err(|_| format!("node {} did not answer within {within:?}", link.node))?
+}
+
+/// The signed call for a tunnel over `link`, fresh (its own time and nonce).
+fn call(
+    id: &TopologyRef,
+    link: &Link,
+    signer: &Signer,
+    token: Vec<u8>,
+) -> Result<PeerCall, String> {
     let mut nonce = vec![0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut nonce)
@@ -300,26 +306,7 @@ async fn open(
         nonce,
         digest: String::new(),
     };
-    let call = signer.peer_call(methods::TUNNEL, token, &body);
-    let mut client = NodePeerClient::new(channel_to(channels, signer, link)?);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let _ = tx
-        .send(TunnelFrame {
-            frame: Some(tunnel_frame::Frame::Open(call)),
-        })
-        .await;
-    // A node that neither answers nor refuses in time (gone, but its connection not
-    // yet seen closed) is skipped like one that refuses, so that the connection goes
-    // on to the next node while its client still waits.
-    let answer = tokio::time::timeout(
-        within,
-        client.tunnel(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
-    .await
-    .map_err(|_| format!("node {} did not answer within {within:?}", link.node))?
-    .map_err(|s| format!("node {} refused the tunnel: {}", link.node, s.message()))?
-    .into_inner();
-    Ok((tx, answer))
+    Ok(signer.peer_call(methods::TUNNEL, token, &body))
 }
 
 /// How long a node has to open a tunnel before the next node is tried.
@@ -328,21 +315,20 @@ const OPEN_WITHIN: std::time::Duration = std::time::Duration::from_millis(1500);
 /// How long the last node left has to open a tunnel.
 const LAST_OPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Pipes `socket` both ways through an opened tunnel until either side ends.
+/// Carries bytes both ways between `socket` and an opened tunnel until both ends close.
 async fn pipe(
-    socket: tokio::net::TcpStream,
-    tx: tokio::sync::mpsc::Sender<TunnelFrame>,
-    mut answer: tonic::Streaming<TunnelFrame>,
+    mut socket: tokio::net::TcpStream,
+    mut tunnel: tunnel::Connection,
 ) -> Result<(), String> {
-    let (read, mut write) = socket.into_split();
-    tokio::spawn(frames_from(read, tx, |frame| frame));
-    while let Some(frame) = answer.message().await.map_err(|s| s.message().to_owned())? {
-        if let Some(tunnel_frame::Frame::Data(bytes)) = frame.frame {
-            write.write_all(&bytes).await.map_err(|e| e.to_string())?;
-        }
-    }
-    let _ = write.shutdown().await;
-    Ok(())
+    tokio::io::copy_bidirectional_with_sizes(
+        &mut socket,
+        &mut tunnel,
+        tunnel::BUFFER,
+        tunnel::BUFFER,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

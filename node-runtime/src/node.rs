@@ -90,10 +90,15 @@ pub async fn assemble(
         agent = agent.with_peer(peer.clone(), &advertised);
         tracing::info!(address = %local, "node API served");
         let acceptor = tls.acceptor().map_err(NodeError::Tls)?;
+        let tunnels = peer.clone();
+        let incoming = crate::node_tls::incoming(listener, acceptor, move |connection| {
+            let tunnels = tunnels.clone();
+            tokio::spawn(async move { tunnels.serve_tunnel(connection).await });
+        });
         tokio::spawn(
             crate::peer::server()
                 .add_service(NodePeerServer::new(peer))
-                .serve_with_incoming(crate::node_tls::incoming(listener, acceptor)),
+                .serve_with_incoming(incoming),
         );
     }
     Ok(agent)

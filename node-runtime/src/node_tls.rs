@@ -10,8 +10,11 @@
 //! crosses between hosts, tunnelled bytes included, is encrypted (TLS 1.3 only, which
 //! raw public keys need).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -28,6 +31,76 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
+/// The ALPN protocol of a connection that carries one tunnel ([`crate::tunnel`]);
+/// other connections (gRPC) offer none.
+pub const TUNNEL_ALPN: &[u8] = b"berth-tunnel/1";
+
+/// A connection accepted by the node API, through its handshake.
+pub type Accepted = tokio_rustls::server::TlsStream<Buffered>;
+
+/// The bytes read ahead of rustls on a node-API connection.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// A TCP connection read through a buffer: rustls asks for TLS records 4 KiB at a
+/// time, which unbuffered is a system call each (four for every full record).
+#[derive(Debug)]
+pub struct Buffered(tokio::io::BufReader<tokio::net::TcpStream>);
+
+impl Buffered {
+    fn new(tcp: tokio::net::TcpStream) -> Self {
+        let _ = tcp.set_nodelay(true);
+        Self(tokio::io::BufReader::with_capacity(READ_AHEAD, tcp))
+    }
+}
+
+impl tokio::io::AsyncRead for Buffered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Buffered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Buffered {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.get_ref().connect_info()
+    }
+}
+
 /// How long a connecting node may take over its handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -36,6 +109,9 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 pub struct NodeTls {
     key: Arc<CertifiedKey>,
     provider: Arc<CryptoProvider>,
+    /// How tunnel connections are made, per peer key: kept, so that each connection
+    /// after the first to a peer resumes a session (no signatures to make or check).
+    tunnel_configs: Arc<Mutex<HashMap<Vec<u8>, Arc<rustls::ClientConfig>>>>,
 }
 
 impl std::fmt::Debug for NodeTls {
@@ -58,12 +134,13 @@ impl NodeTls {
         Ok(Self {
             key: Arc::new(CertifiedKey::new(vec![CertificateDer::from(spki)], signing)),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
+            tunnel_configs: Arc::default(),
         })
     }
 
     /// How this node accepts other nodes' connections.
     pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
-        let config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| e.to_string())?
             .with_client_cert_verifier(Arc::new(AnyNodeKey {
@@ -72,11 +149,19 @@ impl NodeTls {
             .with_cert_resolver(Arc::new(
                 rustls::server::AlwaysResolvesServerRawPublicKeys::new(self.key.clone()),
             ));
+        // gRPC callers offer no protocol; tunnel connections offer theirs.
+        config.alpn_protocols = vec![b"h2".to_vec(), TUNNEL_ALPN.to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 
     /// How this node connects to the node whose Ed25519 public key is `peer_key`.
     fn connector(&self, peer_key: &[u8]) -> Result<tokio_rustls::TlsConnector, String> {
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(
+            self.client_config(peer_key)?,
+        )))
+    }
+
+    fn client_config(&self, peer_key: &[u8]) -> Result<rustls::ClientConfig, String> {
         if peer_key.len() != 32 {
             return Err(format!(
                 "the peer's key is {} bytes, not an Ed25519 key",
@@ -94,7 +179,54 @@ impl NodeTls {
             .with_client_cert_resolver(Arc::new(
                 rustls::client::AlwaysResolvesClientRawPublicKeys::new(self.key.clone()),
             ));
-        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        Ok(config)
+    }
+
+    fn tunnel_config(&self, peer_key: &[u8]) -> std::io::Result<Arc<rustls::ClientConfig>> {
+        let mut configs = self
+            .tunnel_configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = configs.get(peer_key) {
+            return Ok(config.clone());
+        }
+        let mut config = self
+            .client_config(peer_key)
+            .map_err(std::io::Error::other)?;
+        config.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
+        let config = Arc::new(config);
+        // Peers come and go; the cache is emptied rather than grown past a bound.
+        if configs.len() >= 4096 {
+            configs.clear();
+        }
+        configs.insert(peer_key.to_vec(), config.clone());
+        Ok(config)
+    }
+
+    /// A connection of its own for one tunnel ([`crate::tunnel`]) to the node API at
+    /// `peer` (`http://host:port`) of the node whose key is `peer_key`.
+    pub async fn dial_tunnel(
+        &self,
+        peer: &str,
+        peer_key: &[u8],
+    ) -> std::io::Result<crate::tunnel::Connection> {
+        let config = self.tunnel_config(peer_key)?;
+        let uri: tonic::transport::Uri = peer.parse().map_err(|e| {
+            std::io::Error::other(format!("{peer:?} is not a node API address: {e}"))
+        })?;
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+        let port = uri.port_u16().unwrap_or(80);
+        let tcp = Buffered::new(tokio::net::TcpStream::connect((host, port)).await?);
+        let name = ServerName::try_from("berth-node").map_err(std::io::Error::other)?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        match tls.get_ref().1.alpn_protocol() {
+            Some(TUNNEL_ALPN) => Ok(tls),
+            _ => Err(std::io::Error::other(format!(
+                "the node API at {peer} does not carry tunnels"
+            ))),
+        }
     }
 
     /// A channel to the node API at `peer` (`http://host:port`) of the node whose key
@@ -112,8 +244,7 @@ impl NodeTls {
             async move {
                 let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
                 let port = uri.port_u16().unwrap_or(80);
-                let tcp = tokio::net::TcpStream::connect((host, port)).await?;
-                let _ = tcp.set_nodelay(true);
+                let tcp = Buffered::new(tokio::net::TcpStream::connect((host, port)).await?);
                 // The name is not checked (the key is); rustls needs one to send.
                 let name = ServerName::try_from("berth-node").map_err(std::io::Error::other)?;
                 let tls = connector.connect(name, tcp).await?;
@@ -124,13 +255,14 @@ impl NodeTls {
     }
 }
 
-/// The connections `listener` accepts, each through its TLS handshake; handshakes run
-/// side by side, so a slow or silent peer holds up no other, and one that fails is
-/// dropped (and logged).
+/// The gRPC connections `listener` accepts, each through its TLS handshake; handshakes
+/// run side by side, so a slow or silent peer holds up no other, and one that fails is
+/// dropped (and logged). A connection made for a tunnel goes to `tunnel` instead.
 pub fn incoming(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
-) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    tunnel: impl Fn(Accepted) + Clone + Send + Sync + 'static,
+) -> impl Stream<Item = std::io::Result<Accepted>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -143,10 +275,13 @@ pub fn incoming(
                     continue;
                 }
             };
-            let _ = socket.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let socket = Buffered::new(socket);
+            let (acceptor, tx, tunnel) = (acceptor.clone(), tx.clone(), tunnel.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(TUNNEL_ALPN) => {
+                        tunnel(tls);
+                    }
                     Ok(Ok(tls)) => {
                         let _ = tx.send(tls).await;
                     }
@@ -170,9 +305,17 @@ pub fn connection_key<T>(request: &tonic::Request<T>) -> Option<Vec<u8>> {
         .extensions()
         .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>(
         )?;
-    let certs = info.peer_certs()?;
-    let spki = certs.first()?.as_ref();
-    spki.strip_prefix(ED25519_SPKI_PREFIX.as_slice())
+    node_key(info.peer_certs()?.first()?)
+}
+
+/// The Ed25519 public key the calling node's tunnel connection was made with.
+pub fn accepted_key(connection: &Accepted) -> Option<Vec<u8>> {
+    node_key(connection.get_ref().1.peer_certificates()?.first()?)
+}
+
+fn node_key(spki: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    spki.as_ref()
+        .strip_prefix(ED25519_SPKI_PREFIX.as_slice())
         .filter(|key| key.len() == 32)
         .map(<[u8]>::to_vec)
 }
@@ -375,5 +518,43 @@ mod tests {
         let ((caller, _), (impostor, _), (_, expected_key)) = (node(), node(), node());
         let refused = handshake(&caller, &impostor, &expected_key).await;
         assert!(refused.is_err(), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_second_tunnel_connection_resumes_and_still_carries_the_callers_key() {
+        let ((caller, caller_key), (callee, callee_key)) = (node(), node());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let incoming = incoming(listener, callee.acceptor().unwrap(), move |connection| {
+            let _ = tx.send(connection);
+        });
+        let _grpc = tokio::spawn(async move {
+            let mut incoming = Box::pin(incoming);
+            while incoming.next().await.is_some() {}
+        });
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let mut connection = caller.dial_tunnel(&peer, &callee_key).await.unwrap();
+            let server = accepted.recv().await.expect("accepted as a tunnel");
+            assert_eq!(accepted_key(&server), Some(caller_key.clone()));
+            // The session ticket arrives with the first bytes the callee sends.
+            let mut server = server;
+            tokio::io::AsyncWriteExt::write_all(&mut server, b"x")
+                .await
+                .unwrap();
+            let mut byte = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(&mut connection, &mut byte)
+                .await
+                .unwrap();
+            kinds.push(connection.get_ref().1.handshake_kind());
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ]
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The API a node offers other nodes: a tunnel to one port of one of its service
-//! replicas, and the health of one of its services. Every call is decided offline by
+//! replicas (on a connection of its own, [`crate::tunnel`]), the health of one of its
+//! services, and the blobs of pushed images it holds. Every call is decided offline by
 //! [`berth_protocol::delegation::authorize`]: the call must be signed by the key the
 //! delegation token is bound to, for this node, fresh (timestamp and nonce), and the
 //! token must verify against a root key this node accepts, be unexpired, unrevoked,
@@ -16,16 +17,15 @@ use berth_protocol::capability::Keyring;
 use berth_protocol::delegation::{self, Call, NodeOperation, Refused};
 use berth_protocol::node_api::node_peer_server::NodePeer;
 use berth_protocol::node_api::{
-    BlobChunk, HealthReply, PeerCall, PeerCallBody, ReplicaHealth, TunnelFrame,
-    peer_signing_payload, tunnel_frame,
+    BlobChunk, HealthReply, PeerCall, PeerCallBody, ReplicaHealth, peer_signing_payload,
 };
 use berth_protocol::time::now_ms;
 use berth_protocol::token_cache::TokenCache;
 use prost::Message;
 use ring::signature::{ED25519, UnparsedPublicKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use crate::driver::ContainerDriver;
 
@@ -305,6 +305,57 @@ impl<D: ContainerDriver> PeerApi<D> {
         )
     }
 
+    /// Serves one tunnel connection ([`crate::tunnel`]): waits for its call, decides
+    /// it as any call (signed by the connection's key), answers, and once the tunnel is
+    /// open carries bytes between the connection and the service until both ends close.
+    pub async fn serve_tunnel(&self, mut connection: crate::node_tls::Accepted) {
+        use crate::tunnel;
+        let connection_key = crate::node_tls::accepted_key(&connection);
+        // A spare connection waits here until its caller needs it.
+        let call = tokio::time::timeout(
+            tunnel::CALL_WITHIN,
+            tunnel::receive::<PeerCall>(&mut connection, tunnel::MAX_CALL),
+        )
+        .await;
+        let Ok(Ok(call)) = call else {
+            return;
+        };
+        let opened = self.open_service(&call, connection_key.as_deref()).await;
+        let answer = tunnel::answer(opened.as_ref().map(|_| ()));
+        if tunnel::send(&mut connection, &answer).await.is_err() {
+            return;
+        }
+        match opened {
+            Ok(mut service) => {
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut connection,
+                    &mut service,
+                    tunnel::BUFFER,
+                    tunnel::BUFFER,
+                )
+                .await;
+            }
+            Err(_) => {
+                let _ = connection.shutdown().await;
+            }
+        }
+    }
+
+    /// Decides a tunnel's call and connects to the service it names.
+    async fn open_service(
+        &self,
+        call: &PeerCall,
+        connection_key: Option<&[u8]>,
+    ) -> Result<tokio::net::TcpStream, Status> {
+        let body = self.decide(methods::TUNNEL, NodeOperation::Tunnel, call, connection_key)?;
+        let address = self.address_of(&body).await?;
+        let socket = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot connect to {address}: {e}")))?;
+        let _ = socket.set_nodelay(true);
+        Ok(socket)
+    }
+
     /// The running replica of a service on this node, and its address.
     async fn address_of(&self, body: &PeerCallBody) -> Result<std::net::SocketAddr, Status> {
         let id = TopologyRef {
@@ -329,7 +380,7 @@ impl<D: ContainerDriver> PeerApi<D> {
     }
 }
 
-/// A server for the node API, set for tunnels: large windows, no Nagle delay.
+/// A server for the node API's gRPC calls: large windows (blobs), no Nagle delay.
 pub fn server() -> tonic::transport::Server {
     use crate::node_tls::{CONNECTION_WINDOW, STREAM_WINDOW};
     tonic::transport::Server::builder()
@@ -338,35 +389,10 @@ pub fn server() -> tonic::transport::Server {
         .tcp_nodelay(true)
 }
 
-/// Reads `read` until it ends, sending what it reads as data frames (each wrapped by
-/// `wrap`) on `tx`, until the other side goes away.
-pub(crate) async fn frames_from<T>(
-    mut read: tokio::net::tcp::OwnedReadHalf,
-    tx: tokio::sync::mpsc::Sender<T>,
-    wrap: impl Fn(TunnelFrame) -> T,
-) {
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        match read.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let frame = TunnelFrame {
-                    frame: Some(tunnel_frame::Frame::Data(buffer[..n].to_vec())),
-                };
-                if tx.send(wrap(frame)).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-}
-
-type TunnelStream = Pin<Box<dyn Stream<Item = Result<TunnelFrame, Status>> + Send>>;
 type BlobStream = Pin<Box<dyn Stream<Item = Result<BlobChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<D: ContainerDriver> NodePeer for PeerApi<D> {
-    type TunnelStream = TunnelStream;
     type FetchBlobStream = BlobStream;
 
     async fn fetch_blob(&self, request: Request<PeerCall>) -> Result<Response<BlobStream>, Status> {
@@ -393,50 +419,6 @@ impl<D: ContainerDriver> NodePeer for PeerApi<D> {
                 .map_err(|e| Status::unavailable(format!("reading the blob: {e}")))
         });
         Ok(Response::new(Box::pin(chunks)))
-    }
-
-    async fn tunnel(
-        &self,
-        request: Request<Streaming<TunnelFrame>>,
-    ) -> Result<Response<TunnelStream>, Status> {
-        let connection_key = crate::node_tls::connection_key(&request);
-        let mut incoming = request.into_inner();
-        let first = incoming
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("a tunnel starts with its call"))??;
-        let Some(tunnel_frame::Frame::Open(call)) = first.frame else {
-            return Err(Status::invalid_argument("a tunnel starts with its call"));
-        };
-        let body = self.decide(
-            methods::TUNNEL,
-            NodeOperation::Tunnel,
-            &call,
-            connection_key.as_deref(),
-        )?;
-        let address = self.address_of(&body).await?;
-        let socket = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot connect to {address}: {e}")))?;
-        let _ = socket.set_nodelay(true);
-        let (read, mut write) = socket.into_split();
-        // Caller to service.
-        tokio::spawn(async move {
-            while let Some(Ok(frame)) = incoming.next().await {
-                if let Some(tunnel_frame::Frame::Data(bytes)) = frame.frame
-                    && write.write_all(&bytes).await.is_err()
-                {
-                    break;
-                }
-            }
-            let _ = write.shutdown().await;
-        });
-        // Service to caller.
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(frames_from(read, tx, Ok));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
     }
 
     async fn health(&self, request: Request<PeerCall>) -> Result<Response<HealthReply>, Status> {

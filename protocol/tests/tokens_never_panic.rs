@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use berth_protocol::capability::{self, Operation};
 use berth_protocol::delegation::{self, Call, Grant, NodeOperation};
-use berth_protocol::node_api::{PeerCall, PeerCallBody, TunnelFrame};
+use berth_protocol::node_api::{PeerCall, PeerCallBody, TunnelAnswer};
 use biscuit_auth::KeyPair;
 use proptest::prelude::*;
 use prost::Message;
@@ -93,6 +93,6 @@ proptest! {
     fn the_node_api_decodes_any_bytes_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
         let _ = PeerCall::decode(bytes.as_slice());
         let _ = PeerCallBody::decode(bytes.as_slice());
-        let _ = TunnelFrame::decode(bytes.as_slice());
+        let _ = TunnelAnswer::decode(bytes.as_slice());
     }
 }

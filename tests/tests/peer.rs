@@ -8,12 +8,14 @@
 use std::time::{Duration, SystemTime};
 
 use berth_node_runtime::agent::{NodeIdentity, Signer};
+use berth_node_runtime::tunnel;
 use berth_protocol::delegation::{self, Grant, NodeOperation};
+use berth_protocol::node_api::PeerCallBody;
 use berth_protocol::node_api::node_peer_client::NodePeerClient;
-use berth_protocol::node_api::{PeerCallBody, TunnelFrame, tunnel_frame};
 use berth_tests::plane::{Node, Server};
 use berth_tests::{ensure_images, free_port};
 use biscuit_auth::KeyPair;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A server and two nodes serving their node API; node 2 runs `db`.
 struct Pool {
@@ -168,7 +170,7 @@ impl Pool {
     }
 
     /// [`Self::tunnel_get`] with the call signed by `signer` but sent over a connection
-    /// made with `connection`'s key.
+    /// made with `connection`'s key: a tunnel connection of its own, as nodes open them.
     async fn tunnel_get_over(
         &self,
         connection: &Signer,
@@ -176,22 +178,24 @@ impl Pool {
         token: Vec<u8>,
     ) -> Result<String, tonic::Status> {
         let call = signer.peer_call("Tunnel", token, &self.body(8080));
-        let request = "GET /rows HTTP/1.0\r\n\r\n".as_bytes().to_vec();
-        let frames = tokio_stream::iter([
-            TunnelFrame {
-                frame: Some(tunnel_frame::Frame::Open(call)),
-            },
-            TunnelFrame {
-                frame: Some(tunnel_frame::Frame::Data(request)),
-            },
-        ]);
-        let mut answer = self.client(connection).tunnel(frames).await?.into_inner();
+        let dialed = connection
+            .tls()
+            .dial_tunnel(&self.n2_peer, &self.n2_key)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut opened = tunnel::open(dialed, &call).await.map_err(|e| match e {
+            tunnel::NotOpened::Refused(status) => status,
+            tunnel::NotOpened::Connection(e) => tonic::Status::unavailable(e.to_string()),
+        })?;
+        opened
+            .write_all(b"GET /rows HTTP/1.0\r\n\r\n")
+            .await
+            .expect("the request goes through");
         let mut text = Vec::new();
-        while let Some(frame) = answer.message().await? {
-            if let Some(tunnel_frame::Frame::Data(bytes)) = frame.frame {
-                text.extend(bytes);
-            }
-        }
+        opened
+            .read_to_end(&mut text)
+            .await
+            .expect("the answer comes back");
         Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
