@@ -6,6 +6,11 @@
 //! real TLS on loopback; only the container engine is simulated, so that the service is
 //! a server in this process rather than a container.
 //!
+//! Two more paths in the same run say what the link costs beyond its hops: the
+//! service behind two plain TCP relays, and behind two relays with TLS between them
+//! (the same keys and TLS as the link, the same copy loop), which is the floor for
+//! any encrypted link between two nodes.
+//!
 //! Run: `cargo bench -p berth-node-runtime --bench tunnel`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -143,39 +148,43 @@ async fn main() {
     tunnels.apply(&[assignment], &gateways).await;
     let direct = SocketAddr::from(([127, 0, 0, 1], port));
     let linked = SocketAddr::new(gateway, port);
+    // The same hops without Berth: a relay in front of a relay in front of the
+    // service, over plain TCP and over TLS (the nodes' keys, resumed sessions, one
+    // connection per client connection), carrying bytes with the same copy loop.
+    let plain = relays(port, None).await;
+    let sealed = relays(port, Some((&identity, &n2))).await;
+    let paths = [
+        ("direct TCP", direct),
+        ("two TCP relays", plain),
+        ("two relays, TLS between", sealed),
+        ("link", linked),
+    ];
 
-    // Warm up both paths (the first tunnel verifies the token; later ones hit the
+    // Warm up every path (the first tunnel verifies the token; later ones hit the
     // node's verified-token cache, as in steady state).
-    for address in [direct, linked] {
+    for (_, address) in paths {
         connect_and_ping(address).await;
         send(address, 1024 * 1024).await;
     }
 
-    let mut rows = Vec::new();
-    let latency = |label: &str, address: SocketAddr| {
-        let label = label.to_owned();
-        async move {
-            let mut medians = Vec::new();
-            for _ in 0..ROUNDS {
-                let mut times = Vec::with_capacity(CONNECTS);
-                for _ in 0..CONNECTS {
-                    let started = Instant::now();
-                    connect_and_ping(address).await;
-                    times.push(started.elapsed());
-                }
-                times.sort();
-                medians.push(times[CONNECTS / 2]);
+    let mut latencies = Vec::new();
+    for (_, address) in paths {
+        let mut medians = Vec::new();
+        for _ in 0..ROUNDS {
+            let mut times = Vec::with_capacity(CONNECTS);
+            for _ in 0..CONNECTS {
+                let started = Instant::now();
+                connect_and_ping(address).await;
+                times.push(started.elapsed());
             }
-            medians.sort();
-            (label, medians[ROUNDS / 2])
+            times.sort();
+            medians.push(times[CONNECTS / 2]);
         }
-    };
-    let direct_latency = latency("direct", direct).await;
-    let linked_latency = latency("link", linked).await;
-    rows.push((direct_latency, linked_latency));
-
+        medians.sort();
+        latencies.push(micros(medians[ROUNDS / 2]));
+    }
     let mut throughput = Vec::new();
-    for address in [direct, linked] {
+    for (_, address) in paths {
         let mut rates = Vec::new();
         for _ in 0..ROUNDS {
             let started = Instant::now();
@@ -186,24 +195,108 @@ async fn main() {
         throughput.push(rates[ROUNDS / 2]);
     }
 
-    let ((_, direct_connect), (_, link_connect)) = &rows[0];
     println!(
-        "a TCP service over loopback, directly and through a link (median of {ROUNDS} rounds):"
+        "a TCP service over loopback, median of {ROUNDS} rounds ({CONNECTS} connections each; {} MiB one way):",
+        VOLUME / (1024 * 1024)
     );
     println!(
-        "  connect + first byte back: direct {:>8.1} µs   link {:>8.1} µs   link / direct {:.1}×   added {:.1} µs",
-        micros(*direct_connect),
-        micros(*link_connect),
-        micros(*link_connect) / micros(*direct_connect),
-        micros(*link_connect) - micros(*direct_connect)
+        "  {:<26} {:>12} {:>10} {:>10} {:>12} {:>10}",
+        "path", "connect+1st", "added", "× direct", "throughput", "× direct"
     );
+    for (i, (label, _)) in paths.iter().enumerate() {
+        println!(
+            "  {:<26} {:>9.1} µs {:>+7.1} µs {:>9.2}× {:>7.0} MB/s {:>9.2}×",
+            label,
+            latencies[i],
+            latencies[i] - latencies[0],
+            latencies[i] / latencies[0],
+            throughput[i],
+            throughput[i] / throughput[0]
+        );
+    }
     println!(
-        "  throughput ({} MiB one way): direct {:>8.0} MB/s   link {:>8.0} MB/s   link / direct {:.2}",
-        VOLUME / (1024 * 1024),
-        throughput[0],
-        throughput[1],
-        throughput[1] / throughput[0]
+        "  link against two relays with TLS between: throughput {:.2}×, connect+first byte {:+.1} µs",
+        throughput[3] / throughput[2],
+        latencies[3] - latencies[2]
     );
+}
+
+/// Two relays in front of the service on `port`, the second connecting to it: over
+/// plain TCP, or with TLS between them made with `keys` (the caller's, the callee's).
+/// Where the first relay listens.
+async fn relays(port: u16, keys: Option<(&NodeIdentity, &NodeIdentity)>) -> SocketAddr {
+    let service = SocketAddr::from(([127, 0, 0, 1], port));
+    let second = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let second_address = second.local_addr().expect("address");
+    let first = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let first_address = first.local_addr().expect("address");
+    match keys {
+        None => {
+            tokio::spawn(relay(second, move || async move {
+                TcpStream::connect(service).await
+            }));
+            tokio::spawn(relay(first, move || async move {
+                TcpStream::connect(second_address).await
+            }));
+        }
+        Some((caller, callee)) => {
+            let acceptor = callee.tls().expect("tls").acceptor().expect("acceptor");
+            let incoming =
+                berth_node_runtime::node_tls::incoming(second, acceptor, move |mut sealed| {
+                    tokio::spawn(async move {
+                        let mut socket = TcpStream::connect(service).await.expect("connect");
+                        let _ = socket.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional_with_sizes(
+                            &mut sealed,
+                            &mut socket,
+                            64 * 1024,
+                            64 * 1024,
+                        )
+                        .await;
+                    });
+                });
+            tokio::spawn(async move {
+                // Nothing here speaks gRPC.
+                let mut incoming = Box::pin(incoming);
+                while tokio_stream::StreamExt::next(&mut incoming).await.is_some() {}
+            });
+            let tls = caller.tls().expect("tls");
+            let (peer, key) = (
+                format!("http://{second_address}"),
+                callee.public_key().expect("key"),
+            );
+            tokio::spawn(relay(first, move || {
+                let (tls, peer, key) = (tls.clone(), peer.clone(), key.clone());
+                async move { tls.dial_tunnel(&peer, &key).await }
+            }));
+        }
+    }
+    first_address
+}
+
+/// Accepts on `listener` and carries each connection to what `connect` makes.
+async fn relay<C, F, S>(listener: TcpListener, connect: C)
+where
+    C: Fn() -> F + Send + 'static,
+    F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    while let Ok((mut socket, _)) = listener.accept().await {
+        let _ = socket.set_nodelay(true);
+        let onward = connect();
+        tokio::spawn(async move {
+            let Ok(mut onward) = onward.await else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional_with_sizes(
+                &mut socket,
+                &mut onward,
+                64 * 1024,
+                64 * 1024,
+            )
+            .await;
+        });
+    }
 }
 
 fn micros(d: Duration) -> f64 {

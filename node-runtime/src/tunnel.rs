@@ -43,13 +43,17 @@ pub async fn send<M: Message>(
     io: &mut (impl AsyncWrite + Unpin),
     message: &M,
 ) -> std::io::Result<()> {
-    let body = message.encode_to_vec();
-    let length = u32::try_from(body.len()).map_err(std::io::Error::other)?;
-    let mut framed = Vec::with_capacity(4 + body.len());
-    framed.extend_from_slice(&length.to_be_bytes());
-    framed.extend_from_slice(&body);
-    io.write_all(&framed).await?;
+    io.write_all(&framed(message)?).await?;
     io.flush().await
+}
+
+/// `message` as [`send`] writes it.
+fn framed<M: Message>(message: &M) -> std::io::Result<Vec<u8>> {
+    let length = u32::try_from(message.encoded_len()).map_err(std::io::Error::other)?;
+    let mut framed = Vec::with_capacity(4 + message.encoded_len());
+    framed.extend_from_slice(&length.to_be_bytes());
+    message.encode(&mut framed).map_err(std::io::Error::other)?;
+    Ok(framed)
 }
 
 /// Reads one message written by [`send`], refusing one longer than `max` bytes before
@@ -91,12 +95,21 @@ impl std::fmt::Display for NotOpened {
     }
 }
 
-/// Sends `call` on `connection` and waits for the node's answer: the connection,
-/// ready to carry bytes, when the tunnel is open.
-pub async fn open(mut connection: Connection, call: &PeerCall) -> Result<Connection, NotOpened> {
-    send(&mut connection, call)
+/// Sends `call` on `connection`, and right behind it `early`, the first bytes for the
+/// service (the node reads them only once it has allowed the call), and waits for the
+/// node's answer: the connection, ready to carry bytes, when the tunnel is open.
+pub async fn open(
+    mut connection: Connection,
+    call: &PeerCall,
+    early: &[u8],
+) -> Result<Connection, NotOpened> {
+    let mut sent = framed(call).map_err(NotOpened::Connection)?;
+    sent.extend_from_slice(early);
+    connection
+        .write_all(&sent)
         .await
         .map_err(NotOpened::Connection)?;
+    connection.flush().await.map_err(NotOpened::Connection)?;
     let answer: TunnelAnswer = receive(&mut connection, MAX_ANSWER)
         .await
         .map_err(NotOpened::Connection)?;

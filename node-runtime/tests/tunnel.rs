@@ -161,6 +161,8 @@ async fn bytes_cross_a_link_both_ways_and_each_side_may_stop_writing_first() {
     let pair = pair(Ipv4Addr::new(127, 0, 0, 21)).await;
     for _ in 0..3 {
         let mut socket = TcpStream::connect(pair.linked).await.unwrap();
+        // Sent at once, so that it may travel with the tunnel's call.
+        socket.write_all(b"first").await.unwrap();
         let mut hello = [0u8; 5];
         socket.read_exact(&mut hello).await.unwrap();
         assert_eq!(&hello, b"hello");
@@ -170,7 +172,7 @@ async fn bytes_cross_a_link_both_ways_and_each_side_may_stop_writing_first() {
         socket.shutdown().await.unwrap();
         let mut rest = Vec::new();
         socket.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest, (sent.len() as u64).to_le_bytes());
+        assert_eq!(rest, (sent.len() as u64 + 5).to_le_bytes());
     }
     let allowed = pair.api.take_decisions();
     assert_eq!(allowed.len(), 3, "{allowed:?}");
@@ -192,7 +194,7 @@ async fn a_call_over_another_nodes_tunnel_connection_is_refused_with_its_code() 
         pair.token.clone(),
         &body(pair.linked.port()),
     );
-    let Err(tunnel::NotOpened::Refused(status)) = tunnel::open(connection, &call).await else {
+    let Err(tunnel::NotOpened::Refused(status)) = tunnel::open(connection, &call, &[]).await else {
         panic!("the call went through");
     };
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");

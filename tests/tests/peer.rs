@@ -15,7 +15,7 @@ use berth_protocol::node_api::node_peer_client::NodePeerClient;
 use berth_tests::plane::{Node, Server};
 use berth_tests::{ensure_images, free_port};
 use biscuit_auth::KeyPair;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// A server and two nodes serving their node API; node 2 runs `db`.
 struct Pool {
@@ -183,14 +183,14 @@ impl Pool {
             .dial_tunnel(&self.n2_peer, &self.n2_key)
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut opened = tunnel::open(dialed, &call).await.map_err(|e| match e {
-            tunnel::NotOpened::Refused(status) => status,
-            tunnel::NotOpened::Connection(e) => tonic::Status::unavailable(e.to_string()),
-        })?;
-        opened
-            .write_all(b"GET /rows HTTP/1.0\r\n\r\n")
+        // The request travels right behind the call, as a node sends what its client
+        // had already sent.
+        let mut opened = tunnel::open(dialed, &call, b"GET /rows HTTP/1.0\r\n\r\n")
             .await
-            .expect("the request goes through");
+            .map_err(|e| match e {
+                tunnel::NotOpened::Refused(status) => status,
+                tunnel::NotOpened::Connection(e) => tonic::Status::unavailable(e.to_string()),
+            })?;
         let mut text = Vec::new();
         opened
             .read_to_end(&mut text)
