@@ -8,7 +8,10 @@
 //! The floor, measured in the same run: the same containers (same image, command and
 //! network) created and started all at once straight through the engine's API
 //! (bollard), with no dependency order, then stopped and removed the same way. What
-//! Berth takes above it is what Berth adds; `berth / floor` is printed.
+//! Berth takes above it is what Berth adds; `berth / floor` is printed. A second floor
+//! keeps the file's order: every container created at once, each started as soon as
+//! the one it depends on has started (what `depends_on` asks of any tool);
+//! `berth / ordered` is printed too.
 //!
 //! Run: `cargo bench -p berth-cli --bench up_vs_compose` (needs Docker and the
 //! `docker-compose` command; builds the images itself). `BENCH_ROUNDS` sets the rounds.
@@ -52,8 +55,16 @@ fn main() {
         compose.join(" ")
     );
     println!(
-        "{:<10} {:<12} {:>10} {:>10} {:>10} {:>15} {:>13}",
-        "services", "phase", "berth", "compose", "floor", "compose/berth", "berth/floor"
+        "{:<10} {:<12} {:>10} {:>10} {:>10} {:>10} {:>15} {:>13} {:>15}",
+        "services",
+        "phase",
+        "berth",
+        "compose",
+        "floor",
+        "ordered",
+        "compose/berth",
+        "berth/floor",
+        "berth/ordered"
     );
     for services in [10, 50] {
         bench(&compose, services, rounds);
@@ -124,12 +135,13 @@ fn bench(compose: &[String], services: usize, rounds: usize) {
 
     let (mut b_up, mut b_noop, mut b_down, mut c_up, mut c_noop, mut c_down) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut f_up, mut f_down) = (vec![], vec![]);
+    let (mut f_up, mut f_down, mut o_up) = (vec![], vec![], vec![]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     for _ in 0..rounds {
-        let (up, down) = runtime.block_on(floor(services));
+        let (up, down) = runtime.block_on(floor(services, false));
         f_up.push(up);
         f_down.push(down);
+        o_up.push(runtime.block_on(floor(services, true)).0);
         b_up.push(timed(berth, &["up", "-d"], &berth_dir, &env));
         b_noop.push(timed(berth, &["up", "-d"], &berth_dir, &env));
         b_down.push(timed(berth, &["down"], &berth_dir, &env));
@@ -137,35 +149,55 @@ fn bench(compose: &[String], services: usize, rounds: usize) {
         c_noop.push(timed(c0, &compose_args(&["up", "-d"]), &compose_dir, &[]));
         c_down.push(timed(c0, &compose_args(&["down"]), &compose_dir, &[]));
     }
-    for (phase, b, c, f) in [
-        ("up", b_up, c_up, Some(f_up)),
-        ("up again", b_noop, c_noop, None),
-        ("down", b_down, c_down, Some(f_down)),
+    for (phase, b, c, f, o) in [
+        ("up", b_up, c_up, Some(f_up), Some(o_up)),
+        ("up again", b_noop, c_noop, None, None),
+        ("down", b_down, c_down, Some(f_down), None),
     ] {
         let (b, c) = (median(b), median(c));
-        let f = f.map(median);
+        let (f, o) = (f.map(median), o.map(median));
+        let seconds =
+            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.2}s", d.as_secs_f64()));
+        let ratio = |d: Option<Duration>| {
+            d.map_or("-".to_owned(), |d| {
+                format!("{:.2}x", b.as_secs_f64() / d.as_secs_f64())
+            })
+        };
         println!(
-            "{services:<10} {phase:<12} {:>9.2}s {:>9.2}s {:>10} {:>14.2}x {:>13}",
+            "{services:<10} {phase:<12} {:>9.2}s {:>9.2}s {:>10} {:>10} {:>14.2}x {:>13} {:>15}",
             b.as_secs_f64(),
             c.as_secs_f64(),
-            f.map_or("-".to_owned(), |f| format!("{:.2}s", f.as_secs_f64())),
+            seconds(f),
+            seconds(o),
             c.as_secs_f64() / b.as_secs_f64(),
-            f.map_or("-".to_owned(), |f| format!(
-                "{:.2}x",
-                b.as_secs_f64() / f.as_secs_f64()
-            )),
+            ratio(f),
+            ratio(o),
         );
     }
 }
 
 /// The engine's floor for `services` containers: a network, then every container
-/// created and started at once; then every one stopped and removed at once, and the
+/// created and started at once (`ordered`: each started as soon as the one the file
+/// has it depend on has started); then every one stopped and removed at once, and the
 /// network. Returns the two wall times.
-async fn floor(services: usize) -> (Duration, Duration) {
+async fn floor(services: usize, ordered: bool) -> (Duration, Duration) {
     use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
     use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
     let docker = bollard::Docker::connect_with_local_defaults().expect("docker");
-    let network = format!("benchfloor{services}_default");
+    // A network of this run's own: one an earlier run could not remove (see below)
+    // keeps its name.
+    let network = format!(
+        "benchfloor{services}{ordered}{}_default",
+        std::process::id()
+    );
+    let names: Vec<String> = (0..services)
+        .map(|i| format!("benchfloor{services}{ordered}-s{i}-1"))
+        .collect();
+    // What an interrupted run left behind would collide with this one.
+    for name in &names {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = docker.remove_container(name, Some(options)).await;
+    }
     let start = Instant::now();
     docker
         .create_network(NetworkCreateRequest {
@@ -175,11 +207,16 @@ async fn floor(services: usize) -> (Duration, Duration) {
         })
         .await
         .expect("network");
-    let names: Vec<String> = (0..services)
-        .map(|i| format!("benchfloor{services}-s{i}-1"))
-        .collect();
-    futures_util::future::join_all(names.iter().map(|name| {
+    // Each container's start, told to the ones that depend on it.
+    let (started, starts): (Vec<_>, Vec<_>) = (0..services)
+        .map(|_| tokio::sync::watch::channel(false))
+        .unzip();
+    futures_util::future::join_all(names.iter().enumerate().map(|(i, name)| {
         let (docker, network) = (&docker, &network);
+        let (started, mut after) = (
+            &started[i],
+            (ordered && i > 0).then(|| starts[(i - 1) / 2].clone()),
+        );
         async move {
             let body = ContainerCreateBody {
                 image: Some("berth/busybox:latest".into()),
@@ -199,7 +236,11 @@ async fn floor(services: usize) -> (Duration, Duration) {
                 .create_container(Some(options), body)
                 .await
                 .expect("create");
+            if let Some(after) = after.as_mut() {
+                after.wait_for(|started| *started).await.expect("waited");
+            }
             docker.start_container(name, None).await.expect("start");
+            started.send_replace(true);
         }
     }))
     .await;
@@ -217,9 +258,18 @@ async fn floor(services: usize) -> (Duration, Duration) {
         }
     }))
     .await;
-    docker
-        .remove_network(&network)
-        .await
-        .expect("network removed");
-    (up, start.elapsed())
+    let down = start.elapsed();
+    // The engine may still be releasing the containers' endpoints when their removal
+    // returns, and Docker 20.10 sometimes never does after many stops at once; it
+    // then refuses to remove the network, which is said and left.
+    let mut tries = 0;
+    while let Err(e) = docker.remove_network(&network).await {
+        tries += 1;
+        if tries == 30 {
+            eprintln!("network {network} not removed: {e}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (up, down)
 }

@@ -186,7 +186,8 @@ pub enum ReconcileError {
 /// Tunables of the executor.
 #[derive(Clone, Debug)]
 pub struct ReconcileOptions {
-    /// How many engine operations (create, start, remove) run at once.
+    /// How many engine operations of each kind (creates and removals; starts) run at
+    /// once.
     pub concurrency: usize,
     /// How long a dependency may take to become healthy or complete.
     pub readiness_timeout: Duration,
@@ -705,7 +706,10 @@ impl<D: ContainerDriver> Reconciler<D> {
             senders.insert(name.clone(), tx);
             receivers.insert(name.clone(), rx);
         }
+        // Creates and starts each have their own permits: a service whose dependencies
+        // are up starts at once rather than behind every other service's create.
         let semaphore = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let starting = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let mut tasks = JoinSet::new();
         for (name, service) in &assignment.services {
             let slots = per_service.remove(name).unwrap_or_default();
@@ -740,6 +744,7 @@ impl<D: ContainerDriver> Reconciler<D> {
                 wants_completion,
                 driver: Arc::clone(&self.driver),
                 semaphore: Arc::clone(&semaphore),
+                starting: Arc::clone(&starting),
                 events: events.clone(),
                 options: self.options.clone(),
             };
@@ -796,7 +801,10 @@ struct ServiceJob<D> {
     wants_health: bool,
     wants_completion: bool,
     driver: Arc<D>,
+    /// Permits for creates and removals.
     semaphore: Arc<Semaphore>,
+    /// Permits for starts.
+    starting: Arc<Semaphore>,
     events: Events,
     options: ReconcileOptions,
 }
@@ -839,7 +847,7 @@ impl<D: ContainerDriver> ServiceJob<D> {
                 Prepared::New => created += 1,
             }
             let driver = Arc::clone(&self.driver);
-            let semaphore = Arc::clone(&self.semaphore);
+            let semaphore = Arc::clone(&self.starting);
             let events = self.events.clone();
             let service = self.name.clone();
             starts.spawn(async move {

@@ -170,14 +170,25 @@ impl Spares {
     fn refill(&self, tls: &NodeTls, key: (String, Vec<u8>)) {
         let (spares, tls) = (self.clone(), tls.clone());
         tokio::spawn(async move {
+            let made = Instant::now();
             match tls.dial_tunnel(&key.0, &key.1).await {
                 Ok(connection) => {
                     spares
                         .lock()
-                        .entry(key)
-                        .or_insert((Instant::now(), connection));
+                        .entry(key.clone())
+                        .or_insert((made, connection));
                 }
-                Err(e) => tracing::debug!(peer = %key.0, error = %e, "no spare tunnel connection"),
+                Err(e) => {
+                    tracing::debug!(peer = %key.0, error = %e, "no spare tunnel connection");
+                    return;
+                }
+            }
+            // A spare no tunnel took is closed once too old to be used, so that a
+            // peer no longer called holds no connection.
+            tokio::time::sleep(SPARE_FOR).await;
+            let mut spares = spares.lock();
+            if spares.get(&key).is_some_and(|(at, _)| *at == made) {
+                spares.remove(&key);
             }
         });
     }
