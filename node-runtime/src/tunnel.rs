@@ -140,7 +140,10 @@ pub(crate) fn answer(outcome: Result<(), &tonic::Status>) -> TunnelAnswer {
 /// Connections ready for tunnels: at most one per peer node (its address and key),
 /// made in the background when a tunnel takes the one there was.
 #[derive(Clone, Default)]
-pub(crate) struct Spares(Arc<Mutex<HashMap<(String, Vec<u8>), (Instant, Connection)>>>);
+pub(crate) struct Spares(Arc<Mutex<SpareMap>>);
+
+/// A spare connection, and when it was made, by its peer's address and key.
+type SpareMap = HashMap<(String, Vec<u8>), (Instant, Connection)>;
 
 impl std::fmt::Debug for Spares {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -193,7 +196,7 @@ impl Spares {
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Vec<u8>), (Instant, Connection)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpareMap> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

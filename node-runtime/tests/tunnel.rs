@@ -35,12 +35,15 @@ struct Pair {
 /// A service that answers "hello" at once, then, when its client stops writing, says
 /// how many bytes it was sent.
 async fn service() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             tokio::spawn(async move {
-                socket.write_all(b"hello").await.unwrap();
+                socket
+                    .write_all(b"hello")
+                    .await
+                    .expect("the service writes");
                 let mut total = 0u64;
                 let mut buffer = vec![0u8; 64 * 1024];
                 loop {
@@ -70,13 +73,13 @@ async fn pair(gateway: Ipv4Addr) -> Pair {
         ..Trust::default()
     }));
     let api = PeerApi::new("n2", engine, trust);
-    let n2 = NodeIdentity::generate("n2", "http://127.0.0.1:1").unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let peer = format!("http://{}", listener.local_addr().unwrap());
+    let n2 = NodeIdentity::generate("n2", "http://127.0.0.1:1").expect("identity");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peer = format!("http://{}", listener.local_addr().expect("address"));
     let (served, grpc) = (api.clone(), api.clone());
     let incoming = berth_node_runtime::node_tls::incoming(
         listener,
-        n2.tls().unwrap().acceptor().unwrap(),
+        n2.tls().expect("tls").acceptor().expect("acceptor"),
         move |connection| {
             let served = served.clone();
             tokio::spawn(async move { served.serve_tunnel(connection).await });
@@ -89,8 +92,8 @@ async fn pair(gateway: Ipv4Addr) -> Pair {
             .await
     });
 
-    let n1 = NodeIdentity::generate("n1", "http://127.0.0.1:1").unwrap();
-    let signer = Arc::new(n1.signer().unwrap());
+    let n1 = NodeIdentity::generate("n1", "http://127.0.0.1:1").expect("identity");
+    let signer = Arc::new(n1.signer().expect("signer"));
     let grant = Grant {
         caller: "n1".into(),
         caller_key: signer.public_key(),
@@ -102,8 +105,8 @@ async fn pair(gateway: Ipv4Addr) -> Pair {
         port,
         expires: SystemTime::now() + Duration::from_secs(3600),
     };
-    let token = delegation::mint(&root, 1, &grant).unwrap();
-    let peer_key = n2.public_key().unwrap();
+    let token = delegation::mint(&root, 1, &grant).expect("mint");
+    let peer_key = n2.public_key().expect("key");
     let assignment = TopologyAssignment {
         id: id.clone(),
         revision: 1,
@@ -121,7 +124,7 @@ async fn pair(gateway: Ipv4Addr) -> Pair {
             node: "n2".into(),
             peer: peer.clone(),
             peer_key: berth_protocol::assignment::hex_encode(&peer_key),
-            token: token.to_base64().unwrap(),
+            token: token.to_base64().expect("encode"),
         }],
     };
     let mut tunnels = Tunnels::new(signer);
@@ -132,7 +135,7 @@ async fn pair(gateway: Ipv4Addr) -> Pair {
         peer,
         peer_key,
         n1,
-        token: token.to_vec().unwrap(),
+        token: token.to_vec().expect("encode"),
         linked: SocketAddr::new(IpAddr::V4(gateway), port),
         _tunnels: tunnels,
     }
@@ -141,7 +144,7 @@ async fn pair(gateway: Ipv4Addr) -> Pair {
 fn body(port: u16) -> PeerCallBody {
     let now = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
+        .expect("the clock is past 1970");
     let mut nonce = vec![1u8; 16];
     nonce[..8].copy_from_slice(&now.as_nanos().to_le_bytes()[..8]);
     PeerCallBody {
@@ -150,7 +153,7 @@ fn body(port: u16) -> PeerCallBody {
         topology: "shop".into(),
         service: "db".into(),
         port: u32::from(port),
-        timestamp_ms: i64::try_from(now.as_millis()).unwrap(),
+        timestamp_ms: i64::try_from(now.as_millis()).expect("a timestamp"),
         nonce,
         digest: String::new(),
     }
