@@ -216,8 +216,8 @@ async fn carry<'l>(
     // What the client has already sent travels with the call, which saves a round
     // trip for clients that speak first; it is kept until a node opens the tunnel.
     let mut early = vec![0u8; EARLY];
-    let n = socket.try_read(&mut early).unwrap_or(0);
-    early.truncate(n);
+    let read = socket.try_read(&mut early).unwrap_or(0);
+    early.truncate(read);
     for (n, link) in links.iter().enumerate() {
         // The last node left is given as long as the caller waits: skipping it gains
         // nothing, and a loaded node may take longer than OPEN_WITHIN to answer.
@@ -249,7 +249,8 @@ async fn carry<'l>(
 
 /// Opens a tunnel to `link.node`, sending `early` (what the client had sent when
 /// its connection was taken) right behind the call: the node reads it only once it
-/// has allowed the call, and a refusal leaves it to be sent to the next node. A spare connection the node closed meanwhile is replaced by a new one.
+/// has allowed the call, and a refusal leaves it to be sent to the next node. A spare
+/// connection the node closed meanwhile is replaced by a new one.
 async fn open(
     id: &TopologyRef,
     link: &Link,
