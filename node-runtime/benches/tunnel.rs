@@ -21,6 +21,7 @@ use berth_node_runtime::agent::NodeIdentity;
 use berth_node_runtime::links::Tunnels;
 use berth_node_runtime::peer::{PeerApi, Trust};
 use berth_node_runtime::simulated::SimulatedDriver;
+use berth_node_runtime::tunnel;
 use berth_protocol::assignment::{Link, Scope, TopologyAssignment, TopologyRef};
 use berth_protocol::capability::Keyring;
 use berth_protocol::delegation::{self, Grant, NodeOperation};
@@ -246,13 +247,7 @@ async fn relays(port: u16, keys: Option<(&NodeIdentity, &NodeIdentity)>) -> Sock
                     tokio::spawn(async move {
                         let mut socket = TcpStream::connect(service).await.expect("connect");
                         let _ = socket.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional_with_sizes(
-                            &mut sealed,
-                            &mut socket,
-                            64 * 1024,
-                            64 * 1024,
-                        )
-                        .await;
+                        let _ = tunnel::carry(&mut sealed, &mut socket).await;
                     });
                 });
             tokio::spawn(async move {
@@ -288,13 +283,7 @@ where
             let Ok(mut onward) = onward.await else {
                 return;
             };
-            let _ = tokio::io::copy_bidirectional_with_sizes(
-                &mut socket,
-                &mut onward,
-                64 * 1024,
-                64 * 1024,
-            )
-            .await;
+            let _ = tunnel::carry(&mut socket, &mut onward).await;
         });
     }
 }

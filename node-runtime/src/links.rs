@@ -204,7 +204,7 @@ impl Drop for Counted<'_> {
 
 /// Carries one connection through a tunnel to the first of `links` that opens one.
 async fn carry<'l>(
-    socket: tokio::net::TcpStream,
+    mut socket: tokio::net::TcpStream,
     id: &TopologyRef,
     links: impl Iterator<Item = &'l Link>,
     spread: &std::sync::Mutex<Spread>,
@@ -226,9 +226,11 @@ async fn carry<'l>(
             false => LAST_OPEN_WITHIN,
         };
         match open(id, link, signer, spares, within, &early).await {
-            Ok(tunnel) => {
+            Ok(mut tunnel) => {
                 let _counted = Counted::new(spread, &link.node);
-                return pipe(socket, tunnel).await;
+                return tunnel::carry(&mut socket, &mut tunnel)
+                    .await
+                    .map_err(|e| e.to_string());
             }
             Err(e) => {
                 tracing::info!(service = %link.service, node = %link.node, error = %e, "tunnel not opened; trying the next node");
@@ -325,22 +327,6 @@ const OPEN_WITHIN: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// How long the last node left has to open a tunnel.
 const LAST_OPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Carries bytes both ways between `socket` and an opened tunnel until both ends close.
-async fn pipe(
-    mut socket: tokio::net::TcpStream,
-    mut tunnel: tunnel::Connection,
-) -> Result<(), String> {
-    tokio::io::copy_bidirectional_with_sizes(
-        &mut socket,
-        &mut tunnel,
-        tunnel::BUFFER,
-        tunnel::BUFFER,
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| e.to_string())
-}
 
 #[cfg(test)]
 mod tests {

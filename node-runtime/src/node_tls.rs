@@ -214,13 +214,7 @@ impl NodeTls {
         let uri: tonic::transport::Uri = peer.parse().map_err(|e| {
             std::io::Error::other(format!("{peer:?} is not a node API address: {e}"))
         })?;
-        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-        let port = uri.port_u16().unwrap_or(80);
-        let tcp = Buffered::new(tokio::net::TcpStream::connect((host, port)).await?);
-        let name = ServerName::try_from("berth-node").map_err(std::io::Error::other)?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await?;
+        let tls = handshake(&tokio_rustls::TlsConnector::from(config), &uri).await?;
         match tls.get_ref().1.alpn_protocol() {
             Some(TUNNEL_ALPN) => Ok(tls),
             _ => Err(std::io::Error::other(format!(
@@ -242,17 +236,25 @@ impl NodeTls {
         let connect = tower::service_fn(move |uri: tonic::transport::Uri| {
             let connector = connector.clone();
             async move {
-                let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-                let port = uri.port_u16().unwrap_or(80);
-                let tcp = Buffered::new(tokio::net::TcpStream::connect((host, port)).await?);
-                // The name is not checked (the key is); rustls needs one to send.
-                let name = ServerName::try_from("berth-node").map_err(std::io::Error::other)?;
-                let tls = connector.connect(name, tcp).await?;
+                let tls = handshake(&connector, &uri).await?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
             }
         });
         Ok(endpoint.connect_with_connector_lazy(connect))
     }
+}
+
+/// Connects to the node API at `uri` and makes the TLS handshake with `connector`.
+async fn handshake(
+    connector: &tokio_rustls::TlsConnector,
+    uri: &tonic::transport::Uri,
+) -> std::io::Result<tokio_rustls::client::TlsStream<Buffered>> {
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = Buffered::new(tokio::net::TcpStream::connect((host, port)).await?);
+    // The name is not checked (the key is); rustls needs one to send.
+    let name = ServerName::try_from("berth-node").map_err(std::io::Error::other)?;
+    connector.connect(name, tcp).await
 }
 
 /// The gRPC connections `listener` accepts, each through its TLS handshake; handshakes

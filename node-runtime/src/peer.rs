@@ -327,13 +327,7 @@ impl<D: ContainerDriver> PeerApi<D> {
         }
         match opened {
             Ok(mut service) => {
-                let _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut connection,
-                    &mut service,
-                    tunnel::BUFFER,
-                    tunnel::BUFFER,
-                )
-                .await;
+                let _ = tunnel::carry(&mut connection, &mut service).await;
             }
             Err(_) => {
                 let _ = connection.shutdown().await;

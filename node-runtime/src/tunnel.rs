@@ -33,7 +33,7 @@ pub(crate) const CALL_WITHIN: Duration = Duration::from_secs(60);
 /// [`CALL_WITHIN`], so that the node has not closed it yet).
 const SPARE_FOR: Duration = Duration::from_secs(30);
 /// The buffer each way while bytes are carried.
-pub(crate) const BUFFER: usize = 64 * 1024;
+const BUFFER: usize = 64 * 1024;
 
 /// A caller's end of a tunnel connection.
 pub type Connection = tokio_rustls::client::TlsStream<crate::node_tls::Buffered>;
@@ -75,6 +75,17 @@ pub async fn receive<M: Message + Default>(
     io.read_exact(&mut body).await?;
     M::decode(body.as_slice())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Carries bytes both ways between `a` and `b` until both ends have closed, as both
+/// ends of an open tunnel do.
+pub async fn carry(
+    a: &mut (impl AsyncRead + AsyncWrite + Unpin + ?Sized),
+    b: &mut (impl AsyncRead + AsyncWrite + Unpin + ?Sized),
+) -> std::io::Result<()> {
+    tokio::io::copy_bidirectional_with_sizes(a, b, BUFFER, BUFFER)
+        .await
+        .map(|_| ())
 }
 
 /// Why a tunnel did not open.
