@@ -10,6 +10,18 @@ use sea_orm::{ConnectOptions, Database, DbErr};
 /// How long a SQLite writer waits for another to finish before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many rows SQLite's connection thread hands over ahead of the task reading them.
+/// Past this many the thread blocks and is woken for every further row, two context
+/// switches a row: a deploy reads a few hundred candidate nodes, so the bound sits
+/// above that (sqlx's default is 50).
+const SQLITE_ROWS_AHEAD: usize = 1024;
+
+/// Each SQLite connection's page cache, KiB (SQLite's default is 2 MiB). A pool's
+/// database outgrows 2 MiB with its first few thousand replicas, after which every
+/// deploy's inserts read their index pages back from the file, more of them as the
+/// pool fills; the cache takes memory only as pages are read.
+const SQLITE_CACHE_KIB: u32 = 64 * 1024;
+
 /// Connects to the database at `url`. SQLite runs in WAL mode, so readers never block
 /// the writer, with a busy timeout, so concurrent writers wait their turn instead of
 /// failing.
@@ -19,6 +31,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     options.map_sqlx_sqlite_opts(|o| {
         o.journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .row_buffer_size(SQLITE_ROWS_AHEAD)
+            .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"))
     });
     Database::connect(options).await
 }

@@ -1,7 +1,8 @@
 //! Placement: which node runs each replica of a topology. Pure; the allocator's
 //! service loads the inputs and commits the result.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use berth_protocol::topology::Constraint;
 
@@ -43,6 +44,16 @@ pub struct Want {
     pub cost: Resources,
     /// Which nodes may run it; all must hold.
     pub constraints: Vec<Constraint>,
+}
+
+impl Want {
+    /// Whether `other` asks for the same nodes and room (another replica of the
+    /// same service, as a rule): then both choose from the same candidates.
+    fn asks_as(&self, other: &Want) -> bool {
+        self.service == other.service
+            && self.cost == other.cost
+            && self.constraints == other.constraints
+    }
 }
 
 /// A replica that is placed now.
@@ -174,22 +185,27 @@ pub fn place(
     }
     let open = |n: &NodeView| n.schedulable && !n.draining;
     let schedulable_nodes = nodes.iter().filter(|n| open(n)).count();
+    // Replicas that ask the same (a service's, one after another) choose from one heap
+    // of the nodes with room for them, keyed by fewest replicas of the service, then the
+    // least load, then the name (the index, since the nodes are in name order): only the
+    // node just chosen changes its key, so each choice costs a logarithm, not a look at
+    // every candidate.
+    let mut choices = BinaryHeap::new();
+    let mut asking: Option<&Want> = None;
     for (generation, want) in (next_generation..).zip(homeless) {
-        let spread = per_service.get(want.service.as_str());
-        // Fewest replicas of the service, then the least load, then the name (the
-        // index, since the nodes are in name order).
-        let best = nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| open(n) && n.allows(want) && n.used.plus(want.cost).fits(&n.capacity))
-            .map(|(i, n)| (spread.map_or(0, |s| s[i]), load(n), i))
-            .min_by(|a, b| {
-                a.0.cmp(&b.0)
-                    .then_with(|| a.1.total_cmp(&b.1))
-                    .then_with(|| a.2.cmp(&b.2))
-            })
-            .map(|(_, _, i)| i);
-        let Some(i) = best else {
+        if asking.is_none_or(|a| !a.asks_as(want)) {
+            asking = Some(want);
+            let spread = per_service.get(want.service.as_str());
+            choices = nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| {
+                    open(n) && n.allows(want) && n.used.plus(want.cost).fits(&n.capacity)
+                })
+                .map(|(i, n)| Reverse(Choice::of(spread.map_or(0, |s| s[i]), n, i)))
+                .collect();
+        }
+        let Some(Reverse(choice)) = choices.pop() else {
             if !nodes.iter().any(|n| open(n) && n.allows(want)) {
                 let constraints: Vec<String> =
                     want.constraints.iter().map(ToString::to_string).collect();
@@ -206,6 +222,7 @@ pub fn place(
                 schedulable_nodes,
             });
         };
+        let i = choice.index;
         let node = &mut nodes[i];
         node.used = node.used.plus(want.cost);
         slots.push(Placed {
@@ -215,10 +232,55 @@ pub fn place(
             generation,
             cost: want.cost,
         });
+        if node.used.plus(want.cost).fits(&node.capacity) {
+            choices.push(Reverse(Choice::of(choice.spread + 1, node, i)));
+        }
         count(&mut per_service, &want.service, i, nodes.len());
     }
     Ok(Placement { slots, released })
 }
+
+/// A node as a new replica's choice: fewest replicas of its service first, then the
+/// least load, then the first in name order.
+#[derive(Clone, Copy, Debug)]
+struct Choice {
+    spread: u32,
+    load: f64,
+    index: usize,
+}
+
+impl Choice {
+    fn of(spread: u32, node: &NodeView, index: usize) -> Self {
+        Self {
+            spread,
+            load: load(node),
+            index,
+        }
+    }
+}
+
+impl Ord for Choice {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.spread
+            .cmp(&other.spread)
+            .then_with(|| self.load.total_cmp(&other.load))
+            .then_with(|| self.index.cmp(&other.index))
+    }
+}
+
+impl PartialOrd for Choice {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Choice {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Choice {}
 
 /// Counts one more replica of `service` on the node at index `i` of `len` nodes.
 fn count<'a>(per_service: &mut HashMap<&'a str, Vec<u32>>, service: &'a str, i: usize, len: usize) {
@@ -402,5 +464,61 @@ mod tests {
                 }
             }
         }
+
+        /// The heap of choices picks exactly what a look at every node for every new
+        /// replica picks (the rule as written: fewest of the service, least load, name),
+        /// for replicas that ask alike in runs and interleaved.
+        #[test]
+        fn choices_match_a_look_at_every_node(
+            nodes in prop::collection::vec((1u64..6, 200u64..3000, 0u64..3, any::<bool>(), any::<bool>()), 1..10),
+            demands in prop::collection::vec((0usize..3, 0u64..900), 0..30),
+        ) {
+            let nodes: Vec<NodeView> = nodes.iter().enumerate().map(|(i, (n, cpu, used, schedulable, draining))| NodeView {
+                name: format!("n{i}"),
+                capacity: Limit { cpu_millis: Some(*cpu), memory_bytes: None, containers: Some(*n) },
+                used: Resources { cpu_millis: 0, memory_bytes: 0, containers: *used },
+                schedulable: *schedulable,
+                draining: *draining && !*schedulable,
+                labels: BTreeMap::new(),
+            }).collect();
+            // Each service asks one cost, so a service's replicas ask alike.
+            let wants: Vec<Want> = demands.iter().enumerate().map(|(i, (s, _))| want(&format!("s{s}"), i as u32 + 1, demands.iter().find(|d| d.0 == *s).map_or(0, |d| d.1))).collect();
+            let scanned = place_by_scan(&wants, &nodes);
+            prop_assert_eq!(place(&wants, &[], &nodes, 1).map(|p| p.slots).ok(), scanned);
+        }
+    }
+
+    /// Placement of new replicas as a look at every open node for each: the reference
+    /// the heap is checked against.
+    fn place_by_scan(wants: &[Want], nodes: &[NodeView]) -> Option<Vec<Placed>> {
+        let mut nodes = nodes.to_vec();
+        let mut per_service: HashMap<&str, Vec<u32>> = HashMap::new();
+        let mut slots = Vec::new();
+        for (generation, want) in (1..).zip(wants) {
+            let spread = per_service.get(want.service.as_str());
+            let i = nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| {
+                    n.schedulable && !n.draining && n.used.plus(want.cost).fits(&n.capacity)
+                })
+                .map(|(i, n)| (spread.map_or(0, |s| s[i]), load(n), i))
+                .min_by(|a, b| {
+                    a.0.cmp(&b.0)
+                        .then_with(|| a.1.total_cmp(&b.1))
+                        .then_with(|| a.2.cmp(&b.2))
+                })
+                .map(|(_, _, i)| i)?;
+            nodes[i].used = nodes[i].used.plus(want.cost);
+            slots.push(Placed {
+                service: want.service.clone(),
+                replica: want.replica,
+                node: nodes[i].name.clone(),
+                generation,
+                cost: want.cost,
+            });
+            count(&mut per_service, &want.service, i, nodes.len());
+        }
+        Some(slots)
     }
 }

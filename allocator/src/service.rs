@@ -81,12 +81,74 @@ pub struct DefaultRequest {
     pub memory_bytes: u64,
 }
 
-/// The result of a deploy: for every node involved, its whole assignment for the
-/// topology (an empty one for nodes the topology left).
+/// The result of a deploy: where every replica of the topology is, and every node the
+/// deploy involved (old and new). A node's assignment is built when asked for: a
+/// pool's nodes pull theirs, so a deploy over a hundred nodes builds none.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Deployment {
-    /// Assignments by node name.
-    pub by_node: BTreeMap<String, TopologyAssignment>,
+    id: TopologyRef,
+    revision: u64,
+    topology: Topology,
+    slots: Vec<Placed>,
+    nodes: BTreeSet<String>,
+}
+
+impl Deployment {
+    /// `topology` at `revision` with its replicas in `slots`, involving `nodes` (those
+    /// the slots are on, and any the topology left).
+    pub fn new(
+        id: TopologyRef,
+        revision: u64,
+        topology: &Topology,
+        slots: Vec<Placed>,
+        nodes: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let mut nodes: BTreeSet<String> = nodes.into_iter().collect();
+        nodes.extend(slots.iter().map(|s| s.node.clone()));
+        Self {
+            id,
+            revision,
+            topology: topology.clone(),
+            slots,
+            nodes,
+        }
+    }
+
+    /// The nodes involved, in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().map(String::as_str)
+    }
+
+    /// `node`'s whole assignment for the topology (an empty one if the topology left
+    /// it); None if the deploy did not involve `node`.
+    pub fn assignment(&self, node: &str) -> Option<TopologyAssignment> {
+        if !self.nodes.contains(node) {
+            return None;
+        }
+        let slots: Vec<&Placed> = self.slots.iter().filter(|s| s.node == node).collect();
+        Some(assignment_of(
+            &self.id,
+            self.revision,
+            &self.topology,
+            &slots,
+        ))
+    }
+
+    /// Every involved node's assignment, by node name.
+    pub fn by_node(&self) -> BTreeMap<String, TopologyAssignment> {
+        let mut by_node: BTreeMap<&str, Vec<&Placed>> =
+            self.nodes().map(|n| (n, Vec::new())).collect();
+        for slot in &self.slots {
+            by_node.entry(slot.node.as_str()).or_default().push(slot);
+        }
+        by_node
+            .into_iter()
+            .map(|(node, slots)| {
+                let assignment = assignment_of(&self.id, self.revision, &self.topology, &slots);
+                (node.to_owned(), assignment)
+            })
+            .collect()
+    }
 }
 
 /// The allocator over one database.
@@ -469,13 +531,7 @@ impl Allocator {
         };
         txn.commit().await?;
         self.touch(&nodes);
-        let mut by_node = BTreeMap::new();
-        for name in nodes {
-            let slots: Vec<&Placed> = plan.slots.iter().filter(|s| s.node == name).collect();
-            let assignment = assignment_of(&id, revision, topology, &slots);
-            by_node.insert(name, assignment);
-        }
-        Ok(Deployment { by_node })
+        Ok(Deployment::new(id, revision, topology, plan.slots, nodes))
     }
 
     /// The body of [`Self::deploy`], inside its transaction: the placement and every

@@ -182,14 +182,11 @@ impl LocalPlane {
 
         let applied = self.deployments.apply(LOCAL_TENANT, topology).await?;
         let mut outcome = Outcome::default();
-        for (node, assignment) in &applied.deployment.by_node {
-            if node != LOCAL_NODE {
-                continue;
-            }
+        if let Some(assignment) = applied.deployment.assignment(LOCAL_NODE) {
             outcome = self
                 .node
                 .apply(
-                    &crate::docker_auth::with_user_credentials(assignment.clone()),
+                    &crate::docker_auth::with_user_credentials(assignment),
                     events.clone(),
                 )
                 .await

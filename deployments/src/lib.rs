@@ -290,24 +290,8 @@ impl Deployments {
         else {
             return Ok(None);
         };
-        let mut by_node: BTreeMap<String, Vec<&berth_allocator::placement::Placed>> =
-            BTreeMap::new();
-        for slot in &placed {
-            by_node.entry(slot.node.clone()).or_default().push(slot);
-        }
-        let by_node = by_node
-            .into_iter()
-            .map(|(node, slots)| {
-                let assignment = berth_allocator::service::assignment_of(
-                    &id,
-                    current.revision,
-                    topology,
-                    &slots,
-                );
-                (node, assignment)
-            })
-            .collect();
-        Ok(Some((current.revision, Deployment { by_node })))
+        let deployment = Deployment::new(id, current.revision, topology, placed, []);
+        Ok(Some((current.revision, deployment)))
     }
 
     /// Sets the replica counts of services of the deployed topology `name`, all in one
@@ -563,7 +547,7 @@ mod tests {
         let again = deployments.apply("acme", &topology()).await.unwrap();
         assert!(!again.changed);
         assert_eq!(again.revision, first.revision);
-        assert_eq!(again.deployment.by_node, first.deployment.by_node);
+        assert_eq!(again.deployment.by_node(), first.deployment.by_node());
         let id = TopologyRef {
             tenant: "acme".into(),
             topology: "app".into(),
@@ -592,13 +576,13 @@ mod tests {
             .unwrap();
         let moved = deployments.apply("acme", &topology()).await.unwrap();
         assert!(!moved.changed, "the spec did not change");
-        let nodes: Vec<&String> = moved
+        let nodes: Vec<String> = moved
             .deployment
-            .by_node
-            .iter()
+            .by_node()
+            .into_iter()
             .filter(|(_, a)| !a.slots.is_empty())
             .map(|(n, _)| n)
             .collect();
-        assert_eq!(nodes, ["n2"], "{:?}", moved.deployment.by_node);
+        assert_eq!(nodes, ["n2"], "{:?}", moved.deployment.by_node());
     }
 }

@@ -124,7 +124,7 @@ async fn a_deploy_reserves_quota_and_spreads_replicas(db: DatabaseConnection) {
         .await
         .expect("fits");
     assert_eq!(
-        deployment.by_node.len(),
+        deployment.nodes().count(),
         3,
         "three web replicas spread over three nodes"
     );
@@ -254,7 +254,7 @@ async fn a_node_sees_only_its_own_slots(db: DatabaseConnection) {
         .deploy("acme", 1, &app("app", 3))
         .await
         .expect("fits");
-    for (node, expected) in &deployment.by_node {
+    for (node, expected) in &deployment.by_node() {
         let seen = allocator
             .assignment_for(node, &id("app"))
             .await
