@@ -435,8 +435,8 @@ pub mod replica_event {
         /// Its place among all events.
         #[sea_orm(primary_key)]
         pub id: i64,
-        /// The tenant.
-        #[sea_orm(indexed)]
+        /// The tenant (events are found through the index on tenant, topology and
+        /// id made by a migration).
         pub tenant: String,
         /// The topology.
         pub topology: String,

@@ -16,6 +16,7 @@ pub mod leader;
 pub mod ledger;
 pub mod links;
 pub mod liveness;
+mod loads;
 pub mod migration;
 pub mod node_api;
 pub mod placement;

@@ -37,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(AutoscaledPlacements),
             Box::new(AuditDelegations),
             Box::new(PushedImages),
+            Box::new(NodeLoadsInMemory),
         ]
     }
 
@@ -720,6 +721,53 @@ impl MigrationTrait for PushedImages {
                         )
                         .to_owned(),
                 )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The nodes' load leaves the database's indexes (see `loads.rs`): every deploy changes
+/// the load of a hundred nodes, and each change moved an index entry, one more page
+/// written per node on SQLite and, on PostgreSQL, a new index entry and a dead one
+/// where the row could otherwise be updated in place. On PostgreSQL node rows also get
+/// room on their pages for those in-place (HOT) updates. And events lose their index
+/// on the tenant alone, which the index on tenant, topology and id already serves: a
+/// hundred entries fewer to write for a deploy of a hundred replicas.
+#[derive(Debug)]
+struct NodeLoadsInMemory;
+
+impl MigrationName for NodeLoadsInMemory {
+    fn name(&self) -> &str {
+        "m20261207_000020_allocator_node_loads_in_memory"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NodeLoadsInMemory {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("idx_nodes_containers_used")
+                    .table(node::Entity)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("idx-replica_events-tenant")
+                    .table(replica_event::Entity)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
+        if manager.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            manager
+                .get_connection()
+                .execute_unprepared("ALTER TABLE nodes SET (fillfactor = 70)")
                 .await?;
         }
         Ok(())

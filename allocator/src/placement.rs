@@ -139,7 +139,7 @@ pub fn place(
     // Start from usage without this topology's current slots; add back what is kept.
     for p in placed {
         if let Some(&i) = index.get(&p.node) {
-            nodes[i].used = subtract(nodes[i].used, p.cost);
+            nodes[i].used = nodes[i].used.minus(p.cost);
         }
     }
     let wanted: BTreeSet<(&str, u32)> = wants
@@ -285,14 +285,6 @@ impl Eq for Choice {}
 /// Counts one more replica of `service` on the node at index `i` of `len` nodes.
 fn count<'a>(per_service: &mut HashMap<&'a str, Vec<u32>>, service: &'a str, i: usize, len: usize) {
     per_service.entry(service).or_insert_with(|| vec![0; len])[i] += 1;
-}
-
-fn subtract(a: Resources, b: Resources) -> Resources {
-    Resources {
-        cpu_millis: a.cpu_millis.saturating_sub(b.cpu_millis),
-        memory_bytes: a.memory_bytes.saturating_sub(b.memory_bytes),
-        containers: a.containers.saturating_sub(b.containers),
-    }
 }
 
 /// The busiest dimension's fraction of capacity (0 where unlimited).

@@ -97,6 +97,7 @@ impl Allocator {
         if result.rows_affected == 0 {
             return Err(AllocatorError::UnknownNode(name.to_owned()));
         }
+        self.loads.stale();
         Ok(())
     }
 
@@ -129,6 +130,7 @@ impl Allocator {
             // Dead already: what could not move then may fit now.
             return self.replace_from(name).await;
         }
+        self.loads.stale();
         self.replace_from(name).await
     }
 
@@ -165,6 +167,9 @@ impl Allocator {
             .filter(node::Column::DownSinceMs.is_not_null())
             .exec(&self.db)
             .await?;
+        if result.rows_affected > 0 {
+            self.loads.stale();
+        }
         Ok(result.rows_affected > 0)
     }
 

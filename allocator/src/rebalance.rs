@@ -159,6 +159,9 @@ impl Allocator {
             self.touch(&[busiest, idlest]);
             moved.push(one);
         }
+        if !moved.is_empty() {
+            self.loads.stale();
+        }
         Ok(moved)
     }
 

@@ -20,8 +20,8 @@ use crate::entity::{
 use crate::placement::{NodeView, Placed, PlacementError, Want};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 use crate::store::{
-    Delta, all_nodes, candidate_nodes, candidates_for, limits_of, load_placed, lock_tenant,
-    node_view, placed_of, quota_parts, shift_nodes, shift_quota, to_i64,
+    Delta, all_nodes, candidates_for, limits_of, load_placed, lock_tenant, node_view, nodes_named,
+    placed_of, quota_parts, shift_nodes, shift_quota, to_i64,
 };
 
 /// Failures of the allocator.
@@ -167,6 +167,8 @@ pub struct Allocator {
     /// This process among the allocators sharing the database, so that it can tell its
     /// own change notices from others'.
     origin: u64,
+    /// The open nodes by load, from which a deploy picks the candidates it reads.
+    pub(crate) loads: std::sync::Arc<crate::loads::Loads>,
 }
 
 /// What a topology's status was built from, as far as this process knows: the
@@ -221,6 +223,7 @@ impl Allocator {
             changes: std::sync::Arc::new(changes),
             touched: std::sync::Arc::default(),
             reported: std::sync::Arc::default(),
+            loads: std::sync::Arc::default(),
             origin: {
                 let mut bytes = [0u8; 8];
                 ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
@@ -452,6 +455,7 @@ impl Allocator {
             )
             .exec_without_returning(&self.db)
             .await?;
+        self.loads.stale();
         Ok(())
     }
 
@@ -515,14 +519,35 @@ impl Allocator {
         revision: u64,
         topology: &Topology,
     ) -> Result<Deployment, AllocatorError> {
+        match self.deploy_once(tenant, revision, topology).await {
+            // Placed from a view another process had changed meanwhile: once more, from
+            // the nodes read anew.
+            Err(AllocatorError::Contended(_)) => {
+                self.loads.stale();
+                self.deploy_once(tenant, revision, topology).await
+            }
+            done => done,
+        }
+    }
+
+    /// One attempt at [`Self::deploy`].
+    async fn deploy_once(
+        &self,
+        tenant: &str,
+        revision: u64,
+        topology: &Topology,
+    ) -> Result<Deployment, AllocatorError> {
         let id = TopologyRef {
             tenant: tenant.to_owned(),
             topology: topology.name.clone(),
         };
+        if self.loads.needs_reading() {
+            self.loads.read(&self.db).await?;
+        }
         let txn = self.db.begin().await?;
         // Roll back explicitly on failure: a dropped SQLite transaction would keep the
         // write lock until its pooled connection is next used.
-        let (plan, nodes) = match self.deploy_in(&txn, tenant, revision, topology, &id).await {
+        let (decision, nodes) = match self.deploy_in(&txn, tenant, revision, topology, &id).await {
             Ok(done) => done,
             Err(e) => {
                 let _ = txn.rollback().await;
@@ -530,8 +555,17 @@ impl Allocator {
             }
         };
         txn.commit().await?;
+        for (name, (before, after)) in &decision.nodes {
+            self.loads.shift(name, *before, *after);
+        }
         self.touch(&nodes);
-        Ok(Deployment::new(id, revision, topology, plan.slots, nodes))
+        Ok(Deployment::new(
+            id,
+            revision,
+            topology,
+            decision.plan.slots,
+            nodes,
+        ))
     }
 
     /// The body of [`Self::deploy`], inside its transaction: the placement and every
@@ -543,7 +577,7 @@ impl Allocator {
         revision: u64,
         topology: &Topology,
         id: &TopologyRef,
-    ) -> Result<(crate::placement::Placement, Vec<String>), AllocatorError> {
+    ) -> Result<(Decision, Vec<String>), AllocatorError> {
         let inputs = self
             .load_deploy(txn, tenant, revision, topology, id)
             .await?;
@@ -555,15 +589,26 @@ impl Allocator {
             true => decide(&inputs, &all_nodes(txn).await?)?,
             false => {
                 let wanted = candidates_for(inputs.wants.len());
-                let nodes = candidate_nodes(txn, &inputs.placed, wanted).await?;
-                match decide(&inputs, &nodes) {
+                // The topology's own nodes are read (whether they still keep its
+                // replicas is theirs to say); the least loaded come from memory.
+                let mut nodes = nodes_named(txn, inputs.placed.iter().map(|p| &p.node)).await?;
+                self.loads.saw(&nodes);
+                let read: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+                nodes.extend(
+                    self.loads
+                        .least_loaded(wanted)
+                        .into_iter()
+                        .filter(|n| !read.contains(&n.name)),
+                );
+                let d = decide(&inputs, &nodes);
+                match d {
                     Err(DecideError::Placement(_)) => decide(&inputs, &all_nodes(txn).await?)?,
                     decided => decided?,
                 }
             }
         };
         let nodes = commit_deploy(txn, &inputs, &decision, revision, topology, id).await?;
-        Ok((decision.plan, nodes))
+        Ok((decision, nodes))
     }
 
     /// What a deploy of `topology` at `revision` decides from, read in `txn` after
@@ -580,12 +625,7 @@ impl Allocator {
         // (a row lock on PostgreSQL, the write lock on SQLite, taken before any read so
         // SQLite never has to upgrade a read lock and fail), and everything read below
         // is then current.
-        let locked = lock_tenant(txn, tenant).await?;
-        if !locked {
-            return Err(AllocatorError::UnknownTenant(tenant.to_owned()));
-        }
-        let quota_row = quota::Entity::find_by_id(tenant.to_owned())
-            .one(txn)
+        let quota_row = lock_tenant(txn, tenant)
             .await?
             .ok_or_else(|| AllocatorError::UnknownTenant(tenant.to_owned()))?;
         let counter = placement::Entity::find_by_id((tenant.to_owned(), topology.name.clone()))
@@ -672,6 +712,7 @@ impl Allocator {
         match self.remove_in(&txn, id).await {
             Ok(nodes) => {
                 txn.commit().await?;
+                self.loads.stale();
                 self.touch(&nodes);
                 Ok(nodes)
             }
@@ -706,7 +747,7 @@ impl Allocator {
             .map(|(name, amount)| (name.clone(), Delta::between(*amount, Resources::default())))
             .collect();
         // Releasing never lacks room.
-        shift_nodes(txn, &releases).await?;
+        shift_nodes(txn, &releases, &BTreeSet::new()).await?;
         assignment::Entity::delete_many()
             .filter(assignment::Column::Tenant.eq(&id.tenant))
             .filter(assignment::Column::Topology.eq(&id.topology))
@@ -1133,7 +1174,18 @@ async fn commit_deploy(
         .iter()
         .map(|(name, (before, after))| (name.clone(), Delta::between(*before, *after)))
         .collect();
-    if let Some(full) = shift_nodes(txn, &shifts).await? {
+    // A node that receives a new replica must still be open: placement may have
+    // chosen it from a view older than this transaction.
+    let key = |p: &Placed| (p.service.clone(), p.replica, p.node.clone(), p.generation);
+    let kept: BTreeSet<_> = inputs.placed.iter().map(key).collect();
+    let opening: BTreeSet<String> = decision
+        .plan
+        .slots
+        .iter()
+        .filter(|slot| !kept.contains(&key(slot)))
+        .map(|slot| slot.node.clone())
+        .collect();
+    if let Some(full) = shift_nodes(txn, &shifts, &opening).await? {
         return Err(AllocatorError::Contended(full));
     }
 

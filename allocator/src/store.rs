@@ -95,10 +95,8 @@ impl Delta {
 
 /// How many of the least-loaded nodes a deploy of `wants` replicas looks at: enough to
 /// give every replica a node of its own twice over.
-pub(crate) fn candidates_for(wants: usize) -> u64 {
-    u64::try_from(wants.saturating_mul(2))
-        .unwrap_or(u64::MAX)
-        .clamp(64, 4096)
+pub(crate) fn candidates_for(wants: usize) -> usize {
+    wants.saturating_mul(2).clamp(64, 4096)
 }
 
 /// What a node's row says it can hold.
@@ -141,55 +139,53 @@ pub(crate) async fn all_nodes<C: sea_orm::ConnectionTrait>(db: &C) -> Result<Vec
         .collect())
 }
 
-/// The nodes `placed` is on, and the `limit` open nodes with the fewest containers
-/// (through the index on `containers_used`, not a scan).
-pub(crate) async fn candidate_nodes<C: sea_orm::ConnectionTrait>(
+/// The nodes named, read by name.
+pub(crate) async fn nodes_named<'a, C: sea_orm::ConnectionTrait>(
     db: &C,
-    placed: &[Placed],
-    limit: u64,
+    names: impl IntoIterator<Item = &'a String>,
 ) -> Result<Vec<NodeView>, DbErr> {
-    let mut nodes: BTreeMap<String, node::Model> = BTreeMap::new();
-    let on: BTreeSet<&str> = placed.iter().map(|p| p.node.as_str()).collect();
-    for chunk in on.into_iter().collect::<Vec<_>>().chunks(500) {
-        for n in node::Entity::find()
+    let names: BTreeSet<&str> = names.into_iter().map(String::as_str).collect();
+    let names: Vec<&str> = names.into_iter().collect();
+    let mut nodes = Vec::with_capacity(names.len());
+    for chunk in names.chunks(500) {
+        let rows = node::Entity::find()
             .filter(node::Column::Name.is_in(chunk.iter().copied()))
             .all(db)
-            .await?
-        {
-            nodes.insert(n.name.clone(), n);
-        }
+            .await?;
+        nodes.extend(rows.into_iter().map(node_view));
     }
-    let open = node::Entity::find()
-        .filter(node::Column::Schedulable.eq(true))
-        .filter(node::Column::Draining.eq(false))
-        .filter(node::Column::DownSinceMs.is_null())
-        .order_by_asc(node::Column::ContainersUsed)
-        .order_by_asc(node::Column::Name)
-        .limit(limit)
-        .all(db)
-        .await?;
-    for n in open {
-        nodes.entry(n.name.clone()).or_insert(n);
-    }
-    Ok(nodes.into_values().map(node_view).collect())
+    Ok(nodes)
 }
 
-/// Writes the tenant's quota row without changing it: a row lock on PostgreSQL, the
-/// write lock on SQLite, so that a transaction that starts with it serialises with the
-/// tenant's other writers and never has to upgrade a read lock. False if no such row.
+/// Locks the tenant's quota row and returns it (None if there is none): a row lock on
+/// PostgreSQL (`SELECT ... FOR UPDATE`, which leaves no dead row version behind), the
+/// write lock on SQLite (the row written without a change), so that a transaction
+/// that starts with it serialises with the tenant's other writers and never has to
+/// upgrade a read lock.
 pub(crate) async fn lock_tenant(
     txn: &sea_orm::DatabaseTransaction,
     tenant: &str,
-) -> Result<bool, DbErr> {
-    let touched = quota::Entity::update_many()
+) -> Result<Option<quota::Model>, DbErr> {
+    use sea_orm::ConnectionTrait;
+    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        return quota::Entity::find_by_id(tenant.to_owned())
+            .lock_exclusive()
+            .one(txn)
+            .await;
+    }
+    let touch = quota::Entity::update_many()
         .col_expr(
             quota::Column::ContainersUsed,
             Expr::col(quota::Column::ContainersUsed),
         )
-        .filter(quota::Column::Tenant.eq(tenant))
-        .exec(txn)
-        .await?;
-    Ok(touched.rows_affected == 1)
+        .filter(quota::Column::Tenant.eq(tenant));
+    if txn.support_returning() {
+        return Ok(touch.exec_with_returning(txn).await?.into_iter().next());
+    }
+    if touch.exec(txn).await?.rows_affected == 0 {
+        return Ok(None);
+    }
+    quota::Entity::find_by_id(tenant.to_owned()).one(txn).await
 }
 
 /// Shifts a tenant's reserved usage by `delta`, atomically: a dimension that grows must
@@ -241,7 +237,7 @@ pub(crate) async fn shift_node(
     delta: Delta,
 ) -> Result<bool, DbErr> {
     let one = BTreeMap::from([(node_name.to_owned(), delta)]);
-    Ok(shift_nodes(txn, &one).await?.is_none())
+    Ok(shift_nodes(txn, &one, &BTreeSet::new()).await?.is_none())
 }
 
 /// Moves the reserved usage of several nodes, each by its delta, all or nothing as
@@ -249,17 +245,20 @@ pub(crate) async fn shift_node(
 /// node (a deploy of a hundred replicas spreads over a hundred nodes, mostly by the
 /// same delta). On PostgreSQL the rows are first locked in name order with one
 /// `SELECT ... FOR UPDATE`, so concurrent deploys still take node rows in one order
-/// and never deadlock. Returns the name of a node that lacks the room, if one does
-/// (the caller rolls the transaction back).
+/// and never deadlock. The nodes in `opening` receive new replicas and must also still
+/// be open (schedulable, not draining, alive), whatever their delta. Returns the name
+/// of a node that lacks the room or is closed, if one does (the caller rolls the
+/// transaction back).
 pub(crate) async fn shift_nodes(
     txn: &sea_orm::DatabaseTransaction,
     shifts: &BTreeMap<String, Delta>,
+    opening: &BTreeSet<String>,
 ) -> Result<Option<String>, DbErr> {
     const CHUNK: usize = 500;
-    let shifts: BTreeMap<&str, Delta> = shifts
+    let shifts: BTreeMap<&str, (Delta, bool)> = shifts
         .iter()
-        .filter(|(_, d)| !d.is_zero())
-        .map(|(n, d)| (n.as_str(), *d))
+        .map(|(n, d)| (n.as_str(), (*d, opening.contains(n))))
+        .filter(|(_, (d, opens))| *opens || !d.is_zero())
         .collect();
     if sea_orm::ConnectionTrait::get_database_backend(txn) == sea_orm::DatabaseBackend::Postgres {
         let names: Vec<&str> = shifts.keys().copied().collect();
@@ -275,12 +274,19 @@ pub(crate) async fn shift_nodes(
                 .await?;
         }
     }
-    let mut by_delta: std::collections::HashMap<Delta, Vec<&str>> =
+    let mut by_delta: std::collections::HashMap<(Delta, bool), Vec<&str>> =
         std::collections::HashMap::new();
-    for (name, delta) in &shifts {
-        by_delta.entry(*delta).or_default().push(name);
+    for (name, shift) in &shifts {
+        by_delta.entry(*shift).or_default().push(name);
     }
-    for (delta, names) in &by_delta {
+    for ((delta, opens), names) in &by_delta {
+        let open = match opens {
+            true => Condition::all()
+                .add(node::Column::Schedulable.eq(true))
+                .add(node::Column::Draining.eq(false))
+                .add(node::Column::DownSinceMs.is_null()),
+            false => Condition::all(),
+        };
         for chunk in names.chunks(CHUNK) {
             let updated = node::Entity::update_many()
                 .col_expr(
@@ -311,22 +317,24 @@ pub(crate) async fn shift_nodes(
                     node::Column::ContainersCapacity,
                     delta.containers,
                 ))
+                .filter(open.clone())
                 .exec(txn)
                 .await?;
             if updated.rows_affected != chunk.len() as u64 {
-                return Ok(Some(lacking_room(txn, chunk, *delta).await?));
+                return Ok(Some(lacking_room(txn, chunk, *delta, *opens).await?));
             }
         }
     }
     Ok(None)
 }
 
-/// Which of `names` lacks the room for `delta` (or is gone): read only once a shift
-/// of them failed, to name it.
+/// Which of `names` lacks the room for `delta` (or is gone, or closed when it had to
+/// be `open`): read only once a shift of them failed, to name it.
 async fn lacking_room(
     txn: &sea_orm::DatabaseTransaction,
     names: &[&str],
     delta: Delta,
+    open: bool,
 ) -> Result<String, DbErr> {
     let rows = node::Entity::find()
         .filter(node::Column::Name.is_in(names.iter().copied()))
@@ -337,9 +345,11 @@ async fn lacking_room(
     };
     let lacking = names.iter().find(|name| {
         rows.iter().find(|r| r.name == **name).is_none_or(|r| {
-            !(fits(r.cpu_millis_used, r.cpu_millis_capacity, delta.cpu)
-                && fits(r.memory_bytes_used, r.memory_bytes_capacity, delta.memory)
-                && fits(r.containers_used, r.containers_capacity, delta.containers))
+            let closed = !r.schedulable || r.draining || r.down_since_ms.is_some();
+            (open && closed)
+                || !(fits(r.cpu_millis_used, r.cpu_millis_capacity, delta.cpu)
+                    && fits(r.memory_bytes_used, r.memory_bytes_capacity, delta.memory)
+                    && fits(r.containers_used, r.containers_capacity, delta.containers))
         })
     });
     Ok(lacking

@@ -23,6 +23,15 @@ impl Resources {
         }
     }
 
+    /// The difference, saturating at zero in each dimension.
+    pub fn minus(self, other: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+            containers: self.containers.saturating_sub(other.containers),
+        }
+    }
+
     /// Whether `self` fits within `limit` in every dimension that has a limit.
     pub fn fits(self, limit: &Limit) -> bool {
         limit.cpu_millis.is_none_or(|l| self.cpu_millis <= l)

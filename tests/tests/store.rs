@@ -46,6 +46,7 @@ on_both_databases!(
     concurrent_wrong_passwords_each_count_and_the_right_one_waits,
     root_keys_in_the_database_are_sealed_and_shared_by_the_servers,
     a_status_is_stamped_anew_by_every_change_it_is_built_from,
+    a_node_another_server_cordoned_gets_no_new_replica_from_an_older_view,
 );
 
 async fn connect(url: &str) -> DatabaseConnection {
@@ -901,6 +902,41 @@ async fn a_status_is_stamped_anew_by_every_change_it_is_built_from(db: DatabaseC
     );
     allocator.remove(&shop).await.expect("remove");
     assert_ne!(allocator.view_stamp(&shop), running, "a removal restamps");
+}
+
+/// Placement picks its candidates from a view of the nodes kept in memory; one server's
+/// view does not see what another server just did, and the commit must catch it.
+async fn a_node_another_server_cordoned_gets_no_new_replica_from_an_older_view(
+    db: DatabaseConnection,
+) {
+    let first = allocator(db.clone()).await;
+    let second = Allocator::open(db, DefaultRequest::default())
+        .await
+        .expect("open");
+    first
+        .set_quota("acme", Limit::default())
+        .await
+        .expect("quota");
+    // The first server reads its view of the nodes: all three open.
+    first
+        .deploy("acme", 1, &app("warm", 1))
+        .await
+        .expect("fits");
+    second.cordon("n1", true).await.expect("cordon");
+    second.cordon("n2", true).await.expect("cordon");
+    // Its view still has n1 and n2 open, and spreading prefers them for two of three
+    // web replicas; the commit refuses them, and the deploy places again from the
+    // nodes as they are.
+    first
+        .deploy("acme", 1, &app("fresh", 3))
+        .await
+        .expect("fits on n3");
+    let placed = first.placed(&id("fresh")).await.expect("placed");
+    assert_eq!(placed.len(), 4, "{placed:?}");
+    assert!(
+        placed.iter().all(|p| p.node == "n3"),
+        "a replica went to a cordoned node: {placed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
