@@ -7,8 +7,11 @@
 //! `store::shift_nodes`), so a stale view can make a deploy retry, never place wrongly.
 //! What this process commits is applied at once; every node row a deploy reads
 //! corrects its view; what other processes change (and what this one changes outside
-//! deploys) is read back in full at most [`FRESH_FOR`] later, or at the next deploy
-//! after [`Loads::stale`].
+//! deploys) is read back in full: behind the deploy that finds the view older than
+//! [`FRESH_FOR`] (that deploy places from the view it has, so a deploy never waits on
+//! reading a big pool), or before the next deploy after [`Loads::stale`]. A reading
+//! behind a deploy may miss a commit of this process made while it read; the node's
+//! next row read or the next reading corrects it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -35,8 +38,22 @@ struct Inner {
     /// The open nodes, least loaded first (then by name, the order placement breaks
     /// ties in), by the containers they hold.
     by_load: BTreeSet<(u64, String)>,
-    /// When the last full reading stops being trusted; None: never read, or stale.
-    fresh_until: Option<Instant>,
+    /// When the last full reading was made; None: never, or the view is stale.
+    read_at: Option<Instant>,
+    /// Whether a reading behind a deploy is under way.
+    reading: bool,
+}
+
+/// What a deploy does about the view before it places.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Before {
+    /// Place from it.
+    Place,
+    /// Read every node first (never read, or stale).
+    Read,
+    /// Place from it, and read every node behind the deploy (older than [`FRESH_FOR`]);
+    /// the caller starts the reading, and then no other deploy does until it ends.
+    PlaceAndRead,
 }
 
 fn is_open(n: &NodeView) -> bool {
@@ -64,31 +81,50 @@ impl Loads {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the next deploy must read every node first.
-    pub(crate) fn needs_reading(&self) -> bool {
-        self.inner()
-            .fresh_until
-            .is_none_or(|until| Instant::now() >= until)
+    /// What a deploy about to place does about the view.
+    pub(crate) fn before_placing(&self) -> Before {
+        let mut inner = self.inner();
+        match inner.read_at {
+            None => Before::Read,
+            Some(at) if at.elapsed() < FRESH_FOR || inner.reading => Before::Place,
+            Some(_) => {
+                inner.reading = true;
+                Before::PlaceAndRead
+            }
+        }
     }
 
-    /// Forgets that the views are current (a node joined, drained, died or came back,
-    /// replicas were removed or moved, or a deploy found a view out of date): the next
-    /// deploy reads every node.
+    /// Forgets that the view is current (a node joined, was cordoned or drained, died
+    /// or came back, or a deploy found a view out of date): the next deploy reads
+    /// every node before it places.
     pub(crate) fn stale(&self) {
-        self.inner().fresh_until = None;
+        self.inner().read_at = None;
     }
 
-    /// Reads every node from `db` and replaces what was known.
+    /// Marks the view as due for a reading, behind the next deploy (replicas were
+    /// removed or moved: nodes hold less than it says, which makes placement less
+    /// even until read, never wrong).
+    pub(crate) fn due(&self) {
+        let mut inner = self.inner();
+        if let Some(at) = inner.read_at {
+            inner.read_at = Some(at.checked_sub(FRESH_FOR).unwrap_or(at));
+        }
+    }
+
+    /// Reads every node from `db` and replaces what was known. A reading started by
+    /// [`Before::PlaceAndRead`] ends here, whether or not it succeeds.
     pub(crate) async fn read(&self, db: &impl ConnectionTrait) -> Result<(), DbErr> {
-        let nodes = crate::store::all_nodes(db).await?;
+        let read = crate::store::all_nodes(db).await;
+        let mut inner = self.inner();
+        inner.reading = false;
         let mut fresh = Inner {
-            fresh_until: Some(Instant::now() + FRESH_FOR),
+            read_at: Some(Instant::now()),
             ..Inner::default()
         };
-        for view in nodes {
+        for view in read? {
             fresh.set(view);
         }
-        *self.inner() = fresh;
+        *inner = fresh;
         Ok(())
     }
 
@@ -181,12 +217,20 @@ mod tests {
     }
 
     #[test]
-    fn loads_need_reading_until_read_and_again_once_stale() {
+    fn a_view_is_read_first_when_unknown_and_behind_one_deploy_when_old() {
         let loads = Loads::default();
-        assert!(loads.needs_reading());
-        loads.inner().fresh_until = Some(Instant::now() + FRESH_FOR);
-        assert!(!loads.needs_reading());
+        assert_eq!(loads.before_placing(), Before::Read);
+        loads.inner().read_at = Some(Instant::now());
+        assert_eq!(loads.before_placing(), Before::Place);
+        loads.due();
+        assert_eq!(loads.before_placing(), Before::PlaceAndRead);
+        assert_eq!(
+            loads.before_placing(),
+            Before::Place,
+            "one reading at a time"
+        );
+        loads.inner().reading = false;
         loads.stale();
-        assert!(loads.needs_reading());
+        assert_eq!(loads.before_placing(), Before::Read);
     }
 }

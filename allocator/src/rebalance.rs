@@ -160,7 +160,7 @@ impl Allocator {
             moved.push(one);
         }
         if !moved.is_empty() {
-            self.loads.stale();
+            self.loads.due();
         }
         Ok(moved)
     }

@@ -17,6 +17,7 @@ use crate::decision::{DecideError, Decision, Inputs, decide, growth};
 use crate::entity::{
     assignment, node, placement, quota, replica_event, replica_status, tenant_limit, tenant_policy,
 };
+use crate::loads::Before;
 use crate::placement::{NodeView, Placed, PlacementError, Want};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 use crate::store::{
@@ -541,8 +542,17 @@ impl Allocator {
             tenant: tenant.to_owned(),
             topology: topology.name.clone(),
         };
-        if self.loads.needs_reading() {
-            self.loads.read(&self.db).await?;
+        match self.loads.before_placing() {
+            Before::Place => {}
+            Before::Read => self.loads.read(&self.db).await?,
+            Before::PlaceAndRead => {
+                let (loads, db) = (self.loads.clone(), self.db.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = loads.read(&db).await {
+                        tracing::warn!(error = %e, "reading the nodes for placement failed");
+                    }
+                });
+            }
         }
         let txn = self.db.begin().await?;
         // Roll back explicitly on failure: a dropped SQLite transaction would keep the
@@ -712,7 +722,7 @@ impl Allocator {
         match self.remove_in(&txn, id).await {
             Ok(nodes) => {
                 txn.commit().await?;
-                self.loads.stale();
+                self.loads.due();
                 self.touch(&nodes);
                 Ok(nodes)
             }
