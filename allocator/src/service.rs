@@ -168,7 +168,7 @@ pub struct Allocator {
     /// This process among the allocators sharing the database, so that it can tell its
     /// own change notices from others'.
     origin: u64,
-    /// The open nodes by load, from which a deploy picks the candidates it reads.
+    /// The view of the nodes placement takes its candidates from (see `loads.rs`).
     pub(crate) loads: std::sync::Arc<crate::loads::Loads>,
 }
 
@@ -610,9 +610,12 @@ impl Allocator {
                         .into_iter()
                         .filter(|n| !read.contains(&n.name)),
                 );
-                let d = decide(&inputs, &nodes);
-                match d {
-                    Err(DecideError::Placement(_)) => decide(&inputs, &all_nodes(txn).await?)?,
+                match decide(&inputs, &nodes) {
+                    Err(DecideError::Placement(_)) => {
+                        let every = all_nodes(txn).await?;
+                        self.loads.saw(&every);
+                        decide(&inputs, &every)?
+                    }
                     decided => decided?,
                 }
             }
