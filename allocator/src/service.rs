@@ -1202,26 +1202,16 @@ async fn commit_deploy(
         return Err(AllocatorError::Contended(full));
     }
 
-    assignment::Entity::delete_many()
-        .filter(assignment::Column::Tenant.eq(tenant))
-        .filter(assignment::Column::Topology.eq(&topology.name))
-        .exec(txn)
-        .await?;
-    for chunk in decision.plan.slots.chunks(500) {
-        let rows = chunk.iter().map(|p| assignment::ActiveModel {
-            tenant: Set(tenant.to_owned()),
-            topology: Set(topology.name.clone()),
-            service: Set(p.service.clone()),
-            replica: Set(i64::from(p.replica)),
-            node: Set(p.node.clone()),
-            generation: Set(to_i64(p.generation)),
-            cpu_millis: Set(to_i64(p.cost.cpu_millis)),
-            memory_bytes: Set(to_i64(p.cost.memory_bytes)),
-        });
-        assignment::Entity::insert_many(rows)
-            .exec_without_returning(txn)
+    // What was placed was read in this transaction, under the tenant's lock: with
+    // nothing placed there is nothing to delete.
+    if !inputs.placed.is_empty() {
+        assignment::Entity::delete_many()
+            .filter(assignment::Column::Tenant.eq(tenant))
+            .filter(assignment::Column::Topology.eq(&topology.name))
+            .exec(txn)
             .await?;
     }
+    crate::store::insert_slots(txn, id, &decision.plan.slots).await?;
     let next_generation = decision
         .plan
         .slots

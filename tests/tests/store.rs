@@ -47,6 +47,7 @@ on_both_databases!(
     root_keys_in_the_database_are_sealed_and_shared_by_the_servers,
     a_status_is_stamped_anew_by_every_change_it_is_built_from,
     a_node_another_server_cordoned_gets_no_new_replica_from_an_older_view,
+    a_topology_keeps_its_newest_events_in_order,
 );
 
 async fn connect(url: &str) -> DatabaseConnection {
@@ -937,6 +938,65 @@ async fn a_node_another_server_cordoned_gets_no_new_replica_from_an_older_view(
         placed.iter().all(|p| p.node == "n3"),
         "a replica went to a cordoned node: {placed:?}"
     );
+}
+
+fn light(replicas: u32) -> Topology {
+    topology(&format!(
+        "name: light\nservices:\n  web:\n    image: x\n    deploy:\n      replicas: {replicas}\n      resources: {{limits: {{cpus: '0.01', memory: 8m}}}}\n"
+    ))
+}
+
+/// Placement events are written a deploy at a time (as arrays on PostgreSQL): every
+/// replica's, in the order placement made them, and only the newest are kept.
+async fn a_topology_keeps_its_newest_events_in_order(db: DatabaseConnection) {
+    use berth_allocator::events::{EventKind, KEPT};
+    let allocator = allocator(db).await;
+    allocator
+        .set_quota("acme", Limit::default())
+        .await
+        .expect("quota");
+    allocator.deploy("acme", 1, &light(3)).await.expect("fits");
+    let events = allocator.events(&id("light"), 10).await.expect("events");
+    let placed: Vec<(EventKind, u32)> = events.iter().map(|e| (e.kind, e.replica)).collect();
+    assert_eq!(
+        placed,
+        [
+            (EventKind::Placed, 3),
+            (EventKind::Placed, 2),
+            (EventKind::Placed, 1)
+        ],
+        "newest first: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.service == "web" && e.detail == format!("on {}", e.node)),
+        "{events:?}"
+    );
+
+    // 3 + 247 placed, 249 removed, 249 placed again: more than are kept.
+    allocator
+        .deploy("acme", 2, &light(250))
+        .await
+        .expect("fits");
+    allocator.deploy("acme", 3, &light(1)).await.expect("fits");
+    allocator
+        .deploy("acme", 4, &light(250))
+        .await
+        .expect("fits");
+    let events = allocator.events(&id("light"), 1_000).await.expect("events");
+    assert_eq!(events.len() as u64, KEPT);
+    assert_eq!(
+        (events[0].kind, events[0].replica),
+        (EventKind::Placed, 250)
+    );
+    let removed = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Removed)
+        .count();
+    assert_eq!(removed, 249, "every removal of the third deploy is kept");
+    let oldest = events.last().expect("kept");
+    assert_eq!((oldest.kind, oldest.replica), (EventKind::Placed, 249));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
