@@ -17,7 +17,7 @@ use sea_orm::{
 
 use crate::entity::replica_event;
 use crate::placement::Placed;
-use crate::store::to_i64;
+use crate::store::{column, to_i64};
 use crate::{Allocator, AllocatorError};
 
 /// How many events a topology keeps.
@@ -181,12 +181,6 @@ async fn insert_as_arrays(
     events: &[Event],
     now_ms: i64,
 ) -> Result<(), DbErr> {
-    let strings = |f: fn(&Event) -> String| -> sea_orm::Value {
-        events.iter().map(f).collect::<Vec<String>>().into()
-    };
-    let numbers = |f: fn(&Event) -> i64| -> sea_orm::Value {
-        events.iter().map(f).collect::<Vec<i64>>().into()
-    };
     let statement = sea_orm::Statement::from_sql_and_values(
         sea_orm::DatabaseBackend::Postgres,
         "INSERT INTO replica_events \
@@ -198,12 +192,12 @@ async fn insert_as_arrays(
             id.tenant.clone().into(),
             id.topology.clone().into(),
             now_ms.into(),
-            strings(|e| e.service.clone()),
-            numbers(|e| i64::from(e.replica)),
-            numbers(|e| to_i64(e.generation)),
-            strings(|e| e.node.clone()),
-            strings(|e| e.kind.as_str().to_owned()),
-            strings(|e| e.detail.clone()),
+            column(events, |e| e.service.clone()),
+            column(events, |e| i64::from(e.replica)),
+            column(events, |e| to_i64(e.generation)),
+            column(events, |e| e.node.clone()),
+            column(events, |e| e.kind.as_str().to_owned()),
+            column(events, |e| e.detail.clone()),
         ],
     );
     db.execute_raw(statement).await?;

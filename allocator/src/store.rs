@@ -53,12 +53,6 @@ pub(crate) async fn insert_slots(
         return Ok(());
     }
     if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-        let strings = |f: fn(&Placed) -> String| -> sea_orm::Value {
-            slots.iter().map(f).collect::<Vec<String>>().into()
-        };
-        let numbers = |f: fn(&Placed) -> i64| -> sea_orm::Value {
-            slots.iter().map(f).collect::<Vec<i64>>().into()
-        };
         let statement = sea_orm::Statement::from_sql_and_values(
             sea_orm::DatabaseBackend::Postgres,
             "INSERT INTO assignments \
@@ -69,12 +63,12 @@ pub(crate) async fn insert_slots(
             [
                 id.tenant.clone().into(),
                 id.topology.clone().into(),
-                strings(|p| p.service.clone()),
-                numbers(|p| i64::from(p.replica)),
-                strings(|p| p.node.clone()),
-                numbers(|p| to_i64(p.generation)),
-                numbers(|p| to_i64(p.cost.cpu_millis)),
-                numbers(|p| to_i64(p.cost.memory_bytes)),
+                column(slots, |p| p.service.clone()),
+                column(slots, |p| i64::from(p.replica)),
+                column(slots, |p| p.node.clone()),
+                column(slots, |p| to_i64(p.generation)),
+                column(slots, |p| to_i64(p.cost.cpu_millis)),
+                column(slots, |p| to_i64(p.cost.memory_bytes)),
             ],
         );
         txn.execute_raw(statement).await?;
@@ -96,6 +90,14 @@ pub(crate) async fn insert_slots(
             .await?;
     }
     Ok(())
+}
+
+/// One column of `rows` as a PostgreSQL array, for `unnest`.
+pub(crate) fn column<T, V>(rows: &[T], value: impl Fn(&T) -> V) -> sea_orm::Value
+where
+    Vec<V>: Into<sea_orm::Value>,
+{
+    rows.iter().map(value).collect::<Vec<V>>().into()
 }
 
 /// The slot an assignment row holds.
