@@ -114,17 +114,21 @@ impl Loads {
     /// Reads every node from `db` and replaces what was known. A reading started by
     /// [`Before::PlaceAndRead`] ends here, whether or not it succeeds.
     pub(crate) async fn read(&self, db: &impl ConnectionTrait) -> Result<(), DbErr> {
-        let read = crate::store::all_nodes(db).await;
+        let started = Instant::now();
+        // Built before the view is locked: deploys place meanwhile.
+        let fresh = crate::store::all_nodes(db).await.map(|nodes| {
+            let mut fresh = Inner {
+                read_at: Some(started),
+                ..Inner::default()
+            };
+            for view in nodes {
+                fresh.set(view);
+            }
+            fresh
+        });
         let mut inner = self.inner();
         inner.reading = false;
-        let mut fresh = Inner {
-            read_at: Some(Instant::now()),
-            ..Inner::default()
-        };
-        for view in read? {
-            fresh.set(view);
-        }
-        *inner = fresh;
+        *inner = fresh?;
         Ok(())
     }
 

@@ -290,14 +290,18 @@ pub(crate) async fn shift_quota(
 }
 
 /// Shifts what is reserved on a node by `delta`, as [`shift_quota`] does against its
-/// capacity.
+/// capacity; a node that gains containers receives replicas, so it must be open.
 pub(crate) async fn shift_node(
     txn: &sea_orm::DatabaseTransaction,
     node_name: &str,
     delta: Delta,
 ) -> Result<bool, DbErr> {
     let one = BTreeMap::from([(node_name.to_owned(), delta)]);
-    Ok(shift_nodes(txn, &one, &BTreeSet::new()).await?.is_none())
+    let opening = match delta.containers > 0 {
+        true => BTreeSet::from([node_name.to_owned()]),
+        false => BTreeSet::new(),
+    };
+    Ok(shift_nodes(txn, &one, &opening).await?.is_none())
 }
 
 /// Moves the reserved usage of several nodes, each by its delta, all or nothing as
