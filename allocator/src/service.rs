@@ -18,11 +18,11 @@ use crate::entity::{
     assignment, node, placement, quota, replica_event, replica_status, tenant_limit, tenant_policy,
 };
 use crate::loads::Before;
-use crate::placement::{NodeView, Placed, PlacementError, Want};
+use crate::placement::{Placed, PlacementError, Want};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 use crate::store::{
-    Delta, all_nodes, candidates_for, limits_of, load_placed, lock_tenant, node_view, nodes_named,
-    placed_of, quota_parts, shift_nodes, shift_quota, to_i64,
+    Delta, all_nodes, candidates_for, limits_of, load_placed, lock_tenant, nodes_named, placed_of,
+    quota_parts, shift_nodes, shift_quota, to_i64,
 };
 
 /// Failures of the allocator.
@@ -695,14 +695,7 @@ impl Allocator {
             return Ok(None);
         }
         let placed = load_placed(&self.db, id).await?;
-        let hosts: BTreeSet<&str> = placed.iter().map(|p| p.node.as_str()).collect();
-        let nodes: Vec<NodeView> = node::Entity::find()
-            .filter(node::Column::Name.is_in(hosts))
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(node_view)
-            .collect();
+        let nodes = nodes_named(&self.db, placed.iter().map(|p| &p.node)).await?;
         // The placement's own rule, over the nodes that hold the replicas only: a
         // replica it would move or place anew (under a generation no slot has), or a
         // cost that changed, needs the deploy path.

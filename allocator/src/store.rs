@@ -218,10 +218,10 @@ pub(crate) async fn nodes_named<'a, C: sea_orm::ConnectionTrait>(
 }
 
 /// Locks the tenant's quota row and returns it (None if there is none): a row lock on
-/// PostgreSQL (`SELECT ... FOR UPDATE`, which leaves no dead row version behind), the
-/// write lock on SQLite (the row written without a change), so that a transaction
-/// that starts with it serialises with the tenant's other writers and never has to
-/// upgrade a read lock.
+/// PostgreSQL (`SELECT ... FOR UPDATE`, one statement that leaves no dead row version
+/// behind), the write lock on SQLite (the row written without a change, then read), so
+/// that a transaction that starts with it serialises with the tenant's other writers
+/// and never has to upgrade a read lock.
 pub(crate) async fn lock_tenant(
     txn: &sea_orm::DatabaseTransaction,
     tenant: &str,
@@ -233,16 +233,15 @@ pub(crate) async fn lock_tenant(
             .one(txn)
             .await;
     }
-    let touch = quota::Entity::update_many()
+    let touched = quota::Entity::update_many()
         .col_expr(
             quota::Column::ContainersUsed,
             Expr::col(quota::Column::ContainersUsed),
         )
-        .filter(quota::Column::Tenant.eq(tenant));
-    if txn.support_returning() {
-        return Ok(touch.exec_with_returning(txn).await?.into_iter().next());
-    }
-    if touch.exec(txn).await?.rows_affected == 0 {
+        .filter(quota::Column::Tenant.eq(tenant))
+        .exec(txn)
+        .await?;
+    if touched.rows_affected == 0 {
         return Ok(None);
     }
     quota::Entity::find_by_id(tenant.to_owned()).one(txn).await
