@@ -28,6 +28,14 @@ const SQLITE_CACHE_KIB: u32 = 64 * 1024;
 /// each of them once for many commits instead of once for every few.
 const SQLITE_WAL_PAGES: u32 = 16 * 1024;
 
+/// The cost PostgreSQL's planner gives a page read out of order, in the allocator's
+/// own sessions (the server's default, 4, is for spinning disks). The control plane's
+/// tables are small and read all the time, so their pages are in memory: at the
+/// default the planner would rather scan all 10,000 node rows and sort them than
+/// look up the hundred a deploy reserves on, through the index that already returns
+/// them in the order their locks are taken (2 ms against 0.5 ms a deploy).
+const POSTGRES_RANDOM_PAGE_COST: &str = "1.1";
+
 /// Connects to the database at `url`. SQLite runs in WAL mode, so readers never block
 /// the writer, with a busy timeout, so concurrent writers wait their turn instead of
 /// failing.
@@ -41,6 +49,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
             .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"))
             .pragma("wal_autocheckpoint", SQLITE_WAL_PAGES.to_string())
     });
+    options
+        .map_sqlx_postgres_opts(|o| o.options([("random_page_cost", POSTGRES_RANDOM_PAGE_COST)]));
     Database::connect(options).await
 }
 

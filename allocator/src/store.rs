@@ -6,7 +6,7 @@
 use berth_protocol::assignment::TopologyRef;
 use berth_protocol::limits::TenantLimits;
 use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
-use sea_orm::{ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter, QuerySelect};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -304,43 +304,36 @@ pub(crate) async fn shift_node(
 }
 
 /// Moves the reserved usage of several nodes, each by its delta, all or nothing as
-/// [`shift_node`] does for one, in a statement per distinct delta rather than one per
-/// node (a deploy of a hundred replicas spreads over a hundred nodes, mostly by the
-/// same delta). On PostgreSQL the rows are first locked in name order with one
-/// `SELECT ... FOR UPDATE`, so concurrent deploys still take node rows in one order
-/// and never deadlock. The nodes in `opening` receive new replicas and must also still
-/// be open (schedulable, not draining, alive), whatever their delta. Returns the name
-/// of a node that lacks the room or is closed, if one does (the caller rolls the
-/// transaction back).
+/// [`shift_node`] does for one. The nodes in `opening` receive new replicas and must
+/// also still be open (schedulable, not draining, alive), whatever their delta.
+/// Returns the name of a node that lacks the room or is closed, if one does (the
+/// caller rolls the transaction back).
+///
+/// On PostgreSQL one statement locks the rows in name order and updates each by its
+/// own delta ([`shift_nodes_postgres`]); elsewhere (SQLite, one writer at a time) a
+/// statement per distinct delta does, since a deploy of a hundred replicas spreads
+/// over a hundred nodes, mostly by the same delta.
 pub(crate) async fn shift_nodes(
     txn: &sea_orm::DatabaseTransaction,
     shifts: &BTreeMap<String, Delta>,
     opening: &BTreeSet<String>,
 ) -> Result<Option<String>, DbErr> {
     const CHUNK: usize = 500;
-    let shifts: BTreeMap<&str, (Delta, bool)> = shifts
+    let shifts: Vec<Shift<'_>> = shifts
         .iter()
-        .map(|(n, d)| (n.as_str(), (*d, opening.contains(n))))
-        .filter(|(_, (d, opens))| *opens || !d.is_zero())
+        .map(|(n, d)| (n.as_str(), *d, opening.contains(n)))
+        .filter(|(_, d, opens)| *opens || !d.is_zero())
         .collect();
+    if shifts.is_empty() {
+        return Ok(None);
+    }
     if sea_orm::ConnectionTrait::get_database_backend(txn) == sea_orm::DatabaseBackend::Postgres {
-        let names: Vec<&str> = shifts.keys().copied().collect();
-        for chunk in names.chunks(CHUNK) {
-            node::Entity::find()
-                .select_only()
-                .column(node::Column::Name)
-                .filter(node::Column::Name.is_in(chunk.iter().copied()))
-                .order_by_asc(node::Column::Name)
-                .lock_exclusive()
-                .into_tuple::<String>()
-                .all(txn)
-                .await?;
-        }
+        return shift_nodes_postgres(txn, &shifts).await;
     }
     let mut by_delta: std::collections::HashMap<(Delta, bool), Vec<&str>> =
         std::collections::HashMap::new();
-    for (name, shift) in &shifts {
-        by_delta.entry(*shift).or_default().push(name);
+    for (name, delta, opens) in &shifts {
+        by_delta.entry((*delta, *opens)).or_default().push(name);
     }
     for ((delta, opens), names) in &by_delta {
         let open = match opens {
@@ -384,40 +377,89 @@ pub(crate) async fn shift_nodes(
                 .exec(txn)
                 .await?;
             if updated.rows_affected != chunk.len() as u64 {
-                return Ok(Some(lacking_room(txn, chunk, *delta, *opens).await?));
+                let chunk: Vec<Shift<'_>> = chunk.iter().map(|n| (*n, *delta, *opens)).collect();
+                return Ok(Some(lacking_room(txn, &chunk).await?));
             }
         }
     }
     Ok(None)
 }
 
-/// Which of `names` lacks the room for `delta` (or is gone, or closed when it had to
-/// be `open`): read only once a shift of them failed, to name it.
+/// A node's name, the change of what is reserved on it, and whether it must be open.
+type Shift<'a> = (&'a str, Delta, bool);
+
+/// [`shift_nodes`] on PostgreSQL, in one statement and one round trip: the rows are
+/// locked first, in name order (a materialised `SELECT ... ORDER BY name FOR UPDATE`
+/// whose rows the update joins, so no row is written before its lock is taken in
+/// that order and concurrent deploys never deadlock), then each is moved by its own
+/// delta, bound as arrays, only where it has the room and, if it must, is open.
+async fn shift_nodes_postgres(
+    txn: &sea_orm::DatabaseTransaction,
+    shifts: &[Shift<'_>],
+) -> Result<Option<String>, DbErr> {
+    use sea_orm::ConnectionTrait;
+    let statement = sea_orm::Statement::from_sql_and_values(
+        sea_orm::DatabaseBackend::Postgres,
+        "WITH wanted AS MATERIALIZED (\
+           SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bool[]) \
+           AS w(name, cpu, memory, containers, opens)), \
+         locked AS MATERIALIZED (\
+           SELECT name FROM nodes WHERE name IN (SELECT name FROM wanted) \
+           ORDER BY name FOR UPDATE) \
+         UPDATE nodes n SET \
+           cpu_millis_used = n.cpu_millis_used + w.cpu, \
+           memory_bytes_used = n.memory_bytes_used + w.memory, \
+           containers_used = n.containers_used + w.containers \
+         FROM wanted w \
+         WHERE n.name = w.name AND n.name IN (SELECT name FROM locked) \
+           AND (w.cpu <= 0 OR n.cpu_millis_capacity IS NULL \
+                OR n.cpu_millis_used + w.cpu <= n.cpu_millis_capacity) \
+           AND (w.memory <= 0 OR n.memory_bytes_capacity IS NULL \
+                OR n.memory_bytes_used + w.memory <= n.memory_bytes_capacity) \
+           AND (w.containers <= 0 OR n.containers_capacity IS NULL \
+                OR n.containers_used + w.containers <= n.containers_capacity) \
+           AND (NOT w.opens \
+                OR (n.schedulable AND NOT n.draining AND n.down_since_ms IS NULL))",
+        [
+            column(shifts, |(name, _, _)| (*name).to_owned()),
+            column(shifts, |(_, delta, _)| delta.cpu),
+            column(shifts, |(_, delta, _)| delta.memory),
+            column(shifts, |(_, delta, _)| delta.containers),
+            column(shifts, |(_, _, opens)| *opens),
+        ],
+    );
+    let updated = txn.execute_raw(statement).await?;
+    match updated.rows_affected() == shifts.len() as u64 {
+        true => Ok(None),
+        false => Ok(Some(lacking_room(txn, shifts).await?)),
+    }
+}
+
+/// Which of `shifts`' nodes lacks the room for its delta (or is gone, or closed when
+/// it had to be open): read only once a shift of them failed, to name it.
 async fn lacking_room(
     txn: &sea_orm::DatabaseTransaction,
-    names: &[&str],
-    delta: Delta,
-    open: bool,
+    shifts: &[Shift<'_>],
 ) -> Result<String, DbErr> {
     let rows = node::Entity::find()
-        .filter(node::Column::Name.is_in(names.iter().copied()))
+        .filter(node::Column::Name.is_in(shifts.iter().map(|(name, _, _)| *name)))
         .all(txn)
         .await?;
     let fits = |used: i64, limit: Option<i64>, by: i64| {
         by <= 0 || limit.is_none_or(|limit| used.saturating_add(by) <= limit)
     };
-    let lacking = names.iter().find(|name| {
-        rows.iter().find(|r| r.name == **name).is_none_or(|r| {
+    let lacking = shifts.iter().find(|(name, delta, open)| {
+        rows.iter().find(|r| r.name == *name).is_none_or(|r| {
             let closed = !r.schedulable || r.draining || r.down_since_ms.is_some();
-            (open && closed)
+            (*open && closed)
                 || !(fits(r.cpu_millis_used, r.cpu_millis_capacity, delta.cpu)
                     && fits(r.memory_bytes_used, r.memory_bytes_capacity, delta.memory)
                     && fits(r.containers_used, r.containers_capacity, delta.containers))
         })
     });
     Ok(lacking
-        .or(names.first())
-        .map(|n| (*n).to_owned())
+        .or(shifts.first())
+        .map(|(name, _, _)| (*name).to_owned())
         .unwrap_or_default())
 }
 

@@ -37,6 +37,7 @@ on_both_databases!(
     a_node_sees_only_its_own_slots,
     the_tenant_service_stores_a_revision_only_when_the_spec_changes,
     concurrent_deploys_at_the_quota_edge_never_exceed_it,
+    concurrent_deploys_of_many_tenants_never_overfill_a_node,
     the_ledger_detects_an_edited_row,
     the_ledger_detects_a_removed_row,
     the_ledger_detects_reordered_rows,
@@ -398,6 +399,105 @@ async fn concurrent_deploys_at_the_quota_edge_never_exceed_it(db: DatabaseConnec
         placed, QUOTA,
         "recorded assignments disagree with recorded usage"
     );
+}
+
+/// Many tenants deploy at once into a pool with room for only some of their replicas,
+/// each deploy spreading over the same least-loaded nodes: no deploy fails for another
+/// reason than the room (concurrent reservations take node rows in one order, so none
+/// deadlocks), no node holds more than its capacity, and what each node has reserved
+/// is what its slots add up to.
+async fn concurrent_deploys_of_many_tenants_never_overfill_a_node(db: DatabaseConnection) {
+    const NODES: usize = 6;
+    const ROOM: u64 = 10;
+    const TENANTS: usize = 8;
+    const EACH: usize = 4;
+    const REPLICAS: u32 = 5;
+    let allocator = Arc::new(
+        Allocator::open(db, DefaultRequest::default())
+            .await
+            .expect("migrate"),
+    );
+    let nodes: Vec<String> = (1..=NODES).map(|i| format!("p{i}")).collect();
+    for node in &nodes {
+        let room = Limit {
+            cpu_millis: None,
+            memory_bytes: None,
+            containers: Some(ROOM),
+        };
+        allocator
+            .upsert_node(node, room, &Default::default())
+            .await
+            .expect("node");
+    }
+    let unlimited = Limit {
+        cpu_millis: None,
+        memory_bytes: None,
+        containers: None,
+    };
+    for t in 0..TENANTS {
+        allocator
+            .set_quota(&format!("t{t}"), unlimited)
+            .await
+            .expect("quota");
+    }
+    let spread = |name: String| {
+        topology(&format!(
+            "name: {name}\nservices:\n  s:\n    image: x\n    deploy:\n      replicas: {REPLICAS}\n"
+        ))
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TENANTS {
+        for k in 0..EACH {
+            let allocator = Arc::clone(&allocator);
+            let topology = spread(format!("app{k}"));
+            tasks.spawn(async move {
+                let tenant = format!("t{t}");
+                let outcome = allocator.deploy(&tenant, 1, &topology).await;
+                (tenant, topology.name, outcome)
+            });
+        }
+    }
+    let (mut placed, mut refused) = (Vec::new(), 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("task") {
+            (tenant, topology, Ok(_)) => placed.push(TopologyRef { tenant, topology }),
+            (_, _, Err(AllocatorError::Placement(_) | AllocatorError::Contended(_))) => {
+                refused += 1
+            }
+            (_, _, Err(other)) => panic!("a deploy failed for another reason than room: {other}"),
+        }
+    }
+    assert!(
+        !placed.is_empty() && refused > 0,
+        "the pool should admit some deploys and refuse others: {} placed, {refused} refused",
+        placed.len()
+    );
+    let mut slots_on = std::collections::BTreeMap::<String, u64>::new();
+    for id in &placed {
+        for node in &nodes {
+            if let Some(a) = allocator.assignment_for(node, id).await.expect("read") {
+                *slots_on.entry(node.clone()).or_default() += a.slots.len() as u64;
+            }
+        }
+    }
+    assert_eq!(
+        slots_on.values().sum::<u64>(),
+        placed.len() as u64 * u64::from(REPLICAS),
+        "every admitted deploy has all its slots"
+    );
+    for node in allocator.nodes().await.expect("nodes") {
+        let slots = slots_on.get(&node.name).copied().unwrap_or(0);
+        assert!(
+            slots <= ROOM,
+            "{} holds {slots} replicas, room for {ROOM}",
+            node.name
+        );
+        assert_eq!(
+            node.used.containers, slots,
+            "{} reserves {} containers for {slots} slots",
+            node.name, node.used.containers
+        );
+    }
 }
 
 #[tokio::test]
