@@ -129,27 +129,25 @@ pub(crate) async fn record(
     if events.is_empty() {
         return Ok(());
     }
-    match db.get_database_backend() {
-        sea_orm::DatabaseBackend::Postgres => insert_as_arrays(db, id, events, now_ms).await?,
-        _ => {
-            for chunk in events.chunks(500) {
-                let rows = chunk.iter().map(|e| replica_event::ActiveModel {
-                    tenant: Set(id.tenant.clone()),
-                    topology: Set(id.topology.clone()),
-                    service: Set(e.service.clone()),
-                    replica: Set(i64::from(e.replica)),
-                    generation: Set(to_i64(e.generation)),
-                    node: Set(e.node.clone()),
-                    kind: Set(e.kind.as_str().to_owned()),
-                    detail: Set(e.detail.clone()),
-                    at_ms: Set(now_ms),
-                    ..Default::default()
-                });
-                replica_event::Entity::insert_many(rows)
-                    .exec_without_returning(db)
-                    .await?;
-            }
-        }
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        return insert_as_arrays(db, id, events, now_ms).await;
+    }
+    for chunk in events.chunks(500) {
+        let rows = chunk.iter().map(|e| replica_event::ActiveModel {
+            tenant: Set(id.tenant.clone()),
+            topology: Set(id.topology.clone()),
+            service: Set(e.service.clone()),
+            replica: Set(i64::from(e.replica)),
+            generation: Set(to_i64(e.generation)),
+            node: Set(e.node.clone()),
+            kind: Set(e.kind.as_str().to_owned()),
+            detail: Set(e.detail.clone()),
+            at_ms: Set(now_ms),
+            ..Default::default()
+        });
+        replica_event::Entity::insert_many(rows)
+            .exec_without_returning(db)
+            .await?;
     }
     let oldest_kept: Option<i64> = replica_event::Entity::find()
         .select_only()
@@ -173,21 +171,34 @@ pub(crate) async fn record(
     Ok(())
 }
 
-/// Appends `events` of `id` on PostgreSQL in one statement that binds a column's
-/// values as one array (`unnest`), not nine parameters an event.
+/// Appends `events` of `id` on PostgreSQL and forgets all but its newest [`KEPT`], in
+/// one statement and one round trip: a column's values are bound as one array
+/// (`unnest`), not nine parameters an event, and the oldest event kept is found among
+/// the rows there were and those just added (which the statement's own delete does
+/// not see, so of a batch longer than [`KEPT`] only its newest are added at all).
 async fn insert_as_arrays(
     db: &impl ConnectionTrait,
     id: &TopologyRef,
     events: &[Event],
     now_ms: i64,
 ) -> Result<(), DbErr> {
+    let events = &events[events.len().saturating_sub(KEPT as usize)..];
     let statement = sea_orm::Statement::from_sql_and_values(
         sea_orm::DatabaseBackend::Postgres,
-        "INSERT INTO replica_events \
-         (tenant, topology, at_ms, service, replica, generation, node, kind, detail) \
-         SELECT $1, $2, $3, s, r, g, n, k, d FROM unnest(\
-         $4::text[], $5::int8[], $6::int8[], $7::text[], $8::text[], $9::text[]\
-         ) WITH ORDINALITY AS t(s, r, g, n, k, d, i) ORDER BY i",
+        "WITH added AS (\
+           INSERT INTO replica_events \
+           (tenant, topology, at_ms, service, replica, generation, node, kind, detail) \
+           SELECT $1, $2, $3, s, r, g, n, k, d FROM unnest(\
+           $4::text[], $5::int8[], $6::int8[], $7::text[], $8::text[], $9::text[]\
+           ) WITH ORDINALITY AS t(s, r, g, n, k, d, i) ORDER BY i \
+           RETURNING id), \
+         oldest_kept AS (\
+           SELECT id FROM (\
+             SELECT id FROM replica_events WHERE tenant = $1 AND topology = $2 \
+             UNION ALL SELECT id FROM added\
+           ) AS every ORDER BY id DESC OFFSET $10 LIMIT 1) \
+         DELETE FROM replica_events \
+         WHERE tenant = $1 AND topology = $2 AND id < (SELECT id FROM oldest_kept)",
         [
             id.tenant.clone().into(),
             id.topology.clone().into(),
@@ -198,6 +209,7 @@ async fn insert_as_arrays(
             column(events, |e| e.node.clone()),
             column(events, |e| e.kind.as_str().to_owned()),
             column(events, |e| e.detail.clone()),
+            to_i64(KEPT - 1).into(),
         ],
     );
     db.execute_raw(statement).await?;

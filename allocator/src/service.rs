@@ -21,8 +21,8 @@ use crate::loads::Before;
 use crate::placement::{Placed, PlacementError, Want};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 use crate::store::{
-    Delta, all_nodes, candidates_for, limits_of, load_placed, lock_tenant, nodes_named, placed_of,
-    quota_parts, shift_nodes, shift_quota, to_i64,
+    Delta, all_nodes, candidates_for, limits_of, load_placed, lock_tenant, lock_tenant_for,
+    nodes_named, placed_of, quota_parts, shift_nodes, shift_quota, to_i64,
 };
 
 /// Failures of the allocator.
@@ -638,18 +638,16 @@ impl Allocator {
         // (a row lock on PostgreSQL, the write lock on SQLite, taken before any read so
         // SQLite never has to upgrade a read lock and fail), and everything read below
         // is then current.
-        let quota_row = lock_tenant(txn, tenant)
+        let (quota_row, placing) = lock_tenant_for(txn, tenant, &topology.name)
             .await?
             .ok_or_else(|| AllocatorError::UnknownTenant(tenant.to_owned()))?;
-        let counter = placement::Entity::find_by_id((tenant.to_owned(), topology.name.clone()))
-            .one(txn)
-            .await?;
-        if let Some(c) = &counter
-            && u64::try_from(c.revision).unwrap_or(0) > revision
+        let placed_revision = placing.map(|p| u64::try_from(p.revision).unwrap_or(0));
+        if let Some(placed) = placed_revision
+            && placed > revision
         {
             return Err(AllocatorError::Stale {
                 topology: id.clone(),
-                placed: u64::try_from(c.revision).unwrap_or(0),
+                placed,
                 offered: revision,
             });
         }
@@ -658,9 +656,7 @@ impl Allocator {
             tenant: tenant.to_owned(),
             wants: self.wants(topology),
             placed: load_placed(txn, id).await?,
-            next_generation: counter
-                .as_ref()
-                .map_or(1, |c| Ord::max(c.next_generation, 1) as u64),
+            next_generation: placing.map_or(1, |p| Ord::max(p.next_generation, 1) as u64),
             limit,
             used,
         })

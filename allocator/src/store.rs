@@ -10,7 +10,7 @@ use sea_orm::{ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter, QuerySele
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::entity::{assignment, lingering, node, quota, tenant_limit};
+use crate::entity::{assignment, lingering, node, placement, quota, tenant_limit};
 use crate::placement::{NodeView, Placed};
 use crate::resources::{Limit, Resources};
 
@@ -233,6 +233,74 @@ pub(crate) async fn lock_tenant(
             .one(txn)
             .await;
     }
+    if !touch_quota(txn, tenant).await? {
+        return Ok(None);
+    }
+    quota::Entity::find_by_id(tenant.to_owned()).one(txn).await
+}
+
+/// What is placed of a topology now: its revision and the next generation its slots
+/// are placed under.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Placing {
+    pub(crate) revision: i64,
+    pub(crate) next_generation: i64,
+}
+
+/// Locks the tenant's quota row as [`lock_tenant`] does and reads it together with
+/// what is placed of its `topology` (a join, so on PostgreSQL the lock and both reads
+/// are one round trip).
+pub(crate) async fn lock_tenant_for(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant: &str,
+    topology: &str,
+) -> Result<Option<(quota::Model, Option<Placing>)>, DbErr> {
+    use sea_orm::sea_query::{JoinType, LockType, Query};
+    use sea_orm::{ConnectionTrait, FromQueryResult, Iterable};
+    let postgres = txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres;
+    if !postgres && !touch_quota(txn, tenant).await? {
+        return Ok(None);
+    }
+    let mut select = Query::select();
+    select
+        .columns(quota::Column::iter().map(|c| (quota::Entity, c)))
+        .columns([
+            (placement::Entity, placement::Column::Revision),
+            (placement::Entity, placement::Column::NextGeneration),
+        ])
+        .from(quota::Entity)
+        .join(
+            JoinType::LeftJoin,
+            placement::Entity,
+            Condition::all()
+                .add(
+                    Expr::col((placement::Entity, placement::Column::Tenant))
+                        .equals((quota::Entity, quota::Column::Tenant)),
+                )
+                .add(Expr::col((placement::Entity, placement::Column::Topology)).eq(topology)),
+        )
+        .and_where(Expr::col((quota::Entity, quota::Column::Tenant)).eq(tenant));
+    if postgres {
+        select.lock_with_tables(LockType::Update, [quota::Entity]);
+    }
+    let Some(row) = txn.query_one(&select).await? else {
+        return Ok(None);
+    };
+    let quota = quota::Model::from_query_result(&row, "")?;
+    let revision: Option<i64> = row.try_get("", "revision")?;
+    let next_generation: Option<i64> = row.try_get("", "next_generation")?;
+    let placing = revision
+        .zip(next_generation)
+        .map(|(revision, next_generation)| Placing {
+            revision,
+            next_generation,
+        });
+    Ok(Some((quota, placing)))
+}
+
+/// Writes the tenant's quota row without changing it, which takes SQLite's write lock
+/// before anything is read. Whether there is such a row.
+async fn touch_quota(txn: &sea_orm::DatabaseTransaction, tenant: &str) -> Result<bool, DbErr> {
     let touched = quota::Entity::update_many()
         .col_expr(
             quota::Column::ContainersUsed,
@@ -241,10 +309,7 @@ pub(crate) async fn lock_tenant(
         .filter(quota::Column::Tenant.eq(tenant))
         .exec(txn)
         .await?;
-    if touched.rows_affected == 0 {
-        return Ok(None);
-    }
-    quota::Entity::find_by_id(tenant.to_owned()).one(txn).await
+    Ok(touched.rows_affected > 0)
 }
 
 /// Shifts a tenant's reserved usage by `delta`, atomically: a dimension that grows must

@@ -1050,7 +1050,7 @@ fn light(replicas: u32) -> Topology {
 /// replica's, in the order placement made them, and only the newest are kept.
 async fn a_topology_keeps_its_newest_events_in_order(db: DatabaseConnection) {
     use berth_allocator::events::{EventKind, KEPT};
-    let allocator = allocator(db).await;
+    let allocator = allocator(db.clone()).await;
     allocator
         .set_quota("acme", Limit::default())
         .await
@@ -1097,6 +1097,42 @@ async fn a_topology_keeps_its_newest_events_in_order(db: DatabaseConnection) {
     assert_eq!(removed, 249, "every removal of the third deploy is kept");
     let oldest = events.last().expect("kept");
     assert_eq!((oldest.kind, oldest.replica), (EventKind::Placed, 249));
+
+    // One deploy with more events than are kept: its newest are.
+    for node in ["n4", "n5", "n6", "n7", "n8", "n9"] {
+        let room = Limit {
+            cpu_millis: None,
+            memory_bytes: None,
+            containers: Some(100),
+        };
+        allocator
+            .upsert_node(node, room, &Default::default())
+            .await
+            .expect("node");
+    }
+    let big = topology(
+        "name: big\nservices:\n  web:\n    image: x\n    deploy:\n      replicas: 600\n      resources: {limits: {cpus: '0.01'}}\n",
+    );
+    allocator.deploy("acme", 1, &big).await.expect("fits");
+    let events = allocator.events(&id("big"), 1_000).await.expect("events");
+    let replicas: Vec<u32> = events.iter().map(|e| e.replica).collect();
+    assert_eq!(replicas, (101..=600).rev().collect::<Vec<u32>>());
+    assert!(events.iter().all(|e| e.kind == EventKind::Placed));
+    let stored = sea_orm::ConnectionTrait::query_one_raw(
+        &db,
+        sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM replica_events WHERE topology = 'big'",
+        ),
+    )
+    .await
+    .expect("count")
+    .and_then(|row| row.try_get::<i64>("", "n").ok());
+    assert_eq!(
+        stored,
+        Some(KEPT as i64),
+        "no more than are kept are stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
