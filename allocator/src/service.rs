@@ -21,8 +21,9 @@ use crate::loads::Before;
 use crate::placement::{Placed, PlacementError, Want};
 use crate::resources::{Limit, QuotaExceeded, Resources, check_quota};
 use crate::store::{
-    Delta, all_nodes, candidates_for, limits_of, load_placed, lock_tenant, lock_tenant_for,
-    nodes_named, placed_of, quota_parts, shift_nodes, shift_quota, to_i64,
+    Delta, Unreserved, all_nodes, candidates_for, limits_of, load_placed, lock_tenant,
+    lock_tenant_for, nodes_named, placed_of, quota_parts, reserve, shift_nodes, shift_quota,
+    to_i64,
 };
 
 /// Failures of the allocator.
@@ -1153,24 +1154,8 @@ async fn commit_deploy(
     id: &TopologyRef,
 ) -> Result<Vec<String>, AllocatorError> {
     let tenant = inputs.tenant.as_str();
-    let reserved =
-        shift_quota(txn, tenant, Delta::between(decision.before, decision.after)).await?;
-    if !reserved {
-        // Someone else reserved in between: report against what is used now.
-        let row = quota::Entity::find_by_id(tenant.to_owned())
-            .one(txn)
-            .await?;
-        let (limit, used) = row.as_ref().map(quota_parts).unwrap_or_default();
-        check_quota(
-            tenant,
-            used,
-            growth(decision.before, decision.after),
-            &limit,
-        )?;
-        return Err(AllocatorError::Contended(format!("quota of {tenant}")));
-    }
-    // Node capacity the same way, all or nothing (in name order, so that concurrent
-    // deploys lock node rows in one order and never deadlock).
+    // Node capacity is reserved with the quota, all or nothing (node rows in name
+    // order, so that concurrent deploys never deadlock).
     let shifts: BTreeMap<String, Delta> = decision
         .nodes
         .iter()
@@ -1187,8 +1172,24 @@ async fn commit_deploy(
         .filter(|slot| !kept.contains(&key(slot)))
         .map(|slot| slot.node.clone())
         .collect();
-    if let Some(full) = shift_nodes(txn, &shifts, &opening).await? {
-        return Err(AllocatorError::Contended(full));
+    let quota = Delta::between(decision.before, decision.after);
+    match reserve(txn, tenant, quota, &shifts, &opening).await? {
+        None => {}
+        Some(Unreserved::Quota) => {
+            // Someone else reserved in between: report against what is used now.
+            let row = quota::Entity::find_by_id(tenant.to_owned())
+                .one(txn)
+                .await?;
+            let (limit, used) = row.as_ref().map(quota_parts).unwrap_or_default();
+            check_quota(
+                tenant,
+                used,
+                growth(decision.before, decision.after),
+                &limit,
+            )?;
+            return Err(AllocatorError::Contended(format!("quota of {tenant}")));
+        }
+        Some(Unreserved::Node(full)) => return Err(AllocatorError::Contended(full)),
     }
 
     // What was placed was read in this transaction, under the tenant's lock: with
@@ -1200,7 +1201,6 @@ async fn commit_deploy(
             .exec(txn)
             .await?;
     }
-    crate::store::insert_slots(txn, id, &decision.plan.slots).await?;
     let next_generation = decision
         .plan
         .slots
@@ -1211,32 +1211,16 @@ async fn commit_deploy(
         .max(inputs.next_generation);
     let spec =
         serde_json::to_string(topology).map_err(|e| AllocatorError::Corrupt(id.clone(), e))?;
-    let row = placement::ActiveModel {
-        tenant: Set(tenant.to_owned()),
-        topology: Set(topology.name.clone()),
-        revision: Set(to_i64(revision)),
-        spec: Set(spec),
-        next_generation: Set(to_i64(next_generation)),
-        traceparent: Set(berth_telemetry::traceparent(&tracing::Span::current())),
-        autoscaled: Set(topology.services.values().any(|s| s.autoscale.is_some())),
+    let row = placement::Model {
+        tenant: tenant.to_owned(),
+        topology: topology.name.clone(),
+        revision: to_i64(revision),
+        spec,
+        next_generation: to_i64(next_generation),
+        traceparent: berth_telemetry::traceparent(&tracing::Span::current()),
+        autoscaled: topology.services.values().any(|s| s.autoscale.is_some()),
     };
-    placement::Entity::insert(row)
-        .on_conflict(
-            sea_orm::sea_query::OnConflict::columns([
-                placement::Column::Tenant,
-                placement::Column::Topology,
-            ])
-            .update_columns([
-                placement::Column::Revision,
-                placement::Column::Spec,
-                placement::Column::NextGeneration,
-                placement::Column::Traceparent,
-                placement::Column::Autoscaled,
-            ])
-            .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
+    crate::store::write_placement(txn, row, &decision.plan.slots).await?;
     crate::events::record(txn, id, &decision.events, crate::liveness::now_ms()).await?;
     let mut nodes: Vec<String> = decision.nodes.keys().cloned().collect();
     nodes.extend(crate::store::forget_moves(txn, id).await?);

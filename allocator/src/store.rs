@@ -40,44 +40,75 @@ pub(crate) async fn load_placed<C: sea_orm::ConnectionTrait>(
         .collect())
 }
 
-/// Inserts `slots` of `id`: on PostgreSQL in one statement that binds a column's values
-/// as one array (`unnest`), not eight parameters a row; elsewhere 500 rows a statement.
-pub(crate) async fn insert_slots(
+/// Writes what a deploy placed: the topology's placement row (inserted, or updated
+/// over the one before) and its `slots` (the old ones already deleted). On PostgreSQL
+/// one statement and one round trip, which binds a slot column's values as one array
+/// (`unnest`) rather than eight parameters a row; elsewhere the row, then 500 slots a
+/// statement.
+pub(crate) async fn write_placement(
     txn: &sea_orm::DatabaseTransaction,
-    id: &TopologyRef,
+    row: placement::Model,
     slots: &[Placed],
 ) -> Result<(), DbErr> {
     use sea_orm::ActiveValue::Set;
     use sea_orm::ConnectionTrait;
-    if slots.is_empty() {
-        return Ok(());
-    }
     if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
         let statement = sea_orm::Statement::from_sql_and_values(
             sea_orm::DatabaseBackend::Postgres,
-            "INSERT INTO assignments \
+            "WITH placed AS (\
+               INSERT INTO placements \
+               (tenant, topology, revision, spec, next_generation, traceparent, autoscaled) \
+               VALUES ($1, $2, $9, $10, $11, $12, $13) \
+               ON CONFLICT (tenant, topology) DO UPDATE SET \
+               revision = excluded.revision, spec = excluded.spec, \
+               next_generation = excluded.next_generation, \
+               traceparent = excluded.traceparent, autoscaled = excluded.autoscaled) \
+             INSERT INTO assignments \
              (tenant, topology, service, replica, node, generation, cpu_millis, memory_bytes) \
              SELECT $1, $2, s, r, n, g, c, m FROM unnest(\
              $3::text[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::int8[]\
              ) AS t(s, r, n, g, c, m)",
             [
-                id.tenant.clone().into(),
-                id.topology.clone().into(),
+                row.tenant.into(),
+                row.topology.into(),
                 column(slots, |p| p.service.clone()),
                 column(slots, |p| i64::from(p.replica)),
                 column(slots, |p| p.node.clone()),
                 column(slots, |p| to_i64(p.generation)),
                 column(slots, |p| to_i64(p.cost.cpu_millis)),
                 column(slots, |p| to_i64(p.cost.memory_bytes)),
+                row.revision.into(),
+                row.spec.into(),
+                row.next_generation.into(),
+                row.traceparent.into(),
+                row.autoscaled.into(),
             ],
         );
         txn.execute_raw(statement).await?;
         return Ok(());
     }
+    let (tenant, topology) = (row.tenant.clone(), row.topology.clone());
+    placement::Entity::insert(placement::ActiveModel::from(row))
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::columns([
+                placement::Column::Tenant,
+                placement::Column::Topology,
+            ])
+            .update_columns([
+                placement::Column::Revision,
+                placement::Column::Spec,
+                placement::Column::NextGeneration,
+                placement::Column::Traceparent,
+                placement::Column::Autoscaled,
+            ])
+            .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
     for chunk in slots.chunks(500) {
         let rows = chunk.iter().map(|p| assignment::ActiveModel {
-            tenant: Set(id.tenant.clone()),
-            topology: Set(id.topology.clone()),
+            tenant: Set(tenant.clone()),
+            topology: Set(topology.clone()),
             service: Set(p.service.clone()),
             replica: Set(i64::from(p.replica)),
             node: Set(p.node.clone()),
@@ -131,7 +162,7 @@ pub(crate) fn quota_parts(row: &quota::Model) -> (Limit, Resources) {
 }
 
 /// A signed change of reserved resources.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Delta {
     cpu: i64,
     memory: i64,
@@ -384,16 +415,12 @@ pub(crate) async fn shift_nodes(
     opening: &BTreeSet<String>,
 ) -> Result<Option<String>, DbErr> {
     const CHUNK: usize = 500;
-    let shifts: Vec<Shift<'_>> = shifts
-        .iter()
-        .map(|(n, d)| (n.as_str(), *d, opening.contains(n)))
-        .filter(|(_, d, opens)| *opens || !d.is_zero())
-        .collect();
+    let shifts = shifts_of(shifts, opening);
     if shifts.is_empty() {
         return Ok(None);
     }
     if sea_orm::ConnectionTrait::get_database_backend(txn) == sea_orm::DatabaseBackend::Postgres {
-        return shift_nodes_postgres(txn, &shifts).await;
+        return Ok(shift_postgres(txn, None, &shifts).await?.lacking);
     }
     let mut by_delta: std::collections::HashMap<(Delta, bool), Vec<&str>> =
         std::collections::HashMap::new();
@@ -453,16 +480,71 @@ pub(crate) async fn shift_nodes(
 /// A node's name, the change of what is reserved on it, and whether it must be open.
 type Shift<'a> = (&'a str, Delta, bool);
 
-/// [`shift_nodes`] on PostgreSQL, in one statement and one round trip: the rows are
+/// The nodes whose rows a shift changes or checks, in name order.
+fn shifts_of<'a>(
+    shifts: &'a BTreeMap<String, Delta>,
+    opening: &BTreeSet<String>,
+) -> Vec<Shift<'a>> {
+    shifts
+        .iter()
+        .map(|(n, d)| (n.as_str(), *d, opening.contains(n)))
+        .filter(|(_, d, opens)| *opens || !d.is_zero())
+        .collect()
+}
+
+/// What [`reserve`] could not reserve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Unreserved {
+    /// The tenant's quota lacks the room.
+    Quota,
+    /// This node lacks the room, or is closed and had to be open.
+    Node(String),
+}
+
+/// Reserves a deploy's resources, all or nothing: the tenant's quota moved by `quota`
+/// as [`shift_quota`] does, and every node by its delta as [`shift_nodes`] does. The
+/// caller holds the tenant's lock ([`lock_tenant_for`]) and rolls the transaction
+/// back on failure. On PostgreSQL one statement and one round trip.
+pub(crate) async fn reserve(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant: &str,
+    quota: Delta,
+    shifts: &BTreeMap<String, Delta>,
+    opening: &BTreeSet<String>,
+) -> Result<Option<Unreserved>, DbErr> {
+    if sea_orm::ConnectionTrait::get_database_backend(txn) == sea_orm::DatabaseBackend::Postgres {
+        let shifted =
+            shift_postgres(txn, Some((tenant, quota)), &shifts_of(shifts, opening)).await?;
+        return Ok(match shifted {
+            Shifted { quota: false, .. } => Some(Unreserved::Quota),
+            Shifted { lacking, .. } => lacking.map(Unreserved::Node),
+        });
+    }
+    if !shift_quota(txn, tenant, quota).await? {
+        return Ok(Some(Unreserved::Quota));
+    }
+    Ok(shift_nodes(txn, shifts, opening)
+        .await?
+        .map(Unreserved::Node))
+}
+
+/// [`reserve`] and [`shift_nodes`] on PostgreSQL, in one statement: the node rows are
 /// locked first, in name order (a materialised `SELECT ... ORDER BY name FOR UPDATE`
 /// whose rows the update joins, so no row is written before its lock is taken in
 /// that order and concurrent deploys never deadlock), then each is moved by its own
-/// delta, bound as arrays, only where it has the room and, if it must, is open.
-async fn shift_nodes_postgres(
+/// delta, bound as arrays, only where it has the room and, if it must, is open; and
+/// the tenant's quota row, if one is given (already locked by the caller), is moved
+/// as [`shift_quota`] moves it.
+async fn shift_postgres(
     txn: &sea_orm::DatabaseTransaction,
+    quota: Option<(&str, Delta)>,
     shifts: &[Shift<'_>],
-) -> Result<Option<String>, DbErr> {
+) -> Result<Shifted, DbErr> {
     use sea_orm::ConnectionTrait;
+    let (tenant, delta) = match quota {
+        Some((tenant, delta)) => (Some(tenant.to_owned()), delta),
+        None => (None, Delta::default()),
+    };
     let statement = sea_orm::Statement::from_sql_and_values(
         sea_orm::DatabaseBackend::Postgres,
         "WITH wanted AS MATERIALIZED (\
@@ -470,34 +552,70 @@ async fn shift_nodes_postgres(
            AS w(name, cpu, memory, containers, opens)), \
          locked AS MATERIALIZED (\
            SELECT name FROM nodes WHERE name IN (SELECT name FROM wanted) \
-           ORDER BY name FOR UPDATE) \
-         UPDATE nodes n SET \
-           cpu_millis_used = n.cpu_millis_used + w.cpu, \
-           memory_bytes_used = n.memory_bytes_used + w.memory, \
-           containers_used = n.containers_used + w.containers \
-         FROM wanted w \
-         WHERE n.name = w.name AND n.name IN (SELECT name FROM locked) \
-           AND (w.cpu <= 0 OR n.cpu_millis_capacity IS NULL \
-                OR n.cpu_millis_used + w.cpu <= n.cpu_millis_capacity) \
-           AND (w.memory <= 0 OR n.memory_bytes_capacity IS NULL \
-                OR n.memory_bytes_used + w.memory <= n.memory_bytes_capacity) \
-           AND (w.containers <= 0 OR n.containers_capacity IS NULL \
-                OR n.containers_used + w.containers <= n.containers_capacity) \
-           AND (NOT w.opens \
-                OR (n.schedulable AND NOT n.draining AND n.down_since_ms IS NULL))",
+           ORDER BY name FOR UPDATE), \
+         moved AS (\
+           UPDATE nodes n SET \
+             cpu_millis_used = n.cpu_millis_used + w.cpu, \
+             memory_bytes_used = n.memory_bytes_used + w.memory, \
+             containers_used = n.containers_used + w.containers \
+           FROM wanted w \
+           WHERE n.name = w.name AND n.name IN (SELECT name FROM locked) \
+             AND (w.cpu <= 0 OR n.cpu_millis_capacity IS NULL \
+                  OR n.cpu_millis_used + w.cpu <= n.cpu_millis_capacity) \
+             AND (w.memory <= 0 OR n.memory_bytes_capacity IS NULL \
+                  OR n.memory_bytes_used + w.memory <= n.memory_bytes_capacity) \
+             AND (w.containers <= 0 OR n.containers_capacity IS NULL \
+                  OR n.containers_used + w.containers <= n.containers_capacity) \
+             AND (NOT w.opens \
+                  OR (n.schedulable AND NOT n.draining AND n.down_since_ms IS NULL)) \
+           RETURNING 1), \
+         reserved AS (\
+           UPDATE quotas SET \
+             cpu_millis_used = cpu_millis_used + $7::int8, \
+             memory_bytes_used = memory_bytes_used + $8::int8, \
+             containers_used = containers_used + $9::int8 \
+           WHERE tenant = $6::text \
+             AND ($7::int8 <= 0 OR cpu_millis_limit IS NULL \
+                  OR cpu_millis_used + $7::int8 <= cpu_millis_limit) \
+             AND ($8::int8 <= 0 OR memory_bytes_limit IS NULL \
+                  OR memory_bytes_used + $8::int8 <= memory_bytes_limit) \
+             AND ($9::int8 <= 0 OR containers_limit IS NULL \
+                  OR containers_used + $9::int8 <= containers_limit) \
+           RETURNING 1) \
+         SELECT (SELECT count(*) FROM moved) AS moved, \
+                (SELECT count(*) FROM reserved) AS reserved",
         [
             column(shifts, |(name, _, _)| (*name).to_owned()),
             column(shifts, |(_, delta, _)| delta.cpu),
             column(shifts, |(_, delta, _)| delta.memory),
             column(shifts, |(_, delta, _)| delta.containers),
             column(shifts, |(_, _, opens)| *opens),
+            tenant.clone().into(),
+            delta.cpu.into(),
+            delta.memory.into(),
+            delta.containers.into(),
         ],
     );
-    let updated = txn.execute_raw(statement).await?;
-    match updated.rows_affected() == shifts.len() as u64 {
-        true => Ok(None),
-        false => Ok(Some(lacking_room(txn, shifts).await?)),
-    }
+    let row = txn
+        .query_one_raw(statement)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("the counts of a reservation".to_owned()))?;
+    let moved: i64 = row.try_get("", "moved")?;
+    let reserved: i64 = row.try_get("", "reserved")?;
+    let quota = tenant.is_none() || reserved == 1;
+    let lacking = match quota && moved != shifts.len() as i64 {
+        true => Some(lacking_room(txn, shifts).await?),
+        false => None,
+    };
+    Ok(Shifted { quota, lacking })
+}
+
+/// What [`shift_postgres`] did.
+struct Shifted {
+    /// Whether the quota (if one was to be moved) was.
+    quota: bool,
+    /// A node that lacks the room or is closed, if one does.
+    lacking: Option<String>,
 }
 
 /// Which of `shifts`' nodes lacks the room for its delta (or is gone, or closed when
