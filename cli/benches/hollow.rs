@@ -45,15 +45,15 @@ async fn main() {
         },
     ))
     .unwrap_or(1_000);
-    // Each hollow node holds two connections (its stream and its heartbeat), and
-    // the server as many: a limit on open files below that fails joins with bare
+    // Each hollow node holds a connection (its stream and its heartbeats share it),
+    // and the server as many: a limit on open files below that fails joins with bare
     // transport errors, so say it first.
     if let Some(limit) = open_files_limit()
-        && nodes * 2 + 1_000 > limit
+        && nodes + 1_000 > limit
     {
         panic!(
             "{nodes} hollow nodes need about {} open files in this process and in the server; the limit here is {limit} (raise it with `ulimit -n`, or set BENCH_NODES)",
-            nodes * 2 + 1_000
+            nodes + 1_000
         );
     }
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));

@@ -267,6 +267,39 @@ async fn connect(url: &str, ca: Option<&str>) -> Result<NodeControlClient<Channe
     Ok(NodeControlClient::new(channel))
 }
 
+/// The node's connections to its allocators, one per address, shared by the heartbeat
+/// and the pull loop: HTTP/2 carries the heartbeat's calls beside the stream of
+/// assignments on one connection (each call still bounded by its own deadline), so a
+/// pool costs its allocators one connection per node rather than two.
+#[derive(Clone, Debug, Default)]
+struct Connections(Arc<std::sync::Mutex<HashMap<String, NodeControlClient<Channel>>>>);
+
+impl Connections {
+    /// A client of the allocator at `url`: the connection already open to it, or a
+    /// new one (over TLS chained to `ca`, as [`connect`] makes it).
+    async fn get(
+        &self,
+        url: &str,
+        ca: Option<&str>,
+    ) -> Result<NodeControlClient<Channel>, AgentError> {
+        if let Some(client) = self.open().get(url) {
+            return Ok(client.clone());
+        }
+        let client = connect(url, ca).await?;
+        Ok(self.open().entry(url.to_owned()).or_insert(client).clone())
+    }
+
+    /// Forgets the connection to `url` (it failed): the next [`Self::get`] opens
+    /// another. A client already handed out keeps the old one until it drops it.
+    fn forget(&self, url: &str) {
+        self.open().remove(url);
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeControlClient<Channel>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// What the engine shows now of `slot` of `a` among `running`: its container, if any,
 /// its state and its detail (the topology's failure when it has no container).
 fn observed<'c>(
@@ -395,14 +428,16 @@ const WAKE_LEAST: Duration = Duration::from_millis(20);
 /// How long a heartbeat may wait for its answer however near the fence deadline is.
 const HEARTBEAT_LEAST: Duration = Duration::from_millis(100);
 
-/// What heartbeats: the lease and a connection of its own to the allocators, so that a
-/// heartbeat is sent on time while the node reconciles a large set.
+/// What heartbeats: the lease and a client of the allocators of its own, so that a
+/// heartbeat is sent on time while the node reconciles a large set (its connection is
+/// the pull loop's when both talk to the same allocator).
 #[derive(Debug)]
 struct Heart {
     signer: Arc<Signer>,
     /// The allocators' addresses, tried in turn until one leads and answers.
     allocators: Vec<String>,
     ca: Option<String>,
+    connections: Connections,
     client: Option<NodeControlClient<Channel>>,
     next_allocator: usize,
     /// Which allocator (an index into `allocators`) renewed the lease last.
@@ -441,7 +476,8 @@ impl Heart {
             });
         if self.client.is_none() {
             let url = &self.allocators[self.next_allocator % self.allocators.len()];
-            let connected = tokio::time::timeout_at(give_up, connect(url, self.ca.as_deref()))
+            let connecting = self.connections.get(url, self.ca.as_deref());
+            let connected = tokio::time::timeout_at(give_up, connecting)
                 .await
                 .unwrap_or_else(|_| Err(AgentError::Refused("no connection in time".into())));
             match connected {
@@ -473,6 +509,8 @@ impl Heart {
                 // The client may hold a dead connection, or one to an allocator that
                 // stands by: make a new one, to the next allocator, next time.
                 self.client = None;
+                self.connections
+                    .forget(&self.allocators[self.next_allocator % self.allocators.len()]);
                 self.next_allocator = self.next_allocator.wrapping_add(1);
                 Some(false)
             }
@@ -528,6 +566,9 @@ pub struct Agent<D> {
     identity: NodeIdentity,
     signer: Arc<Signer>,
     reconciler: Reconciler<D>,
+    /// The connections to the allocators, shared with the heartbeat.
+    connections: Connections,
+    /// The pull loop's client of the allocator it streams from.
     client: Option<NodeControlClient<Channel>>,
     /// The root keys and revocations the allocator sends, shared with the peer API.
     trust: Arc<RwLock<Trust>>,
@@ -569,6 +610,7 @@ impl<D: ContainerDriver> Agent<D> {
     /// An agent for `identity`, running containers through `reconciler`.
     pub fn new(identity: NodeIdentity, reconciler: Reconciler<D>) -> Result<Self, AgentError> {
         let signer = Arc::new(identity.signer()?);
+        let connections = Connections::default();
         let heart = Heart {
             signer: signer.clone(),
             allocators: identity
@@ -577,6 +619,7 @@ impl<D: ContainerDriver> Agent<D> {
                 .map(str::to_owned)
                 .collect(),
             ca: identity.allocator_ca.clone(),
+            connections: connections.clone(),
             client: None,
             next_allocator: 0,
             renewed_by: None,
@@ -591,6 +634,7 @@ impl<D: ContainerDriver> Agent<D> {
             peer_address: String::new(),
             identity,
             reconciler,
+            connections,
             client: None,
             next_allocator: 0,
             last_set: None,
@@ -891,7 +935,11 @@ impl<D: ContainerDriver> Agent<D> {
 
     /// Forgets the allocator connection; the next one goes to the next allocator.
     fn drop_client(&mut self) {
-        self.client = None;
+        if self.client.take().is_some() {
+            let urls = self.identity.allocators();
+            self.connections
+                .forget(urls[self.next_allocator % urls.len()]);
+        }
         self.next_allocator = self.next_allocator.wrapping_add(1);
     }
 
@@ -899,7 +947,8 @@ impl<D: ContainerDriver> Agent<D> {
         if self.client.is_none() {
             let urls = self.identity.allocators();
             let url = urls[self.next_allocator % urls.len()];
-            match connect(url, self.identity.allocator_ca.as_deref()).await {
+            let ca = self.identity.allocator_ca.as_deref();
+            match self.connections.get(url, ca).await {
                 Ok(client) => self.client = Some(client),
                 Err(e) => {
                     self.next_allocator = self.next_allocator.wrapping_add(1);

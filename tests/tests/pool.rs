@@ -617,3 +617,57 @@ async fn only_the_node_asked_can_answer_a_request_for_logs() {
         .expect_err("n2 has no stream");
     assert!(e.to_string().contains("not connected"), "{e}");
 }
+
+/// How many connections from this network namespace to `port` on loopback are open
+/// (their client ends, from `/proc/net/tcp`).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/self/net/tcp").expect("the socket table");
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Established only: a closed join leaves its connection in TIME_WAIT.
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+/// A node holds one connection to its allocator: the heartbeat's calls ride beside
+/// the stream of assignments, so a pool costs its allocator one connection per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_heartbeats_and_streams_over_one_connection() {
+    use berth_node_runtime::agent::Capacity;
+    let server = berth_tests::plane::Server::start(&[]).await;
+    let capacity = Capacity {
+        cpu_millis: None,
+        memory_bytes: None,
+        containers: Some(10),
+        labels: Default::default(),
+    };
+    let pool = berth_tests::hollow::HollowPool::join(&server, "single", 3, &capacity, 3).await;
+    let names: Vec<String> = pool.nodes.iter().map(|n| n.name.clone()).collect();
+    server.wait_active(&names).await;
+    let topology = serde_json::json!({
+        "name": "spread",
+        "services": { "web": { "image": "sim", "replicas": 3, "networks": { "default": {} } } },
+        "networks": { "default": {} }
+    });
+    server.deploy(&topology).await;
+    // Replicas run only once their node's stream delivered them.
+    for _ in 0..300 {
+        if pool.running() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pool.running(), 3, "every replica runs");
+    // Heartbeats go out every 500 ms: several have been answered by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        connections_to(server.node_port),
+        3,
+        "one connection a node to the allocator"
+    );
+}
