@@ -439,13 +439,18 @@ async fn three_node_agents_run_a_tenants_replicas_across_the_pool() {
         .set_quota("acme", Limit::default())
         .await
         .expect("quota");
-    // Wait for the three nodes to have joined (registered in the pool).
+    // Wait for the three nodes to have joined: their identities registered and their
+    // rows in the pool (a join writes the one, then the other).
     let mut joined = false;
     for _ in 0..100 {
         let mut ok = true;
         for name in &names {
             ok &= plane.api.identities().is_joined(name).await.expect("read");
         }
+        let pool = plane.allocator.nodes().await.expect("nodes");
+        ok &= names
+            .iter()
+            .all(|name| pool.iter().any(|n| &n.name == name));
         if ok {
             joined = true;
             break;
