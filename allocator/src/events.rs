@@ -130,7 +130,7 @@ pub(crate) async fn record(
         return Ok(());
     }
     if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-        return insert_as_arrays(db, id, events, now_ms).await;
+        return append_and_trim(db, id, events, now_ms).await;
     }
     for chunk in events.chunks(500) {
         let rows = chunk.iter().map(|e| replica_event::ActiveModel {
@@ -176,7 +176,7 @@ pub(crate) async fn record(
 /// (`unnest`), not nine parameters an event, and the oldest event kept is found among
 /// the rows there were and those just added (which the statement's own delete does
 /// not see, so of a batch longer than [`KEPT`] only its newest are added at all).
-async fn insert_as_arrays(
+async fn append_and_trim(
     db: &impl ConnectionTrait,
     id: &TopologyRef,
     events: &[Event],

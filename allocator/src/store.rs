@@ -406,7 +406,7 @@ pub(crate) async fn shift_node(
 /// caller rolls the transaction back).
 ///
 /// On PostgreSQL one statement locks the rows in name order and updates each by its
-/// own delta ([`shift_nodes_postgres`]); elsewhere (SQLite, one writer at a time) a
+/// own delta ([`shift_postgres`]); elsewhere (SQLite, one writer at a time) a
 /// statement per distinct delta does, since a deploy of a hundred replicas spreads
 /// over a hundred nodes, mostly by the same delta.
 pub(crate) async fn shift_nodes(
