@@ -135,6 +135,10 @@ pub struct RootKeys {
     path: Option<PathBuf>,
     /// The database, when the keys are kept there, sealed under this key.
     database: Option<(DatabaseConnection, Arc<SealingKey>)>,
+    /// Held by a database reload from its read to its swap: a reload that read the
+    /// rows before a rotation committed cannot then replace what the rotation's own
+    /// reload took.
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RootKeys {
@@ -144,6 +148,7 @@ impl RootKeys {
             ring: Arc::new(RwLock::new(Ring::first(key))),
             path: None,
             database: None,
+            reloading: Arc::default(),
         }
     }
 
@@ -171,6 +176,7 @@ impl RootKeys {
             ring: Arc::new(RwLock::new(ring)),
             path: Some(path.to_owned()),
             database: None,
+            reloading: Arc::default(),
         };
         keys.save(&keys.read())?;
         Ok(keys)
@@ -235,10 +241,12 @@ impl RootKeys {
         let Some(path) = &self.path else {
             return Ok(false);
         };
+        // Read under the lock a rotation here writes under: a file read before the
+        // rotation cannot then replace the rotated ring.
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
         let Some(fresh) = Self::parse(path)? else {
             return Ok(false);
         };
-        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
         if ring.same_as(&fresh) {
             return Ok(false);
         }
@@ -476,6 +484,7 @@ impl RootKeys {
         let Some((db, seal)) = &self.database else {
             return self.reload_file();
         };
+        let _one_reload_at_a_time = self.reloading.lock().await;
         let fresh = load(db, seal).await?;
         if fresh.keys.is_empty() {
             return Ok(false);
@@ -594,6 +603,7 @@ impl RootKeys {
             ring: Arc::new(RwLock::new(ring)),
             path: None,
             database: Some((db, seal)),
+            reloading: Arc::default(),
         })
     }
 }
@@ -755,5 +765,32 @@ mod tests {
         });
         let after = RootKeys::open(&path, None).unwrap();
         assert_eq!(after.keyring().ids(), (1..=41).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn a_reload_beside_a_rotation_never_brings_the_old_key_back() {
+        /// Stops the reloading thread however the rotations end, a failed assertion too.
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let keys = RootKeys::open(&dir.path().join("root-keys"), None).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    keys.reload_file().unwrap();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            let _stop = Stop(&done);
+            for i in 0..50 {
+                let made = keys.rotate_in_file(1_000 + i).unwrap();
+                assert_eq!(keys.signing().0, made.id, "rotation {i}");
+            }
+        });
     }
 }
