@@ -639,10 +639,10 @@ impl Allocator {
         // (a row lock on PostgreSQL, the write lock on SQLite, taken before any read so
         // SQLite never has to upgrade a read lock and fail), and everything read below
         // is then current.
-        let (quota_row, placing) = lock_tenant_for(txn, tenant, &topology.name)
+        let (quota_row, placing) = lock_tenant_for(txn, tenant, id)
             .await?
             .ok_or_else(|| AllocatorError::UnknownTenant(tenant.to_owned()))?;
-        let placed_revision = placing.map(|p| u64::try_from(p.revision).unwrap_or(0));
+        let placed_revision = placing.revision.map(|r| u64::try_from(r).unwrap_or(0));
         if let Some(placed) = placed_revision
             && placed > revision
         {
@@ -656,8 +656,8 @@ impl Allocator {
         Ok(Inputs {
             tenant: tenant.to_owned(),
             wants: self.wants(topology),
-            placed: load_placed(txn, id).await?,
-            next_generation: placing.map_or(1, |p| Ord::max(p.next_generation, 1) as u64),
+            placed: placing.slots,
+            next_generation: Ord::max(placing.next_generation, 1) as u64,
             limit,
             used,
         })

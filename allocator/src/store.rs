@@ -270,62 +270,73 @@ pub(crate) async fn lock_tenant(
     quota::Entity::find_by_id(tenant.to_owned()).one(txn).await
 }
 
-/// What is placed of a topology now: its revision and the next generation its slots
-/// are placed under.
-#[derive(Clone, Copy, Debug)]
+/// What is placed of a topology: its placement's revision and next generation (None
+/// before its first deploy) and its slots.
 pub(crate) struct Placing {
-    pub(crate) revision: i64,
+    pub(crate) revision: Option<i64>,
     pub(crate) next_generation: i64,
+    pub(crate) slots: Vec<Placed>,
 }
 
-/// Locks the tenant's quota row as [`lock_tenant`] does and reads it together with
-/// what is placed of its `topology` (a join, so on PostgreSQL the lock and both reads
-/// are one round trip).
+/// Locks the tenant's quota row as [`lock_tenant`] does, then reads what is placed of
+/// `id` in one statement (the placement joined to its slots). The read is a statement
+/// of its own, after the lock: on PostgreSQL a statement that waited for a row lock
+/// sees the locked row as its holder committed it, but every other row as it was when
+/// the statement began, so a placement read with the lock could be the one from
+/// before the deploy the lock waited for.
 pub(crate) async fn lock_tenant_for(
     txn: &sea_orm::DatabaseTransaction,
     tenant: &str,
-    topology: &str,
-) -> Result<Option<(quota::Model, Option<Placing>)>, DbErr> {
-    use sea_orm::sea_query::{JoinType, LockType, Query};
+    id: &TopologyRef,
+) -> Result<Option<(quota::Model, Placing)>, DbErr> {
+    use sea_orm::sea_query::{Alias, JoinType, Query};
     use sea_orm::{ConnectionTrait, FromQueryResult, Iterable};
-    let postgres = txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres;
-    if !postgres && !touch_quota(txn, tenant).await? {
-        return Ok(None);
-    }
-    let mut select = Query::select();
-    select
-        .columns(quota::Column::iter().map(|c| (quota::Entity, c)))
-        .columns([
-            (placement::Entity, placement::Column::Revision),
-            (placement::Entity, placement::Column::NextGeneration),
-        ])
-        .from(quota::Entity)
-        .join(
-            JoinType::LeftJoin,
-            placement::Entity,
-            Condition::all()
-                .add(
-                    Expr::col((placement::Entity, placement::Column::Tenant))
-                        .equals((quota::Entity, quota::Column::Tenant)),
-                )
-                .add(Expr::col((placement::Entity, placement::Column::Topology)).eq(topology)),
-        )
-        .and_where(Expr::col((quota::Entity, quota::Column::Tenant)).eq(tenant));
-    if postgres {
-        select.lock_with_tables(LockType::Update, [quota::Entity]);
-    }
-    let Some(row) = txn.query_one(&select).await? else {
+    let Some(quota) = lock_tenant(txn, tenant).await? else {
         return Ok(None);
     };
-    let quota = quota::Model::from_query_result(&row, "")?;
-    let revision: Option<i64> = row.try_get("", "revision")?;
-    let next_generation: Option<i64> = row.try_get("", "next_generation")?;
-    let placing = revision
-        .zip(next_generation)
-        .map(|(revision, next_generation)| Placing {
-            revision,
-            next_generation,
-        });
+    let (revision, next_generation) = (Alias::new("p_revision"), Alias::new("p_next_generation"));
+    let select = Query::select()
+        .expr_as(
+            Expr::col((placement::Entity, placement::Column::Revision)),
+            revision.clone(),
+        )
+        .expr_as(
+            Expr::col((placement::Entity, placement::Column::NextGeneration)),
+            next_generation.clone(),
+        )
+        .columns(assignment::Column::iter().map(|c| (assignment::Entity, c)))
+        .from(placement::Entity)
+        .join(
+            JoinType::LeftJoin,
+            assignment::Entity,
+            Condition::all()
+                .add(
+                    Expr::col((assignment::Entity, assignment::Column::Tenant))
+                        .equals((placement::Entity, placement::Column::Tenant)),
+                )
+                .add(
+                    Expr::col((assignment::Entity, assignment::Column::Topology))
+                        .equals((placement::Entity, placement::Column::Topology)),
+                ),
+        )
+        .and_where(Expr::col((placement::Entity, placement::Column::Tenant)).eq(&id.tenant))
+        .and_where(Expr::col((placement::Entity, placement::Column::Topology)).eq(&id.topology))
+        .to_owned();
+    let mut placing = Placing {
+        revision: None,
+        next_generation: 1,
+        slots: Vec::new(),
+    };
+    for row in txn.query_all(&select).await? {
+        placing.revision = Some(row.try_get("", "p_revision")?);
+        placing.next_generation = row.try_get("", "p_next_generation")?;
+        // A placement without slots joins to one row of nulls.
+        if row.try_get::<Option<String>>("", "service")?.is_some() {
+            placing
+                .slots
+                .push(placed_of(assignment::Model::from_query_result(&row, "")?));
+        }
+    }
     Ok(Some((quota, placing)))
 }
 
