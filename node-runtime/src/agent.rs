@@ -272,30 +272,61 @@ async fn connect(url: &str, ca: Option<&str>) -> Result<NodeControlClient<Channe
 /// assignments on one connection (each call still bounded by its own deadline), so a
 /// pool costs its allocators one connection per node rather than two.
 #[derive(Clone, Debug, Default)]
-struct Connections(Arc<std::sync::Mutex<HashMap<String, NodeControlClient<Channel>>>>);
+struct Connections(Arc<std::sync::Mutex<Open>>);
+
+/// The connections open now, by address, and how many were ever made.
+#[derive(Debug, Default)]
+struct Open {
+    by_url: HashMap<String, Connection>,
+    made: u64,
+}
+
+/// A client of one allocator, as [`Connections`] hands it out.
+#[derive(Clone, Debug)]
+struct Connection {
+    url: String,
+    /// Which connection of those made to any address this is.
+    serial: u64,
+    client: NodeControlClient<Channel>,
+}
 
 impl Connections {
     /// A client of the allocator at `url`: the connection already open to it, or a
     /// new one (over TLS chained to `ca`, as [`connect`] makes it).
-    async fn get(
-        &self,
-        url: &str,
-        ca: Option<&str>,
-    ) -> Result<NodeControlClient<Channel>, AgentError> {
-        if let Some(client) = self.open().get(url) {
-            return Ok(client.clone());
+    async fn get(&self, url: &str, ca: Option<&str>) -> Result<Connection, AgentError> {
+        if let Some(open) = self.open().by_url.get(url) {
+            return Ok(open.clone());
         }
         let client = connect(url, ca).await?;
-        Ok(self.open().entry(url.to_owned()).or_insert(client).clone())
+        let mut open = self.open();
+        open.made += 1;
+        let serial = open.made;
+        Ok(open
+            .by_url
+            .entry(url.to_owned())
+            .or_insert(Connection {
+                url: url.to_owned(),
+                serial,
+                client,
+            })
+            .clone())
     }
 
-    /// Forgets the connection to `url` (it failed): the next [`Self::get`] opens
-    /// another. A client already handed out keeps the old one until it drops it.
-    fn forget(&self, url: &str) {
-        self.open().remove(url);
+    /// Forgets the connection `used` (it failed): the next [`Self::get`] of its address
+    /// opens another. One the other holder opened since is kept. A client already
+    /// handed out keeps its connection until it drops it.
+    fn forget(&self, used: &Connection) {
+        let mut open = self.open();
+        if open
+            .by_url
+            .get(&used.url)
+            .is_some_and(|c| c.serial == used.serial)
+        {
+            open.by_url.remove(&used.url);
+        }
     }
 
-    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeControlClient<Channel>>> {
+    fn open(&self) -> std::sync::MutexGuard<'_, Open> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -438,7 +469,7 @@ struct Heart {
     allocators: Vec<String>,
     ca: Option<String>,
     connections: Connections,
-    client: Option<NodeControlClient<Channel>>,
+    client: Option<Connection>,
     next_allocator: usize,
     /// Which allocator (an index into `allocators`) renewed the lease last.
     renewed_by: Option<usize>,
@@ -489,7 +520,7 @@ impl Heart {
                 }
             }
         }
-        let client = self.client.as_mut()?;
+        let client = &mut self.client.as_mut()?.client;
         let answer = tokio::time::timeout_at(give_up, client.heartbeat(request))
             .await
             .map_err(|_| "no answer in time".to_owned())
@@ -508,9 +539,9 @@ impl Heart {
                 tracing::debug!(error = %e, "heartbeat failed");
                 // The client may hold a dead connection, or one to an allocator that
                 // stands by: make a new one, to the next allocator, next time.
-                self.client = None;
-                self.connections
-                    .forget(&self.allocators[self.next_allocator % self.allocators.len()]);
+                if let Some(used) = self.client.take() {
+                    self.connections.forget(&used);
+                }
                 self.next_allocator = self.next_allocator.wrapping_add(1);
                 Some(false)
             }
@@ -569,7 +600,7 @@ pub struct Agent<D> {
     /// The connections to the allocators, shared with the heartbeat.
     connections: Connections,
     /// The pull loop's client of the allocator it streams from.
-    client: Option<NodeControlClient<Channel>>,
+    client: Option<Connection>,
     /// The root keys and revocations the allocator sends, shared with the peer API.
     trust: Arc<RwLock<Trust>>,
     /// The peer API whose decisions this agent reports.
@@ -935,10 +966,8 @@ impl<D: ContainerDriver> Agent<D> {
 
     /// Forgets the allocator connection; the next one goes to the next allocator.
     fn drop_client(&mut self) {
-        if self.client.take().is_some() {
-            let urls = self.identity.allocators();
-            self.connections
-                .forget(urls[self.next_allocator % urls.len()]);
+        if let Some(used) = self.client.take() {
+            self.connections.forget(&used);
         }
         self.next_allocator = self.next_allocator.wrapping_add(1);
     }
@@ -958,6 +987,7 @@ impl<D: ContainerDriver> Agent<D> {
         }
         self.client
             .as_mut()
+            .map(|c| &mut c.client)
             .ok_or_else(|| AgentError::Refused("no client".into()))
     }
 
@@ -1414,5 +1444,34 @@ mod tests {
             assert!(n > last);
             last = n;
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_connection_is_forgotten_but_not_one_opened_since() {
+        let url = "http://127.0.0.1:1";
+        let made = |serial| Connection {
+            url: url.to_owned(),
+            serial,
+            client: NodeControlClient::new(
+                tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+            ),
+        };
+        let connections = Connections::default();
+        let first = made(1);
+        connections
+            .open()
+            .by_url
+            .insert(url.to_owned(), first.clone());
+        // Both holders get the one connection.
+        let shared = connections.get(url, None).await.expect("the open one");
+        assert_eq!(shared.serial, 1);
+        connections.forget(&first);
+        assert!(connections.open().by_url.is_empty());
+        // The stream's holder opened another; the heartbeat's failure on the first,
+        // noticed later, leaves it.
+        connections.open().by_url.insert(url.to_owned(), made(2));
+        connections.forget(&shared);
+        let kept = connections.get(url, None).await.expect("the newer one");
+        assert_eq!(kept.serial, 2);
     }
 }
