@@ -172,48 +172,75 @@ pub(crate) async fn record(
 }
 
 /// Appends `events` of `id` on PostgreSQL and forgets all but its newest [`KEPT`], in
-/// one statement and one round trip: a column's values are bound as one array
-/// (`unnest`), not nine parameters an event, and the oldest event kept is found among
-/// the rows there were and those just added (which the statement's own delete does
-/// not see, so of a batch longer than [`KEPT`] only its newest are added at all).
+/// one statement and one round trip (see [`append_and_trim_ctes`]).
 async fn append_and_trim(
     db: &impl ConnectionTrait,
     id: &TopologyRef,
     events: &[Event],
     now_ms: i64,
 ) -> Result<(), DbErr> {
-    let events = &events[events.len().saturating_sub(KEPT as usize)..];
+    let (ctes, values) = append_and_trim_ctes(3, events, now_ms);
+    let mut bound: Vec<sea_orm::Value> = vec![id.tenant.clone().into(), id.topology.clone().into()];
+    bound.extend(values);
     let statement = sea_orm::Statement::from_sql_and_values(
         sea_orm::DatabaseBackend::Postgres,
-        "WITH added AS (\
+        format!("WITH {ctes} SELECT 1"),
+        bound,
+    );
+    db.execute_raw(statement).await?;
+    Ok(())
+}
+
+/// The `WITH` items that append `events` on PostgreSQL and forget all but the newest
+/// [`KEPT`] of their topology (whose tenant and name are bound as `$1` and `$2`), and
+/// the values of their own parameters, numbered from `$first`. A column's values are
+/// bound as one array (`unnest`), not nine parameters an event; the oldest event kept
+/// is found among the rows there were and those just added (which the statement's
+/// own delete does not see, so of a batch longer than [`KEPT`] only its newest are
+/// added at all). Data-modifying items run whether or not the statement reads them.
+pub(crate) fn append_and_trim_ctes(
+    first: usize,
+    events: &[Event],
+    now_ms: i64,
+) -> (String, Vec<sea_orm::Value>) {
+    let events = &events[events.len().saturating_sub(KEPT as usize)..];
+    let p: Vec<String> = (first..first + 8).map(|n| format!("${n}")).collect();
+    let ctes = format!(
+        "added AS (\
            INSERT INTO replica_events \
            (tenant, topology, at_ms, service, replica, generation, node, kind, detail) \
-           SELECT $1, $2, $3, s, r, g, n, k, d FROM unnest(\
-           $4::text[], $5::int8[], $6::int8[], $7::text[], $8::text[], $9::text[]\
+           SELECT $1, $2, {now}, s, r, g, n, k, d FROM unnest(\
+           {s}::text[], {r}::int8[], {g}::int8[], {n}::text[], {k}::text[], {d}::text[]\
            ) WITH ORDINALITY AS t(s, r, g, n, k, d, i) ORDER BY i \
            RETURNING id), \
          oldest_kept AS (\
            SELECT id FROM (\
              SELECT id FROM replica_events WHERE tenant = $1 AND topology = $2 \
              UNION ALL SELECT id FROM added\
-           ) AS every ORDER BY id DESC OFFSET $10 LIMIT 1) \
-         DELETE FROM replica_events \
-         WHERE tenant = $1 AND topology = $2 AND id < (SELECT id FROM oldest_kept)",
-        [
-            id.tenant.clone().into(),
-            id.topology.clone().into(),
-            now_ms.into(),
-            column(events, |e| e.service.clone()),
-            column(events, |e| i64::from(e.replica)),
-            column(events, |e| to_i64(e.generation)),
-            column(events, |e| e.node.clone()),
-            column(events, |e| e.kind.as_str().to_owned()),
-            column(events, |e| e.detail.clone()),
-            to_i64(KEPT - 1).into(),
-        ],
+           ) AS every ORDER BY id DESC OFFSET {offset} LIMIT 1), \
+         trimmed AS (\
+           DELETE FROM replica_events \
+           WHERE tenant = $1 AND topology = $2 AND id < (SELECT id FROM oldest_kept))",
+        now = p[0],
+        s = p[1],
+        r = p[2],
+        g = p[3],
+        n = p[4],
+        k = p[5],
+        d = p[6],
+        offset = p[7],
     );
-    db.execute_raw(statement).await?;
-    Ok(())
+    let values = vec![
+        now_ms.into(),
+        column(events, |e| e.service.clone()),
+        column(events, |e| i64::from(e.replica)),
+        column(events, |e| to_i64(e.generation)),
+        column(events, |e| e.node.clone()),
+        column(events, |e| e.kind.as_str().to_owned()),
+        column(events, |e| e.detail.clone()),
+        to_i64(KEPT - 1).into(),
+    ];
+    (ctes, values)
 }
 
 impl Allocator {

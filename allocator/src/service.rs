@@ -1220,9 +1220,15 @@ async fn commit_deploy(
         traceparent: berth_telemetry::traceparent(&tracing::Span::current()),
         autoscaled: topology.services.values().any(|s| s.autoscale.is_some()),
     };
-    crate::store::write_placement(txn, row, &decision.plan.slots).await?;
-    crate::events::record(txn, id, &decision.events, crate::liveness::now_ms()).await?;
+    let old_copies = crate::store::write_deploy(
+        txn,
+        row,
+        &decision.plan.slots,
+        &decision.events,
+        crate::liveness::now_ms(),
+    )
+    .await?;
     let mut nodes: Vec<String> = decision.nodes.keys().cloned().collect();
-    nodes.extend(crate::store::forget_moves(txn, id).await?);
+    nodes.extend(old_copies);
     Ok(nodes)
 }

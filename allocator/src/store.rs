@@ -41,51 +41,74 @@ pub(crate) async fn load_placed<C: sea_orm::ConnectionTrait>(
 }
 
 /// Writes what a deploy placed: the topology's placement row (inserted, or updated
-/// over the one before) and its `slots` (the old ones already deleted). On PostgreSQL
-/// one statement and one round trip, which binds a slot column's values as one array
-/// (`unnest`) rather than eight parameters a row; elsewhere the row, then 500 slots a
-/// statement.
-pub(crate) async fn write_placement(
+/// over the one before), its `slots` (the old ones already deleted) and its `events`,
+/// and ends its moves (its deploy decides anew where everything runs); returns the
+/// nodes whose old copies go. On PostgreSQL one statement and one round trip, which
+/// binds a slot column's values as one array (`unnest`) rather than eight parameters
+/// a row; elsewhere the row, then 500 slots a statement, then the events and moves.
+pub(crate) async fn write_deploy(
     txn: &sea_orm::DatabaseTransaction,
     row: placement::Model,
     slots: &[Placed],
-) -> Result<(), DbErr> {
+    events: &[crate::events::Event],
+    now_ms: i64,
+) -> Result<Vec<String>, DbErr> {
     use sea_orm::ActiveValue::Set;
     use sea_orm::ConnectionTrait;
+    let id = TopologyRef {
+        tenant: row.tenant.clone(),
+        topology: row.topology.clone(),
+    };
     if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        let (events, event_values) = match events.is_empty() {
+            true => (String::new(), Vec::new()),
+            false => {
+                let (ctes, values) = crate::events::append_and_trim_ctes(14, events, now_ms);
+                (format!(", {ctes}"), values)
+            }
+        };
+        let mut values: Vec<sea_orm::Value> = vec![
+            row.tenant.into(),
+            row.topology.into(),
+            column(slots, |p| p.service.clone()),
+            column(slots, |p| i64::from(p.replica)),
+            column(slots, |p| p.node.clone()),
+            column(slots, |p| to_i64(p.generation)),
+            column(slots, |p| to_i64(p.cost.cpu_millis)),
+            column(slots, |p| to_i64(p.cost.memory_bytes)),
+            row.revision.into(),
+            row.spec.into(),
+            row.next_generation.into(),
+            row.traceparent.into(),
+            row.autoscaled.into(),
+        ];
+        values.extend(event_values);
         let statement = sea_orm::Statement::from_sql_and_values(
             sea_orm::DatabaseBackend::Postgres,
-            "WITH placed AS (\
-               INSERT INTO placements \
-               (tenant, topology, revision, spec, next_generation, traceparent, autoscaled) \
-               VALUES ($1, $2, $9, $10, $11, $12, $13) \
-               ON CONFLICT (tenant, topology) DO UPDATE SET \
-               revision = excluded.revision, spec = excluded.spec, \
-               next_generation = excluded.next_generation, \
-               traceparent = excluded.traceparent, autoscaled = excluded.autoscaled) \
-             INSERT INTO assignments \
-             (tenant, topology, service, replica, node, generation, cpu_millis, memory_bytes) \
-             SELECT $1, $2, s, r, n, g, c, m FROM unnest(\
-             $3::text[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::int8[]\
-             ) AS t(s, r, n, g, c, m)",
-            [
-                row.tenant.into(),
-                row.topology.into(),
-                column(slots, |p| p.service.clone()),
-                column(slots, |p| i64::from(p.replica)),
-                column(slots, |p| p.node.clone()),
-                column(slots, |p| to_i64(p.generation)),
-                column(slots, |p| to_i64(p.cost.cpu_millis)),
-                column(slots, |p| to_i64(p.cost.memory_bytes)),
-                row.revision.into(),
-                row.spec.into(),
-                row.next_generation.into(),
-                row.traceparent.into(),
-                row.autoscaled.into(),
-            ],
+            format!(
+                "WITH placed AS (\
+                   INSERT INTO placements \
+                   (tenant, topology, revision, spec, next_generation, traceparent, autoscaled) \
+                   VALUES ($1, $2, $9, $10, $11, $12, $13) \
+                   ON CONFLICT (tenant, topology) DO UPDATE SET \
+                   revision = excluded.revision, spec = excluded.spec, \
+                   next_generation = excluded.next_generation, \
+                   traceparent = excluded.traceparent, autoscaled = excluded.autoscaled), \
+                 slots AS (\
+                   INSERT INTO assignments \
+                   (tenant, topology, service, replica, node, generation, cpu_millis, memory_bytes) \
+                   SELECT $1, $2, s, r, n, g, c, m FROM unnest(\
+                   $3::text[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::int8[]\
+                   ) AS t(s, r, n, g, c, m)), \
+                 gone AS (\
+                   DELETE FROM lingering_slots WHERE tenant = $1 AND topology = $2 \
+                   RETURNING node){events} \
+                 SELECT node FROM gone"
+            ),
+            values,
         );
-        txn.execute_raw(statement).await?;
-        return Ok(());
+        let gone = txn.query_all_raw(statement).await?;
+        return gone.iter().map(|r| r.try_get("", "node")).collect();
     }
     let (tenant, topology) = (row.tenant.clone(), row.topology.clone());
     placement::Entity::insert(placement::ActiveModel::from(row))
@@ -120,7 +143,8 @@ pub(crate) async fn write_placement(
             .exec_without_returning(txn)
             .await?;
     }
-    Ok(())
+    crate::events::record(txn, &id, events, now_ms).await?;
+    forget_moves(txn, &id).await
 }
 
 /// One column of `rows` as a PostgreSQL array, for `unnest`.

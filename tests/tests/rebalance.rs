@@ -1,4 +1,4 @@
-//! Rebalancing. Over a real SQLite database: a move gives the slot to the emptier node
+//! Rebalancing. Over real SQLite and PostgreSQL databases: a move gives the slot to the emptier node
 //! and keeps the old copy in the old node's set until the new copy runs; the
 //! disruption budget holds; an old copy goes when its wait runs out or the topology is
 //! deployed again. End to end on two test hosts, each with its own engine: a node joins
@@ -56,7 +56,19 @@ async fn set_of(allocator: &Allocator, node: &str) -> Vec<(u32, u64)> {
 async fn a_move_starts_the_new_copy_before_the_old_one_stops_within_the_budget() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-    let db = berth_allocator::database::connect(&url).await.expect("db");
+    a_move_starts_the_new_copy_before_the_old_one_stops(&url).await;
+}
+
+/// The same on PostgreSQL, where a deploy ends its topology's moves in the statement
+/// that writes its slots.
+#[tokio::test]
+async fn a_move_starts_the_new_copy_before_the_old_one_stops_on_postgres() {
+    let url = berth_tests::postgres::fresh_database("move").await;
+    a_move_starts_the_new_copy_before_the_old_one_stops(&url).await;
+}
+
+async fn a_move_starts_the_new_copy_before_the_old_one_stops(url: &str) {
+    let db = berth_allocator::database::connect(url).await.expect("db");
     let allocator = Allocator::open(db, DefaultRequest::default())
         .await
         .expect("allocator");
