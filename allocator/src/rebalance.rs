@@ -27,7 +27,7 @@ use crate::control::{Controller, Next, Now};
 use crate::entity::{assignment, lingering, placement, replica_status};
 use crate::placement::NodeView;
 use crate::resources::Resources;
-use crate::store::{Delta, all_nodes, lock_tenant, shift_node, to_i64, used_of};
+use crate::store::{Delta, all_nodes, lock_tenant, shift_nodes, to_i64, used_of};
 use crate::{Allocator, AllocatorError};
 
 /// How long an old copy may outlive its move when the new copy does not run.
@@ -320,10 +320,23 @@ impl Allocator {
                 memory_bytes: used_of(current.memory_bytes),
                 containers: 1,
             };
-            if !shift_node(&txn, to, Delta::between(Resources::default(), cost)).await? {
+            if current.node == to {
                 return Ok(false);
             }
-            shift_node(&txn, &current.node, Delta::between(cost, Resources::default())).await?;
+            // Both nodes in one shift, which locks their rows in name order as a
+            // deploy does: taken one after the other, the move could hold one node a
+            // deploy of another tenant waits for while waiting for one that deploy
+            // holds.
+            let shifts = BTreeMap::from([
+                (to.to_owned(), Delta::between(Resources::default(), cost)),
+                (current.node.clone(), Delta::between(cost, Resources::default())),
+            ]);
+            if shift_nodes(&txn, &shifts, &BTreeSet::from([to.to_owned()]))
+                .await?
+                .is_some()
+            {
+                return Ok(false);
+            }
             let Some(row) =
                 placement::Entity::find_by_id((current.tenant.clone(), current.topology.clone()))
                     .one(&txn)

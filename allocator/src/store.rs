@@ -419,23 +419,9 @@ pub(crate) async fn shift_quota(
     Ok(updated.rows_affected == 1)
 }
 
-/// Shifts what is reserved on a node by `delta`, as [`shift_quota`] does against its
-/// capacity; a node that gains containers receives replicas, so it must be open.
-pub(crate) async fn shift_node(
-    txn: &sea_orm::DatabaseTransaction,
-    node_name: &str,
-    delta: Delta,
-) -> Result<bool, DbErr> {
-    let one = BTreeMap::from([(node_name.to_owned(), delta)]);
-    let opening = match delta.containers > 0 {
-        true => BTreeSet::from([node_name.to_owned()]),
-        false => BTreeSet::new(),
-    };
-    Ok(shift_nodes(txn, &one, &opening).await?.is_none())
-}
-
-/// Moves the reserved usage of several nodes, each by its delta, all or nothing as
-/// [`shift_node`] does for one. The nodes in `opening` receive new replicas and must
+/// Moves the reserved usage of several nodes, each by its delta, all or nothing, as
+/// [`shift_quota`] does against a quota: a node's usage moves only where its capacity
+/// has the room for a growing delta. The nodes in `opening` receive new replicas and must
 /// also still be open (schedulable, not draining, alive), whatever their delta.
 /// Returns the name of a node that lacks the room or is closed, if one does (the
 /// caller rolls the transaction back).

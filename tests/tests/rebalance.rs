@@ -67,8 +67,8 @@ async fn a_move_starts_the_new_copy_before_the_old_one_stops_on_postgres() {
     a_move_starts_the_new_copy_before_the_old_one_stops(&url).await;
 }
 
-async fn a_move_starts_the_new_copy_before_the_old_one_stops(url: &str) {
-    let db = berth_allocator::database::connect(url).await.expect("db");
+/// An allocator over `db` with nodes n1 and n2 and acme's four replicas all on n1.
+async fn everything_on_n1(db: sea_orm::DatabaseConnection) -> Allocator {
     let allocator = Allocator::open(db, DefaultRequest::default())
         .await
         .expect("allocator");
@@ -87,13 +87,19 @@ async fn a_move_starts_the_new_copy_before_the_old_one_stops(url: &str) {
         .set_quota("acme", Limit::default())
         .await
         .expect("quota");
-    // Everything on n1, then n2 opens.
     allocator.cordon("n2", true).await.expect("cordon");
     allocator
         .deploy("acme", 1, &topology(4))
         .await
         .expect("deploy");
     allocator.cordon("n2", false).await.expect("uncordon");
+    allocator
+}
+
+async fn a_move_starts_the_new_copy_before_the_old_one_stops(url: &str) {
+    let db = berth_allocator::database::connect(url).await.expect("db");
+    // Everything on n1, then n2 opens.
+    let allocator = everything_on_n1(db).await;
     let now = berth_allocator::liveness::now_ms();
 
     // Nothing moves while the replicas are not known to run: they count as down.
@@ -176,6 +182,59 @@ async fn a_move_starts_the_new_copy_before_the_old_one_stops(url: &str) {
         5,
         "no old copies after a deploy: {a:?} {b:?}"
     );
+}
+
+/// A move takes its two nodes' rows in name order, as every deploy does: a deploy of
+/// another tenant that holds n1 and then wants n2 waits for the move or the move for
+/// it, and neither is aborted as a deadlock. (Taken destination first, the move held n2
+/// while it waited for n1, and one of the two was aborted a second later.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_and_a_deploy_take_their_nodes_in_one_order() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let url = berth_tests::postgres::fresh_database("moveorder").await;
+    let db = berth_allocator::database::connect(&url).await.expect("db");
+    let allocator = everything_on_n1(db.clone()).await;
+    let now = berth_allocator::liveness::now_ms();
+    report_running(&allocator, "n1", now).await;
+    // The other deploy, in name order: n1 now, n2 once the move waits.
+    let other = db.begin().await.expect("begin");
+    other
+        .execute_unprepared("SELECT name FROM nodes WHERE name = 'n1' FOR UPDATE")
+        .await
+        .expect("lock n1");
+    let moving = {
+        let allocator = allocator.clone();
+        tokio::spawn(async move { allocator.rebalance(1, now).await })
+    };
+    let mut waited = false;
+    for _ in 0..250 {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            ))
+            .await
+            .expect("activity")
+            .expect("a row");
+        if row.try_get::<i64>("", "n").expect("count") > 0 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(waited, "the move never waited for n1");
+    // While the move waits for n1 it holds nothing of n2 (`NOWAIT`: a row another
+    // transaction holds is an error at once, not a wait that ends in a deadlock).
+    other
+        .execute_unprepared("SELECT name FROM nodes WHERE name = 'n2' FOR UPDATE NOWAIT")
+        .await
+        .expect("n2 is free while the move waits for n1");
+    other.commit().await.expect("commit");
+    let moved = moving.await.expect("the move's task");
+    let moved = moved.expect("the round");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!((moved[0].from.as_str(), moved[0].to.as_str()), ("n1", "n2"));
 }
 
 /// The replicas of `spread` each host's engine runs, by the node that runs them.
