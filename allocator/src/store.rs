@@ -296,6 +296,7 @@ pub(crate) async fn lock_tenant(
 
 /// What is placed of a topology: its placement's revision and next generation (None
 /// before its first deploy) and its slots.
+#[derive(Debug)]
 pub(crate) struct Placing {
     pub(crate) revision: Option<i64>,
     pub(crate) next_generation: i64,
