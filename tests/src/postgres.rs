@@ -156,3 +156,26 @@ pub async fn fresh_database(test: &str) -> String {
     admin.close().await.expect("close");
     format!("{server}/{name}")
 }
+
+/// Waits (up to five seconds) until a session of `db`'s database waits for a lock:
+/// a test that holds a row in one transaction knows then that the call it started
+/// meanwhile is blocked on it. Panics, saying `what`, if none does.
+pub async fn until_one_waits_for_a_lock(db: &sea_orm::DatabaseConnection, what: &str) {
+    use sea_orm::ConnectionTrait;
+    for _ in 0..250 {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            ))
+            .await
+            .expect("pg_stat_activity")
+            .expect("a row");
+        if row.try_get::<i64>("", "n").expect("a count") > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{what} never waited for a lock");
+}

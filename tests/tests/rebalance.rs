@@ -206,24 +206,7 @@ async fn a_move_and_a_deploy_take_their_nodes_in_one_order() {
         let allocator = allocator.clone();
         tokio::spawn(async move { allocator.rebalance(1, now).await })
     };
-    let mut waited = false;
-    for _ in 0..250 {
-        let row = db
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT count(*) AS n FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
-            ))
-            .await
-            .expect("activity")
-            .expect("a row");
-        if row.try_get::<i64>("", "n").expect("count") > 0 {
-            waited = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(waited, "the move never waited for n1");
+    berth_tests::postgres::until_one_waits_for_a_lock(&db, "the move").await;
     // While the move waits for n1 it holds nothing of n2 (`NOWAIT`: a row another
     // transaction holds is an error at once, not a wait that ends in a deadlock).
     other

@@ -1224,24 +1224,7 @@ async fn a_deploy_that_waited_for_the_tenant_sees_what_was_placed_meanwhile(
     // Until the deploy waits for the lock (PostgreSQL says so; SQLite's wait is a
     // busy handler, not visible from outside, so a pause stands for it there).
     if postgres {
-        let mut waited = false;
-        for _ in 0..250 {
-            let row = db
-                .query_one_raw(sea_orm::Statement::from_string(
-                    sea_orm::DatabaseBackend::Postgres,
-                    "SELECT count(*) AS n FROM pg_stat_activity \
-                     WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                ))
-                .await
-                .expect("activity")
-                .expect("a row");
-            if row.try_get::<i64>("", "n").expect("count") > 0 {
-                waited = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert!(waited, "the deploy never waited for the tenant's lock");
+        berth_tests::postgres::until_one_waits_for_a_lock(&db, "the deploy").await;
     } else {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
