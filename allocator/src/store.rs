@@ -55,10 +55,6 @@ pub(crate) async fn write_deploy(
 ) -> Result<Vec<String>, DbErr> {
     use sea_orm::ActiveValue::Set;
     use sea_orm::ConnectionTrait;
-    let id = TopologyRef {
-        tenant: row.tenant.clone(),
-        topology: row.topology.clone(),
-    };
     if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
         let (events, event_values) = match events.is_empty() {
             true => (String::new(), Vec::new()),
@@ -110,7 +106,10 @@ pub(crate) async fn write_deploy(
         let gone = txn.query_all_raw(statement).await?;
         return gone.iter().map(|r| r.try_get("", "node")).collect();
     }
-    let (tenant, topology) = (row.tenant.clone(), row.topology.clone());
+    let id = TopologyRef {
+        tenant: row.tenant.clone(),
+        topology: row.topology.clone(),
+    };
     placement::Entity::insert(placement::ActiveModel::from(row))
         .on_conflict(
             sea_orm::sea_query::OnConflict::columns([
@@ -130,8 +129,8 @@ pub(crate) async fn write_deploy(
         .await?;
     for chunk in slots.chunks(500) {
         let rows = chunk.iter().map(|p| assignment::ActiveModel {
-            tenant: Set(tenant.clone()),
-            topology: Set(topology.clone()),
+            tenant: Set(id.tenant.clone()),
+            topology: Set(id.topology.clone()),
             service: Set(p.service.clone()),
             replica: Set(i64::from(p.replica)),
             node: Set(p.node.clone()),
